@@ -1,0 +1,22 @@
+//! DVRIP / "Sofia": the protocol of Xiongmai (XMeye) cameras, DVRs and NVRs
+//! on TCP 34567, both ends.
+//!
+//! - sans-IO core: [`header`], [`codec`], [`json`], [`hash`], [`ids`],
+//!   [`ret`], [`media`], [`messages`];
+//! - tokio layer: [`client`] (the camera's user), [`server`] (the camera's
+//!   side, for simulators and gateways), [`discovery`], [`alarm_center`].
+//!
+//! Facts about real devices and the quirks tolerated are in
+//! `docs/dvrip.md`; every tolerance has a named test.
+
+pub mod codec;
+pub mod hash;
+pub mod header;
+pub mod ids;
+pub mod json;
+pub mod media;
+pub mod ret;
+
+pub use codec::{DvripCodec, Packet};
+pub use hash::sofia_hash;
+pub use header::Header;
