@@ -195,9 +195,7 @@ impl Decoder for DvripCodec {
             // A fragment: start, continue or restart a reassembly.
             let restart = match &self.partial {
                 None => true,
-                Some(part) => {
-                    part.header.msg_id != h.msg_id || part.expected != h.byte12 || part.next != h.byte13
-                }
+                Some(part) => part.header.msg_id != h.msg_id || part.expected != h.byte12 || part.next != h.byte13,
             };
             if restart {
                 if self.partial.is_some() {
@@ -213,8 +211,7 @@ impl Decoder for DvripCodec {
                     });
                     continue;
                 }
-                self.partial =
-                    Some(Partial { header: h, expected: h.byte12, next: 0, buf: BytesMut::new() });
+                self.partial = Some(Partial { header: h, expected: h.byte12, next: 0, buf: BytesMut::new() });
             }
             let part = self.partial.as_mut().expect("set above");
             if part.buf.len() + p.payload.len() > self.max_len {
@@ -250,19 +247,6 @@ impl Encoder<Packet> for DvripCodec {
     }
 }
 
-impl Encoder<&Packet> for DvripCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, p: &Packet, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let mut h = p.header;
-        h.len = p.payload.len() as u32;
-        dst.reserve(HEADER_LEN + p.payload.len());
-        h.encode(dst);
-        dst.put_slice(&p.payload);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +260,7 @@ mod tests {
         let mut c = DvripCodec::default();
         let mut out = BytesMut::new();
         for p in ps {
-            c.encode(p, &mut out).unwrap();
+            c.encode(p.clone(), &mut out).unwrap();
         }
         out
     }

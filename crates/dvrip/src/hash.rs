@@ -8,9 +8,7 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 /// `ALPHABET[(d[2i] + d[2i+1]) % 62]`.
 pub fn sofia_hash(password: &str) -> String {
     let d = Md5::digest(password.as_bytes());
-    d.chunks_exact(2)
-        .map(|p| ALPHABET[(p[0] as usize + p[1] as usize) % 62] as char)
-        .collect()
+    d.chunks_exact(2).map(|p| ALPHABET[(p[0] as usize + p[1] as usize) % 62] as char).collect()
 }
 
 /// `EncryptType` of a login: how `PassWord` is carried.

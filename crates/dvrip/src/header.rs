@@ -28,14 +28,7 @@ pub struct Header {
 impl Header {
     /// A header as devices send it (version 1), for a payload of `len` bytes.
     pub fn new(msg_id: u16, session: u32, seq: u32, len: usize) -> Self {
-        Header {
-            version: 1,
-            msg_id,
-            session,
-            seq,
-            len: len as u32,
-            ..Header::default()
-        }
+        Header { version: 1, msg_id, session, seq, len: len as u32, ..Header::default() }
     }
 
     pub fn fragments(&self) -> u8 {

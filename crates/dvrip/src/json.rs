@@ -24,16 +24,11 @@ pub struct BodyError {
 /// several NULs, or none), decodes lossily (GBK names become U+FFFD rather
 /// than failing the reply) and parses.
 pub fn parse_body(payload: &[u8]) -> Result<Value, BodyError> {
-    let end = payload
-        .iter()
-        .rposition(|&b| !matches!(b, 0 | b'\n' | b'\r' | b' ' | b'\t'))
-        .map_or(0, |i| i + 1);
+    let end = payload.iter().rposition(|&b| !matches!(b, 0 | b'\n' | b'\r' | b' ' | b'\t')).map_or(0, |i| i + 1);
     let body = &payload[..end];
     let text = String::from_utf8_lossy(body);
-    serde_json::from_str(&text).map_err(|e| BodyError {
-        reason: e.to_string(),
-        preview: crate::header::hex_preview(payload, 32),
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| BodyError { reason: e.to_string(), preview: crate::header::hex_preview(payload, 32) })
 }
 
 /// Serialises a body and appends the `"\n\0"` trailer.
@@ -83,6 +78,17 @@ pub fn parse_time(s: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s.trim(), TIME_FORMAT).ok()
 }
 
+/// Like [`parse_time`], but also takes the zero-date forms clients send
+/// for "from the beginning": `2000-00-00 00:00:00` (the `dvrip` package's
+/// epoch) and `0000-00-00 00:00:00`, as 2000-01-01 00:00:00.
+pub fn parse_query_time(s: &str) -> Option<NaiveDateTime> {
+    parse_time(s).or_else(|| {
+        let t = s.trim();
+        let zero_date = t.len() == 19 && (t.starts_with("2000-00-00") || t.starts_with("0000-00-00"));
+        zero_date.then(|| chrono::NaiveDate::from_ymd_opt(2000, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0))).flatten()
+    })
+}
+
 pub fn format_time(t: &NaiveDateTime) -> String {
     t.format(TIME_FORMAT).to_string()
 }
@@ -98,7 +104,13 @@ mod tests {
 
     #[test]
     fn every_trailer_form_parses() {
-        for p in [&b"{\"Ret\":100}\n\0"[..], b"{\"Ret\":100}\n", b"{\"Ret\":100}\0", b"{\"Ret\":100}", b"{\"Ret\":100}\0\0\0"] {
+        for p in [
+            &b"{\"Ret\":100}\n\0"[..],
+            b"{\"Ret\":100}\n",
+            b"{\"Ret\":100}\0",
+            b"{\"Ret\":100}",
+            b"{\"Ret\":100}\0\0\0",
+        ] {
             assert_eq!(ret(&parse_body(p).unwrap()), Some(100), "{p:?}");
         }
     }
@@ -134,6 +146,16 @@ mod tests {
         assert_eq!(parse_hex_ip("0x0A01A8C0"), Some(Ipv4Addr::new(192, 168, 1, 10)));
         assert_eq!(format_hex_ip(Ipv4Addr::new(192, 168, 1, 10)), "0x0A01A8C0");
         assert_eq!(parse_hex_ip("0xCCB2A8C0"), Some(Ipv4Addr::new(192, 168, 178, 204)));
+    }
+
+    #[test]
+    fn dvrip_package_epoch_in_queries() {
+        // alexshpilkin/dvrip sends "2000-00-00 00:00:00" as the start of a
+        // search from the beginning; devices take it.
+        let t = parse_query_time("2000-00-00 00:00:00").unwrap();
+        assert_eq!(format_time(&t), "2000-01-01 00:00:00");
+        assert_eq!(parse_query_time("0000-00-00 00:00:00"), Some(t));
+        assert!(parse_query_time("2000-13-45 99:00:00").is_none());
     }
 
     #[test]

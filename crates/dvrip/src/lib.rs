@@ -9,13 +9,18 @@
 //! Facts about real devices and the quirks tolerated are in
 //! `docs/dvrip.md`; every tolerance has a named test.
 
+pub mod alarm_center;
+pub mod client;
 pub mod codec;
+pub mod discovery;
 pub mod hash;
 pub mod header;
 pub mod ids;
 pub mod json;
 pub mod media;
+pub mod messages;
 pub mod ret;
+pub mod server;
 
 pub use codec::{DvripCodec, Packet};
 pub use hash::sofia_hash;

@@ -129,12 +129,28 @@ pub fn pack_time(t: &NaiveDateTime) -> u32 {
 pub enum FrameKind {
     /// I- or P-frame. P-frames carry the codec, size and fps of the last
     /// I-frame (the wire does not repeat them).
-    Video { codec: VideoCodec, keyframe: bool, width: u32, height: u32, fps: u8 },
-    Audio { codec: AudioCodec, sample_rate: Option<u32> },
+    Video {
+        codec: VideoCodec,
+        keyframe: bool,
+        width: u32,
+        height: u32,
+        fps: u8,
+    },
+    Audio {
+        codec: AudioCodec,
+        sample_rate: Option<u32>,
+    },
     /// T = 1 is a text record (e.g. GPS); 6 is seen too.
-    Info { kind: u8, n: u8 },
+    Info {
+        kind: u8,
+        n: u8,
+    },
     /// T = 0 is JPEG.
-    Picture { kind: u8, width: u32, height: u32 },
+    Picture {
+        kind: u8,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// One demuxed frame. `payload` is a zero-copy slice of the stream (Annex B
@@ -222,10 +238,7 @@ impl Demuxer {
 
     fn skip(&mut self, reason: &'static str) {
         // Skip at least one byte, then to the next marker.
-        let n = self.buf[1..]
-            .windows(4)
-            .position(is_marker)
-            .map_or(self.buf.len().saturating_sub(3).max(1), |p| p + 1);
+        let n = self.buf[1..].windows(4).position(is_marker).map_or(self.buf.len().saturating_sub(3).max(1), |p| p + 1);
         tracing::debug!(offset = self.offset, bytes = n, reason, "dvrip media: resync");
         self.resyncs.push(Resync { offset: self.offset, bytes: n, reason });
         self.buf.advance(n);
@@ -296,7 +309,12 @@ impl Demuxer {
                     } else {
                         let pts = Duration::from_nanos(self.video_frames.saturating_sub(1) * 40_000_000);
                         let payload = self.take(hlen, len);
-                        MediaFrame { kind: FrameKind::Picture { kind: t, width, height }, device_time: time, pts, payload }
+                        MediaFrame {
+                            kind: FrameKind::Picture { kind: t, width, height },
+                            device_time: time,
+                            pts,
+                            payload,
+                        }
                     }
                 }
                 MARK_PFRAME => {
@@ -320,7 +338,12 @@ impl Demuxer {
                     self.audio_samples += len as u64;
                     let payload = self.take(hlen, len);
                     let time = self.last_video.and_then(|v| v.4);
-                    MediaFrame { kind: FrameKind::Audio { codec: AudioCodec::from_t(t), sample_rate }, device_time: time, pts, payload }
+                    MediaFrame {
+                        kind: FrameKind::Audio { codec: AudioCodec::from_t(t), sample_rate },
+                        device_time: time,
+                        pts,
+                        payload,
+                    }
                 }
                 _ => {
                     let (kind, n) = (b[4], b[5]);
@@ -447,7 +470,10 @@ mod tests {
         let mut d = Demuxer::new();
         d.feed(&sample_stream());
         let f = d.next_frame().unwrap();
-        assert_eq!(f.kind, FrameKind::Video { codec: VideoCodec::H265, keyframe: true, width: 2592, height: 1944, fps: 25 });
+        assert_eq!(
+            f.kind,
+            FrameKind::Video { codec: VideoCodec::H265, keyframe: true, width: 2592, height: 1944, fps: 25 }
+        );
         assert_eq!(f.device_time, Some(t0()));
         assert_eq!(&f.payload[..], b"\0\0\0\x01\x40\x01IDR");
         let a = d.next_frame().unwrap();

@@ -1,1 +1,53 @@
-fn main() {}
+//! `ivr`: one binary for every protocol tool, simulator and service.
+
+mod cmds;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ivr", version, about = "ivr: an open internet video recorder — DVRIP tools and device simulators")]
+struct Cli {
+    /// Log filter (also RUST_LOG), e.g. `info` or `dvrip=debug`.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Talk to a DVRIP/Sofia device (Xiongmai, XMeye cameras, DVRs, NVRs).
+    Dvrip(cmds::dvrip::Args),
+    /// Run a simulated device.
+    #[command(subcommand)]
+    Sim(cmds::sim::SimCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Dvrip(a) => cmds::dvrip::run(a).await,
+            Cmd::Sim(s) => cmds::sim::run(s).await,
+        }
+    });
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

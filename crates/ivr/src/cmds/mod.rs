@@ -1,0 +1,2 @@
+pub mod dvrip;
+pub mod sim;
