@@ -109,7 +109,9 @@ struct Conn {
     addr: String,
     session: u32,
     login: LoginReply,
-    writer: tokio::sync::Mutex<FrameSink>,
+    /// Packets go out in the order they are queued, whichever task queues
+    /// them (a Stop queued from a drop cannot overtake a later Start).
+    writer: mpsc::UnboundedSender<Packet>,
     seq: AtomicU32,
     routes: Arc<Mutex<Routes>>,
     open: watch::Receiver<bool>,
@@ -131,11 +133,14 @@ impl Conn {
     }
 
     async fn write(&self, p: Packet) -> Result<()> {
+        self.write_now(p)
+    }
+
+    fn write_now(&self, p: Packet) -> Result<()> {
         if !self.is_open() {
             return Err(self.closed_err());
         }
-        let mut w = self.writer.lock().await;
-        w.send(p).await.map_err(|e| Error::Io { addr: self.addr.clone(), source: std::io::Error::other(e.to_string()) })
+        self.writer.send(p).map_err(|_| self.closed_err())
     }
 
     /// Sends a request and waits for the packet with id + 1. Replies are
@@ -379,6 +384,23 @@ impl Client {
         let reader = FramedRead::new(rd, DvripCodec::new(self.cfg.max_len));
         let routes = Arc::new(Mutex::new(Routes::default()));
         let (open_tx, open_rx) = watch::channel(true);
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Packet>();
+        let write_open = open_tx.clone();
+        let write_addr = addr.clone();
+        let writer_task = tokio::spawn(async move {
+            let mut sink: FrameSink = FramedWrite::new(wr, DvripCodec::new(usize::MAX));
+            while let Some(p) = wrx.recv().await {
+                let mut r = sink.feed(p).await;
+                if r.is_ok() && wrx.is_empty() {
+                    r = sink.flush().await;
+                }
+                if let Err(e) = r {
+                    tracing::warn!(addr = %write_addr, error = %e, "dvrip client: write error");
+                    write_open.send_replace(false);
+                    return;
+                }
+            }
+        });
         let reader_task = tokio::spawn(read_loop(reader, routes.clone(), self.alarms.clone(), open_tx, addr.clone()));
         let mut conn = Conn {
             addr: addr.clone(),
@@ -392,12 +414,12 @@ impl Client {
                 device_type: String::new(),
                 data_use_aes: false,
             },
-            writer: tokio::sync::Mutex::new(FramedWrite::new(wr, DvripCodec::new(usize::MAX))),
+            writer: wtx,
             seq: AtomicU32::new(0),
             routes,
             open: open_rx,
             timeout: self.cfg.timeout,
-            tasks: Mutex::new(vec![AbortOnDrop(reader_task)]),
+            tasks: Mutex::new(vec![AbortOnDrop(reader_task), AbortOnDrop(writer_task)]),
         };
         let req = LoginRequest {
             user: self.cfg.user.clone(),
@@ -469,6 +491,17 @@ impl Client {
         let c = self.conn().await?;
         let v = c.call_json(msg_id, &messages::request(name, c.session, body)).await?;
         self.check(msg_id, name, v)
+    }
+
+    /// Stream set-up must be answered 100: 119 ("no files") is a success
+    /// for a search but means there is nothing to play.
+    fn check_ok(&self, msg_id: u16, name: &str, v: Value) -> Result<Value> {
+        match crate::json::ret(&v) {
+            Some(code) if code != ret::code::OK => {
+                Err(Error::Ret { addr: self.addr(), msg_id, name: name.to_owned(), code })
+            }
+            _ => Ok(v),
+        }
     }
 
     fn check(&self, msg_id: u16, name: &str, v: Value) -> Result<Value> {
@@ -816,7 +849,7 @@ impl Client {
                     c.routes.lock().expect("routes lock").streams.insert(end, tx.clone());
                 }
                 let v = c.call_json(setup.claim_id, &claim).await?;
-                self.check(setup.claim_id, setup.name, v)?;
+                self.check_ok(setup.claim_id, setup.name, v)?;
             }
             SocketMode::Second => {
                 let stream = self.dial().await?;
@@ -854,7 +887,7 @@ impl Client {
                     seq: 0,
                     source,
                 })?;
-                self.check(setup.claim_id, setup.name, v)?;
+                self.check_ok(setup.claim_id, setup.name, v)?;
                 let (data_id, eof_id) = (setup.data_id, setup.eof_id);
                 data_task = Some(AbortOnDrop(tokio::spawn(async move {
                     let _writer = writer;
@@ -869,7 +902,7 @@ impl Client {
         let start = messages::request(setup.name, c.session, Some(setup.start_body.clone()));
         if setup.mode == SocketMode::Second {
             let v = c.call_json(setup.start_id, &start).await?;
-            self.check(setup.start_id, setup.name, v)?;
+            self.check_ok(setup.start_id, setup.name, v)?;
         } else {
             // On a single socket devices answer Start with the media itself
             // (python-dvr reads media right after it); a JSON reply some
@@ -1216,7 +1249,7 @@ impl Client {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -1315,14 +1348,15 @@ impl MediaStream {
         self.demux.take_resyncs()
     }
 
-    /// Asks the device to stop, and closes the stream.
+    /// Asks the device to stop (unless the stream already ended), and
+    /// closes the stream.
     pub async fn stop(mut self) -> Result<()> {
         if let Some((c, id, name, body)) = self.stop.take() {
             c.unroute(self.data_id);
             if let Some(e) = self.eof_id {
                 c.unroute(e);
             }
-            if c.is_open() {
+            if c.is_open() && !self.ended {
                 // Not every device answers Stop; do not wait for it.
                 let h = Header::new(id, c.session, c.next_seq(), 0);
                 c.write(Packet::new(h, encode_body(&messages::request(name, c.session, Some(body))))).await?;

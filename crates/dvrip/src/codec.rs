@@ -328,17 +328,11 @@ mod tests {
         let frags = Packet::fragmented(Header::new(1043, 1, 9, 0), Bytes::from(vec![b'x'; 3000]), 1000);
         let mut buf = encode_all(&frags);
         let mut c = DvripCodec::new(2000);
-        let mut err = None;
-        loop {
-            match c.decode(&mut buf) {
-                Ok(Some(_)) => panic!("should not reassemble"),
-                Ok(None) => break,
-                Err(e) => {
-                    err = Some(e);
-                    break;
-                }
-            }
-        }
+        let err = match c.decode(&mut buf) {
+            Ok(Some(_)) => panic!("should not reassemble"),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
         assert!(matches!(err, Some(CodecError::TooLong { msg_id: 1043, .. })));
     }
 

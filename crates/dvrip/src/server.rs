@@ -161,6 +161,17 @@ impl Session {
             None => self.send(p).await,
         }
     }
+    /// Sends on the claimed second connection only: false if there is none
+    /// (any more). A stream that began there must end with it, never spill
+    /// onto the control connection, where strict clients take it as stray.
+    pub async fn send_data(&self, p: Packet) -> bool {
+        let data = self.inner.data.lock().expect("session lock").clone();
+        match data {
+            Some(d) => d.send(p).await.is_ok(),
+            None => false,
+        }
+    }
+
     pub fn has_data_channel(&self) -> bool {
         self.inner.data.lock().expect("session lock").is_some()
     }

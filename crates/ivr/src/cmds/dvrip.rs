@@ -192,6 +192,13 @@ enum Cmd {
     Raw { id: u16, body: String },
     /// List the message ids of the protocol tables.
     Ids,
+    /// Convert a file in the device's format (as downloaded, or saved by
+    /// other tools) to an Annex B elementary stream.
+    Demux {
+        input: String,
+        #[arg(short, long)]
+        output: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -373,6 +380,40 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Ids => {
             for (id, name) in dvrip::ids::ALL {
                 println!("{id} {name}");
+            }
+        }
+        Cmd::Demux { input, output } => {
+            let data = tokio::fs::read(&input).await.with_context(|| format!("cannot read {input}"))?;
+            let mut d = dvrip::media::Demuxer::new();
+            d.feed(&data);
+            let mut out = Output::open(&output).await?;
+            let (mut video, mut audio, mut other) = (0u64, 0u64, 0u64);
+            let mut first = None;
+            while let Some(f) = d.next_frame() {
+                match f.kind {
+                    FrameKind::Video { .. } => {
+                        out.write(&f.payload).await?;
+                        video += 1;
+                        first.get_or_insert(f.kind);
+                    }
+                    FrameKind::Audio { .. } => audio += 1,
+                    _ => other += 1,
+                }
+            }
+            out.finish().await?;
+            let skipped: usize = d.take_resyncs().iter().map(|r| r.bytes).sum();
+            let left = d.pending();
+            let v = json!({"video_frames": video, "audio_frames": audio, "other_frames": other, "skipped_bytes": skipped, "incomplete_bytes": left});
+            if output != "-" {
+                print(json, &v, || {
+                    let what = match first {
+                        Some(FrameKind::Video { codec, width, height, fps, .. }) => {
+                            format!(" ({} {width}x{height} @ {fps} fps)", codec.name())
+                        }
+                        _ => String::new(),
+                    };
+                    format!("{video} video frames{what}, {audio} audio, {other} other; {skipped} bytes skipped, {left} left incomplete")
+                });
             }
         }
         cmd => {
@@ -724,7 +765,9 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
             let r = c.raw(id, v).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
-        Cmd::Discover { .. } | Cmd::AlarmCenter { .. } | Cmd::Ids => unreachable!("handled without a device"),
+        Cmd::Discover { .. } | Cmd::AlarmCenter { .. } | Cmd::Ids | Cmd::Demux { .. } => {
+            unreachable!("handled without a device")
+        }
     }
     Ok(())
 }

@@ -452,11 +452,21 @@ impl DvripSim {
 
     /// Live media of one channel at its configured frame rate, with
     /// the device clock in every I-frame, until the session ends.
-    async fn live(self: Arc<Self>, session: Session, channel: u32, stream: StreamType) {
+    async fn live(self: Arc<Self>, session: Session, channel: u32, stream: StreamType, on_data: bool) {
         let clip = clips::clip(self.cfg.codec, stream == StreamType::Main);
         let start = tokio::time::Instant::now();
         let mut next = start;
         let mut audio_pos = 0usize;
+        let send = |p: Packet| {
+            let session = session.clone();
+            async move {
+                if on_data {
+                    session.send_data(p).await
+                } else {
+                    session.send(p).await
+                }
+            }
+        };
         for i in 0u64.. {
             let (fps, audio) = self.stream_cfg(channel, stream);
             let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -474,14 +484,14 @@ impl DvripSim {
             for chunk in buf.chunks(16 * 1024) {
                 let mut h = session.header(ids::OPMONITOR_DATA);
                 h.byte12 = channel as u8;
-                if !session.send_media(Packet::new(h, Bytes::copy_from_slice(chunk))).await {
+                if !send(Packet::new(h, Bytes::copy_from_slice(chunk))).await {
                     return;
                 }
             }
             if audio {
                 let samples = 8000 / fps as usize;
                 let mut a = BytesMut::new();
-                let tone = &TONE_ALAW[..];
+                let tone = TONE_ALAW;
                 let mut pcm = Vec::with_capacity(samples);
                 for _ in 0..samples {
                     pcm.push(tone[audio_pos % tone.len()]);
@@ -490,7 +500,7 @@ impl DvripSim {
                 media::write_audio(&mut a, AudioCodec::G711A, 8000, &pcm);
                 let mut h = session.header(ids::OPMONITOR_DATA);
                 h.byte12 = channel as u8;
-                if !session.send_media(Packet::new(h, a.freeze())).await {
+                if !send(Packet::new(h, a.freeze())).await {
                     return;
                 }
             }
@@ -507,11 +517,22 @@ impl DvripSim {
         parts: Vec<(Recording, u64, u64)>,
         download: bool,
         speed: watch::Receiver<PlaySpeed>,
+        on_data: bool,
     ) {
         let clip = clips::clip(self.cfg.codec, true);
         let id = if download { ids::DOWNLOAD_DATA } else { ids::PLAY_DATA };
         let mut pending = BytesMut::new();
         let mut next = tokio::time::Instant::now();
+        let send = |p: Packet| {
+            let session = session.clone();
+            async move {
+                if on_data {
+                    session.send_data(p).await
+                } else {
+                    session.send(p).await
+                }
+            }
+        };
         for (rec, first, last) in parts {
             for i in first..last {
                 records::write_frame(&mut pending, clip, clip.fps, i, &rec.begin);
@@ -536,7 +557,7 @@ impl DvripSim {
                 while pending.len() >= 16 * 1024 || (!download && !pending.is_empty()) {
                     let n = pending.len().min(16 * 1024);
                     let chunk = pending.split_to(n).freeze();
-                    if !session.send_media(Packet::new(session.header(id), chunk)).await {
+                    if !send(Packet::new(session.header(id), chunk)).await {
                         return;
                     }
                 }
@@ -545,13 +566,13 @@ impl DvripSim {
                 }
             }
         }
-        if !pending.is_empty() && !session.send_media(Packet::new(session.header(id), pending.freeze())).await {
+        if !pending.is_empty() && !send(Packet::new(session.header(id), pending.freeze())).await {
             return;
         }
         // End of the file: an empty packet with the end flag.
         let mut h = session.header(id);
         h.byte13 = 1;
-        session.send_media(Packet::new(h, Bytes::new())).await;
+        send(Packet::new(h, Bytes::new())).await;
     }
 
     fn reply_ok(name: &str, s: &Session) -> Response {
@@ -882,7 +903,7 @@ impl DvripSim {
         let action = arg.get("Action").and_then(Value::as_str).unwrap_or("");
         let param = arg.get("Parameter").cloned().unwrap_or(Value::Null);
         let channel = param.get("Channel").and_then(Value::as_u64).unwrap_or(0) as u32;
-        let stream = param.get("StreamType").and_then(|v| StreamType::parse(v)).unwrap_or(StreamType::Main);
+        let stream = param.get("StreamType").and_then(StreamType::parse).unwrap_or(StreamType::Main);
         let claim = self.st().claims.get(&(s.id(), "monitor")).cloned();
         match action {
             "Start" => {
@@ -904,7 +925,7 @@ impl DvripSim {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
-                    me.live(session, channel, stream).await
+                    me.live(session, channel, stream, claim.on_data).await
                 });
                 self.start_task(s.id(), "monitor", task.abort_handle());
                 // Devices answer Start only when the claim came on a second
@@ -982,7 +1003,7 @@ impl DvripSim {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
-                    me.replay(session, parts, download, rx).await
+                    me.replay(session, parts, download, rx, claim.on_data).await
                 });
                 self.start_task(s.id(), "playback", task.abort_handle());
                 if claim.on_data {
@@ -1549,7 +1570,7 @@ fn import(st: &mut State, data: &[u8]) -> Result<(), String> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()

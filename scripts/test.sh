@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need on a
+# fresh machine, idempotently, then runs everything.
+#   - Debian: ffmpeg (ffprobe judges every media file)
+#   - PyPI: python-dvr and dvrip, each in its own venv (both install a
+#     module named `dvrip`), plus dateparser/humanize for dvrip's `dvr` tool
+#   - Rust: fmt, clippy, unit/integration tests (nextest if present)
+#   - interop: the third-party clients against `ivr sim dvrip`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+missing=()
+command -v ffprobe >/dev/null || missing+=(ffmpeg)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "ffprobe: $(command -v ffprobe)"
+
+step "python venvs"
+VENVS=${IVR_VENVS:-$HOME/.cache/ivr/venvs}
+venv() { # NAME IMPORT-CHECK PACKAGES...
+  local name=$1 check=$2
+  shift 2
+  if ! "$VENVS/$name/bin/python" -c "$check" 2>/dev/null; then
+    rm -rf "${VENVS:?}/$name"
+    python3 -m venv "$VENVS/$name"
+    "$VENVS/$name/bin/pip" install -q --disable-pip-version-check "$@"
+  fi
+  echo "$name: ok ($VENVS/$name)"
+}
+venv pydvr "import dvrip; dvrip.DVRIPCam" python-dvr
+venv dvrip "import dvrip.io, dateparser, humanize" dvrip dateparser humanize
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "rust tests"
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+step "interop: python-dvr, dvrip and ffprobe against ivr"
+cargo build --locked -p ivr
+python3 tests/interop/run.py --ivr target/debug/ivr --venvs "$VENVS"

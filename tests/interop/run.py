@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Interop: third-party DVRIP clients and ffprobe judge `ivr sim dvrip` and
+`ivr dvrip`. Starts simulators on free loopback ports, runs every check,
+prints one line per check and a closing "N passed, N failed" line."""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--ivr", required=True)
+ap.add_argument("--venvs", required=True)
+args = ap.parse_args()
+IVR = os.path.abspath(args.ivr)
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYDVR = os.path.join(args.venvs, "pydvr", "bin", "python")
+DVRIP_PY = os.path.join(args.venvs, "dvrip", "bin", "python")
+DVR = os.path.join(args.venvs, "dvrip", "bin", "dvr")
+PASSWORD = "s3cret"
+results = []
+out = tempfile.mkdtemp(prefix="ivr-interop-")
+
+
+def record(name, ok, why=""):
+    results.append(ok)
+    print(f"{'ok' if ok else 'FAIL'} {name}{'' if ok else ': ' + why}", flush=True)
+
+
+def start_sim(*extra):
+    p = subprocess.Popen([IVR, "sim", "dvrip", "--listen", "127.0.0.1:0", "--discovery", "off",
+                          "--password", PASSWORD, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+    if not m:
+        p.kill()
+        raise SystemExit(f"simulator did not start: {line!r} {p.stderr.read()}")
+    return p, int(m.group(1))
+
+
+def ffprobe(path, kind="v"):
+    r = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", f"{kind}:0",
+                        "-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "json", path],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    s = json.loads(r.stdout).get("streams", [])
+    return s[0] if s else None
+
+
+def run_lines(cmd, env=None, timeout=120):
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    for line in r.stdout.splitlines():
+        if line.startswith("ok "):
+            record(line[3:], True)
+        elif line.startswith("FAIL "):
+            name, _, why = line[5:].partition(": ")
+            record(name, False, why)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-4000:])
+    return r
+
+
+def judge(name, path, codec, width, height, min_frames):
+    s = ffprobe(path)
+    ok = (s is not None and s.get("codec_name") == codec and s.get("width") == width
+          and s.get("height") == height and int(s.get("nb_read_frames", 0)) >= min_frames)
+    record(name, ok, f"ffprobe says {s}")
+
+
+def ivr(port, *a, timeout=120):
+    return subprocess.run([IVR, "dvrip", "--host", "127.0.0.1", "--port", str(port), "--password", PASSWORD, *a],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- python-dvr and dvrip against an H.264 device ---
+sim, port = start_sim()
+try:
+    run_lines([PYDVR, os.path.join(HERE, "pydvr_check.py"), "127.0.0.1", str(port), PASSWORD, out])
+    judge("ffprobe pydvr_live.h264", f"{out}/pydvr_live.h264", "h264", 2592, 1944, 50)
+    s = ffprobe(f"{out}/pydvr_snapshot.jpg")
+    record("ffprobe pydvr_snapshot.jpg", s is not None and s.get("codec_name") == "mjpeg" and s.get("width") == 640, str(s))
+
+    run_lines([DVRIP_PY, os.path.join(HERE, "dvrip_check.py"), "127.0.0.1", str(port), PASSWORD, out])
+    for name, src, w, h, n in [("download", "dvrip_download.bin", 2592, 1944, 3000), ("monitor", "dvrip_monitor.bin", 640, 360, 20)]:
+        dst = f"{out}/{name}.h264"
+        r = subprocess.run([IVR, "dvrip", "demux", f"{out}/{src}", "-o", dst], capture_output=True, text=True)
+        record(f"ivr dvrip demux {src}", r.returncode == 0, r.stderr)
+        judge(f"ffprobe dvrip {name}", dst, "h264", w, h, n)
+
+    # The `dvr` command-line tool of the dvrip package.
+    env = dict(os.environ, DVR_PASSWORD=PASSWORD)
+    base = [DVR, "-h", "127.0.0.1", "-p", str(port)]
+    r = subprocess.run(base + ["info"], capture_output=True, text=True, env=env, timeout=60)
+    record("dvr info", r.returncode == 0 and "IPC" in r.stdout and "channel 0" in r.stdout, r.stdout + r.stderr)
+    r = subprocess.run(base + ["time", "2024-02-03 04:05:06"], capture_output=True, text=True, env=env, timeout=60)
+    r2 = subprocess.run(base + ["time"], capture_output=True, text=True, env=env, timeout=60)
+    record("dvr time set/get", r.returncode == 0 and r2.stdout.startswith("2024-02-03T04:05"), r.stderr + r2.stdout + r2.stderr)
+    r = subprocess.run(base + ["find", "-v", "-c", "0", "-l"], capture_output=True, text=True, env=env, timeout=60)
+    lines = r.stdout.splitlines()
+    record("dvr find", r.returncode == 0 and len(lines) > 128 and "/idea0/" in lines[0], r.stderr[-500:])
+    if lines:
+        name = lines[0].split()[-1]
+        with open(f"{out}/dvr_cat.bin", "wb") as f:
+            r = subprocess.run(base + ["cat", name], stdout=f, stderr=subprocess.PIPE, env=env, timeout=120)
+        record("dvr cat FILE", r.returncode == 0 and os.path.getsize(f"{out}/dvr_cat.bin") > 1_000_000, r.stderr.decode()[-500:])
+        subprocess.run([IVR, "dvrip", "demux", f"{out}/dvr_cat.bin", "-o", f"{out}/dvr_cat.h264"], capture_output=True)
+        judge("ffprobe dvr cat FILE", f"{out}/dvr_cat.h264", "h264", 2592, 1944, 3000)
+    with open(f"{out}/dvr_live.bin", "wb") as f:
+        p = subprocess.Popen(base + ["cat", "monitor:0;sd"], stdout=f, stderr=subprocess.PIPE, env=env)
+        time.sleep(3)
+        p.terminate()
+        p.wait(timeout=10)
+    subprocess.run([IVR, "dvrip", "demux", f"{out}/dvr_live.bin", "-o", f"{out}/dvr_live.h264"], capture_output=True)
+    judge("dvr cat monitor:0;sd", f"{out}/dvr_live.h264", "h264", 640, 360, 40)
+
+    # --- our own command-line tool, judged by ffprobe ---
+    r = ivr(port, "stream", "--seconds", "2", "-o", f"{out}/ivr_live.h264")
+    record("ivr dvrip stream", r.returncode == 0, r.stderr)
+    judge("ffprobe ivr dvrip stream", f"{out}/ivr_live.h264", "h264", 2592, 1944, 40)
+    r = ivr(port, "stream", "--sub", "--second-socket", "--frames", "30", "-o", f"{out}/ivr_sub.h264")
+    judge("ffprobe ivr dvrip stream --sub --second-socket", f"{out}/ivr_sub.h264", "h264", 640, 360, 30)
+    r = ivr(port, "files", "--json", "--from", "2000-01-01 00:00:00", "--to", "2099-01-01 00:00:00")
+    files = json.loads(r.stdout) if r.returncode == 0 else []
+    record("ivr dvrip files --json", len(files) > 128, r.stderr)
+    if files:
+        r = ivr(port, "download", "--file", files[-1]["FileName"], "--annexb", "-o", f"{out}/ivr_dl.h264", "--json")
+        record("ivr dvrip download --file", r.returncode == 0, r.stderr)
+        judge("ffprobe ivr dvrip download", f"{out}/ivr_dl.h264", "h264", 2592, 1944, 3000)
+        b, e = files[-2]["BeginTime"], files[-1]["EndTime"]
+        r = ivr(port, "download", "--from", b, "--to", e, "--annexb", "-o", f"{out}/ivr_range.h264")
+        judge("ffprobe ivr dvrip download --from --to", f"{out}/ivr_range.h264", "h264", 2592, 1944, 6000)
+    r = ivr(port, "snapshot", "-o", f"{out}/ivr_snap.jpg")
+    s = ffprobe(f"{out}/ivr_snap.jpg")
+    record("ffprobe ivr dvrip snapshot", r.returncode == 0 and s is not None and s.get("codec_name") == "mjpeg", r.stderr)
+    r = ivr(port, "info", "--json")
+    record("ivr dvrip info --json", r.returncode == 0 and json.loads(r.stdout)["system"]["VideoInChannel"] == 1, r.stderr)
+    r = subprocess.run([IVR, "dvrip", "--host", "127.0.0.1", "--port", str(port), "--password", "nope", "info"],
+                       capture_output=True, text=True, timeout=60)
+    record("ivr dvrip names the Ret code", r.returncode != 0 and "Ret 203" in r.stderr, r.stderr)
+    r = ivr(port, "config", "get", "No.Such")
+    record("ivr dvrip config get unknown path", r.returncode != 0 and "Ret 607" in r.stderr, r.stderr)
+    with open(f"{out}/fw.bin", "wb") as f:
+        f.write(os.urandom(100_000))
+    r = ivr(port, "upgrade", f"{out}/fw.bin", "--json")
+    record("ivr dvrip upgrade", r.returncode == 0 and json.loads(r.stdout)["upgraded"], r.stderr)
+finally:
+    sim.kill()
+
+# --- an H.265 device ---
+sim, port = start_sim("--codec", "h265", "--snapshot", "raw")
+try:
+    r = ivr(port, "stream", "--seconds", "2", "-o", f"{out}/h265_live.h265")
+    judge("ffprobe H.265 live (width high bits)", f"{out}/h265_live.h265", "hevc", 2592, 1944, 40)
+    run_lines([PYDVR, os.path.join(HERE, "pydvr_check.py"), "127.0.0.1", str(port), PASSWORD, out + "/h265-"],
+              timeout=120) if os.makedirs(out + "/h265-", exist_ok=True) is None else None
+    judge("ffprobe pydvr H.265 live", f"{out}/h265-/pydvr_live.h264", "hevc", 2592, 1944, 50)
+finally:
+    sim.kill()
+
+passed = sum(results)
+failed = len(results) - passed
+print(f"interop: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
