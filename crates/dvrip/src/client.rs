@@ -561,6 +561,27 @@ impl Client {
         let v = self.get(ids::CHANNELTITLE_REQ, "ChannelTitle", None).await?;
         Ok(serde_json::from_value(v).unwrap_or_default())
     }
+    /// 1050: a channel title as a 1-bit bitmap (`width × height` pixels,
+    /// rows packed MSB first), for devices that draw titles from bitmaps.
+    pub async fn set_title_bitmap(&self, width: u16, height: u16, bits: &[u8]) -> Result<()> {
+        let need = (width as usize * height as usize).div_ceil(8);
+        if bits.len() != need {
+            return Err(Error::Protocol {
+                addr: self.addr(),
+                message: format!("a {width}x{height} bitmap is {need} bytes, got {}", bits.len()),
+            });
+        }
+        let c = self.conn().await?;
+        let mut payload = BytesMut::with_capacity(16 + bits.len());
+        payload.extend_from_slice(&width.to_le_bytes());
+        payload.extend_from_slice(&height.to_le_bytes());
+        payload.extend_from_slice(&[0; 12]);
+        payload.extend_from_slice(bits);
+        let seq = c.next_seq();
+        let v = self.call_binary(&c, ids::CONFIG_CHANNELTILE_DOT_SET, seq, payload.freeze(), false).await?;
+        self.check(ids::CONFIG_CHANNELTILE_DOT_SET, "ChannelTitleDot", v).map(drop)
+    }
+
     /// 1046: sets channel titles.
     pub async fn set_channel_titles(&self, titles: &[String]) -> Result<()> {
         self.command(ids::CONFIG_CHANNELTILE_SET, "ChannelTitle", Some(json!(titles))).await.map(drop)
@@ -797,7 +818,14 @@ impl Client {
             let mut buf = BytesMut::new();
             let deadline = tokio::time::Instant::now() + c.timeout;
             loop {
-                let p = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                // A raw JPEG that ends in FF D9 is probably whole: devices
+                // that set no end flag get 300 ms to send more.
+                let wait = if buf.starts_with(&[0xFF, 0xD8]) && buf.ends_with(&[0xFF, 0xD9]) {
+                    deadline.min(tokio::time::Instant::now() + Duration::from_millis(300))
+                } else {
+                    deadline
+                };
+                let p = match tokio::time::timeout_at(wait, rx.recv()).await {
                     Ok(Some(p)) => p,
                     Ok(None) => return Err(c.closed_err()),
                     Err(_) if !buf.is_empty() => break,
@@ -1373,14 +1401,11 @@ impl Drop for MediaStream {
             if let Some(e) = self.eof_id {
                 c.unroute(e);
             }
-            if c.is_open() {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let h = Header::new(id, c.session, c.next_seq(), 0);
-                        let _ =
-                            c.write(Packet::new(h, encode_body(&messages::request(name, c.session, Some(body))))).await;
-                    });
-                }
+            if c.is_open() && !self.ended {
+                // Queued now, so it goes out before anything sent later (a
+                // spawned send could overtake the next stream's Start).
+                let h = Header::new(id, c.session, c.next_seq(), 0);
+                let _ = c.write_now(Packet::new(h, encode_body(&messages::request(name, c.session, Some(body)))));
             }
         }
     }

@@ -21,6 +21,9 @@ enum Cmd {
     /// Run a simulated device.
     #[command(subcommand)]
     Sim(cmds::sim::SimCmd),
+    /// Measure ivr against the tools people use today, side by side.
+    #[command(subcommand)]
+    Bench(cmds::bench::BenchCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Dvrip(a) => cmds::dvrip::run(a).await,
             Cmd::Sim(s) => cmds::sim::run(s).await,
+            Cmd::Bench(b) => cmds::bench::run(b).await,
         }
     });
     match r {

@@ -96,6 +96,8 @@ async fn config_get_set_defaults_and_errors() {
     assert_eq!(c.channel_titles().await.unwrap(), ["Door", "Yard"]);
     let e = c.set_channel_titles(&["a".into(), "b".into(), "c".into()]).await.unwrap_err();
     assert_eq!(ret_of(&e), Some(208));
+    c.set_title_bitmap(64, 16, &[0xAA; 128]).await.unwrap();
+    assert!(c.set_title_bitmap(64, 16, &[0xAA; 100]).await.is_err(), "wrong size caught before sending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

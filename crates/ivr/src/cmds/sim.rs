@@ -57,6 +57,9 @@ pub struct DvripSimArgs {
     /// How long a reboot keeps the device away (seconds).
     #[arg(long, default_value_t = 3)]
     reboot_secs: u64,
+    /// Send live streams as fast as the client reads (for benchmarks).
+    #[arg(long)]
+    unpaced_live: bool,
 }
 
 pub async fn run(cmd: SimCmd) -> anyhow::Result<()> {
@@ -98,6 +101,7 @@ async fn dvrip(a: DvripSimArgs) -> anyhow::Result<()> {
         alarm_center: a.alarm_center,
         snapshot_raw,
         reboot_time: Duration::from_secs(a.reboot_secs),
+        live_unpaced: a.unpaced_live,
         ..SimConfig::default()
     };
     let running = ivr_sim::dvrip::start(cfg, a.listen, discovery)

@@ -58,6 +58,8 @@ pub struct SimConfig {
     pub record_span: Span,
     pub record_every: Span,
     pub record_length: Span,
+    /// Live streams as fast as the socket takes them (benchmarks only).
+    pub live_unpaced: bool,
 }
 
 impl Default for SimConfig {
@@ -79,6 +81,7 @@ impl Default for SimConfig {
             record_span: Span::hours(24),
             record_every: Span::minutes(10),
             record_length: Span::minutes(2),
+            live_unpaced: false,
         }
     }
 }
@@ -503,6 +506,10 @@ impl DvripSim {
                 if !send(Packet::new(h, a.freeze())).await {
                     return;
                 }
+            }
+            if self.cfg.live_unpaced {
+                tokio::task::yield_now().await;
+                continue;
             }
             next += Duration::from_micros(1_000_000 / fps as u64);
             tokio::time::sleep_until(next).await;
@@ -1713,6 +1720,12 @@ pub async fn start(cfg: SimConfig, listen: SocketAddr, discovery: Option<SocketA
     if let Some(d) = discovery {
         match UdpSocket::bind(d).await {
             Ok(sock) => {
+                // Some devices (and clients) use the multicast group too.
+                if d.ip().is_unspecified() {
+                    if let Err(e) = sock.join_multicast_v4(dvrip::discovery::MULTICAST, Ipv4Addr::UNSPECIFIED) {
+                        tracing::debug!(error = %e, "sim dvrip: multicast discovery not joined");
+                    }
+                }
                 discovery_addr = sock.local_addr().ok();
                 tokio::spawn(sim.clone().discovery(sock, addr.port()));
             }
