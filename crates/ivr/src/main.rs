@@ -33,7 +33,13 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A device tool is one client: a single-threaded runtime hands packets
+    // between its tasks without cross-thread wake-ups. Servers use all cores.
+    let rt = match &cli.cmd {
+        Cmd::Dvrip(_) | Cmd::Bench(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Cmd::Sim(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

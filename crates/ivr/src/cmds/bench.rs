@@ -6,15 +6,16 @@ use clap::{Args as ClapArgs, Subcommand};
 use dvrip::client::{Client, ClientConfig, SocketMode};
 use dvrip::media::FrameKind;
 use dvrip::messages::StreamType;
-use ivr_sim::dvrip::SimConfig;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
-    /// The Rust client vs python-dvr against the same simulator: a scripted
-    /// session (login, N config gets, time, snapshot) and live-stream
-    /// throughput (read and demuxed).
+    /// The Rust client vs python-dvr against the same simulator (a separate
+    /// process): a scripted session (login, N config gets, time, snapshot)
+    /// and live-stream throughput (read and demuxed). Reports wall time and
+    /// each client's own CPU time.
     Dvrip(DvripBench),
 }
 
@@ -26,8 +27,11 @@ pub struct DvripBench {
     /// Config gets in the scripted session.
     #[arg(long, default_value_t = 1000)]
     gets: u32,
+    /// Requests in flight for the pipelined session (python-dvr cannot).
+    #[arg(long, default_value_t = 32)]
+    pipeline: u32,
     /// Live frames to read.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 5000)]
     frames: u64,
     /// Runs of each side (the best is reported).
     #[arg(long, default_value_t = 3)]
@@ -44,14 +48,53 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     }
 }
 
-async fn rust_session(addr: &str, gets: u32) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
-    let c = Client::connect(ClientConfig::new(addr, "admin", "bench")).await?;
-    for _ in 0..gets {
-        let v = c.config_get("General.General").await?;
-        if v["FontSize"] != 24 {
-            bail!("unexpected reply {v}");
+/// CPU time of all this process's threads, in nanoseconds (Linux
+/// `schedstat`; the tick-based counters are too coarse for these runs).
+fn cpu_time() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                ns += s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            }
         }
+    }
+    Duration::from_nanos(ns)
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn best(a: Option<Sample>, b: Sample) -> Option<Sample> {
+    match a {
+        Some(a) if a.wall <= b.wall => Some(a),
+        _ => Some(b),
+    }
+}
+
+async fn rust_session(addr: &str, gets: u32, pipeline: u32) -> anyhow::Result<Sample> {
+    let (t0, c0) = (Instant::now(), cpu_time());
+    let c = Client::connect(ClientConfig::new(addr, "admin", "bench")).await?;
+    let per = gets.div_ceil(pipeline.max(1));
+    let mut tasks = Vec::new();
+    for w in 0..pipeline.max(1) {
+        let c = c.clone();
+        let n = per.min(gets.saturating_sub(w * per));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                let v = c.config_get("General.General").await?;
+                if v["FontSize"] != 24 {
+                    bail!("unexpected reply {v}");
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
     }
     c.time().await?;
     let jpeg = c.snapshot(0).await?;
@@ -59,12 +102,12 @@ async fn rust_session(addr: &str, gets: u32) -> anyhow::Result<Duration> {
         bail!("snapshot is not a JPEG");
     }
     c.logout().await?;
-    Ok(t0.elapsed())
+    Ok(Sample { wall: t0.elapsed(), cpu: cpu_time().saturating_sub(c0) })
 }
 
-async fn rust_live(addr: &str, frames: u64) -> anyhow::Result<(Duration, u64)> {
+async fn rust_live(addr: &str, frames: u64) -> anyhow::Result<(Sample, u64)> {
     let c = Client::connect(ClientConfig::new(addr, "admin", "bench")).await?;
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), cpu_time());
     let mut s = c.monitor(0, StreamType::Main, SocketMode::Single).await?;
     let mut n = 0;
     let mut bytes = 0u64;
@@ -75,10 +118,10 @@ async fn rust_live(addr: &str, frames: u64) -> anyhow::Result<(Duration, u64)> {
             bytes += f.payload.len() as u64;
         }
     }
-    let took = t0.elapsed();
+    let sample = Sample { wall: t0.elapsed(), cpu: cpu_time().saturating_sub(c0) };
     s.stop().await?;
     c.logout().await?;
-    Ok((took, bytes))
+    Ok((sample, bytes))
 }
 
 fn expand(p: &str) -> String {
@@ -88,26 +131,53 @@ fn expand(p: &str) -> String {
     }
 }
 
+/// Starts `ivr sim dvrip` as its own process (so it does not share this
+/// process's threads) and returns it with its port.
+async fn spawn_sim() -> anyhow::Result<(tokio::process::Child, u16)> {
+    let exe = std::env::current_exe().context("locating the ivr binary")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["sim", "dvrip", "--listen", "127.0.0.1:0", "--discovery", "off", "--password", "bench", "--unpaced-live"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the simulator")?;
+    let out = child.stdout.take().context("simulator stdout")?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(out).read_line(&mut line).await?;
+    let port = line
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("simulator banner {line:?}"))?;
+    Ok((child, port))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
 async fn dvrip(b: DvripBench) -> anyhow::Result<()> {
-    let cfg = SimConfig { password: "bench".into(), live_unpaced: true, ..SimConfig::default() };
-    let sim = ivr_sim::dvrip::start(cfg, "127.0.0.1:0".parse()?, None).await?;
-    let addr = sim.addr.to_string();
+    let (_sim, port) = spawn_sim().await?;
+    let addr = format!("127.0.0.1:{port}");
     let python = expand(&b.python);
     let script = std::env::temp_dir().join(format!("ivr-bench-pydvr-{}.py", std::process::id()));
     std::fs::write(&script, PYDVR_SCRIPT).context("writing the python-dvr script")?;
 
-    let mut rust_s = Duration::MAX;
-    let mut rust_l = (Duration::MAX, 0u64);
+    let (mut seq, mut pipe, mut live) = (None, None, None);
+    let mut live_bytes = 0;
     let mut py: Option<Value> = None;
     for _ in 0..b.runs {
-        rust_s = rust_s.min(rust_session(&addr, b.gets).await?);
-        let l = rust_live(&addr, b.frames).await?;
-        if l.0 < rust_l.0 {
-            rust_l = l;
+        seq = best(seq, rust_session(&addr, b.gets, 1).await?);
+        pipe = best(pipe, rust_session(&addr, b.gets, b.pipeline).await?);
+        let (l, bytes) = rust_live(&addr, b.frames).await?;
+        if live.is_none_or(|x: Sample| l.wall < x.wall) {
+            live = Some(l);
+            live_bytes = bytes;
         }
         let out = tokio::process::Command::new(&python)
             .arg(&script)
-            .args(["127.0.0.1", &sim.addr.port().to_string(), "bench", &b.gets.to_string(), &b.frames.to_string()])
+            .args(["127.0.0.1", &port.to_string(), "bench", &b.gets.to_string(), &b.frames.to_string()])
             .output()
             .await
             .with_context(|| format!("running {python} (install python-dvr there, or pass --python)"))?;
@@ -115,40 +185,60 @@ async fn dvrip(b: DvripBench) -> anyhow::Result<()> {
             bail!("python-dvr run failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let v: Value = serde_json::from_slice(&out.stdout).context("python-dvr output")?;
-        let better = match &py {
-            None => true,
-            Some(p) => v["session_s"].as_f64() < p["session_s"].as_f64(),
-        };
-        if better {
+        if py.as_ref().is_none_or(|p| v["session_s"].as_f64() < p["session_s"].as_f64()) {
             py = Some(v);
         }
     }
     let _ = std::fs::remove_file(&script);
+    let (seq, pipe, live) = (seq.context("no run")?, pipe.context("no run")?, live.context("no run")?);
     let py = py.context("no python-dvr run")?;
-    let py_session = py["session_s"].as_f64().unwrap_or(f64::NAN);
-    let py_live = py["live_s"].as_f64().unwrap_or(f64::NAN);
-    let py_bytes = py["live_bytes"].as_f64().unwrap_or(f64::NAN);
-    let rs = rust_s.as_secs_f64();
-    let rl = rust_l.0.as_secs_f64();
+    let f = |k: &str| py[k].as_f64().unwrap_or(f64::NAN);
+    let (py_s, py_s_cpu, py_l, py_l_cpu, py_bytes) =
+        (f("session_s"), f("session_cpu_s"), f("live_s"), f("live_cpu_s"), f("live_bytes"));
     let mb = |bytes: f64, s: f64| bytes / s / 1e6;
     let v = json!({
-        "session": {"gets": b.gets, "ivr_s": rs, "python_dvr_s": py_session, "speedup": py_session / rs},
-        "live": {"frames": b.frames, "ivr_mb_s": mb(rust_l.1 as f64, rl), "python_dvr_mb_s": mb(py_bytes, py_live),
-                 "ivr_fps": b.frames as f64 / rl, "python_dvr_fps": b.frames as f64 / py_live,
-                 "speedup": mb(rust_l.1 as f64, rl) / mb(py_bytes, py_live)},
         "runs": b.runs,
+        "session": {
+            "gets": b.gets,
+            "python_dvr": {"wall_s": py_s, "cpu_s": py_s_cpu},
+            "ivr_sequential": {"wall_s": secs(seq.wall), "cpu_s": secs(seq.cpu)},
+            "ivr_pipelined": {"in_flight": b.pipeline, "wall_s": secs(pipe.wall), "cpu_s": secs(pipe.cpu)},
+            "wall_speedup_sequential": py_s / secs(seq.wall),
+            "wall_speedup_pipelined": py_s / secs(pipe.wall),
+            "cpu_ratio": py_s_cpu / secs(seq.cpu).max(1e-6),
+        },
+        "live": {
+            "frames": b.frames,
+            "python_dvr": {"wall_s": py_l, "cpu_s": py_l_cpu, "mb_s": mb(py_bytes, py_l)},
+            "ivr": {"wall_s": secs(live.wall), "cpu_s": secs(live.cpu), "mb_s": mb(live_bytes as f64, secs(live.wall))},
+            "wall_speedup": py_l / secs(live.wall),
+            "cpu_ratio": py_l_cpu / secs(live.cpu).max(1e-6),
+        },
     });
     if b.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("scripted session (login + {} config gets + time + snapshot), best of {}:", b.gets, b.runs);
-        println!("  ivr        {:>8.3} s", rs);
-        println!("  python-dvr {:>8.3} s", py_session);
-        println!("  ivr is {:.1}x faster", py_session / rs);
-        println!("live stream ({} frames of 2592x1944 H.264, unpaced), read and demuxed:", b.frames);
-        println!("  ivr        {:>8.1} MB/s  {:>8.0} frames/s", mb(rust_l.1 as f64, rl), b.frames as f64 / rl);
-        println!("  python-dvr {:>8.1} MB/s  {:>8.0} frames/s", mb(py_bytes, py_live), b.frames as f64 / py_live);
-        println!("  ivr is {:.1}x faster", mb(rust_l.1 as f64, rl) / mb(py_bytes, py_live));
+        return Ok(());
     }
+    println!("simulator: ivr sim dvrip in its own process; best of {} runs\n", b.runs);
+    println!("scripted session: login + {} config gets + time + snapshot", b.gets);
+    println!("  {:<28} {:>9} {:>9}", "", "wall s", "cpu s");
+    println!("  {:<28} {:>9.3} {:>9.3}", "python-dvr", py_s, py_s_cpu);
+    println!("  {:<28} {:>9.3} {:>9.3}", "ivr, one at a time", secs(seq.wall), secs(seq.cpu));
+    println!("  {:<28} {:>9.3} {:>9.3}", format!("ivr, {} in flight", b.pipeline), secs(pipe.wall), secs(pipe.cpu));
+    println!(
+        "  wall: {:.1}x (one at a time), {:.1}x (pipelined); client cpu: {:.1}x",
+        py_s / secs(seq.wall),
+        py_s / secs(pipe.wall),
+        py_s_cpu / secs(seq.cpu).max(1e-6)
+    );
+    println!("\nlive stream: {} frames of 2592x1944 H.264, unpaced, read and demuxed", b.frames);
+    println!("  {:<28} {:>9} {:>9} {:>9}", "", "wall s", "cpu s", "MB/s");
+    println!("  {:<28} {:>9.3} {:>9.3} {:>9.1}", "python-dvr", py_l, py_l_cpu, mb(py_bytes, py_l));
+    println!("  {:<28} {:>9.3} {:>9.3} {:>9.1}", "ivr", secs(live.wall), secs(live.cpu), mb(live_bytes as f64, secs(live.wall)));
+    println!(
+        "  wall: {:.1}x; client cpu: {:.1}x",
+        py_l / secs(live.wall),
+        py_l_cpu / secs(live.cpu).max(1e-6)
+    );
     Ok(())
 }

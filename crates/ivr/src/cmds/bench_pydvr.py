@@ -9,6 +9,7 @@ from dvrip import DVRIPCam
 host, port, password, gets, frames = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 
 t0 = time.perf_counter()
+c0 = time.process_time()
 cam = DVRIPCam(host, user="admin", password=password, port=port)
 assert cam.login()
 for _ in range(gets):
@@ -18,11 +19,13 @@ snap = cam.snapshot()
 assert snap[:2] == b"\xff\xd8"
 cam.close()
 session = time.perf_counter() - t0
+session_cpu = time.process_time() - c0
 
 cam = DVRIPCam(host, user="admin", password=password, port=port)
 assert cam.login()
 count = [0, 0]
 t0 = time.perf_counter()
+c0 = time.process_time()
 
 
 def on_frame(frame, meta, user):
@@ -34,5 +37,7 @@ def on_frame(frame, meta, user):
 
 cam.start_monitor(on_frame)
 live = time.perf_counter() - t0
+live_cpu = time.process_time() - c0
 cam.close()
-print(json.dumps({"session_s": session, "live_s": live, "live_frames": count[0], "live_bytes": count[1]}))
+print(json.dumps({"session_s": session, "session_cpu_s": session_cpu, "live_s": live, "live_cpu_s": live_cpu,
+                  "live_frames": count[0], "live_bytes": count[1]}))

@@ -470,8 +470,13 @@ impl DvripSim {
                 }
             }
         };
+        let (mut fps, mut audio) = self.stream_cfg(channel, stream);
         for i in 0u64.. {
-            let (fps, audio) = self.stream_cfg(channel, stream);
+            // Encoder settings take effect at the next keyframe, as on
+            // cameras (and the config is not re-read for every frame).
+            if clip.frame(i).keyframe {
+                (fps, audio) = self.stream_cfg(channel, stream);
+            }
             let mut buf = BytesMut::with_capacity(64 * 1024);
             let f = clip.frame(i);
             media::write_video(
@@ -508,7 +513,7 @@ impl DvripSim {
                 }
             }
             if self.cfg.live_unpaced {
-                tokio::task::yield_now().await;
+                // The bounded queue to the socket paces us.
                 continue;
             }
             next += Duration::from_micros(1_000_000 / fps as u64);
