@@ -149,6 +149,11 @@ impl Conn {
     /// matching one is preferred.
     async fn call_packet(&self, msg_id: u16, payload: Bytes, name: &str) -> Result<Packet> {
         let seq = self.next_seq();
+        self.send_and_wait(Header::new(msg_id, self.session, seq, payload.len()), payload, name).await
+    }
+
+    /// Registers a waiter for the reply (id + 1) to a request with `seq`.
+    fn expect_reply(&self, msg_id: u16, seq: u32) -> oneshot::Receiver<Packet> {
         let (tx, rx) = oneshot::channel();
         self.routes
             .lock()
@@ -157,7 +162,13 @@ impl Conn {
             .entry(ids::reply_of(msg_id))
             .or_default()
             .push_back(Pending { seq, tx });
-        let h = Header::new(msg_id, self.session, seq, payload.len());
+        rx
+    }
+
+    /// Sends a packet and waits for its reply, within the timeout.
+    async fn send_and_wait(&self, h: Header, payload: Bytes, name: &str) -> Result<Packet> {
+        let (msg_id, seq) = (h.msg_id, h.seq);
+        let rx = self.expect_reply(msg_id, seq);
         if let Err(e) = self.write(Packet::new(h, payload)).await {
             self.forget(msg_id, seq);
             return Err(e);
@@ -178,6 +189,16 @@ impl Conn {
         }
     }
 
+    /// The JSON body of a reply packet.
+    fn body(&self, p: &Packet) -> Result<Value> {
+        parse_body(&p.payload).map_err(|source| Error::Body {
+            addr: self.addr.clone(),
+            msg_id: p.msg_id(),
+            seq: p.header.seq,
+            source,
+        })
+    }
+
     fn forget(&self, msg_id: u16, seq: u32) {
         if let Some(q) = self.routes.lock().expect("routes lock").pending.get_mut(&ids::reply_of(msg_id)) {
             q.retain(|p| p.seq != seq);
@@ -187,12 +208,7 @@ impl Conn {
     async fn call_json(&self, msg_id: u16, body: &Value) -> Result<Value> {
         let name = body.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
         let p = self.call_packet(msg_id, encode_body(body), &name).await?;
-        parse_body(&p.payload).map_err(|source| Error::Body {
-            addr: self.addr.clone(),
-            msg_id: p.msg_id(),
-            seq: p.header.seq,
-            source,
-        })
+        self.body(&p)
     }
 
     fn route(&self, msg_id: u16, capacity: usize) -> mpsc::Receiver<Packet> {
@@ -841,12 +857,7 @@ impl Client {
                 };
                 if buf.is_empty() && p.payload.first() == Some(&b'{') {
                     // A JSON refusal (NVRs answer 108 when the channel cannot snap).
-                    let v = parse_body(&p.payload).map_err(|source| Error::Body {
-                        addr: c.addr.clone(),
-                        msg_id: p.msg_id(),
-                        seq: p.header.seq,
-                        source,
-                    })?;
+                    let v = c.body(&p)?;
                     self.check(ids::NET_SNAP_REQ, "OPSNAP", v)?;
                     continue;
                 }
@@ -1066,12 +1077,7 @@ impl Client {
                         timeout: Duration::from_secs(120),
                     })?
                     .ok_or_else(|| c.closed_err())?;
-                let v = parse_body(&p.payload).map_err(|source| Error::Body {
-                    addr: self.addr(),
-                    msg_id: p.msg_id(),
-                    seq: p.header.seq,
-                    source,
-                })?;
+                let v = c.body(&p)?;
                 match crate::json::ret(&v) {
                     Some(ret::code::UPGRADE_OK) => {
                         progress(UpgradeProgress::Done);
@@ -1100,33 +1106,10 @@ impl Client {
     }
 
     async fn call_binary(&self, c: &Conn, msg_id: u16, seq: u32, payload: Bytes, end: bool) -> Result<Value> {
-        let (tx, rx) = oneshot::channel();
-        c.routes
-            .lock()
-            .expect("routes lock")
-            .pending
-            .entry(ids::reply_of(msg_id))
-            .or_default()
-            .push_back(Pending { seq, tx });
         let mut h = Header::new(msg_id, c.session, seq, payload.len());
         h.byte13 = end as u8;
-        c.write(Packet::new(h, payload)).await?;
-        let p = tokio::time::timeout(c.timeout, rx)
-            .await
-            .map_err(|_| Error::Timeout {
-                addr: self.addr(),
-                msg_id,
-                name: ids::name(msg_id).unwrap_or("").into(),
-                seq,
-                timeout: c.timeout,
-            })?
-            .map_err(|_| c.closed_err())?;
-        parse_body(&p.payload).map_err(|source| Error::Body {
-            addr: self.addr(),
-            msg_id: p.msg_id(),
-            seq: p.header.seq,
-            source,
-        })
+        let p = c.send_and_wait(h, payload, ids::name(msg_id).unwrap_or("")).await?;
+        c.body(&p)
     }
 
     // ---- import / export ----
@@ -1150,12 +1133,7 @@ impl Client {
                     })?
                     .ok_or_else(|| c.closed_err())?;
                 if buf.is_empty() && p.payload.first() == Some(&b'{') {
-                    let v = parse_body(&p.payload).map_err(|source| Error::Body {
-                        addr: self.addr(),
-                        msg_id: p.msg_id(),
-                        seq: p.header.seq,
-                        source,
-                    })?;
+                    let v = c.body(&p)?;
                     self.check(req_id, name, v)?;
                     if p.header.end() {
                         break;
@@ -1193,31 +1171,8 @@ impl Client {
             let mut h = Header::new(ids::CONFIG_IMPORT_REQ, c.session, i as u32, chunk.len());
             if i == last {
                 h.byte13 = 1;
-                let (tx, rx) = oneshot::channel();
-                c.routes
-                    .lock()
-                    .expect("routes lock")
-                    .pending
-                    .entry(ids::CONFIG_IMPORT_RSP)
-                    .or_default()
-                    .push_back(Pending { seq: i as u32, tx });
-                c.write(Packet::new(h, Bytes::copy_from_slice(chunk))).await?;
-                let p = tokio::time::timeout(c.timeout, rx)
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        addr: self.addr(),
-                        msg_id: ids::CONFIG_IMPORT_REQ,
-                        name: "OPConfigImport".into(),
-                        seq: i as u32,
-                        timeout: c.timeout,
-                    })?
-                    .map_err(|_| c.closed_err())?;
-                let v = parse_body(&p.payload).map_err(|source| Error::Body {
-                    addr: self.addr(),
-                    msg_id: p.msg_id(),
-                    seq: p.header.seq,
-                    source,
-                })?;
+                let p = c.send_and_wait(h, Bytes::copy_from_slice(chunk), "OPConfigImport").await?;
+                let v = c.body(&p)?;
                 self.check(ids::CONFIG_IMPORT_REQ, "OPConfigImport", v)?;
             } else {
                 c.write(Packet::new(h, Bytes::copy_from_slice(chunk))).await?;

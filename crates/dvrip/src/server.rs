@@ -82,6 +82,9 @@ impl Request {
 pub enum Response {
     /// A JSON reply sent as message id + 1 with the request's seq.
     Json(Value),
+    /// An already encoded JSON body (trailer included), sent like `Json`:
+    /// lets a device serialise straight from its own data.
+    Body(Bytes),
     /// Exactly these packets (binary replies, odd ids).
     Packets(Vec<Packet>),
     /// No reply (data messages, or a reply sent later by a task).
@@ -428,15 +431,8 @@ fn failed_login(ret: i64) -> Value {
 
 async fn send_response(tx: &mpsc::Sender<Packet>, resp: Response, hdr: Header, max: usize) {
     match resp {
-        Response::Json(v) | Response::JsonThenClose(v) => {
-            let body = encode_body(&v);
-            let frag = if body.len() > max { max } else { VENDOR_FRAGMENT };
-            for p in Packet::fragmented(hdr, body, frag) {
-                if tx.send(p).await.is_err() {
-                    return;
-                }
-            }
-        }
+        Response::Json(v) | Response::JsonThenClose(v) => send_body(tx, hdr, encode_body(&v), max).await,
+        Response::Body(body) => send_body(tx, hdr, body, max).await,
         Response::Packets(ps) => {
             for p in ps {
                 if tx.send(p).await.is_err() {
@@ -445,5 +441,14 @@ async fn send_response(tx: &mpsc::Sender<Packet>, resp: Response, hdr: Header, m
             }
         }
         Response::Nothing => {}
+    }
+}
+
+async fn send_body(tx: &mpsc::Sender<Packet>, hdr: Header, body: Bytes, max: usize) {
+    let frag = if body.len() > max { max } else { VENDOR_FRAGMENT };
+    for p in Packet::fragmented(hdr, body, frag) {
+        if tx.send(p).await.is_err() {
+            return;
+        }
     }
 }

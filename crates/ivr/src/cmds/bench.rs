@@ -136,7 +136,17 @@ fn expand(p: &str) -> String {
 async fn spawn_sim() -> anyhow::Result<(tokio::process::Child, u16)> {
     let exe = std::env::current_exe().context("locating the ivr binary")?;
     let mut child = tokio::process::Command::new(exe)
-        .args(["sim", "dvrip", "--listen", "127.0.0.1:0", "--discovery", "off", "--password", "bench", "--unpaced-live"])
+        .args([
+            "sim",
+            "dvrip",
+            "--listen",
+            "127.0.0.1:0",
+            "--discovery",
+            "off",
+            "--password",
+            "bench",
+            "--unpaced-live",
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -234,11 +244,13 @@ async fn dvrip(b: DvripBench) -> anyhow::Result<()> {
     println!("\nlive stream: {} frames of 2592x1944 H.264, unpaced, read and demuxed", b.frames);
     println!("  {:<28} {:>9} {:>9} {:>9}", "", "wall s", "cpu s", "MB/s");
     println!("  {:<28} {:>9.3} {:>9.3} {:>9.1}", "python-dvr", py_l, py_l_cpu, mb(py_bytes, py_l));
-    println!("  {:<28} {:>9.3} {:>9.3} {:>9.1}", "ivr", secs(live.wall), secs(live.cpu), mb(live_bytes as f64, secs(live.wall)));
     println!(
-        "  wall: {:.1}x; client cpu: {:.1}x",
-        py_l / secs(live.wall),
-        py_l_cpu / secs(live.cpu).max(1e-6)
+        "  {:<28} {:>9.3} {:>9.3} {:>9.1}",
+        "ivr",
+        secs(live.wall),
+        secs(live.cpu),
+        mb(live_bytes as f64, secs(live.wall))
     );
+    println!("  wall: {:.1}x; client cpu: {:.1}x", py_l / secs(live.wall), py_l_cpu / secs(live.cpu).max(1e-6));
     Ok(())
 }

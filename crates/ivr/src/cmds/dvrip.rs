@@ -480,26 +480,9 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
             TimeCmd::Set { time, no_rtc } => {
                 let t =
                     parse_local_time(&time).ok_or_else(|| anyhow!("time {time:?}: expected YYYY-MM-DD HH:MM:SS"))?;
-                if no_rtc {
-                    c.set_time_no_rtc(&t).await?
-                } else {
-                    c.set_time(&t).await?
-                }
-                print(json, &json!({"time": dvrip::json::format_time(&t)}), || {
-                    format!("device time set to {}", dvrip::json::format_time(&t))
-                });
+                set_clock(c, &t, no_rtc, json).await?;
             }
-            TimeCmd::Sync { no_rtc } => {
-                let t = chrono::Local::now().naive_local();
-                if no_rtc {
-                    c.set_time_no_rtc(&t).await?
-                } else {
-                    c.set_time(&t).await?
-                }
-                print(json, &json!({"time": dvrip::json::format_time(&t)}), || {
-                    format!("device time set to {}", dvrip::json::format_time(&t))
-                });
-            }
+            TimeCmd::Sync { no_rtc } => set_clock(c, &chrono::Local::now().naive_local(), no_rtc, json).await?,
         },
         Cmd::Reboot => {
             c.reboot().await?;
@@ -769,6 +752,17 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
             unreachable!("handled without a device")
         }
     }
+    Ok(())
+}
+
+async fn set_clock(c: &Client, t: &NaiveDateTime, no_rtc: bool, json: bool) -> anyhow::Result<()> {
+    if no_rtc {
+        c.set_time_no_rtc(t).await?
+    } else {
+        c.set_time(t).await?
+    }
+    let s = dvrip::json::format_time(t);
+    print(json, &json!({"time": s}), || format!("device time set to {s}"));
     Ok(())
 }
 

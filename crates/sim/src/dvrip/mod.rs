@@ -22,6 +22,7 @@ use dvrip::ret::code;
 use dvrip::server::{Device, LoginGrant, Request, Response, Server, ServerConfig, Session};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -609,8 +610,9 @@ impl DvripSim {
         if binary {
             return self.binary(&s, req).await;
         }
-        let body = match &req.body {
-            Ok(b) => b.clone(),
+        let mut req = req;
+        let body = match std::mem::replace(&mut req.body, Ok(Value::Null)) {
+            Ok(b) => b,
             Err(e) => {
                 tracing::info!(session = s.id(), msg_id = id, error = %e, "sim dvrip: malformed request");
                 return Self::reply_err("", code::MESSAGE_FORMAT, &s);
@@ -624,7 +626,8 @@ impl DvripSim {
                 let st = self.st();
                 let t = if id == ids::CONFIG_GET { &st.config } else { &st.defaults };
                 match tree::get(t, &name) {
-                    Ok(v) => Response::Json(reply(&name, code::OK, s.id(), Some(v.clone()))),
+                    // Written straight from the tree: no copy of the subtree.
+                    Ok(v) => Response::Body(reply_body(&name, code::OK, s.id(), v)),
                     Err(e) => Self::reply_err(&name, e.ret, &s),
                 }
             }
@@ -928,14 +931,8 @@ impl DvripSim {
                 let me = self.clone();
                 let session = s.clone();
                 let task = tokio::spawn(async move {
-                    // A second-socket claim may still be attaching.
                     if claim.on_data {
-                        for _ in 0..50 {
-                            if session.has_data_channel() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+                        wait_for_data_channel(&session).await;
                     }
                     me.live(session, channel, stream, claim.on_data).await
                 });
@@ -1008,12 +1005,7 @@ impl DvripSim {
                 let session = s.clone();
                 let task = tokio::spawn(async move {
                     if claim.on_data {
-                        for _ in 0..50 {
-                            if session.has_data_channel() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+                        wait_for_data_channel(&session).await;
                     }
                     me.replay(session, parts, download, rx, claim.on_data).await
                 });
@@ -1556,6 +1548,32 @@ impl DvripSim {
             Ok(()) => code::OK,
             Err(e) => e.ret,
         }
+    }
+}
+
+/// `{"Name": name, "Ret": ret, "SessionID": …, name: data}` and the trailer,
+/// serialised without building a reply object.
+fn reply_body(name: &str, ret: i64, session: u32, data: &Value) -> Bytes {
+    use bytes::BufMut;
+    let mut b = BytesMut::with_capacity(256);
+    let mut w = (&mut b).writer();
+    let name_json = Value::String(name.to_owned());
+    // Writing JSON into memory cannot fail.
+    let _ =
+        write!(w, "{{\"Name\":{name_json},\"Ret\":{ret},\"SessionID\":\"{}\",{name_json}:", format_session(session));
+    let _ = serde_json::to_writer(&mut w, data);
+    b.put_slice(b"}\n\0");
+    b.freeze()
+}
+
+/// A second-socket claim may still be attaching when Start arrives on the
+/// control connection: give it up to a second.
+async fn wait_for_data_channel(session: &Session) {
+    for _ in 0..50 {
+        if session.has_data_channel() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
