@@ -175,6 +175,16 @@ impl Session {
         }
     }
 
+    /// Sends a stream's packet where the stream was claimed: the second
+    /// connection (`on_data`), or the control connection.
+    pub async fn send_stream(&self, p: Packet, on_data: bool) -> bool {
+        if on_data {
+            self.send_data(p).await
+        } else {
+            self.send(p).await
+        }
+    }
+
     pub fn has_data_channel(&self) -> bool {
         self.inner.data.lock().expect("session lock").is_some()
     }

@@ -461,16 +461,7 @@ impl DvripSim {
         let start = tokio::time::Instant::now();
         let mut next = start;
         let mut audio_pos = 0usize;
-        let send = |p: Packet| {
-            let session = session.clone();
-            async move {
-                if on_data {
-                    session.send_data(p).await
-                } else {
-                    session.send(p).await
-                }
-            }
-        };
+        let send = |p: Packet| session.send_stream(p, on_data);
         let (mut fps, mut audio) = self.stream_cfg(channel, stream);
         for i in 0u64.. {
             // Encoder settings take effect at the next keyframe, as on
@@ -536,16 +527,7 @@ impl DvripSim {
         let id = if download { ids::DOWNLOAD_DATA } else { ids::PLAY_DATA };
         let mut pending = BytesMut::new();
         let mut next = tokio::time::Instant::now();
-        let send = |p: Packet| {
-            let session = session.clone();
-            async move {
-                if on_data {
-                    session.send_data(p).await
-                } else {
-                    session.send(p).await
-                }
-            }
-        };
+        let send = |p: Packet| session.send_stream(p, on_data);
         for (rec, first, last) in parts {
             for i in first..last {
                 records::write_frame(&mut pending, clip, clip.fps, i, &rec.begin);
