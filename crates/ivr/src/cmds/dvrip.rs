@@ -28,10 +28,14 @@ struct Conn {
     /// Device address (not needed by `discover` and `alarm-center`).
     #[arg(long, global = true, env = "DVR_HOST")]
     host: Option<String>,
+    /// Device TCP port.
     #[arg(long, global = true, default_value_t = 34567, env = "DVR_PORT")]
     port: u16,
+    /// User name.
     #[arg(long, global = true, default_value = "admin", env = "DVR_USERNAME")]
     user: String,
+    /// Password (sent as its Sofia hash). Prefer DVR_PASSWORD: a command
+    /// line is visible to other users of the machine.
     #[arg(long, global = true, default_value = "", env = "DVR_PASSWORD", hide_env_values = true)]
     password: String,
     /// Send the password plain (`EncryptType: NONE`) instead of its Sofia hash.
