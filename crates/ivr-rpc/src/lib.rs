@@ -2,14 +2,17 @@
 //! and IVC (the video cloud), from `../shared/seeds/004_…` (English with
 //! ivr's decisions: `../shared/docs/ivr-rpc.md`).
 //!
-//! This crate is the sans-IO core: [`message`] (the four packets),
-//! [`peer`] (one end of a connection, enforcing the five disconnect rules)
-//! and [`catalogue`] (every method and event, typed and validated). The
-//! WebSocket adapters come with the cloud and the edge.
+//! The sans-IO core: [`message`] (the four packets), [`peer`] (one end of a
+//! connection, enforcing the five disconnect rules) and [`catalogue`]
+//! (every method and event, typed and validated). The tokio layer: [`conn`]
+//! (runs a peer over frames, with a handler and a handle) and [`ws`]
+//! (tungstenite WebSockets as frames, the IVT login URL).
 
 pub mod catalogue;
+pub mod conn;
 pub mod message;
 pub mod peer;
+pub mod ws;
 
 pub use message::{Message, RpcError};
 pub use peer::{Action, CallId, Close, Peer, Rule};
