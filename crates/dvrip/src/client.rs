@@ -60,24 +60,24 @@ impl ClientConfig {
 /// What went wrong, with where: the device, the message and its `Ret`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
     #[error("{addr}: connection timed out after {0:?}", .timeout)]
     ConnectTimeout { addr: String, timeout: Duration },
-    #[error("{addr}: I/O error: {source}")]
-    Io { addr: String, source: std::io::Error },
+    #[error("{addr}: I/O error: {cause}")]
+    Io { addr: String, cause: std::io::Error },
     #[error("{addr}: login as {user:?} refused: {}", ret::describe(*code))]
     Login { addr: String, user: String, code: i64 },
-    #[error("{addr}: {source}")]
-    LoginReply { addr: String, source: LoginReplyError },
+    #[error("{addr}: {cause}")]
+    LoginReply { addr: String, cause: LoginReplyError },
     #[error("{addr}: {name} (message {msg_id}) failed: {}", ret::describe(*code))]
     Ret { addr: String, msg_id: u16, name: String, code: i64 },
     #[error("{addr}: no reply to {name} (message {msg_id}, seq {seq}) within {timeout:?}")]
     Timeout { addr: String, msg_id: u16, name: String, seq: u32, timeout: Duration },
     #[error("{addr}: the connection closed (session {session})")]
     Closed { addr: String, session: String },
-    #[error("{addr}: reply to message {msg_id} (seq {seq}): {source}")]
-    Body { addr: String, msg_id: u16, seq: u32, source: BodyError },
+    #[error("{addr}: reply to message {msg_id} (seq {seq}): {cause}")]
+    Body { addr: String, msg_id: u16, seq: u32, cause: BodyError },
     #[error("{addr}: {message}")]
     Protocol { addr: String, message: String },
 }
@@ -191,11 +191,11 @@ impl Conn {
 
     /// The JSON body of a reply packet.
     fn body(&self, p: &Packet) -> Result<Value> {
-        parse_body(&p.payload).map_err(|source| Error::Body {
+        parse_body(&p.payload).map_err(|cause| Error::Body {
             addr: self.addr.clone(),
             msg_id: p.msg_id(),
             seq: p.header.seq,
-            source,
+            cause,
         })
     }
 
@@ -388,7 +388,7 @@ impl Client {
         let s = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&self.cfg.addr))
             .await
             .map_err(|_| Error::ConnectTimeout { addr: addr.clone(), timeout: self.cfg.connect_timeout })?
-            .map_err(|source| Error::Connect { addr: addr.clone(), source })?;
+            .map_err(|cause| Error::Connect { addr: addr.clone(), cause })?;
         let _ = s.set_nodelay(true);
         Ok(s)
     }
@@ -444,7 +444,7 @@ impl Client {
             login_type: self.cfg.login_type.clone(),
         };
         let v = conn.call_json(ids::LOGIN_REQ, &req.to_json()).await?;
-        let reply = LoginReply::parse(&v).map_err(|source| Error::LoginReply { addr: addr.clone(), source })?;
+        let reply = LoginReply::parse(&v).map_err(|cause| Error::LoginReply { addr: addr.clone(), cause })?;
         if !ret::is_success(reply.ret) {
             return Err(Error::Login { addr, user: self.cfg.user.clone(), code: reply.ret });
         }
@@ -899,12 +899,12 @@ impl Client {
                 writer
                     .send(Packet::new(h, encode_body(&claim)))
                     .await
-                    .map_err(|e| Error::Io { addr: self.addr(), source: std::io::Error::other(e.to_string()) })?;
+                    .map_err(|e| Error::Io { addr: self.addr(), cause: std::io::Error::other(e.to_string()) })?;
                 let reply = tokio::time::timeout(c.timeout, async {
                     while let Some(p) = reader.next().await {
                         let p = p.map_err(|e| Error::Io {
                             addr: self.addr(),
-                            source: std::io::Error::other(e.to_string()),
+                            cause: std::io::Error::other(e.to_string()),
                         })?;
                         if p.msg_id() == ids::reply_of(setup.claim_id) {
                             return Ok(p);
@@ -920,11 +920,11 @@ impl Client {
                     seq: 0,
                     timeout: c.timeout,
                 })??;
-                let v = parse_body(&reply.payload).map_err(|source| Error::Body {
+                let v = parse_body(&reply.payload).map_err(|cause| Error::Body {
                     addr: self.addr(),
                     msg_id: reply.msg_id(),
                     seq: 0,
-                    source,
+                    cause,
                 })?;
                 self.check_ok(setup.claim_id, setup.name, v)?;
                 let (data_id, eof_id) = (setup.data_id, setup.eof_id);

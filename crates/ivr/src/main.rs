@@ -18,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Talk to a DVRIP/Sofia device (Xiongmai, XMeye cameras, DVRs, NVRs).
     Dvrip(cmds::dvrip::Args),
+    /// The on-site agent (IVT): connects out to the cloud and drives local channels.
+    Edge(cmds::edge::Args),
     /// Run a simulated device.
     #[command(subcommand)]
     Sim(cmds::sim::SimCmd),
@@ -37,7 +39,7 @@ fn main() -> std::process::ExitCode {
     // between its tasks without cross-thread wake-ups. Servers use all cores.
     let rt = match &cli.cmd {
         Cmd::Dvrip(_) | Cmd::Bench(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Cmd::Sim(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Cmd::Sim(_) | Cmd::Edge(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Dvrip(a) => cmds::dvrip::run(a).await,
             Cmd::Sim(s) => cmds::sim::run(s).await,
+            Cmd::Edge(a) => cmds::edge::run(a).await,
             Cmd::Bench(b) => cmds::bench::run(b).await,
         }
     });

@@ -1,3 +1,4 @@
 pub mod bench;
 pub mod dvrip;
+pub mod edge;
 pub mod sim;

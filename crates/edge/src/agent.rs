@@ -1,0 +1,289 @@
+//! The agent: dials the cloud, keeps the session alive with real channel
+//! states, answers every IVT method and event through the channel
+//! backends, and reconnects with exponential backoff and full jitter.
+
+use crate::backend::ChannelBackend;
+use crate::config::EdgeConfig;
+use ivr_rpc::catalogue::{ChannelStatus, DeviceState, IvcRequest, IvtEvent, IvtRequest, Keepalive};
+use ivr_rpc::conn::{self, CallError, Handler, RpcHandle};
+use ivr_rpc::message::{codes, RpcError};
+use ivr_rpc::ws::{login_url, WsFrames};
+use ivr_rpc::Peer;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Exponential backoff with full jitter: the n-th wait is uniform in
+/// `[0, min(cap, base · 2ⁿ)]`, so a cloud restart does not bring every
+/// device back at the same instant.
+#[derive(Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+    attempt: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ (std::process::id() as u64) << 32;
+        Backoff { base, cap, attempt: 0, rng: seed | 1 }
+    }
+
+    /// The next wait.
+    pub fn next_wait(&mut self) -> Duration {
+        // xorshift64: jitter needs spread, not cryptography.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        ceiling.mul_f64(frac)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// What the agent is doing, for status output and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EdgeStatus {
+    pub connected: bool,
+    /// Sessions established so far.
+    pub sessions: u64,
+    /// Why the last session or attempt ended.
+    pub last_error: Option<String>,
+}
+
+struct EdgeHandler {
+    channels: Vec<Arc<dyn ChannelBackend>>,
+    handle: Mutex<Option<RpcHandle>>,
+}
+
+impl EdgeHandler {
+    fn channel(&self, n: u32) -> Result<&Arc<dyn ChannelBackend>, RpcError> {
+        self.channels
+            .iter()
+            .find(|c| c.channel() == n)
+            .ok_or_else(|| RpcError::new(codes::INTERNAL, format!("params.channel: no channel {n} on this device")))
+    }
+}
+
+fn channel_of(req: &IvtRequest) -> Option<u32> {
+    Some(match req {
+        IvtRequest::RtmpPublish(p) => p.channel,
+        IvtRequest::RtmpStopPublish { channel, .. }
+        | IvtRequest::StopCloudRecord { channel, .. }
+        | IvtRequest::RebootChannel { channel }
+        | IvtRequest::GetPtzPresetList { channel }
+        | IvtRequest::GetPtzPresetTourList { channel }
+        | IvtRequest::GetNetConfig { channel } => *channel,
+        IvtRequest::StartCloudRecord(r) => r.channel,
+        IvtRequest::AlarmMoveDetectConfig(d) | IvtRequest::AlarmRectIntrusionDetectConfig(d) => d.channel,
+        IvtRequest::GetRtmpPublishConfig | IvtRequest::SetRtmpPublishConfig(_) => return None,
+    })
+}
+
+impl Handler for EdgeHandler {
+    async fn request(&self, method: String, params: Option<Value>) -> Result<Value, RpcError> {
+        let req = IvtRequest::parse(&method, params.as_ref())?;
+        match &req {
+            IvtRequest::GetRtmpPublishConfig => Ok(Value::Array(
+                self.channels
+                    .iter()
+                    .map(|c| {
+                        let p = c.publish_config();
+                        json!({"enable": p.enable, "channel": p.channel, "quality": p.quality.as_str(), "url": p.url})
+                    })
+                    .collect(),
+            )),
+            IvtRequest::SetRtmpPublishConfig(list) => {
+                // All or nothing: check every channel first.
+                for (i, p) in list.iter().enumerate() {
+                    if self.channel(p.channel).is_err() {
+                        return Err(RpcError::new(
+                            codes::INTERNAL,
+                            format!("params.[{i}].channel: no channel {} on this device", p.channel),
+                        ));
+                    }
+                }
+                for p in list {
+                    self.channel(p.channel)?.set_publish_config(p);
+                }
+                Ok(json!({}))
+            }
+            other => {
+                let n = channel_of(other).expect("every other method names a channel");
+                self.channel(n)?.request(other)
+            }
+        }
+    }
+
+    async fn event(&self, name: String, params: Option<Value>) {
+        let ev = match IvtEvent::parse(&name, params.as_ref()) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(event = %name, error = %e, "edge: event ignored");
+                return;
+            }
+        };
+        match &ev {
+            IvtEvent::SyncTime { .. } => self.channels.iter().for_each(|c| c.event(&ev)),
+            IvtEvent::UpgradeFirmware => {
+                let handle = self.handle.lock().expect("handle lock").clone();
+                if let Some(h) = handle {
+                    tokio::spawn(async move {
+                        match h.call("GetFirmware", None).await {
+                            Ok(v) => {
+                                tracing::info!(firmware = %v["firmware_model"], url = %v["url"], "edge: firmware offered; downloading it comes with the cloud's firmware catalogue")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "edge: GetFirmware failed"),
+                        }
+                    });
+                }
+            }
+            IvtEvent::CtrlPtz { channel, .. }
+            | IvtEvent::GotoPtzPreset { channel, .. }
+            | IvtEvent::CtrlPtzPresetTour { channel, .. }
+            | IvtEvent::CtrlPtzPatrol { channel, .. } => match self.channel(*channel) {
+                Ok(c) => c.event(&ev),
+                Err(e) => tracing::warn!(event = %name, error = %e.msg, "edge: event ignored"),
+            },
+        }
+    }
+}
+
+/// The IVT agent.
+pub struct Edge {
+    cfg: EdgeConfig,
+    channels: Vec<Arc<dyn ChannelBackend>>,
+    status: watch::Sender<EdgeStatus>,
+    backoff: Mutex<Backoff>,
+}
+
+impl Edge {
+    pub fn new(cfg: EdgeConfig, channels: Vec<Arc<dyn ChannelBackend>>) -> Arc<Edge> {
+        Edge::with_backoff(cfg, channels, Backoff::new(Duration::from_secs(1), Duration::from_secs(60)))
+    }
+
+    pub fn with_backoff(cfg: EdgeConfig, channels: Vec<Arc<dyn ChannelBackend>>, backoff: Backoff) -> Arc<Edge> {
+        Arc::new(Edge { cfg, channels, status: watch::channel(EdgeStatus::default()).0, backoff: Mutex::new(backoff) })
+    }
+
+    pub fn status(&self) -> watch::Receiver<EdgeStatus> {
+        self.status.subscribe()
+    }
+
+    fn keepalive(&self) -> Option<Value> {
+        IvcRequest::Keepalive(Keepalive {
+            state: DeviceState::Online,
+            channels: self
+                .channels
+                .iter()
+                .map(|c| ChannelStatus {
+                    channel: c.channel(),
+                    state: c.state(),
+                    record_session: c.record_session(),
+                    alarm: Some(c.alarm_bits()).filter(|&b| b != 0),
+                })
+                .collect(),
+        })
+        .params()
+    }
+
+    /// Runs forever: connect, serve, and on any end wait and connect again.
+    pub async fn run(self: Arc<Self>) {
+        let c = &self.cfg.cloud;
+        let url = login_url(&c.url, &c.login_code, &c.login_passwd, &c.hardware_model, &c.firmware_model);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url.as_str())).await {
+                Ok(Ok((ws, _))) => {
+                    self.backoff.lock().expect("backoff lock").reset();
+                    self.session(ws).await;
+                }
+                Ok(Err(e)) => {
+                    let why = match &e {
+                        tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401 => {
+                            "the cloud refused our login_code/login_passwd (HTTP 401)".to_owned()
+                        }
+                        other => format!("cannot connect to {}: {other}", c.url),
+                    };
+                    tracing::warn!("edge: {why}");
+                    self.status.send_modify(|s| s.last_error = Some(why));
+                }
+                Err(_) => {
+                    let why = format!("connecting to {} timed out", c.url);
+                    tracing::warn!("edge: {why}");
+                    self.status.send_modify(|s| s.last_error = Some(why));
+                }
+            }
+            let wait = self.backoff.lock().expect("backoff lock").next_wait();
+            tracing::info!(?wait, "edge: reconnecting after a pause");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn session<S>(&self, ws: tokio_tungstenite::WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = Arc::new(EdgeHandler { channels: self.channels.clone(), handle: Mutex::new(None) });
+        let (handle, mut task) = conn::spawn(WsFrames::new(ws), Peer::ivt(), handler.clone());
+        *handler.handle.lock().expect("handle lock") = Some(handle.clone());
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.sessions += 1;
+        });
+        tracing::info!(url = %self.cfg.cloud.url, "edge: connected");
+        let every = Duration::from_secs(self.cfg.cloud.keepalive_secs);
+        let keepalives = async {
+            loop {
+                match handle.call("Keepalive", self.keepalive()).await {
+                    Ok(_) => {}
+                    Err(CallError::Remote { err, .. }) => tracing::warn!(%err, "edge: the cloud refused our Keepalive"),
+                    Err(e @ CallError::Closed { .. }) => return e.to_string(),
+                }
+                tokio::time::sleep(every).await;
+            }
+        };
+        let why = tokio::select! {
+            closed = &mut task => match closed {
+                Ok(Some(rule)) => rule.to_string(),
+                _ => "the cloud closed the connection".to_owned(),
+            },
+            why = keepalives => why,
+        };
+        handle.close().await;
+        *handler.handle.lock().expect("handle lock") = None;
+        tracing::warn!("edge: session ended: {why}");
+        self.status.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(why);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_full_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let waits: Vec<Duration> = (0..12).map(|_| b.next_wait()).collect();
+        for (n, w) in waits.iter().enumerate() {
+            let ceiling = Duration::from_secs(1 << n.min(6)).min(Duration::from_secs(60));
+            assert!(*w <= ceiling, "wait {n}: {w:?} > {ceiling:?}");
+        }
+        assert!(waits.windows(2).any(|p| p[0] != p[1]), "jittered");
+        b.reset();
+        assert!(b.next_wait() <= Duration::from_secs(1));
+    }
+}

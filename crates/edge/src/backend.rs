@@ -1,0 +1,266 @@
+//! The channel backend trait, and the simulated channel that ships now
+//! (dvrip:// and cvip:// backends come with later releases).
+
+use chrono::{Duration as Span, Local, NaiveDateTime};
+use ivr_rpc::catalogue::{ChannelState, DetectConfig, IvtEvent, IvtRequest, Quality, RtmpPublishConfig};
+use ivr_rpc::message::{codes, RpcError};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One channel, whatever drives it.
+pub trait ChannelBackend: Send + Sync + 'static {
+    fn channel(&self) -> u32;
+    /// For Keepalive: offline, online or live.
+    fn state(&self) -> ChannelState;
+    /// For Keepalive: the running StartCloudRecord session.
+    fn record_session(&self) -> Option<String>;
+    /// For Keepalive: alarm bits (2 external, 3 motion, 4 trip-wire).
+    fn alarm_bits(&self) -> u32;
+    /// A channel's request (every IVT method but the RTMP publish config,
+    /// which the agent gathers across channels).
+    fn request(&self, req: &IvtRequest) -> Result<Value, RpcError>;
+    fn event(&self, ev: &IvtEvent);
+    fn publish_config(&self) -> RtmpPublishConfig;
+    fn set_publish_config(&self, c: &RtmpPublishConfig);
+}
+
+/// What a simulated channel's stream of each quality runs at (bit/s).
+pub fn bitrate(q: Quality) -> u64 {
+    match q {
+        Quality::Ld => 256_000,
+        Quality::Sd => 512_000,
+        Quality::Hd => 2_000_000,
+        Quality::Fhd => 4_000_000,
+    }
+}
+
+/// PTZ state of a simulated channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ptz {
+    /// The CtrlPTZ op in progress (`None` when stopped) and its speed.
+    pub moving: Option<(String, u8)>,
+    /// The preset the camera went to last.
+    pub at_preset: Option<String>,
+    pub touring: Option<String>,
+    pub patrolling: bool,
+}
+
+#[derive(Debug)]
+struct SimState {
+    ptz: Ptz,
+    motion: DetectConfig,
+    intrusion: DetectConfig,
+    publish_config: RtmpPublishConfig,
+    /// stream_id → (quality, url)
+    publishing: HashMap<String, (Quality, String)>,
+    recording: Option<String>,
+    offline_until: Option<Instant>,
+    clock_offset: Span,
+    alarm_bits: u32,
+}
+
+/// A simulated camera channel that keeps its state and answers with the
+/// seed's semantics (already publishing is success, stopping an unknown
+/// stream or session is success, bitrate above the limit is error 11).
+pub struct SimChannel {
+    channel: u32,
+    reboot_time: Duration,
+    st: Mutex<SimState>,
+}
+
+pub const PRESETS: [(&str, &str); 3] = [("Gate", "1"), ("Yard", "2"), ("Door", "3")];
+pub const TOURS: [(&str, &str); 1] = [("Perimeter", "t1")];
+
+impl SimChannel {
+    pub fn new(channel: u32) -> SimChannel {
+        let detect =
+            DetectConfig { channel, enable: false, start: 0, end: 86400, sensitivity: 50, delay: 10, rect: None };
+        SimChannel {
+            channel,
+            reboot_time: Duration::from_secs(5),
+            st: Mutex::new(SimState {
+                ptz: Ptz::default(),
+                motion: detect.clone(),
+                intrusion: DetectConfig { rect: Some([10, 10, 90, 10, 10, 90, 90, 90]), ..detect },
+                publish_config: RtmpPublishConfig { enable: false, channel, quality: Quality::Hd, url: String::new() },
+                publishing: HashMap::new(),
+                recording: None,
+                offline_until: None,
+                clock_offset: Span::zero(),
+                alarm_bits: 0,
+            }),
+        }
+    }
+
+    pub fn with_reboot_time(mut self, d: Duration) -> SimChannel {
+        self.reboot_time = d;
+        self
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.st.lock().expect("sim channel lock")
+    }
+
+    pub fn ptz(&self) -> Ptz {
+        self.st().ptz.clone()
+    }
+    pub fn motion(&self) -> DetectConfig {
+        self.st().motion.clone()
+    }
+    pub fn intrusion(&self) -> DetectConfig {
+        self.st().intrusion.clone()
+    }
+    pub fn clock(&self) -> NaiveDateTime {
+        Local::now().naive_local() + self.st().clock_offset
+    }
+    pub fn publishing(&self) -> Vec<String> {
+        self.st().publishing.keys().cloned().collect()
+    }
+    /// Raises or clears an alarm bit (2 external, 3 motion, 4 trip-wire).
+    pub fn set_alarm(&self, bit: u8, on: bool) {
+        let mut st = self.st();
+        if on {
+            st.alarm_bits |= 1 << bit;
+        } else {
+            st.alarm_bits &= !(1 << bit);
+        }
+    }
+
+    fn check_bitrate(q: Quality, max: u64) -> Result<(), RpcError> {
+        if max != 0 && bitrate(q) > max {
+            return Err(RpcError::new(
+                codes::BITRATE_TOO_LARGE,
+                format!("the {} stream runs at {} bit/s, above max_bitrate {max}", q.as_str(), bitrate(q)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ChannelBackend for SimChannel {
+    fn channel(&self) -> u32 {
+        self.channel
+    }
+
+    fn state(&self) -> ChannelState {
+        let st = self.st();
+        if st.offline_until.is_some_and(|t| Instant::now() < t) {
+            ChannelState::Offline
+        } else if !st.publishing.is_empty() {
+            ChannelState::Live
+        } else {
+            ChannelState::Online
+        }
+    }
+
+    fn record_session(&self) -> Option<String> {
+        self.st().recording.clone()
+    }
+
+    fn alarm_bits(&self) -> u32 {
+        self.st().alarm_bits
+    }
+
+    fn request(&self, req: &IvtRequest) -> Result<Value, RpcError> {
+        if self.state() == ChannelState::Offline && !matches!(req, IvtRequest::RebootChannel { .. }) {
+            return Err(RpcError::new(codes::INTERNAL, format!("channel {} is rebooting", self.channel)));
+        }
+        let mut st = self.st();
+        match req {
+            IvtRequest::RtmpPublish(p) => {
+                if st.publishing.contains_key(&p.stream_id) {
+                    return Ok(json!({}));
+                }
+                Self::check_bitrate(p.quality, p.max_bitrate)?;
+                st.publishing.insert(p.stream_id.clone(), (p.quality, p.url.clone()));
+                Ok(json!({}))
+            }
+            IvtRequest::RtmpStopPublish { stream_id, .. } => {
+                st.publishing.remove(stream_id);
+                Ok(json!({}))
+            }
+            IvtRequest::StartCloudRecord(r) => {
+                if st.recording.as_deref() == Some(r.session_id.as_str()) {
+                    return Ok(json!({}));
+                }
+                Self::check_bitrate(r.quality, r.max_bitrate)?;
+                st.recording = Some(r.session_id.clone());
+                Ok(json!({}))
+            }
+            IvtRequest::StopCloudRecord { session_id, .. } => {
+                if st.recording.as_deref() == Some(session_id.as_str()) {
+                    st.recording = None;
+                }
+                Ok(json!({}))
+            }
+            IvtRequest::RebootChannel { .. } => {
+                st.publishing.clear();
+                st.ptz = Ptz::default();
+                st.offline_until = Some(Instant::now() + self.reboot_time);
+                Ok(json!({}))
+            }
+            IvtRequest::GetPtzPresetList { .. } => {
+                Ok(Value::Array(PRESETS.iter().map(|(n, t)| json!({"name": n, "token": t})).collect()))
+            }
+            IvtRequest::GetPtzPresetTourList { .. } => {
+                Ok(Value::Array(TOURS.iter().map(|(n, t)| json!({"name": n, "token": t})).collect()))
+            }
+            IvtRequest::AlarmMoveDetectConfig(d) => {
+                st.motion = d.clone();
+                Ok(json!({}))
+            }
+            IvtRequest::AlarmRectIntrusionDetectConfig(d) => {
+                let rect = d.rect.or(st.intrusion.rect);
+                st.intrusion = DetectConfig { rect, ..d.clone() };
+                Ok(json!({}))
+            }
+            IvtRequest::GetNetConfig { .. } => Ok(json!([{
+                "name": "eth0", "ip": "192.168.1.64", "gateway": "192.168.1.1", "netmask": "255.255.255.0",
+                "dns1": "192.168.1.1", "dns2": "8.8.8.8", "mac": format!("02:00:00:00:00:{:02x}", self.channel & 0xFF), "dhcp": false,
+            }])),
+            IvtRequest::GetRtmpPublishConfig | IvtRequest::SetRtmpPublishConfig(_) => {
+                Err(RpcError::new(codes::INTERNAL, "publish config is per device, not per channel"))
+            }
+        }
+    }
+
+    fn event(&self, ev: &IvtEvent) {
+        let mut st = self.st();
+        match ev {
+            IvtEvent::SyncTime { datetime, offset } => {
+                let now = Local::now().naive_local() + st.clock_offset;
+                if (now - *datetime).num_seconds().unsigned_abs() > *offset as u64 {
+                    st.clock_offset = *datetime - Local::now().naive_local();
+                }
+            }
+            IvtEvent::CtrlPtz { op, speed, .. } => {
+                st.ptz.moving = if op == "stop" { None } else { Some((op.clone(), *speed)) };
+                st.ptz.patrolling = false;
+            }
+            IvtEvent::GotoPtzPreset { token, .. } => {
+                if PRESETS.iter().any(|(_, t)| t == token) {
+                    st.ptz.moving = None;
+                    st.ptz.at_preset = Some(token.clone());
+                } else {
+                    tracing::info!(channel = self.channel, token, "edge sim: no such preset");
+                }
+            }
+            IvtEvent::CtrlPtzPresetTour { token, start, .. } => {
+                st.ptz.touring =
+                    if *start && TOURS.iter().any(|(_, t)| t == token) { Some(token.clone()) } else { None };
+            }
+            IvtEvent::CtrlPtzPatrol { start, .. } => st.ptz.patrolling = *start,
+            IvtEvent::UpgradeFirmware => {}
+        }
+    }
+
+    fn publish_config(&self) -> RtmpPublishConfig {
+        self.st().publish_config.clone()
+    }
+
+    fn set_publish_config(&self, c: &RtmpPublishConfig) {
+        self.st().publish_config = c.clone();
+    }
+}

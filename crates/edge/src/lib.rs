@@ -1,0 +1,13 @@
+//! The IVT agent ("edge"): an on-site process that connects out to the
+//! cloud over IVR RPC and drives the local channels through a
+//! [`backend::ChannelBackend`]. This release ships the simulated backend;
+//! dvrip:// and cvip:// backends, and media behind RTMPPublish and
+//! StartCloudRecord, come with later releases.
+
+pub mod agent;
+pub mod backend;
+pub mod config;
+
+pub use agent::{Backoff, Edge, EdgeStatus};
+pub use backend::{ChannelBackend, SimChannel};
+pub use config::EdgeConfig;

@@ -1,0 +1,215 @@
+//! The edge agent against a cloud stood up in the test (ivr-rpc's IVC peer
+//! over a real WebSocket): login URL, Keepalive with real channel states,
+//! every IVT method and event through the simulated backend, reconnection,
+//! and closing a misbehaving cloud.
+
+// tungstenite's handshake callback fixes its (large) error type.
+#![allow(clippy::result_large_err)]
+
+use futures_util::{SinkExt, StreamExt};
+use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
+use ivr_rpc::catalogue::{ChannelState, IvcRequest};
+use ivr_rpc::conn::{self, Handler, RpcHandle};
+use ivr_rpc::ws::WsFrames;
+use ivr_rpc::{Peer, RpcError};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[derive(Default)]
+struct Cloud {
+    keepalives: Mutex<Vec<Value>>,
+}
+
+impl Handler for Cloud {
+    async fn request(&self, method: String, params: Option<Value>) -> Result<Value, RpcError> {
+        match IvcRequest::parse(&method, params.as_ref())? {
+            IvcRequest::Keepalive(_) => {
+                self.keepalives.lock().unwrap().push(params.unwrap_or_default());
+                Ok(json!({}))
+            }
+            IvcRequest::GetFirmware => Ok(json!({"firmware_model": "0.2.0", "url": "http://127.0.0.1/fw"})),
+            _ => Ok(json!({})),
+        }
+    }
+    async fn event(&self, _: String, _: Option<Value>) {}
+}
+
+struct Accepted {
+    uri: String,
+    ivc: RpcHandle,
+}
+
+async fn cloud() -> (String, Arc<Cloud>, tokio::sync::mpsc::Receiver<Accepted>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ivc", l.local_addr().unwrap());
+    let state = Arc::new(Cloud::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let handler = state.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let uri = Arc::new(Mutex::new(String::new()));
+            let u = uri.clone();
+            let ws = tokio_tungstenite::accept_hdr_async(s, move |req: &Request, resp: Response| {
+                *u.lock().unwrap() = req.uri().to_string();
+                Ok(resp)
+            })
+            .await
+            .unwrap();
+            let (ivc, _) = conn::spawn(WsFrames::new(ws), Peer::ivc(), handler.clone());
+            let uri = uri.lock().unwrap().clone();
+            let _ = tx.send(Accepted { uri, ivc }).await;
+        }
+    });
+    (url, state, rx)
+}
+
+fn config(url: &str, keepalive: u64) -> EdgeConfig {
+    EdgeConfig::parse(&format!(
+        "[cloud]\nurl = \"{url}\"\nlogin_code = \"site-1\"\nlogin_passwd = \"p w\"\nkeepalive_secs = {keepalive}\n\n[[channels]]\nchannel = 0\nsource = \"sim\"\n\n[[channels]]\nchannel = 1\nsource = \"sim\"\n"
+    ))
+    .unwrap()
+}
+
+fn fast() -> Backoff {
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_every_method_with_the_seeds_semantics() {
+    let (url, cloud_state, mut accepted) = cloud().await;
+    let ch0 = Arc::new(SimChannel::new(0).with_reboot_time(Duration::from_millis(300)));
+    let ch1 = Arc::new(SimChannel::new(1));
+    let edge = Edge::with_backoff(config(&url, 1), vec![ch0.clone() as Arc<dyn ChannelBackend>, ch1.clone()], fast());
+    tokio::spawn(edge.clone().run());
+    let a = tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.unwrap().unwrap();
+    assert_eq!(a.uri, "/ivc?login_code=site-1&login_passwd=p%20w&hardware_model=ivr-edge&firmware_model=0.1.0");
+    let ivc = a.ivc;
+
+    // Publishing: success, again success, too-large bitrate is error 11.
+    let publish =
+        json!({"channel": 1, "quality": "hd", "url": "rtmp://127.0.0.1/live/s1", "stream_id": "s1", "max_bitrate": 0});
+    assert_eq!(ivc.call("RTMPPublish", Some(publish.clone())).await.unwrap(), json!({}));
+    assert_eq!(ivc.call("RTMPPublish", Some(publish)).await.unwrap(), json!({}), "already publishing is success");
+    let e = ivc
+        .call(
+            "RTMPPublish",
+            Some(
+                json!({"channel": 1, "quality": "fhd", "url": "rtmp://x", "stream_id": "s2", "max_bitrate": 1_000_000}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("error 11"), "{e}");
+    assert_eq!(ch1.state(), ChannelState::Live);
+    // Recording: the session shows in the next Keepalive.
+    let rec = json!({"session_id": "0123456789abcdefghijkl", "channel": 1, "quality": "sd", "max_bitrate": 0, "seg_duration": 10,
+                     "seg_max_size": 4000000, "seg_max_count": 6, "prerecord_seconds": 5, "start_ts": 0, "cbk_url": "http://127.0.0.1/cb"});
+    ivc.call("StartCloudRecord", Some(rec)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let last = cloud_state.keepalives.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last["channels"][1], json!({"channel": 1, "state": 2, "record_session": "0123456789abcdefghijkl"}));
+    assert_eq!(last["channels"][0], json!({"channel": 0, "state": 1}));
+    // Stopping what does not exist is success.
+    assert_eq!(ivc.call("RTMPStopPublish", Some(json!({"stream_id": "nope", "channel": 1}))).await.unwrap(), json!({}));
+    assert_eq!(
+        ivc.call("StopCloudRecord", Some(json!({"session_id": "nope", "channel": 1}))).await.unwrap(),
+        json!({})
+    );
+    ivc.call("RTMPStopPublish", Some(json!({"stream_id": "s1", "channel": 1}))).await.unwrap();
+    assert_eq!(ch1.state(), ChannelState::Online);
+
+    // Lists, detection, net and publish config.
+    assert_eq!(ivc.call("GetPTZPresetList", Some(json!({"channel": 0}))).await.unwrap().as_array().unwrap().len(), 3);
+    assert_eq!(ivc.call("GetPTZPresetTourList", Some(json!({"channel": 0}))).await.unwrap()[0]["token"], "t1");
+    ivc.call("AlarmMoveDetectConfig", Some(json!({"channel": 0, "enable": true, "sensitivity": 80, "delay": 3})))
+        .await
+        .unwrap();
+    assert!(ch0.motion().enable && ch0.motion().sensitivity == 80);
+    ivc.call(
+        "AlarmRectIntrusionDetectConfig",
+        Some(json!({"channel": 0, "enable": true, "sensitivity": 60, "delay": 3})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ch0.intrusion().rect, Some([10, 10, 90, 10, 10, 90, 90, 90]), "absent rect keeps the current one");
+    assert_eq!(ivc.call("GetNetConfig", Some(json!({"channel": 1}))).await.unwrap()[0]["name"], "eth0");
+    ivc.call("SetRTMPPublishConfig", Some(json!([{"enable": true, "channel": 0, "quality": "ld", "url": "rtmp://a"}])))
+        .await
+        .unwrap();
+    let cfg = ivc.call("GetRTMPPublishConfig", None).await.unwrap();
+    assert_eq!(cfg[0], json!({"enable": true, "channel": 0, "quality": "ld", "url": "rtmp://a"}));
+    let e = ivc
+        .call("SetRTMPPublishConfig", Some(json!([{"enable": true, "channel": 7, "quality": "ld", "url": "rtmp://a"}])))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("params.[0].channel: no channel 7"), "{e}");
+    let e = ivc.call("RebootChannel", Some(json!({"channel": 5}))).await.unwrap_err();
+    assert!(e.to_string().contains("no channel 5"), "{e}");
+
+    // Events.
+    ivc.notify("CtrlPTZ", Some(json!({"channel": 0, "op": "left", "value": 40}))).await;
+    ivc.notify("GotoPTZPreset", Some(json!({"channel": 1, "token": "2"}))).await;
+    ivc.notify("CtrlPTZPresetTour", Some(json!({"channel": 1, "token": "t1", "op": "start"}))).await;
+    ivc.notify("SyncTime", Some(json!({"datetime": "2030-01-02T03:04:05", "offset": 2}))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ch0.ptz().moving, Some(("left".into(), 40)));
+    assert_eq!(ch1.ptz().at_preset.as_deref(), Some("2"));
+    assert_eq!(ch1.ptz().touring.as_deref(), Some("t1"));
+    assert!(ch0.clock().format("%Y").to_string() == "2030" && ch1.clock().format("%Y").to_string() == "2030");
+    ivc.notify("CtrlPTZ", Some(json!({"channel": 0, "op": "stop"}))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ch0.ptz().moving, None);
+
+    // Reboot: offline in the Keepalive, then back.
+    ivc.call("RebootChannel", Some(json!({"channel": 0}))).await.unwrap();
+    assert_eq!(ch0.state(), ChannelState::Offline);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(ch0.state(), ChannelState::Online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_when_the_cloud_drops_it() {
+    let (url, cloud_state, mut accepted) = cloud().await;
+    let edge =
+        Edge::with_backoff(config(&url, 30), vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>], fast());
+    let status = edge.status();
+    tokio::spawn(edge.run());
+    let first = tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cloud_state.keepalives.lock().unwrap().len(), 1, "a Keepalive right after connecting");
+    first.ivc.close().await;
+    let second = tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.unwrap().unwrap();
+    assert!(second.uri.contains("login_code=site-1"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status.borrow().sessions, 2);
+    assert!(status.borrow().connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_a_cloud_that_breaks_rule_1() {
+    // A raw cloud that answers the first Keepalive with the wrong seq.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ivc", l.local_addr().unwrap());
+    let edge =
+        Edge::with_backoff(config(&url, 30), vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>], fast());
+    let status = edge.status();
+    tokio::spawn(edge.run());
+    let (s, _) = l.accept().await.unwrap();
+    let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"req\":\"Keepalive\""));
+    ws.send(WsMessage::Text(r#"{"seq": 99, "resp": {}}"#.into())).await.unwrap();
+    let mut reason = None;
+    while let Some(Ok(m)) = ws.next().await {
+        if let WsMessage::Close(Some(c)) = m {
+            reason = Some(c.reason.to_string());
+        }
+    }
+    assert!(reason.unwrap_or_default().starts_with("IVR RPC rule 1"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(status.borrow().last_error.as_deref().unwrap_or("").contains("rule 1"), "{:?}", status.borrow());
+}

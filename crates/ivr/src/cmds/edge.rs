@@ -1,0 +1,32 @@
+//! `ivr edge --config edge.toml`: the IVT agent.
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use ivr_edge::{ChannelBackend, Edge, EdgeConfig, SimChannel};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// The agent's configuration (see docs/edge.md for the format).
+    #[arg(long, default_value = "edge.toml")]
+    config: PathBuf,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = EdgeConfig::load(&a.config)?;
+    let channels: Vec<Arc<dyn ChannelBackend>> =
+        cfg.channels.iter().map(|c| Arc::new(SimChannel::new(c.channel)) as Arc<dyn ChannelBackend>).collect();
+    println!(
+        "ivr edge: {} as {:?}, {} simulated channel(s); keep-alive every {} s",
+        cfg.cloud.url,
+        cfg.cloud.login_code,
+        channels.len(),
+        cfg.cloud.keepalive_secs
+    );
+    let edge = Edge::new(cfg, channels);
+    tokio::select! {
+        _ = edge.run() => Ok(()),
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
+    }
+}
