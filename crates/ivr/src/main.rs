@@ -5,7 +5,11 @@ mod cmds;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ivr", version, about = "ivr: an open internet video recorder — DVRIP tools and device simulators")]
+#[command(
+    name = "ivr",
+    version,
+    about = "ivr: an open internet video recorder — cloud, edge agent, DVRIP tools and device simulators"
+)]
 struct Cli {
     /// Log filter (also RUST_LOG), e.g. `info` or `dvrip=debug`.
     #[arg(long, global = true, default_value = "warn")]
@@ -18,6 +22,10 @@ struct Cli {
 enum Cmd {
     /// Talk to a DVRIP/Sofia device (Xiongmai, XMeye cameras, DVRs, NVRs).
     Dvrip(cmds::dvrip::Args),
+    /// Everything at once: the cloud with simulated sites connected to it.
+    Demo(cmds::demo::Args),
+    /// The video cloud (IVC): device gateway, state, HTTP API.
+    Cloud(cmds::cloud::Args),
     /// The on-site agent (IVT): connects out to the cloud and drives local channels.
     Edge(cmds::edge::Args),
     /// Run a simulated device.
@@ -39,7 +47,9 @@ fn main() -> std::process::ExitCode {
     // between its tasks without cross-thread wake-ups. Servers use all cores.
     let rt = match &cli.cmd {
         Cmd::Dvrip(_) | Cmd::Bench(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Cmd::Sim(_) | Cmd::Edge(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Cmd::Sim(_) | Cmd::Edge(_) | Cmd::Cloud(_) | Cmd::Demo(_) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        }
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -53,6 +63,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Dvrip(a) => cmds::dvrip::run(a).await,
             Cmd::Sim(s) => cmds::sim::run(s).await,
             Cmd::Edge(a) => cmds::edge::run(a).await,
+            Cmd::Cloud(a) => cmds::cloud::run(a).await,
+            Cmd::Demo(a) => cmds::demo::run(a).await,
             Cmd::Bench(b) => cmds::bench::run(b).await,
         }
     });

@@ -1,0 +1,14 @@
+//! The IVR cloud (IVC): the device gateway over IVR RPC, the state store,
+//! the HTTP API. This release: devices, sessions, Keepalive state, alarms
+//! with pictures, previews, RPC and events through the API.
+
+pub mod server;
+pub mod store;
+
+pub use server::{router, serve, Cloud, CloudConfig};
+pub use store::{SqliteStore, Store};
+
+/// A login_code as a file name: anything but `[A-Za-z0-9_-]` becomes `_`.
+pub fn safe_name(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}

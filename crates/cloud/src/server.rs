@@ -1,0 +1,597 @@
+//! The cloud's HTTP side: the device gateway at `/ivc` (IVR RPC over
+//! WebSocket), the JSON API under `/api/v1`, and one-time upload URLs.
+
+use crate::store::{ChannelRow, Device, Event, EventFilter, Store, StoreError};
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{request::Parts, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{Sink, Stream};
+use ivr_rpc::catalogue::{IvcRequest, IvtEvent, IvtRequest, IVT_EVENTS, IVT_METHODS};
+use ivr_rpc::conn::{self, CallError, Frame, Handler, RpcHandle};
+use ivr_rpc::message::{codes, RpcError};
+use ivr_rpc::Peer;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// How the cloud runs.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    /// `Authorization: Bearer <token>` for the API.
+    pub admin_token: String,
+    /// Base of the URLs handed to devices (uploads), e.g. `http://127.0.0.1:8080`.
+    pub public_url: String,
+    /// The Keepalive interval devices use; offline after 3 missed.
+    pub keepalive: Duration,
+    /// How long an API RPC waits for the device.
+    pub rpc_timeout: Duration,
+    /// Where uploaded pictures go.
+    pub data_dir: std::path::PathBuf,
+}
+
+struct SessionEntry {
+    id: u64,
+    handle: RpcHandle,
+    last_keepalive: Instant,
+}
+
+enum Upload {
+    Alarm { event_id: i64 },
+    Preview { login_code: String },
+}
+
+/// The cloud: store, live sessions, event feed.
+pub struct Cloud<S: Store> {
+    store: Arc<S>,
+    cfg: CloudConfig,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    uploads: Mutex<HashMap<String, Upload>>,
+    feed: broadcast::Sender<Event>,
+    next_session: AtomicU64,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn token() -> String {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl<S: Store> Cloud<S> {
+    pub fn new(store: Arc<S>, cfg: CloudConfig) -> Arc<Self> {
+        Arc::new(Cloud {
+            store,
+            cfg,
+            sessions: Mutex::default(),
+            uploads: Mutex::default(),
+            feed: broadcast::channel(1024).0,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Events as they happen (state changes, alarms).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.feed.subscribe()
+    }
+
+    fn event(&self, login_code: &str, channel: Option<u32>, kind: &str, data: Value) -> Option<Event> {
+        match self.store.add_event(login_code, channel, kind, &data, now()) {
+            Ok(e) => {
+                let _ = self.feed.send(e.clone());
+                Some(e)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cloud: event not stored");
+                None
+            }
+        }
+    }
+
+    /// Closes sessions that missed three Keepalives. Run it periodically.
+    pub fn expire(&self) {
+        let limit = self.cfg.keepalive * 3;
+        let stale: Vec<RpcHandle> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .filter(|(_, s)| s.last_keepalive.elapsed() > limit)
+            .map(|(lc, s)| {
+                tracing::info!(login_code = %lc, "cloud: no Keepalive for three intervals; closing");
+                s.handle.clone()
+            })
+            .collect();
+        for h in stale {
+            tokio::spawn(async move { h.close().await });
+        }
+    }
+
+    async fn session(self: Arc<Self>, q: LoginQuery, socket: WebSocket) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let lc = q.login_code.clone();
+        let handler = Arc::new(IvcHandler { cloud: self.clone(), login_code: lc.clone() });
+        let (handle, task) = conn::spawn(AxumFrames(socket), Peer::ivc(), handler);
+        let old = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(lc.clone(), SessionEntry { id, handle, last_keepalive: Instant::now() });
+        if let Some(old) = old {
+            tracing::info!(login_code = %lc, "cloud: a new login replaces the old session");
+            old.handle.close().await;
+        }
+        if let Err(e) = self.store.logged_in(&lc, &q.hardware_model, &q.firmware_model, now()) {
+            tracing::error!(error = %e, "cloud: login not recorded");
+        }
+        self.event(
+            &lc,
+            None,
+            "online",
+            json!({"hardware_model": q.hardware_model, "firmware_model": q.firmware_model}),
+        );
+        let close = task.await.ok().flatten();
+        let current = {
+            let mut s = self.sessions.lock().expect("sessions lock");
+            if s.get(&lc).is_some_and(|e| e.id == id) {
+                s.remove(&lc);
+                true
+            } else {
+                false
+            }
+        };
+        if current {
+            let _ = self.store.set_offline(&lc, now());
+            self.event(&lc, None, "offline", json!({"reason": close.map(|c| c.to_string())}));
+        }
+    }
+
+    fn handle_of(&self, login_code: &str) -> Option<RpcHandle> {
+        self.sessions.lock().expect("sessions lock").get(login_code).map(|s| s.handle.clone())
+    }
+}
+
+struct IvcHandler<S: Store> {
+    cloud: Arc<Cloud<S>>,
+    login_code: String,
+}
+
+impl<S: Store> Handler for IvcHandler<S> {
+    async fn request(&self, method: String, params: Option<Value>) -> Result<Value, RpcError> {
+        let c = &self.cloud;
+        let lc = &self.login_code;
+        let internal = |e: StoreError| RpcError::new(codes::INTERNAL, e.to_string());
+        match IvcRequest::parse(&method, params.as_ref())? {
+            IvcRequest::Keepalive(k) => {
+                if let Some(s) = c.sessions.lock().expect("sessions lock").get_mut(lc) {
+                    s.last_keepalive = Instant::now();
+                }
+                let rows: Vec<ChannelRow> = k
+                    .channels
+                    .iter()
+                    .map(|ch| ChannelRow {
+                        channel: ch.channel,
+                        state: ch.state as u8,
+                        record_session: ch.record_session.clone(),
+                        alarm: ch.alarm.unwrap_or(0),
+                        changed_at: 0,
+                    })
+                    .collect();
+                for ch in c.store.keepalive(lc, &rows, now()).map_err(internal)? {
+                    c.event(
+                        lc,
+                        Some(ch.channel),
+                        "channel_state",
+                        json!({"state": ch.state, "record_session": ch.record_session, "alarm": ch.alarm}),
+                    );
+                }
+                Ok(json!({}))
+            }
+            IvcRequest::PreviewServer => {
+                let t = token();
+                c.uploads.lock().expect("uploads lock").insert(t.clone(), Upload::Preview { login_code: lc.clone() });
+                Ok(json!({"url": format!("{}/upload/{t}", c.cfg.public_url)}))
+            }
+            IvcRequest::GetFirmware => {
+                Err(RpcError::new(codes::INTERNAL, "no firmware in the catalogue for this device"))
+            }
+            IvcRequest::AlarmNotify(a) => {
+                let data =
+                    json!({"type": a.kind as i64, "state": if a.start { "start" } else { "end" }, "desc": a.desc});
+                let e = c
+                    .event(lc, Some(a.channel), "alarm", data)
+                    .ok_or_else(|| RpcError::new(codes::INTERNAL, "the alarm was not stored"))?;
+                let t = token();
+                c.uploads.lock().expect("uploads lock").insert(t.clone(), Upload::Alarm { event_id: e.id });
+                Ok(json!({"pic_upload_url": format!("{}/upload/{t}", c.cfg.public_url)}))
+            }
+        }
+    }
+
+    async fn event(&self, name: String, _: Option<Value>) {
+        tracing::info!(login_code = %self.login_code, event = %name, "cloud: event from a device ignored (the IVC accepts none)");
+    }
+}
+
+/// axum's WebSocket as frames.
+struct AxumFrames(WebSocket);
+
+impl Stream for AxumFrames {
+    type Item = Frame;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        loop {
+            return match Pin::new(&mut self.0).poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => Poll::Ready(None),
+                Poll::Ready(Some(Ok(m))) => match m {
+                    AxMessage::Text(t) => Poll::Ready(Some(Frame::Text(t.as_str().to_owned()))),
+                    AxMessage::Binary(b) => {
+                        Poll::Ready(Some(Frame::Text(format!("<binary frame of {} bytes>", b.len()))))
+                    }
+                    AxMessage::Close(c) => Poll::Ready(Some(Frame::Close(c.map(|c| c.reason.as_str().to_owned())))),
+                    AxMessage::Ping(_) | AxMessage::Pong(_) => continue,
+                },
+            };
+        }
+    }
+}
+
+impl Sink<Frame> for AxumFrames {
+    type Error = axum::Error;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_ready(cx)
+    }
+    fn start_send(mut self: Pin<&mut Self>, f: Frame) -> Result<(), Self::Error> {
+        let m = match f {
+            Frame::Text(t) => AxMessage::Text(t.into()),
+            Frame::Close(reason) => AxMessage::Close(Some(axum::extract::ws::CloseFrame {
+                code: if reason.is_some() { 1008 } else { 1000 },
+                reason: reason.unwrap_or_default().into(),
+            })),
+        };
+        Pin::new(&mut self.0).start_send(m)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    login_code: String,
+    login_passwd: String,
+    hardware_model: String,
+    firmware_model: String,
+}
+
+fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({"error": msg.into()}))).into_response()
+}
+
+async fn gateway<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    Query(q): Query<LoginQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let store = c.store.clone();
+    let (lc, pw) = (q.login_code.clone(), q.login_passwd.clone());
+    // argon2 is deliberately slow: keep it off the async threads.
+    let ok = tokio::task::spawn_blocking(move || store.check_password(&lc, &pw)).await;
+    match ok {
+        Ok(Ok(true)) => ws.on_upgrade(move |socket| c.session(q, socket)),
+        Ok(Ok(false)) => {
+            tracing::info!(login_code = %q.login_code, "cloud: login refused");
+            api_error(StatusCode::UNAUTHORIZED, "login_code or login_passwd is wrong")
+        }
+        _ => api_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot check the login"),
+    }
+}
+
+/// The admin bearer token, checked.
+struct Admin;
+
+impl<S: Store> FromRequestParts<Arc<Cloud<S>>> for Admin {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Cloud<S>>) -> Result<Admin, Response> {
+        let given =
+            parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if constant_eq(t.as_bytes(), c.cfg.admin_token.as_bytes()) => Ok(Admin),
+            Some(_) => Err(api_error(StatusCode::UNAUTHORIZED, "wrong admin token")),
+            None => Err(api_error(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <admin token>")),
+        }
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct NewDevice {
+    login_code: String,
+    login_passwd: String,
+    #[serde(default)]
+    name: String,
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Exists(_) => api_error(StatusCode::CONFLICT, e.to_string()),
+        StoreError::NoDevice(_) => api_error(StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::Db(_) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn create_device<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    body: Result<Json<NewDevice>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(d) = match body {
+        Ok(b) => b,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    if d.login_code.is_empty() || d.login_code.len() > 128 {
+        return api_error(StatusCode::BAD_REQUEST, "login_code: 1 to 128 bytes");
+    }
+    if d.login_passwd.len() < 8 {
+        return api_error(StatusCode::BAD_REQUEST, "login_passwd: at least 8 characters");
+    }
+    let store = c.store.clone();
+    match tokio::task::spawn_blocking(move || store.create_device(&d.login_code, &d.login_passwd, &d.name, now())).await
+    {
+        Ok(Ok(dev)) => (StatusCode::CREATED, Json(dev)).into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn list_devices<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
+    match c.store.devices() {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn get_device<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(lc): Path<String>) -> Response {
+    match c.store.device(&lc) {
+        Ok(Some(d)) => Json::<Device>(d).into_response(),
+        Ok(None) => api_error(StatusCode::NOT_FOUND, format!("no device {lc:?}")),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn delete_device<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(lc): Path<String>) -> Response {
+    match c.store.delete_device(&lc) {
+        Ok(true) => {
+            if let Some(h) = c.handle_of(&lc) {
+                h.close().await;
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => api_error(StatusCode::NOT_FOUND, format!("no device {lc:?}")),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn rpc<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, method)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !IVT_METHODS.contains(&method.as_str()) {
+        // Sending it would make the device close the session (rule 4).
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!("{method:?} is not an IVT method; one of {}", IVT_METHODS.join(", ")),
+        );
+    }
+    let params: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Some(v),
+            Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+        }
+    };
+    if let Err(e) = IvtRequest::parse(&method, params.as_ref()) {
+        return api_error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let Some(h) = c.handle_of(&lc) else {
+        return api_error(StatusCode::CONFLICT, format!("device {lc:?} is offline"));
+    };
+    match tokio::time::timeout(c.cfg.rpc_timeout, h.call(&method, params)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(CallError::Remote { err, .. })) => {
+            (StatusCode::BAD_GATEWAY, Json(json!({"code": err.code, "msg": err.msg}))).into_response()
+        }
+        Ok(Err(e @ CallError::Closed { .. })) => api_error(StatusCode::CONFLICT, e.to_string()),
+        Err(_) => api_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{method}: no answer from {lc:?} within {:?}", c.cfg.rpc_timeout),
+        ),
+    }
+}
+
+async fn send_event<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !IVT_EVENTS.contains(&name.as_str()) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!("{name:?} is not an IVT event; one of {}", IVT_EVENTS.join(", ")),
+        );
+    }
+    let params: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Some(v),
+            Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+        }
+    };
+    if let Err(e) = IvtEvent::parse(&name, params.as_ref()) {
+        return api_error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    match c.handle_of(&lc) {
+        Some(h) if h.notify(&name, params).await => (StatusCode::ACCEPTED, Json(json!({"sent": name}))).into_response(),
+        _ => api_error(StatusCode::CONFLICT, format!("device {lc:?} is offline")),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    login_code: Option<String>,
+    channel: Option<u32>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn list_events<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Query(q): Query<EventQuery>) -> Response {
+    let f = EventFilter {
+        login_code: q.login_code,
+        channel: q.channel,
+        kind: q.kind,
+        since: q.since,
+        until: q.until,
+        limit: q.limit,
+    };
+    match c.store.events(&f) {
+        Ok(e) => Json(e).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// One-time upload URLs: alarm pictures and channel previews.
+async fn upload<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>, body: axum::body::Bytes) -> Response {
+    let Some(target) = c.uploads.lock().expect("uploads lock").remove(&t) else {
+        return api_error(StatusCode::NOT_FOUND, "unknown or used upload URL");
+    };
+    if body.len() > 8 << 20 {
+        return api_error(StatusCode::PAYLOAD_TOO_LARGE, "pictures are at most 8 MiB");
+    }
+    let (dir, name) = match &target {
+        Upload::Alarm { event_id } => ("pictures", format!("{event_id}.jpg")),
+        Upload::Preview { login_code } => ("previews", format!("{}.jpg", crate::safe_name(login_code))),
+    };
+    let dir = c.cfg.data_dir.join(dir);
+    let path = dir.join(name);
+    let r = async {
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::write(&path, &body).await
+    }
+    .await;
+    match r {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the picture: {e}")),
+    }
+}
+
+async fn event_picture<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(id): Path<i64>) -> Response {
+    match tokio::fs::read(c.cfg.data_dir.join("pictures").join(format!("{id}.jpg"))).await {
+        Ok(b) => ([("content-type", "image/jpeg")], b).into_response(),
+        Err(_) => api_error(StatusCode::NOT_FOUND, format!("no picture for event {id}")),
+    }
+}
+
+async fn preview<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(lc): Path<String>) -> Response {
+    match tokio::fs::read(c.cfg.data_dir.join("previews").join(format!("{}.jpg", crate::safe_name(&lc)))).await {
+        Ok(b) => ([("content-type", "image/jpeg")], b).into_response(),
+        Err(_) => api_error(StatusCode::NOT_FOUND, format!("no preview of {lc:?} yet")),
+    }
+}
+
+/// Server-sent events: every stored event as it happens (`event: <kind>`,
+/// `data: <event JSON>`).
+async fn stream<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let mut rx = c.subscribe();
+    let s = async_stream(move |tx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let ev =
+                        SseEvent::default().event(e.kind.clone()).data(serde_json::to_string(&e).unwrap_or_default());
+                    if tx.send(Ok::<_, std::convert::Infallible>(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "cloud: SSE client too slow"),
+                Err(_) => return,
+            }
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// A stream fed by a task (no extra crate for one use).
+fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = T> + Send
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn status_page() -> Response {
+    ([("content-type", "text/html; charset=utf-8")], include_str!("status.html")).into_response()
+}
+
+/// The whole HTTP service.
+pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/api/v1/stream", get(stream::<S>))
+        .route("/ivc", get(gateway::<S>))
+        .route("/api/v1/devices", post(create_device::<S>).get(list_devices::<S>))
+        .route("/api/v1/devices/{login_code}", get(get_device::<S>).delete(delete_device::<S>))
+        .route("/api/v1/devices/{login_code}/rpc/{method}", post(rpc::<S>))
+        .route("/api/v1/devices/{login_code}/events/{event}", post(send_event::<S>))
+        .route("/api/v1/devices/{login_code}/preview", get(preview::<S>))
+        .route("/api/v1/events", get(list_events::<S>))
+        .route("/api/v1/events/{id}/picture", get(event_picture::<S>))
+        .route("/upload/{token}", post(upload::<S>))
+        .with_state(c)
+}
+
+/// Serves until the listener fails, expiring silent sessions every second.
+pub async fn serve<S: Store>(c: Arc<Cloud<S>>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let expiry = c.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            expiry.expire();
+        }
+    });
+    axum::serve(listener, router(c)).await
+}

@@ -1,0 +1,393 @@
+//! The cloud's state: devices (with argon2-hashed passwords), their
+//! channels, and events (state changes and alarms). SQLite by default, in
+//! the data directory, with numbered migrations; behind [`Store`] so a
+//! PostgreSQL store can serve a cluster later.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a device with login_code {0:?} exists already")]
+    Exists(String),
+    #[error("no device with login_code {0:?}")]
+    NoDevice(String),
+    #[error("database: {0}")]
+    Db(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A channel's last reported state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelRow {
+    pub channel: u32,
+    /// 0 offline, 1 online, 2 live.
+    pub state: u8,
+    pub record_session: Option<String>,
+    pub alarm: u32,
+    /// Unix seconds of the last change.
+    pub changed_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub login_code: String,
+    pub name: String,
+    pub online: bool,
+    pub hardware_model: Option<String>,
+    pub firmware_model: Option<String>,
+    /// Unix seconds of the last Keepalive or login.
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+    pub channels: Vec<ChannelRow>,
+}
+
+/// An event: a state change or an alarm.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    pub login_code: String,
+    pub channel: Option<u32>,
+    /// `online`, `offline`, `channel_state`, `alarm`…
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub login_code: Option<String>,
+    pub channel: Option<u32>,
+    pub kind: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// What the cloud keeps.
+pub trait Store: Send + Sync + 'static {
+    fn create_device(&self, login_code: &str, password: &str, name: &str, now: i64) -> Result<Device>;
+    fn device(&self, login_code: &str) -> Result<Option<Device>>;
+    fn devices(&self) -> Result<Vec<Device>>;
+    fn delete_device(&self, login_code: &str) -> Result<bool>;
+    /// Whether the password is the device's (argon2 verify).
+    fn check_password(&self, login_code: &str, password: &str) -> Result<bool>;
+    /// A session began: models recorded, online.
+    fn logged_in(&self, login_code: &str, hardware_model: &str, firmware_model: &str, now: i64) -> Result<()>;
+    fn set_offline(&self, login_code: &str, now: i64) -> Result<()>;
+    /// A Keepalive: last_seen, and the channels; returns the channels whose
+    /// state, session or alarm changed.
+    fn keepalive(&self, login_code: &str, channels: &[ChannelRow], now: i64) -> Result<Vec<ChannelRow>>;
+    fn add_event(
+        &self,
+        login_code: &str,
+        channel: Option<u32>,
+        kind: &str,
+        data: &serde_json::Value,
+        now: i64,
+    ) -> Result<Event>;
+    fn events(&self, f: &EventFilter) -> Result<Vec<Event>>;
+}
+
+/// Migrations, in order; the database's `user_version` says how many ran.
+const MIGRATIONS: &[&str] = &["CREATE TABLE device (
+        login_code TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        passwd_hash TEXT NOT NULL,
+        online INTEGER NOT NULL DEFAULT 0,
+        hardware_model TEXT,
+        firmware_model TEXT,
+        last_seen INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE channel (
+        login_code TEXT NOT NULL REFERENCES device(login_code) ON DELETE CASCADE,
+        channel INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        record_session TEXT,
+        alarm INTEGER NOT NULL DEFAULT 0,
+        changed_at INTEGER NOT NULL,
+        PRIMARY KEY (login_code, channel)
+    );
+    CREATE TABLE event (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        login_code TEXT NOT NULL,
+        channel INTEGER,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX event_device_at ON event(login_code, at);"];
+
+/// SQLite in one file.
+pub struct SqliteStore {
+    db: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) `dir/ivr.sqlite3` and runs pending migrations.
+    pub fn open(dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+        let db = Connection::open(dir.join("ivr.sqlite3"))?;
+        SqliteStore::init(db)
+    }
+
+    pub fn in_memory() -> Result<SqliteStore> {
+        SqliteStore::init(Connection::open_in_memory()?)
+    }
+
+    fn init(db: Connection) -> Result<SqliteStore> {
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            db.execute_batch(&format!("BEGIN; {m}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+            tracing::info!(migration = i + 1, "store: migrated");
+        }
+        Ok(SqliteStore { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().expect("store lock")
+    }
+
+    fn channels(db: &Connection, login_code: &str) -> Result<Vec<ChannelRow>> {
+        let mut q = db.prepare_cached(
+            "SELECT channel, state, record_session, alarm, changed_at FROM channel WHERE login_code = ?1 ORDER BY channel",
+        )?;
+        let rows = q.query_map([login_code], |r| {
+            Ok(ChannelRow {
+                channel: r.get(0)?,
+                state: r.get(1)?,
+                record_session: r.get(2)?,
+                alarm: r.get(3)?,
+                changed_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn row_to_device(db: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+        let login_code: String = r.get(0)?;
+        Ok(Device {
+            channels: SqliteStore::channels(db, &login_code)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?,
+            login_code,
+            name: r.get(1)?,
+            online: r.get(2)?,
+            hardware_model: r.get(3)?,
+            firmware_model: r.get(4)?,
+            last_seen: r.get(5)?,
+            created_at: r.get(6)?,
+        })
+    }
+}
+
+const DEVICE_COLS: &str = "login_code, name, online, hardware_model, firmware_model, last_seen, created_at";
+
+impl Store for SqliteStore {
+    fn create_device(&self, login_code: &str, password: &str, name: &str, now: i64) -> Result<Device> {
+        let salt = SaltString::generate(&mut OsRng);
+        let hash = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| StoreError::Db(format!("hashing the password: {e}")))?
+            .to_string();
+        let db = self.db();
+        let n = db.execute(
+            "INSERT OR IGNORE INTO device (login_code, name, passwd_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![login_code, name, hash, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Exists(login_code.to_owned()));
+        }
+        drop(db);
+        self.device(login_code)?.ok_or_else(|| StoreError::NoDevice(login_code.to_owned()))
+    }
+
+    fn device(&self, login_code: &str) -> Result<Option<Device>> {
+        let db = self.db();
+        let d = db
+            .query_row(&format!("SELECT {DEVICE_COLS} FROM device WHERE login_code = ?1"), [login_code], |r| {
+                SqliteStore::row_to_device(&db, r)
+            })
+            .optional()?;
+        Ok(d)
+    }
+
+    fn devices(&self) -> Result<Vec<Device>> {
+        let db = self.db();
+        let mut q = db.prepare(&format!("SELECT {DEVICE_COLS} FROM device ORDER BY login_code"))?;
+        let rows = q.query_map([], |r| SqliteStore::row_to_device(&db, r))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn delete_device(&self, login_code: &str) -> Result<bool> {
+        Ok(self.db().execute("DELETE FROM device WHERE login_code = ?1", [login_code])? > 0)
+    }
+
+    fn check_password(&self, login_code: &str, password: &str) -> Result<bool> {
+        let hash: Option<String> = self
+            .db()
+            .query_row("SELECT passwd_hash FROM device WHERE login_code = ?1", [login_code], |r| r.get(0))
+            .optional()?;
+        let Some(hash) = hash else { return Ok(false) };
+        let parsed =
+            PasswordHash::new(&hash).map_err(|e| StoreError::Db(format!("stored hash of {login_code}: {e}")))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    }
+
+    fn logged_in(&self, login_code: &str, hardware_model: &str, firmware_model: &str, now: i64) -> Result<()> {
+        let n = self.db().execute(
+            "UPDATE device SET online = 1, hardware_model = ?2, firmware_model = ?3, last_seen = ?4 WHERE login_code = ?1",
+            params![login_code, hardware_model, firmware_model, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoDevice(login_code.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn set_offline(&self, login_code: &str, now: i64) -> Result<()> {
+        let db = self.db();
+        db.execute("UPDATE device SET online = 0 WHERE login_code = ?1", [login_code])?;
+        db.execute(
+            "UPDATE channel SET state = 0, changed_at = ?2 WHERE login_code = ?1 AND state != 0",
+            params![login_code, now],
+        )?;
+        Ok(())
+    }
+
+    fn keepalive(&self, login_code: &str, channels: &[ChannelRow], now: i64) -> Result<Vec<ChannelRow>> {
+        let mut db = self.db();
+        let before = SqliteStore::channels(&db, login_code)?;
+        let tx = db.transaction()?;
+        tx.execute("UPDATE device SET last_seen = ?2, online = 1 WHERE login_code = ?1", params![login_code, now])?;
+        let mut changed = Vec::new();
+        for c in channels {
+            let same = before
+                .iter()
+                .find(|b| b.channel == c.channel)
+                .is_some_and(|b| b.state == c.state && b.record_session == c.record_session && b.alarm == c.alarm);
+            if !same {
+                tx.execute(
+                    "INSERT INTO channel (login_code, channel, state, record_session, alarm, changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (login_code, channel) DO UPDATE SET state = ?3, record_session = ?4, alarm = ?5, changed_at = ?6",
+                    params![login_code, c.channel, c.state, c.record_session, c.alarm, now],
+                )?;
+                changed.push(ChannelRow { changed_at: now, ..c.clone() });
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    fn add_event(
+        &self,
+        login_code: &str,
+        channel: Option<u32>,
+        kind: &str,
+        data: &serde_json::Value,
+        now: i64,
+    ) -> Result<Event> {
+        let db = self.db();
+        db.execute(
+            "INSERT INTO event (at, login_code, channel, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now, login_code, channel, kind, data.to_string()],
+        )?;
+        Ok(Event {
+            id: db.last_insert_rowid(),
+            at: now,
+            login_code: login_code.to_owned(),
+            channel,
+            kind: kind.to_owned(),
+            data: data.clone(),
+        })
+    }
+
+    fn events(&self, f: &EventFilter) -> Result<Vec<Event>> {
+        let db = self.db();
+        let mut q = db.prepare(
+            "SELECT id, at, login_code, channel, kind, data FROM event
+             WHERE (?1 IS NULL OR login_code = ?1) AND (?2 IS NULL OR channel = ?2) AND (?3 IS NULL OR kind = ?3)
+               AND (?4 IS NULL OR at >= ?4) AND (?5 IS NULL OR at <= ?5)
+             ORDER BY id DESC LIMIT ?6",
+        )?;
+        let rows = q.query_map(
+            params![f.login_code, f.channel, f.kind, f.since, f.until, f.limit.unwrap_or(100).min(10_000)],
+            |r| {
+                let data: String = r.get(5)?;
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    login_code: r.get(2)?,
+                    channel: r.get(3)?,
+                    kind: r.get(4)?,
+                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                })
+            },
+        )?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(channel: u32, state: u8) -> ChannelRow {
+        ChannelRow { channel, state, record_session: None, alarm: 0, changed_at: 0 }
+    }
+
+    #[test]
+    fn devices_passwords_channels_events_and_restart() {
+        let dir = std::env::temp_dir().join(format!("ivr-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let s = SqliteStore::open(&dir).unwrap();
+            s.create_device("site-1", "s3cret", "Gate", 100).unwrap();
+            assert!(matches!(s.create_device("site-1", "x", "", 100), Err(StoreError::Exists(_))));
+            assert!(s.check_password("site-1", "s3cret").unwrap());
+            assert!(!s.check_password("site-1", "S3cret").unwrap());
+            assert!(!s.check_password("nobody", "s3cret").unwrap());
+            s.logged_in("site-1", "ivr-edge", "0.1.0", 101).unwrap();
+            assert_eq!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 102).unwrap().len(), 2);
+            assert!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 103).unwrap().is_empty(), "no change, no rows");
+            assert_eq!(
+                s.keepalive("site-1", &[ch(0, 1), ch(1, 1)], 104).unwrap(),
+                vec![ChannelRow { changed_at: 104, ..ch(1, 1) }]
+            );
+            s.add_event("site-1", Some(1), "alarm", &serde_json::json!({"type": 3}), 105).unwrap();
+        }
+        // A restart keeps everything; the stored hash is not the password.
+        let s = SqliteStore::open(&dir).unwrap();
+        let d = s.device("site-1").unwrap().unwrap();
+        assert_eq!((d.name.as_str(), d.online, d.last_seen, d.channels.len()), ("Gate", true, Some(104), 2));
+        assert_eq!(d.hardware_model.as_deref(), Some("ivr-edge"));
+        let hash: String = s.db().query_row("SELECT passwd_hash FROM device", [], |r| r.get(0)).unwrap();
+        assert!(hash.starts_with("$argon2") && !hash.contains("s3cret"));
+        s.set_offline("site-1", 106).unwrap();
+        let d = s.device("site-1").unwrap().unwrap();
+        assert!(!d.online && d.channels.iter().all(|c| c.state == 0));
+        let ev = s.events(&EventFilter { kind: Some("alarm".into()), ..Default::default() }).unwrap();
+        assert_eq!((ev.len(), ev[0].channel, ev[0].data["type"].as_i64()), (1, Some(1), Some(3)));
+        assert!(s.events(&EventFilter { login_code: Some("other".into()), ..Default::default() }).unwrap().is_empty());
+        assert!(s.delete_device("site-1").unwrap());
+        assert!(s.device("site-1").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,292 @@
+//! The cloud over real HTTP and WebSocket, with the real edge agent as the
+//! device: provisioning, auth failures, the device coming online with its
+//! channels, RPC and events through the API, alarms and uploads, offline on
+//! disconnect, a new login replacing the old, persistence across restarts.
+
+use ivr_cloud::{serve, Cloud, CloudConfig, SqliteStore};
+use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "test-admin-token";
+
+/// A minimal HTTP/1.1 client: one request per connection.
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..head_end]).to_string();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = resp[head_end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
+        b = &b[nl + 2 + n + 2..];
+    }
+}
+
+async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let b = body.map(|v| v.to_string());
+    let (status, bytes) = http(addr, method, path, Some(TOKEN), b.as_deref().map(str::as_bytes)).await;
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn start_cloud(dir: &std::path::Path) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let store = Arc::new(SqliteStore::open(dir).unwrap());
+    let cfg = CloudConfig {
+        admin_token: TOKEN.into(),
+        public_url: format!("http://{addr}"),
+        keepalive: Duration::from_secs(1),
+        rpc_timeout: Duration::from_secs(5),
+        data_dir: dir.to_path_buf(),
+    };
+    let c = Cloud::new(store, cfg);
+    (addr, tokio::spawn(async move { serve(c, l).await.unwrap() }))
+}
+
+fn edge(addr: SocketAddr, code: &str, pw: &str) -> (Arc<Edge>, Arc<SimChannel>) {
+    let cfg = EdgeConfig::parse(&format!(
+        "[cloud]\nurl = \"ws://{addr}/ivc\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nkeepalive_secs = 1\n\n[[channels]]\nchannel = 0\nsource = \"sim\"\n"
+    ))
+    .unwrap();
+    let ch = Arc::new(SimChannel::new(0));
+    let e = Edge::with_backoff(
+        cfg,
+        vec![ch.clone() as Arc<dyn ChannelBackend>],
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(300)),
+    );
+    (e, ch)
+}
+
+async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_online_rpc_events_alarms_and_restart() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, server) = start_cloud(&dir).await;
+
+    // The API needs the admin token.
+    assert_eq!(http(addr, "GET", "/api/v1/devices", None, None).await.0, 401);
+    assert_eq!(http(addr, "GET", "/api/v1/devices", Some("nope"), None).await.0, 401);
+    // Provisioning.
+    let (s, d) = api(
+        addr,
+        "POST",
+        "/api/v1/devices",
+        Some(json!({"login_code": "site-1", "login_passwd": "correct horse", "name": "Gate"})),
+    )
+    .await;
+    assert_eq!((s, d["login_code"].as_str(), d["online"].as_bool()), (201, Some("site-1"), Some(false)));
+    assert_eq!(
+        api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "site-1", "login_passwd": "correct horse"})))
+            .await
+            .0,
+        409
+    );
+    let (s, e) = api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "x", "login_passwd": "short"}))).await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("login_passwd"));
+
+    // A device with the wrong password is refused before the upgrade.
+    let (bad, _) = edge(addr, "site-1", "wrong password");
+    let bad_status = bad.status();
+    let bad_task = tokio::spawn(bad.run());
+    wait_until("the bad login is refused", async || {
+        bad_status.borrow().last_error.as_deref().is_some_and(|e| e.contains("401"))
+    })
+    .await;
+    bad_task.abort();
+
+    // The real edge comes online with its channel.
+    let (e1, ch) = edge(addr, "site-1", "correct horse");
+    let e1_task = tokio::spawn(e1.run());
+    wait_until("site-1 is online with channel 0", async || {
+        let (_, d) = api(addr, "GET", "/api/v1/devices/site-1", None).await;
+        d["online"] == true && d["channels"][0]["state"] == 1
+    })
+    .await;
+    let (_, d) = api(addr, "GET", "/api/v1/devices/site-1", None).await;
+    assert_eq!((d["hardware_model"].as_str(), d["name"].as_str()), (Some("ivr-edge"), Some("Gate")));
+
+    // RPC through the API reaches the simulated channel.
+    let (s, v) = api(addr, "POST", "/api/v1/devices/site-1/rpc/GetPTZPresetList", Some(json!({"channel": 0}))).await;
+    assert_eq!((s, v[0]["token"].as_str()), (200, Some("1")));
+    let publish =
+        json!({"channel": 0, "quality": "hd", "url": "rtmp://127.0.0.1/live/a", "stream_id": "a", "max_bitrate": 0});
+    assert_eq!(api(addr, "POST", "/api/v1/devices/site-1/rpc/RTMPPublish", Some(publish)).await.0, 200);
+    wait_until("channel 0 reports live", async || {
+        api(addr, "GET", "/api/v1/devices/site-1", None).await.1["channels"][0]["state"] == 2
+    })
+    .await;
+    // The device's err is a 502 with its code; invalid params a 400; unknown methods 404.
+    let (s, v) = api(
+        addr,
+        "POST",
+        "/api/v1/devices/site-1/rpc/RTMPPublish",
+        Some(json!({"channel": 0, "quality": "fhd", "url": "rtmp://x", "stream_id": "b", "max_bitrate": 1000})),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_i64()), (502, Some(11)));
+    let (s, v) = api(addr, "POST", "/api/v1/devices/site-1/rpc/RebootChannel", Some(json!({}))).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("params.channel: required"));
+    assert_eq!(api(addr, "POST", "/api/v1/devices/site-1/rpc/FormatDisk", None).await.0, 404);
+    assert_eq!(api(addr, "POST", "/api/v1/devices/nobody/rpc/RebootChannel", Some(json!({"channel": 0}))).await.0, 409);
+
+    // Events through the API.
+    let (s, _) = api(
+        addr,
+        "POST",
+        "/api/v1/devices/site-1/events/CtrlPTZ",
+        Some(json!({"channel": 0, "op": "up", "value": 30})),
+    )
+    .await;
+    assert_eq!(s, 202);
+    wait_until("the channel moves up", async || ch.ptz().moving == Some(("up".into(), 30))).await;
+    assert_eq!(
+        api(addr, "POST", "/api/v1/devices/site-1/events/CtrlPTZ", Some(json!({"channel": 0, "op": "spin"}))).await.0,
+        400
+    );
+
+    // State changes are events.
+    let (_, ev) = api(addr, "GET", "/api/v1/events?login_code=site-1&type=channel_state", None).await;
+    assert!(ev.as_array().unwrap().iter().any(|e| e["data"]["state"] == 2), "{ev}");
+    assert!(api(addr, "GET", "/api/v1/events?type=online", None).await.1.as_array().unwrap().len() == 1);
+
+    // The device goes away: offline.
+    e1_task.abort();
+    wait_until("site-1 is offline", async || {
+        api(addr, "GET", "/api/v1/devices/site-1", None).await.1["online"] == false
+    })
+    .await;
+
+    // A restart of the cloud keeps the device and its history.
+    server.abort();
+    let _ = server.await;
+    let (addr2, _server2) = start_cloud(&dir).await;
+    let (s, d) = api(addr2, "GET", "/api/v1/devices/site-1", None).await;
+    assert_eq!((s, d["name"].as_str(), d["online"].as_bool()), (200, Some("Gate"), Some(false)));
+    assert!(!api(addr2, "GET", "/api/v1/events?login_code=site-1", None).await.1.as_array().unwrap().is_empty());
+    // Deleting it.
+    assert_eq!(api(addr2, "DELETE", "/api/v1/devices/site-1", None).await.0, 204);
+    assert_eq!(api(addr2, "GET", "/api/v1/devices/site-1", None).await.0, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_login_replaces_the_old_session_and_uploads_are_one_time() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, _server) = start_cloud(&dir).await;
+    api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "cam-9", "login_passwd": "12345678"}))).await;
+    let (a, _) = edge(addr, "cam-9", "12345678");
+    let a_status = a.status();
+    tokio::spawn(a.run());
+    wait_until("the first session is up", async || a_status.borrow().connected).await;
+    let (b, _) = edge(addr, "cam-9", "12345678");
+    let b_status = b.status();
+    tokio::spawn(b.run());
+    wait_until("the second session is up", async || b_status.borrow().connected).await;
+    wait_until("the first was replaced", async || a_status.borrow().sessions >= 2 || !a_status.borrow().connected)
+        .await;
+
+    // Alarm pictures: AlarmNotify (as a device would call it) gives a one-time URL.
+    let (ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/ivc?login_code=cam-9&login_passwd=12345678&hardware_model=t&firmware_model=1"
+    ))
+    .await
+    .unwrap();
+    struct Nop;
+    impl ivr_rpc::conn::Handler for Nop {
+        async fn request(&self, _: String, _: Option<Value>) -> Result<Value, ivr_rpc::RpcError> {
+            Ok(json!({}))
+        }
+        async fn event(&self, _: String, _: Option<Value>) {}
+    }
+    let (h, _) = ivr_rpc::conn::spawn(ivr_rpc::ws::WsFrames::new(ws), ivr_rpc::Peer::ivt(), Arc::new(Nop));
+    let r = h
+        .call("AlarmNotify", Some(json!({"channel": 0, "type": 3, "state": "start", "desc": "motion at the gate"})))
+        .await
+        .unwrap();
+    let url = r["pic_upload_url"].as_str().unwrap().to_owned();
+    let path = url.split_once(&addr.to_string()).unwrap().1.to_owned();
+    assert_eq!(http(addr, "POST", &path, None, Some(b"\xff\xd8jpeg\xff\xd9")).await.0, 204);
+    assert_eq!(http(addr, "POST", &path, None, Some(b"again")).await.0, 404, "one-time");
+    let (_, ev) = api(addr, "GET", "/api/v1/events?type=alarm", None).await;
+    let id = ev[0]["id"].as_i64().unwrap();
+    assert_eq!(ev[0]["data"]["desc"], "motion at the gate");
+    let (s, pic) = http(addr, "GET", &format!("/api/v1/events/{id}/picture"), Some(TOKEN), None).await;
+    assert_eq!((s, pic.as_slice()), (200, &b"\xff\xd8jpeg\xff\xd9"[..]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_and_the_event_stream() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, _server) = start_cloud(&dir).await;
+    let (s, page) = http(addr, "GET", "/", None, None).await;
+    assert_eq!(s, 200);
+    assert!(String::from_utf8_lossy(&page).contains("<h1>ivr cloud</h1>"));
+    assert_eq!(http(addr, "GET", "/api/v1/stream", None, None).await.0, 401);
+    // Follow the stream while a device comes online.
+    let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sse.write_all(
+        format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "s-1", "login_passwd": "12345678"}))).await;
+    let (e, _) = edge(addr, "s-1", "12345678");
+    tokio::spawn(e.run());
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sse.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if text.contains("event: online") && text.contains("event: channel_state") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "{}", String::from_utf8_lossy(&seen));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,83 @@
+//! `ivr cloud`: the video cloud.
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use ivr_cloud::{Cloud, CloudConfig, SqliteStore};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// HTTP address (the device gateway is at /ivc, the API under /api/v1).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Data directory: the SQLite database, pictures, the admin token.
+    #[arg(long, default_value = "ivr-data")]
+    pub data: PathBuf,
+    /// The API's admin token. Without it (or IVR_ADMIN_TOKEN), one is
+    /// generated, stored in the data directory and printed once.
+    #[arg(long, env = "IVR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Base URL devices use for uploads (default: http://<listen>).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// The Keepalive interval devices use; offline after three missed.
+    #[arg(long, default_value_t = 30)]
+    pub keepalive_secs: u64,
+}
+
+/// The admin token: given, stored from an earlier run, or new (stored with
+/// mode 0600 and printed once). Never a default.
+pub fn admin_token(data: &Path, given: Option<String>) -> anyhow::Result<(String, bool)> {
+    if let Some(t) = given.filter(|t| !t.is_empty()) {
+        return Ok((t, false));
+    }
+    let path = data.join("admin_token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok((t.trim().to_owned(), false));
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    let mut b = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .context("reading /dev/urandom for the admin token")?;
+    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    std::fs::write(&path, &t).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((t, true))
+}
+
+pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::net::TcpListener, String, bool)> {
+    let (token, new) = admin_token(&a.data, a.admin_token.clone())?;
+    let store = SqliteStore::open(&a.data).with_context(|| format!("opening the store in {}", a.data.display()))?;
+    let listener =
+        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let cfg = CloudConfig {
+        admin_token: token.clone(),
+        public_url: a.public_url.clone().unwrap_or_else(|| format!("http://{addr}")),
+        keepalive: Duration::from_secs(a.keepalive_secs.clamp(1, 3600)),
+        rpc_timeout: Duration::from_secs(25),
+        data_dir: a.data.clone(),
+    };
+    Ok((Cloud::new(Arc::new(store), cfg), listener, token, new))
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let (cloud, listener, token, new) = start(&a).await?;
+    let addr = listener.local_addr()?;
+    println!("ivr cloud: http://{addr}/ (devices dial ws://{addr}/ivc), data in {}", a.data.display());
+    if new {
+        println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
+    }
+    tokio::select! {
+        r = ivr_cloud::serve(cloud, listener) => r.context("serving"),
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
+    }
+}

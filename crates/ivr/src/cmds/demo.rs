@@ -1,0 +1,56 @@
+//! `ivr demo`: the cloud and a few simulated sites connected to it, in one
+//! process, with nothing else to install.
+
+use super::cloud;
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use ivr_cloud::Store;
+use ivr_edge::{ChannelBackend, Edge, EdgeConfig, SimChannel};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data directory (SQLite, pictures, admin token).
+    #[arg(long, default_value = "ivr-demo-data")]
+    data: PathBuf,
+    /// Simulated sites (edge agents) to connect.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    sites: u32,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let args =
+        cloud::Args { listen: a.listen, data: a.data.clone(), admin_token: None, public_url: None, keepalive_secs: 5 };
+    let (c, listener, token, _) = cloud::start(&args).await?;
+    let addr = listener.local_addr()?;
+    let store = c.store().clone();
+    tokio::spawn(ivr_cloud::serve(c, listener));
+    for i in 1..=a.sites {
+        let code = format!("demo-site-{i}");
+        // Demo credentials are not secrets: they only open simulated sites.
+        let pw = format!("demo-password-{i}");
+        if store.device(&code)?.is_none() {
+            store.create_device(&code, &pw, &format!("Demo site {i}"), chrono::Utc::now().timestamp())?;
+        }
+        let channels = if i % 2 == 0 { 2 } else { 1 };
+        let toml = format!(
+            "[cloud]\nurl = \"ws://{addr}/ivc\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nkeepalive_secs = 5\n{}",
+            (0..channels).map(|c| format!("\n[[channels]]\nchannel = {c}\nsource = \"sim\"\n")).collect::<String>()
+        );
+        let cfg = EdgeConfig::parse(&toml).map_err(anyhow::Error::msg).context("demo edge configuration")?;
+        let chans: Vec<Arc<dyn ChannelBackend>> =
+            (0..channels).map(|c| Arc::new(SimChannel::new(c)) as Arc<dyn ChannelBackend>).collect();
+        tokio::spawn(Edge::new(cfg, chans).run());
+    }
+    println!("ivr demo: the cloud is at http://{addr}/ with {} simulated site(s) connected", a.sites);
+    println!("admin token: {token}");
+    println!("try:  curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/devices");
+    println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":0}}' http://{addr}/api/v1/devices/demo-site-1/rpc/GetPTZPresetList");
+    println!("data in {}; Ctrl-C stops", a.data.display());
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
+}
