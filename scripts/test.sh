@@ -3,7 +3,9 @@
 # fresh machine, idempotently, then runs everything.
 #   - Debian: ffmpeg (ffprobe judges every media file)
 #   - PyPI: python-dvr and dvrip, each in its own venv (both install a
-#     module named `dvrip`), plus dateparser/humanize for dvrip's `dvr` tool
+#     module named `dvrip`), plus dateparser/humanize for dvrip's `dvr` tool;
+#     websockets and openapi-spec-validator for the independent IVT that
+#     judges `ivr cloud`
 #   - Rust: fmt, clippy, unit/integration tests (nextest if present)
 #   - interop: the third-party clients against `ivr sim dvrip`
 set -euo pipefail
@@ -36,6 +38,7 @@ venv() { # NAME IMPORT-CHECK PACKAGES...
 }
 venv pydvr "import dvrip; dvrip.DVRIPCam" python-dvr
 venv dvrip "import dvrip.io, dateparser, humanize" dvrip dateparser humanize
+venv ivt "import websockets.sync.client, openapi_spec_validator" websockets openapi-spec-validator
 
 step "format and lints"
 cargo fmt --all --check
@@ -48,6 +51,8 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
-step "interop: python-dvr, dvrip and ffprobe against ivr"
 cargo build --locked -p ivr
+step "interop: an independent IVT (Python websockets) against ivr cloud"
+"$VENVS/ivt/bin/python" tests/interop/ivt_check.py --ivr target/debug/ivr
+step "interop: python-dvr, dvrip and ffprobe against ivr"
 python3 tests/interop/run.py --ivr target/debug/ivr --venvs "$VENVS"

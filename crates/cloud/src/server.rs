@@ -563,6 +563,12 @@ where
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// The OpenAPI 3 description of this API (written by hand, kept next to
+/// the handlers it describes).
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], include_str!("openapi.json")).into_response()
+}
+
 async fn status_page() -> Response {
     ([("content-type", "text/html; charset=utf-8")], include_str!("status.html")).into_response()
 }
@@ -571,6 +577,7 @@ async fn status_page() -> Response {
 pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
     Router::new()
         .route("/", get(status_page))
+        .route("/api/openapi.json", get(openapi))
         .route("/api/v1/stream", get(stream::<S>))
         .route("/ivc", get(gateway::<S>))
         .route("/api/v1/devices", post(create_device::<S>).get(list_devices::<S>))

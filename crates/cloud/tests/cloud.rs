@@ -263,6 +263,20 @@ async fn status_page_and_the_event_stream() {
     let (s, page) = http(addr, "GET", "/", None, None).await;
     assert_eq!(s, 200);
     assert!(String::from_utf8_lossy(&page).contains("<h1>ivr cloud</h1>"));
+    // The OpenAPI document is served without a token and lists every route.
+    let (s, doc) = http(addr, "GET", "/api/openapi.json", None, None).await;
+    let doc: Value = serde_json::from_slice(&doc).unwrap();
+    assert_eq!((s, doc["openapi"].as_str()), (200, Some("3.0.3")));
+    for p in [
+        "/api/v1/devices",
+        "/api/v1/devices/{login_code}",
+        "/api/v1/devices/{login_code}/rpc/{method}",
+        "/api/v1/devices/{login_code}/events/{event}",
+        "/api/v1/events",
+        "/api/v1/stream",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} undocumented");
+    }
     assert_eq!(http(addr, "GET", "/api/v1/stream", None, None).await.0, 401);
     // Follow the stream while a device comes online.
     let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
