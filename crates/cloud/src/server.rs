@@ -489,8 +489,20 @@ async fn list_events<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Query(q
     }
 }
 
+#[derive(Deserialize)]
+struct UploadQuery {
+    /// Which channel a preview shows (ivr's addition; the seed's URL is per device).
+    #[serde(default)]
+    channel: u32,
+}
+
 /// One-time upload URLs: alarm pictures and channel previews.
-async fn upload<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>, body: axum::body::Bytes) -> Response {
+async fn upload<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    Path(t): Path<String>,
+    Query(q): Query<UploadQuery>,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(target) = c.uploads.lock().expect("uploads lock").remove(&t) else {
         return api_error(StatusCode::NOT_FOUND, "unknown or used upload URL");
     };
@@ -499,7 +511,7 @@ async fn upload<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>,
     }
     let (dir, name) = match &target {
         Upload::Alarm { event_id } => ("pictures", format!("{event_id}.jpg")),
-        Upload::Preview { login_code } => ("previews", format!("{}.jpg", crate::safe_name(login_code))),
+        Upload::Preview { login_code } => ("previews", format!("{}-{}.jpg", crate::safe_name(login_code), q.channel)),
     };
     let dir = c.cfg.data_dir.join(dir);
     let path = dir.join(name);
@@ -521,10 +533,10 @@ async fn event_picture<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(
     }
 }
 
-async fn preview<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(lc): Path<String>) -> Response {
-    match tokio::fs::read(c.cfg.data_dir.join("previews").join(format!("{}.jpg", crate::safe_name(&lc)))).await {
+async fn preview<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path((lc, ch)): Path<(String, u32)>) -> Response {
+    match tokio::fs::read(c.cfg.data_dir.join("previews").join(format!("{}-{ch}.jpg", crate::safe_name(&lc)))).await {
         Ok(b) => ([("content-type", "image/jpeg")], b).into_response(),
-        Err(_) => api_error(StatusCode::NOT_FOUND, format!("no preview of {lc:?} yet")),
+        Err(_) => api_error(StatusCode::NOT_FOUND, format!("no preview of {lc:?} channel {ch} yet")),
     }
 }
 
@@ -584,7 +596,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/api/v1/devices/{login_code}", get(get_device::<S>).delete(delete_device::<S>))
         .route("/api/v1/devices/{login_code}/rpc/{method}", post(rpc::<S>))
         .route("/api/v1/devices/{login_code}/events/{event}", post(send_event::<S>))
-        .route("/api/v1/devices/{login_code}/preview", get(preview::<S>))
+        .route("/api/v1/devices/{login_code}/channels/{channel}/preview", get(preview::<S>))
         .route("/api/v1/events", get(list_events::<S>))
         .route("/api/v1/events/{id}/picture", get(event_picture::<S>))
         .route("/upload/{token}", post(upload::<S>))

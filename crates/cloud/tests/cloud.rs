@@ -304,3 +304,49 @@ async fn status_page_and_the_event_stream() {
     assert!(found.is_ok(), "{}", String::from_utf8_lossy(&seen));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edges_alarms_and_previews_arrive_with_their_pictures() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test4-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, _server) = start_cloud(&dir).await;
+    api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "cam-a", "login_passwd": "12345678"}))).await;
+    let cfg = EdgeConfig::parse(&format!(
+        "[cloud]\nurl = \"ws://{addr}/ivc\"\nlogin_code = \"cam-a\"\nlogin_passwd = \"12345678\"\nkeepalive_secs = 1\n\n\
+         [[channels]]\nchannel = 0\nsource = \"sim\"\nalarm_every_secs = 2\npreview_every_secs = 1\n\n\
+         [[channels]]\nchannel = 1\nsource = \"sim\"\npreview_every_secs = 1\n"
+    ))
+    .unwrap();
+    let chans: Vec<Arc<dyn ChannelBackend>> = vec![Arc::new(SimChannel::new(0)), Arc::new(SimChannel::new(1))];
+    tokio::spawn(Edge::new(cfg, chans).run());
+    // Previews of both channels.
+    for ch in [0, 1] {
+        let path = format!("/api/v1/devices/cam-a/channels/{ch}/preview");
+        wait_until("a preview arrives", async || http(addr, "GET", &path, Some(TOKEN), None).await.0 == 200).await;
+        let (_, jpeg) = http(addr, "GET", &path, Some(TOKEN), None).await;
+        assert_eq!(jpeg.as_slice(), ivr_edge::backend::SIM_JPEG, "channel {ch}");
+    }
+    // A motion alarm with its picture, then its end; the Keepalive shows the bit meanwhile.
+    wait_until("an alarm start with a picture", async || {
+        let (_, ev) = api(addr, "GET", "/api/v1/events?type=alarm&login_code=cam-a", None).await;
+        ev.as_array().is_some_and(|a| a.iter().any(|e| e["data"]["state"] == "start" && e["data"]["type"] == 3))
+    })
+    .await;
+    let (_, ev) = api(addr, "GET", "/api/v1/events?type=alarm&login_code=cam-a", None).await;
+    let start = ev.as_array().unwrap().iter().find(|e| e["data"]["state"] == "start").unwrap().clone();
+    let pic = format!("/api/v1/events/{}/picture", start["id"]);
+    wait_until("the alarm picture is uploaded", async || http(addr, "GET", &pic, Some(TOKEN), None).await.0 == 200)
+        .await;
+    assert_eq!(http(addr, "GET", &pic, Some(TOKEN), None).await.1.as_slice(), ivr_edge::backend::SIM_JPEG);
+    wait_until("the alarm ends", async || {
+        let (_, ev) = api(addr, "GET", "/api/v1/events?type=alarm&login_code=cam-a", None).await;
+        ev.as_array().is_some_and(|a| a.iter().any(|e| e["data"]["state"] == "end"))
+    })
+    .await;
+    let (_, st) = api(addr, "GET", "/api/v1/events?type=channel_state&login_code=cam-a&channel=0", None).await;
+    assert!(
+        st.as_array().unwrap().iter().any(|e| e["data"]["alarm"] == 8),
+        "the motion bit showed in a Keepalive: {st}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -242,6 +242,16 @@ impl Edge {
             s.sessions += 1;
         });
         tracing::info!(url = %self.cfg.cloud.url, "edge: connected");
+        let mut side = Vec::new();
+        for cc in &self.cfg.channels {
+            let Some(ch) = self.channels.iter().find(|c| c.channel() == cc.channel).cloned() else { continue };
+            if cc.alarm_every_secs > 0 {
+                side.push(tokio::spawn(alarms(handle.clone(), ch.clone(), Duration::from_secs(cc.alarm_every_secs))));
+            }
+            if cc.preview_every_secs > 0 {
+                side.push(tokio::spawn(previews(handle.clone(), ch, Duration::from_secs(cc.preview_every_secs))));
+            }
+        }
         let every = Duration::from_secs(self.cfg.cloud.keepalive_secs);
         let keepalives = async {
             loop {
@@ -260,6 +270,9 @@ impl Edge {
             },
             why = keepalives => why,
         };
+        for t in side {
+            t.abort();
+        }
         handle.close().await;
         *handler.handle.lock().expect("handle lock") = None;
         tracing::warn!("edge: session ended: {why}");
@@ -267,6 +280,61 @@ impl Edge {
             s.connected = false;
             s.last_error = Some(why);
         });
+    }
+}
+
+/// Simulated motion alarms: AlarmNotify start, the picture uploaded to the
+/// URL the cloud returns, AlarmNotify end a few seconds later.
+async fn alarms(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration) {
+    const MOTION: u8 = 3;
+    let hold = (every / 2).min(Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(every.saturating_sub(hold)).await;
+        ch.set_alarm(MOTION, true);
+        let start =
+            json!({"channel": ch.channel(), "type": MOTION, "state": "start", "desc": "motion detected (simulated)"});
+        match h.call("AlarmNotify", Some(start)).await {
+            Ok(v) => match (v["pic_upload_url"].as_str(), ch.snapshot()) {
+                (Some(url), Some(jpeg)) => {
+                    if let Err(e) = crate::upload::post(url, "image/jpeg", &jpeg).await {
+                        tracing::warn!(error = %e, "edge: alarm picture not uploaded");
+                    }
+                }
+                _ => tracing::warn!(reply = %v, "edge: no picture URL for the alarm"),
+            },
+            Err(CallError::Closed { .. }) => return,
+            Err(e) => tracing::warn!(error = %e, "edge: AlarmNotify refused"),
+        }
+        tokio::time::sleep(hold).await;
+        ch.set_alarm(MOTION, false);
+        let end = json!({"channel": ch.channel(), "type": MOTION, "state": "end", "desc": "motion ended (simulated)"});
+        if let Err(CallError::Closed { .. }) = h.call("AlarmNotify", Some(end)).await {
+            return;
+        }
+    }
+}
+
+/// Preview pictures: one soon after connecting, then every `every`.
+async fn previews(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    loop {
+        match h.call("preview_server", None).await {
+            Ok(v) => match (v["url"].as_str(), ch.snapshot()) {
+                (Some(url), Some(jpeg)) => {
+                    // The seed's URL is per device; ivr says which channel.
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    let url = format!("{url}{sep}channel={}", ch.channel());
+                    if let Err(e) = crate::upload::post(&url, "image/jpeg", &jpeg).await {
+                        tracing::warn!(error = %e, "edge: preview not uploaded");
+                    }
+                }
+                (None, _) => tracing::warn!(reply = %v, "edge: preview_server gave no url"),
+                (_, None) => {}
+            },
+            Err(CallError::Closed { .. }) => return,
+            Err(e) => tracing::warn!(error = %e, "edge: preview_server refused"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -24,7 +24,14 @@ pub trait ChannelBackend: Send + Sync + 'static {
     fn event(&self, ev: &IvtEvent);
     fn publish_config(&self) -> RtmpPublishConfig;
     fn set_publish_config(&self, c: &RtmpPublishConfig);
+    /// A JPEG of the channel now (alarm pictures, previews).
+    fn snapshot(&self) -> Option<Vec<u8>>;
+    /// Raises or clears an alarm bit (2 external, 3 motion, 4 trip-wire).
+    fn set_alarm(&self, bit: u8, on: bool);
 }
+
+/// The fixture snapshot the simulated channels show.
+pub static SIM_JPEG: &[u8] = include_bytes!("../../../fixtures/snapshot_640x360.jpg");
 
 /// What a simulated channel's stream of each quality runs at (bit/s).
 pub fn bitrate(q: Quality) -> u64 {
@@ -118,16 +125,6 @@ impl SimChannel {
     pub fn publishing(&self) -> Vec<String> {
         self.st().publishing.keys().cloned().collect()
     }
-    /// Raises or clears an alarm bit (2 external, 3 motion, 4 trip-wire).
-    pub fn set_alarm(&self, bit: u8, on: bool) {
-        let mut st = self.st();
-        if on {
-            st.alarm_bits |= 1 << bit;
-        } else {
-            st.alarm_bits &= !(1 << bit);
-        }
-    }
-
     fn check_bitrate(q: Quality, max: u64) -> Result<(), RpcError> {
         if max != 0 && bitrate(q) > max {
             return Err(RpcError::new(
@@ -262,5 +259,18 @@ impl ChannelBackend for SimChannel {
 
     fn set_publish_config(&self, c: &RtmpPublishConfig) {
         self.st().publish_config = c.clone();
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        (self.state() != ChannelState::Offline).then(|| SIM_JPEG.to_vec())
+    }
+
+    fn set_alarm(&self, bit: u8, on: bool) {
+        let mut st = self.st();
+        if on {
+            st.alarm_bits |= 1 << bit;
+        } else {
+            st.alarm_bits &= !(1 << bit);
+        }
     }
 }

@@ -12,6 +12,8 @@
 //! [[channels]]
 //! channel = 0
 //! source = "sim"
+//! alarm_every_secs = 0       # simulated motion alarms (0: none)
+//! preview_every_secs = 300   # preview uploads (0: never)
 //! ```
 
 use serde::Deserialize;
@@ -46,6 +48,16 @@ pub struct ChannelConfig {
     pub channel: u32,
     /// `sim` (dvrip:// and cvip:// sources come with later releases).
     pub source: String,
+    /// Simulated motion alarms every this many seconds (0: none).
+    #[serde(default)]
+    pub alarm_every_secs: u64,
+    /// A preview picture uploaded every this many seconds (0: never).
+    #[serde(default = "default_preview")]
+    pub preview_every_secs: u64,
+}
+
+fn default_preview() -> u64 {
+    300
 }
 
 fn default_hardware() -> String {

@@ -39,7 +39,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let channels = if i % 2 == 0 { 2 } else { 1 };
         let toml = format!(
             "[cloud]\nurl = \"ws://{addr}/ivc\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nkeepalive_secs = 5\n{}",
-            (0..channels).map(|c| format!("\n[[channels]]\nchannel = {c}\nsource = \"sim\"\n")).collect::<String>()
+            (0..channels)
+                .map(|c| {
+                    // Site 1 raises simulated motion alarms; every channel sends previews.
+                    let alarms = if i == 1 { 30 } else { 0 };
+                    format!("\n[[channels]]\nchannel = {c}\nsource = \"sim\"\nalarm_every_secs = {alarms}\npreview_every_secs = 10\n")
+                })
+                .collect::<String>()
         );
         let cfg = EdgeConfig::parse(&toml).map_err(anyhow::Error::msg).context("demo edge configuration")?;
         let chans: Vec<Arc<dyn ChannelBackend>> =
