@@ -1,7 +1,7 @@
 //! The cloud's HTTP side: the device gateway at `/ivc` (IVR RPC over
 //! WebSocket), the JSON API under `/api/v1`, and one-time upload URLs.
 
-use crate::store::{ChannelRow, Device, Event, EventFilter, Store, StoreError};
+use crate::store::{ChannelRow, Device, Event, EventFilter, Firmware, Store, StoreError};
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -126,7 +126,11 @@ impl<S: Store> Cloud<S> {
     async fn session(self: Arc<Self>, q: LoginQuery, socket: WebSocket) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let lc = q.login_code.clone();
-        let handler = Arc::new(IvcHandler { cloud: self.clone(), login_code: lc.clone() });
+        let handler = Arc::new(IvcHandler {
+            cloud: self.clone(),
+            login_code: lc.clone(),
+            hardware_model: q.hardware_model.clone(),
+        });
         let (handle, task) = conn::spawn(AxumFrames(socket), Peer::ivc(), handler);
         let old = self
             .sessions
@@ -170,6 +174,7 @@ impl<S: Store> Cloud<S> {
 struct IvcHandler<S: Store> {
     cloud: Arc<Cloud<S>>,
     login_code: String,
+    hardware_model: String,
 }
 
 impl<S: Store> Handler for IvcHandler<S> {
@@ -208,9 +213,15 @@ impl<S: Store> Handler for IvcHandler<S> {
                 c.uploads.lock().expect("uploads lock").insert(t.clone(), Upload::Preview { login_code: lc.clone() });
                 Ok(json!({"url": format!("{}/upload/{t}", c.cfg.public_url)}))
             }
-            IvcRequest::GetFirmware => {
-                Err(RpcError::new(codes::INTERNAL, "no firmware in the catalogue for this device"))
-            }
+            IvcRequest::GetFirmware => match c.store.latest_firmware(&self.hardware_model).map_err(internal)? {
+                Some(fw) => Ok(
+                    json!({"firmware_model": fw.firmware_model, "url": format!("{}/firmware/{}", c.cfg.public_url, fw.token)}),
+                ),
+                None => Err(RpcError::new(
+                    codes::INTERNAL,
+                    format!("no firmware in the catalogue for hardware model {:?}", self.hardware_model),
+                )),
+            },
             IvcRequest::AlarmNotify(a) => {
                 let data =
                     json!({"type": a.kind as i64, "state": if a.start { "start" } else { "end" }, "desc": a.desc});
@@ -575,6 +586,68 @@ where
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// The largest firmware image the catalogue takes.
+const MAX_FIRMWARE: usize = 256 << 20;
+
+async fn put_firmware<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((hw, fw)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if hw.is_empty() || fw.is_empty() || hw.len() > 128 || fw.len() > 128 {
+        return api_error(StatusCode::BAD_REQUEST, "hardware_model and firmware_model: 1 to 128 bytes");
+    }
+    if body.is_empty() {
+        return api_error(StatusCode::BAD_REQUEST, "the body (the image) is empty");
+    }
+    let t = token();
+    let dir = c.cfg.data_dir.join("firmware");
+    let path = dir.join(format!("{t}.bin"));
+    let written = async {
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::write(&path, &body).await
+    }
+    .await;
+    if let Err(e) = written {
+        return api_error(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the image: {e}"));
+    }
+    let f = Firmware {
+        hardware_model: hw,
+        firmware_model: fw,
+        token: t.clone(),
+        size: body.len() as u64,
+        uploaded_at: now(),
+    };
+    match c.store.add_firmware(&f) {
+        Ok(()) => {
+            let url = format!("{}/firmware/{t}", c.cfg.public_url);
+            (StatusCode::CREATED, Json(json!({"hardware_model": f.hardware_model, "firmware_model": f.firmware_model, "size": f.size, "url": url}))).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn list_firmware<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
+    match c.store.firmwares() {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// Firmware download: the unguessable token is the authorisation (devices
+/// have no admin token).
+async fn download_firmware<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
+    match c.store.firmware_by_token(&t) {
+        Ok(Some(f)) => match tokio::fs::read(c.cfg.data_dir.join("firmware").join(format!("{}.bin", f.token))).await {
+            Ok(b) => ([("content-type", "application/octet-stream")], b).into_response(),
+            Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the image: {e}")),
+        },
+        Ok(None) => api_error(StatusCode::NOT_FOUND, "no such firmware"),
+        Err(e) => store_error(e),
+    }
+}
+
 /// The OpenAPI 3 description of this API (written by hand, kept next to
 /// the handlers it describes).
 async fn openapi() -> Response {
@@ -600,6 +673,12 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/api/v1/events", get(list_events::<S>))
         .route("/api/v1/events/{id}/picture", get(event_picture::<S>))
         .route("/upload/{token}", post(upload::<S>))
+        .route(
+            "/api/v1/firmware/{hardware_model}/{firmware_model}",
+            axum::routing::put(put_firmware::<S>).layer(axum::extract::DefaultBodyLimit::max(MAX_FIRMWARE)),
+        )
+        .route("/api/v1/firmware", get(list_firmware::<S>))
+        .route("/firmware/{token}", get(download_firmware::<S>))
         .with_state(c)
 }
 

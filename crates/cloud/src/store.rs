@@ -101,10 +101,29 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Event>;
     fn events(&self, f: &EventFilter) -> Result<Vec<Event>>;
+    /// Adds (or replaces) an image of `firmware_model` for `hardware_model`.
+    fn add_firmware(&self, fw: &Firmware) -> Result<()>;
+    /// The newest image for a hardware model.
+    fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>>;
+    fn firmware_by_token(&self, token: &str) -> Result<Option<Firmware>>;
+    fn firmwares(&self) -> Result<Vec<Firmware>>;
 }
 
+fn row_to_firmware(r: &rusqlite::Row<'_>) -> rusqlite::Result<Firmware> {
+    Ok(Firmware {
+        hardware_model: r.get(0)?,
+        firmware_model: r.get(1)?,
+        token: r.get(2)?,
+        size: r.get(3)?,
+        uploaded_at: r.get(4)?,
+    })
+}
+
+const FIRMWARE_COLS: &str = "hardware_model, firmware_model, token, size, uploaded_at";
+
 /// Migrations, in order; the database's `user_version` says how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE device (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE device (
         login_code TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         passwd_hash TEXT NOT NULL,
@@ -131,7 +150,28 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE device (
         kind TEXT NOT NULL,
         data TEXT NOT NULL
     );
-    CREATE INDEX event_device_at ON event(login_code, at);"];
+    CREATE INDEX event_device_at ON event(login_code, at);",
+    "CREATE TABLE firmware (
+        hardware_model TEXT NOT NULL,
+        firmware_model TEXT NOT NULL,
+        token TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        PRIMARY KEY (hardware_model, firmware_model)
+    );",
+];
+
+/// A firmware image in the catalogue (the bytes are in `DATA/firmware/<token>.bin`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Firmware {
+    pub hardware_model: String,
+    pub firmware_model: String,
+    /// Unguessable: the download URL is `/firmware/<token>`.
+    #[serde(skip)]
+    pub token: String,
+    pub size: u64,
+    pub uploaded_at: i64,
+}
 
 /// SQLite in one file.
 pub struct SqliteStore {
@@ -343,6 +383,41 @@ impl Store for SqliteStore {
         )?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
+
+    fn add_firmware(&self, fw: &Firmware) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO firmware (hardware_model, firmware_model, token, size, uploaded_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (hardware_model, firmware_model) DO UPDATE SET token = ?3, size = ?4, uploaded_at = ?5",
+            params![fw.hardware_model, fw.firmware_model, fw.token, fw.size, fw.uploaded_at],
+        )?;
+        Ok(())
+    }
+
+    fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("SELECT {FIRMWARE_COLS} FROM firmware WHERE hardware_model = ?1 ORDER BY uploaded_at DESC, rowid DESC LIMIT 1"),
+                [hardware_model],
+                row_to_firmware,
+            )
+            .optional()?)
+    }
+
+    fn firmware_by_token(&self, token: &str) -> Result<Option<Firmware>> {
+        Ok(self
+            .db()
+            .query_row(&format!("SELECT {FIRMWARE_COLS} FROM firmware WHERE token = ?1"), [token], row_to_firmware)
+            .optional()?)
+    }
+
+    fn firmwares(&self) -> Result<Vec<Firmware>> {
+        let db = self.db();
+        let mut q =
+            db.prepare(&format!("SELECT {FIRMWARE_COLS} FROM firmware ORDER BY hardware_model, uploaded_at"))?;
+        let rows = q.query_map([], row_to_firmware)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
 }
 
 #[cfg(test)]
@@ -386,6 +461,19 @@ mod tests {
         let ev = s.events(&EventFilter { kind: Some("alarm".into()), ..Default::default() }).unwrap();
         assert_eq!((ev.len(), ev[0].channel, ev[0].data["type"].as_i64()), (1, Some(1), Some(3)));
         assert!(s.events(&EventFilter { login_code: Some("other".into()), ..Default::default() }).unwrap().is_empty());
+        let fw = |v: &str, t: &str, at| Firmware {
+            hardware_model: "ivr-edge".into(),
+            firmware_model: v.into(),
+            token: t.into(),
+            size: 10,
+            uploaded_at: at,
+        };
+        s.add_firmware(&fw("0.2.0", "tok-a", 200)).unwrap();
+        s.add_firmware(&fw("0.3.0", "tok-b", 300)).unwrap();
+        assert_eq!(s.latest_firmware("ivr-edge").unwrap().unwrap().firmware_model, "0.3.0");
+        assert_eq!(s.firmware_by_token("tok-a").unwrap().unwrap().firmware_model, "0.2.0");
+        assert!(s.latest_firmware("other").unwrap().is_none());
+        assert_eq!(s.firmwares().unwrap().len(), 2);
         assert!(s.delete_device("site-1").unwrap());
         assert!(s.device("site-1").unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);

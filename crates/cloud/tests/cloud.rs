@@ -350,3 +350,61 @@ async fn the_edges_alarms_and_previews_arrive_with_their_pictures() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Uploads raw bytes with PUT.
+async fn put(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {
+    let (s, b) = http(addr, "PUT", path, Some(TOKEN), Some(body)).await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_catalogue_and_an_upgrade_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test5-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, _server) = start_cloud(&dir).await;
+    api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "up-1", "login_passwd": "12345678"}))).await;
+
+    // Without a catalogue entry, GetFirmware is an err naming the model.
+    let (ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/ivc?login_code=up-1&login_passwd=12345678&hardware_model=ivr-edge&firmware_model=0.1.0"
+    ))
+    .await
+    .unwrap();
+    struct Nop;
+    impl ivr_rpc::conn::Handler for Nop {
+        async fn request(&self, _: String, _: Option<Value>) -> Result<Value, ivr_rpc::RpcError> {
+            Ok(json!({}))
+        }
+        async fn event(&self, _: String, _: Option<Value>) {}
+    }
+    let (h, _) = ivr_rpc::conn::spawn(ivr_rpc::ws::WsFrames::new(ws), ivr_rpc::Peer::ivt(), Arc::new(Nop));
+    let e = h.call("GetFirmware", None).await.unwrap_err();
+    assert!(e.to_string().contains("no firmware in the catalogue for hardware model \"ivr-edge\""), "{e}");
+    h.close().await;
+
+    // Upload an image through the API; it is listed and downloadable.
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(put(addr, "/api/v1/firmware/ivr-edge/0.1.0", &image[..1000]).await.0, 201);
+    let (s, fw) = put(addr, "/api/v1/firmware/ivr-edge/0.2.0", &image).await;
+    assert_eq!((s, fw["size"].as_u64()), (201, Some(300_000)));
+    assert_eq!(put(addr, "/api/v1/firmware/ivr-edge/0.3.0", b"").await.0, 400, "an empty image");
+    assert_eq!(api(addr, "GET", "/api/v1/firmware", None).await.1.as_array().unwrap().len(), 2);
+    let path = fw["url"].as_str().unwrap().split_once(&addr.to_string()).unwrap().1.to_owned();
+    let (s, got) = http(addr, "GET", &path, None, None).await;
+    assert_eq!((s, got.len()), (200, image.len()));
+    assert_eq!(http(addr, "GET", "/firmware/not-a-token", None, None).await.0, 404);
+
+    // The real edge, told to upgrade, downloads 0.2.0 and comes back with it.
+    let (e, _) = edge(addr, "up-1", "12345678");
+    let status = e.status();
+    tokio::spawn(e.run());
+    wait_until("the edge is online", async || status.borrow().connected).await;
+    assert_eq!(api(addr, "GET", "/api/v1/devices/up-1", None).await.1["firmware_model"], "0.1.0");
+    assert_eq!(api(addr, "POST", "/api/v1/devices/up-1/events/UpgradeFirmware", None).await.0, 202);
+    wait_until("the device reports 0.2.0", async || {
+        api(addr, "GET", "/api/v1/devices/up-1", None).await.1["firmware_model"] == "0.2.0"
+    })
+    .await;
+    assert!(status.borrow().sessions >= 2, "it reconnected after installing");
+    let _ = std::fs::remove_dir_all(&dir);
+}

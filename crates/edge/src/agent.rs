@@ -62,9 +62,52 @@ pub struct EdgeStatus {
     pub last_error: Option<String>,
 }
 
+/// What the device is running and doing (shared by the agent and its handler).
+struct DeviceInfo {
+    firmware: Mutex<String>,
+    state: Mutex<DeviceState>,
+}
+
 struct EdgeHandler {
     channels: Vec<Arc<dyn ChannelBackend>>,
     handle: Mutex<Option<RpcHandle>>,
+    device: Arc<DeviceInfo>,
+}
+
+/// The largest firmware image the agent downloads.
+const MAX_FIRMWARE: usize = 256 << 20;
+
+/// UpgradeFirmware: ask GetFirmware, download the image while reporting
+/// "upgrading", adopt the new version and reconnect so the cloud sees it.
+async fn upgrade(h: RpcHandle, device: Arc<DeviceInfo>) {
+    let offer = match h.call("GetFirmware", None).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "edge: GetFirmware failed; not upgrading");
+            return;
+        }
+    };
+    let (Some(version), Some(url)) = (offer["firmware_model"].as_str(), offer["url"].as_str()) else {
+        tracing::warn!(reply = %offer, "edge: GetFirmware answered without firmware_model and url");
+        return;
+    };
+    let current = device.firmware.lock().expect("device lock").clone();
+    if version == current {
+        tracing::info!(%version, "edge: already running the offered firmware");
+        return;
+    }
+    *device.state.lock().expect("device lock") = DeviceState::Upgrading;
+    let got = crate::upload::get(url, MAX_FIRMWARE).await;
+    *device.state.lock().expect("device lock") = DeviceState::Online;
+    match got {
+        Ok(image) if !image.is_empty() => {
+            tracing::info!(from = %current, to = %version, bytes = image.len(), "edge: firmware installed; reconnecting");
+            *device.firmware.lock().expect("device lock") = version.to_owned();
+            h.close().await;
+        }
+        Ok(_) => tracing::warn!(%url, "edge: the firmware image is empty; not upgrading"),
+        Err(e) => tracing::warn!(error = %e, "edge: firmware download failed; not upgrading"),
+    }
 }
 
 impl EdgeHandler {
@@ -138,15 +181,9 @@ impl Handler for EdgeHandler {
             IvtEvent::SyncTime { .. } => self.channels.iter().for_each(|c| c.event(&ev)),
             IvtEvent::UpgradeFirmware => {
                 let handle = self.handle.lock().expect("handle lock").clone();
-                if let Some(h) = handle {
-                    tokio::spawn(async move {
-                        match h.call("GetFirmware", None).await {
-                            Ok(v) => {
-                                tracing::info!(firmware = %v["firmware_model"], url = %v["url"], "edge: firmware offered; downloading it comes with the cloud's firmware catalogue")
-                            }
-                            Err(e) => tracing::warn!(error = %e, "edge: GetFirmware failed"),
-                        }
-                    });
+                let upgrading = *self.device.state.lock().expect("device lock") == DeviceState::Upgrading;
+                if let (Some(h), false) = (handle, upgrading) {
+                    tokio::spawn(upgrade(h, self.device.clone()));
                 }
             }
             IvtEvent::CtrlPtz { channel, .. }
@@ -163,6 +200,7 @@ impl Handler for EdgeHandler {
 /// The IVT agent.
 pub struct Edge {
     cfg: EdgeConfig,
+    device: Arc<DeviceInfo>,
     channels: Vec<Arc<dyn ChannelBackend>>,
     status: watch::Sender<EdgeStatus>,
     backoff: Mutex<Backoff>,
@@ -174,7 +212,17 @@ impl Edge {
     }
 
     pub fn with_backoff(cfg: EdgeConfig, channels: Vec<Arc<dyn ChannelBackend>>, backoff: Backoff) -> Arc<Edge> {
-        Arc::new(Edge { cfg, channels, status: watch::channel(EdgeStatus::default()).0, backoff: Mutex::new(backoff) })
+        let device = Arc::new(DeviceInfo {
+            firmware: Mutex::new(cfg.cloud.firmware_model.clone()),
+            state: Mutex::new(DeviceState::Online),
+        });
+        Arc::new(Edge {
+            cfg,
+            device,
+            channels,
+            status: watch::channel(EdgeStatus::default()).0,
+            backoff: Mutex::new(backoff),
+        })
     }
 
     pub fn status(&self) -> watch::Receiver<EdgeStatus> {
@@ -183,7 +231,7 @@ impl Edge {
 
     fn keepalive(&self) -> Option<Value> {
         IvcRequest::Keepalive(Keepalive {
-            state: DeviceState::Online,
+            state: *self.device.state.lock().expect("device lock"),
             channels: self
                 .channels
                 .iter()
@@ -201,8 +249,10 @@ impl Edge {
     /// Runs forever: connect, serve, and on any end wait and connect again.
     pub async fn run(self: Arc<Self>) {
         let c = &self.cfg.cloud;
-        let url = login_url(&c.url, &c.login_code, &c.login_passwd, &c.hardware_model, &c.firmware_model);
         loop {
+            // Built anew each time: an upgrade changes the firmware we announce.
+            let firmware = self.device.firmware.lock().expect("device lock").clone();
+            let url = login_url(&c.url, &c.login_code, &c.login_passwd, &c.hardware_model, &firmware);
             match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url.as_str())).await {
                 Ok(Ok((ws, _))) => {
                     self.backoff.lock().expect("backoff lock").reset();
@@ -234,7 +284,11 @@ impl Edge {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let handler = Arc::new(EdgeHandler { channels: self.channels.clone(), handle: Mutex::new(None) });
+        let handler = Arc::new(EdgeHandler {
+            channels: self.channels.clone(),
+            handle: Mutex::new(None),
+            device: self.device.clone(),
+        });
         let (handle, mut task) = conn::spawn(WsFrames::new(ws), Peer::ivt(), handler.clone());
         *handler.handle.lock().expect("handle lock") = Some(handle.clone());
         self.status.send_modify(|s| {
