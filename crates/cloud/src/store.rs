@@ -429,6 +429,36 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_an_earlier_release_is_migrated_in_place() {
+        let dir = std::env::temp_dir().join(format!("ivr-store-mig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            // What release 1 left: migration 1 only, one device.
+            let db = Connection::open(dir.join("ivr.sqlite3")).unwrap();
+            db.execute_batch(&format!("{}; PRAGMA user_version = 1;", MIGRATIONS[0])).unwrap();
+            db.execute(
+                "INSERT INTO device (login_code, name, passwd_hash, created_at) VALUES ('old', 'Old', 'x', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&dir).unwrap();
+        let v: i64 = s.db().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        assert_eq!(s.device("old").unwrap().unwrap().name, "Old", "data kept");
+        s.add_firmware(&Firmware {
+            hardware_model: "h".into(),
+            firmware_model: "1".into(),
+            token: "t".into(),
+            size: 1,
+            uploaded_at: 1,
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn devices_passwords_channels_events_and_restart() {
         let dir = std::env::temp_dir().join(format!("ivr-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

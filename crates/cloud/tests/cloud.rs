@@ -408,3 +408,27 @@ async fn firmware_catalogue_and_an_upgrade_end_to_end() {
     assert!(status.borrow().sessions >= 2, "it reconnected after installing");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_fifty_simulated_ivts_comes_online() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test6-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, _server) = start_cloud(&dir).await;
+    for i in 0..50 {
+        let (code, pw) = ivr_edge::fleet::login("fleet", i);
+        assert_eq!(
+            api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": code, "login_passwd": pw}))).await.0,
+            201
+        );
+    }
+    let fleet = ivr_edge::fleet::start(&format!("ws://{addr}/ivc"), "fleet", 50, 1).unwrap();
+    wait_until("all 50 report online", async || {
+        let (_, ds) = api(addr, "GET", "/api/v1/devices", None).await;
+        ds.as_array().is_some_and(|a| {
+            a.iter().filter(|d| d["online"] == true && d["hardware_model"] == "ivr-sim-ivt").count() == 50
+        })
+    })
+    .await;
+    assert_eq!(ivr_edge::fleet::connected(&fleet), 50);
+    let _ = std::fs::remove_dir_all(&dir);
+}

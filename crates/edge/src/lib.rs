@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod backend;
 pub mod config;
+pub mod fleet;
 pub mod upload;
 
 pub use agent::{Backoff, Edge, EdgeStatus};

@@ -12,6 +12,30 @@ pub enum SimCmd {
     /// A simulated Xiongmai camera/DVR/NVR speaking DVRIP on TCP, with
     /// discovery on UDP 34569.
     Dvrip(DvripSimArgs),
+    /// A fleet of simulated IVTs (edge agents with one simulated channel
+    /// each) connected to a cloud: a load generator.
+    Ivt(IvtSimArgs),
+}
+
+#[derive(ClapArgs)]
+pub struct IvtSimArgs {
+    /// The cloud's device gateway, e.g. ws://127.0.0.1:8080/ivc.
+    #[arg(long)]
+    cloud: String,
+    /// Devices in the fleet.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    count: u32,
+    /// login_codes are <prefix>-0, <prefix>-1, …
+    #[arg(long, default_value = "sim-ivt")]
+    prefix: String,
+    /// Create the devices through the cloud's API first (needs the admin token).
+    #[arg(long)]
+    provision: bool,
+    /// The cloud's admin token (for --provision).
+    #[arg(long, env = "IVR_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    keepalive_secs: u64,
 }
 
 #[derive(ClapArgs)]
@@ -65,6 +89,55 @@ pub struct DvripSimArgs {
 pub async fn run(cmd: SimCmd) -> anyhow::Result<()> {
     match cmd {
         SimCmd::Dvrip(a) => dvrip(a).await,
+        SimCmd::Ivt(a) => ivt(a).await,
+    }
+}
+
+async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
+    use ivr_edge::{fleet, upload};
+    let api = a
+        .cloud
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .map(|hp| format!("http://{hp}/api/v1/devices"))
+        .ok_or_else(|| anyhow::anyhow!("--cloud {:?}: expected ws://host:port/ivc", a.cloud))?;
+    if a.provision {
+        let token = a
+            .admin_token
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--provision needs --admin-token (or IVR_ADMIN_TOKEN)"))?;
+        let auth = format!("Bearer {token}");
+        let (mut created, mut existed) = (0, 0);
+        for i in 0..a.count {
+            let (code, pw) = fleet::login(&a.prefix, i);
+            let body =
+                serde_json::json!({"login_code": code, "login_passwd": pw, "name": format!("Simulated IVT {i}")})
+                    .to_string();
+            let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+            let (status, reply) =
+                upload::request("POST", &api, &headers, body.as_bytes(), 64 * 1024, Duration::from_secs(30)).await?;
+            match status {
+                201 => created += 1,
+                409 => existed += 1,
+                s => bail!("provisioning {code}: HTTP {s}: {}", String::from_utf8_lossy(&reply)),
+            }
+        }
+        println!("provisioned {created} device(s) ({existed} existed already)");
+    }
+    let fleet = fleet::start(&a.cloud, &a.prefix, a.count, a.keepalive_secs).map_err(anyhow::Error::msg)?;
+    println!("ivr sim ivt: {} device(s) dialling {}", fleet.len(), a.cloud);
+    let mut last = usize::MAX;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let n = fleet::connected(&fleet);
+                if n != last {
+                    println!("{n}/{} connected", fleet.len());
+                    last = n;
+                }
+            }
+            r = tokio::signal::ctrl_c() => return r.context("waiting for Ctrl-C"),
+        }
     }
 }
 
