@@ -405,26 +405,28 @@ async fn delete_device<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(
     }
 }
 
+/// Checks that `name` is one of `known` (404 otherwise) and parses the body
+/// as its params (absent when the body is empty; 400 when not JSON).
+fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> Result<Option<Value>, (StatusCode, String)> {
+    if !known.contains(&name) {
+        return Err((StatusCode::NOT_FOUND, format!("{name:?} is not an {what}; one of {}", known.join(", "))));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+}
+
 async fn rpc<S: Store>(
     _: Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, method)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    if !IVT_METHODS.contains(&method.as_str()) {
-        // Sending it would make the device close the session (rule 4).
-        return api_error(
-            StatusCode::NOT_FOUND,
-            format!("{method:?} is not an IVT method; one of {}", IVT_METHODS.join(", ")),
-        );
-    }
-    let params: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => Some(v),
-            Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
-        }
+    // Sending an unknown method would make the device close the session (rule 4).
+    let params = match api_params(&method, &IVT_METHODS, "IVT method", &body) {
+        Ok(p) => p,
+        Err((status, msg)) => return api_error(status, msg),
     };
     if let Err(e) = IvtRequest::parse(&method, params.as_ref()) {
         return api_error(StatusCode::BAD_REQUEST, e.to_string());
@@ -451,19 +453,9 @@ async fn send_event<S: Store>(
     Path((lc, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    if !IVT_EVENTS.contains(&name.as_str()) {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            format!("{name:?} is not an IVT event; one of {}", IVT_EVENTS.join(", ")),
-        );
-    }
-    let params: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => Some(v),
-            Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
-        }
+    let params = match api_params(&name, &IVT_EVENTS, "IVT event", &body) {
+        Ok(p) => p,
+        Err((status, msg)) => return api_error(status, msg),
     };
     if let Err(e) = IvtEvent::parse(&name, params.as_ref()) {
         return api_error(StatusCode::BAD_REQUEST, e.to_string());
