@@ -178,6 +178,33 @@ try:
         raise AssertionError("still online")
     check("the device is offline after the close", offline)
 
+    def close_reason(w):
+        try:
+            while True:
+                w.recv(timeout=5)
+        except ConnectionClosed as e:
+            return (e.rcvd.code, e.rcvd.reason) if e.rcvd is not None else (None, "")
+
+    def rule_1():
+        w = connect(url("py-1", "py-password"), open_timeout=5).__enter__()
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=api("POST", "/api/v1/devices/py-1/rpc/RebootChannel", {"channel": 0})))
+        t.start()
+        req = recv_json(w)
+        w.send(json.dumps({"seq": req["seq"] + 5, "resp": {}}))  # the wrong seq
+        code, reason = close_reason(w)
+        t.join(10)
+        assert code == 1008 and reason.startswith("IVR RPC rule 1"), (code, reason)
+        assert out["r"][0] == 409, out  # the API call fails: the session closed
+    check("a response with the wrong seq closes the session (rule 1)", rule_1)
+
+    def rule_4():
+        w = connect(url("py-1", "py-password"), open_timeout=5).__enter__()
+        w.send(json.dumps({"req": "RTMPPublish", "params": {}, "seq": 1}))  # an IVT method, not the cloud's
+        code, reason = close_reason(w)
+        assert code == 1008 and reason.startswith("IVR RPC rule 4 (unknown method)"), (code, reason)
+    check("a request for a method the cloud does not serve closes it (rule 4)", rule_4)
+
     def silence():
         ws2 = connect(url("py-1", "py-password"), open_timeout=5).__enter__()
         # One Keepalive, then nothing: the cloud must drop us.
