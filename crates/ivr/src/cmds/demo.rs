@@ -54,6 +54,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     println!("ivr demo: the cloud is at http://{addr}/ with {} simulated site(s) connected", a.sites);
     println!("admin token: {token}");
+    println!("status page: http://{addr}/#token={token}");
     println!("try:  curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/devices");
     println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":0}}' http://{addr}/api/v1/devices/demo-site-1/rpc/GetPTZPresetList");
     println!("data in {}; Ctrl-C stops", a.data.display());
