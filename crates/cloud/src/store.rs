@@ -222,18 +222,17 @@ impl SqliteStore {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    fn row_to_device(db: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
-        let login_code: String = r.get(0)?;
+    /// A device row; its channels are filled in by the caller.
+    fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
         Ok(Device {
-            channels: SqliteStore::channels(db, &login_code)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?,
-            login_code,
+            login_code: r.get(0)?,
             name: r.get(1)?,
             online: r.get(2)?,
             hardware_model: r.get(3)?,
             firmware_model: r.get(4)?,
             last_seen: r.get(5)?,
             created_at: r.get(6)?,
+            channels: Vec::new(),
         })
     }
 }
@@ -262,18 +261,54 @@ impl Store for SqliteStore {
     fn device(&self, login_code: &str) -> Result<Option<Device>> {
         let db = self.db();
         let d = db
-            .query_row(&format!("SELECT {DEVICE_COLS} FROM device WHERE login_code = ?1"), [login_code], |r| {
-                SqliteStore::row_to_device(&db, r)
-            })
+            .query_row(
+                &format!("SELECT {DEVICE_COLS} FROM device WHERE login_code = ?1"),
+                [login_code],
+                SqliteStore::row_to_device,
+            )
             .optional()?;
-        Ok(d)
+        match d {
+            Some(mut d) => {
+                d.channels = SqliteStore::channels(&db, login_code)?;
+                Ok(Some(d))
+            }
+            None => Ok(None),
+        }
     }
 
     fn devices(&self) -> Result<Vec<Device>> {
         let db = self.db();
-        let mut q = db.prepare(&format!("SELECT {DEVICE_COLS} FROM device ORDER BY login_code"))?;
-        let rows = q.query_map([], |r| SqliteStore::row_to_device(&db, r))?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        let mut q = db.prepare_cached(&format!("SELECT {DEVICE_COLS} FROM device ORDER BY login_code"))?;
+        let mut devices: Vec<Device> =
+            q.query_map([], SqliteStore::row_to_device)?.collect::<std::result::Result<_, _>>()?;
+        // All channels in one query (not one per device), in the same order.
+        let mut q = db.prepare_cached(
+            "SELECT login_code, channel, state, record_session, alarm, changed_at FROM channel ORDER BY login_code, channel",
+        )?;
+        let rows = q.query_map([], |r| {
+            let lc: String = r.get(0)?;
+            Ok((
+                lc,
+                ChannelRow {
+                    channel: r.get(1)?,
+                    state: r.get(2)?,
+                    record_session: r.get(3)?,
+                    alarm: r.get(4)?,
+                    changed_at: r.get(5)?,
+                },
+            ))
+        })?;
+        let mut i = 0;
+        for row in rows {
+            let (lc, ch) = row?;
+            while i < devices.len() && devices[i].login_code < lc {
+                i += 1;
+            }
+            if let Some(d) = devices.get_mut(i).filter(|d| d.login_code == lc) {
+                d.channels.push(ch);
+            }
+        }
+        Ok(devices)
     }
 
     fn delete_device(&self, login_code: &str) -> Result<bool> {

@@ -13,6 +13,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "test-admin-token";
 
+/// A bare IVT over ivr-rpc that answers every call with `{}` (for calling
+/// the cloud's methods directly, as a device would).
+async fn raw_ivt(url: String) -> ivr_rpc::conn::RpcHandle {
+    struct Nop;
+    impl ivr_rpc::conn::Handler for Nop {
+        async fn request(&self, _: String, _: Option<Value>) -> Result<Value, ivr_rpc::RpcError> {
+            Ok(json!({}))
+        }
+        async fn event(&self, _: String, _: Option<Value>) {}
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ivr_rpc::conn::spawn(ivr_rpc::ws::WsFrames::new(ws), ivr_rpc::Peer::ivt(), Arc::new(Nop)).0
+}
+
 /// A minimal HTTP/1.1 client: one request per connection.
 async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -226,19 +240,9 @@ async fn a_new_login_replaces_the_old_session_and_uploads_are_one_time() {
         .await;
 
     // Alarm pictures: AlarmNotify (as a device would call it) gives a one-time URL.
-    let (ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{addr}/ivc?login_code=cam-9&login_passwd=12345678&hardware_model=t&firmware_model=1"
-    ))
-    .await
-    .unwrap();
-    struct Nop;
-    impl ivr_rpc::conn::Handler for Nop {
-        async fn request(&self, _: String, _: Option<Value>) -> Result<Value, ivr_rpc::RpcError> {
-            Ok(json!({}))
-        }
-        async fn event(&self, _: String, _: Option<Value>) {}
-    }
-    let (h, _) = ivr_rpc::conn::spawn(ivr_rpc::ws::WsFrames::new(ws), ivr_rpc::Peer::ivt(), Arc::new(Nop));
+    let h =
+        raw_ivt(format!("ws://{addr}/ivc?login_code=cam-9&login_passwd=12345678&hardware_model=t&firmware_model=1"))
+            .await;
     let r = h
         .call("AlarmNotify", Some(json!({"channel": 0, "type": 3, "state": "start", "desc": "motion at the gate"})))
         .await
@@ -365,19 +369,10 @@ async fn firmware_catalogue_and_an_upgrade_end_to_end() {
     api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "up-1", "login_passwd": "12345678"}))).await;
 
     // Without a catalogue entry, GetFirmware is an err naming the model.
-    let (ws, _) = tokio_tungstenite::connect_async(format!(
+    let h = raw_ivt(format!(
         "ws://{addr}/ivc?login_code=up-1&login_passwd=12345678&hardware_model=ivr-edge&firmware_model=0.1.0"
     ))
-    .await
-    .unwrap();
-    struct Nop;
-    impl ivr_rpc::conn::Handler for Nop {
-        async fn request(&self, _: String, _: Option<Value>) -> Result<Value, ivr_rpc::RpcError> {
-            Ok(json!({}))
-        }
-        async fn event(&self, _: String, _: Option<Value>) {}
-    }
-    let (h, _) = ivr_rpc::conn::spawn(ivr_rpc::ws::WsFrames::new(ws), ivr_rpc::Peer::ivt(), Arc::new(Nop));
+    .await;
     let e = h.call("GetFirmware", None).await.unwrap_err();
     assert!(e.to_string().contains("no firmware in the catalogue for hardware model \"ivr-edge\""), "{e}");
     h.close().await;

@@ -132,11 +132,8 @@ impl Conn {
         Error::Closed { addr: self.addr.clone(), session: format_session(self.session) }
     }
 
-    async fn write(&self, p: Packet) -> Result<()> {
-        self.write_now(p)
-    }
-
-    fn write_now(&self, p: Packet) -> Result<()> {
+    /// Queues a packet for the writer task (in order, without waiting).
+    fn write(&self, p: Packet) -> Result<()> {
         if !self.is_open() {
             return Err(self.closed_err());
         }
@@ -169,7 +166,7 @@ impl Conn {
     async fn send_and_wait(&self, h: Header, payload: Bytes, name: &str) -> Result<Packet> {
         let (msg_id, seq) = (h.msg_id, h.seq);
         let rx = self.expect_reply(msg_id, seq);
-        if let Err(e) = self.write(Packet::new(h, payload)).await {
+        if let Err(e) = self.write(Packet::new(h, payload)) {
             self.forget(msg_id, seq);
             return Err(e);
         }
@@ -830,7 +827,7 @@ impl Client {
         let body = messages::request("OPSNAP", c.session, Some(json!({"Channel": channel})));
         let h = Header::new(ids::NET_SNAP_REQ, c.session, c.next_seq(), 0);
         let res = async {
-            c.write(Packet::new(h, encode_body(&body))).await?;
+            c.write(Packet::new(h, encode_body(&body)))?;
             let mut buf = BytesMut::new();
             let deadline = tokio::time::Instant::now() + c.timeout;
             loop {
@@ -947,7 +944,7 @@ impl Client {
             // (python-dvr reads media right after it); a JSON reply some
             // firmware sends anyway is dropped by the reader as unsolicited.
             let h = Header::new(setup.start_id, c.session, c.next_seq(), 0);
-            c.write(Packet::new(h, encode_body(&start))).await?;
+            c.write(Packet::new(h, encode_body(&start)))?;
         }
         Ok(MediaStream {
             rx,
@@ -1119,7 +1116,7 @@ impl Client {
         let mut rx = c.route(ids::reply_of(req_id), 64);
         let res = async {
             let h = Header::new(req_id, c.session, c.next_seq(), 0);
-            c.write(Packet::new(h, encode_body(&messages::request(name, c.session, None)))).await?;
+            c.write(Packet::new(h, encode_body(&messages::request(name, c.session, None))))?;
             let mut buf = BytesMut::new();
             loop {
                 let p = tokio::time::timeout(c.timeout, rx.recv())
@@ -1175,7 +1172,7 @@ impl Client {
                 let v = c.body(&p)?;
                 self.check(ids::CONFIG_IMPORT_REQ, "OPConfigImport", v)?;
             } else {
-                c.write(Packet::new(h, Bytes::copy_from_slice(chunk))).await?;
+                c.write(Packet::new(h, Bytes::copy_from_slice(chunk)))?;
             }
         }
         Ok(())
@@ -1342,7 +1339,7 @@ impl MediaStream {
             if c.is_open() && !self.ended {
                 // Not every device answers Stop; do not wait for it.
                 let h = Header::new(id, c.session, c.next_seq(), 0);
-                c.write(Packet::new(h, encode_body(&messages::request(name, c.session, Some(body))))).await?;
+                c.write(Packet::new(h, encode_body(&messages::request(name, c.session, Some(body)))))?;
             }
         }
         Ok(())
@@ -1360,7 +1357,7 @@ impl Drop for MediaStream {
                 // Queued now, so it goes out before anything sent later (a
                 // spawned send could overtake the next stream's Start).
                 let h = Header::new(id, c.session, c.next_seq(), 0);
-                let _ = c.write_now(Packet::new(h, encode_body(&messages::request(name, c.session, Some(body)))));
+                let _ = c.write(Packet::new(h, encode_body(&messages::request(name, c.session, Some(body)))));
             }
         }
     }
@@ -1383,7 +1380,7 @@ impl Talk {
             let mut b = BytesMut::with_capacity(8 + chunk.len());
             media::write_audio(&mut b, self.codec, 8000, chunk);
             let h = Header::new(ids::TALK_CU_PU_DATA, self.conn.session, self.conn.next_seq(), b.len());
-            self.conn.write(Packet::new(h, b.freeze())).await?;
+            self.conn.write(Packet::new(h, b.freeze()))?;
         }
         Ok(())
     }
@@ -1440,7 +1437,7 @@ pub struct SerialPipe {
 impl SerialPipe {
     pub async fn send(&self, data: &[u8]) -> Result<()> {
         let h = Header::new(self.port.data_id(), self.conn.session, self.conn.next_seq(), data.len());
-        self.conn.write(Packet::new(h, Bytes::copy_from_slice(data))).await
+        self.conn.write(Packet::new(h, Bytes::copy_from_slice(data)))
     }
     pub async fn recv(&mut self) -> Option<Bytes> {
         self.rx.recv().await.map(|p| p.payload)
