@@ -2,9 +2,11 @@
 //! the HTTP API. This release: devices, sessions, Keepalive state, alarms
 //! with pictures, previews, RPC and events through the API.
 
+pub mod auth;
 pub mod server;
 pub mod store;
 
+pub use auth::HashCost;
 pub use server::{router, serve, Cloud, CloudConfig};
 pub use store::{SqliteStore, Store};
 

@@ -1,6 +1,7 @@
 //! The cloud's HTTP side: the device gateway at `/ivc` (IVR RPC over
 //! WebSocket), the JSON API under `/api/v1`, and one-time upload URLs.
 
+use crate::auth::{constant_eq, HashCost, Passwords};
 use crate::store::{ChannelRow, Device, Event, EventFilter, Firmware, Store, StoreError};
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
@@ -37,6 +38,37 @@ pub struct CloudConfig {
     pub rpc_timeout: Duration,
     /// Where uploaded pictures go.
     pub data_dir: std::path::PathBuf,
+    /// argon2id cost of new device passwords.
+    pub hash_cost: HashCost,
+    /// How long a device has to answer the cloud's request before the
+    /// session closes (rule 3). The seed's 20 s; shorter only in tests.
+    pub response_timeout: Duration,
+}
+
+impl CloudConfig {
+    /// The seed's and OWASP's defaults, uploads under `data_dir`.
+    pub fn new(admin_token: String, public_url: String, data_dir: std::path::PathBuf) -> Self {
+        CloudConfig {
+            admin_token,
+            public_url,
+            keepalive: Duration::from_secs(30),
+            rpc_timeout: Duration::from_secs(25),
+            data_dir,
+            hash_cost: HashCost::default(),
+            response_timeout: ivr_rpc::peer::RESPONSE_TIMEOUT,
+        }
+    }
+}
+
+/// Counters since start (`GET /api/v1/stats`).
+#[derive(Default)]
+struct Counters {
+    logins: AtomicU64,
+    logins_refused: AtomicU64,
+    replaced: AtomicU64,
+    closed_by_rule: AtomicU64,
+    expired: AtomicU64,
+    rpc_calls: AtomicU64,
 }
 
 struct SessionEntry {
@@ -58,6 +90,9 @@ pub struct Cloud<S: Store> {
     uploads: Mutex<HashMap<String, Upload>>,
     feed: broadcast::Sender<Event>,
     next_session: AtomicU64,
+    passwords: Passwords,
+    counters: Counters,
+    started: Instant,
 }
 
 fn now() -> i64 {
@@ -74,12 +109,42 @@ impl<S: Store> Cloud<S> {
     pub fn new(store: Arc<S>, cfg: CloudConfig) -> Arc<Self> {
         Arc::new(Cloud {
             store,
-            cfg,
             sessions: Mutex::default(),
             uploads: Mutex::default(),
             feed: broadcast::channel(1024).0,
             next_session: AtomicU64::new(1),
+            passwords: Passwords::new(cfg.hash_cost),
+            counters: Counters::default(),
+            started: Instant::now(),
+            cfg,
         })
+    }
+
+    /// Provisions a device: its password hashed (argon2id at the configured
+    /// cost), then stored.
+    pub async fn provision(&self, login_code: &str, login_passwd: &str, name: &str) -> Result<Device, ProvisionError> {
+        if login_code.is_empty() || login_code.len() > 128 {
+            return Err(ProvisionError::Invalid("login_code: 1 to 128 bytes".into()));
+        }
+        if login_passwd.len() < 8 {
+            return Err(ProvisionError::Invalid("login_passwd: at least 8 characters".into()));
+        }
+        let hash = self.passwords.hash(login_passwd).await.map_err(|e| StoreError::Db(format!("hashing: {e}")))?;
+        Ok(self.store.create_device(login_code, &hash, name, now())?)
+    }
+
+    /// Whether a login is right (argon2, bounded, remembered).
+    pub async fn check_login(&self, login_code: &str, login_passwd: &str) -> Result<bool, String> {
+        let stored = self.store.password_hash(login_code).map_err(|e| e.to_string())?;
+        match stored {
+            Some(h) => self.passwords.verify(login_code, login_passwd, &h).await,
+            None => Ok(false),
+        }
+    }
+
+    /// How many device sessions are open.
+    pub fn sessions(&self) -> usize {
+        self.sessions.lock().expect("sessions lock").len()
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -118,6 +183,7 @@ impl<S: Store> Cloud<S> {
                 s.handle.clone()
             })
             .collect();
+        self.counters.expired.fetch_add(stale.len() as u64, Ordering::Relaxed);
         for h in stale {
             tokio::spawn(async move { h.close().await });
         }
@@ -131,7 +197,9 @@ impl<S: Store> Cloud<S> {
             login_code: lc.clone(),
             hardware_model: q.hardware_model.clone(),
         });
-        let (handle, task) = conn::spawn(AxumFrames(socket), Peer::ivc(), handler);
+        let peer = Peer::ivc().with_timeout(self.cfg.response_timeout);
+        self.counters.logins.fetch_add(1, Ordering::Relaxed);
+        let (handle, task) = conn::spawn(AxumFrames(socket), peer, handler);
         let old = self
             .sessions
             .lock()
@@ -139,6 +207,7 @@ impl<S: Store> Cloud<S> {
             .insert(lc.clone(), SessionEntry { id, handle, last_keepalive: Instant::now() });
         if let Some(old) = old {
             tracing::info!(login_code = %lc, "cloud: a new login replaces the old session");
+            self.counters.replaced.fetch_add(1, Ordering::Relaxed);
             old.handle.close().await;
         }
         if let Err(e) = self.store.logged_in(&lc, &q.hardware_model, &q.firmware_model, now()) {
@@ -151,6 +220,9 @@ impl<S: Store> Cloud<S> {
             json!({"hardware_model": q.hardware_model, "firmware_model": q.firmware_model}),
         );
         let close = task.await.ok().flatten();
+        if close.is_some() {
+            self.counters.closed_by_rule.fetch_add(1, Ordering::Relaxed);
+        }
         let current = {
             let mut s = self.sessions.lock().expect("sessions lock");
             if s.get(&lc).is_some_and(|e| e.id == id) {
@@ -303,19 +375,32 @@ async fn gateway<S: Store>(
     Query(q): Query<LoginQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let store = c.store.clone();
-    let (lc, pw) = (q.login_code.clone(), q.login_passwd.clone());
-    // argon2 is deliberately slow: keep it off the async threads.
-    let ok = tokio::task::spawn_blocking(move || store.check_password(&lc, &pw)).await;
-    match ok {
-        Ok(Ok(true)) => ws.on_upgrade(move |socket| c.session(q, socket)),
-        Ok(Ok(false)) => {
+    match c.check_login(&q.login_code, &q.login_passwd).await {
+        Ok(true) => ws
+            // Small buffers: most of a session's memory is its read buffer
+            // (tungstenite's default is 128 KiB, zero-filled on first read).
+            // IVR RPC messages are a few hundred bytes; larger ones grow it.
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(WS_MAX_MESSAGE)
+            .max_frame_size(WS_MAX_MESSAGE)
+            .on_upgrade(move |socket| c.session(q, socket)),
+        Ok(false) => {
+            c.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(login_code = %q.login_code, "cloud: login refused");
             api_error(StatusCode::UNAUTHORIZED, "login_code or login_passwd is wrong")
         }
-        _ => api_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot check the login"),
+        Err(e) => {
+            tracing::error!(login_code = %q.login_code, error = %e, "cloud: cannot check a login");
+            api_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot check the login")
+        }
     }
 }
+
+/// The initial read buffer of a device's WebSocket.
+const WS_READ_BUFFER: usize = 1024;
+/// The largest IVR RPC message the cloud reads (far above any in the catalogue).
+const WS_MAX_MESSAGE: usize = 1 << 20;
 
 /// The admin bearer token, checked.
 struct Admin;
@@ -331,10 +416,6 @@ impl<S: Store> FromRequestParts<Arc<Cloud<S>>> for Admin {
             None => Err(api_error(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <admin token>")),
         }
     }
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize)]
@@ -362,19 +443,20 @@ async fn create_device<S: Store>(
         Ok(b) => b,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
-    if d.login_code.is_empty() || d.login_code.len() > 128 {
-        return api_error(StatusCode::BAD_REQUEST, "login_code: 1 to 128 bytes");
+    match c.provision(&d.login_code, &d.login_passwd, &d.name).await {
+        Ok(dev) => (StatusCode::CREATED, Json(dev)).into_response(),
+        Err(ProvisionError::Invalid(msg)) => api_error(StatusCode::BAD_REQUEST, msg),
+        Err(ProvisionError::Store(e)) => store_error(e),
     }
-    if d.login_passwd.len() < 8 {
-        return api_error(StatusCode::BAD_REQUEST, "login_passwd: at least 8 characters");
-    }
-    let store = c.store.clone();
-    match tokio::task::spawn_blocking(move || store.create_device(&d.login_code, &d.login_passwd, &d.name, now())).await
-    {
-        Ok(Ok(dev)) => (StatusCode::CREATED, Json(dev)).into_response(),
-        Ok(Err(e)) => store_error(e),
-        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+}
+
+/// Why a device was not provisioned.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 async fn list_devices<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
@@ -395,6 +477,7 @@ async fn get_device<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(lc)
 async fn delete_device<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>, Path(lc): Path<String>) -> Response {
     match c.store.delete_device(&lc) {
         Ok(true) => {
+            c.passwords.forget(&lc);
             if let Some(h) = c.handle_of(&lc) {
                 h.close().await;
             }
@@ -434,6 +517,7 @@ async fn rpc<S: Store>(
     let Some(h) = c.handle_of(&lc) else {
         return api_error(StatusCode::CONFLICT, format!("device {lc:?} is offline"));
     };
+    c.counters.rpc_calls.fetch_add(1, Ordering::Relaxed);
     match tokio::time::timeout(c.cfg.rpc_timeout, h.call(&method, params)).await {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(CallError::Remote { err, .. })) => {
@@ -640,6 +724,29 @@ async fn download_firmware<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Pa
     }
 }
 
+/// Counts for monitoring and benchmarks: sessions open now, devices, and
+/// counters since start.
+async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
+    let devices = match c.store.device_count() {
+        Ok(n) => n,
+        Err(e) => return store_error(e),
+    };
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let k = &c.counters;
+    Json(json!({
+        "devices": devices,
+        "sessions": c.sessions(),
+        "uptime_secs": c.started.elapsed().as_secs(),
+        "logins": n(&k.logins),
+        "logins_refused": n(&k.logins_refused),
+        "sessions_replaced": n(&k.replaced),
+        "sessions_closed_by_rule": n(&k.closed_by_rule),
+        "sessions_expired": n(&k.expired),
+        "rpc_calls": n(&k.rpc_calls),
+    }))
+    .into_response()
+}
+
 /// The OpenAPI 3 description of this API (written by hand, kept next to
 /// the handlers it describes).
 async fn openapi() -> Response {
@@ -663,6 +770,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/api/v1/devices/{login_code}/events/{event}", post(send_event::<S>))
         .route("/api/v1/devices/{login_code}/channels/{channel}/preview", get(preview::<S>))
         .route("/api/v1/events", get(list_events::<S>))
+        .route("/api/v1/stats", get(stats::<S>))
         .route("/api/v1/events/{id}/picture", get(event_picture::<S>))
         .route("/upload/{token}", post(upload::<S>))
         .route(

@@ -3,9 +3,6 @@
 //! the data directory, with numbered migrations; behind [`Store`] so a
 //! PostgreSQL store can serve a cluster later.
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -80,12 +77,15 @@ pub struct EventFilter {
 
 /// What the cloud keeps.
 pub trait Store: Send + Sync + 'static {
-    fn create_device(&self, login_code: &str, password: &str, name: &str, now: i64) -> Result<Device>;
+    /// A new device with its password's PHC hash (see [`crate::auth`]).
+    fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device>;
     fn device(&self, login_code: &str) -> Result<Option<Device>>;
     fn devices(&self) -> Result<Vec<Device>>;
     fn delete_device(&self, login_code: &str) -> Result<bool>;
-    /// Whether the password is the device's (argon2 verify).
-    fn check_password(&self, login_code: &str, password: &str) -> Result<bool>;
+    /// How many devices are provisioned.
+    fn device_count(&self) -> Result<u64>;
+    /// The device's password hash (PHC string), if the device exists.
+    fn password_hash(&self, login_code: &str) -> Result<Option<String>>;
     /// A session began: models recorded, online.
     fn logged_in(&self, login_code: &str, hardware_model: &str, firmware_model: &str, now: i64) -> Result<()>;
     fn set_offline(&self, login_code: &str, now: i64) -> Result<()>;
@@ -240,16 +240,11 @@ impl SqliteStore {
 const DEVICE_COLS: &str = "login_code, name, online, hardware_model, firmware_model, last_seen, created_at";
 
 impl Store for SqliteStore {
-    fn create_device(&self, login_code: &str, password: &str, name: &str, now: i64) -> Result<Device> {
-        let salt = SaltString::generate(&mut OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| StoreError::Db(format!("hashing the password: {e}")))?
-            .to_string();
+    fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device> {
         let db = self.db();
         let n = db.execute(
             "INSERT OR IGNORE INTO device (login_code, name, passwd_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![login_code, name, hash, now],
+            params![login_code, name, passwd_hash, now],
         )?;
         if n == 0 {
             return Err(StoreError::Exists(login_code.to_owned()));
@@ -315,15 +310,15 @@ impl Store for SqliteStore {
         Ok(self.db().execute("DELETE FROM device WHERE login_code = ?1", [login_code])? > 0)
     }
 
-    fn check_password(&self, login_code: &str, password: &str) -> Result<bool> {
-        let hash: Option<String> = self
+    fn device_count(&self) -> Result<u64> {
+        Ok(self.db().query_row("SELECT COUNT(*) FROM device", [], |r| r.get(0))?)
+    }
+
+    fn password_hash(&self, login_code: &str) -> Result<Option<String>> {
+        Ok(self
             .db()
             .query_row("SELECT passwd_hash FROM device WHERE login_code = ?1", [login_code], |r| r.get(0))
-            .optional()?;
-        let Some(hash) = hash else { return Ok(false) };
-        let parsed =
-            PasswordHash::new(&hash).map_err(|e| StoreError::Db(format!("stored hash of {login_code}: {e}")))?;
-        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .optional()?)
     }
 
     fn logged_in(&self, login_code: &str, hardware_model: &str, firmware_model: &str, now: i64) -> Result<()> {
@@ -499,11 +494,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let s = SqliteStore::open(&dir).unwrap();
-            s.create_device("site-1", "s3cret", "Gate", 100).unwrap();
+            s.create_device("site-1", "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA", "Gate", 100).unwrap();
             assert!(matches!(s.create_device("site-1", "x", "", 100), Err(StoreError::Exists(_))));
-            assert!(s.check_password("site-1", "s3cret").unwrap());
-            assert!(!s.check_password("site-1", "S3cret").unwrap());
-            assert!(!s.check_password("nobody", "s3cret").unwrap());
+            assert!(s.password_hash("site-1").unwrap().unwrap().starts_with("$argon2id$"));
+            assert_eq!(s.password_hash("nobody").unwrap(), None);
             s.logged_in("site-1", "ivr-edge", "0.1.0", 101).unwrap();
             assert_eq!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 102).unwrap().len(), 2);
             assert!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 103).unwrap().is_empty(), "no change, no rows");
@@ -513,13 +507,12 @@ mod tests {
             );
             s.add_event("site-1", Some(1), "alarm", &serde_json::json!({"type": 3}), 105).unwrap();
         }
-        // A restart keeps everything; the stored hash is not the password.
+        // A restart keeps everything.
         let s = SqliteStore::open(&dir).unwrap();
         let d = s.device("site-1").unwrap().unwrap();
         assert_eq!((d.name.as_str(), d.online, d.last_seen, d.channels.len()), ("Gate", true, Some(104), 2));
         assert_eq!(d.hardware_model.as_deref(), Some("ivr-edge"));
-        let hash: String = s.db().query_row("SELECT passwd_hash FROM device", [], |r| r.get(0)).unwrap();
-        assert!(hash.starts_with("$argon2") && !hash.contains("s3cret"));
+        assert!(s.password_hash("site-1").unwrap().unwrap().ends_with("$aGFzaA"));
         s.set_offline("site-1", 106).unwrap();
         let d = s.device("site-1").unwrap().unwrap();
         assert!(!d.online && d.channels.iter().all(|c| c.state == 0));

@@ -74,11 +74,10 @@ async fn start_cloud(dir: &std::path::Path) -> (SocketAddr, tokio::task::JoinHan
     let addr = l.local_addr().unwrap();
     let store = Arc::new(SqliteStore::open(dir).unwrap());
     let cfg = CloudConfig {
-        admin_token: TOKEN.into(),
-        public_url: format!("http://{addr}"),
         keepalive: Duration::from_secs(1),
         rpc_timeout: Duration::from_secs(5),
-        data_dir: dir.to_path_buf(),
+        response_timeout: Duration::from_secs(3),
+        ..CloudConfig::new(TOKEN.into(), format!("http://{addr}"), dir.to_path_buf())
     };
     let c = Cloud::new(store, cfg);
     (addr, tokio::spawn(async move { serve(c, l).await.unwrap() }))
@@ -416,7 +415,17 @@ async fn a_fleet_of_fifty_simulated_ivts_comes_online() {
             201
         );
     }
-    let fleet = ivr_edge::fleet::start(&format!("ws://{addr}/ivc"), "fleet", 50, 1).unwrap();
+    let fleet = ivr_edge::fleet::start(ivr_edge::fleet::FleetConfig {
+        cloud_url: format!("ws://{addr}/ivc"),
+        prefix: "fleet".into(),
+        first: 0,
+        count: 50,
+        keepalive_secs: 1,
+        bind: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
+        window: 8,
+    })
+    .await
+    .unwrap();
     wait_until("all 50 report online", async || {
         let (_, ds) = api(addr, "GET", "/api/v1/devices", None).await;
         ds.as_array().is_some_and(|a| {
@@ -425,5 +434,10 @@ async fn a_fleet_of_fifty_simulated_ivts_comes_online() {
     })
     .await;
     assert_eq!(ivr_edge::fleet::connected(&fleet), 50);
+    let (status, stats) = api(addr, "GET", "/api/v1/stats", None).await;
+    assert_eq!(status, 200);
+    assert_eq!((stats["devices"].as_u64(), stats["sessions"].as_u64()), (Some(50), Some(50)), "{stats}");
+    assert_eq!(stats["logins_refused"], 0, "{stats}");
+    assert!(stats["logins"].as_u64() >= Some(50), "{stats}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,7 @@ use crate::config::EdgeConfig;
 use ivr_rpc::catalogue::{ChannelStatus, DeviceState, IvcRequest, IvtEvent, IvtRequest, Keepalive};
 use ivr_rpc::conn::{self, CallError, Handler, RpcHandle};
 use ivr_rpc::message::{codes, RpcError};
-use ivr_rpc::ws::{login_url, WsFrames};
+use ivr_rpc::ws::{dial, login_url, DialError, DialOptions, WsFrames};
 use ivr_rpc::Peer;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -253,17 +253,16 @@ impl Edge {
             // Built anew each time: an upgrade changes the firmware we announce.
             let firmware = self.device.firmware.lock().expect("device lock").clone();
             let url = login_url(&c.url, &c.login_code, &c.login_passwd, &c.hardware_model, &firmware);
-            match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url.as_str())).await {
-                Ok(Ok((ws, _))) => {
+            let opts = DialOptions { bind: c.bind };
+            match tokio::time::timeout(Duration::from_secs(10), dial(&url, &opts)).await {
+                Ok(Ok(ws)) => {
                     self.backoff.lock().expect("backoff lock").reset();
                     self.session(ws).await;
                 }
                 Ok(Err(e)) => {
-                    let why = match &e {
-                        tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401 => {
-                            "the cloud refused our login_code/login_passwd (HTTP 401)".to_owned()
-                        }
-                        other => format!("cannot connect to {}: {other}", c.url),
+                    let why = match e {
+                        DialError::Refused => "the cloud refused our login_code/login_passwd (HTTP 401)".to_owned(),
+                        other => other.to_string(),
                     };
                     tracing::warn!("edge: {why}");
                     self.status.send_modify(|s| s.last_error = Some(why));
@@ -280,7 +279,7 @@ impl Edge {
         }
     }
 
-    async fn session<S>(&self, ws: tokio_tungstenite::WebSocketStream<S>)
+    async fn session<S>(&self, ws: WsFrames<S>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -289,7 +288,7 @@ impl Edge {
             handle: Mutex::new(None),
             device: self.device.clone(),
         });
-        let (handle, mut task) = conn::spawn(WsFrames::new(ws), Peer::ivt(), handler.clone());
+        let (handle, mut task) = conn::spawn(ws, Peer::ivt(), handler.clone());
         *handler.handle.lock().expect("handle lock") = Some(handle.clone());
         self.status.send_modify(|s| {
             s.connected = true;

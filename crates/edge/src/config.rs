@@ -40,6 +40,9 @@ pub struct CloudConfig {
     pub firmware_model: String,
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// The local address to dial from (default: the system's choice).
+    #[serde(default)]
+    pub bind: Option<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

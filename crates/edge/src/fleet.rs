@@ -3,6 +3,7 @@
 //! fill a console.
 
 use crate::{ChannelBackend, Edge, EdgeConfig, SimChannel};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The login of fleet device `i` (0-based): `<prefix>-<i>` with a password
@@ -11,16 +12,48 @@ pub fn login(prefix: &str, i: u32) -> (String, String) {
     (format!("{prefix}-{i}"), format!("{prefix}-password-{i}"))
 }
 
-/// Starts `count` devices dialling `cloud_url`; returns them (their
-/// `status()` says who is connected).
-pub fn start(cloud_url: &str, prefix: &str, count: u32, keepalive_secs: u64) -> Result<Vec<Arc<Edge>>, String> {
-    let mut out = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        let (code, pw) = login(prefix, i);
-        let cfg = EdgeConfig::parse(&format!(
-            "[cloud]\nurl = \"{cloud_url}\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nhardware_model = \"ivr-sim-ivt\"\nkeepalive_secs = {keepalive_secs}\n\n[[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 0\n"
+/// What a fleet is.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// The cloud's device gateway, `ws://host:port/ivc`.
+    pub cloud_url: String,
+    pub prefix: String,
+    /// Index of the first device (fleets split over processes).
+    pub first: u32,
+    pub count: u32,
+    pub keepalive_secs: u64,
+    /// Local addresses to dial from, in turn (empty: the system's choice).
+    /// Each gives ~28,000 ephemeral ports toward one cloud address.
+    pub bind: Vec<IpAddr>,
+    /// At most this many devices dialling at once (a storm of SYNs
+    /// overflows the cloud's listen queue and costs seconds of retries).
+    pub window: usize,
+}
+
+/// Starts the fleet: devices dial in turn, at most `window` at a time; the
+/// returned list grows as they start. Returns once all have started.
+pub async fn start(cfg: FleetConfig) -> Result<Vec<Arc<Edge>>, String> {
+    let window = Arc::new(tokio::sync::Semaphore::new(cfg.window.max(1)));
+    let mut out = Vec::with_capacity(cfg.count as usize);
+    for n in 0..cfg.count {
+        let i = cfg.first + n;
+        let (code, pw) = login(&cfg.prefix, i);
+        let bind = match cfg.bind.len() {
+            0 => String::new(),
+            k => format!("bind = \"{}\"\n", cfg.bind[n as usize % k]),
+        };
+        let edge_cfg = EdgeConfig::parse(&format!(
+            "[cloud]\nurl = \"{}\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nhardware_model = \"ivr-sim-ivt\"\nkeepalive_secs = {}\n{bind}\n[[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 0\n",
+            cfg.cloud_url, cfg.keepalive_secs
         ))?;
-        let edge = Edge::new(cfg, vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>]);
+        let edge = Edge::new(edge_cfg, vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>]);
+        let permit = window.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let mut status = edge.status();
+        tokio::spawn(async move {
+            // The slot frees once this device is in (or has given up once).
+            let _permit = permit;
+            let _ = status.wait_for(|s| s.connected || s.last_error.is_some()).await;
+        });
         tokio::spawn(edge.clone().run());
         out.push(edge);
     }

@@ -26,6 +26,29 @@ pub struct Args {
     /// The Keepalive interval devices use; offline after three missed.
     #[arg(long, default_value_t = 30)]
     pub keepalive_secs: u64,
+    /// argon2id cost of new device passwords, `m=<KiB>,t=<passes>,p=<lanes>`
+    /// (stored hashes keep their own). The default is OWASP's.
+    #[arg(long, default_value = "m=19456,t=2,p=1")]
+    pub argon2: ivr_cloud::HashCost,
+    /// How long a device may take to answer the cloud (rule 3). The
+    /// protocol says 20 s; shorter only for tests.
+    #[arg(long, default_value_t = 20_000, hide = true)]
+    pub response_timeout_ms: u64,
+}
+
+impl Args {
+    /// The defaults, on `listen` with data in `data`.
+    pub fn new(listen: SocketAddr, data: PathBuf) -> Self {
+        Args {
+            listen,
+            data,
+            admin_token: None,
+            public_url: None,
+            keepalive_secs: 30,
+            argon2: ivr_cloud::HashCost::default(),
+            response_timeout_ms: 20_000,
+        }
+    }
 }
 
 /// The admin token: given, stored from an earlier run, or new (stored with
@@ -59,20 +82,25 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
+    let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let cfg = CloudConfig {
-        admin_token: token.clone(),
-        public_url: a.public_url.clone().unwrap_or_else(|| format!("http://{addr}")),
         keepalive: Duration::from_secs(a.keepalive_secs.clamp(1, 3600)),
-        rpc_timeout: Duration::from_secs(25),
-        data_dir: a.data.clone(),
+        hash_cost: a.argon2,
+        response_timeout: Duration::from_millis(a.response_timeout_ms.max(1)),
+        ..CloudConfig::new(token.clone(), public_url, a.data.clone())
     };
     Ok((Cloud::new(Arc::new(store), cfg), listener, token, new))
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    let fds = super::raise_fd_limit();
     let (cloud, listener, token, new) = start(&a).await?;
     let addr = listener.local_addr()?;
-    println!("ivr cloud: http://{addr}/ (devices dial ws://{addr}/ivc), data in {}", a.data.display());
+    println!(
+        "ivr cloud: http://{addr}/ (devices dial ws://{addr}/ivc), data in {}; up to ~{} device sessions (open-file limit {fds})",
+        a.data.display(),
+        fds.saturating_sub(64)
+    );
     if new {
         println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
     }

@@ -23,18 +23,17 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let args =
-        cloud::Args { listen: a.listen, data: a.data.clone(), admin_token: None, public_url: None, keepalive_secs: 5 };
+    let args = cloud::Args { keepalive_secs: 5, ..cloud::Args::new(a.listen, a.data.clone()) };
     let (c, listener, token, _) = cloud::start(&args).await?;
     let addr = listener.local_addr()?;
     let store = c.store().clone();
-    tokio::spawn(ivr_cloud::serve(c, listener));
+    tokio::spawn(ivr_cloud::serve(c.clone(), listener));
     for i in 1..=a.sites {
         let code = format!("demo-site-{i}");
         // Demo credentials are not secrets: they only open simulated sites.
         let pw = format!("demo-password-{i}");
         if store.device(&code)?.is_none() {
-            store.create_device(&code, &pw, &format!("Demo site {i}"), chrono::Utc::now().timestamp())?;
+            c.provision(&code, &pw, &format!("Demo site {i}")).await?;
         }
         let channels = if i % 2 == 0 { 2 } else { 1 };
         let toml = format!(

@@ -36,6 +36,16 @@ pub struct IvtSimArgs {
     admin_token: Option<String>,
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive_secs: u64,
+    /// Index of the first device (to split one fleet over processes).
+    #[arg(long, default_value_t = 0)]
+    first: u32,
+    /// Local addresses to dial from, comma-separated, used in turn (e.g.
+    /// 127.0.0.2,127.0.0.3: each gives another ~28,000 ephemeral ports).
+    #[arg(long, value_delimiter = ',')]
+    bind: Vec<std::net::IpAddr>,
+    /// At most this many devices dialling at once.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
 }
 
 #[derive(ClapArgs)]
@@ -108,7 +118,7 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--provision needs --admin-token (or IVR_ADMIN_TOKEN)"))?;
         let auth = format!("Bearer {token}");
         let (mut created, mut existed) = (0, 0);
-        for i in 0..a.count {
+        for i in a.first..a.first.saturating_add(a.count) {
             let (code, pw) = fleet::login(&a.prefix, i);
             let body =
                 serde_json::json!({"login_code": code, "login_passwd": pw, "name": format!("Simulated IVT {i}")})
@@ -124,8 +134,21 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
         }
         println!("provisioned {created} device(s) ({existed} existed already)");
     }
-    let fleet = fleet::start(&a.cloud, &a.prefix, a.count, a.keepalive_secs).map_err(anyhow::Error::msg)?;
-    println!("ivr sim ivt: {} device(s) dialling {}", fleet.len(), a.cloud);
+    let fds = super::raise_fd_limit();
+    if u64::from(a.count) + 64 > fds {
+        bail!("--count {}: this process may open only {fds} files (ulimit -n); split the fleet with --first", a.count);
+    }
+    let cfg = fleet::FleetConfig {
+        cloud_url: a.cloud.clone(),
+        prefix: a.prefix.clone(),
+        first: a.first,
+        count: a.count,
+        keepalive_secs: a.keepalive_secs,
+        bind: a.bind.clone(),
+        window: a.window,
+    };
+    println!("ivr sim ivt: {} device(s) dialling {}", a.count, a.cloud);
+    let fleet = fleet::start(cfg).await.map_err(anyhow::Error::msg)?;
     let mut last = usize::MAX;
     loop {
         tokio::select! {

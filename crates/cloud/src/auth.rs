@@ -1,0 +1,179 @@
+//! Device passwords: argon2id hashes in the store, verified off the async
+//! threads with bounded concurrency, and a memo of verified logins so a
+//! reconnecting device does not pay argon2 again.
+//!
+//! Why the bound: each argon2 verification takes ~19 MiB and tens of
+//! milliseconds. A reconnect storm (the cloud restarts and every device
+//! dials at once) would otherwise start hundreds of blocking threads at
+//! once and take gigabytes. With the bound, logins queue and finish at the
+//! machine's argon2 rate.
+//!
+//! Why the memo is safe: it keeps, per login_code, a keyed BLAKE2b digest
+//! of (stored hash, presented password), with a key that lives only in
+//! this process. It answers only "this exact password was verified against
+//! this exact stored hash"; a changed password has a new hash (new salt)
+//! and misses. A wrong password always pays the full argon2 cost. Nothing
+//! weaker than argon2 is ever written to disk.
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use blake2::{Blake2b512, Digest};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// argon2id cost for new hashes, as `m=<KiB>,t=<passes>,p=<lanes>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashCost {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl Default for HashCost {
+    /// OWASP's first recommendation for argon2id: 19 MiB, 2 passes, 1 lane.
+    fn default() -> Self {
+        HashCost { m_kib: 19 * 1024, t: 2, p: 1 }
+    }
+}
+
+impl std::str::FromStr for HashCost {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut c = HashCost::default();
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected key=value (m=, t= or p=)"))?;
+            let v: u32 = v.trim().parse().map_err(|_| format!("{part:?}: {v:?} is not a number"))?;
+            match k.trim() {
+                "m" => c.m_kib = v,
+                "t" => c.t = v,
+                "p" => c.p = v,
+                other => return Err(format!("{other:?}: unknown argon2 parameter (m=, t= or p=)")),
+            }
+        }
+        Params::new(c.m_kib, c.t, c.p, None).map_err(|e| format!("{s:?}: {e} (m is in KiB, at least 8×p)"))?;
+        Ok(c)
+    }
+}
+
+impl std::fmt::Display for HashCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "m={},t={},p={}", self.m_kib, self.t, self.p)
+    }
+}
+
+/// Hashes and verifies device passwords.
+pub struct Passwords {
+    cost: HashCost,
+    permits: Arc<Semaphore>,
+    key: [u8; 32],
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+impl Passwords {
+    pub fn new(cost: HashCost) -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let lanes = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Passwords { cost, permits: Arc::new(Semaphore::new(lanes)), key, verified: Mutex::default() }
+    }
+
+    fn argon2(cost: HashCost) -> Argon2<'static> {
+        let params = Params::new(cost.m_kib, cost.t, cost.p, None).expect("checked when parsed");
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    }
+
+    /// A new PHC hash string of `password` at the configured cost.
+    pub async fn hash(&self, password: &str) -> Result<String, String> {
+        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let (cost, pw) = (self.cost, password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Passwords::argon2(cost)
+                .hash_password(pw.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    fn memo_key(&self, stored: &str, password: &str) -> [u8; 32] {
+        let d = Blake2b512::new()
+            .chain_update(self.key)
+            .chain_update((stored.len() as u64).to_le_bytes())
+            .chain_update(stored)
+            .chain_update(password)
+            .finalize();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&d[..32]);
+        out
+    }
+
+    /// Whether `password` matches `stored` (a PHC string; its own
+    /// parameters are used). `Err` when the stored hash is unreadable.
+    pub async fn verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, String> {
+        let memo = self.memo_key(stored, password);
+        if let Some(m) = self.verified.lock().expect("memo lock").get(login_code) {
+            if constant_eq(m, &memo) {
+                return Ok(true);
+            }
+        }
+        PasswordHash::new(stored).map_err(|e| format!("stored hash of {login_code:?}: {e}"))?;
+        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let (pw, st) = (password.to_owned(), stored.to_owned());
+        let ok = tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&st).expect("parsed above");
+            Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if ok {
+            self.verified.lock().expect("memo lock").insert(login_code.to_owned(), memo);
+        }
+        Ok(ok)
+    }
+
+    /// Forgets a device (deleted).
+    pub fn forget(&self, login_code: &str) {
+        self.verified.lock().expect("memo lock").remove(login_code);
+    }
+}
+
+pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_parses_and_names_what_is_wrong() {
+        assert_eq!("m=64,t=1,p=1".parse::<HashCost>().unwrap(), HashCost { m_kib: 64, t: 1, p: 1 });
+        assert_eq!("t=3".parse::<HashCost>().unwrap(), HashCost { m_kib: 19456, t: 3, p: 1 });
+        assert!("m=lots".parse::<HashCost>().unwrap_err().contains("not a number"));
+        assert!("q=1".parse::<HashCost>().unwrap_err().contains("unknown argon2 parameter"));
+        assert!("m=1,p=1".parse::<HashCost>().unwrap_err().contains("at least 8"));
+        assert_eq!(HashCost::default().to_string(), "m=19456,t=2,p=1");
+    }
+
+    #[tokio::test]
+    async fn verifies_remembers_and_refuses() {
+        let p = Passwords::new("m=64,t=1,p=1".parse().unwrap());
+        let h = p.hash("s3cret-pw").await.unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{h}");
+        assert!(p.verify("a", "s3cret-pw", &h).await.unwrap());
+        assert!(p.verified.lock().unwrap().contains_key("a"));
+        assert!(p.verify("a", "s3cret-pw", &h).await.unwrap(), "from the memo");
+        assert!(!p.verify("a", "S3cret-pw", &h).await.unwrap());
+        // A new password (new hash) does not match the memo of the old one.
+        let h2 = p.hash("other-pw").await.unwrap();
+        assert!(!p.verify("a", "s3cret-pw", &h2).await.unwrap());
+        assert!(p.verify("a", "other-pw", &h2).await.unwrap());
+        p.forget("a");
+        assert!(p.verified.lock().unwrap().is_empty());
+        assert!(p.verify("a", "x", "not a hash").await.unwrap_err().contains("stored hash"));
+    }
+}
