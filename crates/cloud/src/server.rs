@@ -199,7 +199,7 @@ impl<S: Store> Cloud<S> {
         });
         let peer = Peer::ivc().with_timeout(self.cfg.response_timeout);
         self.counters.logins.fetch_add(1, Ordering::Relaxed);
-        let (handle, task) = conn::spawn(AxumFrames(socket), peer, handler);
+        let (handle, run) = conn::start(AxumFrames(socket), peer, handler);
         let old = self
             .sessions
             .lock()
@@ -219,7 +219,7 @@ impl<S: Store> Cloud<S> {
             "online",
             json!({"hardware_model": q.hardware_model, "firmware_model": q.firmware_model}),
         );
-        let close = task.await.ok().flatten();
+        let close = run.await;
         if close.is_some() {
             self.counters.closed_by_rule.fetch_add(1, Ordering::Relaxed);
         }

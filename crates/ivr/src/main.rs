@@ -2,6 +2,11 @@
 
 mod cmds;
 
+/// mimalloc: the cloud spends a sixth of its time in glibc malloc under load
+/// (arena locks between worker threads); see docs/BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

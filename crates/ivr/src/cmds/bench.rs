@@ -17,6 +17,10 @@ pub enum BenchCmd {
     /// and live-stream throughput (read and demuxed). Reports wall time and
     /// each client's own CPU time.
     Dvrip(DvripBench),
+    /// The cloud at scale: `ivr cloud` and fleets of `ivr sim ivt` as
+    /// separate processes; sessions held, RSS per session, connection rate,
+    /// API RPC round trips with p50/p99 latency.
+    Ivc(super::bench_ivc::IvcBench),
 }
 
 #[derive(ClapArgs)]
@@ -45,6 +49,7 @@ const PYDVR_SCRIPT: &str = include_str!("bench_pydvr.py");
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Dvrip(b) => dvrip(b).await,
+        BenchCmd::Ivc(b) => super::bench_ivc::run(b).await,
     }
 }
 
