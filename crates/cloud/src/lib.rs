@@ -7,7 +7,7 @@ pub mod server;
 pub mod store;
 
 pub use auth::HashCost;
-pub use server::{router, serve, Cloud, CloudConfig};
+pub use server::{router, serve, serve_tls, Cloud, CloudConfig};
 pub use store::{SqliteStore, Store};
 
 /// A login_code as a file name: anything but `[A-Za-z0-9_-]` becomes `_`.

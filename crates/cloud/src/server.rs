@@ -9,6 +9,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures_util::{Sink, Stream};
 use ivr_rpc::catalogue::{IvcRequest, IvtEvent, IvtRequest, IVT_EVENTS, IVT_METHODS};
@@ -784,6 +785,47 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
 
 /// Serves until the listener fails, expiring silent sessions every second.
 pub async fn serve<S: Store>(c: Arc<Cloud<S>>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    spawn_expiry(&c);
+    axum::serve(listener.tap_io(|tcp| drop(tcp.set_nodelay(true))), router(c)).await
+}
+
+/// Serves HTTPS (devices dial wss://…/ivc), each TLS handshake on its own
+/// task so a slow or broken client holds up nobody.
+pub async fn serve_tls<S: Store>(
+    c: Arc<Cloud<S>>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    spawn_expiry(&c);
+    let local = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "cloud: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => drop(tx.send((s, peer)).await),
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "cloud: TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "cloud: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    axum::serve(TlsListener { rx, local }, router(c)).await
+}
+
+fn spawn_expiry<S: Store>(c: &Arc<Cloud<S>>) {
     let expiry = c.clone();
     tokio::spawn(async move {
         loop {
@@ -791,5 +833,25 @@ pub async fn serve<S: Store>(c: Arc<Cloud<S>>, listener: tokio::net::TcpListener
             expiry.expire();
         }
     });
-    axum::serve(listener, router(c)).await
+}
+
+/// Finished TLS handshakes, as axum's listener.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            // The accept task ended (it does not): wait forever.
+            None => std::future::pending().await,
+        }
+    }
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }

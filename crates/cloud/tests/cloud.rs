@@ -423,6 +423,7 @@ async fn a_fleet_of_fifty_simulated_ivts_comes_online() {
         keepalive_secs: 1,
         bind: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
         window: 8,
+        ca_file: None,
     })
     .await
     .unwrap();
@@ -439,5 +440,77 @@ async fn a_fleet_of_fifty_simulated_ivts_comes_online() {
     assert_eq!((stats["devices"].as_u64(), stats["sessions"].as_u64()), (Some(50), Some(50)), "{stats}");
     assert_eq!(stats["logins_refused"], 0, "{stats}");
     assert!(stats["logins"].as_u64() >= Some(50), "{stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_dial_wss_and_upload_over_https() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test7-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = ivr_rpc::net::server_config(&cert, &key).unwrap();
+
+    // One cloud, two doors: HTTPS for the device, plain HTTP for the test's API calls.
+    let tls_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (port, addr) = (tls_l.local_addr().unwrap().port(), plain_l.local_addr().unwrap());
+    let cfg = CloudConfig {
+        keepalive: Duration::from_secs(1),
+        ..CloudConfig::new(TOKEN.into(), format!("https://localhost:{port}"), dir.clone())
+    };
+    let c = Cloud::new(Arc::new(SqliteStore::open(&dir).unwrap()), cfg);
+    tokio::spawn(ivr_cloud::serve_tls(c.clone(), tls_l, tls));
+    tokio::spawn(serve(c, plain_l));
+    let new = json!({"login_code": "tls-cam", "login_passwd": "12345678"});
+    assert_eq!(api(addr, "POST", "/api/v1/devices", Some(new)).await.0, 201);
+
+    let edge_cfg = |ca: &str| {
+        EdgeConfig::parse(&format!(
+            "[cloud]\nurl = \"wss://localhost:{port}/ivc\"\nlogin_code = \"tls-cam\"\nlogin_passwd = \"12345678\"\nkeepalive_secs = 1\n{ca}\n\
+             [[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 1\n"
+        ))
+        .unwrap()
+    };
+    // Without our CA the device refuses the cloud's certificate, and says why.
+    let stranger = Edge::with_backoff(
+        edge_cfg(""),
+        vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>],
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(300)),
+    );
+    let mut st = stranger.status();
+    let run = tokio::spawn(stranger.clone().run());
+    tokio::time::timeout(Duration::from_secs(10), st.wait_for(|s| s.last_error.is_some())).await.unwrap().unwrap();
+    let why = st.borrow().last_error.clone().unwrap();
+    assert!(why.contains("certificate") || why.contains("UnknownIssuer"), "{why}");
+    assert!(!st.borrow().connected);
+    run.abort();
+
+    // With it: online over wss, RPC through the API, a preview over https.
+    let ca = format!("ca_file = \"{}\"", cert.display());
+    let edge = Edge::new(edge_cfg(&ca), vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>]);
+    edge.preflight().unwrap();
+    tokio::spawn(edge.run());
+    wait_until("the device is online over wss", async || {
+        api(addr, "GET", "/api/v1/devices/tls-cam", None).await.1["online"] == true
+    })
+    .await;
+    let (status, nets) =
+        api(addr, "POST", "/api/v1/devices/tls-cam/rpc/GetNetConfig", Some(json!({"channel": 0}))).await;
+    assert_eq!(status, 200, "{nets}");
+    assert!(nets[0]["ip"].is_string(), "{nets}");
+    let path = "/api/v1/devices/tls-cam/channels/0/preview";
+    wait_until("a preview arrives over https", async || http(addr, "GET", path, Some(TOKEN), None).await.0 == 200)
+        .await;
+    assert_eq!(http(addr, "GET", path, Some(TOKEN), None).await.1.as_slice(), ivr_edge::backend::SIM_JPEG);
+
+    // A bad CA file is named before any dialling.
+    let bad = dir.join("bad.pem");
+    std::fs::write(&bad, "junk").unwrap();
+    let e = Edge::new(edge_cfg(&format!("ca_file = \"{}\"", bad.display())), vec![]).preflight().unwrap_err();
+    assert!(e.contains("bad.pem") && e.contains("ca_file"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,8 @@ use crate::config::EdgeConfig;
 use ivr_rpc::catalogue::{ChannelStatus, DeviceState, IvcRequest, IvtEvent, IvtRequest, Keepalive};
 use ivr_rpc::conn::{self, CallError, Handler, RpcHandle};
 use ivr_rpc::message::{codes, RpcError};
-use ivr_rpc::ws::{dial, login_url, DialError, DialOptions, WsFrames};
+use ivr_rpc::net::Dialer;
+use ivr_rpc::ws::{dial, login_url, DialError, WsFrames};
 use ivr_rpc::Peer;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,8 @@ pub struct EdgeStatus {
 struct DeviceInfo {
     firmware: Mutex<String>,
     state: Mutex<DeviceState>,
+    /// How we reach the cloud (ws/wss) and its URLs (http/https).
+    dialer: Dialer,
 }
 
 struct EdgeHandler {
@@ -97,7 +100,7 @@ async fn upgrade(h: RpcHandle, device: Arc<DeviceInfo>) {
         return;
     }
     *device.state.lock().expect("device lock") = DeviceState::Upgrading;
-    let got = crate::upload::get(url, MAX_FIRMWARE).await;
+    let got = crate::upload::get(&device.dialer, url, MAX_FIRMWARE).await;
     *device.state.lock().expect("device lock") = DeviceState::Online;
     match got {
         Ok(image) if !image.is_empty() => {
@@ -215,6 +218,7 @@ impl Edge {
         let device = Arc::new(DeviceInfo {
             firmware: Mutex::new(cfg.cloud.firmware_model.clone()),
             state: Mutex::new(DeviceState::Online),
+            dialer: Dialer::new(cfg.cloud.bind, cfg.cloud.ca_file.clone()),
         });
         Arc::new(Edge {
             cfg,
@@ -223,6 +227,15 @@ impl Edge {
             status: watch::channel(EdgeStatus::default()).0,
             backoff: Mutex::new(backoff),
         })
+    }
+
+    /// Checks what can be checked before dialling (the TLS trust store for
+    /// a wss:// cloud), so a bad setting fails at start, not in a retry loop.
+    pub fn preflight(&self) -> Result<(), String> {
+        if self.cfg.cloud.url.starts_with("wss://") {
+            self.device.dialer.tls().map_err(|e| format!("[cloud] ca_file: {e}"))?;
+        }
+        Ok(())
     }
 
     pub fn status(&self) -> watch::Receiver<EdgeStatus> {
@@ -253,8 +266,7 @@ impl Edge {
             // Built anew each time: an upgrade changes the firmware we announce.
             let firmware = self.device.firmware.lock().expect("device lock").clone();
             let url = login_url(&c.url, &c.login_code, &c.login_passwd, &c.hardware_model, &firmware);
-            let opts = DialOptions { bind: c.bind };
-            match tokio::time::timeout(Duration::from_secs(10), dial(&url, &opts)).await {
+            match tokio::time::timeout(Duration::from_secs(10), dial(&url, &self.device.dialer)).await {
                 Ok(Ok(ws)) => {
                     self.backoff.lock().expect("backoff lock").reset();
                     self.session(ws).await;
@@ -299,10 +311,20 @@ impl Edge {
         for cc in &self.cfg.channels {
             let Some(ch) = self.channels.iter().find(|c| c.channel() == cc.channel).cloned() else { continue };
             if cc.alarm_every_secs > 0 {
-                side.push(tokio::spawn(alarms(handle.clone(), ch.clone(), Duration::from_secs(cc.alarm_every_secs))));
+                side.push(tokio::spawn(alarms(
+                    handle.clone(),
+                    ch.clone(),
+                    Duration::from_secs(cc.alarm_every_secs),
+                    self.device.dialer.clone(),
+                )));
             }
             if cc.preview_every_secs > 0 {
-                side.push(tokio::spawn(previews(handle.clone(), ch, Duration::from_secs(cc.preview_every_secs))));
+                side.push(tokio::spawn(previews(
+                    handle.clone(),
+                    ch,
+                    Duration::from_secs(cc.preview_every_secs),
+                    self.device.dialer.clone(),
+                )));
             }
         }
         let every = Duration::from_secs(self.cfg.cloud.keepalive_secs);
@@ -338,7 +360,7 @@ impl Edge {
 
 /// Simulated motion alarms: AlarmNotify start, the picture uploaded to the
 /// URL the cloud returns, AlarmNotify end a few seconds later.
-async fn alarms(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration) {
+async fn alarms(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration, dialer: Dialer) {
     const MOTION: u8 = 3;
     let hold = (every / 2).min(Duration::from_secs(5));
     loop {
@@ -349,7 +371,7 @@ async fn alarms(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration) {
         match h.call("AlarmNotify", Some(start)).await {
             Ok(v) => match (v["pic_upload_url"].as_str(), ch.snapshot()) {
                 (Some(url), Some(jpeg)) => {
-                    if let Err(e) = crate::upload::post(url, "image/jpeg", &jpeg).await {
+                    if let Err(e) = crate::upload::post(&dialer, url, "image/jpeg", &jpeg).await {
                         tracing::warn!(error = %e, "edge: alarm picture not uploaded");
                     }
                 }
@@ -368,7 +390,7 @@ async fn alarms(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration) {
 }
 
 /// Preview pictures: one soon after connecting, then every `every`.
-async fn previews(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration) {
+async fn previews(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration, dialer: Dialer) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     loop {
         match h.call("preview_server", None).await {
@@ -377,7 +399,7 @@ async fn previews(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration) {
                     // The seed's URL is per device; ivr says which channel.
                     let sep = if url.contains('?') { '&' } else { '?' };
                     let url = format!("{url}{sep}channel={}", ch.channel());
-                    if let Err(e) = crate::upload::post(&url, "image/jpeg", &jpeg).await {
+                    if let Err(e) = crate::upload::post(&dialer, &url, "image/jpeg", &jpeg).await {
                         tracing::warn!(error = %e, "edge: preview not uploaded");
                     }
                 }

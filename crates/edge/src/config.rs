@@ -43,6 +43,10 @@ pub struct CloudConfig {
     /// The local address to dial from (default: the system's choice).
     #[serde(default)]
     pub bind: Option<std::net::IpAddr>,
+    /// For wss:// and https://: trust only the certificates in this PEM
+    /// file (a private cloud's CA). Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -96,8 +100,8 @@ impl EdgeConfig {
         if !(u.starts_with("ws://") || u.starts_with("wss://")) {
             return Err(format!("cloud.url {u:?}: expected ws://… or wss://…"));
         }
-        if u.starts_with("wss://") {
-            return Err(format!("cloud.url {u:?}: wss is not supported yet; use ws:// (TLS comes with the cloud)"));
+        if let Err(why) = ivr_rpc::net::target(u) {
+            return Err(format!("cloud.url {u:?}: {why}"));
         }
         if cfg.cloud.login_code.is_empty() {
             return Err("cloud.login_code: empty".into());

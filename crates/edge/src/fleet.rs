@@ -28,6 +28,8 @@ pub struct FleetConfig {
     /// At most this many devices dialling at once (a storm of SYNs
     /// overflows the cloud's listen queue and costs seconds of retries).
     pub window: usize,
+    /// For a wss:// cloud: the CA to trust (default: the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Starts the fleet: devices dial in turn, at most `window` at a time; the
@@ -38,12 +40,15 @@ pub async fn start(cfg: FleetConfig) -> Result<Vec<Arc<Edge>>, String> {
     for n in 0..cfg.count {
         let i = cfg.first + n;
         let (code, pw) = login(&cfg.prefix, i);
-        let bind = match cfg.bind.len() {
+        let mut extra = match cfg.bind.len() {
             0 => String::new(),
             k => format!("bind = \"{}\"\n", cfg.bind[n as usize % k]),
         };
+        if let Some(ca) = &cfg.ca_file {
+            extra.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
+        }
         let edge_cfg = EdgeConfig::parse(&format!(
-            "[cloud]\nurl = \"{}\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nhardware_model = \"ivr-sim-ivt\"\nkeepalive_secs = {}\n{bind}\n[[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 0\n",
+            "[cloud]\nurl = \"{}\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nhardware_model = \"ivr-sim-ivt\"\nkeepalive_secs = {}\n{extra}\n[[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 0\n",
             cfg.cloud_url, cfg.keepalive_secs
         ))?;
         let edge = Edge::new(edge_cfg, vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>]);

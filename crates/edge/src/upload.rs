@@ -1,13 +1,14 @@
 //! HTTP to the URLs the cloud hands out (alarm pictures, previews, firmware)
-//! and to its API: a minimal HTTP/1.1 client over TCP for `http://` URLs.
+//! and to its API: a minimal HTTP/1.1 client for `http://` and `https://` URLs.
 
+use ivr_rpc::net::{target, Dialer};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("URL {0:?} is not http://host[:port]/path (https comes with TLS)")]
+    #[error("URL {0:?} is not http(s)://host[:port]/path")]
     Url(String),
     #[error("{url}: {cause}")]
     Io { url: String, cause: std::io::Error },
@@ -15,9 +16,10 @@ pub enum UploadError {
     Status { url: String, status: u16 },
 }
 
-/// One request (`Connection: close`); the status and at most `max` bytes of
-/// body. Chunked answers are refused.
+/// One request (`Connection: close`) over http or https; the status and
+/// at most `max` bytes of body. Chunked answers are refused.
 pub async fn request(
+    dialer: &Dialer,
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -25,18 +27,15 @@ pub async fn request(
     max: usize,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), UploadError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| UploadError::Url(url.to_owned()))?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if hostport.is_empty() {
+    let t = target(url).map_err(|_| UploadError::Url(url.to_owned()))?;
+    if !url.starts_with("http") {
         return Err(UploadError::Url(url.to_owned()));
     }
-    let addr = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:80") };
+    let hostport = url.split_once("://").and_then(|(_, r)| r.split(['/', '?']).next()).unwrap_or(t.host);
+    let path = t.path;
     let io = |cause| UploadError::Io { url: url.to_owned(), cause };
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.map_err(io)?;
+        let mut s = dialer.connect(t.host, t.port, t.secure).await.map_err(io)?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
@@ -48,7 +47,12 @@ pub async fn request(
         s.write_all(head.as_bytes()).await.map_err(io)?;
         s.write_all(body).await.map_err(io)?;
         let mut resp = Vec::new();
-        (&mut s).take((max + 64 * 1024) as u64).read_to_end(&mut resp).await.map_err(io)?;
+        match (&mut s).take((max + 64 * 1024) as u64).read_to_end(&mut resp).await {
+            Ok(_) => {}
+            // A TLS peer that closes without close_notify after a whole answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
+            Err(e) => return Err(io(e)),
+        }
         let end = resp
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -78,14 +82,15 @@ fn ok(url: &str, (status, body): (u16, Vec<u8>)) -> Result<Vec<u8>, UploadError>
 }
 
 /// POSTs `body` to `url`; Ok on a 2xx answer.
-pub async fn post(url: &str, content_type: &str, body: &[u8]) -> Result<(), UploadError> {
-    let r = request("POST", url, &[("Content-Type", content_type)], body, 64 * 1024, Duration::from_secs(30)).await?;
+pub async fn post(dialer: &Dialer, url: &str, content_type: &str, body: &[u8]) -> Result<(), UploadError> {
+    let r = request(dialer, "POST", url, &[("Content-Type", content_type)], body, 64 * 1024, Duration::from_secs(30))
+        .await?;
     ok(url, r).map(drop)
 }
 
 /// GETs `url` (at most `max` bytes of body); the body on a 2xx answer.
-pub async fn get(url: &str, max: usize) -> Result<Vec<u8>, UploadError> {
-    let r = request("GET", url, &[], &[], max, Duration::from_secs(300)).await?;
+pub async fn get(dialer: &Dialer, url: &str, max: usize) -> Result<Vec<u8>, UploadError> {
+    let r = request(dialer, "GET", url, &[], &[], max, Duration::from_secs(300)).await?;
     ok(url, r)
 }
 
@@ -93,8 +98,11 @@ pub async fn get(url: &str, max: usize) -> Result<Vec<u8>, UploadError> {
 mod tests {
     #[tokio::test]
     async fn bad_urls_are_named() {
-        let e = super::post("https://x/y", "image/jpeg", b"").await.unwrap_err();
-        assert!(e.to_string().contains("https comes with TLS"), "{e}");
-        assert!(super::post("http:///y", "image/jpeg", b"").await.is_err());
+        let d = super::Dialer::default();
+        let e = super::post(&d, "ftp://x/y", "image/jpeg", b"").await.unwrap_err();
+        assert!(e.to_string().contains("is not http(s)://"), "{e}");
+        let e = super::post(&d, "ws://x/y", "image/jpeg", b"").await.unwrap_err();
+        assert!(e.to_string().contains("is not http(s)://"), "{e}");
+        assert!(super::post(&d, "http:///y", "image/jpeg", b"").await.is_err());
     }
 }

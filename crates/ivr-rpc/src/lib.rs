@@ -6,11 +6,13 @@
 //! connection, enforcing the five disconnect rules) and [`catalogue`]
 //! (every method and event, typed and validated). The tokio layer: [`conn`]
 //! (runs a peer over frames, with a handler and a handle) and [`ws`]
-//! (tungstenite WebSockets as frames, the IVT login URL).
+//! (tungstenite WebSockets as frames, the IVT login URL, dialling ws and
+//! wss); [`net`] (connections out, TLS for both ends).
 
 pub mod catalogue;
 pub mod conn;
 pub mod message;
+pub mod net;
 pub mod peer;
 pub mod ws;
 

@@ -3,6 +3,7 @@
 //! cloud.)
 
 use crate::conn::Frame;
+use crate::net::{self, target, Dialer};
 use futures_util::{Sink, Stream};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,14 +32,6 @@ pub fn login_url(
     )
 }
 
-/// How an IVT dials the cloud.
-#[derive(Clone, Debug, Default)]
-pub struct DialOptions {
-    /// The local address to dial from (a multi-homed site, or a load
-    /// generator spreading connections over several loopback addresses).
-    pub bind: Option<std::net::IpAddr>,
-}
-
 /// Why dialling failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -63,58 +56,17 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
         .max_frame_size(Some(1 << 20))
 }
 
-/// Dials `url` (the login URL) and completes the WebSocket handshake.
-pub async fn dial(url: &str, opts: &DialOptions) -> Result<WsFrames<tokio::net::TcpStream>, DialError> {
-    let bad = |why: &str| DialError::Url { url: url.to_owned(), why: why.to_owned() };
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-    let default_port = match scheme {
-        "ws" => 80,
-        "wss" => 443,
-        _ => return Err(bad("the scheme is neither ws nor wss")),
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(bad("no host"));
+/// Dials `url` (the login URL, ws:// or wss://) and completes the
+/// WebSocket handshake.
+pub async fn dial(url: &str, dialer: &Dialer) -> Result<WsFrames<net::Stream>, DialError> {
+    let t = target(url).map_err(|why| DialError::Url { url: url.to_owned(), why })?;
+    if !url.starts_with("ws") {
+        return Err(DialError::Url { url: url.to_owned(), why: "the scheme is neither ws nor wss".into() });
     }
-    let addr =
-        if authority.starts_with('[') || authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-            authority.to_owned()
-        } else {
-            format!("{authority}:{default_port}")
-        };
-    let connect = |err| DialError::Connect { addr: addr.clone(), err };
-    let tcp = match opts.bind {
-        None => tokio::net::TcpStream::connect(&addr).await.map_err(connect)?,
-        Some(ip) => {
-            let mut last = None;
-            let mut stream = None;
-            for target in tokio::net::lookup_host(&addr).await.map_err(connect)? {
-                if target.is_ipv4() != ip.is_ipv4() {
-                    continue;
-                }
-                let sock = if ip.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-                    .map_err(connect)?;
-                sock.bind(std::net::SocketAddr::new(ip, 0)).map_err(connect)?;
-                match sock.connect(target).await {
-                    Ok(s) => {
-                        stream = Some(s);
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            stream.ok_or_else(|| {
-                connect(last.unwrap_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address of the family of {ip}"))
-                }))
-            })?
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    if scheme == "wss" {
-        return Err(bad("wss needs TLS, which this build does not have"));
-    }
-    match tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await {
+    let addr = format!("{}:{}", t.host, t.port);
+    let stream =
+        dialer.connect(t.host, t.port, t.secure).await.map_err(|err| DialError::Connect { addr: addr.clone(), err })?;
+    match tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await {
         Ok((ws, _)) => Ok(WsFrames::new(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401 => Err(DialError::Refused),
         Err(err) => Err(DialError::Handshake { addr, err: Box::new(err) }),

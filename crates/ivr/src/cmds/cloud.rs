@@ -34,6 +34,12 @@ pub struct Args {
     /// protocol says 20 s; shorter only for tests.
     #[arg(long, default_value_t = 20_000, hide = true)]
     pub response_timeout_ms: u64,
+    /// Serve HTTPS (devices dial wss://…/ivc) with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -47,6 +53,8 @@ impl Args {
             keepalive_secs: 30,
             argon2: ivr_cloud::HashCost::default(),
             response_timeout_ms: 20_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -82,7 +90,8 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
+    let public_url = a.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
     let cfg = CloudConfig {
         keepalive: Duration::from_secs(a.keepalive_secs.clamp(1, 3600)),
         hash_cost: a.argon2,
@@ -94,18 +103,30 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let fds = super::raise_fd_limit();
+    // Read the certificate first: a bad file is an error before anything listens.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(ivr_rpc::net::server_config(cert, key).context("--tls-cert/--tls-key")?),
+        _ => None,
+    };
     let (cloud, listener, token, new) = start(&a).await?;
     let addr = listener.local_addr()?;
+    let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
     println!(
-        "ivr cloud: http://{addr}/ (devices dial ws://{addr}/ivc), data in {}; up to ~{} device sessions (open-file limit {fds})",
+        "ivr cloud: {http}://{addr}/ (devices dial {ws}://{addr}/ivc), data in {}; up to ~{} device sessions (open-file limit {fds})",
         a.data.display(),
         fds.saturating_sub(64)
     );
     if new {
         println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
     }
+    let serving = async {
+        match tls {
+            Some(tls) => ivr_cloud::serve_tls(cloud, listener, tls).await,
+            None => ivr_cloud::serve(cloud, listener).await,
+        }
+    };
     tokio::select! {
-        r = ivr_cloud::serve(cloud, listener) => r.context("serving"),
+        r = serving => r.context("serving"),
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
     }
 }

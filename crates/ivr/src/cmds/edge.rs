@@ -25,6 +25,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         cfg.cloud.keepalive_secs
     );
     let edge = Edge::new(cfg, channels);
+    edge.preflight().map_err(anyhow::Error::msg).with_context(|| format!("in {}", a.config.display()))?;
     tokio::select! {
         _ = edge.run() => Ok(()),
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),

@@ -46,6 +46,9 @@ pub struct IvtSimArgs {
     /// At most this many devices dialling at once.
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// For a wss:// cloud: trust only the certificates in this PEM file.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(ClapArgs)]
@@ -105,12 +108,15 @@ pub async fn run(cmd: SimCmd) -> anyhow::Result<()> {
 
 async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
     use ivr_edge::{fleet, upload};
-    let api = a
-        .cloud
-        .strip_prefix("ws://")
-        .and_then(|r| r.split('/').next())
-        .map(|hp| format!("http://{hp}/api/v1/devices"))
-        .ok_or_else(|| anyhow::anyhow!("--cloud {:?}: expected ws://host:port/ivc", a.cloud))?;
+    let (http, rest) = if let Some(r) = a.cloud.strip_prefix("ws://") {
+        ("http", r)
+    } else if let Some(r) = a.cloud.strip_prefix("wss://") {
+        ("https", r)
+    } else {
+        bail!("--cloud {:?}: expected ws://host:port/ivc or wss://…", a.cloud)
+    };
+    let api = format!("{http}://{}/api/v1/devices", rest.split('/').next().unwrap_or_default());
+    let dialer = ivr_rpc::net::Dialer::new(None, a.ca_file.clone());
     if a.provision {
         let token = a
             .admin_token
@@ -125,7 +131,8 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
                     .to_string();
             let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
             let (status, reply) =
-                upload::request("POST", &api, &headers, body.as_bytes(), 64 * 1024, Duration::from_secs(30)).await?;
+                upload::request(&dialer, "POST", &api, &headers, body.as_bytes(), 64 * 1024, Duration::from_secs(30))
+                    .await?;
             match status {
                 201 => created += 1,
                 409 => existed += 1,
@@ -146,6 +153,7 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
         keepalive_secs: a.keepalive_secs,
         bind: a.bind.clone(),
         window: a.window,
+        ca_file: a.ca_file.clone(),
     };
     println!("ivr sim ivt: {} device(s) dialling {}", a.count, a.cloud);
     let fleet = fleet::start(cfg).await.map_err(anyhow::Error::msg)?;
