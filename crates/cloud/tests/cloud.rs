@@ -514,3 +514,60 @@ async fn devices_dial_wss_and_upload_over_https() {
     assert!(e.contains("bad.pem") && e.contains("ca_file"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Reads frames until the close; its reason.
+async fn close_reason<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        if let M::Close(Some(c)) = m {
+            return c.reason.to_string();
+        }
+    }
+    String::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_a_device_that_pipelines_or_never_answers() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as M;
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-test8-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, _server) = start_cloud(&dir).await;
+    api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "rude", "login_passwd": "12345678"}))).await;
+    let url = format!("ws://{addr}/ivc?login_code=rude&login_passwd=12345678&hardware_model=t&firmware_model=1");
+    let keepalive = |seq: u64| {
+        M::Text(json!({"seq": seq, "req": "Keepalive", "params": {"state": 1, "channels": []}}).to_string().into())
+    };
+
+    // Rule 2: a second Keepalive before the first is answered (one write).
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.feed(keepalive(1)).await.unwrap();
+    ws.feed(keepalive(2)).await.unwrap();
+    ws.flush().await.unwrap();
+    let reason = close_reason(&mut ws).await;
+    assert!(reason.starts_with("IVR RPC rule 2"), "{reason:?}");
+
+    // Rule 3: the cloud's request (through the API) is never answered.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    wait_until("online again", async || api(addr, "GET", "/api/v1/devices/rude", None).await.1["online"] == true).await;
+    let call = tokio::spawn(async move {
+        api(addr, "POST", "/api/v1/devices/rude/rpc/GetNetConfig", Some(json!({"channel": 0}))).await
+    });
+    let req = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert!(req.to_text().unwrap().contains("\"req\":\"GetNetConfig\""), "{req:?}");
+    let t0 = std::time::Instant::now();
+    let reason = close_reason(&mut ws).await;
+    assert!(reason.starts_with("IVR RPC rule 3"), "{reason:?}");
+    assert!(t0.elapsed() >= Duration::from_secs(2), "closed after the response timeout, not before");
+    let (status, body) = call.await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("rule 3"), "{body}");
+    wait_until("offline", async || api(addr, "GET", "/api/v1/devices/rude", None).await.1["online"] == false).await;
+    let (_, stats) = api(addr, "GET", "/api/v1/stats", None).await;
+    assert_eq!(stats["sessions_closed_by_rule"], 2, "{stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

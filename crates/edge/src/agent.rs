@@ -207,6 +207,8 @@ pub struct Edge {
     channels: Vec<Arc<dyn ChannelBackend>>,
     status: watch::Sender<EdgeStatus>,
     backoff: Mutex<Backoff>,
+    /// Rule 3's limit for the cloud's answers, in ms (the seed's 20 s).
+    response_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Edge {
@@ -226,6 +228,7 @@ impl Edge {
             channels,
             status: watch::channel(EdgeStatus::default()).0,
             backoff: Mutex::new(backoff),
+            response_timeout_ms: (ivr_rpc::peer::RESPONSE_TIMEOUT.as_millis() as u64).into(),
         })
     }
 
@@ -236,6 +239,12 @@ impl Edge {
             self.device.dialer.tls().map_err(|e| format!("[cloud] ca_file: {e}"))?;
         }
         Ok(())
+    }
+
+    /// How long the cloud may take to answer (rule 3). The protocol says
+    /// 20 s; shorter only for tests.
+    pub fn set_response_timeout(&self, d: Duration) {
+        self.response_timeout_ms.store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn status(&self) -> watch::Receiver<EdgeStatus> {
@@ -300,7 +309,13 @@ impl Edge {
             handle: Mutex::new(None),
             device: self.device.clone(),
         });
-        let (handle, mut task) = conn::spawn(ws, Peer::ivt(), handler.clone());
+        let (handle, mut task) = conn::spawn(
+            ws,
+            Peer::ivt().with_timeout(Duration::from_millis(
+                self.response_timeout_ms.load(std::sync::atomic::Ordering::Relaxed),
+            )),
+            handler.clone(),
+        );
         *handler.handle.lock().expect("handle lock") = Some(handle.clone());
         self.status.send_modify(|s| {
             s.connected = true;

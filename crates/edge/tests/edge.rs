@@ -189,27 +189,53 @@ async fn reconnects_when_the_cloud_drops_it() {
     assert!(status.borrow().connected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closes_a_cloud_that_breaks_rule_1() {
-    // A raw cloud that answers the first Keepalive with the wrong seq.
+/// A raw cloud that breaks one rule right after the first Keepalive; the
+/// edge must close with that rule named and say so in its status.
+async fn provoke(rule: u8) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ivc", l.local_addr().unwrap());
     let edge =
         Edge::with_backoff(config(&url, 30), vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>], fast());
+    edge.set_response_timeout(Duration::from_millis(500));
     let status = edge.status();
     tokio::spawn(edge.run());
     let (s, _) = l.accept().await.unwrap();
     let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
     let first = ws.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("\"req\":\"Keepalive\""));
-    ws.send(WsMessage::Text(r#"{"seq": 99, "resp": {}}"#.into())).await.unwrap();
+    let text = |t: &str| WsMessage::Text(t.to_owned().into());
+    match rule {
+        // A response whose seq is not the request's.
+        1 => ws.send(text(r#"{"seq": 99, "resp": {}}"#)).await.unwrap(),
+        // Two requests in one write: the second before the first is answered.
+        2 => {
+            ws.send(text(r#"{"seq": 1, "resp": {}}"#)).await.unwrap();
+            ws.feed(text(r#"{"seq": 1, "req": "GetNetConfig", "params": {"channel": 0}}"#)).await.unwrap();
+            ws.feed(text(r#"{"seq": 2, "req": "GetNetConfig", "params": {"channel": 0}}"#)).await.unwrap();
+            ws.flush().await.unwrap();
+        }
+        // Never answer the Keepalive.
+        3 => {}
+        4 => ws.send(text(r#"{"seq": 1, "req": "FormatDisk"}"#)).await.unwrap(),
+        5 => ws.send(text("this is not JSON")).await.unwrap(),
+        _ => unreachable!(),
+    }
     let mut reason = None;
-    while let Some(Ok(m)) = ws.next().await {
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         if let WsMessage::Close(Some(c)) = m {
             reason = Some(c.reason.to_string());
         }
     }
-    assert!(reason.unwrap_or_default().starts_with("IVR RPC rule 1"));
+    let reason = reason.unwrap_or_default();
+    assert!(reason.starts_with(&format!("IVR RPC rule {rule}")), "rule {rule}: close reason {reason:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(status.borrow().last_error.as_deref().unwrap_or("").contains("rule 1"), "{:?}", status.borrow());
+    let err = status.borrow().last_error.clone().unwrap_or_default();
+    assert!(err.contains(&format!("rule {rule}")), "rule {rule}: status says {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_a_cloud_that_breaks_any_of_the_five_rules() {
+    for rule in 1..=5 {
+        provoke(rule).await;
+    }
 }

@@ -121,7 +121,11 @@ where
     let mut cmds_open = true;
     loop {
         let deadline = peer.deadline().map(tokio::time::Instant::from_std);
+        // Biased, incoming frames first: a request that arrives while the
+        // previous is still being handled is seen as such (rule 2) however
+        // the scheduler happens to order the two.
         let actions: Vec<Action> = tokio::select! {
+            biased;
             frame = socket.next() => match frame {
                 Some(Frame::Text(t)) => peer.receive(&t, Instant::now()),
                 other => {
@@ -131,6 +135,14 @@ where
                     settle(&mut waiting, out, None);
                     return None;
                 }
+            },
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                peer.tick(Instant::now())
+            },
+            done = async { handling.as_mut().expect("guarded").await }, if handling.is_some() => {
+                handling = None;
+                let (seq, result) = done;
+                peer.answer(seq, result).unwrap_or_default()
             },
             cmd = cmds.recv(), if cmds_open => match cmd.map(|c| *c) {
                 Some(Cmd::Call { method, params, reply }) => {
@@ -148,14 +160,6 @@ where
                     cmds_open = false;
                     Vec::new()
                 }
-            },
-            done = async { handling.as_mut().expect("guarded").await }, if handling.is_some() => {
-                handling = None;
-                let (seq, result) = done;
-                peer.answer(seq, result).unwrap_or_default()
-            },
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                peer.tick(Instant::now())
             },
         };
         let mut close = None;
