@@ -271,6 +271,7 @@ async fn status_page_and_the_event_stream() {
     let doc: Value = serde_json::from_slice(&doc).unwrap();
     assert_eq!((s, doc["openapi"].as_str()), (200, Some("3.0.3")));
     for p in [
+        "/api/v1/stats",
         "/api/v1/devices",
         "/api/v1/devices/{login_code}",
         "/api/v1/devices/{login_code}/rpc/{method}",
