@@ -120,15 +120,14 @@ impl Passwords {
                 return Ok(true);
             }
         }
-        PasswordHash::new(stored).map_err(|e| format!("stored hash of {login_code:?}: {e}"))?;
         let _permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        let (pw, st) = (password.to_owned(), stored.to_owned());
+        let (pw, st, lc) = (password.to_owned(), stored.to_owned(), login_code.to_owned());
         let ok = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&st).expect("parsed above");
-            Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok()
+            let parsed = PasswordHash::new(&st).map_err(|e| format!("stored hash of {lc:?}: {e}"))?;
+            Ok::<_, String>(Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())??;
         if ok {
             self.verified.lock().expect("memo lock").insert(login_code.to_owned(), memo);
         }

@@ -381,10 +381,10 @@ async fn gateway<S: Store>(
             // Small buffers: most of a session's memory is its read buffer
             // (tungstenite's default is 128 KiB, zero-filled on first read).
             // IVR RPC messages are a few hundred bytes; larger ones grow it.
-            .read_buffer_size(WS_READ_BUFFER)
+            .read_buffer_size(ivr_rpc::ws::READ_BUFFER)
             .write_buffer_size(0)
-            .max_message_size(WS_MAX_MESSAGE)
-            .max_frame_size(WS_MAX_MESSAGE)
+            .max_message_size(ivr_rpc::ws::MAX_MESSAGE)
+            .max_frame_size(ivr_rpc::ws::MAX_MESSAGE)
             .on_upgrade(move |socket| c.session(q, socket)),
         Ok(false) => {
             c.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
@@ -397,11 +397,6 @@ async fn gateway<S: Store>(
         }
     }
 }
-
-/// The initial read buffer of a device's WebSocket.
-const WS_READ_BUFFER: usize = 1024;
-/// The largest IVR RPC message the cloud reads (far above any in the catalogue).
-const WS_MAX_MESSAGE: usize = 1 << 20;
 
 /// The admin bearer token, checked.
 struct Admin;

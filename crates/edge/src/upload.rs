@@ -27,12 +27,11 @@ pub async fn request(
     max: usize,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), UploadError> {
-    let t = target(url).map_err(|_| UploadError::Url(url.to_owned()))?;
-    if !url.starts_with("http") {
-        return Err(UploadError::Url(url.to_owned()));
-    }
-    let hostport = url.split_once("://").and_then(|(_, r)| r.split(['/', '?']).next()).unwrap_or(t.host);
-    let path = t.path;
+    let t = target(url)
+        .ok()
+        .filter(|t| matches!(t.scheme, "http" | "https"))
+        .ok_or_else(|| UploadError::Url(url.to_owned()))?;
+    let (hostport, path) = (t.authority, t.path);
     let io = |cause| UploadError::Io { url: url.to_owned(), cause };
     let fut = async {
         let mut s = dialer.connect(t.host, t.port, t.secure).await.map_err(io)?;

@@ -191,6 +191,10 @@ impl Dialer {
 /// A URL split for dialling: scheme, host, port, and the path with query.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Target<'a> {
+    /// `ws`, `wss`, `http` or `https`.
+    pub scheme: &'a str,
+    /// `host[:port]` as written (the HTTP Host header).
+    pub authority: &'a str,
     pub secure: bool,
     pub host: &'a str,
     pub port: u16,
@@ -222,7 +226,7 @@ pub fn target(url: &str) -> Result<Target<'_>, String> {
     if host.is_empty() {
         return Err("no host".into());
     }
-    Ok(Target { secure, host, port, path: if path.is_empty() { "/" } else { path } })
+    Ok(Target { scheme, authority, secure, host, port, path: if path.is_empty() { "/" } else { path } })
 }
 
 #[cfg(test)]
@@ -232,9 +236,12 @@ mod tests {
     #[test]
     fn targets() {
         let t = target("wss://cloud.example:8443/ivc?a=b").unwrap();
-        assert_eq!(t, Target { secure: true, host: "cloud.example", port: 8443, path: "/ivc?a=b" });
-        assert_eq!(target("http://h").unwrap(), Target { secure: false, host: "h", port: 80, path: "/" });
-        assert_eq!(target("https://[::1]/x").unwrap(), Target { secure: true, host: "::1", port: 443, path: "/x" });
+        assert_eq!((t.scheme, t.authority), ("wss", "cloud.example:8443"));
+        assert_eq!((t.secure, t.host, t.port, t.path), (true, "cloud.example", 8443, "/ivc?a=b"));
+        let t = target("http://h").unwrap();
+        assert_eq!((t.secure, t.host, t.port, t.path), (false, "h", 80, "/"));
+        let t = target("https://[::1]/x").unwrap();
+        assert_eq!((t.secure, t.host, t.port, t.path, t.authority), (true, "::1", 443, "/x", "[::1]"));
         assert!(target("ftp://h/").unwrap_err().contains("ftp"));
         assert!(target("ws://h:port/").unwrap_err().contains("not a number"));
         assert!(target("ws:///ivc").unwrap_err().contains("no host"));

@@ -50,17 +50,23 @@ pub enum DialError {
 /// 1 MiB cap on anything the other end sends.
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
 }
+
+/// The first read buffer of a WebSocket (tungstenite's default is 128 KiB,
+/// zero-filled on first read: most of an idle session's memory).
+pub const READ_BUFFER: usize = 1024;
+/// The largest IVR RPC message either end reads.
+pub const MAX_MESSAGE: usize = 1 << 20;
 
 /// Dials `url` (the login URL, ws:// or wss://) and completes the
 /// WebSocket handshake.
 pub async fn dial(url: &str, dialer: &Dialer) -> Result<WsFrames<net::Stream>, DialError> {
     let t = target(url).map_err(|why| DialError::Url { url: url.to_owned(), why })?;
-    if !url.starts_with("ws") {
+    if !matches!(t.scheme, "ws" | "wss") {
         return Err(DialError::Url { url: url.to_owned(), why: "the scheme is neither ws nor wss".into() });
     }
     let addr = format!("{}:{}", t.host, t.port);
