@@ -109,7 +109,7 @@ impl Validation {
             }
             Validation::List(items) => {
                 let t = v.to_text();
-                (!items.iter().any(|i| *i == t)).then(|| format!("{t:?} is not one of {}", items.join(", ")))
+                (!items.contains(&t)).then(|| format!("{t:?} is not one of {}", items.join(", ")))
             }
         }
     }

@@ -93,7 +93,9 @@ fn lname(raw: &[u8]) -> String {
 }
 
 /// Tokens of `body`, with the repairs tokenizing needed.
-fn tokenize(body: &[u8]) -> Result<(Vec<(Tok, usize)>, Vec<Repair>), ParseError> {
+type Tokens = Vec<(Tok, usize)>;
+
+fn tokenize(body: &[u8]) -> Result<(Tokens, Vec<Repair>), ParseError> {
     if let Err(e) = std::str::from_utf8(body) {
         return Err(ParseError::NotUtf8(e.valid_up_to()));
     }

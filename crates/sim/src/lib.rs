@@ -3,4 +3,5 @@
 //! embedded fixture media.
 
 pub mod clips;
+pub mod cvip;
 pub mod dvrip;
