@@ -19,6 +19,7 @@ pub mod server;
 pub mod value;
 pub mod xml;
 
+pub use client::{Client, Error};
 pub use header::{Codec, Header, Packet};
 pub use value::{Struct, Value};
 pub use xml::{Message, Parsed, Repair};

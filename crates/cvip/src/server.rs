@@ -115,6 +115,9 @@ impl Validation {
     }
 
     fn describe_into(&self, s: &mut Struct, prefix: &str) {
+        // The conditional rule: `conditionalValidation` names its type,
+        // `validRange`/`validRegexp`/`validList` hold it (the seed's
+        // example shows `validRange`).
         let key = |k: &str| {
             if prefix.is_empty() {
                 k.to_string()
@@ -122,18 +125,19 @@ impl Validation {
                 format!("{prefix}{}{}", k[..1].to_uppercase(), &k[1..])
             }
         };
+        let vkey = if prefix.is_empty() { "validation" } else { "conditionalValidation" };
         match self {
-            Validation::None => s.push(&key("validation"), "none"),
+            Validation::None => s.push(vkey, "none"),
             Validation::Regexp(r) => {
-                s.push(&key("validation"), "regexp");
+                s.push(vkey, "regexp");
                 s.push(&key("regexp"), r.as_str());
             }
             Validation::Range { min, max, step } => {
-                s.push(&key("validation"), "range");
+                s.push(vkey, "range");
                 s.push(&key("range"), format!("{},{},{}", num(*min), num(*max), num(*step)));
             }
             Validation::List(items) => {
-                s.push(&key("validation"), "list");
+                s.push(vkey, "list");
                 // The seed repeats the member for each item.
                 for i in items {
                     s.0.push((key("list"), Value::Str(i.clone())));

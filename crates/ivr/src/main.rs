@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "ivr",
     version,
-    about = "ivr: an open internet video recorder — cloud, edge agent, DVRIP tools and device simulators"
+    about = "ivr: an open internet video recorder — cloud, edge agent, DVRIP and CVIP tools and device simulators"
 )]
 struct Cli {
     /// Log filter (also RUST_LOG), e.g. `info` or `dvrip=debug`.
@@ -27,6 +27,8 @@ struct Cli {
 enum Cmd {
     /// Talk to a DVRIP/Sofia device (Xiongmai, XMeye cameras, DVRs, NVRs).
     Dvrip(cmds::dvrip::Args),
+    /// Talk to a CVIPv2 unit (camera, encoder, NVR, master server).
+    Cvip(cmds::cvip::Args),
     /// Everything at once: the cloud with simulated sites connected to it.
     Demo(cmds::demo::Args),
     /// The video cloud (IVC): device gateway, state, HTTP API.
@@ -51,7 +53,7 @@ fn main() -> std::process::ExitCode {
     // A device tool is one client: a single-threaded runtime hands packets
     // between its tasks without cross-thread wake-ups. Servers use all cores.
     let rt = match &cli.cmd {
-        Cmd::Dvrip(_) | Cmd::Bench(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Cmd::Dvrip(_) | Cmd::Cvip(_) | Cmd::Bench(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         Cmd::Sim(_) | Cmd::Edge(_) | Cmd::Cloud(_) | Cmd::Demo(_) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()
         }
@@ -66,6 +68,7 @@ fn main() -> std::process::ExitCode {
     let r = rt.block_on(async {
         match cli.cmd {
             Cmd::Dvrip(a) => cmds::dvrip::run(a).await,
+            Cmd::Cvip(a) => cmds::cvip::run(a).await,
             Cmd::Sim(s) => cmds::sim::run(s).await,
             Cmd::Edge(a) => cmds::edge::run(a).await,
             Cmd::Cloud(a) => cmds::cloud::run(a).await,

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_ivc;
 pub mod cloud;
+pub mod cvip;
 pub mod demo;
 pub mod dvrip;
 pub mod edge;

@@ -12,6 +12,9 @@ pub enum SimCmd {
     /// A simulated Xiongmai camera/DVR/NVR speaking DVRIP on TCP, with
     /// discovery on UDP 34569.
     Dvrip(DvripSimArgs),
+    /// A simulated CVIPv2 unit: a device (camera/encoder), an NVR or a
+    /// master server, on TCP 7110 with UDP ping and the common port 9990.
+    Cvip(CvipSimArgs),
     /// A fleet of simulated IVTs (edge agents with one simulated channel
     /// each) connected to a cloud: a load generator.
     Ivt(IvtSimArgs),
@@ -49,6 +52,41 @@ pub struct IvtSimArgs {
     /// For a wss:// cloud: trust only the certificates in this PEM file.
     #[arg(long)]
     ca_file: Option<std::path::PathBuf>,
+}
+
+#[derive(ClapArgs)]
+pub struct CvipSimArgs {
+    /// TCP address for CVIP (UDP ping is answered on the same port).
+    #[arg(long, default_value = "0.0.0.0:7110")]
+    listen: SocketAddr,
+    /// The common port (ping only, UDP and TCP), or 0 for none.
+    #[arg(long, default_value_t = 9990)]
+    common_port: u16,
+    /// device (camera/encoder), nvr or master.
+    #[arg(long, default_value = "device")]
+    role: String,
+    /// Video inputs (device and NVR).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    channels: u32,
+    /// Video codec of streams and recordings: h264 or h265.
+    #[arg(long, default_value = "h264")]
+    codec: String,
+    /// Raise (and clear) motion on every channel this often, in seconds
+    /// (0: only on demand with cviEvent.trigger).
+    #[arg(long, default_value_t = 0)]
+    event_every: u64,
+    /// Master server: the administrator's name.
+    #[arg(long, default_value = "admin")]
+    user: String,
+    /// Master server: the administrator's password.
+    #[arg(long, default_value = "admin", env = "CVIP_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// NVR: hours of one-minute recordings per channel at start.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(0..=720))]
+    history_hours: u32,
+    /// Most sessions of each kind (streams, displays, playbacks, …).
+    #[arg(long, default_value_t = 8)]
+    session_limit: usize,
 }
 
 #[derive(ClapArgs)]
@@ -103,7 +141,43 @@ pub async fn run(cmd: SimCmd) -> anyhow::Result<()> {
     match cmd {
         SimCmd::Dvrip(a) => dvrip(a).await,
         SimCmd::Ivt(a) => ivt(a).await,
+        SimCmd::Cvip(a) => cvip(a).await,
     }
+}
+
+async fn cvip(a: CvipSimArgs) -> anyhow::Result<()> {
+    use ivr_sim::cvip::{CvipConfig, Role};
+    let role = Role::parse(&a.role).ok_or_else(|| anyhow::anyhow!("--role {:?}: expected device, nvr or master", a.role))?;
+    let codec = match a.codec.as_str() {
+        "h264" => Codec::H264,
+        "h265" | "hevc" => Codec::H265,
+        other => bail!("--codec {other:?}: expected h264 or h265"),
+    };
+    let cfg = CvipConfig {
+        role,
+        channels: a.channels,
+        codec,
+        event_every: (a.event_every > 0).then(|| Duration::from_secs(a.event_every)),
+        admin_user: a.user,
+        admin_password: a.password,
+        history_hours: a.history_hours,
+        session_limit: a.session_limit.max(1),
+        ..CvipConfig::default()
+    };
+    let common = (a.common_port != 0).then(|| SocketAddr::new(a.listen.ip(), a.common_port));
+    let r = ivr_sim::cvip::start(cfg, a.listen, common).await.with_context(|| {
+        format!("cannot listen on {} (or the common port {})", a.listen, a.common_port)
+    })?;
+    let common = r.common.map(|c| format!(", common port {c}")).unwrap_or_default();
+    println!(
+        "ivr sim cvip: {} ({} channel(s)) listening on {} (tcp and udp ping){common}; {} recordings",
+        a.role,
+        a.channels,
+        r.addr,
+        r.unit.recordings().len()
+    );
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
 }
 
 async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
