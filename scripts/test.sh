@@ -7,7 +7,8 @@
 #     websockets and openapi-spec-validator for the independent IVT that
 #     judges `ivr cloud`
 #   - Rust: fmt, clippy, unit/integration tests (nextest if present)
-#   - interop: the third-party clients against `ivr sim dvrip`
+#   - interop: the third-party clients against `ivr sim dvrip`, Python's
+#     xmlrpc.client against `ivr sim cvip`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,5 +55,7 @@ fi
 cargo build --locked -p ivr
 step "interop: an independent IVT (Python websockets) against ivr cloud"
 "$VENVS/ivt/bin/python" tests/interop/ivt_check.py --ivr target/debug/ivr
+step "interop: Python's xmlrpc.client against ivr sim cvip"
+python3 tests/interop/cvip_check.py --ivr target/debug/ivr
 step "interop: python-dvr, dvrip and ffprobe against ivr"
 python3 tests/interop/run.py --ivr target/debug/ivr --venvs "$VENVS"

@@ -53,7 +53,9 @@ fn main() -> std::process::ExitCode {
     // A device tool is one client: a single-threaded runtime hands packets
     // between its tasks without cross-thread wake-ups. Servers use all cores.
     let rt = match &cli.cmd {
-        Cmd::Dvrip(_) | Cmd::Cvip(_) | Cmd::Bench(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Cmd::Dvrip(_) | Cmd::Cvip(_) | Cmd::Bench(_) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        }
         Cmd::Sim(_) | Cmd::Edge(_) | Cmd::Cloud(_) | Cmd::Demo(_) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()
         }

@@ -303,8 +303,9 @@ enum UsersCmd {
     List,
     Add {
         name: String,
-        #[arg(long, default_value = "")]
-        password: String,
+        /// The new user's password (the global --password is the login's).
+        #[arg(long = "new-password", default_value = "")]
+        new_password: String,
         #[arg(long, default_value = "")]
         description: String,
         /// Privilege bits or names: streaming,playback,snapshot,record,housekeeping,template,systemexit.
@@ -319,8 +320,8 @@ enum UsersCmd {
         id: u32,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long)]
-        password: Option<String>,
+        #[arg(long = "new-password")]
+        new_password: Option<String>,
         #[arg(long)]
         privilege: Option<String>,
         #[arg(long)]
@@ -341,13 +342,13 @@ enum UsersCmd {
         id: u32,
     },
     Mount {
-        user: u32,
+        user_id: u32,
         entity: u32,
         #[arg(long, default_value = "camera")]
         r#type: String,
     },
     Unmount {
-        user: u32,
+        user_id: u32,
         entity: u32,
         #[arg(long, default_value = "camera")]
         r#type: String,
@@ -476,7 +477,10 @@ pub fn from_json(j: &Json) -> anyhow::Result<Value> {
         Json::Null => Value::Nil,
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i32::try_from(i).map_err(|_| anyhow!("{i} does not fit an <int>; use {{\"$uint\": {i}}} or a string"))?),
+            Some(i) => Value::Int(
+                i32::try_from(i)
+                    .map_err(|_| anyhow!("{i} does not fit an <int>; use {{\"$uint\": {i}}} or a string"))?,
+            ),
             None => Value::Double(n.as_f64().unwrap_or(0.0)),
         },
         Json::String(s) => Value::Str(s.clone()),
@@ -484,10 +488,20 @@ pub fn from_json(j: &Json) -> anyhow::Result<Value> {
         Json::Object(o) if o.len() == 1 && o.keys().next().is_some_and(|k| k.starts_with('$')) => {
             let (k, v) = o.iter().next().unwrap();
             match k.as_str() {
-                "$uint" => Value::UInt(v.as_u64().and_then(|u| u32::try_from(u).ok()).ok_or_else(|| anyhow!("$uint needs 0–4294967295"))?),
-                "$i4" => Value::I4(v.as_i64().and_then(|u| i32::try_from(u).ok()).ok_or_else(|| anyhow!("$i4 needs a 32-bit integer"))?),
+                "$uint" => Value::UInt(
+                    v.as_u64()
+                        .and_then(|u| u32::try_from(u).ok())
+                        .ok_or_else(|| anyhow!("$uint needs 0–4294967295"))?,
+                ),
+                "$i4" => Value::I4(
+                    v.as_i64()
+                        .and_then(|u| i32::try_from(u).ok())
+                        .ok_or_else(|| anyhow!("$i4 needs a 32-bit integer"))?,
+                ),
                 "$double" => Value::Double(v.as_f64().ok_or_else(|| anyhow!("$double needs a number"))?),
-                "$datetime" => Value::DateTime(v.as_str().ok_or_else(|| anyhow!("$datetime needs a string"))?.to_string()),
+                "$datetime" => {
+                    Value::DateTime(v.as_str().ok_or_else(|| anyhow!("$datetime needs a string"))?.to_string())
+                }
                 "$base64" => {
                     use base64_decode as b;
                     Value::Base64(b(v.as_str().ok_or_else(|| anyhow!("$base64 needs a string"))?)?)
@@ -553,8 +567,9 @@ fn props(list: &[String]) -> anyhow::Result<Struct> {
 }
 
 fn entity_type(s: &str) -> anyhow::Result<EntityType> {
-    EntityType::parse(&s.replace(['-', '_'], ""))
-        .ok_or_else(|| anyhow!("{s:?}: expected camera, monitor, device, sequence, map, image, alarmmessage or a number"))
+    EntityType::parse(&s.replace(['-', '_'], "")).ok_or_else(|| {
+        anyhow!("{s:?}: expected camera, monitor, device, sequence, map, image, alarmmessage or a number")
+    })
 }
 
 fn profile_type(s: &str) -> anyhow::Result<ProfileType> {
@@ -572,7 +587,8 @@ fn privilege(s: &str) -> anyhow::Result<u32> {
 }
 
 fn when(s: &str) -> anyhow::Result<String> {
-    let t = ivr_sim::cvip::parse_time(s).ok_or_else(|| anyhow!("{s:?}: expected YYYYMMDDHHMMSS or YYYY-MM-DD HH:MM:SS"))?;
+    let t =
+        ivr_sim::cvip::parse_time(s).ok_or_else(|| anyhow!("{s:?}: expected YYYYMMDDHHMMSS or YYYY-MM-DD HH:MM:SS"))?;
     Ok(ivr_sim::cvip::fmt_compact(t))
 }
 
@@ -683,8 +699,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if let Cmd::Discover { target, wait, tcp } = &a.cmd {
         let found = if *tcp {
             let host = c.host.as_deref().ok_or_else(|| anyhow!("--tcp pings --host"))?;
-            let addr: SocketAddr = tokio::net::lookup_host((host, c.port)).await?.next().ok_or_else(|| anyhow!("{host}: no address"))?;
-            vec![cvip::ping::Found { from: addr, response: cvip::ping::ping_tcp(addr, Duration::from_secs_f64(*wait)).await? }]
+            let addr: SocketAddr =
+                tokio::net::lookup_host((host, c.port)).await?.next().ok_or_else(|| anyhow!("{host}: no address"))?;
+            vec![cvip::ping::Found {
+                from: addr,
+                response: cvip::ping::ping_tcp(addr, Duration::from_secs_f64(*wait)).await?,
+            }]
         } else {
             let targets = if target.is_empty() {
                 vec!["255.255.255.255:9990".parse()?, "255.255.255.255:7110".parse()?]
@@ -722,10 +742,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let d = client.system_describe().await?;
             let services = client.list_services().await?;
             let groups = client.list_events(None).await?;
-            let v = d
-                .to_struct()
-                .with("services", Value::Array(services.into_iter().map(Value::Str).collect()))
-                .with("eventGroups", Value::Array(groups.into_iter().map(|(i, n)| Struct::new().with("id", i).with("name", n).into()).collect()));
+            let v = d.to_struct().with("services", Value::Array(services.into_iter().map(Value::Str).collect())).with(
+                "eventGroups",
+                Value::Array(
+                    groups.into_iter().map(|(i, n)| Struct::new().with("id", i).with("name", n).into()).collect(),
+                ),
+            );
             out.value(&Value::Struct(v));
         }
         Cmd::Services => {
@@ -764,11 +786,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let mask = api::parse_event_mask(&types).ok_or_else(|| anyhow!("--type {types:?}: unknown event type"))?;
             client.event_subscribe(mask, channel).await?;
             if !out.json {
-                eprintln!("subscribed to {} on {}", api::event_mask_names(mask), if channel == 0 { "every channel".into() } else { format!("channel {channel}") });
+                eprintln!(
+                    "subscribed to {} on {}",
+                    api::event_mask_names(mask),
+                    if channel == 0 { "every channel".into() } else { format!("channel {channel}") }
+                );
             }
             if let Some(t) = trigger {
                 let ty = api::parse_event_mask(&t).ok_or_else(|| anyhow!("--trigger {t:?}: unknown event type"))?;
-                client.call_ack("cviEvent.trigger", vec![Struct::new().with("Type", ty).with("Id", channel.max(1)).with("info", 1).into()]).await?;
+                client
+                    .call_ack(
+                        "cviEvent.trigger",
+                        vec![Struct::new().with("Type", ty).with("Id", channel.max(1)).with("info", 1).into()],
+                    )
+                    .await?;
             }
             let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
             let mut n = 0u64;
@@ -789,7 +820,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     println!("{}", json!({"method": ev.method, "event": to_json(&body)}));
                 } else if let Some(s) = body.as_struct() {
                     let nt = api::Notify::from_struct(s);
-                    println!("{} {} channel {} {} ({})", nt.time, api::event_mask_names(nt.event_type), nt.id, if nt.info == 1 { "on" } else { "off" }, nt.event_guid);
+                    println!(
+                        "{} {} channel {} {} ({})",
+                        nt.time,
+                        api::event_mask_names(nt.event_type),
+                        nt.id,
+                        if nt.info == 1 { "on" } else { "off" },
+                        nt.event_guid
+                    );
                 } else {
                     println!("{}: {body}", ev.method);
                 }
@@ -803,7 +841,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let a = action.to_ascii_lowercase().replace(['-', '_'], "");
             match a.as_str() {
                 "setup" => {
-                    let p = api::PtzProtocol::parse(&protocol).ok_or_else(|| anyhow!("--protocol {protocol:?}: expected pelcop, pelcod or panasonic"))?;
+                    let p = api::PtzProtocol::parse(&protocol)
+                        .ok_or_else(|| anyhow!("--protocol {protocol:?}: expected pelcop, pelcod or panasonic"))?;
                     client.ptz_set(&api::PtzSetup { ptz_id, protocol: p.code(), user_priority: 1 }).await?;
                     out.ok(&format!("PTZ port {ptz_id}: {p}"));
                 }
@@ -828,7 +867,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                         (_, None) => bail!("ptz {action}: needs a signed speed 1–16 or a preset number"),
                     };
                     client
-                        .ptz_cmd(&api::PtzCommand { guid: guid.into(), ptz_id, phy_addr, user_priority: 1, cmd_type: ty.code(), cmd_data: data })
+                        .ptz_cmd(&api::PtzCommand {
+                            guid: guid.into(),
+                            ptz_id,
+                            phy_addr,
+                            user_priority: 1,
+                            cmd_type: ty.code(),
+                            cmd_data: data,
+                        })
                         .await?;
                     out.ok(&format!("PTZ {ty} {data}"));
                 }
@@ -857,12 +903,25 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         },
         Cmd::Record { cmd } => match cmd {
             RecordCmd::Create { major, minor, schedule, persistent } => {
-                let r = api::RecordSession { guid: guid.into(), major, minor, schedule_profile_id: schedule, persistent, ..Default::default() };
+                let r = api::RecordSession {
+                    guid: guid.into(),
+                    major,
+                    minor,
+                    schedule_profile_id: schedule,
+                    persistent,
+                    ..Default::default()
+                };
                 client.record_create(&r).await?;
                 out.ok(&format!("recording {major}/{minor}"));
             }
             RecordCmd::Update { major, minor, schedule } => {
-                let r = api::RecordSession { guid: guid.into(), major, minor, schedule_profile_id: schedule, ..Default::default() };
+                let r = api::RecordSession {
+                    guid: guid.into(),
+                    major,
+                    minor,
+                    schedule_profile_id: schedule,
+                    ..Default::default()
+                };
                 client.record_update(&r).await?;
                 out.ok(&format!("recording {major}/{minor}: schedule {schedule}"));
             }
@@ -873,52 +932,57 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
             RecordCmd::List => out.rows(client.record_list(guid).await?.iter().map(|s| s.to_struct()).collect()),
         },
-        Cmd::Playback { cmd } => match cmd {
-            PlaybackCmd::Create { major, from, to, dest } => {
-                let p = api::PlaybackSession {
-                    guid: guid.into(),
-                    major,
-                    start_time: when(&from)?,
-                    end_time: when(&to)?,
-                    dest_ip: dest.map(|d| d.ip().to_string()).unwrap_or_default(),
-                    dest_port: dest.map(|d| d.port() as u32).unwrap_or(0),
-                    dest_transport: "udp".into(),
-                    ..Default::default()
-                };
-                let r = client.playback_create(&p).await?;
-                let len = client.playback_length(guid, r.playback_id).await?;
-                out.value(&Value::Struct(Struct::new().with("PlaybackID", r.playback_id).with("Length", len)));
+        Cmd::Playback { cmd } => {
+            match cmd {
+                PlaybackCmd::Create { major, from, to, dest } => {
+                    let p = api::PlaybackSession {
+                        guid: guid.into(),
+                        major,
+                        start_time: when(&from)?,
+                        end_time: when(&to)?,
+                        dest_ip: dest.map(|d| d.ip().to_string()).unwrap_or_default(),
+                        dest_port: dest.map(|d| d.port() as u32).unwrap_or(0),
+                        dest_transport: "udp".into(),
+                        ..Default::default()
+                    };
+                    let r = client.playback_create(&p).await?;
+                    let len = client.playback_length(guid, r.playback_id).await?;
+                    out.value(&Value::Struct(Struct::new().with("PlaybackID", r.playback_id).with("Length", len)));
+                }
+                PlaybackCmd::Delete { id } => {
+                    client.playback_delete(guid, id).await?;
+                    out.ok(&format!("playback {id} deleted"));
+                }
+                PlaybackCmd::List => {
+                    out.rows(client.playback_list(guid).await?.iter().map(|s| s.to_struct()).collect())
+                }
+                PlaybackCmd::State { id, state, speed } => {
+                    let st = PlayState::parse(&state.replace(['-', '_'], "")).ok_or_else(|| anyhow!("{state:?}: expected pause, play, stop, fastforward, fastbackward, stepforward or stepbackward"))?;
+                    client.playback_setstate(guid, id, st, speed).await?;
+                    out.ok(&format!("playback {id}: {st} ×{speed}"));
+                }
+                PlaybackCmd::Seek { id, position } => {
+                    client.playback_seek(guid, id, position).await?;
+                    out.ok(&format!("playback {id}: frame {position}"));
+                }
+                PlaybackCmd::Length { id } => {
+                    let l = client.playback_length(guid, id).await?;
+                    out.value(&Value::Struct(Struct::new().with("Length", l)));
+                }
+                PlaybackCmd::Status { id } => {
+                    let s = client.playback_status(guid, id).await?;
+                    let mut st = s.to_struct();
+                    st.push("StateName", PlayState::from_code(s.state).to_string());
+                    out.value(&Value::Struct(st));
+                }
+                PlaybackCmd::Events { major, from, to, types } => {
+                    let mask =
+                        api::parse_event_mask(&types).ok_or_else(|| anyhow!("--type {types:?}: unknown event type"))?;
+                    let spans = client.playback_query_events(guid, major, 1, &when(&from)?, &when(&to)?, mask).await?;
+                    out.rows(spans.iter().map(|s| s.to_struct()).collect());
+                }
             }
-            PlaybackCmd::Delete { id } => {
-                client.playback_delete(guid, id).await?;
-                out.ok(&format!("playback {id} deleted"));
-            }
-            PlaybackCmd::List => out.rows(client.playback_list(guid).await?.iter().map(|s| s.to_struct()).collect()),
-            PlaybackCmd::State { id, state, speed } => {
-                let st = PlayState::parse(&state.replace(['-', '_'], "")).ok_or_else(|| anyhow!("{state:?}: expected pause, play, stop, fastforward, fastbackward, stepforward or stepbackward"))?;
-                client.playback_setstate(guid, id, st, speed).await?;
-                out.ok(&format!("playback {id}: {st} ×{speed}"));
-            }
-            PlaybackCmd::Seek { id, position } => {
-                client.playback_seek(guid, id, position).await?;
-                out.ok(&format!("playback {id}: frame {position}"));
-            }
-            PlaybackCmd::Length { id } => {
-                let l = client.playback_length(guid, id).await?;
-                out.value(&Value::Struct(Struct::new().with("Length", l)));
-            }
-            PlaybackCmd::Status { id } => {
-                let s = client.playback_status(guid, id).await?;
-                let mut st = s.to_struct();
-                st.push("StateName", PlayState::from_code(s.state).to_string());
-                out.value(&Value::Struct(st));
-            }
-            PlaybackCmd::Events { major, from, to, types } => {
-                let mask = api::parse_event_mask(&types).ok_or_else(|| anyhow!("--type {types:?}: unknown event type"))?;
-                let spans = client.playback_query_events(guid, major, 1, &when(&from)?, &when(&to)?, mask).await?;
-                out.rows(spans.iter().map(|s| s.to_struct()).collect());
-            }
-        },
+        }
         Cmd::Media { cmd } => match cmd {
             MediaCmd::Query { major, from, to, types, page, all } => {
                 let mut q = api::MediaQuery { guid: guid.into(), major, page, ..Default::default() };
@@ -929,7 +993,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     q.end_date = when(&t)?;
                 }
                 if let Some(t) = types {
-                    q.event_type = api::parse_event_mask(&t).ok_or_else(|| anyhow!("--type {t:?}: unknown event type"))?;
+                    q.event_type =
+                        api::parse_event_mask(&t).ok_or_else(|| anyhow!("--type {t:?}: unknown event type"))?;
                 }
                 let mut clips = Vec::new();
                 loop {
@@ -950,11 +1015,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                         SocketAddr::new(local.ip(), 0)
                     }
                 };
-                let l = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+                let l =
+                    tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
                 let me = l.local_addr()?;
                 let auth = format!("ivr-export-{}-{clip}", std::process::id());
                 client
-                    .media_export(&api::Export { guid: guid.into(), clip_id: clip, server_ip: me.ip().to_string(), server_port: me.port() as u32, authentication_id: auth.clone() })
+                    .media_export(&api::Export {
+                        guid: guid.into(),
+                        clip_id: clip,
+                        server_ip: me.ip().to_string(),
+                        server_port: me.port() as u32,
+                        authentication_id: auth.clone(),
+                    })
                     .await?;
                 let (s, _) = tokio::time::timeout(Duration::from_secs(c.timeout.max(1)), l.accept())
                     .await
@@ -967,20 +1039,30 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 // Written to a temporary name and renamed when complete:
                 // a broken transfer leaves no file that looks whole.
                 let tmp = output.with_extension("part");
-                let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot create {}", tmp.display()))?;
+                let mut f =
+                    tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot create {}", tmp.display()))?;
                 let pb = bar(size, &format!("clip {clip}"), out.json);
                 let n = cvip::data::receive(&mut r, &mut f, |n| pb.set_position(n)).await?;
                 pb.finish_and_clear();
                 drop(f);
                 tokio::fs::rename(&tmp, &output).await?;
-                out.value(&Value::Struct(Struct::new().with("ClipID", clip).with("Bytes", n.to_string()).with("File", output.display().to_string())));
+                out.value(&Value::Struct(
+                    Struct::new()
+                        .with("ClipID", clip)
+                        .with("Bytes", n.to_string())
+                        .with("File", output.display().to_string()),
+                ));
             }
         },
         Cmd::Firmware { file, name } => {
             let data = tokio::fs::read(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
-            let name = name.unwrap_or_else(|| file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+            let name =
+                name.unwrap_or_else(|| file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
             let auth = format!("ivr-fw-{}", std::process::id());
-            let s = Struct::new().with("imageFileId", name.as_str()).with("authenticationId", auth.as_str()).with("imageSize", data.len() as u32);
+            let s = Struct::new()
+                .with("imageFileId", name.as_str())
+                .with("authenticationId", auth.as_str())
+                .with("imageSize", data.len() as u32);
             // The seed's shape (array of one-member structs), plus imageSize.
             let shaped = Value::Array(s.iter().map(|(k, v)| Struct::new().with(k, v.clone()).into()).collect());
             client.call_ack("cviUpdateFirmware.startFirmwareUpdate", vec![shaped]).await?;
@@ -1008,7 +1090,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 bail!("firmware update failed: {}", last.status);
             }
             let v = client.get_properties("cviUnit", &["unitFirmwareVersion"]).await?;
-            out.value(&Value::Struct(Struct::new().with("state", last.state).with("bytes", data.len().to_string()).with("unitFirmwareVersion", v.get("unitFirmwareVersion").cloned().unwrap_or(Value::Nil))));
+            out.value(&Value::Struct(
+                Struct::new()
+                    .with("state", last.state)
+                    .with("bytes", data.len().to_string())
+                    .with("unitFirmwareVersion", v.get("unitFirmwareVersion").cloned().unwrap_or(Value::Nil)),
+            ));
         }
         Cmd::Login => {
             let m = master().await?;
@@ -1018,17 +1105,38 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Users { cmd } => {
             let m = master().await?;
             match cmd {
-                UsersCmd::List => out.rows(m.list_users().await?.iter().map(|u| {
-                    let mut s = u.to_struct();
-                    s.remove("UserPassword");
-                    s
-                }).collect()),
-                UsersCmd::Add { name, password, description, privilege: p, priority, group } => {
-                    let id = m.add_user(&api::User { name, password, description, priority, privilege: privilege(&p)?, group_id: group, ..Default::default() }).await?;
+                UsersCmd::List => out.rows(
+                    m.list_users()
+                        .await?
+                        .iter()
+                        .map(|u| {
+                            let mut s = u.to_struct();
+                            s.remove("UserPassword");
+                            s
+                        })
+                        .collect(),
+                ),
+                UsersCmd::Add { name, new_password: password, description, privilege: p, priority, group } => {
+                    let id = m
+                        .add_user(&api::User {
+                            name,
+                            password,
+                            description,
+                            priority,
+                            privilege: privilege(&p)?,
+                            group_id: group,
+                            ..Default::default()
+                        })
+                        .await?;
                     out.value(&Value::Struct(Struct::new().with("UserID", id)));
                 }
-                UsersCmd::Update { id, name, password, privilege: p, group } => {
-                    let mut u = m.list_users().await?.into_iter().find(|u| u.user_id == id).ok_or_else(|| anyhow!("no user {id}"))?;
+                UsersCmd::Update { id, name, new_password: password, privilege: p, group } => {
+                    let mut u = m
+                        .list_users()
+                        .await?
+                        .into_iter()
+                        .find(|u| u.user_id == id)
+                        .ok_or_else(|| anyhow!("no user {id}"))?;
                     if let Some(n) = name {
                         u.name = n;
                     }
@@ -1048,18 +1156,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 }
                 UsersCmd::Groups => out.rows(m.list_groups().await?.iter().map(|g| g.to_struct()).collect()),
                 UsersCmd::AddGroup { name, description, privilege: p } => {
-                    let id = m.add_group(&api::UserGroup { name, description, privilege: privilege(&p)?, group_id: 0 }).await?;
+                    let id = m
+                        .add_group(&api::UserGroup { name, description, privilege: privilege(&p)?, group_id: 0 })
+                        .await?;
                     out.value(&Value::Struct(Struct::new().with("GroupID", id)));
                 }
                 UsersCmd::DeleteGroup { id } => {
                     m.delete_group(id).await?;
                     out.ok(&format!("group {id} deleted"));
                 }
-                UsersCmd::Mount { user, entity, r#type } => {
+                UsersCmd::Mount { user_id: user, entity, r#type } => {
                     m.mount(user, entity, entity_type(&r#type)?).await?;
                     out.ok(&format!("entity {entity} mounted on user {user}"));
                 }
-                UsersCmd::Unmount { user, entity, r#type } => {
+                UsersCmd::Unmount { user_id: user, entity, r#type } => {
                     m.unmount(user, entity, entity_type(&r#type)?).await?;
                     out.ok(&format!("entity {entity} unmounted from user {user}"));
                 }
@@ -1069,14 +1179,25 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Entities { cmd } => {
             let m = master().await?;
             match cmd {
-                EntitiesCmd::List { r#type } => out.rows(m.entity_list_all(entity_type(&r#type)?).await?.iter().map(|e| e.to_struct()).collect()),
+                EntitiesCmd::List { r#type } => {
+                    out.rows(m.entity_list_all(entity_type(&r#type)?).await?.iter().map(|e| e.to_struct()).collect())
+                }
                 EntitiesCmd::Add { r#type, name, description, group, props: p, image } => {
                     let ty = entity_type(&r#type)?;
-                    let mut e = api::Entity { entity_type: ty.code(), group_id: group, name, description, properties: props(&p)?, ..Default::default() };
+                    let mut e = api::Entity {
+                        entity_type: ty.code(),
+                        group_id: group,
+                        name,
+                        description,
+                        properties: props(&p)?,
+                        ..Default::default()
+                    };
                     let id = match image {
                         None => m.entity_add(&e).await?,
                         Some(path) => {
-                            let data = tokio::fs::read(&path).await.with_context(|| format!("cannot read {}", path.display()))?;
+                            let data = tokio::fs::read(&path)
+                                .await
+                                .with_context(|| format!("cannot read {}", path.display()))?;
                             let chunk = 750 * 1024;
                             let pb = bar(Some(data.len() as u64), "image", out.json);
                             let mut chunks = data.chunks(chunk);
@@ -1086,7 +1207,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                             let id = m.entity_add(&e).await?;
                             pb.set_position(first.len() as u64);
                             for c in chunks {
-                                let mut s = Struct::new().with("EntityTypeID", ty).with("EntityID", id).with("IsLastPage", false);
+                                let mut s = Struct::new()
+                                    .with("EntityTypeID", ty)
+                                    .with("EntityID", id)
+                                    .with("IsLastPage", false);
                                 s.push("ImageData", Value::Base64(c.to_vec()));
                                 m.call("cviEntity.add", s).await?;
                                 pb.inc(c.len() as u64);
@@ -1110,12 +1234,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     m.entity_delete(entity_type(&r#type)?, id).await?;
                     out.ok(&format!("entity {id} deleted"));
                 }
-                EntitiesCmd::Groups { r#type } => out.rows(m.entity_groups(entity_type(&r#type)?).await?.iter().map(|g| g.to_struct()).collect()),
+                EntitiesCmd::Groups { r#type } => {
+                    out.rows(m.entity_groups(entity_type(&r#type)?).await?.iter().map(|g| g.to_struct()).collect())
+                }
                 EntitiesCmd::AddGroup { r#type, name, description } => {
-                    let id = m.entity_add_group(&api::EntityGroup { entity_type: entity_type(&r#type)?.code(), name, description, group_id: 0 }).await?;
+                    let id = m
+                        .entity_add_group(&api::EntityGroup {
+                            entity_type: entity_type(&r#type)?.code(),
+                            name,
+                            description,
+                            group_id: 0,
+                        })
+                        .await?;
                     out.value(&Value::Struct(Struct::new().with("GroupID", id)));
                 }
-                EntitiesCmd::Query { r#type } => out.value(&Value::Struct(m.entity_query(entity_type(&r#type)?).await?.to_struct())),
+                EntitiesCmd::Query { r#type } => {
+                    out.value(&Value::Struct(m.entity_query(entity_type(&r#type)?).await?.to_struct()))
+                }
                 EntitiesCmd::Services { id } => out.rows(m.entity_services(id).await?),
                 EntitiesCmd::SetService { id, service, profile } => {
                     m.entity_update_service(id, &service, profile).await?;
@@ -1158,8 +1293,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Applications { cmd } => {
             let m = master().await?;
             let app = |s: &str| {
-                api::ApplicationType::parse(&s.replace(['-', '_'], ""))
-                    .ok_or_else(|| anyhow!("{s:?}: expected ptzcontrol, videostreaming, videoplayback, videorecording or 1–4"))
+                api::ApplicationType::parse(&s.replace(['-', '_'], "")).ok_or_else(|| {
+                    anyhow!("{s:?}: expected ptzcontrol, videostreaming, videoplayback, videorecording or 1–4")
+                })
             };
             match cmd {
                 AppsCmd::List { r#type, entity } => out.rows(m.applications(entity_type(&r#type)?, entity).await?),

@@ -147,7 +147,8 @@ pub async fn run(cmd: SimCmd) -> anyhow::Result<()> {
 
 async fn cvip(a: CvipSimArgs) -> anyhow::Result<()> {
     use ivr_sim::cvip::{CvipConfig, Role};
-    let role = Role::parse(&a.role).ok_or_else(|| anyhow::anyhow!("--role {:?}: expected device, nvr or master", a.role))?;
+    let role =
+        Role::parse(&a.role).ok_or_else(|| anyhow::anyhow!("--role {:?}: expected device, nvr or master", a.role))?;
     let codec = match a.codec.as_str() {
         "h264" => Codec::H264,
         "h265" | "hevc" => Codec::H265,
@@ -165,9 +166,9 @@ async fn cvip(a: CvipSimArgs) -> anyhow::Result<()> {
         ..CvipConfig::default()
     };
     let common = (a.common_port != 0).then(|| SocketAddr::new(a.listen.ip(), a.common_port));
-    let r = ivr_sim::cvip::start(cfg, a.listen, common).await.with_context(|| {
-        format!("cannot listen on {} (or the common port {})", a.listen, a.common_port)
-    })?;
+    let r = ivr_sim::cvip::start(cfg, a.listen, common)
+        .await
+        .with_context(|| format!("cannot listen on {} (or the common port {})", a.listen, a.common_port))?;
     let common = r.common.map(|c| format!(", common port {c}")).unwrap_or_default();
     println!(
         "ivr sim cvip: {} ({} channel(s)) listening on {} (tcp and udp ping){common}; {} recordings",
