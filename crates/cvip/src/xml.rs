@@ -11,6 +11,7 @@
 use crate::value::{parse_int_text, Struct, Value};
 use base64::Engine as _;
 use quick_xml::events::Event;
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 /// A methodCall, methodResponse or fault.
@@ -71,185 +72,282 @@ pub enum ParseError {
     Bad { offset: usize, what: String },
 }
 
+/// A tag name, lower-cased: the XML-RPC names are static (no allocation
+/// per tag), anything else is owned.
+type Name = std::borrow::Cow<'static, str>;
+
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
-    Open(String),
-    Close(String),
+    Open(Name),
+    Close(Name),
     Text(String),
 }
 
-struct Cursor {
-    toks: Vec<(Tok, usize)>,
-    i: usize,
+const KNOWN: &[&str] = &[
+    "value",
+    "member",
+    "name",
+    "string",
+    "struct",
+    "int",
+    "param",
+    "params",
+    "array",
+    "data",
+    "i4",
+    "uint",
+    "boolean",
+    "double",
+    "datetime.iso8601",
+    "base64",
+    "nil",
+    "i8",
+    "methodcall",
+    "methodresponse",
+    "methodname",
+    "fault",
+    "xml",
+    "analyticsdata",
+    "datasourceguid",
+    "datatime",
+];
+
+/// Pulls tokens from quick-xml one at a time (nothing is materialised:
+/// the parser looks at most two tokens ahead), applying the token-level
+/// repairs on the way: tags cut by a line break are split, closing tags
+/// that arrive swapped (`</value></struct>` for `</struct></value>`) are put
+/// back in order.
+struct Lexer<'a> {
+    r: quick_xml::Reader<&'a [u8]>,
+    raw: VecDeque<(Tok, usize)>,
+    text: String,
+    text_at: usize,
+    /// The last raw token opened a string or value (whitespace is content).
+    in_string: bool,
+    eof: bool,
+    /// Open elements, for the transposition repair.
+    stack: Vec<Name>,
+}
+
+struct Cursor<'a> {
+    lex: Lexer<'a>,
+    buf: VecDeque<(Tok, usize)>,
     repairs: Vec<Repair>,
     end: usize,
     /// A transposed `</value></struct>` already closed the value.
     value_closed: bool,
+    last_at: usize,
 }
 
-fn lname(raw: &[u8]) -> String {
-    let s = String::from_utf8_lossy(raw);
-    s.trim().to_ascii_lowercase()
-}
-
-/// Tokens of `body`, with the repairs tokenizing needed.
-type Tokens = Vec<(Tok, usize)>;
-
-fn tokenize(body: &[u8]) -> Result<(Tokens, Vec<Repair>), ParseError> {
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(ParseError::NotUtf8(e.valid_up_to()));
+fn lname(raw: &[u8]) -> Name {
+    let t = raw.trim_ascii();
+    if let Some(k) = KNOWN.iter().find(|k| k.len() == t.len() && k.as_bytes().eq_ignore_ascii_case(t)) {
+        return Name::Borrowed(k);
     }
-    let mut r = quick_xml::Reader::from_reader(body);
-    let cfg = r.config_mut();
-    cfg.check_end_names = false;
-    cfg.allow_unmatched_ends = true;
-    cfg.allow_dangling_amp = true;
-    cfg.expand_empty_elements = true;
-    cfg.trim_text(false);
-    let mut toks: Vec<(Tok, usize)> = Vec::with_capacity(body.len() / 12);
-    let mut repairs = Vec::new();
-    let mut text = String::new();
-    let mut text_at = 0usize;
-    loop {
-        let at = r.buffer_position() as usize;
-        let ev = match r.read_event() {
-            Ok(ev) => ev,
-            Err(e) => {
-                push_repair(&mut repairs, at, format!("ignored the rest of the body: {e}"));
-                break;
-            }
-        };
-        // Whitespace between elements is layout, except as the content of
-        // a string or value.
-        let flush = |toks: &mut Vec<(Tok, usize)>, text: &mut String, at: usize| {
-            let keep = !text.trim().is_empty()
-                || !text.is_empty() && matches!(toks.last(), Some((Tok::Open(n), _)) if n == "string" || n == "value");
-            if keep {
-                toks.push((Tok::Text(std::mem::take(text)), at));
-            } else {
-                text.clear();
-            }
-        };
-        match ev {
-            Event::Eof => {
-                flush(&mut toks, &mut text, text_at);
-                break;
-            }
-            Event::Start(s) => {
-                flush(&mut toks, &mut text, text_at);
-                split_name(&lname(s.name().as_ref()), at, true, &mut toks, &mut repairs);
-            }
-            Event::End(e) => {
-                flush(&mut toks, &mut text, text_at);
-                split_name(&lname(e.name().as_ref()), at, false, &mut toks, &mut repairs);
-            }
-            Event::Text(t) => {
-                if text.is_empty() {
-                    text_at = at;
-                }
-                text.push_str(&String::from_utf8_lossy(&t));
-            }
-            Event::CData(c) => {
-                if text.is_empty() {
-                    text_at = at;
-                }
-                text.push_str(&String::from_utf8_lossy(&c));
-            }
-            Event::GeneralRef(g) => {
-                if text.is_empty() {
-                    text_at = at;
-                }
-                let name = String::from_utf8_lossy(&g).into_owned();
-                match g.resolve_char_ref() {
-                    Ok(Some(c)) => text.push(c),
-                    _ => match quick_xml::escape::resolve_predefined_entity(&name) {
-                        Some(s) => text.push_str(s),
-                        None => {
-                            push_repair(&mut repairs, at, format!("unknown entity &{name}; kept as text"));
-                            let _ = write!(text, "&{name};");
-                        }
-                    },
-                }
-            }
-            Event::Empty(_) | Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
+    Name::Owned(String::from_utf8_lossy(t).to_ascii_lowercase())
+}
+
+fn utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    // The body was checked as UTF-8 as a whole; a piece of it split at a
+    // markup byte is UTF-8 too, so this never replaces anything.
+    String::from_utf8_lossy(b)
+}
+
+impl<'a> Lexer<'a> {
+    fn new(body: &'a [u8]) -> Lexer<'a> {
+        let mut r = quick_xml::Reader::from_reader(body);
+        let cfg = r.config_mut();
+        cfg.check_end_names = false;
+        cfg.allow_unmatched_ends = true;
+        cfg.allow_dangling_amp = true;
+        cfg.expand_empty_elements = true;
+        cfg.trim_text(false);
+        Lexer {
+            r,
+            raw: VecDeque::new(),
+            text: String::new(),
+            text_at: 0,
+            in_string: false,
+            eof: false,
+            stack: Vec::new(),
         }
     }
-    Ok((toks, repairs))
-}
 
-/// A tag name holding `<` was cut by a line break before its `>`
-/// (`</value></mem` + newline + `<member>`): the part before is a truncated
-/// tag, the part after a new one.
-fn split_name(name: &str, at: usize, open: bool, toks: &mut Vec<(Tok, usize)>, repairs: &mut Vec<Repair>) {
-    let mut parts = name.split('<');
-    let first = parts.next().unwrap_or("").trim().to_string();
-    let tok = |n: String, open: bool| if open { Tok::Open(n) } else { Tok::Close(n) };
-    let mut rest: Vec<&str> = parts.collect();
-    if rest.is_empty() {
-        toks.push((tok(first, open), at));
-        return;
-    }
-    let slash = if open { "" } else { "/" };
-    push_repair(repairs, at, format!("tag <{slash}{first}> has no '>': read up to the next '<'"));
-    toks.push((tok(first, open), at));
-    for part in rest.drain(..) {
-        let p = part.trim();
-        if let Some(c) = p.strip_prefix('/') {
-            toks.push((Tok::Close(c.trim().to_string()), at));
-        } else if !p.is_empty() {
-            toks.push((Tok::Open(p.to_string()), at));
+    /// Whitespace between elements is layout, except as the content of a
+    /// string or value.
+    fn flush(&mut self) {
+        if self.text.is_empty() {
+            return;
+        }
+        if self.in_string || !self.text.trim().is_empty() {
+            self.raw.push_back((Tok::Text(std::mem::take(&mut self.text)), self.text_at));
+        } else {
+            self.text.clear();
         }
     }
-}
 
-/// Closing tags that arrive in swapped order (`</value></struct>` where
-/// `</struct></value>` was meant) are put back in order.
-fn fix_transposed(toks: &mut [(Tok, usize)], repairs: &mut Vec<Repair>) {
-    let mut stack: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < toks.len() {
-        match &toks[i].0 {
-            Tok::Open(n) => stack.push(n.clone()),
-            Tok::Close(a) => {
-                let n = stack.len();
-                if n >= 2 && stack[n - 1] != *a && stack[n - 2] == *a {
-                    if let Some((Tok::Close(b), _)) = toks.get(i + 1) {
-                        if *b == stack[n - 1] {
-                            let what = format!("closing tags out of order: </{a}></{b}> read as </{b}></{a}>");
-                            push_repair(repairs, toks[i].1, what);
-                            toks.swap(i, i + 1);
-                            stack.truncate(n - 2);
-                            i += 2;
-                            continue;
+    fn push_tag(&mut self, name: Name, at: usize, open: bool, repairs: &mut Vec<Repair>) {
+        self.flush();
+        if !name.contains('<') {
+            self.in_string = open && (name == "string" || name == "value");
+            self.raw.push_back((if open { Tok::Open(name) } else { Tok::Close(name) }, at));
+            return;
+        }
+        // A tag name holding `<` was cut by a line break before its `>`
+        // (`</value></mem` + newline + `<member>`): the part before is a
+        // truncated tag, the part after a new one.
+        let mut parts = name.split('<');
+        let first = parts.next().unwrap_or("").trim().to_string();
+        let slash = if open { "" } else { "/" };
+        push_repair(repairs, at, format!("tag <{slash}{first}> has no '>': read up to the next '<'"));
+        self.raw.push_back((if open { Tok::Open(first.into()) } else { Tok::Close(first.into()) }, at));
+        for part in parts {
+            let p = part.trim();
+            if let Some(c) = p.strip_prefix('/') {
+                self.raw.push_back((Tok::Close(c.trim().to_string().into()), at));
+            } else if !p.is_empty() {
+                self.raw.push_back((Tok::Open(p.to_string().into()), at));
+            }
+        }
+        self.in_string = false;
+    }
+
+    /// Reads events until at least one more raw token exists (false at the
+    /// end of the body).
+    fn read(&mut self, repairs: &mut Vec<Repair>) -> bool {
+        let before = self.raw.len();
+        while self.raw.len() == before && !self.eof {
+            let at = self.r.buffer_position() as usize;
+            let ev = match self.r.read_event() {
+                Ok(ev) => ev,
+                Err(e) => {
+                    push_repair(repairs, at, format!("ignored the rest of the body: {e}"));
+                    self.flush();
+                    self.eof = true;
+                    break;
+                }
+            };
+            match ev {
+                Event::Eof => {
+                    self.flush();
+                    self.eof = true;
+                }
+                Event::Start(s) => self.push_tag(lname(s.name().as_ref()), at, true, repairs),
+                Event::End(e) => self.push_tag(lname(e.name().as_ref()), at, false, repairs),
+                Event::Text(t) => {
+                    if self.text.is_empty() {
+                        self.text_at = at;
+                    }
+                    self.text.push_str(&utf8(&t));
+                }
+                Event::CData(c) => {
+                    if self.text.is_empty() {
+                        self.text_at = at;
+                    }
+                    self.text.push_str(&utf8(&c));
+                }
+                Event::GeneralRef(g) => {
+                    if self.text.is_empty() {
+                        self.text_at = at;
+                    }
+                    match g.resolve_char_ref() {
+                        Ok(Some(c)) => self.text.push(c),
+                        _ => {
+                            let name = utf8(&g).into_owned();
+                            match quick_xml::escape::resolve_predefined_entity(&name) {
+                                Some(s) => self.text.push_str(s),
+                                None => {
+                                    push_repair(repairs, at, format!("unknown entity &{name}; kept as text"));
+                                    let _ = write!(self.text, "&{name};");
+                                }
+                            }
                         }
                     }
                 }
-                if let Some(p) = stack.iter().rposition(|s| s == a) {
-                    stack.truncate(p);
+                Event::Empty(_) | Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
+            }
+        }
+        self.raw.len() > before
+    }
+
+    fn next(&mut self, repairs: &mut Vec<Repair>) -> Option<(Tok, usize)> {
+        if self.raw.is_empty() && !self.read(repairs) {
+            return None;
+        }
+        let (tok, at) = self.raw.pop_front()?;
+        match &tok {
+            Tok::Open(n) => self.stack.push(n.clone()),
+            Tok::Close(a) => {
+                let n = self.stack.len();
+                if n >= 2 && self.stack[n - 1] != *a && self.stack[n - 2] == *a {
+                    if self.raw.is_empty() {
+                        self.read(repairs);
+                    }
+                    if let Some((Tok::Close(b), _)) = self.raw.front() {
+                        if *b == self.stack[n - 1] {
+                            let what = format!("closing tags out of order: </{a}></{b}> read as </{b}></{a}>");
+                            push_repair(repairs, at, what);
+                            let (b, bat) = self.raw.pop_front().unwrap();
+                            self.raw.push_front((tok, bat));
+                            self.stack.pop();
+                            return Some((b, at));
+                        }
+                    }
+                }
+                if let Some(p) = self.stack.iter().rposition(|s| s == a) {
+                    self.stack.truncate(p);
                 }
             }
             Tok::Text(_) => {}
         }
-        i += 1;
+        Some((tok, at))
     }
+}
+
+fn is_scalar(n: &str) -> bool {
+    SCALARS.contains(&n)
 }
 
 const SCALARS: &[&str] =
     &["int", "i4", "i8", "uint", "boolean", "string", "double", "datetime.iso8601", "base64", "nil"];
 
-impl Cursor {
-    fn new(body: &[u8]) -> Result<Cursor, ParseError> {
-        let (mut toks, mut repairs) = tokenize(body)?;
-        fix_transposed(&mut toks, &mut repairs);
-        Ok(Cursor { toks, i: 0, repairs, end: body.len(), value_closed: false })
+impl<'a> Cursor<'a> {
+    fn new(body: &'a [u8]) -> Result<Cursor<'a>, ParseError> {
+        if let Err(e) = std::str::from_utf8(body) {
+            return Err(ParseError::NotUtf8(e.valid_up_to()));
+        }
+        Ok(Cursor {
+            lex: Lexer::new(body),
+            buf: VecDeque::new(),
+            repairs: Vec::new(),
+            end: body.len(),
+            value_closed: false,
+            last_at: 0,
+        })
     }
 
-    fn peek(&self) -> Option<&Tok> {
-        self.toks.get(self.i).map(|t| &t.0)
+    fn fill(&mut self, k: usize) {
+        while self.buf.len() < k {
+            match self.lex.next(&mut self.repairs) {
+                Some(t) => self.buf.push_back(t),
+                None => break,
+            }
+        }
     }
 
-    fn at(&self) -> usize {
-        self.toks.get(self.i).map(|t| t.1).unwrap_or(self.end)
+    fn peek(&mut self) -> Option<&Tok> {
+        self.fill(1);
+        self.buf.front().map(|t| &t.0)
+    }
+
+    fn peek_at(&mut self, k: usize) -> Option<&Tok> {
+        self.fill(k + 1);
+        self.buf.get(k).map(|t| &t.0)
+    }
+
+    fn at(&mut self) -> usize {
+        self.fill(1);
+        self.buf.front().map(|t| t.1).unwrap_or(self.end)
     }
 
     fn repair(&mut self, what: String) {
@@ -257,17 +355,28 @@ impl Cursor {
         push_repair(&mut self.repairs, offset, what);
     }
 
-    fn bump(&mut self) -> Option<Tok> {
-        let t = self.toks.get(self.i).map(|t| t.0.clone());
-        self.i += 1;
-        t
+    fn advance(&mut self) {
+        self.fill(1);
+        self.buf.pop_front();
     }
 
-    fn is_open(&self, name: &str) -> bool {
+    fn bump(&mut self) -> Option<Tok> {
+        self.fill(1);
+        let (t, at) = self.buf.pop_front()?;
+        self.last_at = at;
+        Some(t)
+    }
+
+    /// A repair at the token `bump` just took.
+    fn repair_last(&mut self, what: String) {
+        push_repair(&mut self.repairs, self.last_at, what);
+    }
+
+    fn is_open(&mut self, name: &str) -> bool {
         matches!(self.peek(), Some(Tok::Open(n)) if n == name)
     }
 
-    fn is_close(&self, name: &str) -> bool {
+    fn is_close(&mut self, name: &str) -> bool {
         matches!(self.peek(), Some(Tok::Close(n)) if n == name)
     }
 
@@ -276,12 +385,12 @@ impl Cursor {
     fn close(&mut self, name: &str) {
         match self.peek() {
             Some(Tok::Close(n)) if n == name => {
-                self.i += 1;
+                self.advance();
             }
-            Some(Tok::Close(n)) if !n.is_empty() && name.starts_with(n.as_str()) => {
+            Some(Tok::Close(n)) if !n.is_empty() && name.starts_with(&**n) => {
                 let n = n.clone();
                 self.repair(format!("</{n}> read as </{name}>"));
-                self.i += 1;
+                self.advance();
             }
             Some(t) => {
                 let t = describe(t);
@@ -298,17 +407,26 @@ impl Cursor {
                 let t = t.clone();
                 self.repair(format!("stray text {:?} ignored", short(&t)));
             }
-            self.i += 1;
+            self.advance();
         }
     }
 
     fn text_until_tag(&mut self) -> String {
         let mut s = String::new();
-        while let Some(Tok::Text(t)) = self.peek() {
-            s.push_str(t);
-            self.i += 1;
+        loop {
+            self.fill(1);
+            match self.buf.front_mut() {
+                Some((Tok::Text(t), _)) => {
+                    if s.is_empty() {
+                        s = std::mem::take(t);
+                    } else {
+                        s.push_str(t);
+                    }
+                    self.buf.pop_front();
+                }
+                _ => return s,
+            }
         }
-        s
     }
 
     fn params(&mut self) -> Vec<Value> {
@@ -318,7 +436,7 @@ impl Cursor {
             self.skip_text();
             match self.peek() {
                 Some(Tok::Open(n)) if n == "param" => {
-                    self.i += 1;
+                    self.advance();
                     self.skip_text();
                     if self.is_close("param") {
                         self.repair("empty <param> read as an empty string".into());
@@ -329,19 +447,17 @@ impl Cursor {
                     self.skip_text();
                     self.close("param");
                 }
-                Some(Tok::Open(n))
-                    if n == "value" || SCALARS.contains(&n.as_str()) || n == "struct" || n == "array" =>
-                {
+                Some(Tok::Open(n)) if n == "value" || is_scalar(n) || n == "struct" || n == "array" => {
                     self.repair("value outside a <param>".into());
                     out.push(self.value_or_bare());
                 }
                 Some(Tok::Close(n)) if n == "params" => {
-                    self.i += 1;
+                    self.advance();
                     return out;
                 }
                 Some(Tok::Close(n)) if n == "param" => {
                     self.repair("stray </param> ignored".into());
-                    self.i += 1;
+                    self.advance();
                 }
                 Some(Tok::Close(n)) => {
                     let n = n.clone();
@@ -366,13 +482,13 @@ impl Cursor {
     fn value_or_bare(&mut self) -> Value {
         match self.peek() {
             Some(Tok::Open(n)) if n == "value" => {
-                self.i += 1;
+                self.advance();
                 self.value_body()
             }
             Some(Tok::Open(n)) => {
                 let n = n.clone();
                 self.repair(format!("<{n}> without <value> around it"));
-                self.i += 1;
+                self.advance();
                 self.typed(&n)
             }
             _ => {
@@ -392,7 +508,7 @@ impl Cursor {
                     let t = short(&text);
                     self.repair(format!("stray text {t:?} ignored"));
                 }
-                self.i += 1;
+                self.advance();
                 self.typed(&n)
             }
             _ => Value::Str(text),
@@ -414,19 +530,19 @@ impl Cursor {
                 let text = self.text_until_tag();
                 match self.peek().cloned() {
                     Some(Tok::Close(n)) if n == ty => {
-                        self.i += 1;
+                        self.advance();
                     }
                     Some(Tok::Close(n)) => {
                         // `<boolean>1</int></boolean>`, `<name>x</string>`
-                        self.i += 1;
-                        if self.is_close(ty) {
+                        if matches!(self.peek_at(1), Some(Tok::Close(m)) if m == ty) {
                             self.repair(format!("stray </{n}> inside <{ty}> ignored"));
-                            self.i += 1;
+                            self.advance();
+                            self.advance();
                         } else if n != "value" {
                             self.repair(format!("<{ty}> closed by </{n}>"));
+                            self.advance();
                         } else {
                             self.repair(format!("missing </{ty}>"));
-                            self.i -= 1;
                         }
                     }
                     _ => self.repair(format!("missing </{ty}>")),
@@ -518,7 +634,7 @@ impl Cursor {
             self.skip_text();
             match self.peek().cloned() {
                 Some(Tok::Open(n)) if n == "member" => {
-                    self.i += 1;
+                    self.advance();
                     self.member(&mut s);
                 }
                 Some(Tok::Open(n)) if n == "name" => {
@@ -526,19 +642,19 @@ impl Cursor {
                     self.member(&mut s);
                 }
                 Some(Tok::Close(n)) if n == "struct" => {
-                    self.i += 1;
+                    self.advance();
                     break;
                 }
                 Some(Tok::Close(n)) if n == "member" => {
                     self.repair("stray </member> ignored".into());
-                    self.i += 1;
+                    self.advance();
                 }
                 Some(Tok::Close(n))
-                    if n == "value"
-                        && matches!(self.toks.get(self.i + 1), Some((Tok::Close(m), _)) if m == "struct") =>
+                    if n == "value" && matches!(self.peek_at(1), Some(Tok::Close(m)) if m == "struct") =>
                 {
                     self.repair("closing tags out of order: </value></struct> read as </struct></value>".into());
-                    self.i += 2;
+                    self.advance();
+                    self.advance();
                     self.value_closed = true;
                     break;
                 }
@@ -559,13 +675,13 @@ impl Cursor {
     fn member(&mut self, s: &mut Struct) {
         self.skip_text();
         let name = if self.is_open("name") {
-            self.i += 1;
+            self.advance();
             let n = self.text_until_tag();
             match self.peek().cloned() {
-                Some(Tok::Close(c)) if c == "name" => self.i += 1,
+                Some(Tok::Close(c)) if c == "name" => self.advance(),
                 Some(Tok::Close(c)) => {
                     self.repair(format!("<name> closed by </{c}>"));
-                    self.i += 1;
+                    self.advance();
                 }
                 _ => self.repair(format!("missing </name> after {:?}", short(&n))),
             }
@@ -576,13 +692,11 @@ impl Cursor {
         };
         self.skip_text();
         let v = if self.is_open("value") {
-            self.i += 1;
+            self.advance();
             self.value_body()
         } else {
             match self.peek() {
-                Some(Tok::Open(t)) if SCALARS.contains(&t.as_str()) || t == "struct" || t == "array" => {
-                    self.value_or_bare()
-                }
+                Some(Tok::Open(t)) if is_scalar(t) || t == "struct" || t == "array" => self.value_or_bare(),
                 _ => {
                     self.repair(format!("member {name:?} has no value: read as an empty string"));
                     Value::Str(String::new())
@@ -595,8 +709,8 @@ impl Cursor {
         s.0.push((name, v));
         self.skip_text();
         if self.is_close("member") {
-            self.i += 1;
-        } else if matches!(self.peek(), Some(Tok::Close(n)) if "member".starts_with(n.as_str()) && !n.is_empty()) {
+            self.advance();
+        } else if matches!(self.peek(), Some(Tok::Close(n)) if "member".starts_with(&**n) && !n.is_empty()) {
             self.close("member");
         } else {
             let t = self.peek().map(describe).unwrap_or_else(|| "the end".into());
@@ -608,10 +722,10 @@ impl Cursor {
         let mut out = Vec::new();
         self.skip_text();
         match self.peek() {
-            Some(Tok::Open(n)) if n == "data" => self.i += 1,
+            Some(Tok::Open(n)) if n == "data" => self.advance(),
             Some(Tok::Close(n)) if n == "data" => {
                 self.repair("</data> right after <array> read as <data>".into());
-                self.i += 1;
+                self.advance();
             }
             _ => self.repair("<array> without <data>".into()),
         }
@@ -619,21 +733,21 @@ impl Cursor {
             self.skip_text();
             match self.peek().cloned() {
                 Some(Tok::Open(n)) if n == "value" => {
-                    self.i += 1;
+                    self.advance();
                     out.push(self.value_body());
                 }
-                Some(Tok::Open(n)) if SCALARS.contains(&n.as_str()) || n == "struct" || n == "array" => {
+                Some(Tok::Open(n)) if is_scalar(&n) || n == "struct" || n == "array" => {
                     out.push(self.value_or_bare());
                 }
                 Some(Tok::Close(n)) if n == "data" => {
-                    self.i += 1;
+                    self.advance();
                     self.skip_text();
                     self.close("array");
                     break;
                 }
                 Some(Tok::Close(n)) if n == "array" => {
                     self.repair("missing </data> before </array>".into());
-                    self.i += 1;
+                    self.advance();
                     break;
                 }
                 Some(t) => {
@@ -671,6 +785,22 @@ fn short(s: &str) -> String {
 /// Parses a methodCall, methodResponse or fault, tolerating the seed's
 /// mistakes; `repairs` is empty for well-formed input.
 pub fn parse(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
+    // Well-formed XML-RPC (what ivr and most devices send) takes the strict
+    // single pass; anything it does not expect goes to the tolerant parser
+    // from the start.
+    if let Some(m) = strict::message(body) {
+        return Ok(Parsed { value: m, repairs: Vec::new() });
+    }
+    parse_tolerant(body)
+}
+
+/// The strict pass alone: `None` unless `body` is well-formed XML-RPC.
+pub fn parse_strict(body: &[u8]) -> Option<Message> {
+    strict::message(body)
+}
+
+/// The tolerant parser alone (the fallback of [`parse`]).
+pub fn parse_tolerant(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
     let mut c = Cursor::new(body)?;
     // Find the root, skipping the `<xml>` wrapper and anything before.
     let root = loop {
@@ -679,9 +809,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
             Some(Tok::Open(n)) if n == "xml" => {}
             Some(t) => {
                 let t = describe(&t);
-                c.i -= 1;
-                c.repair(format!("{t} before the message ignored"));
-                c.i += 1;
+                c.repair_last(format!("{t} before the message ignored"));
             }
             None => return Err(ParseError::NoRoot("xml")),
         }
@@ -689,13 +817,13 @@ pub fn parse(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
     let msg = if root == "methodcall" {
         c.skip_text();
         let method = if c.is_open("methodname") {
-            c.i += 1;
+            c.advance();
             let m = c.text_until_tag();
             match c.peek().cloned() {
-                Some(Tok::Close(n)) if n == "methodname" => c.i += 1,
+                Some(Tok::Close(n)) if n == "methodname" => c.advance(),
                 Some(Tok::Open(n)) if n == "methodname" => {
                     c.repair("<methodName> closed by another <methodName>".into());
-                    c.i += 1;
+                    c.advance();
                 }
                 Some(t) => {
                     let t = describe(&t);
@@ -712,7 +840,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
         }
         c.skip_text();
         let params = if c.is_open("params") {
-            c.i += 1;
+            c.advance();
             c.params()
         } else if c.is_open("param") {
             c.repair("<param> without <params>".into());
@@ -726,7 +854,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
     } else {
         c.skip_text();
         if c.is_open("fault") {
-            c.i += 1;
+            c.advance();
             c.skip_text();
             let v = c.value_or_bare();
             c.skip_text();
@@ -737,7 +865,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
             Message::Fault { code: s.int("faultCode").unwrap_or(0), message: s.str("faultString").unwrap_or_default() }
         } else {
             let params = if c.is_open("params") {
-                c.i += 1;
+                c.advance();
                 c.params()
             } else if c.is_open("param") {
                 c.repair("<param> without <params>".into());
@@ -757,9 +885,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed<Message>, ParseError> {
             Tok::Text(t) if t.trim().is_empty() => {}
             t => {
                 let t = describe(&t);
-                c.i -= 1;
-                c.repair(format!("{t} after the message ignored"));
-                c.i += 1;
+                c.repair_last(format!("{t} after the message ignored"));
             }
         }
     }
@@ -812,9 +938,7 @@ pub fn parse_analytics(body: &[u8]) -> Result<Parsed<AnalyticsData>, ParseError>
             Some(Tok::Close(n)) if n == "analyticsdata" => break,
             Some(t) => {
                 let t = describe(&t);
-                c.i -= 1;
-                c.repair(format!("{t} in <AnalyticsData> ignored"));
-                c.i += 1;
+                c.repair_last(format!("{t} in <AnalyticsData> ignored"));
             }
             None => {
                 c.repair("missing </AnalyticsData> at the end".into());
@@ -1011,10 +1135,312 @@ mod tests {
     }
 
     #[test]
+    fn strict_and_tolerant_agree_on_well_formed_input() {
+        let samples = [
+            "<?xml version='1.0'?>\n<methodCall>\n<methodName>system.describe</methodName>\n<params>\n</params>\n</methodCall>\n",
+            "<methodCall><methodName>a.b</methodName><params/></methodCall>",
+            "<methodResponse><params><param><value>bare &amp; text</value></param></params></methodResponse>",
+            "<methodResponse><params><param><value><string> </string></value></param><param><value><nil/></value></param></params></methodResponse>",
+            "<methodResponse><fault><value><struct><member><name>faultCode</name><value><int>4</int></value></member><member><name>faultString</name><value><string>x&#13;</string></value></member></struct></value></fault></methodResponse>",
+        ];
+        for x in samples {
+            let strict = parse_strict(x.as_bytes()).unwrap_or_else(|| panic!("strict refused {x}"));
+            let t = parse_tolerant(x.as_bytes()).unwrap();
+            assert!(t.repairs.is_empty(), "{x}: {:?}", t.repairs);
+            assert_eq!(strict, t.value, "{x}");
+        }
+        // What the strict pass refuses, the tolerant one repairs.
+        let bad = "<methodCall><methodName>a</methodName><params><param><value><boolean>1</int></boolean></value></param></params></methodCall>";
+        assert!(parse_strict(bad.as_bytes()).is_none());
+        assert!(!parse(bad.as_bytes()).unwrap().repairs.is_empty());
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(parse(b"hello").unwrap_err(), ParseError::NoRoot("xml"));
         assert!(matches!(parse(b"<methodCall><params/></methodCall>"), Err(ParseError::Bad { .. })));
         assert!(matches!(parse(&[0xff, 0xfe]), Err(ParseError::NotUtf8(0))));
         let _ = parse(b"<methodResponse><params><param><value><struct><member><name>");
+    }
+}
+
+/// The strict single pass over well-formed XML-RPC: no token buffer, no
+/// repairs; `None` as soon as anything is unexpected.
+mod strict {
+    use super::Message;
+    use crate::value::{parse_int_text, Struct, Value};
+    use base64::Engine as _;
+    use quick_xml::events::Event;
+    use quick_xml::Reader;
+
+    enum Ev<'a> {
+        Start(&'a [u8]),
+        End(&'a [u8]),
+        Empty(&'a [u8]),
+        Eof,
+    }
+
+    struct P<'a> {
+        r: Reader<&'a [u8]>,
+        body: &'a [u8],
+        /// The body, checked as UTF-8 once.
+        text: &'a str,
+    }
+
+    /// Tag names are short: one inline pass beats a memcmp call.
+    #[inline]
+    fn is(a: &[u8], b: &str) -> bool {
+        a.len() == b.len() && a.iter().zip(b.bytes()).all(|(x, y)| *x == y || x.eq_ignore_ascii_case(&y))
+    }
+
+    impl<'a> P<'a> {
+        /// A piece of the body (quick-xml hands out sub-slices of its
+        /// input) as text, without checking UTF-8 again; None if it is not
+        /// a sub-slice on character boundaries.
+        fn piece(&self, b: &[u8]) -> Option<&'a str> {
+            let off = (b.as_ptr() as usize).checked_sub(self.body.as_ptr() as usize)?;
+            self.text.get(off..off.checked_add(b.len())?)
+        }
+
+        /// The next tag, skipping layout whitespace, the declaration and
+        /// comments; text anywhere else is unexpected.
+        fn tag(&mut self) -> Option<Ev<'a>> {
+            loop {
+                let start = self.r.buffer_position() as usize;
+                match self.r.read_event().ok()? {
+                    Event::Start(s) => {
+                        let n = s.name().as_ref().len();
+                        return Some(Ev::Start(&self.body[start + 1..start + 1 + n]));
+                    }
+                    Event::End(e) => {
+                        let n = e.name().as_ref().len();
+                        return Some(Ev::End(&self.body[start + 2..start + 2 + n]));
+                    }
+                    Event::Empty(e) => {
+                        let n = e.name().as_ref().len();
+                        return Some(Ev::Empty(&self.body[start + 1..start + 1 + n]));
+                    }
+                    Event::Text(t) if t.iter().all(u8::is_ascii_whitespace) => {}
+                    Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
+                    Event::Eof => return Some(Ev::Eof),
+                    _ => return None,
+                }
+            }
+        }
+
+        fn expect_start(&mut self, name: &str) -> Option<()> {
+            match self.tag()? {
+                Ev::Start(n) if is(n, name) => Some(()),
+                _ => None,
+            }
+        }
+
+        fn expect_end(&mut self, name: &str) -> Option<()> {
+            match self.tag()? {
+                Ev::End(n) if is(n, name) => Some(()),
+                _ => None,
+            }
+        }
+
+        /// Character data up to the end tag `end`.
+        fn text(&mut self, end: &str) -> Option<String> {
+            let mut s = String::new();
+            loop {
+                match self.r.read_event().ok()? {
+                    Event::Text(t) if s.is_empty() => s = self.piece(&t)?.to_owned(),
+                    Event::Text(t) => s.push_str(self.piece(&t)?),
+                    Event::CData(c) => s.push_str(self.piece(&c)?),
+                    Event::GeneralRef(g) => match g.resolve_char_ref().ok()? {
+                        Some(c) => s.push(c),
+                        None => {
+                            s.push_str(quick_xml::escape::resolve_predefined_entity(std::str::from_utf8(&g).ok()?)?)
+                        }
+                    },
+                    Event::End(e) if is(e.name().as_ref(), end) => return Some(s),
+                    _ => return None,
+                }
+            }
+        }
+
+        /// After `<value>`: the value and `</value>`.
+        fn value(&mut self) -> Option<Value> {
+            let mut bare = String::new();
+            loop {
+                match self.r.read_event().ok()? {
+                    Event::Text(t) => bare.push_str(self.piece(&t)?),
+                    Event::GeneralRef(g) => match g.resolve_char_ref().ok()? {
+                        Some(c) => bare.push(c),
+                        None => {
+                            bare.push_str(quick_xml::escape::resolve_predefined_entity(std::str::from_utf8(&g).ok()?)?)
+                        }
+                    },
+                    Event::CData(_) => return None,
+                    Event::End(e) if is(e.name().as_ref(), "value") => return Some(Value::Str(bare)),
+                    Event::Start(s) if bare.trim().is_empty() => {
+                        let name = s.name();
+                        let ty = name.as_ref();
+                        let v = if is(ty, "struct") {
+                            self.struct_body()?
+                        } else if is(ty, "array") {
+                            self.array_body()?
+                        } else {
+                            // The canonical spelling closes it too (`is`
+                            // ignores case); unknown types fall back.
+                            let ty = SCALAR_TAGS.iter().find(|t| is(ty, t))?;
+                            let text = self.text(ty)?;
+                            scalar(ty, text)?
+                        };
+                        self.expect_end("value")?;
+                        return Some(v);
+                    }
+                    Event::Empty(s) if bare.trim().is_empty() && is(s.name().as_ref(), "nil") => {
+                        self.expect_end("value")?;
+                        return Some(Value::Nil);
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        fn struct_body(&mut self) -> Option<Value> {
+            let mut s = Struct::new();
+            loop {
+                match self.tag()? {
+                    Ev::End(n) if is(n, "struct") => return Some(Value::Struct(s)),
+                    Ev::Start(n) if is(n, "member") => {
+                        self.expect_start("name")?;
+                        let mut name = self.text("name")?;
+                        if name.starts_with(|c: char| c.is_whitespace()) || name.ends_with(|c: char| c.is_whitespace())
+                        {
+                            name = name.trim().to_string();
+                        }
+                        // A repeated member is a repair note: the tolerant
+                        // parser reports it.
+                        if s.0.iter().any(|(n, _)| *n == name) {
+                            return None;
+                        }
+                        self.expect_start("value")?;
+                        let v = self.value()?;
+                        self.expect_end("member")?;
+                        s.0.push((name, v));
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        fn array_body(&mut self) -> Option<Value> {
+            self.expect_start("data")?;
+            let mut a = Vec::new();
+            loop {
+                match self.tag()? {
+                    Ev::End(n) if is(n, "data") => break,
+                    Ev::Start(n) if is(n, "value") => a.push(self.value()?),
+                    _ => return None,
+                }
+            }
+            self.expect_end("array")?;
+            Some(Value::Array(a))
+        }
+
+        fn params(&mut self) -> Option<Vec<Value>> {
+            let mut out = Vec::new();
+            loop {
+                match self.tag()? {
+                    Ev::End(n) if is(n, "params") => return Some(out),
+                    Ev::Start(n) if is(n, "param") => {
+                        self.expect_start("value")?;
+                        out.push(self.value()?);
+                        self.expect_end("param")?;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    const SCALAR_TAGS: &[&str] = &["string", "int", "i4", "uint", "boolean", "double", "dateTime.iso8601", "base64"];
+
+    fn scalar(ty: &str, text: String) -> Option<Value> {
+        if ty == "string" {
+            return Some(Value::Str(text));
+        }
+        let t = text.trim();
+        Some(match ty {
+            "int" => Value::Int(i32::try_from(parse_int_text(t)?).ok()?),
+            "i4" => Value::I4(i32::try_from(parse_int_text(t)?).ok()?),
+            "uint" => Value::UInt(u32::try_from(parse_int_text(t)?).ok()?),
+            "boolean" => match t {
+                "1" | "true" => Value::Bool(true),
+                "0" | "false" => Value::Bool(false),
+                _ => return None,
+            },
+            "double" => Value::Double(t.parse().ok()?),
+            "dateTime.iso8601" => Value::DateTime(t.to_string()),
+            "base64" => {
+                let clean: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+                Value::Base64(base64::engine::general_purpose::STANDARD.decode(clean.as_bytes()).ok()?)
+            }
+            _ => return None,
+        })
+    }
+
+    pub fn message(body: &[u8]) -> Option<Message> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut p = P { r: Reader::from_reader(body), body, text };
+        let cfg = p.r.config_mut();
+        cfg.expand_empty_elements = false;
+        // This pass checks every end tag itself.
+        cfg.check_end_names = false;
+        cfg.trim_markup_names_in_closing_tags = false;
+        let msg = match p.tag()? {
+            Ev::Start(n) if is(n, "methodCall") => {
+                p.expect_start("methodName")?;
+                let method = p.text("methodName")?.trim().to_string();
+                if method.is_empty() {
+                    return None;
+                }
+                let params = match p.tag()? {
+                    Ev::Start(n) if is(n, "params") => {
+                        let v = p.params()?;
+                        p.expect_end("methodCall")?;
+                        v
+                    }
+                    Ev::Empty(n) if is(n, "params") => {
+                        p.expect_end("methodCall")?;
+                        Vec::new()
+                    }
+                    Ev::End(n) if is(n, "methodCall") => Vec::new(),
+                    _ => return None,
+                };
+                Message::Call { method, params }
+            }
+            Ev::Start(n) if is(n, "methodResponse") => match p.tag()? {
+                Ev::Start(n) if is(n, "params") => {
+                    let v = p.params()?;
+                    p.expect_end("methodResponse")?;
+                    Message::Response { params: v }
+                }
+                Ev::Start(n) if is(n, "fault") => {
+                    p.expect_start("value")?;
+                    let v = p.value()?;
+                    p.expect_end("fault")?;
+                    p.expect_end("methodResponse")?;
+                    let s = v.as_struct()?;
+                    Message::Fault { code: s.int("faultCode")?, message: s.str("faultString")? }
+                }
+                Ev::Empty(n) if is(n, "params") => {
+                    p.expect_end("methodResponse")?;
+                    Message::Response { params: Vec::new() }
+                }
+                Ev::End(n) if is(n, "methodResponse") => Message::Response { params: Vec::new() },
+                _ => return None,
+            },
+            _ => return None,
+        };
+        match p.tag()? {
+            Ev::Eof => Some(msg),
+            _ => None,
+        }
     }
 }
