@@ -21,6 +21,10 @@ pub enum BenchCmd {
     /// separate processes; sessions held, RSS per session, connection rate,
     /// API RPC round trips with p50/p99 latency.
     Ivc(super::bench_ivc::IvcBench),
+    /// CVIPv2 request rate and latency against `ivr sim cvip` (a separate
+    /// process): sequential, pipelined on one connection, across many
+    /// connections, and a Python xmlrpc.client side by side.
+    Cvip(super::bench_cvip::CvipBench),
 }
 
 #[derive(ClapArgs)]
@@ -50,6 +54,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Dvrip(b) => dvrip(b).await,
         BenchCmd::Ivc(b) => super::bench_ivc::run(b).await,
+        BenchCmd::Cvip(b) => super::bench_cvip::run(b).await,
     }
 }
 

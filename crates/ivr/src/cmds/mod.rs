@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_cvip;
 pub mod bench_ivc;
 pub mod cloud;
 pub mod cvip;
