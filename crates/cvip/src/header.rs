@@ -222,6 +222,24 @@ mod tests {
         assert!(matches!(Header::parse(&[2, 1, 0, 0, 0, 0x7f, 0, 0, 0]), Err(HeaderError::TooLarge(_))));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), step in 1usize..20) {
+            let mut c = Codec::default();
+            let mut buf = BytesMut::new();
+            for chunk in b.chunks(step) {
+                buf.extend_from_slice(chunk);
+                loop {
+                    match c.decode(&mut buf) {
+                        Ok(Some(p)) => proptest::prop_assert_eq!(p.body.len() + HEADER_LEN, p.header.size as usize),
+                        Ok(None) => break,
+                        Err(_) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn codec_splits_and_joins() {
         let mut c = Codec::default();

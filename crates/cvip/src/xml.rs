@@ -989,9 +989,10 @@ pub fn write_value(out: &mut String, v: &Value) {
             out.push_str("</string>");
         }
         Value::Double(d) => {
-            // XML-RPC has no exponent form and no inf/nan.
+            // XML-RPC has no exponent form (Display never writes one) and no
+            // inf/nan.
             let d = if d.is_finite() { *d } else { 0.0 };
-            let _ = write!(out, "<double>{d:?}</double>");
+            let _ = write!(out, "<double>{d}</double>");
         }
         Value::DateTime(s) => {
             out.push_str("<dateTime.iso8601>");
@@ -1153,6 +1154,66 @@ mod tests {
         let bad = "<methodCall><methodName>a</methodName><params><param><value><boolean>1</int></boolean></value></param></params></methodCall>";
         assert!(parse_strict(bad.as_bytes()).is_none());
         assert!(!parse(bad.as_bytes()).unwrap().repairs.is_empty());
+    }
+
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<i32>().prop_map(Value::Int),
+            any::<i32>().prop_map(Value::I4),
+            any::<u32>().prop_map(Value::UInt),
+            any::<bool>().prop_map(Value::Bool),
+            "[ -~é<>&]{0,12}".prop_map(Value::Str),
+            (-1e9f64..1e9).prop_map(Value::Double),
+            "[0-9T:]{0,17}".prop_map(Value::DateTime),
+            proptest::collection::vec(any::<u8>(), 0..20).prop_map(Value::Base64),
+            Just(Value::Nil),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(("[a-zA-Z][a-zA-Z0-9]{0,6}", inner), 0..4).prop_map(|m| {
+                    let mut s = Struct::new();
+                    for (k, v) in m {
+                        if s.get(&k).is_none() && !s.0.iter().any(|(n, _)| *n == k) {
+                            s.0.push((k, v));
+                        }
+                    }
+                    Value::Struct(s)
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn written_values_read_back_by_both_parsers(v in arb_value(), method in "[a-zA-Z][a-zA-Z0-9.]{0,20}") {
+            for msg in [Message::Call { method: method.clone(), params: vec![v.clone()] }, Message::Response { params: vec![v.clone()] }] {
+                let xml = write(&msg);
+                let strict = parse_strict(xml.as_bytes());
+                proptest::prop_assert_eq!(strict.as_ref(), Some(&msg));
+                let t = parse_tolerant(xml.as_bytes()).unwrap();
+                proptest::prop_assert!(t.repairs.is_empty(), "{:?}", t.repairs);
+                proptest::prop_assert_eq!(&t.value, &msg);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = parse(&b);
+            let _ = parse_tolerant(&b);
+            let _ = parse_analytics(&b);
+        }
+
+        #[test]
+        fn mangled_xml_never_panics(cut in 0usize..2000, junk in "[<>/a-z ]{0,6}") {
+            let msg = Message::Response { params: vec![Value::Array(vec![Value::Struct(Struct::new().with("a", 1).with("b", "x"))])] };
+            let mut xml = write(&msg);
+            let at = cut % (xml.len() + 1);
+            let at = (0..=at).rev().find(|i| xml.is_char_boundary(*i)).unwrap_or(0);
+            xml.insert_str(at, &junk);
+            let _ = parse(xml.as_bytes());
+        }
     }
 
     #[test]
