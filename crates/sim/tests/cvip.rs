@@ -498,3 +498,82 @@ async fn master_server_model() {
     m.logout().await.unwrap();
     assert!(is_fail(&m.list_groups().await.unwrap_err()));
 }
+
+#[tokio::test]
+async fn serial_pipe_carries_pelco_d_to_the_ptz() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = unit(Role::Device).await;
+    let (c, _) = client(&r).await;
+    let port =
+        api::SerialPort { guid: "g".into(), id: 1, baud_rate: 9600, data_bits: 8, stop_bits: 1, ..Default::default() };
+    let bad = api::SerialPort { baud_rate: 1234, ..port.clone() };
+    assert!(is_fail(&c.serial_create(&bad).await.unwrap_err()));
+    let made = c.serial_create(&port).await.unwrap();
+    assert_eq!(made.connection_type, "TCP");
+    assert!(made.connection_port > 0);
+    assert!(is_fail(&c.serial_create(&port).await.unwrap_err()), "one pipe per port");
+    assert_eq!(c.serial_list("g").await.unwrap().len(), 1);
+
+    let mut line = tokio::net::TcpStream::connect(("127.0.0.1", made.connection_port as u16)).await.unwrap();
+    let frame = |cmd2: u8, d1: u8, d2: u8| {
+        let mut f = [0xFF, 0x01, 0x00, cmd2, d1, d2, 0];
+        f[6] = f[1..6].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        f
+    };
+    // A frame with a bad checksum is ignored, then pan right at full speed.
+    let mut broken = frame(0x02, 0x3f, 0);
+    broken[6] ^= 1;
+    line.write_all(&broken).await.unwrap();
+    line.write_all(&frame(0x02, 0x3f, 0)).await.unwrap();
+    let mut ack = [0u8; 4];
+    line.read_exact(&mut ack).await.unwrap();
+    assert_eq!(ack, [0xFF, 0x01, 0x00, 0x01], "one general response, for the good frame");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    line.write_all(&frame(0, 0, 0)).await.unwrap();
+    line.read_exact(&mut ack).await.unwrap();
+    let p = r.unit.ptz_position();
+    assert!(p.pan > 10.0 && p.pan < 40.0, "{p:?}");
+    c.serial_delete("g", 1).await.unwrap();
+    assert!(c.serial_list("g").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn playback_sends_video_while_playing() {
+    let r = unit(Role::Nvr).await;
+    let (c, _) = client(&r).await;
+    let first =
+        c.media_query(&api::MediaQuery { guid: "g".into(), major: 1, ..Default::default() }).await.unwrap().items[0]
+            .clone();
+    let start = ivr_sim::cvip::parse_time(&first.clip_time).unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dest = sock.local_addr().unwrap();
+    let pb = api::PlaybackSession {
+        guid: "g".into(),
+        major: 1,
+        start_time: ivr_sim::cvip::fmt_compact(start),
+        end_time: ivr_sim::cvip::fmt_compact(start + chrono::Duration::seconds(60)),
+        dest_ip: dest.ip().to_string(),
+        dest_port: dest.port() as u32,
+        dest_transport: "udp".into(),
+        ..Default::default()
+    };
+    let id = c.playback_create(&pb).await.unwrap().playback_id;
+    let mut buf = [0u8; 2048];
+    // Paused: nothing is sent.
+    assert!(tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await.is_err());
+    c.playback_setstate("g", id, PlayState::Play, 4).await.unwrap();
+    let mut markers = 0;
+    let t = std::time::Instant::now();
+    while markers < 50 {
+        let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 12);
+        markers += (buf[1] >> 7) as usize;
+    }
+    // 50 frames at 4× of 25 fps: about half a second; at 1× two.
+    assert!(t.elapsed() < Duration::from_millis(1900), "{:?}", t.elapsed());
+    c.playback_setstate("g", id, PlayState::Pause, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while tokio::time::timeout(Duration::from_millis(50), sock.recv(&mut buf)).await.is_ok() {}
+    assert!(tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await.is_err(), "paused again");
+    c.playback_delete("g", id).await.unwrap();
+}

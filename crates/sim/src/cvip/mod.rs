@@ -137,9 +137,40 @@ struct Playback {
     pos: u64,
     since: Instant,
     length: u64,
+    /// Where the video goes while playing (None: position only).
+    dest: Option<(SocketAddr, Transport)>,
+    sender: Option<JoinHandle<()>>,
+}
+
+impl Drop for Playback {
+    fn drop(&mut self) {
+        if let Some(t) = self.sender.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Playback {
+    /// (Re)starts or stops sending to match the state: playing sends from
+    /// the keyframe at or before the position, at the play speed.
+    fn resend(&mut self, clip: &'static Clip) {
+        if let Some(t) = self.sender.take() {
+            t.abort();
+        }
+        let Some((dest, transport)) = self.dest else { return };
+        if !matches!(self.state, PlayState::Play | PlayState::FastForward) || self.pos >= self.length {
+            return;
+        }
+        let from = self.pos - self.pos % clip.gop as u64;
+        let frames = self.length - from;
+        let speed = self.speed.max(1) as f64;
+        self.sender = Some(tokio::spawn(async move {
+            if let Err(e) = media::send(clip, dest, transport, from, Some(frames), speed).await {
+                tracing::info!(%dest, "playback stream ended: {e}");
+            }
+        }));
+    }
+
     fn position(&self) -> u64 {
         let e = self.since.elapsed().as_secs_f64();
         let fps = 25.0 * self.speed.max(1) as f64;
@@ -155,7 +186,7 @@ impl Playback {
 #[derive(Default)]
 struct State {
     serial_config: Vec<api::SerialPort>,
-    serial: Vec<api::SerialPort>,
+    serial: Vec<(api::SerialPort, JoinHandle<()>)>,
     streams: Vec<(api::StreamSession, JoinHandle<()>)>,
     displays: Vec<api::DisplaySession>,
     analytics: Vec<(api::AnalyticsSession, JoinHandle<()>)>,
@@ -809,6 +840,14 @@ impl Unit {
         if length == 0 {
             return Err(Refusal::fail(format!("{method}: nothing recorded on channel {} in that range", p.major)));
         }
+        let dest = if p.dest_port == 0 {
+            None
+        } else {
+            let t = Transport::parse(&p.dest_transport).ok_or_else(|| {
+                Refusal::invalid(format!("{method}: destTransport {:?} is not udp, tcp or raw", p.dest_transport))
+            })?;
+            Some((dest_addr(&p.dest_ip, p.dest_port, method)?, t))
+        };
         p.playback_id = st.next_id;
         st.next_id += 1;
         p.media_type = api::MediaType::H264.code();
@@ -819,6 +858,8 @@ impl Unit {
             pos: 0,
             since: Instant::now(),
             length,
+            dest,
+            sender: None,
         });
         let mut out = ack_ok();
         if let Value::Struct(o) = &mut out {
@@ -854,6 +895,7 @@ impl Unit {
             return Ok(Value::Array(items));
         }
         let id = need(s.int("PlaybackID"), method, "PlaybackID")? as u32;
+        let clip = self.clip();
         let mut st = self.st.lock().unwrap();
         let Some(i) = st.playbacks.iter().position(|p| p.s.playback_id == id) else {
             return Err(Refusal::fail(format!("{method}: no playback {id}")));
@@ -887,6 +929,7 @@ impl Unit {
                     s => s,
                 };
                 p.speed = speed as u32;
+                p.resend(clip);
                 Ok(ack_ok())
             }
             "seek" => {
@@ -896,6 +939,7 @@ impl Unit {
                 }
                 p.pos = pos as u64;
                 p.since = Instant::now();
+                p.resend(clip);
                 Ok(ack_ok())
             }
             "getlength" => {
@@ -1099,7 +1143,12 @@ impl Unit {
             s.persistent
         });
         st.displays.retain(|d| d.persistent);
-        st.serial.retain(|s| s.persistent);
+        st.serial.retain(|(s, t)| {
+            if !s.persistent {
+                t.abort();
+            }
+            s.persistent
+        });
         st.records.retain(|r| r.0.persistent);
         st.playbacks.clear();
         *self.booted.lock().unwrap() = Instant::now();
@@ -1263,13 +1312,24 @@ impl Unit {
                     }
                 }
                 check_serial(&p, method)?;
-                let mut st = self.st.lock().unwrap();
-                if st.serial.iter().any(|x| x.id == p.id) {
+                if self.st.lock().unwrap().serial.iter().any(|(x, _)| x.id == p.id) {
                     return Err(Refusal::fail(format!("{method}: serial port {} is already piped", p.id)));
                 }
+                // The pipe: a TCP port on the address the client reached us
+                // at; its bytes go to the serial line, where a Pelco-D
+                // receiver drives the PTZ.
+                let l = tokio::net::TcpListener::bind(SocketAddr::new(peer.local.ip(), 0))
+                    .await
+                    .map_err(|e| Refusal::busy(format!("{method}: no port for the pipe: {e}")))?;
                 p.connection_type = "TCP".into();
-                p.connection_port = 7200 + p.id;
-                st.serial.push(p.clone());
+                p.connection_port = l.local_addr().map(|a| a.port() as u32).unwrap_or(0);
+                let task = tokio::spawn(serial_pipe(self.clone(), l));
+                let mut st = self.st.lock().unwrap();
+                if st.serial.iter().any(|(x, _)| x.id == p.id) {
+                    task.abort();
+                    return Err(Refusal::fail(format!("{method}: serial port {} is already piped", p.id)));
+                }
+                st.serial.push((p.clone(), task));
                 let mut out = ack_ok();
                 if let Value::Struct(o) = &mut out {
                     o.push("ConnectionType", "TCP");
@@ -1280,15 +1340,16 @@ impl Unit {
             ("cviserialport", "delete") => {
                 let id = need(s.int("ID"), method, "ID")? as u32;
                 let mut st = self.st.lock().unwrap();
-                let n = st.serial.len();
-                st.serial.retain(|x| x.id != id);
-                if st.serial.len() == n {
-                    return Err(Refusal::fail(format!("{method}: serial port {id} is not piped")));
-                }
+                let i = st
+                    .serial
+                    .iter()
+                    .position(|(x, _)| x.id == id)
+                    .ok_or_else(|| Refusal::fail(format!("{method}: serial port {id} is not piped")))?;
+                st.serial.remove(i).1.abort();
                 Ok(ack_ok())
             }
             ("cviserialport", "list") => {
-                Ok(Value::Array(self.st.lock().unwrap().serial.iter().map(|x| x.clone().into()).collect()))
+                Ok(Value::Array(self.st.lock().unwrap().serial.iter().map(|(x, _)| x.clone().into()).collect()))
             }
             ("cvidisplay", "create") => {
                 let d = api::DisplaySession::from_struct(&s);
@@ -1366,6 +1427,92 @@ impl Unit {
             ("cvimedia", "export") => self.media_export(method, &s),
             _ => Err(Refusal::invalid(format!("no method {method} on this unit"))),
         }
+    }
+}
+
+/// The serial line behind a pipe: Pelco-D frames (`FF addr cmd1 cmd2
+/// data1 data2 sum`) move the PTZ; each valid frame gets the 4-byte general
+/// response, a frame with a bad checksum is dropped (and logged), as a
+/// receiver on a real line does.
+async fn serial_pipe(unit: Arc<Unit>, l: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, from)) = l.accept().await else { return };
+        let mut line: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            line.extend_from_slice(&buf[..n]);
+            while let Some(start) = line.iter().position(|b| *b == 0xFF) {
+                line.drain(..start);
+                if line.len() < 7 {
+                    break;
+                }
+                let f: [u8; 7] = line[..7].try_into().unwrap_or_default();
+                let sum = f[1..6].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+                if sum != f[6] {
+                    tracing::info!(%from, "Pelco-D frame with a bad checksum dropped: {f:02x?}");
+                    line.drain(..1);
+                    continue;
+                }
+                line.drain(..7);
+                unit.pelco_d(f[2], f[3], f[4], f[5]);
+                let reply = [0xFF, f[1], 0x00, f[1]];
+                if s.write_all(&reply).await.is_err() {
+                    break;
+                }
+            }
+            if line.len() > 4096 {
+                line.clear();
+            }
+        }
+    }
+}
+
+impl Unit {
+    /// One Pelco-D command (after its address): pan/tilt bits with their
+    /// speeds (0–0x3F), zoom bits, presets 0x03 set / 0x07 go to.
+    pub fn pelco_d(&self, cmd1: u8, cmd2: u8, d1: u8, d2: u8) {
+        let mut p = self.ptz.lock().unwrap();
+        p.settle();
+        if cmd1 == 0 && (cmd2 == 0x03 || cmd2 == 0x07) {
+            if cmd2 == 0x03 {
+                let pos = p.pos;
+                p.presets.insert(d2 as u32, pos);
+            } else if let Some(pos) = p.presets.get(&(d2 as u32)).copied() {
+                p.motion = None;
+                p.pos = pos;
+            }
+            return;
+        }
+        let pan_speed = (d1.min(0x3f) as f64) * 80.0 / 63.0;
+        let tilt_speed = (d2.min(0x3f) as f64) * 80.0 / 63.0;
+        let pan = if cmd2 & 0x02 != 0 {
+            pan_speed
+        } else if cmd2 & 0x04 != 0 {
+            -pan_speed
+        } else {
+            0.0
+        };
+        let tilt = if cmd2 & 0x08 != 0 {
+            tilt_speed
+        } else if cmd2 & 0x10 != 0 {
+            -tilt_speed
+        } else {
+            0.0
+        };
+        let zoom = if cmd2 & 0x20 != 0 {
+            2.0
+        } else if cmd2 & 0x40 != 0 {
+            -2.0
+        } else {
+            0.0
+        };
+        p.motion =
+            if pan == 0.0 && tilt == 0.0 && zoom == 0.0 { None } else { Some(((pan, tilt, zoom), Instant::now())) };
     }
 }
 
