@@ -197,6 +197,55 @@ def main():
         (st,), _ = n.call("cviPlayback.getstatus", {"GUID": "py", "PlaybackID": pb["PlaybackID"]})
         check("seek then status", st["Position"] == 700 and st["State"] == 0, st)
 
+        print("media judged by ffprobe/ffmpeg")
+        import json as _json
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix="ivr-cvip-")
+        clip = page["Items"][0]
+        out = os.path.join(tmp, "clip.h264")
+        r = subprocess.run(
+            [a.ivr, "cvip", "--host", "127.0.0.1", "--port", str(nvr_port), "--json", "media", "export", str(clip["ClipID"]), "-o", out],
+            capture_output=True, text=True, timeout=60,
+        )
+        check("ivr cvip media export writes the clip", r.returncode == 0 and os.path.getsize(out) == clip["Size"], r.stderr)
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "json", out],
+            capture_output=True, text=True,
+        )
+        st = _json.loads(probe.stdout or "{}").get("streams", [{}])[0]
+        check("ffprobe: the export is H.264 640x360 with 1500 frames (60 s at 25 fps)",
+              st.get("codec_name") == "h264" and st.get("width") == 640 and st.get("height") == 360 and st.get("nb_read_frames") == "1500", st)
+        dec = subprocess.run(["ffmpeg", "-v", "error", "-i", out, "-f", "null", "-"], capture_output=True, text=True)
+        check("ffmpeg decodes the export without an error", dec.returncode == 0 and not dec.stderr.strip(), dec.stderr[:300])
+
+        # A live stream over RTP/UDP, received by ffmpeg through an SDP.
+        rtp_port = free_port() & ~1
+        sdp = os.path.join(tmp, "live.sdp")
+        with open(sdp, "w") as f:
+            f.write(f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=ivr\nc=IN IP4 127.0.0.1\nt=0 0\nm=video {rtp_port} RTP/AVP 96\na=rtpmap:96 H264/90000\na=fmtp:96 packetization-mode=1\n")
+        got = os.path.join(tmp, "live.h264")
+        ff = subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-protocol_whitelist", "file,udp,rtp", "-i", sdp, "-t", "3", "-c", "copy", "-y", got],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(1.0)
+        (sr,), _ = c.call("cviStream.create", {"GUID": "py", "major": 1, "minor": 2, "destIp": "127.0.0.1", "destPort": rtp_port, "destTransport": "udp"})
+        try:
+            ff.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            ff.kill()
+        c.call("cviStream.delete", {"GUID": "py", "StreamID": sr["StreamID"]})
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "json", got],
+            capture_output=True, text=True,
+        )
+        st = _json.loads(probe.stdout or "{}").get("streams", [{}])[0]
+        frames = int(st.get("nb_read_frames", "0") or 0)
+        check("ffmpeg receives the RTP stream: H.264 640x360, about 3 s of frames",
+              st.get("codec_name") == "h264" and st.get("width") == 640 and 50 <= frames <= 90, (st, ff.stderr.read()[:300] if ff.stderr else ""))
+        dec = subprocess.run(["ffmpeg", "-v", "error", "-i", got, "-f", "null", "-"], capture_output=True, text=True)
+        check("ffmpeg decodes what it received without an error", dec.returncode == 0 and not dec.stderr.strip(), dec.stderr[:300])
+
         print("master")
         m = Cvip(ms_port)
         import hashlib
