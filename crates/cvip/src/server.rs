@@ -760,66 +760,66 @@ pub async fn serve<H: Handler>(listener: TcpListener, hub: Arc<Hub>, handler: Ar
     }
 }
 
-/// Runs one connection: calls are answered in the order they came (the
-/// client may send many before reading), events go out between answers.
+/// Runs one connection on one task: calls are answered in the order they
+/// came (the client may send many before reading), answers to requests
+/// already buffered go out together in one write, events pushed by other
+/// tasks go out between answers.
 pub async fn drive<H: Handler>(s: TcpStream, addr: SocketAddr, hub: Arc<Hub>, h: Arc<H>) {
     let _ = s.set_nodelay(true);
     let local = s.local_addr().unwrap_or(addr);
     let (rd, wr) = s.into_split();
     let (tx, mut rx) = mpsc::channel::<Packet>(1024);
-    let conn = hub.add(tx.clone());
+    let conn = hub.add(tx);
     let peer = Peer { conn, addr, local };
-    let writer = tokio::spawn(async move {
-        let mut w = FramedWrite::new(wr, Codec::default());
-        while let Some(p) = rx.recv().await {
-            if w.feed(p).await.is_err() {
-                return;
-            }
-            while let Ok(p) = rx.try_recv() {
-                if w.feed(p).await.is_err() {
-                    return;
-                }
-            }
-            if w.flush().await.is_err() {
-                return;
-            }
-        }
-    });
     let mut r = FramedRead::new(rd, Codec::default());
+    let mut w = FramedWrite::new(wr, Codec::default());
     let mut first = true;
-    loop {
-        let p = match r.next().await {
-            None => break,
-            Some(Err(e)) => {
-                tracing::info!(%addr, "closing: {e}");
-                break;
+    'conn: loop {
+        let p = tokio::select! {
+            biased;
+            p = r.next() => match p {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::info!(%addr, "closing: {e}");
+                    break;
+                }
+                Some(Ok(p)) => p,
+            },
+            Some(out) = rx.recv() => {
+                if w.feed(out).await.is_err() {
+                    break;
+                }
+                while let Ok(out) = rx.try_recv() {
+                    if w.feed(out).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                if w.flush().await.is_err() {
+                    break;
+                }
+                continue;
             }
-            Some(Ok(p)) => p,
         };
         if std::mem::take(&mut first) {
             hub.set_order(conn, p.header.order);
             if p.header.msg_type == msg_type::DATA_OPEN {
                 hub.remove(conn);
-                drop(tx);
-                writer.abort();
+                drop(w);
                 let auth = String::from_utf8_lossy(&p.body).into_owned();
                 h.data(auth, r).await;
                 return;
             }
         }
-        match p.header.msg_type {
+        let reply = match p.header.msg_type {
             msg_type::PING => {
                 let mut whole = p.header.to_bytes().to_vec();
                 whole.extend_from_slice(&p.body);
                 match PingRequest::decode(&whole) {
-                    Ok((hdr, req)) => {
-                        let resp = h.ping(&req, local);
-                        let b = resp.encode(&hdr);
-                        if let Ok(pkt) = crate::header::Codec::default().decode_one(&b) {
-                            let _ = tx.send(pkt).await;
-                        }
+                    Ok((hdr, req)) => crate::header::Codec::default().decode_one(&h.ping(&req, local).encode(&hdr)).ok(),
+                    Err(e) => {
+                        tracing::info!(%addr, "bad ping: {e}");
+                        None
                     }
-                    Err(e) => tracing::info!(%addr, "bad ping: {e}"),
                 }
             }
             msg_type::XML if !p.header.response => {
@@ -838,21 +838,42 @@ pub async fn drive<H: Handler>(s: TcpStream, addr: SocketAddr, hub: Arc<Hub>, h:
                         }
                     }
                 };
-                if p.header.transaction == 0 {
-                    continue; // transaction 0 is never answered
-                }
-                let pkt = Packet::reply_to(&p.header, xml::write(&reply));
-                if tx.send(pkt).await.is_err() {
-                    break;
+                // Transaction 0 is never answered.
+                (p.header.transaction != 0).then(|| Packet::reply_to(&p.header, xml::write(&reply)))
+            }
+            other => {
+                tracing::debug!(%addr, "ignored packet type {other:#04x}");
+                None
+            }
+        };
+        if let Some(pkt) = reply {
+            if w.feed(pkt).await.is_err() {
+                break;
+            }
+        }
+        // Another whole request already here: answer it first and write
+        // both answers at once. Otherwise (or with only part of one) send
+        // now: the client may be waiting for this answer to send the rest.
+        if !holds_packet(r.read_buffer()) {
+            while let Ok(out) = rx.try_recv() {
+                if w.feed(out).await.is_err() {
+                    break 'conn;
                 }
             }
-            other => tracing::debug!(%addr, "ignored packet type {other:#04x}"),
+            if w.flush().await.is_err() {
+                break;
+            }
         }
     }
+    let _ = w.flush().await;
     hub.remove(conn);
     h.closed(&peer);
-    drop(tx);
-    let _ = writer.await;
+}
+
+/// Whether `b` starts with a complete packet.
+fn holds_packet(b: &[u8]) -> bool {
+    b.len() >= crate::header::HEADER_LEN
+        && crate::header::Header::parse(&b[..crate::header::HEADER_LEN]).is_ok_and(|h| b.len() >= h.size as usize)
 }
 
 impl Codec {
