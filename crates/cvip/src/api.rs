@@ -304,7 +304,8 @@ pub struct Entity {
     pub properties: Struct,
 }
 
-const ENTITY_FIXED: &[&str] =
+/// The fields every entity record has (the rest are its properties).
+pub const ENTITY_FIXED: &[&str] =
     &["EntityTypeID", "GroupID", "EntityID", "EntityName", "EntityDesc", "GUID", "AppGUID", "IsLastPage"];
 
 impl Entity {

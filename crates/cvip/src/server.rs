@@ -815,7 +815,9 @@ pub async fn drive<H: Handler>(s: TcpStream, addr: SocketAddr, hub: Arc<Hub>, h:
                 let mut whole = p.header.to_bytes().to_vec();
                 whole.extend_from_slice(&p.body);
                 match PingRequest::decode(&whole) {
-                    Ok((hdr, req)) => crate::header::Codec::default().decode_one(&h.ping(&req, local).encode(&hdr)).ok(),
+                    Ok((hdr, req)) => {
+                        crate::header::Codec::default().decode_one(&h.ping(&req, local).encode(&hdr)).ok()
+                    }
                     Err(e) => {
                         tracing::info!(%addr, "bad ping: {e}");
                         None

@@ -455,19 +455,7 @@ impl Master {
                 if group != 0 && !self.entity_groups.iter().any(|g| g.1 == group && g.0 == ty) {
                     return Err(fail(format!("{method}: no group {group} for entity type {ty}")));
                 }
-                let props = cvip::api::rest(
-                    s,
-                    &[
-                        "GUID",
-                        "AppGUID",
-                        "IsLastPage",
-                        "EntityTypeID",
-                        "GroupID",
-                        "EntityID",
-                        "EntityName",
-                        "EntityDesc",
-                    ],
-                );
+                let props = cvip::api::rest(s, cvip::api::ENTITY_FIXED);
                 check_entity_props(ty, &props, method)?;
                 // An image larger than one packet: IsLastPage=0 with an
                 // EntityID appends to that image.
@@ -505,19 +493,7 @@ impl Master {
             }
             "update" => {
                 let id = need_int(s, "EntityID", method)?;
-                let props = cvip::api::rest(
-                    s,
-                    &[
-                        "GUID",
-                        "AppGUID",
-                        "IsLastPage",
-                        "EntityTypeID",
-                        "GroupID",
-                        "EntityID",
-                        "EntityName",
-                        "EntityDesc",
-                    ],
-                );
+                let props = cvip::api::rest(s, cvip::api::ENTITY_FIXED);
                 let e = self
                     .entities
                     .iter()
