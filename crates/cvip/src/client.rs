@@ -51,6 +51,8 @@ pub struct Client {
     timeout: Duration,
     closed: Arc<Mutex<Option<String>>>,
     pub peer: SocketAddr,
+    /// Our end of the connection (the address the unit sees us at).
+    pub local: SocketAddr,
 }
 
 impl Client {
@@ -63,6 +65,7 @@ impl Client {
 
     pub fn over(stream: TcpStream) -> std::io::Result<(Client, mpsc::Receiver<Pushed>)> {
         let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
         let (rd, wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Packet>(256);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
@@ -127,7 +130,15 @@ impl Client {
             w2.lock().unwrap().clear();
         });
         Ok((
-            Client { tx, waiters, next: Arc::new(Mutex::new(0)), timeout: Duration::from_secs(10), closed, peer },
+            Client {
+                tx,
+                waiters,
+                next: Arc::new(Mutex::new(0)),
+                timeout: Duration::from_secs(10),
+                closed,
+                peer,
+                local,
+            },
             ev_rx,
         ))
     }

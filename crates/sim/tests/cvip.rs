@@ -266,6 +266,7 @@ async fn ptz_events_analytics_firmware() {
     let last = last.expect("flashed");
     assert_eq!(last.total as usize, image.len());
     assert_eq!(r.unit.firmware_version(), "9.9.9");
+    assert_eq!(r.unit.last_firmware_image(), Some((image.len() as u64, ivr_sim::cvip::fnv64(&image))), "byte-exact");
     assert!(
         cvip::ping::ping_tcp(r.addr, Duration::from_secs(2)).await.unwrap().rebooted,
         "the update rebooted the unit"
@@ -290,9 +291,28 @@ async fn nvr_records_plays_back_queries_and_exports() {
         &c.record_update(&api::RecordSession { schedule_profile_id: 7, ..rec.clone() }).await.unwrap_err()
     ));
     assert_eq!(c.record_list("g").await.unwrap()[0].schedule_profile_id, 1);
+    c.record_update(&api::RecordSession { schedule_profile_id: 0, ..rec.clone() }).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     c.record_delete(&rec).await.unwrap();
     assert_eq!(r.unit.recordings().len(), history + 1, "the session left a recording");
+
+    // A schedule that is not active now records nothing.
+    let now = chrono::Utc::now().naive_utc();
+    let off = if ivr_sim::cvip::in_schedule(1, now) { 2 } else { 1 };
+    assert!(!ivr_sim::cvip::in_schedule(off, now));
+    let sched = api::RecordSession { schedule_profile_id: off, ..rec.clone() };
+    c.record_create(&sched).await.unwrap();
+    let listed = c.call1("cviRecord.list", vec![]).await.unwrap();
+    let row = listed.as_array().unwrap()[0].as_struct().unwrap().clone();
+    assert_eq!(row.get("Recording"), Some(&Value::Bool(false)), "{row:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let done = c.call_ack("cviRecord.delete", vec![sched.to_struct().into()]).await.unwrap();
+    assert_eq!(done.as_struct().unwrap().int("Frames"), Some(0));
+    assert_eq!(r.unit.recordings().len(), history + 1, "nothing recorded outside the schedule");
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap(); // a Monday
+    let t = |h, m| day.and_hms_opt(h, m, 0).unwrap();
+    assert_eq!(ivr_sim::cvip::scheduled_secs(1, t(7, 0), t(9, 0)), 3600);
+    assert_eq!(ivr_sim::cvip::scheduled_secs(2, t(5, 0), t(21, 0)), 7200);
 
     // Query: pages of 16, by channel and event.
     let q = api::MediaQuery { guid: "g".into(), major: 1, ..Default::default() };
@@ -576,4 +596,116 @@ async fn playback_sends_video_while_playing() {
     while tokio::time::timeout(Duration::from_millis(50), sock.recv(&mut buf)).await.is_ok() {}
     assert!(tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await.is_err(), "paused again");
     c.playback_delete("g", id).await.unwrap();
+}
+
+#[tokio::test]
+async fn displays_event_acks_and_the_remaining_master_calls() {
+    // Device: display sessions and acknowledging a notified event.
+    let r = unit(Role::Device).await;
+    let (c, mut events) = client(&r).await;
+    let d = api::DisplaySession {
+        guid: "g".into(),
+        major: 1,
+        minor: 1,
+        src_ip: "10.0.0.9".into(),
+        src_port: 554,
+        src_transport: "udp".into(),
+        ..Default::default()
+    };
+    c.display_create(&d).await.unwrap();
+    assert!(is_fail(&c.display_create(&d).await.unwrap_err()), "output busy");
+    assert!(is_fail(&c.display_create(&api::DisplaySession { major: 9, ..d.clone() }).await.unwrap_err()));
+    let bad_src = api::DisplaySession { src_ip: "not-an-ip".into(), minor: 2, ..d.clone() };
+    assert!(matches!(c.display_create(&bad_src).await.unwrap_err(), Error::Fault { .. }));
+    assert_eq!(c.display_list("g").await.unwrap(), vec![d.clone()]);
+    c.display_delete(&d).await.unwrap();
+    assert!(c.display_list("g").await.unwrap().is_empty());
+
+    c.event_subscribe(event_mask("external"), 0).await.unwrap();
+    assert_eq!(r.unit.raise(cvip::server::event_type::EXTERNAL, 1, true), 1);
+    let ev = tokio::time::timeout(Duration::from_secs(2), events.recv()).await.unwrap().unwrap();
+    let n = api::Notify::from_struct(ev.params[0].as_struct().unwrap());
+    c.event_ack("app", &n.event_guid, "2026-11-21 10:00:00", "seen").await.unwrap();
+    let again = c.event_ack("app", &n.event_guid, "2026-11-21 10:00:01", "seen").await.unwrap_err();
+    assert!(matches!(again, Error::Ack { code, .. } if code == cvip::ack::event::FAIL), "{again}");
+    let invalid = c.event_ack("", "", "", "").await.unwrap_err();
+    assert!(matches!(invalid, Error::Ack { code, .. } if code == cvip::ack::event::INVALID), "{invalid}");
+
+    // Master: the update/delete paths.
+    let r = unit(Role::Master).await;
+    let (c, _) = client(&r).await;
+    let m = c.login("g", "admin", "admin", 1).await.unwrap();
+    let g = m.add_group(&api::UserGroup { name: "Ops".into(), privilege: 1, ..Default::default() }).await.unwrap();
+    m.update_group(&api::UserGroup {
+        group_id: g,
+        name: "Operators".into(),
+        description: "day shift".into(),
+        privilege: 3,
+    })
+    .await
+    .unwrap();
+    let groups = m.list_groups().await.unwrap();
+    let ops = groups.iter().find(|x| x.group_id == g).unwrap();
+    assert_eq!((ops.name.as_str(), ops.privilege), ("Operators", 3));
+    m.delete_group(g).await.unwrap();
+    assert!(is_fail(&m.delete_group(g).await.unwrap_err()));
+
+    let eg = m
+        .entity_add_group(&api::EntityGroup { entity_type: 2, name: "Wall".into(), ..Default::default() })
+        .await
+        .unwrap();
+    m.entity_update_group(&api::EntityGroup {
+        entity_type: 2,
+        group_id: eg,
+        name: "Video wall".into(),
+        description: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(m.entity_groups(EntityType::Monitor).await.unwrap()[0].name, "Video wall");
+    let mon = m
+        .entity_add(&api::Entity { entity_type: 2, group_id: eg, name: "left".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let mut e = m.entity_list_all(EntityType::Monitor).await.unwrap().remove(0);
+    e.name = "left screen".into();
+    e.properties.set("Resolution", "1920x1080");
+    m.entity_update(&e).await.unwrap();
+    let back = m.entity_list_all(EntityType::Monitor).await.unwrap().remove(0);
+    assert_eq!((back.name.as_str(), back.properties.str("Resolution").as_deref()), ("left screen", Some("1920x1080")));
+    m.entity_delete(EntityType::Monitor, mon).await.unwrap();
+    m.entity_delete_group(EntityType::Monitor, eg).await.unwrap();
+
+    let p = m
+        .profile_add(ProfileType::Schedule, Struct::new().with("dateValid", 1).with("timeBlock", "08:00-18:00"))
+        .await
+        .unwrap();
+    m.profile_update(ProfileType::Schedule, p, Struct::new().with("timeBlock", "20:00-06:00")).await.unwrap();
+    let listed = m.profiles(ProfileType::Schedule).await.unwrap();
+    assert_eq!(listed[0].str("timeBlock").as_deref(), Some("20:00-06:00"));
+    assert!(is_fail(&m.profile_update(ProfileType::Schedule, p, Struct::new().with("QMax", 3)).await.unwrap_err()));
+    m.profile_delete(ProfileType::Schedule, p).await.unwrap();
+    assert!(m.profiles(ProfileType::Schedule).await.unwrap().is_empty());
+
+    let cam = m.entity_add(&api::Entity { entity_type: 1, name: "cam".into(), ..Default::default() }).await.unwrap();
+    let app = api::ApplicationType::VideoRecording;
+    m.application_add(EntityType::Camera, cam, app, Struct::new().with("VideoSinkEntityIP", "10.0.0.2")).await.unwrap();
+    assert!(is_fail(&m.application_add(EntityType::Camera, cam, app, Struct::new()).await.unwrap_err()));
+    m.application_update(EntityType::Camera, cam, app, Struct::new().with("VideoSinkEntityIP", "10.0.0.3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.applications(EntityType::Camera, cam).await.unwrap()[0].str("VideoSinkEntityIP").as_deref(),
+        Some("10.0.0.3")
+    );
+    m.application_delete(EntityType::Camera, cam, Some(app)).await.unwrap();
+    assert!(is_fail(&m.application_delete(EntityType::Camera, cam, None).await.unwrap_err()));
+    // Deleting a user ends their sessions.
+    let u = m
+        .add_user(&api::User { name: "tmp".into(), password: "x".into(), privilege: 0x10, ..Default::default() })
+        .await
+        .unwrap();
+    let tmp = c.login("g", "tmp", "x", 1).await.unwrap();
+    m.delete_user(u).await.unwrap();
+    assert!(is_fail(&tmp.list_users().await.unwrap_err()));
 }

@@ -1010,10 +1010,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             MediaCmd::Export { clip, output, listen, size } => {
                 let bind = match listen {
                     Some(l) => l,
-                    None => {
-                        let local = tokio::net::TcpStream::connect(client.peer).await?.local_addr()?;
-                        SocketAddr::new(local.ip(), 0)
-                    }
+                    None => SocketAddr::new(client.local.ip(), 0),
                 };
                 let l =
                     tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;

@@ -207,6 +207,8 @@ pub struct Unit {
     st: Mutex<State>,
     ptz: Mutex<Ptz>,
     fw: Mutex<Option<Firmware>>,
+    /// Length and FNV-1a of the last image flashed.
+    last_image: Mutex<Option<(u64, u64)>>,
     master: Mutex<master::Master>,
     booted: Mutex<Instant>,
     rebooted: AtomicBool,
@@ -579,6 +581,7 @@ impl Unit {
                 presets: Default::default(),
             }),
             fw: Mutex::new(None),
+            last_image: Mutex::new(None),
             master: Mutex::new(m),
             booted: Mutex::new(Instant::now()),
             rebooted: AtomicBool::new(true),
@@ -600,6 +603,11 @@ impl Unit {
 
     pub fn recordings(&self) -> Vec<Recording> {
         self.st.lock().unwrap().recordings.clone()
+    }
+
+    /// Length and FNV-1a of the last firmware image flashed.
+    pub fn last_firmware_image(&self) -> Option<(u64, u64)> {
+        *self.last_image.lock().unwrap()
     }
 
     pub fn firmware_version(&self) -> String {
@@ -960,7 +968,19 @@ impl Unit {
         let mut st = self.st.lock().unwrap();
         let find = |st: &State| st.records.iter().position(|(x, _, _)| x.major == r.major && x.minor == r.minor);
         match op {
-            "list" => Ok(Value::Array(st.records.iter().map(|(x, _, _)| x.clone().into()).collect())),
+            "list" => {
+                let now = now_naive();
+                Ok(Value::Array(
+                    st.records
+                        .iter()
+                        .map(|(x, _, _)| {
+                            let mut v = x.to_struct();
+                            v.push("Recording", in_schedule(x.schedule_profile_id, now));
+                            v.into()
+                        })
+                        .collect(),
+                ))
+            }
             "create" => {
                 if r.major == 0 || r.major > self.cfg.channels {
                     return Err(Refusal::fail(format!(
@@ -1011,12 +1031,28 @@ impl Unit {
                     Refusal::fail(format!("{method}: channel {}/{} is not recording", r.major, r.minor))
                 })?;
                 let (x, since, start) = st.records.remove(i);
-                // The recording made while the session ran is stored.
-                let frames = (since.elapsed().as_millis() as u64 * 25 / 1000).max(1);
+                // What the session recorded (inside its schedule, as it is
+                // now) is stored as one clip.
+                let frames = if x.schedule_profile_id == 0 {
+                    (since.elapsed().as_millis() as u64 * 25 / 1000).max(1)
+                } else {
+                    scheduled_secs(x.schedule_profile_id, start, now_naive()) * 25
+                };
+                if frames == 0 {
+                    return Ok(Struct::new()
+                        .with("ErrorCode", cvip::ack::SUCCESS as i32)
+                        .with("ClipID", 0u32)
+                        .with("Frames", 0u32)
+                        .into());
+                }
                 let id = st.next_id;
                 st.next_id += 1;
                 st.recordings.push(Recording { clip_id: id, channel: x.major, start, frames, events: 0 });
-                Ok(Struct::new().with("ErrorCode", cvip::ack::SUCCESS as i32).with("ClipID", id).into())
+                Ok(Struct::new()
+                    .with("ErrorCode", cvip::ack::SUCCESS as i32)
+                    .with("ClipID", id)
+                    .with("Frames", frames as u32)
+                    .into())
             }
             _ => Err(Refusal::invalid(format!("no method {method}"))),
         }
@@ -1101,7 +1137,8 @@ impl Unit {
                     f.total = n;
                     f.image.clone()
                 };
-                let crc = image.iter().fold(0u32, |a, b| a.rotate_left(5) ^ *b as u32);
+                let crc = fnv64(&image);
+                *self.last_image.lock().unwrap() = Some((n, crc));
                 // Flash at ~4 MiB/s in ten steps.
                 let step = Duration::from_millis((n / 4096).clamp(10, 2000) / 10);
                 for k in 1..=10u64 {
@@ -1514,6 +1551,32 @@ impl Unit {
         p.motion =
             if pan == 0.0 && tilt == 0.0 && zoom == 0.0 { None } else { Some(((pan, tilt, zoom), Instant::now())) };
     }
+}
+
+/// Whether schedule profile `p` records at `t`: 0 always, 1 business hours
+/// (Monday–Friday 08:00–18:00), 2 nights (20:00–06:00).
+pub fn in_schedule(p: u32, t: chrono::NaiveDateTime) -> bool {
+    use chrono::Datelike;
+    let h = t.hour();
+    match p {
+        0 => true,
+        1 => t.weekday().number_from_monday() <= 5 && (8..18).contains(&h),
+        2 => !(6..20).contains(&h),
+        _ => false,
+    }
+}
+
+/// Seconds of `[a, b)` inside schedule `p` (by the second up to two hours,
+/// by the minute beyond).
+pub fn scheduled_secs(p: u32, a: chrono::NaiveDateTime, b: chrono::NaiveDateTime) -> u64 {
+    let total = (b - a).num_seconds().max(0) as u64;
+    let step = if total > 7200 { 60 } else { 1 };
+    (0..total / step).filter(|k| in_schedule(p, a + chrono::Duration::seconds((k * step) as i64))).count() as u64 * step
+}
+
+/// FNV-1a, to tell one firmware image from another.
+pub fn fnv64(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn check_serial(p: &api::SerialPort, method: &str) -> Result<(), Refusal> {
