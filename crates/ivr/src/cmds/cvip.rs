@@ -185,6 +185,19 @@ enum SessionCmd {
         id: u32,
     },
     List,
+    /// Start a stream to ourselves (raw Annex B over TCP), save it to a
+    /// file or `-`, then stop it.
+    Save {
+        #[arg(long, default_value_t = 1)]
+        major: u32,
+        #[arg(long, default_value_t = 1)]
+        minor: u32,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(short, long)]
+        output: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -684,11 +697,15 @@ fn bar(total: Option<u64>, what: &str, json: bool) -> ProgressBar {
         Some(t) => ProgressBar::new(t),
         None => ProgressBar::new_spinner(),
     };
+    let template = if total.is_some() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+    } else {
+        "{spinner} {msg} {bytes} {bytes_per_sec} {elapsed}"
+    };
     b.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
     );
+    b.enable_steady_tick(Duration::from_millis(200));
     b.set_message(what.to_string());
     b
 }
@@ -900,6 +917,57 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 out.ok(&format!("stream {id} deleted"));
             }
             SessionCmd::List => out.rows(client.stream_list("").await?.iter().map(|s| s.to_struct()).collect()),
+            SessionCmd::Save { major, minor, seconds, output } => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let l = tokio::net::TcpListener::bind(SocketAddr::new(client.local.ip(), 0)).await?;
+                let me = l.local_addr()?;
+                let s = api::StreamSession {
+                    guid: guid.into(),
+                    major,
+                    minor,
+                    dest_ip: me.ip().to_string(),
+                    dest_port: me.port() as u32,
+                    dest_transport: "raw".into(),
+                    ..Default::default()
+                };
+                let id = client.stream_create(&s).await?.stream_id;
+                let (mut sock, _) = tokio::time::timeout(Duration::from_secs(c.timeout.max(1)), l.accept())
+                    .await
+                    .map_err(|_| anyhow!("the unit did not connect to {me} within {} s", c.timeout))??;
+                let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = if output == "-" {
+                    Box::new(tokio::io::stdout())
+                } else {
+                    Box::new(tokio::fs::File::create(&output).await.with_context(|| format!("cannot create {output}"))?)
+                };
+                let pb = bar(None, &format!("stream {id}"), out.json || output == "-");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0u64;
+                loop {
+                    let n = tokio::select! {
+                        n = sock.read(&mut buf) => n?,
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = tokio::signal::ctrl_c() => break,
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    sink.write_all(&buf[..n]).await?;
+                    total += n as u64;
+                    pb.set_position(total);
+                }
+                sink.flush().await?;
+                pb.finish_and_clear();
+                client.stream_delete(guid, id).await?;
+                if output != "-" {
+                    out.value(&Value::Struct(
+                        Struct::new()
+                            .with("StreamID", id)
+                            .with("Bytes", total.to_string())
+                            .with("File", output.as_str()),
+                    ));
+                }
+            }
         },
         Cmd::Record { cmd } => match cmd {
             RecordCmd::Create { major, minor, schedule, persistent } => {
