@@ -709,3 +709,117 @@ async fn displays_event_acks_and_the_remaining_master_calls() {
     m.delete_user(u).await.unwrap();
     assert!(is_fail(&tmp.list_users().await.unwrap_err()));
 }
+
+/// Every method each role lists, called with no params, with fields of the
+/// wrong types and extreme values, and with positional junk: every call
+/// gets an answer (an ack or a fault) and the connection stays up — a
+/// panic in a handler would take the connection down.
+#[tokio::test]
+async fn hostile_params_never_break_a_unit() {
+    for role in [Role::Device, Role::Nvr, Role::Master] {
+        let r = unit(role).await;
+        let (c, _) = client(&r).await;
+        let mut methods = Vec::new();
+        for s in c.list_services().await.unwrap() {
+            for f in c.list_functions(&s).await.unwrap() {
+                methods.push(format!("{s}.{}", f.method_name));
+            }
+            for g in [
+                "describe",
+                "listProperties",
+                "getProperties",
+                "setProperties",
+                "listFunctions",
+                "listParameters",
+                "listEvents",
+            ] {
+                methods.push(format!("{s}.{g}"));
+            }
+        }
+        let junk = |v: Value| {
+            let mut s = Struct::new();
+            for k in [
+                "GUID",
+                "AppGUID",
+                "ID",
+                "StreamID",
+                "PlaybackID",
+                "major",
+                "minor",
+                "Major",
+                "destIp",
+                "destPort",
+                "destTransport",
+                "srcIp",
+                "srcPort",
+                "StartTime",
+                "EndTime",
+                "State",
+                "Speed",
+                "Position",
+                "Type",
+                "Id",
+                "ClipID",
+                "serverIP",
+                "serverPort",
+                "authenticationId",
+                "EntityTypeID",
+                "EntityID",
+                "GroupID",
+                "UserID",
+                "ProfileTypeID",
+                "ProfileID",
+                "ApplicationTypeID",
+                "ImageData",
+                "Page",
+                "UserName",
+                "PassWord",
+                "EventType",
+                "CmdType",
+                "CmdData",
+                "PtzID",
+                "ProtocolType",
+                "BaudRate",
+                "DataBits",
+                "StopBits",
+                "ServiceID",
+                "imageFileId",
+                "videoInputBrightness",
+            ] {
+                s.push(k, v.clone());
+            }
+            Value::Struct(s)
+        };
+        let shapes: Vec<Vec<Value>> = vec![
+            vec![],
+            vec![junk(Value::Str("'; DROP TABLE --\u{0}é".into()))],
+            vec![junk(Value::Int(i32::MIN))],
+            vec![junk(Value::Int(i32::MAX))],
+            vec![junk(Value::UInt(u32::MAX))],
+            vec![junk(Value::Double(f64::NAN))],
+            vec![junk(Value::Array(vec![Value::Nil; 3]))],
+            vec![junk(Value::Base64(vec![0xff; 64]))],
+            vec![
+                Value::Nil,
+                Value::Int(-1),
+                Value::Str("x".into()),
+                Value::Array(vec![]),
+                Value::Int(i32::MAX),
+                Value::Int(i32::MIN),
+            ],
+        ];
+        for m in &methods {
+            if m.eq_ignore_ascii_case("cviUser.logout") {
+                continue;
+            }
+            for p in &shapes {
+                match c.call(m, p.clone()).await {
+                    Ok(_) | Err(Error::Fault { .. }) => {}
+                    Err(e) => panic!("{role:?} {m}: {e}"),
+                }
+            }
+        }
+        assert!(methods.len() > 20, "{role:?}: {}", methods.len());
+        assert_eq!(c.system_describe().await.unwrap().version, "2.1.9", "{role:?}: still answering");
+    }
+}

@@ -441,9 +441,9 @@ impl Master {
                 let page = s.int("Page").unwrap_or(0).max(0) as usize;
                 let all: Vec<&Entity> = self.entities.iter().filter(|e| e.ty == ty).collect();
                 let items: Vec<Value> =
-                    all.iter().skip(page * PAGE).take(PAGE).map(|e| entity_struct(e).into()).collect();
+                    all.iter().skip(page.saturating_mul(PAGE)).take(PAGE).map(|e| entity_struct(e).into()).collect();
                 Ok(Struct::new()
-                    .with("IsLastPage", (page + 1) * PAGE >= all.len())
+                    .with("IsLastPage", page.saturating_add(1).saturating_mul(PAGE) >= all.len())
                     .with("EntityTypeID", ty)
                     .with("Page", page as u32)
                     .with("Items", Value::Array(items))

@@ -772,7 +772,7 @@ impl Unit {
         let page = q.page as usize;
         let items: Vec<Value> = hits
             .iter()
-            .skip(page * MEDIA_PAGE)
+            .skip(page.saturating_mul(MEDIA_PAGE))
             .take(MEDIA_PAGE)
             .map(|r| {
                 api::Clip {
@@ -791,7 +791,7 @@ impl Unit {
             .collect();
         Ok(Struct::new()
             .with("GUID", q.guid.as_str())
-            .with("IsLastPage", (page + 1) * MEDIA_PAGE >= hits.len())
+            .with("IsLastPage", page.saturating_add(1).saturating_mul(MEDIA_PAGE) >= hits.len())
             .with("Total", hits.len() as u32)
             .with("Items", Value::Array(items))
             .into())
