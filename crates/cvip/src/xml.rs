@@ -1364,7 +1364,7 @@ mod strict {
         }
 
         fn struct_body(&mut self) -> Option<Value> {
-            let mut s = Struct::new();
+            let mut s = Struct(Vec::with_capacity(8));
             loop {
                 match self.tag()? {
                     Ev::End(n) if is(n, "struct") => return Some(Value::Struct(s)),
