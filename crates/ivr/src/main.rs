@@ -35,6 +35,9 @@ enum Cmd {
     Cloud(cmds::cloud::Args),
     /// The on-site agent (IVT): connects out to the cloud and drives local channels.
     Edge(cmds::edge::Args),
+    /// Media files: remux without re-encoding.
+    #[command(subcommand)]
+    Media(cmds::media::MediaCmd),
     /// Run a simulated device.
     #[command(subcommand)]
     Sim(cmds::sim::SimCmd),
@@ -53,7 +56,7 @@ fn main() -> std::process::ExitCode {
     // A device tool is one client: a single-threaded runtime hands packets
     // between its tasks without cross-thread wake-ups. Servers use all cores.
     let rt = match &cli.cmd {
-        Cmd::Dvrip(_) | Cmd::Cvip(_) | Cmd::Bench(_) => {
+        Cmd::Dvrip(_) | Cmd::Cvip(_) | Cmd::Media(_) | Cmd::Bench(_) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
         }
         Cmd::Sim(_) | Cmd::Edge(_) | Cmd::Cloud(_) | Cmd::Demo(_) => {
@@ -71,6 +74,7 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Dvrip(a) => cmds::dvrip::run(a).await,
             Cmd::Cvip(a) => cmds::cvip::run(a).await,
+            Cmd::Media(m) => cmds::media::run(m).await,
             Cmd::Sim(s) => cmds::sim::run(s).await,
             Cmd::Edge(a) => cmds::edge::run(a).await,
             Cmd::Cloud(a) => cmds::cloud::run(a).await,

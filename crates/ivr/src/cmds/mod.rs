@@ -6,6 +6,7 @@ pub mod cvip;
 pub mod demo;
 pub mod dvrip;
 pub mod edge;
+pub mod media;
 pub mod sim;
 
 /// Raises this process's open-file limit to its hard limit (servers and

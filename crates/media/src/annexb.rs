@@ -1,0 +1,142 @@
+//! Annex B byte streams: NAL units between start codes, NAL types, and the
+//! split of a raw `.h264`/`.h265` stream into access units.
+
+use crate::Codec;
+use bytes::Bytes;
+
+/// (start-code offset, NAL offset) of every NAL unit.
+pub fn nal_starts(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 {
+            if data[i + 2] == 1 {
+                out.push((i, i + 3));
+                i += 3;
+                continue;
+            }
+            if i + 4 <= data.len() && data[i + 2] == 0 && data[i + 3] == 1 {
+                out.push((i, i + 4));
+                i += 4;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The NAL units of `data`, start codes removed.
+pub fn nal_units(data: &[u8]) -> Vec<&[u8]> {
+    let starts = nal_starts(data);
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, (_, s)) in starts.iter().enumerate() {
+        let e = starts.get(k + 1).map(|x| x.0).unwrap_or(data.len());
+        if e > *s {
+            out.push(&data[*s..e]);
+        }
+    }
+    out
+}
+
+/// The NAL type of a unit's first byte(s).
+pub fn nal_type(codec: Codec, nal: &[u8]) -> Option<u8> {
+    let b = *nal.first()?;
+    Some(match codec {
+        Codec::H265 => (b >> 1) & 0x3f,
+        _ => b & 0x1f,
+    })
+}
+
+/// A slice NAL (picture data) and whether it is an intra (IDR/IRAP) one.
+fn vcl(codec: Codec, t: u8) -> (bool, bool) {
+    match codec {
+        Codec::H265 => (t < 32, (16..=23).contains(&t)),
+        _ => ((1..=5).contains(&t), t == 5),
+    }
+}
+
+/// Whether this NAL starts a new access unit when it follows picture data
+/// (parameter sets, SEI, AUD come before the picture they belong to).
+fn starts_unit(codec: Codec, nal: &[u8]) -> bool {
+    let Some(t) = nal_type(codec, nal) else { return false };
+    match codec {
+        Codec::H265 => {
+            // VPS/SPS/PPS/AUD/prefix SEI, or a slice with first_slice_segment_in_pic_flag.
+            matches!(t, 32..=35 | 39) || t < 32 && nal.get(2).is_some_and(|b| b & 0x80 != 0)
+        }
+        _ => matches!(t, 6..=9) || (1..=5).contains(&t) && nal.get(1).is_some_and(|b| b & 0x80 != 0),
+    }
+}
+
+/// One access unit of a raw stream.
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub keyframe: bool,
+    /// Annex B, start codes kept.
+    pub data: Bytes,
+}
+
+/// Splits a raw Annex B stream into access units (pictures with the
+/// parameter sets and SEI before them). Bytes before the first start code
+/// are dropped; every other byte ends up in exactly one unit.
+pub fn access_units(data: &Bytes, codec: Codec) -> Vec<Unit> {
+    let starts = nal_starts(data);
+    let mut units = Vec::new();
+    let mut cur: Option<usize> = None;
+    let mut has_vcl = false;
+    let mut key = false;
+    for (k, &(sc, nal)) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map(|x| x.0).unwrap_or(data.len());
+        let body = &data[nal..end];
+        let t = nal_type(codec, body).unwrap_or(0);
+        let (is_vcl, is_key) = vcl(codec, t);
+        if has_vcl && starts_unit(codec, body) {
+            if let Some(s) = cur {
+                units.push(Unit { keyframe: key, data: data.slice(s..sc) });
+            }
+            cur = None;
+            has_vcl = false;
+            key = false;
+        }
+        cur.get_or_insert(sc);
+        has_vcl |= is_vcl;
+        key |= is_key;
+    }
+    if let Some(s) = cur {
+        units.push(Unit { keyframe: key, data: data.slice(s..) });
+    }
+    units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_into_pictures() {
+        // SPS PPS IDR(first slice) | slice(first) | slice(first) slice(not first)
+        let s = Bytes::from_static(&[
+            0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 0x88, 3, //
+            0, 0, 1, 0x41, 0x9a, 4, //
+            0, 0, 1, 0x41, 0x9a, 5, 0, 0, 1, 0x41, 0x1a, 6,
+        ]);
+        let u = access_units(&s, Codec::H264);
+        assert_eq!(u.len(), 3);
+        assert!(u[0].keyframe && !u[1].keyframe && !u[2].keyframe);
+        assert_eq!(u.iter().map(|x| x.data.len()).sum::<usize>(), s.len());
+        assert_eq!(nal_units(&u[2].data).len(), 2);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_keep_every_byte(b in proptest::collection::vec(0u8..4, 0..300)) {
+            let b = Bytes::from(b);
+            for codec in [Codec::H264, Codec::H265] {
+                let u = access_units(&b, codec);
+                let first = nal_starts(&b).first().map(|x| x.0).unwrap_or(b.len());
+                proptest::prop_assert_eq!(u.iter().map(|x| x.data.len()).sum::<usize>(), b.len() - first);
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! ivr's media engine (first part): the `Frame` every source and sink
+//! shares, Annex B parsing, and an MPEG-TS muxer.
+
+pub mod annexb;
+pub mod ts;
+
+use bytes::Bytes;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    H264,
+    H265,
+    G711A,
+    G711U,
+    Aac,
+}
+
+impl Codec {
+    pub fn is_video(self) -> bool {
+        matches!(self, Codec::H264 | Codec::H265)
+    }
+}
+
+/// One access unit (video: Annex B with start codes) with 90 kHz times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub codec: Codec,
+    pub keyframe: bool,
+    /// Presentation and decoding time, 90 kHz. Cameras send no B-frames,
+    /// so the two are equal for every source ivr has today.
+    pub pts: u64,
+    pub dts: u64,
+    pub data: Bytes,
+}
+
+/// 90 kHz ticks of frame `index` at `fps` frames per second.
+pub fn ticks(index: u64, fps: u32) -> u64 {
+    index * 90_000 / fps.max(1) as u64
+}

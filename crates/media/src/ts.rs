@@ -1,0 +1,289 @@
+//! MPEG-TS muxer (ISO/IEC 13818-1) for one video stream: H.264 (stream
+//! type 0x1B) or H.265 (0x24), PID 0x100, program 1 with its PMT on PID
+//! 0x1000. PAT and PMT go out before every keyframe and at least every
+//! 100 ms; every PES carries PTS (and DTS when it differs); the first TS
+//! packet of every frame carries the PCR (100 ms behind the DTS) and, on a
+//! keyframe, the random-access indicator. An access unit delimiter is
+//! added to any access unit that lacks one, and the last parameter sets
+//! seen are put in front of a keyframe that comes without them.
+//! Audio is not muxed yet (G.711 has no standard stream type; AAC will go
+//! as ADTS, 0x0F).
+
+use crate::annexb::{nal_type, nal_units};
+use crate::{Codec, Frame};
+
+pub const PACKET: usize = 188;
+pub const PMT_PID: u16 = 0x1000;
+pub const VIDEO_PID: u16 = 0x100;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TsError {
+    #[error("{0:?} is not a video codec this muxer carries (H.264, H.265)")]
+    Codec(Codec),
+    #[error("frame of {got:?} in a {want:?} stream")]
+    Mixed { want: Codec, got: Codec },
+}
+
+/// CRC-32/MPEG-2 (polynomial 0x04C11DB7, no reflection, no final xor).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= (b as u32) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04c1_1db7 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+pub struct Muxer {
+    codec: Codec,
+    cc: [u8; 3], // PAT, PMT, video
+    last_tables: Option<u64>,
+    /// Parameter sets seen most recently (VPS, SPS, PPS), Annex B.
+    params: Vec<Vec<u8>>,
+}
+
+fn psi_packet(pid: u16, cc: &mut u8, section: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0x47, 0x40 | (pid >> 8) as u8, pid as u8, 0x10 | (*cc & 0x0f)]);
+    *cc = cc.wrapping_add(1);
+    out.push(0); // pointer field
+    out.extend_from_slice(section);
+    let crc = crc32(section);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.resize(start + PACKET, 0xff);
+}
+
+fn pts_bytes(prefix: u8, t: u64) -> [u8; 5] {
+    let t = t & ((1 << 33) - 1);
+    [
+        prefix << 4 | ((t >> 29) as u8 & 0x0e) | 1,
+        (t >> 22) as u8,
+        ((t >> 14) as u8 & 0xfe) | 1,
+        (t >> 7) as u8,
+        ((t << 1) as u8 & 0xfe) | 1,
+    ]
+}
+
+impl Muxer {
+    pub fn new(codec: Codec) -> Result<Muxer, TsError> {
+        if !codec.is_video() {
+            return Err(TsError::Codec(codec));
+        }
+        Ok(Muxer { codec, cc: [0; 3], last_tables: None, params: Vec::new() })
+    }
+
+    fn stream_type(&self) -> u8 {
+        if self.codec == Codec::H265 {
+            0x24
+        } else {
+            0x1b
+        }
+    }
+
+    fn tables(&mut self, out: &mut Vec<u8>) {
+        let pat = [
+            0x00,
+            0xb0,
+            13, // table id, syntax + length
+            0x00,
+            0x01,
+            0xc1,
+            0x00,
+            0x00, // ts id 1, version 0, current
+            0x00,
+            0x01,
+            0xe0 | (PMT_PID >> 8) as u8,
+            PMT_PID as u8, // program 1 → PMT
+        ];
+        psi_packet(0, &mut self.cc[0], &pat, out);
+        let pmt = [
+            0x02,
+            0xb0,
+            18, // table id, length 9 + 5 + 4
+            0x00,
+            0x01,
+            0xc1,
+            0x00,
+            0x00, // program 1
+            0xe0 | (VIDEO_PID >> 8) as u8,
+            VIDEO_PID as u8, // PCR PID
+            0xf0,
+            0x00, // no program info
+            self.stream_type(),
+            0xe0 | (VIDEO_PID >> 8) as u8,
+            VIDEO_PID as u8,
+            0xf0,
+            0x00,
+        ];
+        psi_packet(PMT_PID, &mut self.cc[1], &pmt, out);
+    }
+
+    /// The access unit as it goes into the PES: with an AUD, and with the
+    /// parameter sets in front of a keyframe that lacks them.
+    fn prepare(&mut self, f: &Frame) -> Vec<u8> {
+        let nals = nal_units(&f.data);
+        let (aud_type, param_types): (u8, &[u8]) = match self.codec {
+            Codec::H265 => (35, &[32, 33, 34]),
+            _ => (9, &[7, 8]),
+        };
+        let types: Vec<u8> = nals.iter().filter_map(|n| nal_type(self.codec, n)).collect();
+        let has_params = types.iter().any(|t| param_types.contains(t));
+        if has_params {
+            self.params = nals
+                .iter()
+                .filter(|n| nal_type(self.codec, n).is_some_and(|t| param_types.contains(&t)))
+                .map(|n| n.to_vec())
+                .collect();
+        }
+        let mut au = Vec::with_capacity(f.data.len() + 64);
+        if types.first() != Some(&aud_type) {
+            match self.codec {
+                Codec::H265 => au.extend_from_slice(&[0, 0, 0, 1, 0x46, 0x01, 0x50]),
+                _ => au.extend_from_slice(&[0, 0, 0, 1, 0x09, 0xf0]),
+            }
+        }
+        if f.keyframe && !has_params {
+            for p in &self.params {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(p);
+            }
+        }
+        au.extend_from_slice(&f.data);
+        au
+    }
+
+    /// Appends the TS packets of one frame to `out`.
+    pub fn write(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), TsError> {
+        if f.codec != self.codec {
+            return Err(TsError::Mixed { want: self.codec, got: f.codec });
+        }
+        if f.keyframe || self.last_tables.is_none_or(|t| f.dts.saturating_sub(t) >= 9000) {
+            self.tables(out);
+            self.last_tables = Some(f.dts);
+        }
+        let au = self.prepare(f);
+        let mut pes = Vec::with_capacity(au.len() + 19);
+        pes.extend_from_slice(&[0, 0, 1, 0xe0, 0, 0]); // length 0: unbounded (video)
+        if f.pts != f.dts {
+            pes.extend_from_slice(&[0x84, 0xc0, 10]);
+            pes.extend_from_slice(&pts_bytes(3, f.pts));
+            pes.extend_from_slice(&pts_bytes(1, f.dts));
+        } else {
+            pes.extend_from_slice(&[0x84, 0x80, 5]);
+            pes.extend_from_slice(&pts_bytes(2, f.pts));
+        }
+        pes.extend_from_slice(&au);
+
+        let pcr = f.dts.saturating_sub(9000);
+        let mut rest = &pes[..];
+        let mut first = true;
+        while !rest.is_empty() {
+            let start = out.len();
+            let pusi = if first { 0x40 } else { 0 };
+            out.extend_from_slice(&[0x47, pusi | (VIDEO_PID >> 8) as u8, VIDEO_PID as u8, 0]);
+            // Adaptation field: PCR (+ random access) on the first packet,
+            // stuffing on the last if the payload does not fill it.
+            let mut af: Vec<u8> = Vec::new();
+            if first {
+                af.push(if f.keyframe { 0x50 } else { 0x10 });
+                let base = pcr & ((1 << 33) - 1);
+                af.extend_from_slice(&[
+                    (base >> 25) as u8,
+                    (base >> 17) as u8,
+                    (base >> 9) as u8,
+                    (base >> 1) as u8,
+                    ((base & 1) as u8) << 7 | 0x7e,
+                    0,
+                ]);
+            }
+            let room = PACKET - 4 - if af.is_empty() { 0 } else { 1 + af.len() };
+            if rest.len() < room {
+                // Stuff: an adaptation field (created if needed) grows to fill.
+                let need = PACKET - 4 - rest.len();
+                if af.is_empty() {
+                    if need == 1 {
+                        out.push(0); // length 0: the field is just its length byte
+                    } else {
+                        af.push(0);
+                        af.resize(need - 1, 0xff);
+                        out.push(af.len() as u8);
+                        out.extend_from_slice(&af);
+                    }
+                } else {
+                    af.resize(need - 1, 0xff);
+                    out.push(af.len() as u8);
+                    out.extend_from_slice(&af);
+                }
+                out[start + 3] = 0x30 | (self.cc[2] & 0x0f);
+                out.extend_from_slice(rest);
+                rest = &[];
+            } else {
+                if af.is_empty() {
+                    out[start + 3] = 0x10 | (self.cc[2] & 0x0f);
+                } else {
+                    out.push(af.len() as u8);
+                    out.extend_from_slice(&af);
+                    out[start + 3] = 0x30 | (self.cc[2] & 0x0f);
+                }
+                let n = PACKET - (out.len() - start);
+                out.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+            }
+            self.cc[2] = self.cc[2].wrapping_add(1);
+            first = false;
+            debug_assert_eq!(out.len() - start, PACKET);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn crc_of_a_known_pat() {
+        // The PAT ffmpeg writes for program 1 → PMT 0x1000.
+        let pat = [0x00, 0xb0, 0x0d, 0x00, 0x01, 0xc1, 0x00, 0x00, 0x00, 0x01, 0xf0, 0x00];
+        assert_eq!(crc32(&pat), 0x2ab1_04b2);
+    }
+
+    #[test]
+    fn packets_are_whole_and_counters_run() {
+        let mut m = Muxer::new(Codec::H264).unwrap();
+        let mut out = Vec::new();
+        for (i, n) in [10usize, 170, 171, 172, 183, 184, 185, 5000].iter().enumerate() {
+            let mut data = vec![0, 0, 0, 1, 0x65, 0x88];
+            data.resize(*n + 6, 0x11);
+            let f = Frame {
+                codec: Codec::H264,
+                keyframe: i == 0,
+                pts: 90_000 + i as u64 * 3600,
+                dts: 90_000 + i as u64 * 3600,
+                data: Bytes::from(data),
+            };
+            m.write(&f, &mut out).unwrap();
+        }
+        assert_eq!(out.len() % PACKET, 0);
+        let mut cc: Option<u8> = None;
+        for p in out.chunks(PACKET) {
+            assert_eq!(p[0], 0x47);
+            let pid = ((p[1] as u16 & 0x1f) << 8) | p[2] as u16;
+            if pid == VIDEO_PID {
+                let c = p[3] & 0x0f;
+                if let Some(prev) = cc {
+                    assert_eq!(c, (prev + 1) & 0x0f);
+                }
+                cc = Some(c);
+            }
+        }
+        assert!(matches!(
+            m.write(&Frame { codec: Codec::H265, keyframe: false, pts: 0, dts: 0, data: Bytes::new() }, &mut out),
+            Err(TsError::Mixed { .. })
+        ));
+        assert!(Muxer::new(Codec::G711A).is_err());
+    }
+}
