@@ -1,7 +1,9 @@
 //! ivr's media engine (first part): the `Frame` every source and sink
-//! shares, Annex B parsing, and an MPEG-TS muxer.
+//! shares, Annex B parsing, an MPEG-TS muxer, and the cloud-record
+//! segmenter with pre-record.
 
 pub mod annexb;
+pub mod segment;
 pub mod ts;
 
 use bytes::Bytes;
