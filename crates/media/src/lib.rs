@@ -3,6 +3,7 @@
 //! segmenter with pre-record.
 
 pub mod annexb;
+pub mod fmp4;
 pub mod params;
 pub mod segment;
 pub mod ts;

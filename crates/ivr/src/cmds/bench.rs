@@ -25,6 +25,9 @@ pub enum BenchCmd {
     /// process): sequential, pipelined on one connection, across many
     /// connections, and a Python xmlrpc.client side by side.
     Cvip(super::bench_cvip::CvipBench),
+    /// Remux throughput: ivr's TS and fragmented-MP4 muxers against
+    /// `ffmpeg -c copy` on the same input, side by side.
+    Media(super::bench_media::MediaBench),
 }
 
 #[derive(ClapArgs)]
@@ -55,6 +58,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Dvrip(b) => dvrip(b).await,
         BenchCmd::Ivc(b) => super::bench_ivc::run(b).await,
         BenchCmd::Cvip(b) => super::bench_cvip::run(b).await,
+        BenchCmd::Media(b) => super::bench_media::run(b).await,
     }
 }
 

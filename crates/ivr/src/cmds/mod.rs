@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_cvip;
 pub mod bench_ivc;
+pub mod bench_media;
 pub mod cloud;
 pub mod cvip;
 pub mod demo;

@@ -1,0 +1,323 @@
+//! Fragmented MP4 (ISO/IEC 14496-12 and -15) for Media Source Extensions
+//! and files: an init segment (`ftyp` + `moov` with an `avc1`/`hvc1`
+//! sample entry carrying `avcC`/`hvcC`) and fragments (`moof` + `mdat`),
+//! one video track at 90 kHz. Samples are length-prefixed (4 bytes);
+//! parameter sets travel in the sample entry, AUDs and in-band parameter
+//! sets are left out of the samples.
+
+use crate::annexb::{nal_type, nal_units};
+use crate::params::{parameter_sets, Sps};
+use crate::{Codec, Frame};
+
+pub const TIMESCALE: u32 = 90_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Mp4Error {
+    #[error("no {0} parameter set for the init segment")]
+    Missing(&'static str),
+    #[error("{0:?} is not a codec this writer carries (H.264, H.265)")]
+    Codec(Codec),
+    #[error("parameter set of {0} bytes does not fit")]
+    TooLong(usize),
+}
+
+fn bx(out: &mut Vec<u8>, typ: &[u8; 4], body: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(typ);
+    body(out);
+    let size = (out.len() - at) as u32;
+    out[at..at + 4].copy_from_slice(&size.to_be_bytes());
+}
+
+fn full(out: &mut Vec<u8>, typ: &[u8; 4], version: u8, flags: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    bx(out, typ, |o| {
+        o.push(version);
+        o.extend_from_slice(&flags.to_be_bytes()[1..]);
+        body(o);
+    });
+}
+
+fn u16b(o: &mut Vec<u8>, v: u16) {
+    o.extend_from_slice(&v.to_be_bytes());
+}
+fn u32b(o: &mut Vec<u8>, v: u32) {
+    o.extend_from_slice(&v.to_be_bytes());
+}
+
+const MATRIX: [u32; 9] = [0x0001_0000, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000];
+
+fn by_type(codec: Codec, params: &[Vec<u8>], t: u8) -> Vec<&Vec<u8>> {
+    params.iter().filter(|p| nal_type(codec, p) == Some(t)).collect()
+}
+
+fn avcc(o: &mut Vec<u8>, sps: &Sps, params: &[Vec<u8>]) -> Result<(), Mp4Error> {
+    let s = by_type(Codec::H264, params, 7);
+    let p = by_type(Codec::H264, params, 8);
+    if s.is_empty() {
+        return Err(Mp4Error::Missing("SPS"));
+    }
+    if p.is_empty() {
+        return Err(Mp4Error::Missing("PPS"));
+    }
+    let mut body = Vec::new();
+    body.extend_from_slice(&[
+        1,
+        sps.profile_idc,
+        sps.constraint_flags,
+        sps.level_idc,
+        0xff,
+        0xe0 | s.len().min(31) as u8,
+    ]);
+    for n in s.iter().take(31) {
+        u16b(&mut body, u16::try_from(n.len()).map_err(|_| Mp4Error::TooLong(n.len()))?);
+        body.extend_from_slice(n);
+    }
+    body.push(p.len().min(255) as u8);
+    for n in p.iter().take(255) {
+        u16b(&mut body, u16::try_from(n.len()).map_err(|_| Mp4Error::TooLong(n.len()))?);
+        body.extend_from_slice(n);
+    }
+    if [100, 110, 122, 144].contains(&sps.profile_idc) {
+        body.extend_from_slice(&[
+            0xfc | sps.chroma_format_idc as u8,
+            0xf8 | (sps.bit_depth_luma - 8),
+            0xf8 | (sps.bit_depth_chroma - 8),
+            0,
+        ]);
+    }
+    bx(o, b"avcC", |o| o.extend_from_slice(&body));
+    Ok(())
+}
+
+fn hvcc(o: &mut Vec<u8>, sps: &Sps, params: &[Vec<u8>]) -> Result<(), Mp4Error> {
+    let ptl = sps.ptl.ok_or(Mp4Error::Missing("H.265 profile_tier_level"))?;
+    let arrays: Vec<(u8, Vec<&Vec<u8>>)> = [(32u8, "VPS"), (33, "SPS"), (34, "PPS")]
+        .iter()
+        .map(|(t, name)| {
+            let v = by_type(Codec::H265, params, *t);
+            if v.is_empty() {
+                Err(Mp4Error::Missing(name))
+            } else {
+                Ok((*t, v))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let mut body = vec![1];
+    body.extend_from_slice(&ptl[..11]); // space/tier/idc, compatibility, constraints
+    body.push(ptl[11]); // level
+    u16b(&mut body, 0xf000); // min_spatial_segmentation_idc 0
+    body.push(0xfc); // parallelismType 0
+    body.push(0xfc | sps.chroma_format_idc as u8);
+    body.push(0xf8 | (sps.bit_depth_luma - 8));
+    body.push(0xf8 | (sps.bit_depth_chroma - 8));
+    u16b(&mut body, 0); // avgFrameRate
+    body.push(0x0f); // constantFrameRate 0, numTemporalLayers 1, temporalIdNested 1, lengthSizeMinusOne 3
+    body.push(arrays.len() as u8);
+    for (t, nals) in arrays {
+        body.push(0x80 | t); // array_completeness
+        u16b(&mut body, nals.len() as u16);
+        for n in nals {
+            u16b(&mut body, u16::try_from(n.len()).map_err(|_| Mp4Error::TooLong(n.len()))?);
+            body.extend_from_slice(n);
+        }
+    }
+    bx(o, b"hvcC", |o| o.extend_from_slice(&body));
+    Ok(())
+}
+
+/// `ftyp` + `moov` for one video track described by `sps` and `params`
+/// (the stream's parameter-set NAL units, see [`parameter_sets`]).
+pub fn init_segment(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> {
+    let entry = match sps.codec {
+        Codec::H264 => b"avc1",
+        Codec::H265 => b"hvc1",
+        c => return Err(Mp4Error::Codec(c)),
+    };
+    let mut config = Vec::new();
+    match sps.codec {
+        Codec::H264 => avcc(&mut config, sps, params)?,
+        _ => hvcc(&mut config, sps, params)?,
+    }
+    let (w, h) = (sps.width, sps.height);
+    let mut o = Vec::with_capacity(1024);
+    bx(&mut o, b"ftyp", |o| {
+        o.extend_from_slice(b"iso5");
+        u32b(o, 512);
+        for b in [b"iso5", b"iso6", b"mp41", entry] {
+            o.extend_from_slice(b);
+        }
+    });
+    bx(&mut o, b"moov", |o| {
+        full(o, b"mvhd", 0, 0, |o| {
+            u32b(o, 0);
+            u32b(o, 0);
+            u32b(o, 1000);
+            u32b(o, 0);
+            u32b(o, 0x0001_0000);
+            u16b(o, 0x0100);
+            o.extend_from_slice(&[0; 10]);
+            MATRIX.iter().for_each(|m| u32b(o, *m));
+            o.extend_from_slice(&[0; 24]);
+            u32b(o, 2);
+        });
+        bx(o, b"trak", |o| {
+            full(o, b"tkhd", 0, 3, |o| {
+                u32b(o, 0);
+                u32b(o, 0);
+                u32b(o, 1);
+                u32b(o, 0);
+                u32b(o, 0);
+                o.extend_from_slice(&[0; 8]);
+                u16b(o, 0);
+                u16b(o, 0);
+                u16b(o, 0);
+                u16b(o, 0);
+                MATRIX.iter().for_each(|m| u32b(o, *m));
+                u32b(o, w << 16);
+                u32b(o, h << 16);
+            });
+            bx(o, b"mdia", |o| {
+                full(o, b"mdhd", 0, 0, |o| {
+                    u32b(o, 0);
+                    u32b(o, 0);
+                    u32b(o, TIMESCALE);
+                    u32b(o, 0);
+                    u16b(o, 0x55c4); // "und"
+                    u16b(o, 0);
+                });
+                full(o, b"hdlr", 0, 0, |o| {
+                    u32b(o, 0);
+                    o.extend_from_slice(b"vide");
+                    o.extend_from_slice(&[0; 12]);
+                    o.extend_from_slice(b"ivr video\0");
+                });
+                bx(o, b"minf", |o| {
+                    full(o, b"vmhd", 0, 1, |o| o.extend_from_slice(&[0; 8]));
+                    bx(o, b"dinf", |o| {
+                        full(o, b"dref", 0, 0, |o| {
+                            u32b(o, 1);
+                            full(o, b"url ", 0, 1, |_| {});
+                        })
+                    });
+                    bx(o, b"stbl", |o| {
+                        full(o, b"stsd", 0, 0, |o| {
+                            u32b(o, 1);
+                            bx(o, entry, |o| {
+                                o.extend_from_slice(&[0; 6]);
+                                u16b(o, 1); // data_reference_index
+                                o.extend_from_slice(&[0; 16]);
+                                u16b(o, w as u16);
+                                u16b(o, h as u16);
+                                u32b(o, 0x0048_0000);
+                                u32b(o, 0x0048_0000);
+                                u32b(o, 0);
+                                u16b(o, 1); // frame_count
+                                o.extend_from_slice(&[0; 32]); // compressorname
+                                u16b(o, 0x0018);
+                                u16b(o, 0xffff);
+                                o.extend_from_slice(&config);
+                            });
+                        });
+                        full(o, b"stts", 0, 0, |o| u32b(o, 0));
+                        full(o, b"stsc", 0, 0, |o| u32b(o, 0));
+                        full(o, b"stsz", 0, 0, |o| {
+                            u32b(o, 0);
+                            u32b(o, 0);
+                        });
+                        full(o, b"stco", 0, 0, |o| u32b(o, 0));
+                    });
+                });
+            });
+        });
+        bx(o, b"mvex", |o| {
+            full(o, b"trex", 0, 0, |o| {
+                u32b(o, 1);
+                u32b(o, 1);
+                u32b(o, 0);
+                u32b(o, 0);
+                u32b(o, 0);
+            })
+        });
+    });
+    Ok(o)
+}
+
+/// The sample of a frame: its NAL units length-prefixed, without AUDs and
+/// parameter sets.
+pub fn sample(codec: Codec, frame: &[u8]) -> Vec<u8> {
+    let skip: &[u8] = if codec == Codec::H265 { &[32, 33, 34, 35] } else { &[7, 8, 9] };
+    let mut out = Vec::with_capacity(frame.len());
+    for n in nal_units(frame) {
+        if nal_type(codec, n).is_some_and(|t| skip.contains(&t)) {
+            continue;
+        }
+        u32b(&mut out, n.len() as u32);
+        out.extend_from_slice(n);
+    }
+    out
+}
+
+/// Writes fragments; one per call, with the next sequence number.
+pub struct Fragmenter {
+    codec: Codec,
+    seq: u32,
+    /// Duration given to the last sample of a fragment (90 kHz).
+    pub default_duration: u32,
+}
+
+impl Fragmenter {
+    pub fn new(codec: Codec, fps: u32) -> Fragmenter {
+        Fragmenter { codec, seq: 0, default_duration: TIMESCALE / fps.max(1) }
+    }
+
+    /// `moof` + `mdat` for `frames` (decoding order). Each sample lasts
+    /// until the next frame's DTS; the last one until `next_dts` when
+    /// known, else `default_duration`.
+    pub fn fragment(&mut self, frames: &[Frame], next_dts: Option<u64>) -> Vec<u8> {
+        self.seq += 1;
+        let samples: Vec<Vec<u8>> = frames.iter().map(|f| sample(self.codec, &f.data)).collect();
+        let durations: Vec<u32> = (0..frames.len())
+            .map(|i| {
+                let next = frames.get(i + 1).map(|f| f.dts).or(next_dts);
+                next.map(|n| n.saturating_sub(frames[i].dts) as u32).unwrap_or(self.default_duration)
+            })
+            .collect();
+        let base = frames.first().map(|f| f.dts).unwrap_or(0);
+        let mut o = Vec::with_capacity(samples.iter().map(Vec::len).sum::<usize>() + 64 + 16 * frames.len());
+        let mut offset_at = 0;
+        bx(&mut o, b"moof", |o| {
+            full(o, b"mfhd", 0, 0, |o| u32b(o, self.seq));
+            bx(o, b"traf", |o| {
+                full(o, b"tfhd", 0, 0x02_0000, |o| u32b(o, 1)); // default-base-is-moof
+                full(o, b"tfdt", 1, 0, |o| o.extend_from_slice(&base.to_be_bytes()));
+                full(o, b"trun", 0, 0x000701, |o| {
+                    u32b(o, frames.len() as u32);
+                    offset_at = o.len();
+                    u32b(o, 0); // data offset, patched below
+                    for (i, f) in frames.iter().enumerate() {
+                        u32b(o, durations[i]);
+                        u32b(o, samples[i].len() as u32);
+                        u32b(o, if f.keyframe { 0x0200_0000 } else { 0x0101_0000 });
+                    }
+                });
+            });
+        });
+        let data_offset = (o.len() + 8) as u32;
+        o[offset_at..offset_at + 4].copy_from_slice(&data_offset.to_be_bytes());
+        bx(&mut o, b"mdat", |o| {
+            for s in &samples {
+                o.extend_from_slice(s);
+            }
+        });
+        o
+    }
+}
+
+/// The parameter sets and SPS of the first keyframe of `frames`.
+pub fn describe(codec: Codec, frames: &[Frame]) -> Result<(Sps, Vec<Vec<u8>>), Mp4Error> {
+    let key = frames.iter().find(|f| f.keyframe).ok_or(Mp4Error::Missing("keyframe"))?;
+    let params = parameter_sets(codec, &key.data);
+    let sps = crate::params::find_sps(codec, &key.data).map_err(|_| Mp4Error::Missing("SPS"))?;
+    Ok((sps, params))
+}
