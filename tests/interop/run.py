@@ -123,6 +123,11 @@ try:
     judge("ffprobe ivr dvrip stream", f"{out}/ivr_live.h264", "h264", 2592, 1944, 40)
     r = ivr(port, "stream", "--sub", "--second-socket", "--frames", "30", "-o", f"{out}/ivr_sub.h264")
     judge("ffprobe ivr dvrip stream --sub --second-socket", f"{out}/ivr_sub.h264", "h264", 640, 360, 30)
+    for fmt in ("ts", "mp4"):
+        r = ivr(port, "stream", "--seconds", "2", "--format", fmt, "-o", f"{out}/ivr_live.{fmt}")
+        judge(f"ffprobe ivr dvrip stream --format {fmt}", f"{out}/ivr_live.{fmt}", "h264", 2592, 1944, 40)
+        d = subprocess.run(["ffmpeg", "-v", "error", "-i", f"{out}/ivr_live.{fmt}", "-f", "null", "-"], capture_output=True, text=True)
+        record(f"ffmpeg decodes ivr dvrip stream --format {fmt}", d.returncode == 0 and not d.stderr.strip(), d.stderr[:300])
     r = ivr(port, "files", "--json", "--from", "2000-01-01 00:00:00", "--to", "2099-01-01 00:00:00")
     files = json.loads(r.stdout) if r.returncode == 0 else []
     record("ivr dvrip files --json", len(files) > 128, r.stderr)
@@ -155,6 +160,9 @@ sim, port = start_sim("--codec", "h265", "--snapshot", "raw")
 try:
     r = ivr(port, "stream", "--seconds", "2", "-o", f"{out}/h265_live.h265")
     judge("ffprobe H.265 live (width high bits)", f"{out}/h265_live.h265", "hevc", 2592, 1944, 40)
+    for fmt in ("ts", "mp4"):
+        r = ivr(port, "stream", "--seconds", "2", "--format", fmt, "-o", f"{out}/h265_live.{fmt}")
+        judge(f"ffprobe H.265 live --format {fmt}", f"{out}/h265_live.{fmt}", "hevc", 2592, 1944, 40)
     run_lines([PYDVR, os.path.join(HERE, "pydvr_check.py"), "127.0.0.1", str(port), PASSWORD, out + "/h265-"],
               timeout=120) if os.makedirs(out + "/h265-", exist_ok=True) is None else None
     judge("ffprobe pydvr H.265 live", f"{out}/h265-/pydvr_live.h264", "hevc", 2592, 1944, 50)

@@ -6,6 +6,7 @@ pub mod annexb;
 pub mod fmp4;
 pub mod params;
 pub mod segment;
+pub mod sink;
 pub mod ts;
 
 use bytes::Bytes;

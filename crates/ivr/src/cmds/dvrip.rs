@@ -81,7 +81,7 @@ enum Cmd {
         #[arg(short, long)]
         output: String,
     },
-    /// Live stream as a raw elementary stream (Annex B) to a file or `-`.
+    /// Live stream to a file or `-`: Annex B, MPEG-TS or fragmented MP4.
     Stream {
         #[arg(long, default_value_t = 0)]
         channel: u32,
@@ -100,6 +100,10 @@ enum Cmd {
         /// Write the device's own framing (0x1FC… headers) instead of Annex B.
         #[arg(long)]
         raw: bool,
+        /// Container: `annexb` (default), `ts` (MPEG-TS) or `mp4`
+        /// (fragmented; plays while it grows). H.264 and H.265.
+        #[arg(long, default_value = "annexb")]
+        format: String,
         #[arg(short, long)]
         output: String,
     },
@@ -500,7 +504,15 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 format!("{} bytes written to {output}", jpeg.len())
             });
         }
-        Cmd::Stream { channel, sub, second_socket, frames, seconds, raw, output } => {
+        Cmd::Stream { channel, sub, second_socket, frames, seconds, raw, format, output } => {
+            let mut sink = match format.as_str() {
+                "annexb" | "raw-es" | "h264" | "h265" => None,
+                f => match ivr_media::sink::Format::parse(f) {
+                    Some(_) if raw => bail!("--raw writes the device's framing; it does not go with --format {f}"),
+                    Some(fmt) => Some(ivr_media::sink::Sink::new(fmt, 25)),
+                    None => bail!("--format {f:?}: expected annexb, ts or mp4"),
+                },
+            };
             let st = if sub { StreamType::Extra } else { StreamType::Main };
             let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
             let mut s = c.monitor(channel, st, mode).await?;
@@ -527,8 +539,28 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 match item {
                     Err(chunk) => out.write(&chunk).await?,
                     Ok(f) => {
-                        if let FrameKind::Video { .. } = f.kind {
-                            out.write(&f.payload).await?;
+                        if let FrameKind::Video { codec, keyframe, .. } = f.kind {
+                            match &mut sink {
+                                None => out.write(&f.payload).await?,
+                                Some(sink) => {
+                                    let codec = match codec {
+                                        dvrip::media::VideoCodec::H264 => ivr_media::Codec::H264,
+                                        dvrip::media::VideoCodec::H265 => ivr_media::Codec::H265,
+                                        other => {
+                                            bail!("--format {format}: the device sends {other:?}, not H.264 or H.265")
+                                        }
+                                    };
+                                    // 90 kHz from the demuxer's presentation time, 1 s in.
+                                    let t = 90_000 + (f.pts.as_nanos() * 9 / 100_000) as u64;
+                                    let frame =
+                                        ivr_media::Frame { codec, keyframe, pts: t, dts: t, data: f.payload.clone() };
+                                    let mut buf = Vec::new();
+                                    sink.push(frame, &mut buf)?;
+                                    if !buf.is_empty() {
+                                        out.write(&Bytes::from(buf)).await?;
+                                    }
+                                }
+                            }
                             n += 1;
                             if first.is_none() {
                                 first = Some(f);
@@ -538,6 +570,14 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 }
                 if frames.is_some_and(|m| n >= m) {
                     break;
+                }
+            }
+            if let Some(sink) = &mut sink {
+                let mut buf = Vec::new();
+                sink.finish(&mut buf)?;
+                out.write(&Bytes::from(buf)).await?;
+                if sink.dropped_before_keyframe > 0 {
+                    eprintln!("{} frame(s) before the first keyframe left out", sink.dropped_before_keyframe);
                 }
             }
             out.finish().await?;
