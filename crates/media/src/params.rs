@@ -1,7 +1,7 @@
 //! Parameter sets: find SPS/PPS/VPS in a stream and read from the SPS what
 //! containers need — width, height, profile, level, chroma format, bit
-//! depths — and the RFC 6381 codec string (`avc1.4d401f`,
-//! `hvc1.1.6.L93.B0`). Every read is bounds-checked: a truncated or
+//! depths — and the RFC 6381 codec string (`avc1.4d401e`,
+//! `hvc1.1.6.L150.90`). Every read is bounds-checked: a truncated or
 //! garbled SPS is an error, never a panic.
 
 use crate::annexb::{nal_type, nal_units};

@@ -9,11 +9,11 @@ use std::process::Command;
 fn sps_agrees_with_ffprobe() {
     let dir = std::env::temp_dir().join(format!("ivr-media-sps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (raw, codec, ext) in [
-        (clips::H264_640X360, Codec::H264, "h264"),
-        (clips::H264_2592X1944, Codec::H264, "h264"),
-        (clips::H265_640X360, Codec::H265, "hevc"),
-        (clips::H265_2592X1944, Codec::H265, "hevc"),
+    for (raw, codec, ext, want) in [
+        (clips::H264_640X360, Codec::H264, "h264", "avc1.4d401e"),
+        (clips::H264_2592X1944, Codec::H264, "h264", "avc1.4d4032"),
+        (clips::H265_640X360, Codec::H265, "hevc", "hvc1.1.6.L63.90"),
+        (clips::H265_2592X1944, Codec::H265, "hevc", "hvc1.1.6.L150.90"),
     ] {
         let sps = find_sps(codec, raw).unwrap();
         let path = dir.join(format!("clip.{ext}"));
@@ -34,6 +34,8 @@ fn sps_agrees_with_ffprobe() {
         assert_eq!(s["pix_fmt"], "yuv420p");
         assert_eq!((sps.chroma_format_idc, sps.bit_depth_luma), (1, 8));
         let cs = sps.codec_string();
+        // Main profile; level as ffprobe says; progressive, frame-only.
+        assert_eq!(cs, want);
         match codec {
             Codec::H264 => {
                 assert_eq!(s["profile"], "Main");
