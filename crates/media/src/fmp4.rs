@@ -51,7 +51,9 @@ fn by_type(codec: Codec, params: &[Vec<u8>], t: u8) -> Vec<&Vec<u8>> {
     params.iter().filter(|p| nal_type(codec, p) == Some(t)).collect()
 }
 
-fn avcc(o: &mut Vec<u8>, sps: &Sps, params: &[Vec<u8>]) -> Result<(), Mp4Error> {
+/// The AVCDecoderConfigurationRecord (ISO/IEC 14496-15 5.3.3), as `avcC`
+/// and FLV's AVC sequence header carry it.
+pub fn avc_config(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> {
     let s = by_type(Codec::H264, params, 7);
     let p = by_type(Codec::H264, params, 8);
     if s.is_empty() {
@@ -86,11 +88,12 @@ fn avcc(o: &mut Vec<u8>, sps: &Sps, params: &[Vec<u8>]) -> Result<(), Mp4Error> 
             0,
         ]);
     }
-    bx(o, b"avcC", |o| o.extend_from_slice(&body));
-    Ok(())
+    Ok(body)
 }
 
-fn hvcc(o: &mut Vec<u8>, sps: &Sps, params: &[Vec<u8>]) -> Result<(), Mp4Error> {
+/// The HEVCDecoderConfigurationRecord (ISO/IEC 14496-15 8.3.3), as `hvcC`
+/// and Enhanced RTMP's sequence start carry it.
+pub fn hevc_config(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> {
     let ptl = sps.ptl.ok_or(Mp4Error::Missing("H.265 profile_tier_level"))?;
     let arrays: Vec<(u8, Vec<&Vec<u8>>)> = [(32u8, "VPS"), (33, "SPS"), (34, "PPS")]
         .iter()
@@ -122,8 +125,7 @@ fn hvcc(o: &mut Vec<u8>, sps: &Sps, params: &[Vec<u8>]) -> Result<(), Mp4Error> 
             body.extend_from_slice(n);
         }
     }
-    bx(o, b"hvcC", |o| o.extend_from_slice(&body));
-    Ok(())
+    Ok(body)
 }
 
 /// `ftyp` + `moov` for one video track described by `sps` and `params`
@@ -134,11 +136,12 @@ pub fn init_segment(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> 
         Codec::H265 => b"hvc1",
         c => return Err(Mp4Error::Codec(c)),
     };
+    let (name, record) = match sps.codec {
+        Codec::H264 => (b"avcC", avc_config(sps, params)?),
+        _ => (b"hvcC", hevc_config(sps, params)?),
+    };
     let mut config = Vec::new();
-    match sps.codec {
-        Codec::H264 => avcc(&mut config, sps, params)?,
-        _ => hvcc(&mut config, sps, params)?,
-    }
+    bx(&mut config, name, |o| o.extend_from_slice(&record));
     let (w, h) = (sps.width, sps.height);
     let mut o = Vec::with_capacity(1024);
     bx(&mut o, b"ftyp", |o| {

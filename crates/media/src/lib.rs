@@ -3,8 +3,10 @@
 //! segmenter with pre-record.
 
 pub mod annexb;
+pub mod flv;
 pub mod fmp4;
 pub mod params;
+pub mod rtmp;
 pub mod segment;
 pub mod sink;
 pub mod ts;
