@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need on a
 # fresh machine, idempotently, then runs everything.
-#   - Debian: ffmpeg (ffprobe judges every media file)
+#   - Debian: ffmpeg (ffprobe judges every media file), nginx with
+#     libnginx-mod-rtmp (the RTMP server the publisher is tested against)
 #   - PyPI: python-dvr and dvrip, each in its own venv (both install a
 #     module named `dvrip`), plus dateparser/humanize for dvrip's `dvr` tool;
 #     websockets and openapi-spec-validator for the independent IVT that
@@ -18,12 +19,14 @@ step "system packages"
 missing=()
 command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
+command -v nginx >/dev/null || missing+=(nginx)
+test -e /usr/lib/nginx/modules/ngx_rtmp_module.so || missing+=(libnginx-mod-rtmp)
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-echo "ffprobe: $(command -v ffprobe)"
+echo "ffprobe: $(command -v ffprobe), nginx: $(command -v nginx)"
 
 step "python venvs"
 VENVS=${IVR_VENVS:-$HOME/.cache/ivr/venvs}

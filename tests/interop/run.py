@@ -138,6 +138,44 @@ try:
         b, e = files[-2]["BeginTime"], files[-1]["EndTime"]
         r = ivr(port, "download", "--from", b, "--to", e, "--annexb", "-o", f"{out}/ivr_range.h264")
         judge("ffprobe ivr dvrip download --from --to", f"{out}/ivr_range.h264", "h264", 2592, 1944, 6000)
+    # Publish the camera to a real RTMP server (nginx-rtmp); ffmpeg plays
+    # it back from nginx and ffprobe judges what came through.
+    import socket
+    sk = socket.socket()
+    sk.bind(("127.0.0.1", 0))
+    rport = sk.getsockname()[1]
+    sk.close()
+    ngdir = os.path.join(out, "nginx")
+    os.makedirs(ngdir, exist_ok=True)
+    with open(os.path.join(HERE, "nginx-rtmp.conf")) as f:
+        conf = f.read().replace("@PORT@", str(rport))
+    with open(os.path.join(ngdir, "nginx.conf"), "w") as f:
+        f.write(conf)
+    ng = subprocess.Popen(["nginx", "-p", ngdir, "-c", os.path.join(ngdir, "nginx.conf"), "-e", os.path.join(ngdir, "error.log")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", rport), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        url = f"rtmp://127.0.0.1:{rport}/live/cam"
+        pub = subprocess.Popen([IVR, "dvrip", "--host", "127.0.0.1", "--port", str(port), "--password", PASSWORD,
+                                "stream", "--sub", "--rtmp", url, "--seconds", "10", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        try:
+            play = subprocess.run(["ffmpeg", "-v", "error", "-i", url, "-t", "2", "-c", "copy", "-y", f"{out}/rtmp.flv"],
+                                  capture_output=True, text=True, timeout=30)
+            record("ffmpeg plays ivr dvrip stream --rtmp back from nginx", play.returncode == 0, play.stderr[:300])
+        except subprocess.TimeoutExpired:
+            record("ffmpeg plays ivr dvrip stream --rtmp back from nginx", False, "timed out")
+        pout, perr = pub.communicate(timeout=30)
+        record("ivr dvrip stream --rtmp", pub.returncode == 0 and json.loads(pout or "{}").get("frames", 0) >= 200, perr[:300])
+        judge("ffprobe the RTMP stream through nginx", f"{out}/rtmp.flv", "h264", 640, 360, 40)
+    finally:
+        ng.kill()
     r = ivr(port, "snapshot", "-o", f"{out}/ivr_snap.jpg")
     s = ffprobe(f"{out}/ivr_snap.jpg")
     record("ffprobe ivr dvrip snapshot", r.returncode == 0 and s is not None and s.get("codec_name") == "mjpeg", r.stderr)

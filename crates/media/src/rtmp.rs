@@ -24,6 +24,8 @@ pub enum RtmpError {
     Refused { step: &'static str, code: String, description: String },
     #[error("RTMP protocol: {0}")]
     Protocol(String),
+    #[error("RTMP server closed the connection during {0} (wrong application name or stream key?)")]
+    Closed(&'static str),
     #[error("RTMP: no answer to {0} within 10 s")]
     Timeout(&'static str),
     #[error(transparent)]
@@ -102,6 +104,14 @@ fn command(name: &str, txn: f64, args: &[V]) -> Vec<u8> {
         amf0::write(a, &mut b);
     }
     b
+}
+
+/// A connection the server closed while we waited is named by the step.
+fn closed_in<T>(step: &'static str, r: Result<T, RtmpError>) -> Result<T, RtmpError> {
+    match r {
+        Err(RtmpError::Io(_, e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(RtmpError::Closed(step)),
+        r => r,
+    }
 }
 
 fn status_of(v: &[V]) -> (String, String) {
@@ -295,7 +305,7 @@ impl Publisher {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| RtmpError::Timeout(step))?
+        closed_in(step, tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| RtmpError::Timeout(step))?)
     }
 
     async fn expect_status(&mut self, step: &'static str, want: &str) -> Result<(), RtmpError> {
@@ -325,7 +335,7 @@ impl Publisher {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| RtmpError::Timeout(step))?
+        closed_in(step, tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| RtmpError::Timeout(step))?)
     }
 
     /// Sends one frame; the first must be a keyframe with parameter sets

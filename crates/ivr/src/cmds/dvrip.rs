@@ -104,8 +104,13 @@ enum Cmd {
         /// (fragmented; plays while it grows). H.264 and H.265.
         #[arg(long, default_value = "annexb")]
         format: String,
-        #[arg(short, long)]
-        output: String,
+        /// Where to write (a file or `-`).
+        #[arg(short, long, required_unless_present = "rtmp")]
+        output: Option<String>,
+        /// Publish to an RTMP server instead (rtmp://host[:port]/app/key).
+        /// H.265 goes as Enhanced RTMP, which not every server reads.
+        #[arg(long, conflicts_with_all = ["output", "raw"])]
+        rtmp: Option<String>,
     },
     /// List recordings.
     Files {
@@ -504,7 +509,11 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 format!("{} bytes written to {output}", jpeg.len())
             });
         }
-        Cmd::Stream { channel, sub, second_socket, frames, seconds, raw, format, output } => {
+        Cmd::Stream { channel, sub, second_socket, frames, seconds, raw, format, output, rtmp } => {
+            if let Some(url) = rtmp {
+                return publish(c, channel, sub, second_socket, frames, seconds, &url, json).await;
+            }
+            let output = output.unwrap_or_else(|| "-".into());
             let mut sink = match format.as_str() {
                 "annexb" | "raw-es" | "h264" | "h265" => None,
                 f => match ivr_media::sink::Format::parse(f) {
@@ -959,6 +968,58 @@ async fn write_file(path: &str, data: &[u8]) -> anyhow::Result<()> {
         return Ok(());
     }
     tokio::fs::write(path, data).await.with_context(|| format!("cannot write {path}"))
+}
+
+/// `stream --rtmp`: the camera's frames to an RTMP server, as they come.
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    c: &Client,
+    channel: u32,
+    sub: bool,
+    second_socket: bool,
+    frames: Option<u64>,
+    seconds: Option<f64>,
+    url: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let st = if sub { StreamType::Extra } else { StreamType::Main };
+    let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
+    let mut s = c.monitor(channel, st, mode).await?;
+    let mut p = ivr_media::rtmp::Publisher::connect(url, 25).await?;
+    let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    let (mut n, mut sent) = (0u64, 0u64);
+    loop {
+        let next = s.next_frame();
+        let f = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, next).await {
+                Ok(f) => f,
+                Err(_) => break,
+            },
+            None => next.await,
+        };
+        let Some(f) = f else { break };
+        let FrameKind::Video { codec, keyframe, .. } = f.kind else { continue };
+        let codec = match codec {
+            dvrip::media::VideoCodec::H264 => ivr_media::Codec::H264,
+            dvrip::media::VideoCodec::H265 => ivr_media::Codec::H265,
+            other => bail!("--rtmp: the device sends {other:?}, not H.264 or H.265"),
+        };
+        let t = (f.pts.as_nanos() * 9 / 100_000) as u64;
+        if p.send(&ivr_media::Frame { codec, keyframe, pts: t, dts: t, data: f.payload.clone() }).await? {
+            sent += 1;
+        }
+        n += 1;
+        if frames.is_some_and(|m| n >= m) {
+            break;
+        }
+    }
+    let bytes = p.bytes_sent;
+    p.close().await?;
+    s.stop().await?;
+    print(json, &json!({"frames": sent, "bytes": bytes, "url": url}), || {
+        format!("{sent} frames, {bytes} bytes published to {url}")
+    });
+    Ok(())
 }
 
 enum Output {

@@ -1,0 +1,113 @@
+//! The RTMP publisher against a real RTMP server: Debian's nginx with
+//! libnginx-mod-rtmp (scripts/test.sh installs them), started here on a
+//! loopback port with the config in tests/interop/nginx-rtmp.conf. The
+//! fixture is published at its frame rate; ffmpeg plays it back from nginx
+//! and ffprobe judges what came through.
+
+use bytes::Bytes;
+use ivr_media::annexb::access_units;
+use ivr_media::rtmp::{Publisher, RtmpError};
+use ivr_media::{ticks, Codec, Frame};
+use ivr_sim::clips;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Nginx(std::process::Child, std::path::PathBuf);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn nginx() -> (Nginx, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("ivr-nginx-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = include_str!("../../../tests/interop/nginx-rtmp.conf").replace("@PORT@", &port.to_string());
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (apt-get install nginx libnginx-mod-rtmp; scripts/test.sh does)");
+    let n = Nginx(child, dir);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (n, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nginx did not listen on {port}: {}", std::fs::read_to_string(n.1.join("error.log")).unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_nginx_and_play_back() {
+    let (ng, port) = nginx();
+    let url = format!("rtmp://127.0.0.1:{port}/live/cam");
+    let units = access_units(&Bytes::from_static(clips::H264_640X360), Codec::H264);
+    let mut p = Publisher::connect(&url, 25).await.unwrap();
+    // Publish 8 s (the 3 s clip looped) at 25 fps; the player joins after 1 s.
+    let publisher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(40));
+        for i in 0..200u64 {
+            tick.tick().await;
+            let u = &units[(i % units.len() as u64) as usize];
+            let t = ticks(i, 25);
+            p.send(&Frame { codec: Codec::H264, keyframe: u.keyframe, pts: t, dts: t, data: u.data.clone() })
+                .await
+                .unwrap();
+        }
+        p.close().await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = ng.1.join("played.flv");
+    let play = tokio::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i", &url, "-t", "3", "-c", "copy", "-y"])
+        .arg(&out)
+        .output()
+        .await
+        .unwrap();
+    assert!(play.status.success(), "ffmpeg playing {url}: {}", String::from_utf8_lossy(&play.stderr));
+    publisher.await.unwrap();
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let s = &j["streams"][0];
+    assert_eq!(s["codec_name"], "h264", "{j}");
+    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(640), Some(360)));
+    let frames: u64 = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
+    assert!((60..=80).contains(&frames), "3 s at 25 fps through nginx, got {frames}");
+    let dec = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&out).args(["-f", "null", "-"]).output().unwrap();
+    assert!(dec.status.success() && dec.stderr.is_empty(), "{}", String::from_utf8_lossy(&dec.stderr));
+}
+
+#[tokio::test]
+async fn a_refused_publish_names_the_server_code() {
+    let (_ng, port) = nginx();
+    // No such application: nginx-rtmp refuses the connect.
+    let e = Publisher::connect(&format!("rtmp://127.0.0.1:{port}/nope/cam"), 25).await.err().expect("refused");
+    assert!(matches!(&e, RtmpError::Closed("connect")), "{e}");
+    assert!(e.to_string().contains("wrong application"), "{e}");
+    let e = Publisher::connect("rtmp://127.0.0.1:1/live/cam", 25).await.err().unwrap();
+    assert!(e.to_string().contains("connect"), "{e}");
+}
