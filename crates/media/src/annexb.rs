@@ -57,10 +57,12 @@ fn starts_unit(codec: Codec, nal: &[u8]) -> bool {
     let Some(t) = nal_type(codec, nal) else { return false };
     match codec {
         Codec::H265 => {
-            // VPS/SPS/PPS/AUD/prefix SEI, or a slice with first_slice_segment_in_pic_flag.
-            matches!(t, 32..=35 | 39) || t < 32 && nal.get(2).is_some_and(|b| b & 0x80 != 0)
+            // VPS/SPS/PPS/AUD/prefix SEI and the reserved types that may
+            // open an access unit, or a slice with first_slice_segment_in_pic_flag.
+            matches!(t, 32..=35 | 39 | 41..=44 | 48..=55) || t < 32 && nal.get(2).is_some_and(|b| b & 0x80 != 0)
         }
-        _ => matches!(t, 6..=9) || (1..=5).contains(&t) && nal.get(1).is_some_and(|b| b & 0x80 != 0),
+        // SEI/SPS/PPS/AUD and 14–18, or a slice whose first_mb_in_slice is 0.
+        _ => matches!(t, 6..=9 | 14..=18) || (1..=5).contains(&t) && nal.get(1).is_some_and(|b| b & 0x80 != 0),
     }
 }
 

@@ -282,19 +282,27 @@ impl Publisher {
         Ok(())
     }
 
+    /// The next AMF0 command message, as its values.
+    async fn read_command(&mut self) -> Result<Vec<V>, RtmpError> {
+        loop {
+            let m = self.read_msg().await?;
+            if m.kind != 20 {
+                continue;
+            }
+            let mut pos = 0;
+            let mut vals = Vec::new();
+            while let Some(v) = amf0::read(&m.body, &mut pos) {
+                vals.push(v);
+            }
+            return Ok(vals);
+        }
+    }
+
     /// Waits for `_result` of transaction `txn`.
     async fn expect_result(&mut self, txn: f64, step: &'static str) -> Result<Vec<V>, RtmpError> {
         let fut = async {
             loop {
-                let m = self.read_msg().await?;
-                if m.kind != 20 {
-                    continue;
-                }
-                let mut pos = 0;
-                let mut vals = Vec::new();
-                while let Some(v) = amf0::read(&m.body, &mut pos) {
-                    vals.push(v);
-                }
+                let vals = self.read_command().await?;
                 match (vals.first(), vals.get(1)) {
                     (Some(V::Str(n)), Some(V::Num(t))) if n == "_result" && *t == txn => return Ok(vals[2..].to_vec()),
                     (Some(V::Str(n)), Some(V::Num(t))) if n == "_error" && *t == txn => {
@@ -311,15 +319,7 @@ impl Publisher {
     async fn expect_status(&mut self, step: &'static str, want: &str) -> Result<(), RtmpError> {
         let fut = async {
             loop {
-                let m = self.read_msg().await?;
-                if m.kind != 20 {
-                    continue;
-                }
-                let mut pos = 0;
-                let mut vals = Vec::new();
-                while let Some(v) = amf0::read(&m.body, &mut pos) {
-                    vals.push(v);
-                }
+                let vals = self.read_command().await?;
                 if matches!(vals.first(), Some(V::Str(n)) if n == "onStatus") {
                     let (code, description) = status_of(&vals);
                     if code == want {

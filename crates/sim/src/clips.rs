@@ -38,73 +38,18 @@ pub struct Clip {
     pub gop: usize,
 }
 
-/// Offsets of NAL units (after their start code) in an Annex B stream.
-fn nal_starts(data: &[u8]) -> Vec<(usize, usize)> {
-    // (start-code offset, nal offset)
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 {
-            if data[i + 2] == 1 {
-                out.push((i, i + 3));
-                i += 3;
-                continue;
-            }
-            if i + 4 <= data.len() && data[i + 2] == 0 && data[i + 3] == 1 {
-                out.push((i, i + 4));
-                i += 4;
-                continue;
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Splits an Annex B elementary stream into access units: a new unit
-/// starts at parameter sets/SEI/AUD before a picture, or at a slice that
-/// is the first of its picture.
+/// Splits an Annex B elementary stream into access units (the media
+/// crate's rules: a new unit at parameter sets/SEI/AUD before a picture,
+/// or at a slice that is the first of its picture).
 pub fn split_access_units(data: &[u8], codec: Codec) -> Vec<AccessUnit> {
-    let nals = nal_starts(data);
-    let mut units: Vec<AccessUnit> = Vec::new();
-    let mut cur_start: Option<usize> = None;
-    let mut cur_has_vcl = false;
-    let mut cur_key = false;
-    for (k, &(sc, nal)) in nals.iter().enumerate() {
-        let Some(&h0) = data.get(nal) else { continue };
-        let next = data.get(nal + if codec == Codec::H264 { 1 } else { 2 }).copied().unwrap_or(0);
-        let (is_vcl, first_in_pic, is_key, starts_au) = match codec {
-            Codec::H264 => {
-                let t = h0 & 0x1F;
-                let vcl = (1..=5).contains(&t);
-                (vcl, vcl && next & 0x80 != 0, t == 5, matches!(t, 6..=9 | 14..=18))
-            }
-            Codec::H265 => {
-                let t = (h0 >> 1) & 0x3F;
-                let vcl = t < 32;
-                (vcl, vcl && next & 0x80 != 0, (16..=21).contains(&t), matches!(t, 32..=35 | 39 | 41..=44 | 48..=55))
-            }
-        };
-        let boundary = cur_has_vcl && (starts_au || first_in_pic);
-        if boundary {
-            if let Some(s) = cur_start {
-                units.push(AccessUnit { keyframe: cur_key, data: Bytes::copy_from_slice(&data[s..sc]) });
-            }
-            cur_start = None;
-            cur_has_vcl = false;
-            cur_key = false;
-        }
-        if cur_start.is_none() {
-            cur_start = Some(sc);
-        }
-        cur_has_vcl |= is_vcl;
-        cur_key |= is_key;
-        if k + 1 == nals.len() {
-            units
-                .push(AccessUnit { keyframe: cur_key, data: Bytes::copy_from_slice(&data[cur_start.unwrap_or(sc)..]) });
-        }
-    }
-    units
+    let codec = match codec {
+        Codec::H264 => ivr_media::Codec::H264,
+        Codec::H265 => ivr_media::Codec::H265,
+    };
+    ivr_media::annexb::access_units(&Bytes::copy_from_slice(data), codec)
+        .into_iter()
+        .map(|u| AccessUnit { keyframe: u.keyframe, data: u.data })
+        .collect()
 }
 
 impl Clip {

@@ -33,30 +33,7 @@ impl Transport {
     }
 }
 
-/// NAL units of an Annex B access unit (start codes removed).
-pub fn nal_units(au: &[u8]) -> Vec<&[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= au.len() {
-        if au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 1 {
-            starts.push((i, i + 3));
-            i += 3;
-        } else if i + 4 <= au.len() && au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 0 && au[i + 3] == 1 {
-            starts.push((i, i + 4));
-            i += 4;
-        } else {
-            i += 1;
-        }
-    }
-    let mut out = Vec::new();
-    for (k, (_, s)) in starts.iter().enumerate() {
-        let e = starts.get(k + 1).map(|x| x.0).unwrap_or(au.len());
-        if e > *s {
-            out.push(&au[*s..e]);
-        }
-    }
-    out
-}
+pub use ivr_media::annexb::nal_units;
 
 /// RTP packetizer state for one stream.
 pub struct Rtp {
