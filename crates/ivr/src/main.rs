@@ -70,6 +70,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if matches!(cli.cmd, Cmd::Dvrip(_) | Cmd::Cvip(_) | Cmd::Media(_)) {
+        // A one-shot command piped into `head` ends quietly when the pipe
+        // closes, as Unix tools do, instead of failing to print.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let r = rt.block_on(async {
         match cli.cmd {
             Cmd::Dvrip(a) => cmds::dvrip::run(a).await,

@@ -51,6 +51,12 @@ fn vcl(codec: Codec, t: u8) -> (bool, bool) {
     }
 }
 
+/// Whether an access unit holds an intra picture (IDR, or an IRAP picture
+/// for H.265): a point where decoding can start.
+pub fn is_keyframe(codec: Codec, au: &[u8]) -> bool {
+    nal_units(au).iter().any(|n| nal_type(codec, n).is_some_and(|t| vcl(codec, t).1))
+}
+
 /// Whether this NAL starts a new access unit when it follows picture data
 /// (parameter sets, SEI, AUD come before the picture they belong to).
 fn starts_unit(codec: Codec, nal: &[u8]) -> bool {

@@ -6,10 +6,12 @@
 //! Debian's ffmpeg 5.1 and nginx-rtmp do not read; `read_tags` here does,
 //! and checks it against the spec in the tests.
 
+use crate::audio::parse_adts;
 use crate::fmp4::{avc_config, hevc_config, sample, Mp4Error};
 use crate::params::{find_sps, parameter_sets, Sps};
 use crate::{Codec, Frame};
 
+pub const TAG_AUDIO: u8 = 8;
 pub const TAG_VIDEO: u8 = 9;
 pub const TAG_SCRIPT: u8 = 18;
 
@@ -160,7 +162,7 @@ impl VideoTags {
     }
 
     /// The `onMetaData` script body.
-    pub fn metadata(&self, fps: u32) -> Vec<u8> {
+    pub fn metadata(&self, fps: u32, audio_codec_id: Option<u8>) -> Vec<u8> {
         use amf0::V;
         let codec_id = match self.codec {
             Codec::H264 => V::Num(7.0),
@@ -168,16 +170,17 @@ impl VideoTags {
         };
         let mut out = Vec::new();
         amf0::write(&V::Str("onMetaData".into()), &mut out);
-        amf0::write(
-            &V::Ecma(vec![
-                ("width".into(), V::Num(self.sps.width as f64)),
-                ("height".into(), V::Num(self.sps.height as f64)),
-                ("framerate".into(), V::Num(fps as f64)),
-                ("videocodecid".into(), codec_id),
-                ("encoder".into(), V::Str("ivr".into())),
-            ]),
-            &mut out,
-        );
+        let mut fields = vec![
+            ("width".into(), V::Num(self.sps.width as f64)),
+            ("height".into(), V::Num(self.sps.height as f64)),
+            ("framerate".into(), V::Num(fps as f64)),
+            ("videocodecid".into(), codec_id),
+        ];
+        if let Some(id) = audio_codec_id {
+            fields.push(("audiocodecid".into(), V::Num(id as f64)));
+        }
+        fields.push(("encoder".into(), V::Str("ivr".into())));
+        amf0::write(&V::Ecma(fields), &mut out);
         out
     }
 
@@ -217,17 +220,115 @@ impl VideoTags {
     }
 }
 
+/// Turns audio frames into FLV audio tag bodies: G.711 A-law (sound
+/// format 7) and µ-law (8) as they are; AAC (10) with the
+/// AudioSpecificConfig taken from the first ADTS header, then raw frames.
+pub struct AudioTags {
+    codec: Codec,
+    asc_sent: bool,
+}
+
+impl AudioTags {
+    pub fn new(codec: Codec) -> Result<AudioTags, FlvError> {
+        match codec {
+            Codec::G711A | Codec::G711U | Codec::Aac => Ok(AudioTags { codec, asc_sent: false }),
+            c => Err(FlvError::Codec(c)),
+        }
+    }
+
+    /// FLV's `audiocodecid`.
+    pub fn codec_id(&self) -> u8 {
+        match self.codec {
+            Codec::G711A => 7,
+            Codec::G711U => 8,
+            _ => 10,
+        }
+    }
+
+    /// The bodies for one frame: for the first AAC frame, the sequence
+    /// header comes first.
+    pub fn bodies(&mut self, f: &Frame) -> Result<Vec<Vec<u8>>, FlvError> {
+        if f.codec != self.codec {
+            return Err(FlvError::Bad("the audio codec changed"));
+        }
+        match self.codec {
+            Codec::Aac => {
+                let h = parse_adts(&f.data).ok_or(FlvError::Bad("an AAC frame without its ADTS header"))?;
+                let raw = f.data.get(h.header..h.len).ok_or(FlvError::Bad("an ADTS frame cut short"))?;
+                let mut out = Vec::with_capacity(2);
+                if !self.asc_sent {
+                    let mut seq = vec![0xaf, 0];
+                    seq.extend_from_slice(&h.asc());
+                    out.push(seq);
+                    self.asc_sent = true;
+                }
+                let mut b = Vec::with_capacity(raw.len() + 2);
+                b.extend_from_slice(&[0xaf, 1]);
+                b.extend_from_slice(raw);
+                out.push(b);
+                Ok(out)
+            }
+            // 5.5 kHz in the rate bits (players take G.711 as 8 kHz), 16-bit, mono.
+            _ => {
+                let mut b = Vec::with_capacity(f.data.len() + 1);
+                b.push(self.codec_id() << 4 | 0x02);
+                b.extend_from_slice(&f.data);
+                Ok(vec![b])
+            }
+        }
+    }
+}
+
+/// A streaming FLV writer: header, `onMetaData`, sequence header, then a
+/// tag per frame, video and audio interleaved as they come.
+pub struct Writer {
+    video: VideoTags,
+    audio: Option<AudioTags>,
+    t0: u64,
+}
+
+impl Writer {
+    /// Starts at `key` (a keyframe with parameter sets); writes the file
+    /// header, metadata and sequence header to `out`.
+    pub fn new(key: &Frame, audio: Option<Codec>, fps: u32, out: &mut Vec<u8>) -> Result<Writer, FlvError> {
+        if !key.keyframe {
+            return Err(FlvError::Bad("the first frame is not a keyframe"));
+        }
+        let video = VideoTags::new(key)?;
+        let audio = audio.map(AudioTags::new).transpose()?;
+        out.extend_from_slice(&header());
+        if audio.is_some() {
+            out[4] = 0x05;
+        }
+        tag(TAG_SCRIPT, 0, &video.metadata(fps, audio.as_ref().map(AudioTags::codec_id)), out);
+        tag(TAG_VIDEO, 0, &video.sequence_header(), out);
+        Ok(Writer { video, audio, t0: key.dts })
+    }
+
+    /// One frame's tags. Audio frames are written only if the writer was
+    /// made with that audio codec (`Ok(false)` otherwise).
+    pub fn write(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<bool, FlvError> {
+        let ms = (f.dts.saturating_sub(self.t0) / 90) as u32;
+        if f.codec.is_video() {
+            tag(TAG_VIDEO, ms, &self.video.frame(f), out);
+            return Ok(true);
+        }
+        let Some(a) = &mut self.audio else { return Ok(false) };
+        for b in a.bodies(f)? {
+            tag(TAG_AUDIO, ms, &b, out);
+        }
+        Ok(true)
+    }
+}
+
 /// A whole FLV file of `frames` (which must start with a keyframe).
 pub fn file(frames: &[Frame], fps: u32) -> Result<Vec<u8>, FlvError> {
-    let first = frames.first().filter(|f| f.keyframe).ok_or(FlvError::Bad("the first frame is not a keyframe"))?;
-    let v = VideoTags::new(first)?;
-    let mut out = header().to_vec();
-    tag(TAG_SCRIPT, 0, &v.metadata(fps), &mut out);
-    let t0 = first.dts;
-    tag(TAG_VIDEO, 0, &v.sequence_header(), &mut out);
+    let first = frames.first().ok_or(FlvError::Bad("no frames"))?;
+    let audio = frames.iter().find(|f| !f.codec.is_video()).map(|f| f.codec);
+    let mut out = Vec::new();
+    let mut w = Writer::new(first, audio, fps, &mut out)?;
     for f in frames {
-        let ms = ((f.dts - t0) / 90) as u32;
-        tag(TAG_VIDEO, ms, &v.frame(f), &mut out);
+        w.write(f, &mut out)?;
     }
     Ok(out)
 }

@@ -294,7 +294,10 @@ impl Fragmenter {
             bx(o, b"traf", |o| {
                 full(o, b"tfhd", 0, 0x02_0000, |o| u32b(o, 1)); // default-base-is-moof
                 full(o, b"tfdt", 1, 0, |o| o.extend_from_slice(&base.to_be_bytes()));
-                full(o, b"trun", 0, 0x000701, |o| {
+                // Composition offsets only when some frame is shown later
+                // than decoded (B-frames; cameras send none).
+                let cto = frames.iter().any(|f| f.pts != f.dts);
+                full(o, b"trun", u8::from(cto), if cto { 0x000f01 } else { 0x000701 }, |o| {
                     u32b(o, frames.len() as u32);
                     offset_at = o.len();
                     u32b(o, 0); // data offset, patched below
@@ -302,6 +305,9 @@ impl Fragmenter {
                         u32b(o, durations[i]);
                         u32b(o, samples[i].len() as u32);
                         u32b(o, if f.keyframe { 0x0200_0000 } else { 0x0101_0000 });
+                        if cto {
+                            u32b(o, (f.pts as i64 - f.dts as i64) as i32 as u32);
+                        }
                     }
                 });
             });

@@ -3,8 +3,11 @@
 //! segmenter with pre-record.
 
 pub mod annexb;
+pub mod audio;
+pub mod demux;
 pub mod flv;
 pub mod fmp4;
+pub mod hls;
 pub mod params;
 pub mod rtmp;
 pub mod segment;

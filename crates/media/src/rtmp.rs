@@ -5,7 +5,7 @@
 //! for) and its command answers; an `_error` or a failed `onStatus` is an
 //! error that names the server's code and description.
 
-use crate::flv::{amf0, amf0::V, VideoTags};
+use crate::flv::{amf0, amf0::V, AudioTags, VideoTags};
 use crate::Frame;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,6 +66,7 @@ pub struct Publisher {
     inbox: HashMap<u32, InState>,
     stream_id: u32,
     tags: Option<VideoTags>,
+    audio: Option<AudioTags>,
     t0: Option<u64>,
     fps: u32,
     pub bytes_sent: u64,
@@ -141,6 +142,7 @@ impl Publisher {
             inbox: HashMap::new(),
             stream_id: 0,
             tags: None,
+            audio: None,
             t0: None,
             fps,
             bytes_sent: 0,
@@ -341,6 +343,21 @@ impl Publisher {
     /// Sends one frame; the first must be a keyframe with parameter sets
     /// (earlier frames are skipped). Returns whether it was sent.
     pub async fn send(&mut self, f: &Frame) -> Result<bool, RtmpError> {
+        if !f.codec.is_video() {
+            // Audio (G.711, AAC) once the video has started.
+            let (Some(t0), true) = (self.t0, self.tags.is_some()) else { return Ok(false) };
+            let a = match &mut self.audio {
+                Some(a) => a,
+                None => self.audio.insert(AudioTags::new(f.codec)?),
+            };
+            let ms = (f.dts.saturating_sub(t0) / 90) as u32;
+            let mut out = Vec::new();
+            for body in a.bodies(f)? {
+                chunk(5, 8, self.stream_id, ms, &body, &mut out);
+            }
+            self.write(&out).await?;
+            return Ok(true);
+        }
         if self.tags.is_none() {
             if !f.keyframe {
                 return Ok(false);
@@ -349,14 +366,14 @@ impl Publisher {
             let mut out = Vec::new();
             let mut meta = Vec::new();
             amf0::write(&V::Str("@setDataFrame".into()), &mut meta);
-            meta.extend_from_slice(&tags.metadata(self.fps));
+            meta.extend_from_slice(&tags.metadata(self.fps, None));
             chunk(4, 18, self.stream_id, 0, &meta, &mut out);
             chunk(6, 9, self.stream_id, 0, &tags.sequence_header(), &mut out);
             self.write(&out).await?;
             self.tags = Some(tags);
             self.t0 = Some(f.dts);
         }
-        let ms = ((f.dts - self.t0.unwrap_or(f.dts)) / 90) as u32;
+        let ms = (f.dts.saturating_sub(self.t0.unwrap_or(f.dts)) / 90) as u32;
         let body = self.tags.as_ref().map(|t| t.frame(f)).unwrap_or_default();
         let mut out = Vec::with_capacity(body.len() + body.len() / OUT_CHUNK + 16);
         chunk(6, 9, self.stream_id, ms, &body, &mut out);

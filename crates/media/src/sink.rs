@@ -1,14 +1,21 @@
 //! A live container writer: frames in, bytes out as they can be written —
-//! TS per frame, fragmented MP4 per GOP (the init segment before the first
-//! fragment). Frames before the first keyframe are dropped (and counted):
-//! nothing can decode them.
+//! TS and FLV per frame, fragmented MP4 per GOP (the init segment before
+//! the first fragment). Frames before the first keyframe are dropped (and
+//! counted): nothing can decode them.
+//!
+//! Audio: the sink carries it when the caller names the codec
+//! (`with_audio`) or, for a live source, when an audio frame arrives within
+//! half a second after the first keyframe (the sink holds that half second
+//! back once, to look). FLV carries G.711 and AAC, MPEG-TS carries AAC;
+//! audio a container cannot carry is counted in `audio_left_out`.
 
-use crate::{fmp4, ts, Codec, Frame};
+use crate::{flv, fmp4, ts, Codec, Frame};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Ts,
     Mp4,
+    Flv,
 }
 
 impl Format {
@@ -16,7 +23,17 @@ impl Format {
         match s.to_ascii_lowercase().as_str() {
             "ts" | "mpegts" => Some(Format::Ts),
             "mp4" | "fmp4" => Some(Format::Mp4),
+            "flv" => Some(Format::Flv),
             _ => None,
+        }
+    }
+
+    /// Whether this container carries `audio`.
+    pub fn carries(self, audio: Codec) -> bool {
+        match self {
+            Format::Ts => audio == Codec::Aac,
+            Format::Flv => matches!(audio, Codec::Aac | Codec::G711A | Codec::G711U),
+            Format::Mp4 => false,
         }
     }
 }
@@ -27,75 +44,167 @@ pub enum SinkError {
     Ts(#[from] ts::TsError),
     #[error(transparent)]
     Mp4(#[from] fmp4::Mp4Error),
+    #[error(transparent)]
+    Flv(#[from] flv::FlvError),
     #[error("the stream changed codec from {0:?} to {1:?}")]
     Codec(Codec, Codec),
 }
 
+/// How long after the first keyframe a live sink looks for audio (90 kHz).
+const PROBE: u64 = 45_000;
+
+enum Mux {
+    None,
+    Ts(ts::Muxer),
+    Mp4(Option<fmp4::Fragmenter>, Vec<Frame>),
+    Flv(flv::Writer),
+}
+
 pub struct Sink {
     format: Format,
-    codec: Option<Codec>,
-    ts: Option<ts::Muxer>,
-    frag: Option<fmp4::Fragmenter>,
-    gop: Vec<Frame>,
     fps: u32,
+    video: Option<Codec>,
+    /// `None` while still looking; `Some(None)`: no audio.
+    audio: Option<Option<Codec>>,
+    held: Vec<Frame>,
+    mux: Mux,
+    /// MP4 starts its timeline at 0 (no edit list to skip a late start).
+    mp4_t0: Option<u64>,
     pub dropped_before_keyframe: u64,
     pub frames: u64,
+    pub audio_frames: u64,
+    pub audio_left_out: u64,
 }
 
 impl Sink {
     pub fn new(format: Format, fps: u32) -> Sink {
-        Sink { format, codec: None, ts: None, frag: None, gop: Vec::new(), fps, dropped_before_keyframe: 0, frames: 0 }
+        Sink {
+            format,
+            fps,
+            video: None,
+            audio: None,
+            held: Vec::new(),
+            mux: Mux::None,
+            mp4_t0: None,
+            dropped_before_keyframe: 0,
+            frames: 0,
+            audio_frames: 0,
+            audio_left_out: 0,
+        }
     }
 
-    /// Takes one video frame; appends what can be written now to `out`.
+    /// Declares the audio (or its absence) instead of looking for it.
+    pub fn with_audio(mut self, audio: Option<Codec>) -> Sink {
+        self.audio = Some(audio.filter(|a| self.format.carries(*a)));
+        self
+    }
+
+    /// Takes one frame; appends what can be written now to `out`.
     pub fn push(&mut self, f: Frame, out: &mut Vec<u8>) -> Result<(), SinkError> {
-        match self.codec {
-            None if !f.keyframe => {
-                self.dropped_before_keyframe += 1;
+        if !f.codec.is_video() {
+            if self.video.is_none() {
+                return Ok(()); // audio before any picture: nothing to align it to
+            }
+            if self.audio.is_none() {
+                let a = Some(f.codec).filter(|a| self.format.carries(*a));
+                self.audio = Some(a);
+            }
+        } else {
+            match self.video {
+                None if !f.keyframe => {
+                    self.dropped_before_keyframe += 1;
+                    return Ok(());
+                }
+                None => self.video = Some(f.codec),
+                Some(c) if c != f.codec => return Err(SinkError::Codec(c, f.codec)),
+                _ => {}
+            }
+            if self.audio.is_none() && self.held.first().is_some_and(|k| f.dts.saturating_sub(k.dts) >= PROBE) {
+                self.audio = Some(None);
+            }
+        }
+        if self.audio.is_none() {
+            self.held.push(f);
+            return Ok(());
+        }
+        for h in std::mem::take(&mut self.held) {
+            self.write(h, out)?;
+        }
+        self.write(f, out)
+    }
+
+    fn write(&mut self, mut f: Frame, out: &mut Vec<u8>) -> Result<(), SinkError> {
+        let audio = self.audio.flatten();
+        if self.format == Format::Mp4 {
+            let t0 = *self.mp4_t0.get_or_insert(f.dts.min(f.pts));
+            f.dts = f.dts.saturating_sub(t0);
+            f.pts = f.pts.saturating_sub(t0);
+        }
+        if !f.codec.is_video() {
+            if Some(f.codec) != audio {
+                self.audio_left_out += 1;
                 return Ok(());
             }
-            None => self.codec = Some(f.codec),
-            Some(c) if c != f.codec => return Err(SinkError::Codec(c, f.codec)),
-            _ => {}
+            self.audio_frames += 1;
+        } else {
+            self.frames += 1;
         }
-        self.frames += 1;
-        match self.format {
-            Format::Ts => {
-                let m = match &mut self.ts {
-                    Some(m) => m,
-                    None => self.ts.insert(ts::Muxer::new(f.codec)?),
-                };
-                m.write(&f, out)?;
+        if matches!(self.mux, Mux::None) {
+            self.mux = match self.format {
+                Format::Ts => Mux::Ts(match audio {
+                    Some(a) => ts::Muxer::with_audio(f.codec, a)?,
+                    None => ts::Muxer::new(f.codec)?,
+                }),
+                Format::Mp4 => Mux::Mp4(None, Vec::new()),
+                Format::Flv => Mux::Flv(flv::Writer::new(&f, audio, self.fps, out)?),
+            };
+        }
+        match &mut self.mux {
+            Mux::Ts(m) => m.write(&f, out)?,
+            Mux::Flv(w) => {
+                w.write(&f, out)?;
             }
-            Format::Mp4 => {
-                if f.keyframe && !self.gop.is_empty() {
+            Mux::Mp4(_, gop) => {
+                if f.keyframe && !gop.is_empty() {
                     self.flush_gop(Some(f.dts), out)?;
                 }
-                self.gop.push(f);
+                if let Mux::Mp4(_, gop) = &mut self.mux {
+                    gop.push(f);
+                }
             }
+            Mux::None => {}
         }
         Ok(())
     }
 
     fn flush_gop(&mut self, next: Option<u64>, out: &mut Vec<u8>) -> Result<(), SinkError> {
-        if self.gop.is_empty() {
+        let fps = self.fps;
+        let Mux::Mp4(frag, gop) = &mut self.mux else { return Ok(()) };
+        if gop.is_empty() {
             return Ok(());
         }
-        let codec = self.gop[0].codec;
-        if self.frag.is_none() {
-            let (sps, params) = fmp4::describe(codec, &self.gop)?;
+        let codec = gop[0].codec;
+        if frag.is_none() {
+            let (sps, params) = fmp4::describe(codec, gop)?;
             out.extend_from_slice(&fmp4::init_segment(&sps, &params)?);
-            self.frag = Some(fmp4::Fragmenter::new(codec, self.fps));
+            *frag = Some(fmp4::Fragmenter::new(codec, fps));
         }
-        let gop = std::mem::take(&mut self.gop);
-        if let Some(fr) = &mut self.frag {
+        let gop = std::mem::take(gop);
+        if let Some(fr) = frag {
             out.extend_from_slice(&fr.fragment(&gop, next));
         }
         Ok(())
     }
 
-    /// Writes what is still held (the last GOP of an MP4).
+    /// Writes what is still held (frames held while looking for audio,
+    /// the last GOP of an MP4).
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), SinkError> {
+        if self.audio.is_none() {
+            self.audio = Some(None);
+            for h in std::mem::take(&mut self.held) {
+                self.write(h, out)?;
+            }
+        }
         self.flush_gop(None, out)
     }
 }

@@ -6,8 +6,8 @@
 //! keyframe, the random-access indicator. An access unit delimiter is
 //! added to any access unit that lacks one, and the last parameter sets
 //! seen are put in front of a keyframe that comes without them.
-//! Audio is not muxed yet (G.711 has no standard stream type; AAC will go
-//! as ADTS, 0x0F).
+//! AAC goes as ADTS (stream type 0x0F) on PID 0x101 when the muxer is made
+//! `with_audio`; G.711 has no MPEG-TS stream type and is not carried.
 
 use crate::annexb::{nal_type, nal_units};
 use crate::{Codec, Frame};
@@ -15,6 +15,7 @@ use crate::{Codec, Frame};
 pub const PACKET: usize = 188;
 pub const PMT_PID: u16 = 0x1000;
 pub const VIDEO_PID: u16 = 0x100;
+pub const AUDIO_PID: u16 = 0x101;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TsError {
@@ -38,7 +39,8 @@ pub fn crc32(data: &[u8]) -> u32 {
 
 pub struct Muxer {
     codec: Codec,
-    cc: [u8; 3], // PAT, PMT, video
+    audio: Option<Codec>,
+    cc: [u8; 4], // PAT, PMT, video, audio
     last_tables: Option<u64>,
     /// Parameter sets seen most recently (VPS, SPS, PPS), Annex B.
     params: Vec<Vec<u8>>,
@@ -71,7 +73,18 @@ impl Muxer {
         if !codec.is_video() {
             return Err(TsError::Codec(codec));
         }
-        Ok(Muxer { codec, cc: [0; 3], last_tables: None, params: Vec::new() })
+        Ok(Muxer { codec, audio: None, cc: [0; 4], last_tables: None, params: Vec::new() })
+    }
+
+    /// A muxer with an audio stream too (AAC as ADTS, stream type 0x0F, PID
+    /// 0x101). G.711 has no MPEG-TS stream type and is refused.
+    pub fn with_audio(codec: Codec, audio: Codec) -> Result<Muxer, TsError> {
+        if audio != Codec::Aac {
+            return Err(TsError::Codec(audio));
+        }
+        let mut m = Muxer::new(codec)?;
+        m.audio = Some(audio);
+        Ok(m)
     }
 
     fn stream_type(&self) -> u8 {
@@ -98,10 +111,10 @@ impl Muxer {
             PMT_PID as u8, // program 1 → PMT
         ];
         psi_packet(0, &mut self.cc[0], &pat, out);
-        let pmt = [
+        let mut pmt = vec![
             0x02,
             0xb0,
-            18, // table id, length 9 + 5 + 4
+            18, // table id, length 9 + 5 per stream + 4
             0x00,
             0x01,
             0xc1,
@@ -117,6 +130,10 @@ impl Muxer {
             0xf0,
             0x00,
         ];
+        if self.audio.is_some() {
+            pmt.extend_from_slice(&[0x0f, 0xe0 | (AUDIO_PID >> 8) as u8, AUDIO_PID as u8, 0xf0, 0x00]);
+            pmt[2] += 5;
+        }
         psi_packet(PMT_PID, &mut self.cc[1], &pmt, out);
     }
 
@@ -156,6 +173,9 @@ impl Muxer {
 
     /// Appends the TS packets of one frame to `out`.
     pub fn write(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), TsError> {
+        if !f.codec.is_video() {
+            return self.write_audio(f, out);
+        }
         if f.codec != self.codec {
             return Err(TsError::Mixed { want: self.codec, got: f.codec });
         }
@@ -176,66 +196,90 @@ impl Muxer {
         }
         pes.extend_from_slice(&au);
 
-        let pcr = f.dts.saturating_sub(9000);
-        let mut rest = &pes[..];
-        let mut first = true;
-        while !rest.is_empty() {
-            let start = out.len();
-            let pusi = if first { 0x40 } else { 0 };
-            out.extend_from_slice(&[0x47, pusi | (VIDEO_PID >> 8) as u8, VIDEO_PID as u8, 0]);
-            // Adaptation field: PCR (+ random access) on the first packet,
-            // stuffing on the last if the payload does not fill it.
-            let mut af: Vec<u8> = Vec::new();
-            if first {
-                af.push(if f.keyframe { 0x50 } else { 0x10 });
-                let base = pcr & ((1 << 33) - 1);
-                af.extend_from_slice(&[
-                    (base >> 25) as u8,
-                    (base >> 17) as u8,
-                    (base >> 9) as u8,
-                    (base >> 1) as u8,
-                    ((base & 1) as u8) << 7 | 0x7e,
-                    0,
-                ]);
-            }
-            let room = PACKET - 4 - if af.is_empty() { 0 } else { 1 + af.len() };
-            if rest.len() < room {
-                // Stuff: an adaptation field (created if needed) grows to fill.
-                let need = PACKET - 4 - rest.len();
-                if af.is_empty() {
-                    if need == 1 {
-                        out.push(0); // length 0: the field is just its length byte
-                    } else {
-                        af.push(0);
-                        af.resize(need - 1, 0xff);
-                        out.push(af.len() as u8);
-                        out.extend_from_slice(&af);
-                    }
+        let pcr = f.dts.saturating_sub(9000) & ((1 << 33) - 1);
+        let af = vec![
+            if f.keyframe { 0x50 } else { 0x10 },
+            (pcr >> 25) as u8,
+            (pcr >> 17) as u8,
+            (pcr >> 9) as u8,
+            (pcr >> 1) as u8,
+            ((pcr & 1) as u8) << 7 | 0x7e,
+            0,
+        ];
+        packetize(VIDEO_PID, &mut self.cc[2], &pes, af, out);
+        Ok(())
+    }
+
+    /// Appends an audio frame (AAC as ADTS: one PES, PTS only) to `out`.
+    /// Other audio has no stream type here and is refused.
+    pub fn write_audio(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), TsError> {
+        if self.audio != Some(f.codec) {
+            return Err(TsError::Mixed { want: self.audio.unwrap_or(self.codec), got: f.codec });
+        }
+        if self.last_tables.is_none() {
+            self.tables(out);
+            self.last_tables = Some(f.dts);
+        }
+        let len = 8 + f.data.len();
+        let mut pes = Vec::with_capacity(len + 6);
+        pes.extend_from_slice(&[0, 0, 1, 0xc0]);
+        pes.extend_from_slice(&(if len > 0xffff { 0 } else { len as u16 }).to_be_bytes());
+        pes.extend_from_slice(&[0x84, 0x80, 5]);
+        pes.extend_from_slice(&pts_bytes(2, f.pts));
+        pes.extend_from_slice(&f.data);
+        packetize(AUDIO_PID, &mut self.cc[3], &pes, Vec::new(), out);
+        Ok(())
+    }
+}
+
+/// Cuts a PES into TS packets on `pid`; `af` (if not empty) is the
+/// adaptation field of the first packet; the last packet is stuffed.
+fn packetize(pid: u16, cc: &mut u8, pes: &[u8], mut af: Vec<u8>, out: &mut Vec<u8>) {
+    let mut rest = pes;
+    let mut first = true;
+    while !rest.is_empty() {
+        let start = out.len();
+        let pusi = if first { 0x40 } else { 0 };
+        out.extend_from_slice(&[0x47, pusi | (pid >> 8) as u8, pid as u8, 0]);
+        if !first {
+            af.clear();
+        }
+        let room = PACKET - 4 - if af.is_empty() { 0 } else { 1 + af.len() };
+        if rest.len() < room {
+            // Stuff: an adaptation field (created if needed) grows to fill.
+            let need = PACKET - 4 - rest.len();
+            if af.is_empty() {
+                if need == 1 {
+                    out.push(0); // length 0: the field is just its length byte
                 } else {
+                    af.push(0);
                     af.resize(need - 1, 0xff);
                     out.push(af.len() as u8);
                     out.extend_from_slice(&af);
                 }
-                out[start + 3] = 0x30 | (self.cc[2] & 0x0f);
-                out.extend_from_slice(rest);
-                rest = &[];
             } else {
-                if af.is_empty() {
-                    out[start + 3] = 0x10 | (self.cc[2] & 0x0f);
-                } else {
-                    out.push(af.len() as u8);
-                    out.extend_from_slice(&af);
-                    out[start + 3] = 0x30 | (self.cc[2] & 0x0f);
-                }
-                let n = PACKET - (out.len() - start);
-                out.extend_from_slice(&rest[..n]);
-                rest = &rest[n..];
+                af.resize(need - 1, 0xff);
+                out.push(af.len() as u8);
+                out.extend_from_slice(&af);
             }
-            self.cc[2] = self.cc[2].wrapping_add(1);
-            first = false;
-            debug_assert_eq!(out.len() - start, PACKET);
+            out[start + 3] = 0x30 | (*cc & 0x0f);
+            out.extend_from_slice(rest);
+            rest = &[];
+        } else {
+            if af.is_empty() {
+                out[start + 3] = 0x10 | (*cc & 0x0f);
+            } else {
+                out.push(af.len() as u8);
+                out.extend_from_slice(&af);
+                out[start + 3] = 0x30 | (*cc & 0x0f);
+            }
+            let n = PACKET - (out.len() - start);
+            out.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
         }
-        Ok(())
+        *cc = cc.wrapping_add(1);
+        first = false;
+        debug_assert_eq!(out.len() - start, PACKET);
     }
 }
 

@@ -138,8 +138,12 @@ enum Cmd {
         #[arg(long, requires = "from")]
         to: Option<String>,
         /// Demux to an Annex B elementary stream instead of the device's file format.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         annexb: bool,
+        /// Write a playable file instead of the device's format: mp4
+        /// (fragmented), ts, flv or annexb.
+        #[arg(long)]
+        format: Option<String>,
         #[arg(long)]
         second_socket: bool,
         #[arg(short, long)]
@@ -519,7 +523,7 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 f => match ivr_media::sink::Format::parse(f) {
                     Some(_) if raw => bail!("--raw writes the device's framing; it does not go with --format {f}"),
                     Some(fmt) => Some(ivr_media::sink::Sink::new(fmt, 25)),
-                    None => bail!("--format {f:?}: expected annexb, ts or mp4"),
+                    None => bail!("--format {f:?}: expected annexb, ts, mp4 or flv"),
                 },
             };
             let st = if sub { StreamType::Extra } else { StreamType::Main };
@@ -548,28 +552,13 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 match item {
                     Err(chunk) => out.write(&chunk).await?,
                     Ok(f) => {
-                        if let FrameKind::Video { codec, keyframe, .. } = f.kind {
-                            match &mut sink {
-                                None => out.write(&f.payload).await?,
-                                Some(sink) => {
-                                    let codec = match codec {
-                                        dvrip::media::VideoCodec::H264 => ivr_media::Codec::H264,
-                                        dvrip::media::VideoCodec::H265 => ivr_media::Codec::H265,
-                                        other => {
-                                            bail!("--format {format}: the device sends {other:?}, not H.264 or H.265")
-                                        }
-                                    };
-                                    // 90 kHz from the demuxer's presentation time, 1 s in.
-                                    let t = 90_000 + (f.pts.as_nanos() * 9 / 100_000) as u64;
-                                    let frame =
-                                        ivr_media::Frame { codec, keyframe, pts: t, dts: t, data: f.payload.clone() };
-                                    let mut buf = Vec::new();
-                                    sink.push(frame, &mut buf)?;
-                                    if !buf.is_empty() {
-                                        out.write(&Bytes::from(buf)).await?;
-                                    }
-                                }
-                            }
+                        let video = matches!(f.kind, FrameKind::Video { .. });
+                        match &mut sink {
+                            None if video => out.write(&f.payload).await?,
+                            None => {}
+                            Some(sink) => push_frame(sink, &f, &format, &mut out).await?,
+                        }
+                        if video {
                             n += 1;
                             if first.is_none() {
                                 first = Some(f);
@@ -582,12 +571,7 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 }
             }
             if let Some(sink) = &mut sink {
-                let mut buf = Vec::new();
-                sink.finish(&mut buf)?;
-                out.write(&Bytes::from(buf)).await?;
-                if sink.dropped_before_keyframe > 0 {
-                    eprintln!("{} frame(s) before the first keyframe left out", sink.dropped_before_keyframe);
-                }
+                finish_sink(sink, &output, &mut out).await?;
             }
             out.finish().await?;
             let bytes = s.bytes();
@@ -617,7 +601,15 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                     .join("\n")
             });
         }
-        Cmd::Download { file, channel, from, to, annexb, second_socket, output } => {
+        Cmd::Download { file, channel, from, to, annexb, format, second_socket, output } => {
+            let annexb = annexb || matches!(format.as_deref(), Some("annexb" | "h264" | "h265" | "raw-es"));
+            let mut sink = match format.as_deref() {
+                None | Some("annexb" | "h264" | "h265" | "raw-es") => None,
+                Some(f) => match ivr_media::sink::Format::parse(f) {
+                    Some(fmt) => Some(ivr_media::sink::Sink::new(fmt, 25)),
+                    None => bail!("--format {f:?}: expected mp4, ts, flv or annexb"),
+                },
+            };
             let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
             let (target, expected) = match (file, from, to) {
                 (Some(name), _, _) => {
@@ -652,7 +644,17 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
             let pb = if json || output == "-" { ProgressBar::hidden() } else { bar(expected.max(1), "download") };
             let mut out = Output::open(&output).await?;
             let mut frames = 0u64;
-            if annexb {
+            if let Some(sink) = &mut sink {
+                let fmt = format.clone().unwrap_or_default();
+                while let Some(f) = s.next_frame().await {
+                    if matches!(f.kind, FrameKind::Video { .. }) {
+                        frames += 1;
+                    }
+                    push_frame(sink, &f, &fmt, &mut out).await?;
+                    pb.set_position(s.bytes());
+                }
+                finish_sink(sink, &output, &mut out).await?;
+            } else if annexb {
                 while let Some(f) = s.next_frame().await {
                     if matches!(f.kind, FrameKind::Video { .. }) {
                         out.write(&f.payload).await?;
@@ -998,17 +1000,18 @@ async fn publish(
             None => next.await,
         };
         let Some(f) = f else { break };
-        let FrameKind::Video { codec, keyframe, .. } = f.kind else { continue };
-        let codec = match codec {
-            dvrip::media::VideoCodec::H264 => ivr_media::Codec::H264,
-            dvrip::media::VideoCodec::H265 => ivr_media::Codec::H265,
-            other => bail!("--rtmp: the device sends {other:?}, not H.264 or H.265"),
+        let frame = match ivr_media::demux::dvrip_frame(&f) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => continue,
+            Err(what) => bail!("--rtmp: the device sends {what}, which RTMP does not carry here"),
         };
-        let t = (f.pts.as_nanos() * 9 / 100_000) as u64;
-        if p.send(&ivr_media::Frame { codec, keyframe, pts: t, dts: t, data: f.payload.clone() }).await? {
+        let video = frame.codec.is_video();
+        if p.send(&frame).await? && video {
             sent += 1;
         }
-        n += 1;
+        if video {
+            n += 1;
+        }
         if frames.is_some_and(|m| n >= m) {
             break;
         }
@@ -1019,6 +1022,42 @@ async fn publish(
     print(json, &json!({"frames": sent, "bytes": bytes, "url": url}), || {
         format!("{sent} frames, {bytes} bytes published to {url}")
     });
+    Ok(())
+}
+
+/// One demuxed DVRIP frame into a container sink, 1 s into the timeline
+/// (room for the TS clock reference before the first frame).
+async fn push_frame(
+    sink: &mut ivr_media::sink::Sink,
+    f: &MediaFrame,
+    format: &str,
+    out: &mut Output,
+) -> anyhow::Result<()> {
+    let mut frame = match ivr_media::demux::dvrip_frame(f) {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Ok(()),
+        Err(what) => bail!("--format {format}: the device sends {what}, which ivr does not carry"),
+    };
+    frame.pts += 90_000;
+    frame.dts += 90_000;
+    let mut buf = Vec::new();
+    sink.push(frame, &mut buf)?;
+    if !buf.is_empty() {
+        out.write(&Bytes::from(buf)).await?;
+    }
+    Ok(())
+}
+
+async fn finish_sink(sink: &mut ivr_media::sink::Sink, output: &str, out: &mut Output) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    sink.finish(&mut buf)?;
+    out.write(&Bytes::from(buf)).await?;
+    if sink.dropped_before_keyframe > 0 {
+        eprintln!("{output}: {} frame(s) before the first keyframe left out", sink.dropped_before_keyframe);
+    }
+    if sink.audio_left_out > 0 {
+        eprintln!("{output}: {} audio frame(s) left out: the container does not carry G.711", sink.audio_left_out);
+    }
     Ok(())
 }
 

@@ -3,109 +3,158 @@
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Subcommand;
-use ivr_media::annexb::access_units;
-use ivr_media::fmp4;
-use ivr_media::ts::Muxer;
-use ivr_media::{ticks, Codec, Frame};
+use ivr_media::demux::{self, Input};
+use ivr_media::hls;
+use ivr_media::sink::{Format, Sink};
+use ivr_media::Codec;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum MediaCmd {
-    /// Rewrap without re-encoding. Today: a raw H.264/H.265 elementary
-    /// stream (`.h264`, `.264`, `.h265`, `.265`, `.hevc`) into MPEG-TS
-    /// (`.ts`) or fragmented MP4 (`.mp4`); timestamps from --fps.
+    /// Rewrap without re-encoding. Input (told by its first bytes, then
+    /// its name): raw H.264/H.265 (`.h264`, `.h265`, …), MPEG-TS, FLV
+    /// (incl. Enhanced RTMP and codec-12 HEVC), MP4 (plain or
+    /// fragmented), or a captured DVRIP stream (`ivr dvrip download`,
+    /// XMeye `.h264` files). Output by extension: `.ts`, `.mp4`
+    /// (fragmented), `.flv`, `.m3u8` (HLS, segments beside it),
+    /// `.h264`/`.h265` (raw video).
     Remux {
         input: PathBuf,
         output: PathBuf,
         /// Frame rate of a raw stream (it carries no timestamps).
         #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=240))]
         fps: u32,
+        /// HLS: seconds a segment lasts at least (cut at the next keyframe).
+        #[arg(long, default_value_t = 4.0)]
+        segment: f64,
+        /// HLS: segment container, ts or mp4 (fragmented, with an init segment).
+        #[arg(long, default_value = "ts")]
+        segment_format: String,
         #[arg(long)]
         json: bool,
     },
 }
 
-fn kind(p: &Path) -> Option<&'static str> {
-    let ext = p.extension()?.to_str()?.to_ascii_lowercase();
-    Some(match ext.as_str() {
-        "h264" | "264" | "avc" => "h264",
-        "h265" | "265" | "hevc" => "h265",
-        "ts" | "m2ts" => "ts",
-        "mp4" | "m4v" => "mp4",
-        _ => return None,
-    })
-}
-
 pub async fn run(cmd: MediaCmd) -> anyhow::Result<()> {
     match cmd {
-        MediaCmd::Remux { input, output, fps, json } => {
-            let codec = match (kind(&input), kind(&output)) {
-                (Some("h264"), Some("ts" | "mp4")) => Codec::H264,
-                (Some("h265"), Some("ts" | "mp4")) => Codec::H265,
-                (i, o) => bail!(
-                    "remux {} → {}: only raw .h264/.h265 → .ts or .mp4 (fragmented) so far (got {} → {})",
-                    input.display(),
-                    output.display(),
-                    i.unwrap_or("unknown"),
-                    o.unwrap_or("unknown")
-                ),
-            };
-            let raw = Bytes::from(std::fs::read(&input).with_context(|| format!("cannot read {}", input.display()))?);
-            let units = access_units(&raw, codec);
-            if units.is_empty() {
-                bail!("{}: no {codec:?} access units (no Annex B start code found)", input.display());
-            }
-            if !units[0].keyframe {
-                eprintln!(
-                    "warning: {} does not start with a keyframe; players show nothing until the first one",
-                    input.display()
-                );
-            }
-            let frames: Vec<Frame> = units
-                .iter()
-                .enumerate()
-                .map(|(i, u)| {
-                    let t = 90_000 + ticks(i as u64, fps);
-                    Frame { codec, keyframe: u.keyframe, pts: t, dts: t, data: u.data.clone() }
-                })
-                .collect();
-            let mut out = Vec::with_capacity(raw.len() + raw.len() / 20);
-            if kind(&output) == Some("mp4") {
-                // Fragmented: the init segment, then one fragment per GOP.
-                let (sps, params) = fmp4::describe(codec, &frames)?;
-                out.extend_from_slice(&fmp4::init_segment(&sps, &params)?);
-                let mut f = fmp4::Fragmenter::new(codec, fps);
-                let starts: Vec<usize> =
-                    (0..frames.len()).filter(|i| frames[*i].keyframe || *i == 0).chain([frames.len()]).collect();
-                for g in starts.windows(2) {
-                    out.extend_from_slice(&f.fragment(&frames[g[0]..g[1]], frames.get(g[1]).map(|x| x.dts)));
-                }
-            } else {
-                let mut m = Muxer::new(codec)?;
-                for f in &frames {
-                    m.write(f, &mut out)?;
-                }
-            }
-            // Written whole or not at all.
-            let tmp = output.with_extension("part");
-            std::fs::write(&tmp, &out).with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, &output)?;
-            let keys = units.iter().filter(|u| u.keyframe).count();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"frames": units.len(), "keyframes": keys, "bytes_in": raw.len(), "bytes_out": out.len(), "output": output.display().to_string()})
-                );
-            } else {
-                println!(
-                    "{}: {} frames ({keys} keyframes), {:.1} s at {fps} fps, {} bytes",
-                    output.display(),
-                    units.len(),
-                    units.len() as f64 / fps as f64,
-                    out.len()
-                );
-            }
-            Ok(())
+        MediaCmd::Remux { input, output, fps, segment, segment_format, json } => {
+            remux(&input, &output, fps, segment, &segment_format, json)
         }
     }
+}
+
+fn remux(input: &Path, output: &Path, fps: u32, segment: f64, seg_format: &str, json: bool) -> anyhow::Result<()> {
+    let data = Bytes::from(std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?);
+    let kind = Input::detect(input, &data[..data.len().min(512)]).with_context(|| {
+        format!("{}: not a format ivr reads (raw H.264/H.265, MPEG-TS, FLV, MP4, DVRIP media)", input.display())
+    })?;
+    let mut d = demux::read(kind, &data, fps).with_context(|| format!("reading {}", input.display()))?;
+    d.rebase(90_000);
+    for s in &d.skipped {
+        eprintln!("{}: left out: {s}", input.display());
+    }
+    let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let video = d.video_codec().unwrap_or(Codec::H264);
+    let audio = d.audio_codec();
+    if d.frames.iter().find(|f| f.codec.is_video()).is_some_and(|f| !f.keyframe) {
+        eprintln!(
+            "warning: {} does not start with a keyframe; what comes before the first one is left out",
+            input.display()
+        );
+    }
+    let (bytes_out, frames, audio_frames, audio_left) = match ext.as_str() {
+        "m3u8" => {
+            if !(0.5..=60.0).contains(&segment) {
+                bail!("--segment {segment}: expected 0.5 to 60 seconds");
+            }
+            let sf = match Format::parse(seg_format) {
+                Some(f @ (Format::Ts | Format::Mp4)) => f,
+                _ => bail!("--segment-format {seg_format:?}: expected ts or mp4"),
+            };
+            let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = output.file_name().and_then(|n| n.to_str()).context("the playlist needs a file name")?;
+            let stem = output.file_stem().and_then(|n| n.to_str()).unwrap_or("stream");
+            let mut w = hls::Writer::new(sf, fps, segment, None, &format!("{stem}_")).with_audio(audio);
+            let (mut bytes, mut n, mut na) = (0usize, 0u64, 0u64);
+            let mut outs = Vec::new();
+            for f in d.frames {
+                if f.codec.is_video() {
+                    n += 1
+                } else {
+                    na += 1
+                }
+                outs.extend(w.push(f)?);
+            }
+            outs.extend(w.finish()?);
+            for o in &outs {
+                if let hls::Output::File(_, b) = o {
+                    bytes += b.len();
+                }
+            }
+            hls::apply(dir, name, outs).with_context(|| format!("writing HLS into {}", dir.display()))?;
+            let left = if w.with_audio_carried() { 0 } else { na };
+            (bytes, n - w.dropped_before_keyframe, na - left, left)
+        }
+        "h264" | "264" | "h265" | "265" | "hevc" => {
+            let mut out = Vec::with_capacity(data.len());
+            let mut n = 0;
+            for f in d.frames.iter().filter(|f| f.codec.is_video()) {
+                out.extend_from_slice(&f.data);
+                n += 1;
+            }
+            let na = d.frames.len() as u64 - n;
+            write_whole(output, &out)?;
+            (out.len(), n, 0, na)
+        }
+        e => {
+            let format = match e {
+                "ts" | "m2ts" => Format::Ts,
+                "mp4" | "m4v" => Format::Mp4,
+                "flv" => Format::Flv,
+                _ => bail!("{}: write .ts, .mp4, .flv, .m3u8 or .h264/.h265", output.display()),
+            };
+            let mut sink = Sink::new(format, fps).with_audio(audio);
+            let mut out = Vec::with_capacity(data.len() + data.len() / 20);
+            for f in d.frames {
+                sink.push(f, &mut out)?;
+            }
+            sink.finish(&mut out)?;
+            write_whole(output, &out)?;
+            (out.len(), sink.frames, sink.audio_frames, sink.audio_left_out)
+        }
+    };
+    if audio_left > 0 {
+        eprintln!(
+            "{}: {audio_left} {:?} audio frame(s) left out: {} does not carry {:?} (see docs/media.md)",
+            output.display(),
+            audio.unwrap_or(Codec::Aac),
+            ext,
+            audio.unwrap_or(Codec::Aac)
+        );
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"input": kind.name(), "video": format!("{video:?}"), "frames": frames, "audio_frames": audio_frames,
+                "audio_left_out": audio_left, "bytes_in": data.len(), "bytes_out": bytes_out, "output": output.display().to_string(),
+                "skipped": d.skipped})
+        );
+    } else {
+        println!(
+            "{}: {frames} {video:?} frames, {audio_frames} audio frames from {} ({}), {bytes_out} bytes",
+            output.display(),
+            input.display(),
+            kind.name()
+        );
+    }
+    Ok(())
+}
+
+/// Written whole or not at all.
+fn write_whole(output: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = output.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, output).with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))
 }
