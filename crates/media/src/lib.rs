@@ -8,6 +8,7 @@ pub mod demux;
 pub mod flv;
 pub mod fmp4;
 pub mod hls;
+pub mod hub;
 pub mod params;
 pub mod rtmp;
 pub mod segment;

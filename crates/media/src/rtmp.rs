@@ -398,6 +398,91 @@ impl Publisher {
     }
 }
 
+/// What a reconnecting publication did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PublishStats {
+    /// Frames sent (video and audio).
+    pub frames: u64,
+    pub bytes: u64,
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Frames that arrived while no connection was up (or before the next
+    /// keyframe after one came back).
+    pub dropped: u64,
+    /// The last failure, as the user should see it.
+    pub last_error: Option<String>,
+}
+
+/// Publishes what a hub subscriber gives until the source ends, keeping
+/// the publication up: when the server hangs up or refuses, the publisher
+/// reconnects after 1 s, doubling up to `max_backoff`, and resumes at the
+/// next keyframe (a new connection starts with metadata and sequence
+/// header). Frames arriving during the outage are dropped and counted, not
+/// queued: a live publication shows now, not the past.
+/// `on_event` hears about each disconnect and reconnect.
+pub async fn publish_loop(
+    mut sub: crate::hub::Subscriber,
+    url: &str,
+    fps: u32,
+    max_backoff: Duration,
+    mut on_event: impl FnMut(&str),
+) -> PublishStats {
+    let mut st = PublishStats::default();
+    let mut p: Option<Publisher> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut retry_at = tokio::time::Instant::now();
+    let mut connected_once = false;
+    while let Some(f) = sub.recv().await {
+        if p.is_none() {
+            if tokio::time::Instant::now() < retry_at || !(f.codec.is_video() && f.keyframe) {
+                st.dropped += 1;
+                continue;
+            }
+            match Publisher::connect(url, fps).await {
+                Ok(np) => {
+                    if connected_once {
+                        st.reconnects += 1;
+                        on_event(&format!("reconnected to {url}"));
+                    }
+                    connected_once = true;
+                    backoff = Duration::from_secs(1);
+                    p = Some(np);
+                }
+                Err(e) => {
+                    st.dropped += 1;
+                    st.last_error = Some(e.to_string());
+                    on_event(&format!("cannot publish to {url}: {e}; retrying in {} s", backoff.as_secs()));
+                    retry_at = tokio::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(max_backoff);
+                    continue;
+                }
+            }
+        }
+        let Some(pb) = &mut p else { continue };
+        let before = pb.bytes_sent;
+        match pb.send(&f).await {
+            Ok(true) => {
+                st.frames += 1;
+                st.bytes += pb.bytes_sent - before;
+            }
+            Ok(false) => st.dropped += 1,
+            Err(e) => {
+                st.dropped += 1;
+                st.bytes += pb.bytes_sent - before;
+                st.last_error = Some(e.to_string());
+                on_event(&format!("the publication to {url} broke: {e}; retrying in {} s", backoff.as_secs()));
+                p = None;
+                retry_at = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+    if let Some(pb) = p {
+        let _ = pb.close().await;
+    }
+    st
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
