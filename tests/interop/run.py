@@ -90,6 +90,10 @@ try:
         r = subprocess.run([IVR, "dvrip", "demux", f"{out}/{src}", "-o", dst], capture_output=True, text=True)
         record(f"ivr dvrip demux {src}", r.returncode == 0, r.stderr)
         judge(f"ffprobe dvrip {name}", dst, "h264", w, h, n)
+        # The same capture (made by the dvrip package) straight into MP4.
+        r = subprocess.run([IVR, "media", "remux", f"{out}/{src}", f"{out}/{name}_remux.mp4"], capture_output=True, text=True)
+        record(f"ivr media remux {src} → mp4", r.returncode == 0, r.stderr)
+        judge(f"ffprobe remuxed dvrip {name}", f"{out}/{name}_remux.mp4", "h264", w, h, n)
 
     # The `dvr` command-line tool of the dvrip package.
     env = dict(os.environ, DVR_PASSWORD=PASSWORD)
@@ -123,11 +127,27 @@ try:
     judge("ffprobe ivr dvrip stream", f"{out}/ivr_live.h264", "h264", 2592, 1944, 40)
     r = ivr(port, "stream", "--sub", "--second-socket", "--frames", "30", "-o", f"{out}/ivr_sub.h264")
     judge("ffprobe ivr dvrip stream --sub --second-socket", f"{out}/ivr_sub.h264", "h264", 640, 360, 30)
-    for fmt in ("ts", "mp4"):
+    for fmt in ("ts", "mp4", "flv"):
         r = ivr(port, "stream", "--seconds", "2", "--format", fmt, "-o", f"{out}/ivr_live.{fmt}")
         judge(f"ffprobe ivr dvrip stream --format {fmt}", f"{out}/ivr_live.{fmt}", "h264", 2592, 1944, 40)
         d = subprocess.run(["ffmpeg", "-v", "error", "-i", f"{out}/ivr_live.{fmt}", "-f", "null", "-"], capture_output=True, text=True)
         record(f"ffmpeg decodes ivr dvrip stream --format {fmt}", d.returncode == 0 and not d.stderr.strip(), d.stderr[:300])
+    # A live HLS window while also writing a file: one device connection.
+    r = ivr(port, "stream", "--sub", "--seconds", "7", "--hls", f"{out}/hls", "--hls-window", "3",
+            "-o", f"{out}/ivr_fan.ts", "--format", "ts", "--json")
+    record("ivr dvrip stream --hls + -o", r.returncode == 0 and len(json.loads(r.stdout or "{}").get("outputs", [])) == 2, r.stderr)
+    try:
+        with open(f"{out}/hls/index.m3u8") as f:
+            pl = f.read()
+    except OSError:
+        pl = ""
+    segs = [l for l in pl.splitlines() if l.endswith(".ts")]
+    record("HLS live window keeps 3 segments", len(segs) == 3 and "#EXT-X-MEDIA-SEQUENCE:" in pl
+           and "ENDLIST" not in pl and len([x for x in os.listdir(f"{out}/hls") if x.endswith(".ts")]) == 3, pl)
+    with open(f"{out}/hls/closed.m3u8", "w") as f:
+        f.write(pl + "#EXT-X-ENDLIST\n")
+    judge("ffprobe the HLS window", f"{out}/hls/closed.m3u8", "h264", 640, 360, 100)
+    judge("ffprobe the file written beside it", f"{out}/ivr_fan.ts", "h264", 640, 360, 170)
     r = ivr(port, "files", "--json", "--from", "2000-01-01 00:00:00", "--to", "2099-01-01 00:00:00")
     files = json.loads(r.stdout) if r.returncode == 0 else []
     record("ivr dvrip files --json", len(files) > 128, r.stderr)
@@ -135,6 +155,11 @@ try:
         r = ivr(port, "download", "--file", files[-1]["FileName"], "--annexb", "-o", f"{out}/ivr_dl.h264", "--json")
         record("ivr dvrip download --file", r.returncode == 0, r.stderr)
         judge("ffprobe ivr dvrip download", f"{out}/ivr_dl.h264", "h264", 2592, 1944, 3000)
+        r = ivr(port, "download", "--file", files[-1]["FileName"], "--format", "mp4", "-o", f"{out}/ivr_dl.mp4", "--json")
+        record("ivr dvrip download --format mp4", r.returncode == 0, r.stderr)
+        judge("ffprobe ivr dvrip download --format mp4", f"{out}/ivr_dl.mp4", "h264", 2592, 1944, 3000)
+        d = subprocess.run(["ffmpeg", "-v", "error", "-i", f"{out}/ivr_dl.mp4", "-f", "null", "-"], capture_output=True, text=True)
+        record("ffmpeg decodes ivr dvrip download --format mp4", d.returncode == 0 and not d.stderr.strip(), d.stderr[:300])
         b, e = files[-2]["BeginTime"], files[-1]["EndTime"]
         r = ivr(port, "download", "--from", b, "--to", e, "--annexb", "-o", f"{out}/ivr_range.h264")
         judge("ffprobe ivr dvrip download --from --to", f"{out}/ivr_range.h264", "h264", 2592, 1944, 6000)

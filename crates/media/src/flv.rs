@@ -6,8 +6,9 @@
 //! Debian's ffmpeg 5.1 and nginx-rtmp do not read; `read_tags` here does,
 //! and checks it against the spec in the tests.
 
+use crate::annexb::{nal_type, nal_units};
 use crate::audio::parse_adts;
-use crate::fmp4::{avc_config, hevc_config, sample, Mp4Error};
+use crate::fmp4::{avc_config, hevc_config, Mp4Error};
 use crate::params::{find_sps, parameter_sets, Sps};
 use crate::{Codec, Frame};
 
@@ -200,24 +201,50 @@ impl VideoTags {
 
     /// A frame's body: length-prefixed NAL units behind the tag header.
     pub fn frame(&self, f: &Frame) -> Vec<u8> {
-        let s = sample(self.codec, &f.data);
+        let mut b = Vec::with_capacity(f.data.len() + 16);
+        self.write_body(f, &mut b);
+        b
+    }
+
+    /// Appends a frame's body to `out` (AUDs and parameter sets left out:
+    /// the sequence header carries those), copying the frame once.
+    pub fn write_body(&self, f: &Frame, out: &mut Vec<u8>) {
         let kind = if f.keyframe { 0x10 } else { 0x20 };
-        let mut b = Vec::with_capacity(s.len() + 8);
         match self.codec {
             Codec::H264 => {
                 let cts = (f.pts.saturating_sub(f.dts) / 90) as u32;
-                b.push(kind | 7);
-                b.push(1);
-                b.extend_from_slice(&cts.to_be_bytes()[1..]);
+                out.push(kind | 7);
+                out.push(1);
+                out.extend_from_slice(&cts.to_be_bytes()[1..]);
             }
             _ => {
-                b.push(0x80 | kind | 3); // CodedFramesX: no composition time
-                b.extend_from_slice(b"hvc1");
+                out.push(0x80 | kind | 3); // CodedFramesX: no composition time
+                out.extend_from_slice(b"hvc1");
             }
         }
-        b.extend_from_slice(&s);
-        b
+        let skip: &[u8] = if self.codec == Codec::H265 { &[32, 33, 34, 35] } else { &[7, 8, 9] };
+        for n in nal_units(&f.data) {
+            if nal_type(self.codec, n).is_some_and(|t| skip.contains(&t)) {
+                continue;
+            }
+            out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+            out.extend_from_slice(n);
+        }
     }
+}
+
+/// Writes a tag whose body `body` appends to `out` in place.
+fn tag_with(kind: u8, ms: u32, out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.push(kind);
+    out.extend_from_slice(&[0, 0, 0]);
+    out.extend_from_slice(&ms.to_be_bytes()[1..]);
+    out.push((ms >> 24) as u8);
+    out.extend_from_slice(&[0, 0, 0]);
+    body(out);
+    let n = (out.len() - start - 11) as u32;
+    out[start + 1..start + 4].copy_from_slice(&n.to_be_bytes()[1..]);
+    out.extend_from_slice(&(11 + n).to_be_bytes());
 }
 
 /// Turns audio frames into FLV audio tag bodies: G.711 A-law (sound
@@ -310,7 +337,7 @@ impl Writer {
     pub fn write(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<bool, FlvError> {
         let ms = (f.dts.saturating_sub(self.t0) / 90) as u32;
         if f.codec.is_video() {
-            tag(TAG_VIDEO, ms, &self.video.frame(f), out);
+            tag_with(TAG_VIDEO, ms, out, |o| self.video.write_body(f, o));
             return Ok(true);
         }
         let Some(a) = &mut self.audio else { return Ok(false) };

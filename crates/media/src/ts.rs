@@ -137,38 +137,23 @@ impl Muxer {
         psi_packet(PMT_PID, &mut self.cc[1], &pmt, out);
     }
 
-    /// The access unit as it goes into the PES: with an AUD, and with the
-    /// parameter sets in front of a keyframe that lacks them.
-    fn prepare(&mut self, f: &Frame) -> Vec<u8> {
-        let nals = nal_units(&f.data);
+    /// What goes in front of the access unit in the PES: an AUD if it
+    /// lacks one, and the last parameter sets if it is a keyframe without
+    /// them (one scan of the frame; the frame itself is not copied here).
+    fn prefix(&mut self, f: &Frame) -> (bool, bool) {
         let (aud_type, param_types): (u8, &[u8]) = match self.codec {
             Codec::H265 => (35, &[32, 33, 34]),
             _ => (9, &[7, 8]),
         };
-        let types: Vec<u8> = nals.iter().filter_map(|n| nal_type(self.codec, n)).collect();
-        let has_params = types.iter().any(|t| param_types.contains(t));
+        let nals = nal_units(&f.data);
+        let first = nals.first().and_then(|n| nal_type(self.codec, n));
+        let codec = self.codec;
+        let is_param = |n: &[u8]| nal_type(codec, n).is_some_and(|t| param_types.contains(&t));
+        let has_params = nals.iter().any(|n| is_param(n));
         if has_params {
-            self.params = nals
-                .iter()
-                .filter(|n| nal_type(self.codec, n).is_some_and(|t| param_types.contains(&t)))
-                .map(|n| n.to_vec())
-                .collect();
+            self.params = nals.iter().filter(|n| is_param(n)).map(|n| n.to_vec()).collect();
         }
-        let mut au = Vec::with_capacity(f.data.len() + 64);
-        if types.first() != Some(&aud_type) {
-            match self.codec {
-                Codec::H265 => au.extend_from_slice(&[0, 0, 0, 1, 0x46, 0x01, 0x50]),
-                _ => au.extend_from_slice(&[0, 0, 0, 1, 0x09, 0xf0]),
-            }
-        }
-        if f.keyframe && !has_params {
-            for p in &self.params {
-                au.extend_from_slice(&[0, 0, 0, 1]);
-                au.extend_from_slice(p);
-            }
-        }
-        au.extend_from_slice(&f.data);
-        au
+        (first != Some(aud_type), f.keyframe && !has_params)
     }
 
     /// Appends the TS packets of one frame to `out`.
@@ -183,19 +168,34 @@ impl Muxer {
             self.tables(out);
             self.last_tables = Some(f.dts);
         }
-        let au = self.prepare(f);
-        let mut pes = Vec::with_capacity(au.len() + 19);
-        pes.extend_from_slice(&[0, 0, 1, 0xe0, 0, 0]); // length 0: unbounded (video)
-        if f.pts != f.dts {
-            pes.extend_from_slice(&[0x84, 0xc0, 10]);
-            pes.extend_from_slice(&pts_bytes(3, f.pts));
-            pes.extend_from_slice(&pts_bytes(1, f.dts));
+        let (add_aud, add_params) = self.prefix(f);
+        let mut head = [0u8; 19];
+        head[..6].copy_from_slice(&[0, 0, 1, 0xe0, 0, 0]); // length 0: unbounded (video)
+        let head_len = if f.pts != f.dts {
+            head[6..9].copy_from_slice(&[0x84, 0xc0, 10]);
+            head[9..14].copy_from_slice(&pts_bytes(3, f.pts));
+            head[14..19].copy_from_slice(&pts_bytes(1, f.dts));
+            19
         } else {
-            pes.extend_from_slice(&[0x84, 0x80, 5]);
-            pes.extend_from_slice(&pts_bytes(2, f.pts));
+            head[6..9].copy_from_slice(&[0x84, 0x80, 5]);
+            head[9..14].copy_from_slice(&pts_bytes(2, f.pts));
+            14
+        };
+        const SC: &[u8] = &[0, 0, 0, 1];
+        let aud: &[u8] =
+            if self.codec == Codec::H265 { &[0, 0, 0, 1, 0x46, 0x01, 0x50] } else { &[0, 0, 0, 1, 0x09, 0xf0] };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(4 + 2 * self.params.len());
+        parts.push(&head[..head_len]);
+        if add_aud {
+            parts.push(aud);
         }
-        pes.extend_from_slice(&au);
-
+        if add_params {
+            for p in &self.params {
+                parts.push(SC);
+                parts.push(p);
+            }
+        }
+        parts.push(&f.data);
         let pcr = f.dts.saturating_sub(9000) & ((1 << 33) - 1);
         let af = vec![
             if f.keyframe { 0x50 } else { 0x10 },
@@ -206,7 +206,7 @@ impl Muxer {
             ((pcr & 1) as u8) << 7 | 0x7e,
             0,
         ];
-        packetize(VIDEO_PID, &mut self.cc[2], &pes, af, out);
+        packetize(VIDEO_PID, &mut self.cc[2], &parts, af, out);
         Ok(())
     }
 
@@ -221,23 +221,40 @@ impl Muxer {
             self.last_tables = Some(f.dts);
         }
         let len = 8 + f.data.len();
-        let mut pes = Vec::with_capacity(len + 6);
-        pes.extend_from_slice(&[0, 0, 1, 0xc0]);
-        pes.extend_from_slice(&(if len > 0xffff { 0 } else { len as u16 }).to_be_bytes());
-        pes.extend_from_slice(&[0x84, 0x80, 5]);
-        pes.extend_from_slice(&pts_bytes(2, f.pts));
-        pes.extend_from_slice(&f.data);
-        packetize(AUDIO_PID, &mut self.cc[3], &pes, Vec::new(), out);
+        let mut head = [0u8; 14];
+        head[..4].copy_from_slice(&[0, 0, 1, 0xc0]);
+        head[4..6].copy_from_slice(&(if len > 0xffff { 0 } else { len as u16 }).to_be_bytes());
+        head[6..9].copy_from_slice(&[0x84, 0x80, 5]);
+        head[9..14].copy_from_slice(&pts_bytes(2, f.pts));
+        packetize(AUDIO_PID, &mut self.cc[3], &[&head, &f.data], Vec::new(), out);
         Ok(())
     }
 }
 
-/// Cuts a PES into TS packets on `pid`; `af` (if not empty) is the
-/// adaptation field of the first packet; the last packet is stuffed.
-fn packetize(pid: u16, cc: &mut u8, pes: &[u8], mut af: Vec<u8>, out: &mut Vec<u8>) {
-    let mut rest = pes;
+/// Copies `n` bytes from the front of `parts` (advancing it) into `out`.
+fn take(parts: &mut &[&[u8]], at: &mut usize, mut n: usize, out: &mut Vec<u8>) {
+    while n > 0 {
+        let Some(p) = parts.first() else { return };
+        let k = n.min(p.len() - *at);
+        out.extend_from_slice(&p[*at..*at + k]);
+        *at += k;
+        n -= k;
+        if *at == p.len() {
+            *parts = &parts[1..];
+            *at = 0;
+        }
+    }
+}
+
+/// Cuts a PES (given as consecutive parts, copied once) into TS packets
+/// on `pid`; `af` (if not empty) is the adaptation field of the first
+/// packet; the last packet is stuffed.
+fn packetize(pid: u16, cc: &mut u8, mut parts: &[&[u8]], mut af: Vec<u8>, out: &mut Vec<u8>) {
+    let mut left: usize = parts.iter().map(|p| p.len()).sum();
+    let mut at = 0;
+    out.reserve(left + left / 180 * 8 + 2 * PACKET);
     let mut first = true;
-    while !rest.is_empty() {
+    while left > 0 {
         let start = out.len();
         let pusi = if first { 0x40 } else { 0 };
         out.extend_from_slice(&[0x47, pusi | (pid >> 8) as u8, pid as u8, 0]);
@@ -245,26 +262,21 @@ fn packetize(pid: u16, cc: &mut u8, pes: &[u8], mut af: Vec<u8>, out: &mut Vec<u
             af.clear();
         }
         let room = PACKET - 4 - if af.is_empty() { 0 } else { 1 + af.len() };
-        if rest.len() < room {
+        let n = if left < room {
             // Stuff: an adaptation field (created if needed) grows to fill.
-            let need = PACKET - 4 - rest.len();
-            if af.is_empty() {
-                if need == 1 {
-                    out.push(0); // length 0: the field is just its length byte
-                } else {
-                    af.push(0);
-                    af.resize(need - 1, 0xff);
-                    out.push(af.len() as u8);
-                    out.extend_from_slice(&af);
-                }
+            let need = PACKET - 4 - left;
+            if af.is_empty() && need == 1 {
+                out.push(0); // length 0: the field is just its length byte
             } else {
+                if af.is_empty() {
+                    af.push(0);
+                }
                 af.resize(need - 1, 0xff);
                 out.push(af.len() as u8);
                 out.extend_from_slice(&af);
             }
             out[start + 3] = 0x30 | (*cc & 0x0f);
-            out.extend_from_slice(rest);
-            rest = &[];
+            left
         } else {
             if af.is_empty() {
                 out[start + 3] = 0x10 | (*cc & 0x0f);
@@ -273,10 +285,10 @@ fn packetize(pid: u16, cc: &mut u8, pes: &[u8], mut af: Vec<u8>, out: &mut Vec<u
                 out.extend_from_slice(&af);
                 out[start + 3] = 0x30 | (*cc & 0x0f);
             }
-            let n = PACKET - (out.len() - start);
-            out.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-        }
+            PACKET - (out.len() - start)
+        };
+        take(&mut parts, &mut at, n, out);
+        left -= n;
         *cc = cc.wrapping_add(1);
         first = false;
         debug_assert_eq!(out.len() - start, PACKET);

@@ -100,17 +100,32 @@ enum Cmd {
         /// Write the device's own framing (0x1FC… headers) instead of Annex B.
         #[arg(long)]
         raw: bool,
-        /// Container: `annexb` (default), `ts` (MPEG-TS) or `mp4`
-        /// (fragmented; plays while it grows). H.264 and H.265.
+        /// Container of -o: `annexb` (default), `ts` (MPEG-TS), `mp4`
+        /// (fragmented; plays while it grows) or `flv`. H.264 and H.265;
+        /// the camera's G.711 audio goes into FLV.
         #[arg(long, default_value = "annexb")]
         format: String,
         /// Where to write (a file or `-`).
-        #[arg(short, long, required_unless_present = "rtmp")]
+        #[arg(short, long, required_unless_present_any = ["rtmp", "hls"])]
         output: Option<String>,
-        /// Publish to an RTMP server instead (rtmp://host[:port]/app/key).
-        /// H.265 goes as Enhanced RTMP, which not every server reads.
-        #[arg(long, conflicts_with_all = ["output", "raw"])]
+        /// Publish to an RTMP server (rtmp://host[:port]/app/key), with the
+        /// camera's audio; reconnects when the server goes away. H.265 goes
+        /// as Enhanced RTMP, which not every server reads.
+        #[arg(long, conflicts_with = "raw")]
         rtmp: Option<String>,
+        /// Write a live HLS window into this directory (index.m3u8 and
+        /// segments; old segments are deleted), for any web server to serve.
+        #[arg(long, conflicts_with = "raw")]
+        hls: Option<std::path::PathBuf>,
+        /// HLS: segments in the playlist.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        hls_window: u16,
+        /// HLS: seconds a segment lasts at least (cut at the next keyframe).
+        #[arg(long, default_value_t = 2.0)]
+        hls_segment: f64,
+        /// HLS: segment container, ts or mp4.
+        #[arg(long, default_value = "ts")]
+        hls_format: String,
     },
     /// List recordings.
     Files {
@@ -513,77 +528,60 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 format!("{} bytes written to {output}", jpeg.len())
             });
         }
-        Cmd::Stream { channel, sub, second_socket, frames, seconds, raw, format, output, rtmp } => {
-            if let Some(url) = rtmp {
-                return publish(c, channel, sub, second_socket, frames, seconds, &url, json).await;
-            }
-            let output = output.unwrap_or_else(|| "-".into());
-            let mut sink = match format.as_str() {
-                "annexb" | "raw-es" | "h264" | "h265" => None,
-                f => match ivr_media::sink::Format::parse(f) {
-                    Some(_) if raw => bail!("--raw writes the device's framing; it does not go with --format {f}"),
-                    Some(fmt) => Some(ivr_media::sink::Sink::new(fmt, 25)),
-                    None => bail!("--format {f:?}: expected annexb, ts, mp4 or flv"),
-                },
-            };
+        Cmd::Stream {
+            channel,
+            sub,
+            second_socket,
+            frames,
+            seconds,
+            raw,
+            format,
+            output,
+            rtmp,
+            hls,
+            hls_window,
+            hls_segment,
+            hls_format,
+        } => {
             let st = if sub { StreamType::Extra } else { StreamType::Main };
             let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
-            let mut s = c.monitor(channel, st, mode).await?;
-            let mut out = Output::open(&output).await?;
-            let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
-            let mut n = 0u64;
-            let mut first: Option<MediaFrame> = None;
-            loop {
-                let next = async {
-                    if raw {
-                        s.next_chunk().await.map(Err)
-                    } else {
-                        s.next_frame().await.map(Ok)
-                    }
-                };
-                let item = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, next).await {
-                        Ok(i) => i,
-                        Err(_) => break,
+            let limits = (frames, seconds.map(Duration::from_secs_f64));
+            if raw {
+                if format != "annexb" {
+                    bail!("--raw writes the device's framing; it does not go with --format {format}");
+                }
+                let output = output.unwrap_or_else(|| "-".into());
+                return stream_raw(c, channel, st, mode, limits, &output, json).await;
+            }
+            let file = match output {
+                None => None,
+                Some(o) => Some((
+                    o,
+                    match format.as_str() {
+                        "annexb" | "raw-es" | "h264" | "h265" => None,
+                        f => Some(
+                            ivr_media::sink::Format::parse(f)
+                                .with_context(|| format!("--format {f:?}: expected annexb, ts, mp4 or flv"))?,
+                        ),
                     },
-                    None => next.await,
-                };
-                let Some(item) = item else { break };
-                match item {
-                    Err(chunk) => out.write(&chunk).await?,
-                    Ok(f) => {
-                        let video = matches!(f.kind, FrameKind::Video { .. });
-                        match &mut sink {
-                            None if video => out.write(&f.payload).await?,
-                            None => {}
-                            Some(sink) => push_frame(sink, &f, &format, &mut out).await?,
-                        }
-                        if video {
-                            n += 1;
-                            if first.is_none() {
-                                first = Some(f);
-                            }
-                        }
+                )),
+            };
+            let hls = match hls {
+                None => None,
+                Some(dir) => {
+                    let f = match ivr_media::sink::Format::parse(&hls_format) {
+                        Some(f @ (ivr_media::sink::Format::Ts | ivr_media::sink::Format::Mp4)) => f,
+                        _ => bail!("--hls-format {hls_format:?}: expected ts or mp4"),
+                    };
+                    if !(0.5..=60.0).contains(&hls_segment) {
+                        bail!("--hls-segment {hls_segment}: expected 0.5 to 60 seconds");
                     }
+                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    Some((dir, f, hls_window as usize, hls_segment))
                 }
-                if frames.is_some_and(|m| n >= m) {
-                    break;
-                }
-            }
-            if let Some(sink) = &mut sink {
-                finish_sink(sink, &output, &mut out).await?;
-            }
-            out.finish().await?;
-            let bytes = s.bytes();
-            s.stop().await?;
-            if let Some(FrameKind::Video { codec, width, height, fps, .. }) = first.map(|f| f.kind) {
-                let v = json!({"frames": n, "bytes": bytes, "codec": codec.name(), "width": width, "height": height, "fps": fps});
-                if output != "-" {
-                    print(json, &v, || {
-                        format!("{n} frames, {} {width}x{height} @ {fps} fps, {bytes} bytes received", codec.name())
-                    });
-                }
-            }
+            };
+            let outs = Outputs { file, rtmp, hls };
+            stream_fanout(c, channel, st, mode, limits, outs, json).await?;
         }
         Cmd::Files { channel, from, to, event } => {
             let now = c.time().await?.unwrap_or_else(|| chrono::Local::now().naive_local());
@@ -972,59 +970,6 @@ async fn write_file(path: &str, data: &[u8]) -> anyhow::Result<()> {
     tokio::fs::write(path, data).await.with_context(|| format!("cannot write {path}"))
 }
 
-/// `stream --rtmp`: the camera's frames to an RTMP server, as they come.
-#[allow(clippy::too_many_arguments)]
-async fn publish(
-    c: &Client,
-    channel: u32,
-    sub: bool,
-    second_socket: bool,
-    frames: Option<u64>,
-    seconds: Option<f64>,
-    url: &str,
-    json: bool,
-) -> anyhow::Result<()> {
-    let st = if sub { StreamType::Extra } else { StreamType::Main };
-    let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
-    let mut s = c.monitor(channel, st, mode).await?;
-    let mut p = ivr_media::rtmp::Publisher::connect(url, 25).await?;
-    let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
-    let (mut n, mut sent) = (0u64, 0u64);
-    loop {
-        let next = s.next_frame();
-        let f = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, next).await {
-                Ok(f) => f,
-                Err(_) => break,
-            },
-            None => next.await,
-        };
-        let Some(f) = f else { break };
-        let frame = match ivr_media::demux::dvrip_frame(&f) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => continue,
-            Err(what) => bail!("--rtmp: the device sends {what}, which RTMP does not carry here"),
-        };
-        let video = frame.codec.is_video();
-        if p.send(&frame).await? && video {
-            sent += 1;
-        }
-        if video {
-            n += 1;
-        }
-        if frames.is_some_and(|m| n >= m) {
-            break;
-        }
-    }
-    let bytes = p.bytes_sent;
-    p.close().await?;
-    s.stop().await?;
-    print(json, &json!({"frames": sent, "bytes": bytes, "url": url}), || {
-        format!("{sent} frames, {bytes} bytes published to {url}")
-    });
-    Ok(())
-}
-
 /// One demuxed DVRIP frame into a container sink, 1 s into the timeline
 /// (room for the TS clock reference before the first frame).
 async fn push_frame(
@@ -1086,4 +1031,231 @@ impl Output {
             Output::File(f, p) => f.flush().await.with_context(|| format!("writing {p}")),
         }
     }
+}
+
+/// Where `stream` sends the camera: any of a file, an RTMP server and a
+/// live HLS directory, all at once from one device connection.
+struct Outputs {
+    file: Option<(String, Option<ivr_media::sink::Format>)>,
+    rtmp: Option<String>,
+    hls: Option<(std::path::PathBuf, ivr_media::sink::Format, usize, f64)>,
+}
+
+type Limits = (Option<u64>, Option<Duration>);
+
+/// The next frame of a monitor stream, or `None` at its end or the deadline.
+async fn next_within(s: &mut dvrip::client::MediaStream, deadline: Option<tokio::time::Instant>) -> Option<MediaFrame> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, s.next_frame()).await.ok().flatten(),
+        None => s.next_frame().await,
+    }
+}
+
+/// `stream --raw`: the device's own framing, byte for byte.
+async fn stream_raw(
+    c: &Client,
+    channel: u32,
+    st: StreamType,
+    mode: SocketMode,
+    (frames, seconds): Limits,
+    output: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut s = c.monitor(channel, st, mode).await?;
+    let mut out = Output::open(output).await?;
+    let deadline = seconds.map(|d| tokio::time::Instant::now() + d);
+    let mut chunks = 0u64;
+    loop {
+        let next = s.next_chunk();
+        let chunk = match deadline {
+            Some(d) => tokio::time::timeout_at(d, next).await.ok().flatten(),
+            None => next.await,
+        };
+        let Some(chunk) = chunk else { break };
+        out.write(&chunk).await?;
+        chunks += 1;
+        if frames.is_some_and(|m| chunks >= m) {
+            break;
+        }
+    }
+    out.finish().await?;
+    let bytes = s.bytes();
+    s.stop().await?;
+    if output != "-" {
+        print(json, &json!({"bytes": bytes, "output": output}), || format!("{bytes} bytes written to {output}"));
+    }
+    Ok(())
+}
+
+/// `stream`: one device connection feeding a hub; each output is a
+/// consumer of it (a slow one skips to the next keyframe rather than
+/// holding the camera back).
+async fn stream_fanout(
+    c: &Client,
+    channel: u32,
+    st: StreamType,
+    mode: SocketMode,
+    (frames, seconds): Limits,
+    outs: Outputs,
+    json: bool,
+) -> anyhow::Result<()> {
+    use ivr_media::hub::Hub;
+    let hub = Hub::new(250, 16 << 20);
+    let mut tasks: Vec<(String, tokio::task::JoinHandle<anyhow::Result<Value>>)> = Vec::new();
+    if let Some((path, format)) = outs.file {
+        let mut sub = hub.subscribe();
+        let name = format!("file {path}");
+        tasks.push((
+            name,
+            tokio::spawn(async move {
+                let mut out = Output::open(&path).await?;
+                let mut sink = format.map(|f| ivr_media::sink::Sink::new(f, 25));
+                let fname = format.map_or("annexb".to_owned(), |f| format!("{f:?}").to_lowercase());
+                let mut written = 0u64;
+                while let Some(mut f) = sub.recv().await {
+                    match &mut sink {
+                        None if f.codec.is_video() => {
+                            written += f.data.len() as u64;
+                            out.write(&f.data).await?;
+                        }
+                        None => {}
+                        Some(sink) => {
+                            // 1 s in: room for the TS clock reference.
+                            f.pts += 90_000;
+                            f.dts += 90_000;
+                            let mut buf = Vec::new();
+                            sink.push(f, &mut buf).with_context(|| format!("--format {fname}"))?;
+                            if !buf.is_empty() {
+                                written += buf.len() as u64;
+                                out.write(&Bytes::from(buf)).await?;
+                            }
+                        }
+                    }
+                }
+                let mut v = json!({"output": path, "format": fname, "skipped": sub.skipped});
+                if let Some(sink) = &mut sink {
+                    let mut buf = Vec::new();
+                    sink.finish(&mut buf)?;
+                    written += buf.len() as u64;
+                    out.write(&Bytes::from(buf)).await?;
+                    v["frames"] = json!(sink.frames);
+                    v["audio_frames"] = json!(sink.audio_frames);
+                    v["audio_left_out"] = json!(sink.audio_left_out);
+                    if sink.audio_left_out > 0 {
+                        eprintln!(
+                            "{path}: {} audio frame(s) left out: {fname} does not carry G.711",
+                            sink.audio_left_out
+                        );
+                    }
+                }
+                out.finish().await?;
+                v["bytes"] = json!(written);
+                Ok(v)
+            }),
+        ));
+    }
+    if let Some(url) = outs.rtmp {
+        let sub = hub.subscribe();
+        tasks.push((
+            format!("rtmp {url}"),
+            tokio::spawn(async move {
+                let st =
+                    ivr_media::rtmp::publish_loop(sub, &url, 25, Duration::from_secs(30), |e| eprintln!("{e}")).await;
+                if st.frames == 0 {
+                    bail!("nothing published to {url}: {}", st.last_error.as_deref().unwrap_or("no keyframe came"));
+                }
+                let mut v = serde_json::to_value(&st)?;
+                v["url"] = json!(url);
+                Ok(v)
+            }),
+        ));
+    }
+    if let Some((dir, format, window, segment)) = outs.hls {
+        let mut sub = hub.subscribe();
+        tasks.push((
+            format!("hls {}", dir.display()),
+            tokio::spawn(async move {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let mut w = ivr_media::hls::Writer::new(format, 25, segment, Some(window), "seg").with_start_ms(now_ms);
+                let apply = |o: Vec<ivr_media::hls::Output>| {
+                    ivr_media::hls::apply(&dir, "index.m3u8", o)
+                        .with_context(|| format!("writing HLS into {}", dir.display()))
+                };
+                let mut segments = 0u64;
+                while let Some(f) = sub.recv().await {
+                    let o = w.push(f)?;
+                    segments += o.iter().filter(|x| matches!(x, ivr_media::hls::Output::Playlist(_))).count() as u64;
+                    apply(o)?;
+                }
+                apply(w.finish()?)?;
+                Ok(json!({"dir": dir.display().to_string(), "segments": segments + 1, "skipped": sub.skipped}))
+            }),
+        ));
+    }
+    let mut s = c.monitor(channel, st, mode).await?;
+    let deadline = seconds.map(|d| tokio::time::Instant::now() + d);
+    let (mut n, mut first) = (0u64, None);
+    let mut refused: Option<String> = None;
+    while let Some(f) = next_within(&mut s, deadline).await {
+        match ivr_media::demux::dvrip_frame(&f) {
+            Ok(Some(frame)) => {
+                if frame.codec.is_video() {
+                    n += 1;
+                    if first.is_none() {
+                        first = Some(f.kind.clone());
+                    }
+                }
+                hub.publish(frame);
+            }
+            Ok(None) => {}
+            Err(what) => {
+                refused = Some(what);
+                break;
+            }
+        }
+        if frames.is_some_and(|m| n >= m) {
+            break;
+        }
+        if tasks.iter().all(|t| t.1.is_finished()) {
+            break; // every output failed; the errors follow
+        }
+    }
+    let bytes = s.bytes();
+    s.stop().await?;
+    drop(hub);
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for (name, t) in tasks {
+        match t.await {
+            Ok(Ok(v)) => results.push(v),
+            Ok(Err(e)) => failed.push(format!("{name}: {e:#}")),
+            Err(e) => failed.push(format!("{name}: {e}")),
+        }
+    }
+    if let Some(what) = refused {
+        bail!("the device sends {what}, which ivr does not carry");
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    let mut v = json!({"frames": n, "bytes": bytes, "outputs": results});
+    if let Some(FrameKind::Video { codec, width, height, fps, .. }) = first {
+        v["codec"] = json!(codec.name());
+        v["width"] = json!(width);
+        v["height"] = json!(height);
+        v["fps"] = json!(fps);
+    }
+    let to_stdout = v["outputs"].as_array().is_some_and(|o| o.iter().any(|x| x["output"] == "-"));
+    if !to_stdout {
+        print(json, &v, || {
+            let what = match first {
+                Some(FrameKind::Video { codec, width, height, fps, .. }) => {
+                    format!(", {} {width}x{height} @ {fps} fps", codec.name())
+                }
+                _ => String::new(),
+            };
+            format!("{n} frames{what}, {bytes} bytes received")
+        });
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod bench_cvip;
 pub mod bench_ivc;
 pub mod bench_media;
+pub mod bench_streams;
 pub mod cloud;
 pub mod cvip;
 pub mod demo;
