@@ -163,6 +163,17 @@ try:
         b, e = files[-2]["BeginTime"], files[-1]["EndTime"]
         r = ivr(port, "download", "--from", b, "--to", e, "--annexb", "-o", f"{out}/ivr_range.h264")
         judge("ffprobe ivr dvrip download --from --to", f"{out}/ivr_range.h264", "h264", 2592, 1944, 6000)
+        os.makedirs(f"{out}/range", exist_ok=True)
+        r = ivr(port, "download", "--from", b, "--to", e, "--format", "hls", "-o", f"{out}/range/range.m3u8", "--json")
+        try:
+            with open(f"{out}/range/range.m3u8") as f:
+                pl = f.read()
+        except OSError:
+            pl = ""
+        # Two files ten minutes apart: one playlist, a discontinuity between them.
+        record("ivr dvrip download --format hls (a recorded range)", r.returncode == 0 and pl.endswith("#EXT-X-ENDLIST\n")
+               and pl.count("#EXT-X-DISCONTINUITY") == 1 and pl.count("#EXT-X-PROGRAM-DATE-TIME") > 50, r.stderr + pl[:300])
+        judge("ffprobe the recorded-range playlist", f"{out}/range/range.m3u8", "h264", 2592, 1944, 6000)
     # Publish the camera to a real RTMP server (nginx-rtmp); ffmpeg plays
     # it back from nginx and ffprobe judges what came through.
     import socket

@@ -135,6 +135,10 @@ pub struct Writer {
     seq: u64,
     /// The open segment: its first DTS, bytes so far, the TS sink.
     open: Option<(u64, Vec<u8>, Option<Sink>)>,
+    /// The wall clock given for the next keyframe, and the one the open
+    /// segment started at.
+    wall: Option<i64>,
+    open_wall: Option<i64>,
     gop: Vec<Frame>,
     frag: Option<fmp4::Fragmenter>,
     last_dts: u64,
@@ -163,6 +167,8 @@ impl Writer {
             frag: None,
             last_dts: 0,
             start_ms: None,
+            wall: None,
+            open_wall: None,
             dropped_before_keyframe: 0,
         }
     }
@@ -183,6 +189,14 @@ impl Writer {
     /// Whether audio goes into the segments.
     pub fn with_audio_carried(&self) -> bool {
         self.audio.is_some()
+    }
+
+    /// The wall clock (Unix ms) of the next frame pushed, as the source
+    /// knows it (a recording's device time). A segment starting there is
+    /// stamped with it; one that does not follow on from the previous
+    /// segment (a gap between recordings) is marked as a discontinuity.
+    pub fn set_wall_clock(&mut self, ms: i64) {
+        self.wall = Some(ms);
     }
 
     pub fn playlist(&self) -> &Playlist {
@@ -208,6 +222,7 @@ impl Writer {
                 self.close(f.dts, &mut out)?;
             }
             if self.open.is_none() {
+                self.open_wall = self.wall.take();
                 let sink = (self.format == Format::Ts).then(|| Sink::new(Format::Ts, self.fps).with_audio(self.audio));
                 self.open = Some((f.dts, Vec::new(), sink));
             }
@@ -264,18 +279,12 @@ impl Writer {
         let uri = format!("{}{}.{}", self.prefix, self.seq, self.ext());
         self.seq += 1;
         out.push(Output::File(uri.clone(), buf));
-        let first = self.playlist.entries.first().map(|e| e.start_ms);
-        let start_ms = self.start_ms.map(|s| {
-            let origin = first.flatten().unwrap_or(s);
-            let elapsed: f64 = self.playlist.entries.iter().map(|e| e.duration).sum();
-            origin + (elapsed * 1000.0) as i64
-        });
-        self.playlist.entries.push(Entry {
-            uri,
-            duration: (end - t0) as f64 / 90_000.0,
-            start_ms,
-            discontinuity: false,
-        });
+        let follows =
+            self.playlist.entries.last().and_then(|e| Some(e.start_ms? + (e.duration * 1000.0).round() as i64));
+        let computed = follows.or(self.start_ms);
+        let start_ms = self.open_wall.take().or(computed);
+        let discontinuity = matches!((start_ms, follows), (Some(s), Some(f)) if (s - f).abs() > 1000);
+        self.playlist.entries.push(Entry { uri, duration: (end - t0) as f64 / 90_000.0, start_ms, discontinuity });
         if let Some(w) = self.window {
             while self.playlist.entries.len() > w {
                 let old = self.playlist.entries.remove(0);
@@ -332,6 +341,37 @@ mod tests {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_jump_in_the_source_clock_is_a_discontinuity() {
+        use bytes::Bytes;
+        // 1 s GOPs of a fake H.264 stream; the source's clock jumps 10 min
+        // ahead at the third keyframe (the next recording file).
+        let mut w = Writer::new(Format::Ts, 25, 1.0, None, "s");
+        for i in 0..100u64 {
+            let key = i % 25 == 0;
+            if key {
+                let jump = if i >= 50 { 600_000 } else { 0 };
+                w.set_wall_clock(1_000_000 + i as i64 * 40 + jump);
+            }
+            let nal: &[u8] = if key { &[0, 0, 0, 1, 0x65, 0x88, 1] } else { &[0, 0, 0, 1, 0x41, 0x9a, 1] };
+            let f = Frame {
+                codec: Codec::H264,
+                keyframe: key,
+                pts: 90_000 + i * 3600,
+                dts: 90_000 + i * 3600,
+                data: Bytes::from_static(nal),
+            };
+            w.push(f).unwrap();
+        }
+        w.finish().unwrap();
+        let e = &w.playlist().entries;
+        assert_eq!(
+            e.iter().map(|x| x.start_ms).collect::<Vec<_>>(),
+            [Some(1_000_000), Some(1_001_000), Some(1_602_000), Some(1_603_000)]
+        );
+        assert_eq!(e.iter().map(|x| x.discontinuity).collect::<Vec<_>>(), [false, false, true, false]);
     }
 
     #[test]

@@ -156,7 +156,8 @@ enum Cmd {
         #[arg(long, conflicts_with = "format")]
         annexb: bool,
         /// Write a playable file instead of the device's format: mp4
-        /// (fragmented), ts, flv or annexb.
+        /// (fragmented), ts, flv, annexb, or hls (-o DIR/NAME.m3u8: a VOD
+        /// playlist of 4 s TS segments stamped with the device's clock).
         #[arg(long)]
         format: Option<String>,
         #[arg(long)]
@@ -601,11 +602,15 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
         }
         Cmd::Download { file, channel, from, to, annexb, format, second_socket, output } => {
             let annexb = annexb || matches!(format.as_deref(), Some("annexb" | "h264" | "h265" | "raw-es"));
+            let hls = matches!(format.as_deref(), Some("hls" | "m3u8"));
+            if hls && !output.ends_with(".m3u8") {
+                bail!("--format hls writes a playlist: give -o DIR/NAME.m3u8 (segments go beside it)");
+            }
             let mut sink = match format.as_deref() {
-                None | Some("annexb" | "h264" | "h265" | "raw-es") => None,
+                None | Some("annexb" | "h264" | "h265" | "raw-es" | "hls" | "m3u8") => None,
                 Some(f) => match ivr_media::sink::Format::parse(f) {
                     Some(fmt) => Some(ivr_media::sink::Sink::new(fmt, 25)),
-                    None => bail!("--format {f:?}: expected mp4, ts, flv or annexb"),
+                    None => bail!("--format {f:?}: expected mp4, ts, flv, hls or annexb"),
                 },
             };
             let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
@@ -640,6 +645,19 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
             };
             let mut s = c.download(target, mode).await?;
             let pb = if json || output == "-" { ProgressBar::hidden() } else { bar(expected.max(1), "download") };
+            if hls {
+                let (frames, segments) = download_hls(&mut s, &output, &pb).await?;
+                pb.finish_and_clear();
+                let bytes = s.bytes();
+                drop(s);
+                if frames == 0 {
+                    bail!("the device sent no video");
+                }
+                print(json, &json!({"bytes": bytes, "frames": frames, "segments": segments, "output": output}), || {
+                    format!("{frames} frames in {segments} segments, {output}")
+                });
+                return Ok(());
+            }
             let mut out = Output::open(&output).await?;
             let mut frames = 0u64;
             if let Some(sink) = &mut sink {
@@ -968,6 +986,52 @@ async fn write_file(path: &str, data: &[u8]) -> anyhow::Result<()> {
         return Ok(());
     }
     tokio::fs::write(path, data).await.with_context(|| format!("cannot write {path}"))
+}
+
+/// A recording as an HLS VOD playlist with TS segments beside it, each
+/// stamped with the device's clock (`EXT-X-PROGRAM-DATE-TIME`, the device's
+/// local time read in this machine's time zone).
+async fn download_hls(
+    s: &mut dvrip::client::MediaStream,
+    output: &str,
+    pb: &ProgressBar,
+) -> anyhow::Result<(u64, usize)> {
+    use chrono::TimeZone;
+    let path = std::path::Path::new(output);
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).context("the playlist needs a file name")?;
+    let stem = path.file_stem().and_then(|n| n.to_str()).unwrap_or("recording");
+    let apply = |o: Vec<ivr_media::hls::Output>| {
+        ivr_media::hls::apply(dir, name, o).with_context(|| format!("writing HLS into {}", dir.display()))
+    };
+    let mut w: Option<ivr_media::hls::Writer> = None;
+    let mut frames = 0u64;
+    while let Some(f) = s.next_frame().await {
+        pb.set_position(s.bytes());
+        let Ok(Some(mut frame)) = ivr_media::demux::dvrip_frame(&f) else { continue };
+        frame.pts += 90_000;
+        frame.dts += 90_000;
+        if w.is_none() && frame.codec.is_video() && frame.keyframe {
+            let mut nw = ivr_media::hls::Writer::new(ivr_media::sink::Format::Ts, 25, 4.0, None, &format!("{stem}_"));
+            if let Some(ms) = f.device_time.and_then(|t| chrono::Local.from_local_datetime(&t).single()) {
+                nw = nw.with_start_ms(ms.timestamp_millis());
+            }
+            w = Some(nw);
+        }
+        let Some(w) = &mut w else { continue };
+        if frame.codec.is_video() {
+            frames += 1;
+            if frame.keyframe {
+                if let Some(ms) = f.device_time.and_then(|t| chrono::Local.from_local_datetime(&t).single()) {
+                    w.set_wall_clock(ms.timestamp_millis());
+                }
+            }
+        }
+        apply(w.push(frame)?)?;
+    }
+    let Some(mut w) = w else { return Ok((0, 0)) };
+    apply(w.finish()?)?;
+    Ok((frames, w.playlist().entries.len()))
 }
 
 /// One demuxed DVRIP frame into a container sink, 1 s into the timeline
