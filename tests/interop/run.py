@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import time
 
 ap = argparse.ArgumentParser()
@@ -69,6 +70,64 @@ def judge(name, path, codec, width, height, min_frames):
     ok = (s is not None and s.get("codec_name") == codec and s.get("width") == width
           and s.get("height") == height and int(s.get("nb_read_frames", 0)) >= min_frames)
     record(name, ok, f"ffprobe says {s}")
+
+
+def cloud_edge_rtmp(rtmp_url):
+    """The whole chain: `ivr cloud`, an `ivr edge` with a simulated channel
+    connected to it, the cloud's API asking the edge for RTMPPublish, and
+    ffmpeg playing what reaches nginx."""
+    import re
+    import urllib.request
+    token = "interop-token"
+    data = tempfile.mkdtemp(prefix="ivr-cloud-")
+    cloud = subprocess.Popen([IVR, "cloud", "--listen", "127.0.0.1:0", "--data", data, "--keepalive-secs", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=dict(os.environ, IVR_ADMIN_TOKEN=token))
+    edge = None
+    try:
+        m = re.search(r"http://(127\.0\.0\.1:\d+)/", cloud.stdout.readline())
+        host = m.group(1)
+
+        def api(method, path, body=None):
+            req = urllib.request.Request(f"http://{host}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+
+        api("POST", "/api/v1/devices", {"login_code": "site-rtmp", "login_passwd": "rtmp-pass-1234", "name": "RTMP site"})
+        conf = os.path.join(data, "edge.toml")
+        with open(conf, "w") as f:
+            f.write(f'[cloud]\nurl = "ws://{host}/ivc"\nlogin_code = "site-rtmp"\nlogin_passwd = "rtmp-pass-1234"\n'
+                    f'keepalive_secs = 1\n\n[[channels]]\nchannel = 0\nsource = "sim"\npreview_every_secs = 0\n')
+        edge = subprocess.Popen([IVR, "edge", "--config", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        params = {"channel": 0, "quality": "sd", "url": rtmp_url, "stream_id": "s1", "max_bitrate": 0}
+        status, body = 0, b""
+        for _ in range(100):
+            status, body = api("POST", "/api/v1/devices/site-rtmp/rpc/RTMPPublish", params)
+            if status == 200:
+                break
+            time.sleep(0.1)
+        record("the cloud asks the edge for RTMPPublish", status == 200, f"{status} {body[:200]}")
+        try:
+            play = subprocess.run(["ffmpeg", "-v", "error", "-i", rtmp_url, "-t", "2", "-c", "copy", "-y", f"{out}/edge_rtmp.flv"],
+                                  capture_output=True, text=True, timeout=30)
+            record("ffmpeg plays the edge's publication from nginx", play.returncode == 0, play.stderr[:300])
+        except subprocess.TimeoutExpired:
+            record("ffmpeg plays the edge's publication from nginx", False, "timed out")
+        judge("ffprobe the edge's publication", f"{out}/edge_rtmp.flv", "h264", 640, 360, 40)
+        status, body = api("POST", "/api/v1/devices/site-rtmp/rpc/RTMPStopPublish", {"channel": 0, "stream_id": "s1"})
+        record("RTMPStopPublish", status == 200, f"{status} {body[:200]}")
+        status, body = api("POST", "/api/v1/devices/site-rtmp/rpc/RTMPPublish", dict(params, stream_id="s2", url="http://nope"))
+        record("RTMPPublish to a non-RTMP URL is refused, naming the field", status == 502 and b"params.url" in body, f"{status} {body[:200]}")
+    except Exception as e:
+        record("cloud → edge → RTMP", False, repr(e))
+    finally:
+        if edge:
+            edge.kill()
+        cloud.kill()
 
 
 def ivr(port, *a, timeout=120):
@@ -210,6 +269,7 @@ try:
         pout, perr = pub.communicate(timeout=30)
         record("ivr dvrip stream --rtmp", pub.returncode == 0 and json.loads(pout or "{}").get("frames", 0) >= 200, perr[:300])
         judge("ffprobe the RTMP stream through nginx", f"{out}/rtmp.flv", "h264", 640, 360, 40)
+        cloud_edge_rtmp(f"rtmp://127.0.0.1:{rport}/live/edge")
     finally:
         ng.kill()
     r = ivr(port, "snapshot", "-o", f"{out}/ivr_snap.jpg")

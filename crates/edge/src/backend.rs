@@ -60,8 +60,8 @@ struct SimState {
     motion: DetectConfig,
     intrusion: DetectConfig,
     publish_config: RtmpPublishConfig,
-    /// stream_id → (quality, url)
-    publishing: HashMap<String, (Quality, String)>,
+    /// stream_id → (quality, url, the publishing task)
+    publishing: HashMap<String, (Quality, String, Option<tokio::task::AbortHandle>)>,
     recording: Option<String>,
     offline_until: Option<Instant>,
     clock_offset: Span,
@@ -75,6 +75,58 @@ pub struct SimChannel {
     channel: u32,
     reboot_time: Duration,
     st: Mutex<SimState>,
+}
+
+/// Publishes the channel's video (the fixture clip of the quality, looped
+/// at 25 fps as a camera sends it) to `url` until aborted; a publication
+/// that breaks is reconnected (`rtmp::publish_loop`). `None` outside a
+/// tokio runtime.
+fn publish(channel: u32, q: Quality, url: String, stream_id: String) -> Option<tokio::task::AbortHandle> {
+    use ivr_media::{demux::from_annexb, hub::Hub, ticks, Codec, Frame};
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let raw = match q {
+        Quality::Ld | Quality::Sd => ivr_sim::clips::H264_640X360,
+        Quality::Hd | Quality::Fhd => ivr_sim::clips::H264_2592X1944,
+    };
+    Some(
+        rt.spawn(async move {
+            let clip = from_annexb(&bytes::Bytes::from_static(raw), Codec::H264, 25);
+            let hub = Hub::new(64, 8 << 20);
+            let sub = hub.subscribe();
+            let u = url.clone();
+            tokio::spawn(async move {
+                let st = ivr_media::rtmp::publish_loop(
+                    sub,
+                    &u,
+                    25,
+                    Duration::from_secs(30),
+                    |e| tracing::warn!(channel, stream_id = %stream_id, "{e}"),
+                )
+                .await;
+                tracing::info!(channel, url = %u, frames = st.frames, reconnects = st.reconnects, "publication ended");
+            });
+            let mut tick = tokio::time::interval(Duration::from_millis(40));
+            for i in 0u64.. {
+                tick.tick().await;
+                let f = &clip[(i % clip.len() as u64) as usize];
+                let t = ticks(i, 25);
+                hub.publish(Frame { pts: t, dts: t, ..f.clone() });
+            }
+        })
+        .abort_handle(),
+    )
+}
+
+impl Drop for SimChannel {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.st.lock() {
+            for (_, (_, _, t)) in st.publishing.drain() {
+                if let Some(t) = t {
+                    t.abort();
+                }
+            }
+        }
+    }
 }
 
 pub const PRESETS: [(&str, &str); 3] = [("Gate", "1"), ("Yard", "2"), ("Door", "3")];
@@ -171,11 +223,17 @@ impl ChannelBackend for SimChannel {
                     return Ok(json!({}));
                 }
                 Self::check_bitrate(p.quality, p.max_bitrate)?;
-                st.publishing.insert(p.stream_id.clone(), (p.quality, p.url.clone()));
+                if let Err(e) = ivr_media::rtmp::parse_url(&p.url) {
+                    return Err(RpcError::new(codes::INTERNAL, format!("params.url: {e}")));
+                }
+                let task = publish(self.channel, p.quality, p.url.clone(), p.stream_id.clone());
+                st.publishing.insert(p.stream_id.clone(), (p.quality, p.url.clone(), task));
                 Ok(json!({}))
             }
             IvtRequest::RtmpStopPublish { stream_id, .. } => {
-                st.publishing.remove(stream_id);
+                if let Some((_, _, Some(t))) = st.publishing.remove(stream_id) {
+                    t.abort();
+                }
                 Ok(json!({}))
             }
             IvtRequest::StartCloudRecord(r) => {
@@ -193,7 +251,11 @@ impl ChannelBackend for SimChannel {
                 Ok(json!({}))
             }
             IvtRequest::RebootChannel { .. } => {
-                st.publishing.clear();
+                for (_, (_, _, t)) in st.publishing.drain() {
+                    if let Some(t) = t {
+                        t.abort();
+                    }
+                }
                 st.ptz = Ptz::default();
                 st.offline_until = Some(Instant::now() + self.reboot_time);
                 Ok(json!({}))

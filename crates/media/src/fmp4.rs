@@ -6,6 +6,7 @@
 //! sets are left out of the samples.
 
 use crate::annexb::{nal_type, nal_units};
+use crate::audio::{parse_adts, Adts};
 use crate::params::{parameter_sets, Sps};
 use crate::{Codec, Frame};
 
@@ -131,6 +132,104 @@ pub fn hevc_config(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> {
 /// `ftyp` + `moov` for one video track described by `sps` and `params`
 /// (the stream's parameter-set NAL units, see [`parameter_sets`]).
 pub fn init_segment(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> {
+    init_segment_av(sps, params, None)
+}
+
+/// The MPEG-4 ES descriptor length: 4 bytes, 7 bits each.
+fn desc(o: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    let n = body.len() as u32;
+    o.push(tag);
+    o.extend_from_slice(&[
+        0x80 | (n >> 21) as u8 & 0x7f,
+        0x80 | (n >> 14) as u8 & 0x7f,
+        0x80 | (n >> 7) as u8 & 0x7f,
+        n as u8 & 0x7f,
+    ]);
+    o.extend_from_slice(body);
+}
+
+/// The audio track (id 2) of an AAC stream described by its ADTS header:
+/// `mp4a` with an `esds` carrying the AudioSpecificConfig.
+fn audio_trak(o: &mut Vec<u8>, a: &Adts) {
+    let rate = a.rate();
+    bx(o, b"trak", |o| {
+        full(o, b"tkhd", 0, 3, |o| {
+            u32b(o, 0);
+            u32b(o, 0);
+            u32b(o, 2);
+            u32b(o, 0);
+            u32b(o, 0);
+            o.extend_from_slice(&[0; 8]);
+            u16b(o, 0);
+            u16b(o, 1); // alternate group
+            u16b(o, 0x0100); // volume
+            u16b(o, 0);
+            MATRIX.iter().for_each(|m| u32b(o, *m));
+            u32b(o, 0);
+            u32b(o, 0);
+        });
+        bx(o, b"mdia", |o| {
+            full(o, b"mdhd", 0, 0, |o| {
+                u32b(o, 0);
+                u32b(o, 0);
+                u32b(o, rate);
+                u32b(o, 0);
+                u16b(o, 0x55c4);
+                u16b(o, 0);
+            });
+            full(o, b"hdlr", 0, 0, |o| {
+                u32b(o, 0);
+                o.extend_from_slice(b"soun");
+                o.extend_from_slice(&[0; 12]);
+                o.extend_from_slice(b"ivr audio\0");
+            });
+            bx(o, b"minf", |o| {
+                full(o, b"smhd", 0, 0, |o| u32b(o, 0));
+                bx(o, b"dinf", |o| {
+                    full(o, b"dref", 0, 0, |o| {
+                        u32b(o, 1);
+                        full(o, b"url ", 0, 1, |_| {});
+                    })
+                });
+                bx(o, b"stbl", |o| {
+                    full(o, b"stsd", 0, 0, |o| {
+                        u32b(o, 1);
+                        bx(o, b"mp4a", |o| {
+                            o.extend_from_slice(&[0; 6]);
+                            u16b(o, 1);
+                            o.extend_from_slice(&[0; 8]);
+                            u16b(o, a.channels.max(1) as u16);
+                            u16b(o, 16);
+                            u32b(o, 0);
+                            u32b(o, rate.min(0xffff) << 16);
+                            full(o, b"esds", 0, 0, |o| {
+                                let mut dsi = Vec::new();
+                                desc(&mut dsi, 5, &a.asc());
+                                let mut dcd = vec![0x40, 0x15, 0, 0, 0];
+                                dcd.extend_from_slice(&[0; 8]); // max and average bitrate unknown
+                                dcd.extend_from_slice(&dsi);
+                                let mut es = vec![0, 2, 0]; // ES_ID 2, no flags
+                                desc(&mut es, 4, &dcd);
+                                desc(&mut es, 6, &[2]); // SLConfig: MP4
+                                desc(o, 3, &es);
+                            });
+                        });
+                    });
+                    full(o, b"stts", 0, 0, |o| u32b(o, 0));
+                    full(o, b"stsc", 0, 0, |o| u32b(o, 0));
+                    full(o, b"stsz", 0, 0, |o| {
+                        u32b(o, 0);
+                        u32b(o, 0);
+                    });
+                    full(o, b"stco", 0, 0, |o| u32b(o, 0));
+                });
+            });
+        });
+    });
+}
+
+/// `ftyp` + `moov` for the video track and, with `audio`, an AAC track.
+pub fn init_segment_av(sps: &Sps, params: &[Vec<u8>], audio: Option<&Adts>) -> Result<Vec<u8>, Mp4Error> {
     let entry = match sps.codec {
         Codec::H264 => b"avc1",
         Codec::H265 => b"hvc1",
@@ -162,7 +261,7 @@ pub fn init_segment(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> 
             o.extend_from_slice(&[0; 10]);
             MATRIX.iter().for_each(|m| u32b(o, *m));
             o.extend_from_slice(&[0; 24]);
-            u32b(o, 2);
+            u32b(o, if audio.is_some() { 3 } else { 2 });
         });
         bx(o, b"trak", |o| {
             full(o, b"tkhd", 0, 3, |o| {
@@ -233,14 +332,19 @@ pub fn init_segment(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> 
                 });
             });
         });
+        if let Some(a) = audio {
+            audio_trak(o, a);
+        }
         bx(o, b"mvex", |o| {
-            full(o, b"trex", 0, 0, |o| {
-                u32b(o, 1);
-                u32b(o, 1);
-                u32b(o, 0);
-                u32b(o, 0);
-                u32b(o, 0);
-            })
+            for id in 1..=if audio.is_some() { 2 } else { 1 } {
+                full(o, b"trex", 0, 0, |o| {
+                    u32b(o, id);
+                    u32b(o, 1);
+                    u32b(o, 0);
+                    u32b(o, 0);
+                    u32b(o, 0);
+                })
+            }
         });
     });
     Ok(o)
@@ -267,17 +371,26 @@ pub struct Fragmenter {
     seq: u32,
     /// Duration given to the last sample of a fragment (90 kHz).
     pub default_duration: u32,
+    /// Whether the init segment has the audio track (track 2).
+    pub audio: bool,
 }
 
 impl Fragmenter {
     pub fn new(codec: Codec, fps: u32) -> Fragmenter {
-        Fragmenter { codec, seq: 0, default_duration: TIMESCALE / fps.max(1) }
+        Fragmenter { codec, seq: 0, default_duration: TIMESCALE / fps.max(1), audio: false }
     }
 
     /// `moof` + `mdat` for `frames` (decoding order). Each sample lasts
     /// until the next frame's DTS; the last one until `next_dts` when
     /// known, else `default_duration`.
     pub fn fragment(&mut self, frames: &[Frame], next_dts: Option<u64>) -> Vec<u8> {
+        self.fragment_av(frames, next_dts, &[])
+    }
+
+    /// A fragment with the video `frames` (track 1) and the AAC frames
+    /// (ADTS, track 2, 1024 samples each at the rate of their header) that
+    /// go with them; the audio's decode time comes from its first frame.
+    pub fn fragment_av(&mut self, frames: &[Frame], next_dts: Option<u64>, audio: &[Frame]) -> Vec<u8> {
         self.seq += 1;
         let samples: Vec<Vec<u8>> = frames.iter().map(|f| sample(self.codec, &f.data)).collect();
         let durations: Vec<u32> = (0..frames.len())
@@ -286,9 +399,17 @@ impl Fragmenter {
                 next.map(|n| n.saturating_sub(frames[i].dts) as u32).unwrap_or(self.default_duration)
             })
             .collect();
+        let aac: Vec<(&[u8], u32)> = audio
+            .iter()
+            .filter_map(|f| {
+                let h = parse_adts(&f.data)?;
+                Some((f.data.get(h.header..h.len)?, h.rate()))
+            })
+            .collect();
         let base = frames.first().map(|f| f.dts).unwrap_or(0);
-        let mut o = Vec::with_capacity(samples.iter().map(Vec::len).sum::<usize>() + 64 + 16 * frames.len());
-        let mut offset_at = 0;
+        let video_bytes: usize = samples.iter().map(Vec::len).sum();
+        let mut o = Vec::with_capacity(video_bytes + 128 + 16 * frames.len() + 8 * aac.len());
+        let (mut offset_at, mut audio_offset_at) = (0, None);
         bx(&mut o, b"moof", |o| {
             full(o, b"mfhd", 0, 0, |o| u32b(o, self.seq));
             bx(o, b"traf", |o| {
@@ -311,12 +432,34 @@ impl Fragmenter {
                     }
                 });
             });
+            if let (true, Some(first), Some(&(_, rate))) = (self.audio, audio.first(), aac.first()) {
+                bx(o, b"traf", |o| {
+                    full(o, b"tfhd", 0, 0x02_0000, |o| u32b(o, 2));
+                    let t = first.dts as u128 * rate as u128 / TIMESCALE as u128;
+                    full(o, b"tfdt", 1, 0, |o| o.extend_from_slice(&(t as u64).to_be_bytes()));
+                    full(o, b"trun", 0, 0x000301, |o| {
+                        u32b(o, aac.len() as u32);
+                        audio_offset_at = Some(o.len());
+                        u32b(o, 0);
+                        for (raw, _) in &aac {
+                            u32b(o, 1024);
+                            u32b(o, raw.len() as u32);
+                        }
+                    });
+                });
+            }
         });
         let data_offset = (o.len() + 8) as u32;
         o[offset_at..offset_at + 4].copy_from_slice(&data_offset.to_be_bytes());
+        if let Some(at) = audio_offset_at {
+            o[at..at + 4].copy_from_slice(&(data_offset + video_bytes as u32).to_be_bytes());
+        }
         bx(&mut o, b"mdat", |o| {
             for s in &samples {
                 o.extend_from_slice(s);
+            }
+            for (raw, _) in &aac {
+                o.extend_from_slice(raw);
             }
         });
         o

@@ -6,8 +6,8 @@
 //! Audio: the sink carries it when the caller names the codec
 //! (`with_audio`) or, for a live source, when an audio frame arrives within
 //! half a second after the first keyframe (the sink holds that half second
-//! back once, to look). FLV carries G.711 and AAC, MPEG-TS carries AAC;
-//! audio a container cannot carry is counted in `audio_left_out`.
+//! back once, to look). FLV carries G.711 and AAC, MPEG-TS and MP4 carry
+//! AAC; audio a container cannot carry is counted in `audio_left_out`.
 
 use crate::{flv, fmp4, ts, Codec, Frame};
 
@@ -33,7 +33,7 @@ impl Format {
         match self {
             Format::Ts => audio == Codec::Aac,
             Format::Flv => matches!(audio, Codec::Aac | Codec::G711A | Codec::G711U),
-            Format::Mp4 => false,
+            Format::Mp4 => audio == Codec::Aac,
         }
     }
 }
@@ -56,7 +56,9 @@ const PROBE: u64 = 45_000;
 enum Mux {
     None,
     Ts(ts::Muxer),
-    Mp4(Option<fmp4::Fragmenter>, Vec<Frame>),
+    /// The fragmenter once the init segment is out, the open GOP, and the
+    /// audio waiting for the fragment it falls in.
+    Mp4(Option<fmp4::Fragmenter>, Vec<Frame>, Vec<Frame>),
     Flv(flv::Writer),
 }
 
@@ -155,7 +157,7 @@ impl Sink {
                     Some(a) => ts::Muxer::with_audio(f.codec, a)?,
                     None => ts::Muxer::new(f.codec)?,
                 }),
-                Format::Mp4 => Mux::Mp4(None, Vec::new()),
+                Format::Mp4 => Mux::Mp4(None, Vec::new(), Vec::new()),
                 Format::Flv => Mux::Flv(flv::Writer::new(&f, audio, self.fps, out)?),
             };
         }
@@ -164,11 +166,21 @@ impl Sink {
             Mux::Flv(w) => {
                 w.write(&f, out)?;
             }
-            Mux::Mp4(_, gop) => {
+            Mux::Mp4(frag, gop, audio) => {
+                if !f.codec.is_video() {
+                    if frag.as_ref().is_some_and(|fr| !fr.audio) {
+                        // The init segment went out before any audio came.
+                        self.audio_frames -= 1;
+                        self.audio_left_out += 1;
+                    } else {
+                        audio.push(f);
+                    }
+                    return Ok(());
+                }
                 if f.keyframe && !gop.is_empty() {
                     self.flush_gop(Some(f.dts), out)?;
                 }
-                if let Mux::Mp4(_, gop) = &mut self.mux {
+                if let Mux::Mp4(_, gop, _) = &mut self.mux {
                     gop.push(f);
                 }
             }
@@ -179,19 +191,30 @@ impl Sink {
 
     fn flush_gop(&mut self, next: Option<u64>, out: &mut Vec<u8>) -> Result<(), SinkError> {
         let fps = self.fps;
-        let Mux::Mp4(frag, gop) = &mut self.mux else { return Ok(()) };
+        let Mux::Mp4(frag, gop, audio) = &mut self.mux else { return Ok(()) };
         if gop.is_empty() {
             return Ok(());
         }
         let codec = gop[0].codec;
         if frag.is_none() {
             let (sps, params) = fmp4::describe(codec, gop)?;
-            out.extend_from_slice(&fmp4::init_segment(&sps, &params)?);
-            *frag = Some(fmp4::Fragmenter::new(codec, fps));
+            let adts = audio.first().and_then(|a| crate::audio::parse_adts(&a.data));
+            if adts.is_none() && !audio.is_empty() {
+                self.audio_frames -= audio.len() as u64;
+                self.audio_left_out += audio.len() as u64;
+                audio.clear();
+            }
+            out.extend_from_slice(&fmp4::init_segment_av(&sps, &params, adts.as_ref())?);
+            let mut fr = fmp4::Fragmenter::new(codec, fps);
+            fr.audio = adts.is_some();
+            *frag = Some(fr);
         }
+        // The audio of this GOP's time goes in with it.
+        let n = next.map_or(audio.len(), |t| audio.iter().take_while(|a| a.dts < t).count());
+        let these: Vec<Frame> = audio.drain(..n).collect();
         let gop = std::mem::take(gop);
         if let Some(fr) = frag {
-            out.extend_from_slice(&fr.fragment(&gop, next));
+            out.extend_from_slice(&fr.fragment_av(&gop, next, &these));
         }
         Ok(())
     }

@@ -129,7 +129,7 @@ fn ffmpeg_made_files_remux_into_every_container() {
             ffmpeg(&a);
         }
         for (format, ext, with_audio) in
-            [(Format::Ts, "ts", true), (Format::Flv, "flv", true), (Format::Mp4, "mp4", false)]
+            [(Format::Ts, "ts", true), (Format::Flv, "flv", true), (Format::Mp4, "mp4", true)]
         {
             let (bytes, sink) = remux(&p, format);
             let out = d.join(format!("{name}.{ext}"));
