@@ -98,8 +98,8 @@ impl Demuxed {
     pub fn rebase(&mut self, at: u64) {
         let Some(t0) = self.frames.iter().map(|f| f.dts.min(f.pts)).min() else { return };
         for f in &mut self.frames {
-            f.pts = f.pts - t0 + at;
-            f.dts = f.dts - t0 + at;
+            f.pts = (f.pts - t0).saturating_add(at);
+            f.dts = (f.dts - t0).saturating_add(at);
         }
     }
 }
@@ -521,7 +521,7 @@ fn boxes(b: &[u8], from: usize, to: usize) -> Result<Vec<Bx>, DemuxError> {
             }
             s => (8, s),
         };
-        if size < hl as u64 || p as u64 + size > to as u64 {
+        if size < hl as u64 || (p as u64).checked_add(size).is_none_or(|end| end > to as u64) {
             return Err(bad(
                 "MP4",
                 p,
@@ -745,9 +745,12 @@ fn mp4(b: &Bytes) -> Result<Demuxed, DemuxError> {
                     break;
                 }
                 let n = size(sample);
-                let data = b.get(p..p + n).ok_or_else(|| bad(F, p, format!("sample {sample} runs past the file")))?;
+                let data = p
+                    .checked_add(n)
+                    .and_then(|end| b.get(p..end))
+                    .ok_or_else(|| bad(F, p, format!("sample {sample} runs past the file")))?;
                 d.frames.push(mp4_frame(t, data, dts, ctos.get(sample).copied().unwrap_or(0), p)?);
-                dts += *deltas.get(sample).unwrap_or(&0) as u64;
+                dts = dts.saturating_add(*deltas.get(sample).unwrap_or(&0) as u64);
                 p += n;
                 sample += 1;
             }
@@ -813,9 +816,12 @@ fn mp4(b: &Bytes) -> Result<Demuxed, DemuxError> {
                     field(0x400, 0);
                     let cto = field(0x800, 0) as i32 as i64;
                     q += per;
-                    let data = b.get(p..p + size).ok_or_else(|| bad(F, p, "a fragment's sample runs past the file"))?;
+                    let data = p
+                        .checked_add(size)
+                        .and_then(|end| b.get(p..end))
+                        .ok_or_else(|| bad(F, p, "a fragment's sample runs past the file"))?;
                     d.frames.push(mp4_frame(t, data, dts, cto, p)?);
-                    dts += dur as u64;
+                    dts = dts.saturating_add(dur as u64);
                     p += size;
                 }
             }
@@ -871,4 +877,30 @@ fn dvrip(b: &Bytes) -> Demuxed {
         d.skipped.push(format!("{} bytes at the end are an incomplete frame", m.pending()));
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `demux` fuzz target: a 64-bit box size near `u64::MAX`
+    /// overflowed the end-of-box sum.
+    #[test]
+    fn fuzz_crash_box_size_overflow() {
+        let b = Bytes::from_static(&[
+            0, 0, 0, 0x0c, 0, 0x46, 0x4c, 0, 0, 0, 0, 0x56, 0, 0, 0, 1, 0x2e, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0, 0, 0x29, 0, 0, 1, 1,
+        ]);
+        let e = read(Input::Mp4, &b, 25).unwrap_err().to_string();
+        assert!(e.starts_with("MP4 at byte 12: box '.") && e.contains("does not fit its parent"), "{e}");
+    }
+
+    #[test]
+    fn timestamps_unwrap_across_the_33_bit_limit() {
+        let mut u = Unwrap::default();
+        let top = (1u64 << 33) - 3000;
+        assert_eq!(u.next(top), top);
+        assert_eq!(u.next(600), (1 << 33) + 600, "wrapped forward");
+        assert_eq!(u.next((1 << 33) - 100), (1 << 33) - 100, "a late packet from before the wrap");
+    }
 }

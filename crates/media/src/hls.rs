@@ -284,7 +284,12 @@ impl Writer {
         let computed = follows.or(self.start_ms);
         let start_ms = self.open_wall.take().or(computed);
         let discontinuity = matches!((start_ms, follows), (Some(s), Some(f)) if (s - f).abs() > 1000);
-        self.playlist.entries.push(Entry { uri, duration: (end - t0) as f64 / 90_000.0, start_ms, discontinuity });
+        self.playlist.entries.push(Entry {
+            uri,
+            duration: end.saturating_sub(t0) as f64 / 90_000.0,
+            start_ms,
+            discontinuity,
+        });
         if let Some(w) = self.window {
             while self.playlist.entries.len() > w {
                 let old = self.playlist.entries.remove(0);
@@ -299,7 +304,7 @@ impl Writer {
     /// Closes the last segment; a playlist without a live window is ended.
     pub fn finish(&mut self) -> Result<Vec<Output>, SinkError> {
         let mut out = Vec::new();
-        let end = self.last_dts + crate::ticks(1, self.fps);
+        let end = self.last_dts.saturating_add(crate::ticks(1, self.fps));
         if self.window.is_none() {
             self.playlist.ended = true;
         }
