@@ -153,6 +153,12 @@ try:
         r = subprocess.run([IVR, "media", "remux", f"{out}/{src}", f"{out}/{name}_remux.mp4"], capture_output=True, text=True)
         record(f"ivr media remux {src} → mp4", r.returncode == 0, r.stderr)
         judge(f"ffprobe remuxed dvrip {name}", f"{out}/{name}_remux.mp4", "h264", w, h, n)
+        # ivr media info agrees with ffprobe on the same capture.
+        r = subprocess.run([IVR, "media", "info", "--json", f"{out}/{src}"], capture_output=True, text=True)
+        s = ffprobe(dst) or {}
+        v = json.loads(r.stdout or "{}").get("video", {})
+        record(f"ivr media info {src} agrees with ffprobe", r.returncode == 0 and v.get("width") == s.get("width")
+               and v.get("height") == s.get("height") and v.get("frames") == int(s.get("nb_read_frames", -1)), f"{v} vs {s}")
 
     # The `dvr` command-line tool of the dvrip package.
     env = dict(os.environ, DVR_PASSWORD=PASSWORD)

@@ -11,6 +11,17 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum MediaCmd {
+    /// What a media file holds, read by ivr's own readers: container,
+    /// video codec with its RFC 6381 string, size, frames, keyframes and
+    /// GOP, duration, bitrate, audio; what a reader left out.
+    Info {
+        input: PathBuf,
+        /// Frame rate of a raw stream (it carries no timestamps).
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=240))]
+        fps: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewrap without re-encoding. Input (told by its first bytes, then
     /// its name): raw H.264/H.265 (`.h264`, `.h265`, …), MPEG-TS, FLV
     /// (incl. Enhanced RTMP and codec-12 HEVC), MP4 (plain or
@@ -37,6 +48,7 @@ pub enum MediaCmd {
 
 pub async fn run(cmd: MediaCmd) -> anyhow::Result<()> {
     match cmd {
+        MediaCmd::Info { input, fps, json } => info(&input, fps, json),
         MediaCmd::Remux { input, output, fps, segment, segment_format, json } => {
             remux(&input, &output, fps, segment, &segment_format, json)
         }
@@ -146,6 +158,71 @@ fn remux(input: &Path, output: &Path, fps: u32, segment: f64, seg_format: &str, 
             input.display(),
             kind.name()
         );
+    }
+    Ok(())
+}
+
+fn info(input: &Path, fps: u32, json: bool) -> anyhow::Result<()> {
+    let data = Bytes::from(std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?);
+    let kind = Input::detect(input, &data[..data.len().min(512)]).with_context(|| {
+        format!("{}: not a format ivr reads (raw H.264/H.265, MPEG-TS, FLV, MP4, DVRIP media)", input.display())
+    })?;
+    let d = demux::read(kind, &data, fps).with_context(|| format!("reading {}", input.display()))?;
+    let video: Vec<&ivr_media::Frame> = d.frames.iter().filter(|f| f.codec.is_video()).collect();
+    let codec = d.video_codec().unwrap_or(Codec::H264);
+    let sps = video.iter().find(|f| f.keyframe).and_then(|f| ivr_media::params::find_sps(codec, &f.data).ok());
+    let keys: Vec<usize> = video.iter().enumerate().filter(|(_, f)| f.keyframe).map(|(i, _)| i).collect();
+    let gop =
+        if keys.len() > 1 { Some((keys[keys.len() - 1] - keys[0]) as f64 / (keys.len() - 1) as f64) } else { None };
+    let span = |fs: &[&ivr_media::Frame]| -> f64 {
+        let (Some(a), Some(b)) = (fs.iter().map(|f| f.pts).min(), fs.iter().map(|f| f.pts).max()) else { return 0.0 };
+        let step = if fs.len() > 1 { (b - a) as f64 / (fs.len() - 1) as f64 } else { 0.0 };
+        (b - a) as f64 / 90_000.0 + step / 90_000.0
+    };
+    let duration = span(&video);
+    let vbytes: usize = video.iter().map(|f| f.data.len()).sum();
+    let audio: Vec<&ivr_media::Frame> = d.frames.iter().filter(|f| !f.codec.is_video()).collect();
+    let v = serde_json::json!({
+        "input": input.display().to_string(),
+        "container": kind.name(),
+        "video": {
+            "codec": format!("{codec:?}"),
+            "codec_string": sps.as_ref().map(|s| s.codec_string()),
+            "width": sps.as_ref().map(|s| s.width),
+            "height": sps.as_ref().map(|s| s.height),
+            "frames": video.len(),
+            "keyframes": keys.len(),
+            "gop": gop,
+            "duration_s": duration,
+            "fps": if duration > 0.0 { Some(video.len() as f64 / duration) } else { None },
+            "bitrate": if duration > 0.0 { Some((vbytes as f64 * 8.0 / duration) as u64) } else { None },
+        },
+        "audio": d.audio_codec().map(|c| serde_json::json!({"codec": format!("{c:?}"), "frames": audio.len()})),
+        "skipped": d.skipped,
+    });
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    let vv = &v["video"];
+    println!("{}: {}", input.display(), kind.name());
+    println!(
+        "video: {codec:?} {} {}x{}, {} frames ({} keyframes{}), {:.2} s, {:.2} fps, {:.0} kbit/s",
+        vv["codec_string"].as_str().unwrap_or("?"),
+        vv["width"],
+        vv["height"],
+        video.len(),
+        keys.len(),
+        gop.map(|g| format!(", a keyframe every {g:.0}")).unwrap_or_default(),
+        duration,
+        vv["fps"].as_f64().unwrap_or(0.0),
+        vv["bitrate"].as_f64().unwrap_or(0.0) / 1000.0
+    );
+    if let Some(c) = d.audio_codec() {
+        println!("audio: {c:?}, {} frames", audio.len());
+    }
+    for s in &d.skipped {
+        println!("left out: {s}");
     }
     Ok(())
 }
