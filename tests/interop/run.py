@@ -72,6 +72,17 @@ def judge(name, path, codec, width, height, min_frames):
     record(name, ok, f"ffprobe says {s}")
 
 
+def play_rtmp(name, url, dst):
+    """ffmpeg plays 2 s of an RTMP stream into `dst` (nginx keeps a player
+    waiting after the publisher leaves: hence -t and the timeout)."""
+    try:
+        play = subprocess.run(["ffmpeg", "-v", "error", "-i", url, "-t", "2", "-c", "copy", "-y", dst],
+                              capture_output=True, text=True, timeout=30)
+        record(name, play.returncode == 0, play.stderr[:300])
+    except subprocess.TimeoutExpired:
+        record(name, False, "timed out")
+
+
 def cloud_edge_rtmp(rtmp_url):
     """The whole chain: `ivr cloud`, an `ivr edge` with a simulated channel
     connected to it, the cloud's API asking the edge for RTMPPublish, and
@@ -111,12 +122,7 @@ def cloud_edge_rtmp(rtmp_url):
                 break
             time.sleep(0.1)
         record("the cloud asks the edge for RTMPPublish", status == 200, f"{status} {body[:200]}")
-        try:
-            play = subprocess.run(["ffmpeg", "-v", "error", "-i", rtmp_url, "-t", "2", "-c", "copy", "-y", f"{out}/edge_rtmp.flv"],
-                                  capture_output=True, text=True, timeout=30)
-            record("ffmpeg plays the edge's publication from nginx", play.returncode == 0, play.stderr[:300])
-        except subprocess.TimeoutExpired:
-            record("ffmpeg plays the edge's publication from nginx", False, "timed out")
+        play_rtmp("ffmpeg plays the edge's publication from nginx", rtmp_url, f"{out}/edge_rtmp.flv")
         judge("ffprobe the edge's publication", f"{out}/edge_rtmp.flv", "h264", 640, 360, 40)
         status, body = api("POST", "/api/v1/devices/site-rtmp/rpc/RTMPStopPublish", {"channel": 0, "stream_id": "s1"})
         record("RTMPStopPublish", status == 200, f"{status} {body[:200]}")
@@ -266,12 +272,7 @@ try:
                                 "stream", "--sub", "--rtmp", url, "--seconds", "10", "--json"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)
-        try:
-            play = subprocess.run(["ffmpeg", "-v", "error", "-i", url, "-t", "2", "-c", "copy", "-y", f"{out}/rtmp.flv"],
-                                  capture_output=True, text=True, timeout=30)
-            record("ffmpeg plays ivr dvrip stream --rtmp back from nginx", play.returncode == 0, play.stderr[:300])
-        except subprocess.TimeoutExpired:
-            record("ffmpeg plays ivr dvrip stream --rtmp back from nginx", False, "timed out")
+        play_rtmp("ffmpeg plays ivr dvrip stream --rtmp back from nginx", url, f"{out}/rtmp.flv")
         pout, perr = pub.communicate(timeout=30)
         record("ivr dvrip stream --rtmp", pub.returncode == 0 and json.loads(pout or "{}").get("frames", 0) >= 200, perr[:300])
         judge("ffprobe the RTMP stream through nginx", f"{out}/rtmp.flv", "h264", 640, 360, 40)

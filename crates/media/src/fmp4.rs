@@ -135,6 +135,48 @@ pub fn init_segment(sps: &Sps, params: &[Vec<u8>]) -> Result<Vec<u8>, Mp4Error> 
     init_segment_av(sps, params, None)
 }
 
+/// `mdhd` and `hdlr` of a track.
+fn media_header(o: &mut Vec<u8>, timescale: u32, handler: &[u8; 4], name: &[u8]) {
+    full(o, b"mdhd", 0, 0, |o| {
+        u32b(o, 0);
+        u32b(o, 0);
+        u32b(o, timescale);
+        u32b(o, 0);
+        u16b(o, 0x55c4); // "und"
+        u16b(o, 0);
+    });
+    full(o, b"hdlr", 0, 0, |o| {
+        u32b(o, 0);
+        o.extend_from_slice(handler);
+        o.extend_from_slice(&[0; 12]);
+        o.extend_from_slice(name);
+    });
+}
+
+/// `dinf` (data in this file), then `stbl` with `stsd` written by `entry`
+/// and the empty sample tables of a fragmented file.
+fn dinf_stbl(o: &mut Vec<u8>, entry: impl FnOnce(&mut Vec<u8>)) {
+    bx(o, b"dinf", |o| {
+        full(o, b"dref", 0, 0, |o| {
+            u32b(o, 1);
+            full(o, b"url ", 0, 1, |_| {});
+        })
+    });
+    bx(o, b"stbl", |o| {
+        full(o, b"stsd", 0, 0, |o| {
+            u32b(o, 1);
+            entry(o);
+        });
+        full(o, b"stts", 0, 0, |o| u32b(o, 0));
+        full(o, b"stsc", 0, 0, |o| u32b(o, 0));
+        full(o, b"stsz", 0, 0, |o| {
+            u32b(o, 0);
+            u32b(o, 0);
+        });
+        full(o, b"stco", 0, 0, |o| u32b(o, 0));
+    });
+}
+
 /// The MPEG-4 ES descriptor length: 4 bytes, 7 bits each.
 fn desc(o: &mut Vec<u8>, tag: u8, body: &[u8]) {
     let n = body.len() as u32;
@@ -169,59 +211,30 @@ fn audio_trak(o: &mut Vec<u8>, a: &Adts) {
             u32b(o, 0);
         });
         bx(o, b"mdia", |o| {
-            full(o, b"mdhd", 0, 0, |o| {
-                u32b(o, 0);
-                u32b(o, 0);
-                u32b(o, rate);
-                u32b(o, 0);
-                u16b(o, 0x55c4);
-                u16b(o, 0);
-            });
-            full(o, b"hdlr", 0, 0, |o| {
-                u32b(o, 0);
-                o.extend_from_slice(b"soun");
-                o.extend_from_slice(&[0; 12]);
-                o.extend_from_slice(b"ivr audio\0");
-            });
+            media_header(o, rate, b"soun", b"ivr audio\0");
             bx(o, b"minf", |o| {
                 full(o, b"smhd", 0, 0, |o| u32b(o, 0));
-                bx(o, b"dinf", |o| {
-                    full(o, b"dref", 0, 0, |o| {
-                        u32b(o, 1);
-                        full(o, b"url ", 0, 1, |_| {});
-                    })
-                });
-                bx(o, b"stbl", |o| {
-                    full(o, b"stsd", 0, 0, |o| {
-                        u32b(o, 1);
-                        bx(o, b"mp4a", |o| {
-                            o.extend_from_slice(&[0; 6]);
-                            u16b(o, 1);
-                            o.extend_from_slice(&[0; 8]);
-                            u16b(o, a.channels.max(1) as u16);
-                            u16b(o, 16);
-                            u32b(o, 0);
-                            u32b(o, rate.min(0xffff) << 16);
-                            full(o, b"esds", 0, 0, |o| {
-                                let mut dsi = Vec::new();
-                                desc(&mut dsi, 5, &a.asc());
-                                let mut dcd = vec![0x40, 0x15, 0, 0, 0];
-                                dcd.extend_from_slice(&[0; 8]); // max and average bitrate unknown
-                                dcd.extend_from_slice(&dsi);
-                                let mut es = vec![0, 2, 0]; // ES_ID 2, no flags
-                                desc(&mut es, 4, &dcd);
-                                desc(&mut es, 6, &[2]); // SLConfig: MP4
-                                desc(o, 3, &es);
-                            });
+                dinf_stbl(o, |o| {
+                    bx(o, b"mp4a", |o| {
+                        o.extend_from_slice(&[0; 6]);
+                        u16b(o, 1);
+                        o.extend_from_slice(&[0; 8]);
+                        u16b(o, a.channels.max(1) as u16);
+                        u16b(o, 16);
+                        u32b(o, 0);
+                        u32b(o, rate.min(0xffff) << 16);
+                        full(o, b"esds", 0, 0, |o| {
+                            let mut dsi = Vec::new();
+                            desc(&mut dsi, 5, &a.asc());
+                            let mut dcd = vec![0x40, 0x15, 0, 0, 0];
+                            dcd.extend_from_slice(&[0; 8]); // max and average bitrate unknown
+                            dcd.extend_from_slice(&dsi);
+                            let mut es = vec![0, 2, 0]; // ES_ID 2, no flags
+                            desc(&mut es, 4, &dcd);
+                            desc(&mut es, 6, &[2]); // SLConfig: MP4
+                            desc(o, 3, &es);
                         });
                     });
-                    full(o, b"stts", 0, 0, |o| u32b(o, 0));
-                    full(o, b"stsc", 0, 0, |o| u32b(o, 0));
-                    full(o, b"stsz", 0, 0, |o| {
-                        u32b(o, 0);
-                        u32b(o, 0);
-                    });
-                    full(o, b"stco", 0, 0, |o| u32b(o, 0));
                 });
             });
         });
@@ -280,54 +293,25 @@ pub fn init_segment_av(sps: &Sps, params: &[Vec<u8>], audio: Option<&Adts>) -> R
                 u32b(o, h << 16);
             });
             bx(o, b"mdia", |o| {
-                full(o, b"mdhd", 0, 0, |o| {
-                    u32b(o, 0);
-                    u32b(o, 0);
-                    u32b(o, TIMESCALE);
-                    u32b(o, 0);
-                    u16b(o, 0x55c4); // "und"
-                    u16b(o, 0);
-                });
-                full(o, b"hdlr", 0, 0, |o| {
-                    u32b(o, 0);
-                    o.extend_from_slice(b"vide");
-                    o.extend_from_slice(&[0; 12]);
-                    o.extend_from_slice(b"ivr video\0");
-                });
+                media_header(o, TIMESCALE, b"vide", b"ivr video\0");
                 bx(o, b"minf", |o| {
                     full(o, b"vmhd", 0, 1, |o| o.extend_from_slice(&[0; 8]));
-                    bx(o, b"dinf", |o| {
-                        full(o, b"dref", 0, 0, |o| {
-                            u32b(o, 1);
-                            full(o, b"url ", 0, 1, |_| {});
-                        })
-                    });
-                    bx(o, b"stbl", |o| {
-                        full(o, b"stsd", 0, 0, |o| {
-                            u32b(o, 1);
-                            bx(o, entry, |o| {
-                                o.extend_from_slice(&[0; 6]);
-                                u16b(o, 1); // data_reference_index
-                                o.extend_from_slice(&[0; 16]);
-                                u16b(o, w as u16);
-                                u16b(o, h as u16);
-                                u32b(o, 0x0048_0000);
-                                u32b(o, 0x0048_0000);
-                                u32b(o, 0);
-                                u16b(o, 1); // frame_count
-                                o.extend_from_slice(&[0; 32]); // compressorname
-                                u16b(o, 0x0018);
-                                u16b(o, 0xffff);
-                                o.extend_from_slice(&config);
-                            });
-                        });
-                        full(o, b"stts", 0, 0, |o| u32b(o, 0));
-                        full(o, b"stsc", 0, 0, |o| u32b(o, 0));
-                        full(o, b"stsz", 0, 0, |o| {
+                    dinf_stbl(o, |o| {
+                        bx(o, entry, |o| {
+                            o.extend_from_slice(&[0; 6]);
+                            u16b(o, 1); // data_reference_index
+                            o.extend_from_slice(&[0; 16]);
+                            u16b(o, w as u16);
+                            u16b(o, h as u16);
+                            u32b(o, 0x0048_0000);
+                            u32b(o, 0x0048_0000);
                             u32b(o, 0);
-                            u32b(o, 0);
+                            u16b(o, 1); // frame_count
+                            o.extend_from_slice(&[0; 32]); // compressorname
+                            u16b(o, 0x0018);
+                            u16b(o, 0xffff);
+                            o.extend_from_slice(&config);
                         });
-                        full(o, b"stco", 0, 0, |o| u32b(o, 0));
                     });
                 });
             });
