@@ -62,7 +62,7 @@ struct SimState {
     publish_config: RtmpPublishConfig,
     /// stream_id → (quality, url, the publishing task)
     publishing: HashMap<String, (Quality, String, Option<tokio::task::AbortHandle>)>,
-    recording: Option<String>,
+    recording: Option<(String, Option<crate::record::Recording>)>,
     offline_until: Option<Instant>,
     clock_offset: Span,
     alarm_bits: u32,
@@ -74,6 +74,8 @@ struct SimState {
 pub struct SimChannel {
     channel: u32,
     reboot_time: Duration,
+    /// For recording uploads (the cloud's trust and local address).
+    dialer: ivr_rpc::net::Dialer,
     st: Mutex<SimState>,
 }
 
@@ -84,10 +86,7 @@ pub struct SimChannel {
 fn publish(channel: u32, q: Quality, url: String, stream_id: String) -> Option<tokio::task::AbortHandle> {
     use ivr_media::{demux::from_annexb, hub::Hub, ticks, Codec, Frame};
     let rt = tokio::runtime::Handle::try_current().ok()?;
-    let raw = match q {
-        Quality::Ld | Quality::Sd => ivr_sim::clips::H264_640X360,
-        Quality::Hd | Quality::Fhd => ivr_sim::clips::H264_2592X1944,
-    };
+    let raw = crate::record::clip(q);
     Some(
         rt.spawn(async move {
             let clip = from_annexb(&bytes::Bytes::from_static(raw), Codec::H264, 25);
@@ -120,6 +119,9 @@ fn publish(channel: u32, q: Quality, url: String, stream_id: String) -> Option<t
 impl Drop for SimChannel {
     fn drop(&mut self) {
         if let Ok(mut st) = self.st.lock() {
+            if let Some((_, Some(r))) = st.recording.take() {
+                r.abort();
+            }
             for (_, (_, _, t)) in st.publishing.drain() {
                 if let Some(t) = t {
                     t.abort();
@@ -139,6 +141,7 @@ impl SimChannel {
         SimChannel {
             channel,
             reboot_time: Duration::from_secs(5),
+            dialer: ivr_rpc::net::Dialer::default(),
             st: Mutex::new(SimState {
                 ptz: Ptz::default(),
                 motion: detect.clone(),
@@ -151,6 +154,19 @@ impl SimChannel {
                 alarm_bits: 0,
             }),
         }
+    }
+
+    /// How recordings reach the upload URLs (the agent's trust and bind).
+    pub fn with_dialer(mut self, d: ivr_rpc::net::Dialer) -> SimChannel {
+        self.dialer = d;
+        self
+    }
+
+    /// The running recording's upload figures.
+    pub fn record_stats(&self) -> Option<crate::record::RecordStats> {
+        let st = self.st();
+        let (_, r) = st.recording.as_ref()?;
+        r.as_ref().map(|r| r.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     pub fn with_reboot_time(mut self, d: Duration) -> SimChannel {
@@ -205,7 +221,7 @@ impl ChannelBackend for SimChannel {
     }
 
     fn record_session(&self) -> Option<String> {
-        self.st().recording.clone()
+        self.st().recording.as_ref().map(|r| r.0.clone())
     }
 
     fn alarm_bits(&self) -> u32 {
@@ -237,20 +253,33 @@ impl ChannelBackend for SimChannel {
                 Ok(json!({}))
             }
             IvtRequest::StartCloudRecord(r) => {
-                if st.recording.as_deref() == Some(r.session_id.as_str()) {
+                if st.recording.as_ref().is_some_and(|x| x.0 == r.session_id) {
                     return Ok(json!({}));
                 }
                 Self::check_bitrate(r.quality, r.max_bitrate)?;
-                st.recording = Some(r.session_id.clone());
+                if !r.cbk_url.starts_with("http://") && !r.cbk_url.starts_with("https://") {
+                    return Err(RpcError::new(codes::INTERNAL, "params.cbk_url: expected an http:// or https:// URL"));
+                }
+                // One recording a channel: a new session replaces the old.
+                if let Some((_, Some(old))) = st.recording.take() {
+                    old.stop();
+                }
+                let rec = crate::record::start(r, self.dialer.clone());
+                st.recording = Some((r.session_id.clone(), rec));
                 Ok(json!({}))
             }
             IvtRequest::StopCloudRecord { session_id, .. } => {
-                if st.recording.as_deref() == Some(session_id.as_str()) {
-                    st.recording = None;
+                if st.recording.as_ref().is_some_and(|x| &x.0 == session_id) {
+                    if let Some((_, Some(r))) = st.recording.take() {
+                        r.stop();
+                    }
                 }
                 Ok(json!({}))
             }
             IvtRequest::RebootChannel { .. } => {
+                if let Some((_, Some(r))) = st.recording.take() {
+                    r.abort();
+                }
                 for (_, (_, _, t)) in st.publishing.drain() {
                     if let Some(t) = t {
                         t.abort();

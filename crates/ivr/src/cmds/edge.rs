@@ -15,8 +15,13 @@ pub struct Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = EdgeConfig::load(&a.config)?;
-    let channels: Vec<Arc<dyn ChannelBackend>> =
-        cfg.channels.iter().map(|c| Arc::new(SimChannel::new(c.channel)) as Arc<dyn ChannelBackend>).collect();
+    // Recording uploads trust and bind as the cloud connection does.
+    let dialer = ivr_rpc::net::Dialer::new(cfg.cloud.bind, cfg.cloud.ca_file.clone());
+    let channels: Vec<Arc<dyn ChannelBackend>> = cfg
+        .channels
+        .iter()
+        .map(|c| Arc::new(SimChannel::new(c.channel).with_dialer(dialer.clone())) as Arc<dyn ChannelBackend>)
+        .collect();
     println!(
         "ivr edge: {} as {:?}, {} simulated channel(s); keep-alive every {} s",
         cfg.cloud.url,

@@ -1,0 +1,205 @@
+//! StartCloudRecord on a simulated channel: the channel's video through
+//! the media engine's segmenter (seg_duration, seg_max_size, seg_max_count,
+//! prerecord_seconds, start_ts, max_bitrate), each finished segment muxed
+//! to MPEG-TS and uploaded by the callback protocol of docs/ivr-rpc.md:
+//! `POST cbk_url` with the segment's description → `{"url"}` → `PUT` the
+//! bytes there. A failed upload is retried with backoff while the segment
+//! waits (at most `seg_max_count` waiting, plus the one in flight; beyond
+//! that the oldest is dropped and counted, by the segmenter).
+//!
+//! The simulated camera's stream is the fixture clip of the quality looped
+//! at 25 fps; it has "been running" before the call, so the pre-record is
+//! the clip as it would have been (generated at once, then real time).
+
+use crate::upload::{request, UploadError};
+use bytes::Bytes;
+use ivr_media::segment::{Segment, SegmentConfig, Segmenter, HZ};
+use ivr_media::{demux::from_annexb, ticks, Codec, Frame};
+use ivr_rpc::catalogue::{Quality, StartCloudRecord};
+use ivr_rpc::net::Dialer;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// What a recording did, for the log and the tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    pub uploaded: u64,
+    pub upload_failures: u64,
+    pub dropped: u64,
+    pub last_error: Option<String>,
+}
+
+/// A running recording: stop it gracefully (the last segment is finished
+/// and uploaded) or abort it (a reboot).
+pub struct Recording {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::AbortHandle>,
+    pub stats: Arc<Mutex<RecordStats>>,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording").field("stats", &self.stats).finish()
+    }
+}
+
+impl Recording {
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub fn clip(q: Quality) -> &'static [u8] {
+    match q {
+        Quality::Ld | Quality::Sd => ivr_sim::clips::H264_640X360,
+        Quality::Hd | Quality::Fhd => ivr_sim::clips::H264_2592X1944,
+    }
+}
+
+/// Starts recording (`None` outside a tokio runtime).
+pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let cfg = SegmentConfig {
+        seg_duration: r.seg_duration.max(1) as u64 * HZ,
+        seg_max_size: r.seg_max_size.max(64 * 1024) as usize,
+        seg_max_count: r.seg_max_count.max(1) as usize,
+        prerecord: r.prerecord_seconds as u64 * HZ,
+        max_bitrate: r.max_bitrate,
+    };
+    let seg = Arc::new(Mutex::new(Segmenter::new(cfg)));
+    let ready = Arc::new(Notify::new());
+    let stats = Arc::new(Mutex::new(RecordStats::default()));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
+    let clip = from_annexb(&Bytes::from_static(clip(r.quality)), Codec::H264, 25);
+    let (channel, session) = (r.channel, r.session_id.clone());
+    let start_ts_ms = if r.start_ts > 0 { r.start_ts.saturating_mul(1000) } else { 0 };
+
+    // The camera: history for the pre-record at once, then real time.
+    let (s, n, st) = (seg.clone(), ready.clone(), stats.clone());
+    let history = (r.prerecord_seconds as u64 * 25 + clip.len() as u64).min(3600 * 25);
+    let source = rt.spawn(async move {
+        let frame = |i: u64| {
+            let t = HZ + ticks(i, 25);
+            Frame { pts: t, dts: t, ..clip[(i % clip.len() as u64) as usize].clone() }
+        };
+        {
+            let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+            for i in 0..history {
+                let _ = g.push(frame(i));
+            }
+            g.start(HZ + ticks(history, 25), chrono::Utc::now().timestamp_millis(), start_ts_ms);
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(40));
+        let mut i = history;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_rx.changed() => break,
+            }
+            let r = s.lock().unwrap_or_else(|e| e.into_inner()).push(frame(i));
+            i += 1;
+            if let Err(e) = r {
+                tracing::warn!(channel, session = %session, "recording stopped: {e}");
+                st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
+                break;
+            }
+            n.notify_one();
+        }
+        s.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        let _ = done_tx.send(true);
+        n.notify_one();
+    });
+
+    // The uploader.
+    let (cbk, session) = (r.cbk_url.clone(), r.session_id.clone());
+    let (s, st) = (seg.clone(), stats.clone());
+    let uploader = rt.spawn(async move {
+        loop {
+            let next = {
+                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                st.lock().unwrap_or_else(|e| e.into_inner()).dropped = g.counters().dropped;
+                g.take()
+            };
+            let Some(segment) = next else {
+                if *done_rx.borrow() {
+                    break;
+                }
+                ready.notified().await;
+                continue;
+            };
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match upload(&dialer, &cbk, &session, channel, &segment).await {
+                    Ok(()) => {
+                        st.lock().unwrap_or_else(|e| e.into_inner()).uploaded += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel, seq = segment.seq, "segment upload failed: {e}; retrying");
+                        {
+                            let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
+                            g.upload_failures += 1;
+                            g.last_error = Some(e.to_string());
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    });
+    Some(Recording { stop: stop_tx, tasks: vec![source.abort_handle(), uploader.abort_handle()], stats })
+}
+
+/// A segment as MPEG-TS.
+pub fn to_ts(segment: &Segment) -> Result<Vec<u8>, ivr_media::ts::TsError> {
+    let mut m = ivr_media::ts::Muxer::new(segment.frames.first().map_or(Codec::H264, |f| f.codec))?;
+    let mut out = Vec::with_capacity(segment.bytes + segment.bytes / 20 + 4096);
+    for f in &segment.frames {
+        m.write(f, &mut out)?;
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Http(#[from] UploadError),
+    #[error("{url}: {why}")]
+    Answer { url: String, why: String },
+    #[error("muxing: {0}")]
+    Mux(#[from] ivr_media::ts::TsError),
+}
+
+/// The callback protocol: describe the segment to `cbk_url`, PUT it to the
+/// URL the cloud answers with.
+async fn upload(dialer: &Dialer, cbk: &str, session: &str, channel: u32, s: &Segment) -> Result<(), RecordError> {
+    let ts = to_ts(s)?;
+    let desc = json!({
+        "session_id": session, "channel": channel, "seq": s.seq,
+        "start_ts": s.start_unix_ms / 1000, "duration": s.duration as f64 / HZ as f64, "size": ts.len(),
+    });
+    let body = serde_json::to_vec(&desc).unwrap_or_default();
+    let t = Duration::from_secs(30);
+    let (status, answer) =
+        request(dialer, "POST", cbk, &[("Content-Type", "application/json")], &body, 64 * 1024, t).await?;
+    let bad = |why: String| RecordError::Answer { url: cbk.to_owned(), why };
+    if !(200..300).contains(&status) {
+        return Err(bad(format!("HTTP {status}")));
+    }
+    let v: Value = serde_json::from_slice(&answer).map_err(|e| bad(format!("answer is not JSON: {e}")))?;
+    let url = v["url"].as_str().ok_or_else(|| bad("answer has no \"url\"".into()))?;
+    let (status, _) = request(dialer, "PUT", url, &[("Content-Type", "video/mp2t")], &ts, 64 * 1024, t).await?;
+    if !(200..300).contains(&status) {
+        return Err(RecordError::Answer { url: url.to_owned(), why: format!("HTTP {status}") });
+    }
+    Ok(())
+}

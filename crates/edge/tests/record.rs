@@ -1,0 +1,197 @@
+//! StartCloudRecord on a simulated channel, against a small HTTP server
+//! speaking the callback protocol of docs/ivr-rpc.md (POST cbk_url → URL,
+//! PUT the segment): segments of seg_duration with the pre-record before
+//! the call, each a playable MPEG-TS judged by ffprobe, a failed callback
+//! retried, StopCloudRecord finishing and uploading the last segment.
+
+use ivr_edge::{ChannelBackend, SimChannel};
+use ivr_rpc::catalogue::{IvtRequest, Quality, StartCloudRecord};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Default)]
+struct Store {
+    /// Callbacks announced, by token.
+    announced: Vec<Value>,
+    /// (description, bytes) of every segment PUT.
+    stored: Vec<(Value, Vec<u8>)>,
+    fail_next_callbacks: AtomicU32,
+}
+
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut first = head.split_whitespace();
+    let (method, path) = (first.next()?.to_owned(), first.next()?.to_owned());
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some((method, path, buf[head_end..head_end + len].to_vec()))
+}
+
+async fn server() -> (String, Arc<Mutex<Store>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let store = Arc::new(Mutex::new(Store::default()));
+    let (st, b) = (store.clone(), base.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (st, b) = (st.clone(), b.clone());
+            tokio::spawn(async move {
+                let Some((method, path, body)) = read_request(&mut s).await else { return };
+                let (status, answer) = {
+                    let mut g = st.lock().unwrap();
+                    match (method.as_str(), path.as_str()) {
+                        ("POST", "/cbk") => {
+                            if g.fail_next_callbacks.load(Ordering::SeqCst) > 0 {
+                                g.fail_next_callbacks.fetch_sub(1, Ordering::SeqCst);
+                                (503, String::new())
+                            } else {
+                                g.announced.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                                (200, json!({"url": format!("{b}/up/{}", g.announced.len() - 1)}).to_string())
+                            }
+                        }
+                        ("PUT", p) if p.starts_with("/up/") => {
+                            let i: usize = p[4..].parse().unwrap();
+                            let desc = g.announced[i].clone();
+                            g.stored.push((desc, body));
+                            (201, String::new())
+                        }
+                        _ => (404, String::new()),
+                    }
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (base, store)
+}
+
+fn params(cbk: &str, session: &str) -> StartCloudRecord {
+    StartCloudRecord {
+        session_id: session.into(),
+        channel: 0,
+        quality: Quality::Sd,
+        max_bitrate: 0,
+        seg_duration: 2,
+        seg_max_size: 4 << 20,
+        seg_max_count: 10,
+        prerecord_seconds: 3,
+        start_ts: 0,
+        cbk_url: cbk.into(),
+    }
+}
+
+fn ffprobe(path: &std::path::Path) -> (u64, f64) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(out.status.success() && out.stderr.is_empty(), "{path:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &j["streams"][0];
+    assert_eq!((s["codec_name"].as_str(), s["width"].as_u64()), (Some("h264"), Some(640)), "{j}");
+    let frames: u64 = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
+    (frames, frames as f64 / 25.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_with_pre_record_are_uploaded_and_play() {
+    let (base, store) = server().await;
+    store.lock().unwrap().fail_next_callbacks.store(1, Ordering::SeqCst);
+    let ch = SimChannel::new(0);
+    let session = "abcdefghijklmnopqrstuv";
+    let started = chrono::Utc::now().timestamp();
+    ch.request(&IvtRequest::StartCloudRecord(params(&format!("{base}/cbk"), session))).unwrap();
+    assert_eq!(ch.record_session().as_deref(), Some(session), "Keepalive shows the session");
+    // The same session again is success and changes nothing.
+    ch.request(&IvtRequest::StartCloudRecord(params(&format!("{base}/cbk"), session))).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stats = ch.record_stats().unwrap();
+    assert!(stats.upload_failures >= 1 && stats.uploaded >= 1, "the refused callback was retried: {stats:?}");
+    ch.request(&IvtRequest::StopCloudRecord { session_id: session.into(), channel: 0 }).unwrap();
+    assert_eq!(ch.record_session(), None);
+    // Pre-record (3 s, GOP-aligned) + ~4 s recorded: wait for the last one.
+    let mut total = 0.0;
+    for _ in 0..100 {
+        total = store.lock().unwrap().stored.iter().map(|(d, _)| d["duration"].as_f64().unwrap()).sum::<f64>();
+        if total >= 6.5 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = std::mem::take(&mut store.lock().unwrap().stored);
+    assert!((6.5..=9.5).contains(&total), "{total} s recorded");
+    let dir = std::env::temp_dir().join(format!("ivr-edge-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut all = Vec::new();
+    for (i, (desc, ts)) in stored.iter().enumerate() {
+        assert_eq!(desc["seq"], i as u64, "in order, none missing: {desc}");
+        assert_eq!(desc["session_id"], session);
+        assert_eq!(desc["size"], ts.len() as u64, "the size announced is the size sent");
+        let p = dir.join(format!("{i}.ts"));
+        std::fs::write(&p, ts).unwrap();
+        let (_, secs) = ffprobe(&p);
+        let d = desc["duration"].as_f64().unwrap();
+        assert!((secs - d).abs() < 0.05, "segment {i}: {secs} s of frames, {d} s announced");
+        if i + 1 < stored.len() {
+            assert!((2.0..=3.0).contains(&d), "segment {i}: {d} s for seg_duration 2 (cut at a keyframe)");
+        }
+        all.extend_from_slice(ts);
+    }
+    // The first frame is from before the call: the pre-record.
+    let first = stored[0].0["start_ts"].as_i64().unwrap();
+    assert!((started - 5..=started - 3).contains(&first), "first segment at {first}, the call at {started}");
+    let p = dir.join("all.ts");
+    std::fs::write(&p, &all).unwrap();
+    let (frames, _) = ffprobe(&p);
+    assert!((total * 25.0 - frames as f64).abs() < 1.0, "{frames} frames in {total} s");
+    let dec = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&p).args(["-f", "null", "-"]).output().unwrap();
+    assert!(dec.status.success() && dec.stderr.is_empty(), "{}", String::from_utf8_lossy(&dec.stderr));
+}
+
+#[tokio::test]
+async fn a_callback_url_that_is_not_http_is_refused() {
+    let ch = SimChannel::new(0);
+    let e = ch.request(&IvtRequest::StartCloudRecord(params("ftp://x/y", "abcdefghijklmnopqrstuv"))).unwrap_err();
+    assert!(e.msg.contains("params.cbk_url"), "{e:?}");
+    assert_eq!(ch.record_session(), None);
+}
