@@ -101,8 +101,9 @@ enum Cmd {
         #[arg(long)]
         raw: bool,
         /// Container of -o: `annexb` (default), `ts` (MPEG-TS), `mp4`
-        /// (fragmented; plays while it grows) or `flv`. H.264 and H.265;
-        /// the camera's G.711 audio goes into FLV.
+        /// (fragmented; plays while it grows), `flv`, or `raw` (the
+        /// device's own framing, as --raw). H.264 and H.265; the camera's
+        /// G.711 audio goes into FLV.
         #[arg(long, default_value = "annexb")]
         format: String,
         /// Where to write (a file or `-`).
@@ -155,9 +156,10 @@ enum Cmd {
         /// Demux to an Annex B elementary stream instead of the device's file format.
         #[arg(long, conflicts_with = "format")]
         annexb: bool,
-        /// Write a playable file instead of the device's format: mp4
-        /// (fragmented), ts, flv, annexb, or hls (-o DIR/NAME.m3u8: a VOD
-        /// playlist of 4 s TS segments stamped with the device's clock).
+        /// Write a playable file instead of the device's format (`raw`, the
+        /// default): mp4 (fragmented), ts, flv, annexb, or hls (-o
+        /// DIR/NAME.m3u8: a VOD playlist of 4 s TS segments stamped with the
+        /// device's clock).
         #[arg(long)]
         format: Option<String>,
         #[arg(long)]
@@ -547,8 +549,9 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
             let st = if sub { StreamType::Extra } else { StreamType::Main };
             let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
             let limits = (frames, seconds.map(Duration::from_secs_f64));
+            let raw = raw || format == "raw";
             if raw {
-                if format != "annexb" {
+                if !matches!(format.as_str(), "annexb" | "raw") {
                     bail!("--raw writes the device's framing; it does not go with --format {format}");
                 }
                 let output = output.unwrap_or_else(|| "-".into());
@@ -562,7 +565,7 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                         "annexb" | "raw-es" | "h264" | "h265" => None,
                         f => Some(
                             ivr_media::sink::Format::parse(f)
-                                .with_context(|| format!("--format {f:?}: expected annexb, ts, mp4 or flv"))?,
+                                .with_context(|| format!("--format {f:?}: expected annexb, ts, mp4, flv or raw"))?,
                         ),
                     },
                 )),
@@ -607,10 +610,10 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 bail!("--format hls writes a playlist: give -o DIR/NAME.m3u8 (segments go beside it)");
             }
             let mut sink = match format.as_deref() {
-                None | Some("annexb" | "h264" | "h265" | "raw-es" | "hls" | "m3u8") => None,
+                None | Some("raw" | "annexb" | "h264" | "h265" | "raw-es" | "hls" | "m3u8") => None,
                 Some(f) => match ivr_media::sink::Format::parse(f) {
                     Some(fmt) => Some(ivr_media::sink::Sink::new(fmt, 25)),
-                    None => bail!("--format {f:?}: expected mp4, ts, flv, hls or annexb"),
+                    None => bail!("--format {f:?}: expected mp4, ts, flv, hls, annexb or raw"),
                 },
             };
             let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
@@ -1128,8 +1131,10 @@ async fn stream_raw(
     let mut s = c.monitor(channel, st, mode).await?;
     let mut out = Output::open(output).await?;
     let deadline = seconds.map(|d| tokio::time::Instant::now() + d);
-    let mut chunks = 0u64;
-    loop {
+    // Demuxed alongside only to count video frames for --frames.
+    let mut d = dvrip::media::Demuxer::new();
+    let mut n = 0u64;
+    'read: loop {
         let next = s.next_chunk();
         let chunk = match deadline {
             Some(d) => tokio::time::timeout_at(d, next).await.ok().flatten(),
@@ -1137,16 +1142,23 @@ async fn stream_raw(
         };
         let Some(chunk) = chunk else { break };
         out.write(&chunk).await?;
-        chunks += 1;
-        if frames.is_some_and(|m| chunks >= m) {
-            break;
+        d.feed(&chunk);
+        while let Some(f) = d.next_frame() {
+            if matches!(f.kind, FrameKind::Video { .. }) {
+                n += 1;
+                if frames.is_some_and(|m| n >= m) {
+                    break 'read;
+                }
+            }
         }
     }
     out.finish().await?;
     let bytes = s.bytes();
     s.stop().await?;
     if output != "-" {
-        print(json, &json!({"bytes": bytes, "output": output}), || format!("{bytes} bytes written to {output}"));
+        print(json, &json!({"bytes": bytes, "frames": n, "output": output}), || {
+            format!("{n} video frames, {bytes} bytes written to {output}")
+        });
     }
     Ok(())
 }
