@@ -10,7 +10,7 @@
 //! rename, so a player never reads a playlist naming a missing file).
 
 use crate::sink::{Format, Sink, SinkError};
-use crate::{fmp4, Codec, Frame};
+use crate::{Codec, Frame};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -139,8 +139,8 @@ pub struct Writer {
     /// segment started at.
     wall: Option<i64>,
     open_wall: Option<i64>,
-    gop: Vec<Frame>,
-    frag: Option<fmp4::Fragmenter>,
+    /// fMP4 segments: one sink across them (the init segment kept apart).
+    mp4: Option<Sink>,
     last_dts: u64,
     start_ms: Option<i64>,
     pub dropped_before_keyframe: u64,
@@ -163,8 +163,7 @@ impl Writer {
             playlist: Playlist { init, media_sequence: 0, entries: Vec::new(), ended: false },
             seq: 0,
             open: None,
-            gop: Vec::new(),
-            frag: None,
+            mp4: None,
             last_dts: 0,
             start_ms: None,
             wall: None,
@@ -173,7 +172,7 @@ impl Writer {
         }
     }
 
-    /// Audio carried in TS segments (AAC only).
+    /// Audio carried in the segments (AAC).
     pub fn with_audio(mut self, audio: Option<Codec>) -> Writer {
         self.audio = audio.filter(|a| self.format.carries(*a));
         self
@@ -219,7 +218,7 @@ impl Writer {
                 return Ok(out);
             }
             if f.keyframe && self.open.as_ref().is_some_and(|(t0, _, _)| f.dts.saturating_sub(*t0) >= self.target) {
-                self.close(f.dts, &mut out)?;
+                self.close(f.dts, false, &mut out)?;
             }
             if self.open.is_none() {
                 self.open_wall = self.wall.take();
@@ -230,50 +229,35 @@ impl Writer {
         } else if self.open.is_none() {
             return Ok(out);
         }
-        let fps = self.fps;
         let Some((_, buf, sink)) = &mut self.open else { return Ok(out) };
         match sink {
             Some(s) => s.push(f, buf)?,
-            None if f.codec.is_video() => {
-                if f.keyframe && !self.gop.is_empty() {
-                    let gop = std::mem::take(&mut self.gop);
-                    let frag = match &mut self.frag {
-                        Some(fr) => fr,
-                        None => {
-                            let (sps, params) = fmp4::describe(gop[0].codec, &gop)?;
-                            out.push(Output::File(
-                                self.playlist.init.clone().unwrap_or_default(),
-                                fmp4::init_segment(&sps, &params)?,
-                            ));
-                            self.frag.insert(fmp4::Fragmenter::new(gop[0].codec, fps))
-                        }
-                    };
-                    buf.extend_from_slice(&frag.fragment(&gop, Some(f.dts)));
+            None => {
+                let (fps, audio) = (self.fps, self.audio);
+                let m = self.mp4.get_or_insert_with(|| Sink::new(Format::Mp4, fps).with_audio(audio).init_apart());
+                m.push(f, buf)?;
+                if let Some(init) = m.take_init() {
+                    out.push(Output::File(self.playlist.init.clone().unwrap_or_default(), init));
                 }
-                self.gop.push(f);
             }
-            None => {}
         }
         Ok(out)
     }
 
-    /// Closes the open segment at `end` (90 kHz).
-    fn close(&mut self, end: u64, out: &mut Vec<Output>) -> Result<(), SinkError> {
+    /// Closes the open segment at `end` (90 kHz); the `last` one takes
+    /// whatever the fMP4 sink still holds (audio after the last picture).
+    fn close(&mut self, end: u64, last: bool, out: &mut Vec<Output>) -> Result<(), SinkError> {
         let Some((t0, mut buf, sink)) = self.open.take() else { return Ok(()) };
         if let Some(mut s) = sink {
             s.finish(&mut buf)?;
-        } else if !self.gop.is_empty() {
-            let gop = std::mem::take(&mut self.gop);
-            if self.frag.is_none() {
-                let (sps, params) = fmp4::describe(gop[0].codec, &gop)?;
-                out.push(Output::File(
-                    self.playlist.init.clone().unwrap_or_default(),
-                    fmp4::init_segment(&sps, &params)?,
-                ));
-                self.frag = Some(fmp4::Fragmenter::new(gop[0].codec, self.fps));
+        } else if let Some(m) = &mut self.mp4 {
+            if last {
+                m.finish(&mut buf)?;
+            } else {
+                m.cut(end, &mut buf)?;
             }
-            if let Some(fr) = &mut self.frag {
-                buf.extend_from_slice(&fr.fragment(&gop, Some(end)));
+            if let Some(init) = m.take_init() {
+                out.push(Output::File(self.playlist.init.clone().unwrap_or_default(), init));
             }
         }
         let uri = format!("{}{}.{}", self.prefix, self.seq, self.ext());
@@ -309,7 +293,7 @@ impl Writer {
             self.playlist.ended = true;
         }
         if self.open.is_some() {
-            self.close(end, &mut out)?;
+            self.close(end, true, &mut out)?;
         } else {
             out.push(Output::Playlist(self.playlist.render()));
         }

@@ -72,6 +72,9 @@ pub struct Sink {
     mux: Mux,
     /// MP4 starts its timeline at 0 (no edit list to skip a late start).
     mp4_t0: Option<u64>,
+    /// MP4: the init segment kept apart (HLS) instead of written first.
+    init_apart: bool,
+    init: Option<Vec<u8>>,
     pub dropped_before_keyframe: u64,
     pub frames: u64,
     pub audio_frames: u64,
@@ -88,6 +91,8 @@ impl Sink {
             held: Vec::new(),
             mux: Mux::None,
             mp4_t0: None,
+            init_apart: false,
+            init: None,
             dropped_before_keyframe: 0,
             frames: 0,
             audio_frames: 0,
@@ -99,6 +104,25 @@ impl Sink {
     pub fn with_audio(mut self, audio: Option<Codec>) -> Sink {
         self.audio = Some(audio.filter(|a| self.format.carries(*a)));
         self
+    }
+
+    /// MP4: keep the init segment apart (`take_init`) rather than writing
+    /// it before the first fragment (HLS names it in `EXT-X-MAP`).
+    pub fn init_apart(mut self) -> Sink {
+        self.init_apart = true;
+        self
+    }
+
+    /// The init segment, once, when it was kept apart.
+    pub fn take_init(&mut self) -> Option<Vec<u8>> {
+        self.init.take()
+    }
+
+    /// MP4: writes the GOP held so far as a fragment now, ending at
+    /// `next_dts` (the caller's timeline) — where an HLS segment ends.
+    pub fn cut(&mut self, next_dts: u64, out: &mut Vec<u8>) -> Result<(), SinkError> {
+        let next = next_dts.saturating_sub(self.mp4_t0.unwrap_or(0));
+        self.flush_gop(Some(next), out)
     }
 
     /// Takes one frame; appends what can be written now to `out`.
@@ -204,7 +228,12 @@ impl Sink {
                 self.audio_left_out += audio.len() as u64;
                 audio.clear();
             }
-            out.extend_from_slice(&fmp4::init_segment_av(&sps, &params, adts.as_ref())?);
+            let init = fmp4::init_segment_av(&sps, &params, adts.as_ref())?;
+            if self.init_apart {
+                self.init = Some(init);
+            } else {
+                out.extend_from_slice(&init);
+            }
             let mut fr = fmp4::Fragmenter::new(codec, fps);
             fr.audio = adts.is_some();
             *frag = Some(fr);

@@ -143,6 +143,18 @@ fn ffmpeg_made_files_remux_into_every_container() {
             }
             assert_eq!(got, want, "{out:?}");
         }
+        // HLS with the audio, both segment kinds.
+        let data = Bytes::from(std::fs::read(&p).unwrap());
+        let mut dm = demux::read(Input::detect(&p, &data).unwrap(), &data, 25).unwrap();
+        dm.rebase(90_000);
+        for format in [Format::Ts, Format::Mp4] {
+            let hd = d.join(format!("hls-{name}-{format:?}"));
+            std::fs::create_dir_all(&hd).unwrap();
+            let mut w = hls::Writer::new(format, 25, 1.0, None, "s").with_audio(dm.audio_codec());
+            run_hls(&mut w, dm.frames.clone(), &hd);
+            let got = judge(&hd.join("index.m3u8"));
+            assert_eq!(got, [("h264".to_owned(), 100), ("aac".to_owned(), aac)], "HLS {format:?} from {name}");
+        }
     }
 }
 
