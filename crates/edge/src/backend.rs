@@ -79,17 +79,16 @@ pub struct SimChannel {
     st: Mutex<SimState>,
 }
 
-/// Publishes the channel's video (the fixture clip of the quality, looped
-/// at 25 fps as a camera sends it) to `url` until aborted; a publication
+/// Publishes the channel's video (the fixture clip of the quality at its
+/// bitrate, looped at 25 fps as a camera sends it) to `url` until aborted; a publication
 /// that breaks is reconnected (`rtmp::publish_loop`). `None` outside a
 /// tokio runtime.
 fn publish(channel: u32, q: Quality, url: String, stream_id: String) -> Option<tokio::task::AbortHandle> {
-    use ivr_media::{demux::from_annexb, hub::Hub, ticks, Codec, Frame};
+    use ivr_media::{hub::Hub, ticks, Frame};
     let rt = tokio::runtime::Handle::try_current().ok()?;
-    let raw = crate::record::clip(q);
     Some(
         rt.spawn(async move {
-            let clip = from_annexb(&bytes::Bytes::from_static(raw), Codec::H264, 25);
+            let clip = crate::record::clip(q);
             let hub = Hub::new(64, 8 << 20);
             let sub = hub.subscribe();
             let u = url.clone();

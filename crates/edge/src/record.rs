@@ -7,14 +7,13 @@
 //! waits (at most `seg_max_count` waiting, plus the one in flight; beyond
 //! that the oldest is dropped and counted, by the segmenter).
 //!
-//! The simulated camera's stream is the fixture clip of the quality looped
-//! at 25 fps; it has "been running" before the call, so the pre-record is
+//! The simulated camera's stream is the fixture clip of the quality, padded
+//! to the quality's bitrate, looped at 25 fps; it has "been running" before the call, so the pre-record is
 //! the clip as it would have been (generated at once, then real time).
 
 use crate::upload::{request, UploadError};
-use bytes::Bytes;
 use ivr_media::segment::{Segment, SegmentConfig, Segmenter, HZ};
-use ivr_media::{demux::from_annexb, ticks, Codec, Frame};
+use ivr_media::{ticks, Codec, Frame};
 use ivr_rpc::catalogue::{Quality, StartCloudRecord};
 use ivr_rpc::net::Dialer;
 use serde_json::{json, Value};
@@ -56,11 +55,20 @@ impl Recording {
     }
 }
 
-pub fn clip(q: Quality) -> &'static [u8] {
-    match q {
-        Quality::Ld | Quality::Sd => ivr_sim::clips::H264_640X360,
-        Quality::Hd | Quality::Fhd => ivr_sim::clips::H264_2592X1944,
-    }
+/// The simulated channel's stream of a quality: the fixture clip (640×360
+/// for ld/sd, 2592×1944 for hd/fhd, H.264) padded to 95 % of the
+/// quality's bitrate (`backend::bitrate`), so `max_bitrate` checks see
+/// what a real camera of that quality would send. Frames from 0, 25 fps.
+pub fn clip(q: Quality) -> Vec<Frame> {
+    let c = ivr_sim::clips::clip(ivr_sim::clips::Codec::H264, matches!(q, Quality::Hd | Quality::Fhd));
+    c.padded(crate::backend::bitrate(q) * 95 / 100)
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let t = ticks(i as u64, 25);
+            Frame { codec: Codec::H264, keyframe: u.keyframe, pts: t, dts: t, data: u.data }
+        })
+        .collect()
 }
 
 /// Starts recording (`None` outside a tokio runtime).
@@ -78,7 +86,7 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
     let stats = Arc::new(Mutex::new(RecordStats::default()));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
-    let clip = from_annexb(&Bytes::from_static(clip(r.quality)), Codec::H264, 25);
+    let clip = clip(r.quality);
     let (channel, session) = (r.channel, r.session_id.clone());
     let start_ts_ms = if r.start_ts > 0 { r.start_ts.saturating_mul(1000) } else { 0 };
 

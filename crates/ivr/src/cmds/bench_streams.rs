@@ -1,5 +1,5 @@
 //! `ivr bench media --streams N`: what one camera costs. N simulated
-//! 4 Mbit/s cameras in real time, each as an edge box would carry it:
+//! 4 Mbit/s cameras (the 2592×1944 clip padded, `Clip::padded`) in real time, each as an edge box would carry it:
 //! DVRIP bytes in TCP-sized pieces → the DVRIP demuxer → a hub → an
 //! MPEG-TS sink and an FLV sink. CPU time and resident memory of the whole
 //! process are divided by N. Beside it, one ffmpeg doing the copy remux of
@@ -9,35 +9,12 @@
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use dvrip::media::{write_audio, write_video, AudioCodec, Demuxer, VideoCodec};
-use ivr_media::annexb::access_units;
 use ivr_media::hub::Hub;
 use ivr_media::sink::{Format, Sink};
 use ivr_media::Codec;
 use ivr_sim::clips;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Bytes an I-frame and a P-frame are padded to: a 25-frame GOP of one I
-/// and 24 P is 4.0 Mbit/s at 25 fps.
-const I_SIZE: usize = 100_000;
-const P_SIZE: usize = 16_667;
-
-/// An SEI (user data unregistered) of about `n` bytes of start-code-free
-/// noise: picture-like bytes for every scanner, no meaning to a decoder.
-fn filler_sei(n: usize, seed: &mut u64) -> Vec<u8> {
-    let mut v = vec![0, 0, 0, 1, 0x06, 0x05];
-    let size = n.saturating_sub(24).max(16);
-    v.extend(std::iter::repeat_n(0xff, size / 255));
-    v.push((size % 255) as u8);
-    for _ in 0..size {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        v.push((*seed as u8).max(2));
-    }
-    v.push(0x80);
-    v
-}
 
 fn cpu_secs(who: i32) -> f64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
@@ -101,20 +78,16 @@ pub async fn run(n: usize, seconds: u64, ffmpeg: &str, json: bool) -> anyhow::Re
     // The camera: the 2592×1944 fixture padded to 4 Mbit/s, with 8 kHz
     // G.711 A-law, framed as a DVRIP device sends it; and the same video
     // as Annex B for ffmpeg.
-    let units = access_units(&Bytes::from_static(clips::H264_2592X1944), Codec::H264);
+    let units = clips::clip(clips::Codec::H264, true).padded(4_000_000);
     let t = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).and_then(|d| d.and_hms_opt(12, 0, 0)).context("date")?;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let (mut chunks, mut annexb, mut video_bytes) = (Vec::new(), Vec::new(), 0usize);
     for i in 0..(seconds * 25) as usize {
         let u = &units[i % units.len()];
-        let target = if u.keyframe { I_SIZE } else { P_SIZE };
-        let mut au = filler_sei(target.saturating_sub(u.data.len()), &mut seed);
-        au.extend_from_slice(&u.data);
-        let mut b = BytesMut::with_capacity(au.len() + 400);
-        write_video(&mut b, VideoCodec::H264, u.keyframe, 2592, 1944, 25, &t, &au);
+        let mut b = BytesMut::with_capacity(u.data.len() + 400);
+        write_video(&mut b, VideoCodec::H264, u.keyframe, 2592, 1944, 25, &t, &u.data);
         write_audio(&mut b, AudioCodec::G711A, 8000, &clips::TONE_ALAW[(i * 320) % 8000..][..320]);
-        video_bytes += au.len();
-        annexb.extend_from_slice(&au);
+        video_bytes += u.data.len();
+        annexb.extend_from_slice(&u.data);
         chunks.push(b.freeze());
     }
     let mbit = video_bytes as f64 * 8.0 / seconds as f64 / 1e6;
