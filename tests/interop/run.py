@@ -296,6 +296,27 @@ try:
 finally:
     sim.kill()
 
+# --- a camera that reboots in the middle of a stream ---
+sim, port = start_sim("--reboot-secs", "2")
+try:
+    pub = subprocess.Popen([IVR, "dvrip", "--host", "127.0.0.1", "--port", str(port), "--password", PASSWORD,
+                            "stream", "--sub", "--seconds", "10", "-o", f"{out}/rebooted.ts", "--format", "ts", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    ivr(port, "reboot")
+    pout, perr = pub.communicate(timeout=60)
+    v = json.loads(pout or "{}")
+    record("ivr dvrip stream reconnects after the camera reboots", pub.returncode == 0 and v.get("reconnects") == 1
+           and "streaming again" in perr, perr[-300:])
+    judge("ffprobe the stream across the reboot", f"{out}/rebooted.ts", "h264", 640, 360, 125)
+    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts", "-of", "csv=p=0",
+                        f"{out}/rebooted.ts"], capture_output=True, text=True)
+    pts = [int(x.strip(",")) for x in r.stdout.split() if x.strip(",").isdigit()]
+    steps = {b - a for a, b in zip(pts, pts[1:])}
+    record("one timeline across the reboot (every frame 40 ms after the last)", len(pts) >= 125 and steps == {3600}, str(steps))
+finally:
+    sim.kill()
+
 # --- an H.265 device ---
 sim, port = start_sim("--codec", "h265", "--snapshot", "raw")
 try:

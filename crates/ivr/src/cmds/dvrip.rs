@@ -127,6 +127,10 @@ enum Cmd {
         /// HLS: segment container, ts or mp4.
         #[arg(long, default_value = "ts")]
         hls_format: String,
+        /// End when the camera drops the stream, instead of dialling it
+        /// again (1 s doubling to 30 s) and carrying on where it stopped.
+        #[arg(long)]
+        no_reconnect: bool,
     },
     /// List recordings.
     Files {
@@ -545,6 +549,7 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
             hls_window,
             hls_segment,
             hls_format,
+            no_reconnect,
         } => {
             let st = if sub { StreamType::Extra } else { StreamType::Main };
             let mode = if second_socket { SocketMode::Second } else { SocketMode::Single };
@@ -585,7 +590,7 @@ async fn device(c: &Client, cmd: Cmd, json: bool) -> anyhow::Result<()> {
                 }
             };
             let outs = Outputs { file, rtmp, hls };
-            stream_fanout(c, channel, st, mode, limits, outs, json).await?;
+            stream_fanout(c, channel, st, mode, limits, outs, !no_reconnect, json).await?;
         }
         Cmd::Files { channel, from, to, event } => {
             let now = c.time().await?.unwrap_or_else(|| chrono::Local::now().naive_local());
@@ -1166,6 +1171,7 @@ async fn stream_raw(
 /// `stream`: one device connection feeding a hub; each output is a
 /// consumer of it (a slow one skips to the next keyframe rather than
 /// holding the camera back).
+#[allow(clippy::too_many_arguments)]
 async fn stream_fanout(
     c: &Client,
     channel: u32,
@@ -1173,6 +1179,7 @@ async fn stream_fanout(
     mode: SocketMode,
     (frames, seconds): Limits,
     outs: Outputs,
+    reconnect: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     use ivr_media::hub::Hub;
@@ -1272,32 +1279,68 @@ async fn stream_fanout(
     let deadline = seconds.map(|d| tokio::time::Instant::now() + d);
     let (mut n, mut first) = (0u64, None);
     let mut refused: Option<String> = None;
-    while let Some(f) = next_within(&mut s, deadline).await {
-        match ivr_media::demux::dvrip_frame(&f) {
-            Ok(Some(frame)) => {
-                if frame.codec.is_video() {
-                    n += 1;
-                    if first.is_none() {
-                        first = Some(f.kind.clone());
+    // A camera that drops the stream (reboot, network) is dialled again;
+    // the timeline continues where it stopped.
+    let (mut offset, mut next_t, mut reconnects, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut backoff = Duration::from_secs(1);
+    'stream: loop {
+        while let Some(f) = next_within(&mut s, deadline).await {
+            match ivr_media::demux::dvrip_frame(&f) {
+                Ok(Some(mut frame)) => {
+                    frame.pts += offset;
+                    frame.dts += offset;
+                    if frame.codec.is_video() {
+                        n += 1;
+                        next_t = next_t.max(frame.dts + 3600);
+                        if first.is_none() {
+                            first = Some(f.kind.clone());
+                        }
                     }
+                    hub.publish(frame);
                 }
-                hub.publish(frame);
+                Ok(None) => {}
+                Err(what) => {
+                    refused = Some(what);
+                    break 'stream;
+                }
             }
-            Ok(None) => {}
-            Err(what) => {
-                refused = Some(what);
-                break;
+            if frames.is_some_and(|m| n >= m) {
+                break 'stream;
+            }
+            if tasks.iter().all(|t| t.1.is_finished()) {
+                break 'stream; // every output failed; the errors follow
             }
         }
-        if frames.is_some_and(|m| n >= m) {
+        let over = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if over || !reconnect {
             break;
         }
-        if tasks.iter().all(|t| t.1.is_finished()) {
-            break; // every output failed; the errors follow
+        // The stream ended before its time: reconnect until it is back.
+        loop {
+            eprintln!("the camera dropped the stream; reconnecting in {} s", backoff.as_secs());
+            tokio::time::sleep(backoff).await;
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                break 'stream;
+            }
+            match c.monitor(channel, st, mode).await {
+                Ok(ns) => {
+                    bytes += s.bytes();
+                    s = ns;
+                    offset = next_t;
+                    reconnects += 1;
+                    backoff = Duration::from_secs(1);
+                    eprintln!("streaming again ({reconnects} reconnect(s))");
+                    continue 'stream;
+                }
+                Err(e) => {
+                    eprintln!("cannot stream yet: {e}");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
         }
     }
-    let bytes = s.bytes();
-    s.stop().await?;
+    let bytes = bytes + s.bytes();
+    let _ = s.stop().await;
     drop(hub);
     let mut results = Vec::new();
     let mut failed = Vec::new();
@@ -1314,7 +1357,7 @@ async fn stream_fanout(
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
     }
-    let mut v = json!({"frames": n, "bytes": bytes, "outputs": results});
+    let mut v = json!({"frames": n, "bytes": bytes, "reconnects": reconnects, "outputs": results});
     if let Some(FrameKind::Video { codec, width, height, fps, .. }) = first {
         v["codec"] = json!(codec.name());
         v["width"] = json!(width);
