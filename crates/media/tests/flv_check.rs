@@ -4,22 +4,13 @@
 //! SPS, one CodedFramesX tag per frame, keyframes where the stream has them.
 
 use bytes::Bytes;
-use ivr_media::annexb::access_units;
 use ivr_media::flv::{file, read_tags, TAG_SCRIPT, TAG_VIDEO};
 use ivr_media::params::parse_h265_sps;
-use ivr_media::{ticks, Codec, Frame};
+use ivr_media::{Codec, Frame};
 use ivr_sim::clips;
-use std::process::Command;
 
 fn frames(raw: &'static [u8], codec: Codec) -> Vec<Frame> {
-    access_units(&Bytes::from_static(raw), codec)
-        .into_iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let t = ticks(i as u64, 25);
-            Frame { codec, keyframe: u.keyframe, pts: t, dts: t, data: u.data }
-        })
-        .collect()
+    ivr_media::demux::from_annexb(&Bytes::from_static(raw), codec, 25)
 }
 
 #[test]
@@ -29,29 +20,14 @@ fn h264_flv_is_read_by_ffprobe() {
     for (raw, w, h, n) in [(clips::H264_640X360, 640, 360, 75), (clips::H264_2592X1944, 2592, 1944, 50)] {
         let path = dir.join(format!("{w}.flv"));
         std::fs::write(&path, file(&frames(raw, Codec::H264), 25).unwrap()).unwrap();
-        let out = Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-count_frames",
-                "-show_entries",
-                "stream=codec_name,width,height,nb_read_frames:format=format_name",
-                "-of",
-                "json",
-            ])
-            .arg(&path)
-            .output()
-            .expect("ffprobe");
-        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let j = ivr_sim::probe::ffprobe(&path, "stream=codec_name,width,height,nb_read_frames:format=format_name")
+            .unwrap_or_else(|e| panic!("{e}"));
         let s = &j["streams"][0];
         assert_eq!(j["format"]["format_name"], "flv");
         assert_eq!(s["codec_name"], "h264");
         assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(w), Some(h)));
         assert_eq!(s["nb_read_frames"], n.to_string());
-        let dec =
-            Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&path).args(["-f", "null", "-"]).output().unwrap();
-        assert!(dec.status.success() && dec.stderr.is_empty(), "{}", String::from_utf8_lossy(&dec.stderr));
+        ivr_sim::probe::decodes_cleanly(&path).unwrap_or_else(|e| panic!("{e}"));
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -25,23 +25,9 @@ fn dir(name: &str) -> PathBuf {
 /// (codec, packets) per stream as ffprobe counts them, after checking that
 /// ffmpeg decodes the file without a word and timestamps never go back.
 fn judge(path: &Path) -> Vec<(String, u64)> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_packets",
-            "-show_entries",
-            "stream=codec_type,codec_name,nb_read_packets",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe");
-    assert!(out.status.success() && out.stderr.is_empty(), "{path:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let dec = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
-    assert!(dec.status.success() && dec.stderr.is_empty(), "{path:?}: {}", String::from_utf8_lossy(&dec.stderr));
+    let j =
+        ivr_sim::probe::ffprobe(path, "stream=codec_type,codec_name,nb_read_packets").unwrap_or_else(|e| panic!("{e}"));
+    ivr_sim::probe::decodes_cleanly(path).unwrap_or_else(|e| panic!("{e}"));
     // Video packets in decoding order: DTS strictly rising.
     let pk = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=dts", "-of", "csv=p=0"])

@@ -82,27 +82,14 @@ async fn publish_to_nginx_and_play_back() {
         .unwrap();
     assert!(play.status.success(), "ffmpeg playing {url}: {}", String::from_utf8_lossy(&play.stderr));
     publisher.await.unwrap();
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-            "-of",
-            "json",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let j: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let j = ivr_sim::probe::ffprobe(&out, "stream=codec_name,width,height,nb_read_frames")
+        .unwrap_or_else(|e| panic!("{e}"));
     let s = &j["streams"][0];
     assert_eq!(s["codec_name"], "h264", "{j}");
     assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(640), Some(360)));
     let frames: u64 = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
     assert!((60..=80).contains(&frames), "3 s at 25 fps through nginx, got {frames}");
-    let dec = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&out).args(["-f", "null", "-"]).output().unwrap();
-    assert!(dec.status.success() && dec.stderr.is_empty(), "{}", String::from_utf8_lossy(&dec.stderr));
+    ivr_sim::probe::decodes_cleanly(&out).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]
@@ -167,20 +154,11 @@ async fn the_publisher_reconnects_when_the_server_comes_back() {
     assert!(play.status.success(), "playing after the restart: {}", String::from_utf8_lossy(&play.stderr));
     source.await.unwrap();
     let st = publisher.await.unwrap();
-    let n = ffprobe_frames(&out);
+    let n = ivr_sim::probe::frames(&out);
     assert!(n >= 25, "{n} frames played after the restart");
     assert!(st.reconnects >= 1, "{st:?}");
     assert!(st.dropped > 0 && st.last_error.is_some(), "{st:?}");
     assert!(st.frames + st.dropped == 375, "every frame sent or counted: {st:?}");
     let ev = events.lock().unwrap();
     assert!(ev.iter().any(|e| e.starts_with("reconnected to")), "{ev:?}");
-}
-
-fn ffprobe_frames(path: &std::path::Path) -> u64 {
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or(0)
 }

@@ -5,3 +5,4 @@
 pub mod clips;
 pub mod cvip;
 pub mod dvrip;
+pub mod probe;
