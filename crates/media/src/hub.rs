@@ -10,7 +10,7 @@
 //! camera's next I-frame.
 
 use crate::Frame;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 struct Cache {
@@ -22,15 +22,8 @@ struct Cache {
 /// already sent).
 pub struct Hub {
     tx: broadcast::Sender<Frame>,
-    cache: Arc<Mutex<Cache>>,
+    cache: Mutex<Cache>,
     max_cache: usize,
-}
-
-/// The producer's handle, cheap to clone into a subscribe-only place.
-#[derive(Clone)]
-pub struct Subscribe {
-    tx: broadcast::Sender<Frame>,
-    cache: Arc<Mutex<Cache>>,
 }
 
 impl Hub {
@@ -39,7 +32,7 @@ impl Hub {
     /// cached until its next keyframe).
     pub fn new(capacity: usize, max_cache: usize) -> Hub {
         let (tx, _) = broadcast::channel(capacity.max(2));
-        Hub { tx, cache: Arc::new(Mutex::new(Cache { gop: Vec::new(), bytes: 0 })), max_cache }
+        Hub { tx, cache: Mutex::new(Cache { gop: Vec::new(), bytes: 0 }), max_cache }
     }
 
     /// Sends a frame to every consumer; returns how many there are.
@@ -63,25 +56,15 @@ impl Hub {
     }
 
     pub fn subscribe(&self) -> Subscriber {
-        self.handle().subscribe()
-    }
-
-    pub fn handle(&self) -> Subscribe {
-        Subscribe { tx: self.tx.clone(), cache: self.cache.clone() }
-    }
-
-    pub fn consumers(&self) -> usize {
-        self.tx.receiver_count()
-    }
-}
-
-impl Subscribe {
-    pub fn subscribe(&self) -> Subscriber {
         let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let rx = self.tx.subscribe();
         let backlog: std::collections::VecDeque<Frame> = c.gop.iter().cloned().collect();
         let waiting = backlog.is_empty();
         Subscriber { rx, backlog, waiting_for_key: waiting, skipped: 0, lost_place: 0 }
+    }
+
+    pub fn consumers(&self) -> usize {
+        self.tx.receiver_count()
     }
 }
 

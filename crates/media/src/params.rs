@@ -113,6 +113,15 @@ fn scaling_list(r: &mut Bits, size: usize) -> Result<(), ParamError> {
 }
 
 /// Parses an H.264 SPS NAL unit (with its 1-byte header).
+/// The cropping / conformance window flag and its four offsets (left,
+/// right, top, bottom), zero when absent: the same in both SPS syntaxes.
+fn crop(r: &mut Bits<'_>) -> Result<[u64; 4], ParamError> {
+    if r.bit()? == 0 {
+        return Ok([0; 4]);
+    }
+    Ok([r.ue()? as u64, r.ue()? as u64, r.ue()? as u64, r.ue()? as u64])
+}
+
 pub fn parse_h264_sps(nal: &[u8]) -> Result<Sps, ParamError> {
     let b = rbsp(nal);
     let mut r = Bits { b: &b, pos: 8 };
@@ -169,13 +178,7 @@ pub fn parse_h264_sps(nal: &[u8]) -> Result<Sps, ParamError> {
         r.bit()?;
     }
     r.bit()?; // direct_8x8_inference
-    let (mut cl, mut cr, mut ct, mut cb) = (0u64, 0u64, 0u64, 0u64);
-    if r.bit()? == 1 {
-        cl = r.ue()? as u64;
-        cr = r.ue()? as u64;
-        ct = r.ue()? as u64;
-        cb = r.ue()? as u64;
-    }
+    let [cl, cr, ct, cb] = crop(&mut r)?;
     let (cx, cy) = match (chroma, separate) {
         (0, _) | (3, true) => (1, 2 - frame_mbs_only),
         (1, _) => (2, 2 * (2 - frame_mbs_only)),
@@ -242,13 +245,7 @@ pub fn parse_h265_sps(nal: &[u8]) -> Result<Sps, ParamError> {
     }
     let w = r.ue()? as u64;
     let h = r.ue()? as u64;
-    let (mut cl, mut cr, mut ct, mut cb) = (0u64, 0u64, 0u64, 0u64);
-    if r.bit()? == 1 {
-        cl = r.ue()? as u64;
-        cr = r.ue()? as u64;
-        ct = r.ue()? as u64;
-        cb = r.ue()? as u64;
-    }
+    let [cl, cr, ct, cb] = crop(&mut r)?;
     let (sx, sy) = match (chroma, separate) {
         (1, _) => (2, 2),
         (2, _) => (2, 1),

@@ -1042,27 +1042,37 @@ async fn download_hls(
     Ok((frames, w.playlist().entries.len()))
 }
 
-/// One demuxed DVRIP frame into a container sink, 1 s into the timeline
-/// (room for the TS clock reference before the first frame).
+/// One demuxed DVRIP frame into a container sink.
 async fn push_frame(
     sink: &mut ivr_media::sink::Sink,
     f: &MediaFrame,
     format: &str,
     out: &mut Output,
 ) -> anyhow::Result<()> {
-    let mut frame = match ivr_media::demux::dvrip_frame(f) {
+    let frame = match ivr_media::demux::dvrip_frame(f) {
         Ok(Some(frame)) => frame,
         Ok(None) => return Ok(()),
         Err(what) => bail!("--format {format}: the device sends {what}, which ivr does not carry"),
     };
+    sink_write(sink, frame, out).await.map(drop)
+}
+
+/// A frame into a container sink, 1 s into the timeline (room for the TS
+/// clock reference); what the sink gives is written. Returns the bytes.
+async fn sink_write(
+    sink: &mut ivr_media::sink::Sink,
+    mut frame: ivr_media::Frame,
+    out: &mut Output,
+) -> anyhow::Result<usize> {
     frame.pts += 90_000;
     frame.dts += 90_000;
     let mut buf = Vec::new();
     sink.push(frame, &mut buf)?;
-    if !buf.is_empty() {
+    let n = buf.len();
+    if n > 0 {
         out.write(&Bytes::from(buf)).await?;
     }
-    Ok(())
+    Ok(n)
 }
 
 async fn finish_sink(sink: &mut ivr_media::sink::Sink, output: &str, out: &mut Output) -> anyhow::Result<()> {
@@ -1195,7 +1205,7 @@ async fn stream_fanout(
                 let mut sink = format.map(|f| ivr_media::sink::Sink::new(f, 25));
                 let fname = format.map_or("annexb".to_owned(), |f| format!("{f:?}").to_lowercase());
                 let mut written = 0u64;
-                while let Some(mut f) = sub.recv().await {
+                while let Some(f) = sub.recv().await {
                     match &mut sink {
                         None if f.codec.is_video() => {
                             written += f.data.len() as u64;
@@ -1203,15 +1213,9 @@ async fn stream_fanout(
                         }
                         None => {}
                         Some(sink) => {
-                            // 1 s in: room for the TS clock reference.
-                            f.pts += 90_000;
-                            f.dts += 90_000;
-                            let mut buf = Vec::new();
-                            sink.push(f, &mut buf).with_context(|| format!("--format {fname}"))?;
-                            if !buf.is_empty() {
-                                written += buf.len() as u64;
-                                out.write(&Bytes::from(buf)).await?;
-                            }
+                            written +=
+                                sink_write(sink, f, &mut out).await.with_context(|| format!("--format {fname}"))?
+                                    as u64;
                         }
                     }
                 }
