@@ -363,6 +363,11 @@ impl Client {
         Ok(c)
     }
 
+    /// Whether a logged-in connection is open now (never dials).
+    pub async fn is_connected(&self) -> bool {
+        self.conn.lock().await.as_ref().is_some_and(|c| c.is_open())
+    }
+
     /// Drops the connection and logs in again.
     pub async fn reconnect(&self) -> Result<()> {
         let mut slot = self.conn.lock().await;

@@ -167,7 +167,7 @@ impl Handler for EdgeHandler {
             }
             other => {
                 let n = channel_of(other).expect("every other method names a channel");
-                self.channel(n)?.request(other)
+                self.channel(n)?.request(other).await
             }
         }
     }
@@ -181,7 +181,11 @@ impl Handler for EdgeHandler {
             }
         };
         match &ev {
-            IvtEvent::SyncTime { .. } => self.channels.iter().for_each(|c| c.event(&ev)),
+            IvtEvent::SyncTime { .. } => {
+                for c in &self.channels {
+                    c.event(&ev).await;
+                }
+            }
             IvtEvent::UpgradeFirmware => {
                 let handle = self.handle.lock().expect("handle lock").clone();
                 let upgrading = *self.device.state.lock().expect("device lock") == DeviceState::Upgrading;
@@ -193,7 +197,7 @@ impl Handler for EdgeHandler {
             | IvtEvent::GotoPtzPreset { channel, .. }
             | IvtEvent::CtrlPtzPresetTour { channel, .. }
             | IvtEvent::CtrlPtzPatrol { channel, .. } => match self.channel(*channel) {
-                Ok(c) => c.event(&ev),
+                Ok(c) => c.event(&ev).await,
                 Err(e) => tracing::warn!(event = %name, error = %e.msg, "edge: event ignored"),
             },
         }
@@ -342,6 +346,11 @@ impl Edge {
                 )));
             }
         }
+        for ch in &self.channels {
+            if let Some(rx) = ch.alarm_events() {
+                side.push(tokio::spawn(device_alarms(handle.clone(), ch.clone(), rx, self.device.dialer.clone())));
+            }
+        }
         let every = Duration::from_secs(self.cfg.cloud.keepalive_secs);
         let keepalives = async {
             loop {
@@ -384,7 +393,7 @@ async fn alarms(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration, dial
         let start =
             json!({"channel": ch.channel(), "type": MOTION, "state": "start", "desc": "motion detected (simulated)"});
         match h.call("AlarmNotify", Some(start)).await {
-            Ok(v) => match (v["pic_upload_url"].as_str(), ch.snapshot()) {
+            Ok(v) => match (v["pic_upload_url"].as_str(), ch.snapshot().await) {
                 (Some(url), Some(jpeg)) => {
                     if let Err(e) = crate::upload::post(&dialer, url, "image/jpeg", &jpeg).await {
                         tracing::warn!(error = %e, "edge: alarm picture not uploaded");
@@ -404,12 +413,59 @@ async fn alarms(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration, dial
     }
 }
 
+/// Alarms a device raises: AlarmNotify `start` with the channel's picture
+/// uploaded to the URL the cloud returns, AlarmNotify `end` when the
+/// device clears it.
+async fn device_alarms(
+    h: RpcHandle,
+    ch: Arc<dyn ChannelBackend>,
+    mut rx: tokio::sync::broadcast::Receiver<crate::backend::AlarmEvent>,
+    dialer: Dialer,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let a = match rx.recv().await {
+            Ok(a) => a,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    channel = ch.channel(),
+                    missed = n,
+                    "edge: device alarms came faster than the cloud took them"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let state = if a.on { "start" } else { "end" };
+        let p = json!({"channel": ch.channel(), "type": a.bit, "state": state, "desc": a.desc});
+        match h.call("AlarmNotify", Some(p)).await {
+            Ok(v) if a.on => match v["pic_upload_url"].as_str() {
+                Some(url) => match ch.snapshot().await {
+                    Some(jpeg) => {
+                        if let Err(e) = crate::upload::post(&dialer, url, "image/jpeg", &jpeg).await {
+                            tracing::warn!(error = %e, "edge: alarm picture not uploaded");
+                        }
+                    }
+                    None => tracing::info!(
+                        channel = ch.channel(),
+                        "edge: no picture for the alarm (the channel has none now)"
+                    ),
+                },
+                None => tracing::warn!(reply = %v, "edge: no picture URL for the alarm"),
+            },
+            Ok(_) => {}
+            Err(CallError::Closed { .. }) => return,
+            Err(e) => tracing::warn!(error = %e, "edge: AlarmNotify refused"),
+        }
+    }
+}
+
 /// Preview pictures: one soon after connecting, then every `every`.
 async fn previews(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration, dialer: Dialer) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     loop {
         match h.call("preview_server", None).await {
-            Ok(v) => match (v["url"].as_str(), ch.snapshot()) {
+            Ok(v) => match (v["url"].as_str(), ch.snapshot().await) {
                 (Some(url), Some(jpeg)) => {
                     // The seed's URL is per device; ivr says which channel.
                     let sep = if url.contains('?') { '&' } else { '?' };

@@ -9,6 +9,20 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A boxed future: the backends' calls are async (a device answers over
+/// the network) and the agent holds them as trait objects.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// An alarm a device raised or cleared on a channel (IVR RPC AlarmNotify
+/// `type`: 2 external input, 3 motion, 4 trip-wire/intrusion).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlarmEvent {
+    pub bit: u8,
+    pub on: bool,
+    /// What the device said, for the event's `desc`.
+    pub desc: String,
+}
+
 /// One channel, whatever drives it.
 pub trait ChannelBackend: Send + Sync + 'static {
     fn channel(&self) -> u32;
@@ -20,14 +34,19 @@ pub trait ChannelBackend: Send + Sync + 'static {
     fn alarm_bits(&self) -> u32;
     /// A channel's request (every IVT method but the RTMP publish config,
     /// which the agent gathers across channels).
-    fn request(&self, req: &IvtRequest) -> Result<Value, RpcError>;
-    fn event(&self, ev: &IvtEvent);
+    fn request<'a>(&'a self, req: &'a IvtRequest) -> BoxFuture<'a, Result<Value, RpcError>>;
+    fn event<'a>(&'a self, ev: &'a IvtEvent) -> BoxFuture<'a, ()>;
     fn publish_config(&self) -> RtmpPublishConfig;
     fn set_publish_config(&self, c: &RtmpPublishConfig);
     /// A JPEG of the channel now (alarm pictures, previews).
-    fn snapshot(&self) -> Option<Vec<u8>>;
+    fn snapshot(&self) -> BoxFuture<'_, Option<Vec<u8>>>;
     /// Raises or clears an alarm bit (2 external, 3 motion, 4 trip-wire).
     fn set_alarm(&self, bit: u8, on: bool);
+    /// Alarms the device raises by itself (the agent sends AlarmNotify with
+    /// a picture for each); `None` for a channel without any.
+    fn alarm_events(&self) -> Option<tokio::sync::broadcast::Receiver<AlarmEvent>> {
+        None
+    }
 }
 
 /// The fixture snapshot the simulated channels show.
@@ -227,7 +246,42 @@ impl ChannelBackend for SimChannel {
         self.st().alarm_bits
     }
 
-    fn request(&self, req: &IvtRequest) -> Result<Value, RpcError> {
+    fn request<'a>(&'a self, req: &'a IvtRequest) -> BoxFuture<'a, Result<Value, RpcError>> {
+        let r = self.request_now(req);
+        Box::pin(async move { r })
+    }
+
+    fn event<'a>(&'a self, ev: &'a IvtEvent) -> BoxFuture<'a, ()> {
+        self.event_now(ev);
+        Box::pin(async {})
+    }
+
+    fn publish_config(&self) -> RtmpPublishConfig {
+        self.st().publish_config.clone()
+    }
+
+    fn set_publish_config(&self, c: &RtmpPublishConfig) {
+        self.st().publish_config = c.clone();
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Option<Vec<u8>>> {
+        let jpeg = (self.state() != ChannelState::Offline).then(|| SIM_JPEG.to_vec());
+        Box::pin(async move { jpeg })
+    }
+
+    fn set_alarm(&self, bit: u8, on: bool) {
+        let mut st = self.st();
+        if on {
+            st.alarm_bits |= 1 << bit;
+        } else {
+            st.alarm_bits &= !(1 << bit);
+        }
+    }
+}
+
+impl SimChannel {
+    /// A request, answered at once (the simulated camera is in memory).
+    pub fn request_now(&self, req: &IvtRequest) -> Result<Value, RpcError> {
         if self.state() == ChannelState::Offline && !matches!(req, IvtRequest::RebootChannel { .. }) {
             return Err(RpcError::new(codes::INTERNAL, format!("channel {} is rebooting", self.channel)));
         }
@@ -313,7 +367,8 @@ impl ChannelBackend for SimChannel {
         }
     }
 
-    fn event(&self, ev: &IvtEvent) {
+    /// An event, applied at once.
+    pub fn event_now(&self, ev: &IvtEvent) {
         let mut st = self.st();
         match ev {
             IvtEvent::SyncTime { datetime, offset } => {
@@ -340,27 +395,6 @@ impl ChannelBackend for SimChannel {
             }
             IvtEvent::CtrlPtzPatrol { start, .. } => st.ptz.patrolling = *start,
             IvtEvent::UpgradeFirmware => {}
-        }
-    }
-
-    fn publish_config(&self) -> RtmpPublishConfig {
-        self.st().publish_config.clone()
-    }
-
-    fn set_publish_config(&self, c: &RtmpPublishConfig) {
-        self.st().publish_config = c.clone();
-    }
-
-    fn snapshot(&self) -> Option<Vec<u8>> {
-        (self.state() != ChannelState::Offline).then(|| SIM_JPEG.to_vec())
-    }
-
-    fn set_alarm(&self, bit: u8, on: bool) {
-        let mut st = self.st();
-        if on {
-            st.alarm_bits |= 1 << bit;
-        } else {
-            st.alarm_bits &= !(1 << bit);
         }
     }
 }

@@ -14,8 +14,20 @@
 //! source = "sim"
 //! alarm_every_secs = 0       # simulated motion alarms (0: none)
 //! preview_every_secs = 300   # preview uploads (0: never)
+//!
+//! [[channels]]
+//! channel = 1
+//! source = "dvrip://admin@192.168.1.10:34567/0?stream=main"
+//! password_env = "CAM1_PASSWORD"
+//!
+//! [[channels]]
+//! channel = 2
+//! source = "cvip://192.168.1.20:7110/1"
 //! ```
+//!
+//! Sources are described in [`crate::source`].
 
+use crate::source::Source;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -53,14 +65,30 @@ pub struct CloudConfig {
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     pub channel: u32,
-    /// `sim` (dvrip:// and cvip:// sources come with later releases).
+    /// `sim`, `dvrip://…` or `cvip://…` ([`crate::source`]).
     pub source: String,
+    /// The DVRIP password from this environment variable instead of the URL.
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// Simulated motion alarms every this many seconds (0: none).
     #[serde(default)]
     pub alarm_every_secs: u64,
     /// A preview picture uploaded every this many seconds (0: never).
     #[serde(default = "default_preview")]
     pub preview_every_secs: u64,
+    /// `source` read and checked by [`EdgeConfig::parse`].
+    #[serde(skip)]
+    pub parsed: Option<Source>,
+}
+
+impl ChannelConfig {
+    /// The channel's source (as checked by [`EdgeConfig::parse`]).
+    pub fn source(&self) -> Source {
+        match &self.parsed {
+            Some(s) => s.clone(),
+            None => Source::parse(&self.source).unwrap_or(Source::Sim),
+        }
+    }
 }
 
 fn default_preview() -> u64 {
@@ -95,7 +123,7 @@ impl EdgeConfig {
 
     /// Parses and checks a configuration; the error says which line or field.
     pub fn parse(text: &str) -> Result<EdgeConfig, String> {
-        let cfg: EdgeConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let mut cfg: EdgeConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         let u = &cfg.cloud.url;
         if !(u.starts_with("ws://") || u.starts_with("wss://")) {
             return Err(format!("cloud.url {u:?}: expected ws://… or wss://…"));
@@ -110,20 +138,38 @@ impl EdgeConfig {
             return Err(format!("cloud.keepalive_secs {}: expected 1 to 3600", cfg.cloud.keepalive_secs));
         }
         let mut seen = std::collections::HashSet::new();
-        for (i, c) in cfg.channels.iter().enumerate() {
+        for (i, c) in cfg.channels.iter_mut().enumerate() {
             if !seen.insert(c.channel) {
                 return Err(format!("channels[{i}]: channel {} is listed twice", c.channel));
             }
-            if c.source != "sim" {
-                let later = c.source.starts_with("dvrip://") || c.source.starts_with("cvip://");
-                return Err(if later {
-                    format!("channels[{i}].source {:?}: dvrip:// and cvip:// sources come with a later release; use \"sim\"", c.source)
-                } else {
-                    format!("channels[{i}].source {:?}: expected \"sim\"", c.source)
-                });
+            let mut src =
+                Source::parse(&c.source).map_err(|e| format!("channels[{i}].source {:?}: {e}", redact(&c.source)))?;
+            if let Some(var) = &c.password_env {
+                let Source::Dvrip(d) = &mut src else {
+                    return Err(format!("channels[{i}].password_env: only dvrip:// sources have a password"));
+                };
+                d.password = std::env::var(var)
+                    .map_err(|_| format!("channels[{i}].password_env: the environment variable {var} is not set"))?;
             }
+            if c.alarm_every_secs > 0 && src != Source::Sim {
+                return Err(format!(
+                    "channels[{i}].alarm_every_secs: simulated alarms are for source = \"sim\"; a device raises its own"
+                ));
+            }
+            c.parsed = Some(src);
         }
         Ok(cfg)
+    }
+}
+
+/// A source URL with its password replaced, for error messages.
+fn redact(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(a), Some(b)) if b > a => match s[a + 3..b].split_once(':') {
+            Some((u, _)) => format!("{}{u}:***{}", &s[..a + 3], &s[b..]),
+            None => s.to_owned(),
+        },
+        _ => s.to_owned(),
     }
 }
 
@@ -155,6 +201,18 @@ source = "sim"
     }
 
     #[test]
+    fn device_sources_and_passwords_from_the_environment() {
+        std::env::set_var("IVR_TEST_CAM_PW", "from env");
+        let c = EdgeConfig::parse(&format!(
+            "{GOOD}\n[[channels]]\nchannel = 2\nsource = \"dvrip://admin:inurl@10.0.0.2/1?stream=extra\"\npassword_env = \"IVR_TEST_CAM_PW\"\n\n[[channels]]\nchannel = 3\nsource = \"cvip://10.0.0.3/2\"\n"
+        ))
+        .unwrap();
+        let crate::source::Source::Dvrip(d) = c.channels[2].source() else { panic!() };
+        assert_eq!((d.password.as_str(), d.channel), ("from env", 1));
+        assert!(matches!(c.channels[3].source(), crate::source::Source::Cvip(ref s) if s.input == 2));
+    }
+
+    #[test]
     fn errors_say_where() {
         for (text, want) in [
             (GOOD.replace("login_code = \"site-1\"\n", ""), "missing field `login_code`"),
@@ -166,8 +224,22 @@ source = "sim"
             (GOOD.replace("ws://", "http://"), "expected ws://"),
             (GOOD.replace("channel = 1", "channel = 0"), "channels[1]: channel 0 is listed twice"),
             (
-                GOOD.replace("source = \"sim\"\n\n[[channels]]", "source = \"dvrip://cam\"\n\n[[channels]]"),
-                "come with a later release",
+                GOOD.replace("source = \"sim\"\n\n[[channels]]", "source = \"rtsp://u:pw@cam\"\n\n[[channels]]"),
+                "channels[0].source \"rtsp://u:***@cam\": expected \"sim\"",
+            ),
+            (
+                GOOD.replace(
+                    "source = \"sim\"\n\n[[channels]]",
+                    "source = \"dvrip://cam/0\"\npassword_env = \"IVR_TEST_UNSET_VAR\"\n\n[[channels]]",
+                ),
+                "channels[0].password_env: the environment variable IVR_TEST_UNSET_VAR is not set",
+            ),
+            (
+                GOOD.replace(
+                    "source = \"sim\"\n\n[[channels]]",
+                    "source = \"cvip://cam/1\"\nalarm_every_secs = 5\n\n[[channels]]",
+                ),
+                "simulated alarms are for source",
             ),
             (GOOD.replace("[cloud]", "[cloud]\nbogus = 1"), "unknown field `bogus`"),
             ("[cloud\nurl=1".to_string(), "line"),

@@ -8,10 +8,46 @@
 pub mod agent;
 pub mod backend;
 pub mod config;
+pub mod cvip;
+pub mod dvrip;
 pub mod fleet;
+pub mod live;
 pub mod record;
+pub mod source;
 pub mod upload;
 
 pub use agent::{Backoff, Edge, EdgeStatus};
 pub use backend::{ChannelBackend, SimChannel};
 pub use config::EdgeConfig;
+
+use std::sync::Arc;
+
+/// The configured channels' backends: one [`dvrip::DvripDevice`] or
+/// [`cvip::CvipDevice`] per device, shared by all of its channels (a
+/// 16-channel NVR is one login). Inside a tokio runtime: device
+/// supervisors start at once.
+pub fn channels(cfg: &EdgeConfig, dialer: &ivr_rpc::net::Dialer) -> Vec<Arc<dyn ChannelBackend>> {
+    use source::Source;
+    use std::collections::HashMap;
+    let mut dvrips: HashMap<(String, String), Arc<dvrip::DvripDevice>> = HashMap::new();
+    let mut cvips: HashMap<String, Arc<cvip::CvipDevice>> = HashMap::new();
+    cfg.channels
+        .iter()
+        .map(|c| -> Arc<dyn ChannelBackend> {
+            match c.source() {
+                Source::Sim => Arc::new(SimChannel::new(c.channel).with_dialer(dialer.clone())),
+                Source::Dvrip(s) => {
+                    let dev = dvrips
+                        .entry((s.addr(), s.user.clone()))
+                        .or_insert_with(|| dvrip::DvripDevice::start(&s))
+                        .clone();
+                    Arc::new(dvrip::DvripChannel::new(c.channel, &s, dev, dialer.clone()))
+                }
+                Source::Cvip(s) => {
+                    let dev = cvips.entry(s.addr()).or_insert_with(|| cvip::CvipDevice::start(&s)).clone();
+                    Arc::new(cvip::CvipChannel::new(c.channel, &s, dev, dialer.clone()))
+                }
+            }
+        })
+        .collect()
+}

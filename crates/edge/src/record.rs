@@ -74,14 +74,7 @@ pub fn clip(q: Quality) -> Vec<Frame> {
 /// Starts recording (`None` outside a tokio runtime).
 pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
     let rt = tokio::runtime::Handle::try_current().ok()?;
-    let cfg = SegmentConfig {
-        seg_duration: r.seg_duration.max(1) as u64 * HZ,
-        seg_max_size: r.seg_max_size.max(64 * 1024) as usize,
-        seg_max_count: r.seg_max_count.max(1) as usize,
-        prerecord: r.prerecord_seconds as u64 * HZ,
-        max_bitrate: r.max_bitrate,
-    };
-    let seg = Arc::new(Mutex::new(Segmenter::new(cfg)));
+    let seg = Arc::new(Mutex::new(Segmenter::new(config(r))));
     let ready = Arc::new(Notify::new());
     let stats = Arc::new(Mutex::new(RecordStats::default()));
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -126,10 +119,84 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
         n.notify_one();
     });
 
-    // The uploader.
-    let (cbk, session) = (r.cbk_url.clone(), r.session_id.clone());
-    let (s, st) = (seg.clone(), stats.clone());
-    let uploader = rt.spawn(async move {
+    let uploader = spawn_uploader(&rt, r, dialer, seg, ready, stats.clone(), done_rx);
+    Some(Recording { stop: stop_tx, tasks: vec![source.abort_handle(), uploader], stats })
+}
+
+/// Records a device's stream from the hub of its feed: the frames the hub
+/// has cached (the current GOP, bounded in bytes by the hub) are the
+/// pre-record, then real time until stopped. `None` outside a runtime.
+pub fn start_from(r: &StartCloudRecord, dialer: Dialer, mut sub: ivr_media::hub::Subscriber) -> Option<Recording> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let seg = Arc::new(Mutex::new(Segmenter::new(config(r))));
+    let ready = Arc::new(Notify::new());
+    let stats = Arc::new(Mutex::new(RecordStats::default()));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
+    let (channel, session) = (r.channel, r.session_id.clone());
+    let start_ts_ms = if r.start_ts > 0 { r.start_ts.saturating_mul(1000) } else { 0 };
+    let (s, n, st) = (seg.clone(), ready.clone(), stats.clone());
+    let source = rt.spawn(async move {
+        let mut backlog = sub.backlog();
+        let mut started = false;
+        loop {
+            let f = tokio::select! {
+                f = sub.recv() => f,
+                _ = stop_rx.changed() => break,
+            };
+            let Some(f) = f else { break };
+            backlog = backlog.saturating_sub(1);
+            // Segments are MPEG-TS of the video: the segmenter cuts at video
+            // keyframes, and cameras' G.711 has no TS stream type.
+            if !f.codec.is_video() {
+                continue;
+            }
+            let pts = f.pts;
+            let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+            let r = g.push(f);
+            if !started && backlog == 0 {
+                started = true;
+                g.start(pts, chrono::Utc::now().timestamp_millis(), start_ts_ms);
+            }
+            drop(g);
+            if let Err(e) = r {
+                tracing::warn!(channel, session = %session, "recording stopped: {e}");
+                st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
+                break;
+            }
+            n.notify_one();
+        }
+        s.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        let _ = done_tx.send(true);
+        n.notify_one();
+    });
+    let uploader = spawn_uploader(&rt, r, dialer, seg, ready, stats.clone(), done_rx);
+    Some(Recording { stop: stop_tx, tasks: vec![source.abort_handle(), uploader], stats })
+}
+
+fn config(r: &StartCloudRecord) -> SegmentConfig {
+    SegmentConfig {
+        seg_duration: r.seg_duration.max(1) as u64 * HZ,
+        seg_max_size: r.seg_max_size.max(64 * 1024) as usize,
+        seg_max_count: r.seg_max_count.max(1) as usize,
+        prerecord: r.prerecord_seconds as u64 * HZ,
+        max_bitrate: r.max_bitrate,
+    }
+}
+
+/// Takes finished segments and uploads them in order, retrying each with
+/// backoff, until the source is done and nothing waits.
+fn spawn_uploader(
+    rt: &tokio::runtime::Handle,
+    r: &StartCloudRecord,
+    dialer: Dialer,
+    s: Arc<Mutex<Segmenter>>,
+    ready: Arc<Notify>,
+    st: Arc<Mutex<RecordStats>>,
+    done_rx: watch::Receiver<bool>,
+) -> tokio::task::AbortHandle {
+    let (cbk, session, channel) = (r.cbk_url.clone(), r.session_id.clone(), r.channel);
+    rt.spawn(async move {
         loop {
             let next = {
                 let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,8 +230,8 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
                 }
             }
         }
-    });
-    Some(Recording { stop: stop_tx, tasks: vec![source.abort_handle(), uploader.abort_handle()], stats })
+    })
+    .abort_handle()
 }
 
 /// A segment as MPEG-TS.

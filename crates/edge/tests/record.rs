@@ -124,14 +124,14 @@ async fn segments_with_pre_record_are_uploaded_and_play() {
     let ch = SimChannel::new(0);
     let session = "abcdefghijklmnopqrstuv";
     let started = chrono::Utc::now().timestamp();
-    ch.request(&IvtRequest::StartCloudRecord(params(&format!("{base}/cbk"), session))).unwrap();
+    ch.request_now(&IvtRequest::StartCloudRecord(params(&format!("{base}/cbk"), session))).unwrap();
     assert_eq!(ch.record_session().as_deref(), Some(session), "Keepalive shows the session");
     // The same session again is success and changes nothing.
-    ch.request(&IvtRequest::StartCloudRecord(params(&format!("{base}/cbk"), session))).unwrap();
+    ch.request_now(&IvtRequest::StartCloudRecord(params(&format!("{base}/cbk"), session))).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let stats = ch.record_stats().unwrap();
     assert!(stats.upload_failures >= 1 && stats.uploaded >= 1, "the refused callback was retried: {stats:?}");
-    ch.request(&IvtRequest::StopCloudRecord { session_id: session.into(), channel: 0 }).unwrap();
+    ch.request_now(&IvtRequest::StopCloudRecord { session_id: session.into(), channel: 0 }).unwrap();
     assert_eq!(ch.record_session(), None);
     // Pre-record (3 s, GOP-aligned) + ~4 s recorded: wait for the last one.
     let mut total = 0.0;
@@ -175,7 +175,7 @@ async fn segments_with_pre_record_are_uploaded_and_play() {
 #[tokio::test]
 async fn a_callback_url_that_is_not_http_is_refused() {
     let ch = SimChannel::new(0);
-    let e = ch.request(&IvtRequest::StartCloudRecord(params("ftp://x/y", "abcdefghijklmnopqrstuv"))).unwrap_err();
+    let e = ch.request_now(&IvtRequest::StartCloudRecord(params("ftp://x/y", "abcdefghijklmnopqrstuv"))).unwrap_err();
     assert!(e.msg.contains("params.cbk_url"), "{e:?}");
     assert_eq!(ch.record_session(), None);
 }

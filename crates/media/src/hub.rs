@@ -81,6 +81,12 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// Frames waiting from the GOP cache (what a new consumer gets before
+    /// the live frames): a recording takes them as its pre-record.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// The next frame; `None` once the source is gone and everything sent
     /// has been taken.
     pub async fn recv(&mut self) -> Option<Frame> {

@@ -11,6 +11,7 @@ pub mod hls;
 pub mod hub;
 pub mod params;
 pub mod rtmp;
+pub mod rtp;
 pub mod segment;
 pub mod sink;
 pub mod ts;

@@ -2,9 +2,8 @@
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use ivr_edge::{ChannelBackend, Edge, EdgeConfig, SimChannel};
+use ivr_edge::{Edge, EdgeConfig};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -17,18 +16,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = EdgeConfig::load(&a.config)?;
     // Recording uploads trust and bind as the cloud connection does.
     let dialer = ivr_rpc::net::Dialer::new(cfg.cloud.bind, cfg.cloud.ca_file.clone());
-    let channels: Vec<Arc<dyn ChannelBackend>> = cfg
-        .channels
-        .iter()
-        .map(|c| Arc::new(SimChannel::new(c.channel).with_dialer(dialer.clone())) as Arc<dyn ChannelBackend>)
-        .collect();
+    let channels = ivr_edge::channels(&cfg, &dialer);
     println!(
-        "ivr edge: {} as {:?}, {} simulated channel(s); keep-alive every {} s",
+        "ivr edge: {} as {:?}, {} channel(s); keep-alive every {} s",
         cfg.cloud.url,
         cfg.cloud.login_code,
         channels.len(),
         cfg.cloud.keepalive_secs
     );
+    for c in &cfg.channels {
+        println!("  channel {}: {}", c.channel, c.source().redacted());
+    }
     let edge = Edge::new(cfg, channels);
     edge.preflight().map_err(anyhow::Error::msg).with_context(|| format!("in {}", a.config.display()))?;
     tokio::select! {

@@ -604,6 +604,9 @@ impl DvripSim {
         let arg = body.get(&name).cloned().unwrap_or(Value::Null);
         match id {
             ids::SYSTEM_INFO_REQ => self.system_info(&s, &name),
+            ids::CONFIG_GET if name.starts_with("Uart.PTZPreset") || name.starts_with("Uart.PTZTour") => {
+                self.ptz_lists(&s, &name)
+            }
             ids::CONFIG_GET | ids::DEFAULT_CONFIG_GET => {
                 let st = self.st();
                 let t = if id == ids::CONFIG_GET { &st.config } else { &st.defaults };
@@ -844,6 +847,43 @@ impl DvripSim {
         })
     }
 
+    /// `Uart.PTZPreset.[N]` (the presets set on channel N, `{Id, Name}`) and
+    /// `Uart.PTZTour.[N]` (one tour through them while there are any), as
+    /// XMeye firmware lists them; without `.[N]` a list per channel.
+    fn ptz_lists(&self, s: &Session, name: &str) -> Response {
+        let tours = name.starts_with("Uart.PTZTour");
+        let base = if tours { "Uart.PTZTour" } else { "Uart.PTZPreset" };
+        let one = |p: &PtzState| -> Value {
+            let mut ids: Vec<i64> = p.presets.keys().copied().collect();
+            ids.sort_unstable();
+            if tours {
+                if ids.is_empty() {
+                    return json!([]);
+                }
+                json!([{"Id": 1, "Name": "Tour1", "Preset": ids, "Running": p.touring}])
+            } else {
+                Value::Array(ids.iter().map(|i| json!({"Id": i, "Name": format!("Preset{i}")})).collect())
+            }
+        };
+        let st = self.st();
+        let v = match name.strip_prefix(base) {
+            Some("") => Value::Array(st.ptz.iter().map(one).collect()),
+            Some(idx) => {
+                let n = idx.strip_prefix(".[").and_then(|x| x.strip_suffix(']')).and_then(|x| x.parse::<usize>().ok());
+                match n.and_then(|n| st.ptz.get(n)) {
+                    Some(p) => one(p),
+                    None => {
+                        drop(st);
+                        return Self::reply_err(name, code::ILLEGAL_INPUT, s);
+                    }
+                }
+            }
+            None => Value::Null,
+        };
+        drop(st);
+        Response::Json(reply(name, code::OK, s.id(), Some(v)))
+    }
+
     fn ptz(&self, s: &Session, arg: &Value) -> Response {
         if !self.allowed(s, "PTZControl") {
             return Self::reply_err("OPPTZControl", code::NO_PERMISSION, s);
@@ -893,6 +933,8 @@ impl DvripSim {
             _ => ptz.moving = Some((cmd, now, step)),
         }
         drop(st);
+        let what = if preset == -1 { "stop".to_owned() } else { format!("step {step} preset {preset}") };
+        self.log("PTZControl", s.user(), &format!("{} channel {channel} {what}", cmd.as_str()));
         Self::reply_ok("OPPTZControl", s)
     }
 

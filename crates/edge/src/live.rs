@@ -1,0 +1,392 @@
+//! A device channel's live video, shared: one device stream per channel and
+//! encoder, opened when the first user (an RTMP publication, a cloud
+//! recording, a snapshot) needs it and closed when the last one leaves.
+//!
+//! [`Feed`] is the reconnecting camera source: it opens the device's stream
+//! through an [`Opener`], publishes every frame into a [`Hub`], and when the
+//! device drops the stream (reboot, network) it opens it again with backoff
+//! and jitter, carrying one timeline across so publications and recordings
+//! downstream see a continuous stream. [`Live`] is what a channel backend
+//! holds: its feeds, publications and recording, with the IVT semantics
+//! (publishing a stream already published is success, stopping an unknown
+//! one is success, `max_bitrate` is checked against the measured rate).
+
+use crate::agent::Backoff;
+use crate::record::{RecordStats, Recording};
+use crate::source::StreamKind;
+use ivr_media::hub::Hub;
+use ivr_media::Frame;
+use ivr_rpc::catalogue::{Quality, RtmpPublish, StartCloudRecord};
+use ivr_rpc::message::{codes, RpcError};
+use ivr_rpc::net::Dialer;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// An open device stream: frames until the device ends it (the sender is
+/// dropped). The guard stops whatever reads the device when dropped.
+pub struct Opened {
+    pub frames: mpsc::Receiver<Frame>,
+    pub guard: Box<dyn Send + Sync>,
+}
+
+/// Opens one of a channel's device streams.
+pub type Opener = Arc<dyn Fn(StreamKind) -> crate::backend::BoxFuture<'static, Result<Opened, String>> + Send + Sync>;
+
+/// What a feed has seen.
+#[derive(Debug, Default)]
+struct FeedState {
+    frames: u64,
+    reconnects: u64,
+    last_frame: Option<Instant>,
+    /// (arrival, bytes) of the last two seconds of video.
+    window: VecDeque<(Instant, usize)>,
+    window_bytes: usize,
+    last_error: Option<String>,
+}
+
+/// One device stream feeding a hub, reopened when it drops.
+pub struct Feed {
+    pub hub: Arc<Hub>,
+    task: tokio::task::AbortHandle,
+    st: Arc<Mutex<FeedState>>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const WINDOW: Duration = Duration::from_secs(2);
+
+impl Feed {
+    /// Starts reading `kind` through `open` (inside a tokio runtime).
+    pub fn start(name: String, kind: StreamKind, open: Opener) -> Feed {
+        // 10 s of a 25 fps camera behind; the GOP cache bounded in bytes.
+        let hub = Arc::new(Hub::new(256, 16 << 20));
+        let st = Arc::new(Mutex::new(FeedState::default()));
+        let (h, s) = (hub.clone(), st.clone());
+        let task = tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+            // The timeline: each opened stream is shifted to follow the last.
+            let (mut next_t, mut frame_step) = (0u64, 3600u64);
+            loop {
+                match open(kind).await {
+                    Ok(mut o) => {
+                        let mut shift: Option<i64> = None;
+                        let mut last_dts = None;
+                        while let Some(mut f) = o.frames.recv().await {
+                            let sh = *shift.get_or_insert(next_t as i64 - f.dts as i64);
+                            f.dts = (f.dts as i64 + sh).max(0) as u64;
+                            f.pts = (f.pts as i64 + sh).max(0) as u64;
+                            if f.codec.is_video() {
+                                if let Some(l) = last_dts {
+                                    if f.dts > l {
+                                        frame_step = (f.dts - l).min(90_000);
+                                    }
+                                }
+                                last_dts = Some(f.dts);
+                                next_t = next_t.max(f.dts + frame_step);
+                                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                                let now = Instant::now();
+                                g.frames += 1;
+                                g.last_frame = Some(now);
+                                g.window.push_back((now, f.data.len()));
+                                g.window_bytes += f.data.len();
+                                while g.window.front().is_some_and(|(t, _)| now.duration_since(*t) > WINDOW) {
+                                    let (_, n) = g.window.pop_front().unwrap_or((now, 0));
+                                    g.window_bytes -= n;
+                                }
+                                backoff.reset();
+                            }
+                            h.publish(f);
+                        }
+                        let why = "the device ended the stream".to_owned();
+                        tracing::info!(feed = %name, "{why}; opening it again");
+                        let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                        g.last_error = Some(why);
+                        g.reconnects += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(feed = %name, "cannot open the stream: {e}");
+                        s.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e);
+                    }
+                }
+                tokio::time::sleep(backoff.next_wait().max(Duration::from_millis(200))).await;
+            }
+        });
+        Feed { hub, task: task.abort_handle(), st }
+    }
+
+    /// Whether video arrived in the last three seconds.
+    pub fn receiving(&self) -> bool {
+        let g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        g.last_frame.is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner()).last_error.clone()
+    }
+
+    /// The video bitrate over the last two seconds of arrivals (bit/s),
+    /// once a second of video has come.
+    pub fn bitrate(&self) -> Option<u64> {
+        let g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, _) = g.window.front()?;
+        let span = first.elapsed();
+        (span >= Duration::from_secs(1)).then(|| (g.window_bytes as f64 * 8.0 / span.as_secs_f64()) as u64)
+    }
+
+    /// Waits up to `limit` for a bitrate measurement.
+    pub async fn measure(&self, limit: Duration) -> Option<u64> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(b) = self.bitrate() {
+                return Some(b);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Which encoder serves a quality: hd/fhd the main stream, ld/sd the extra
+/// one, unless the channel's source pins one (`?stream=extra`).
+pub fn stream_for(q: Quality, pinned: Option<StreamKind>) -> StreamKind {
+    pinned.unwrap_or(match q {
+        Quality::Hd | Quality::Fhd => StreamKind::Main,
+        Quality::Ld | Quality::Sd => StreamKind::Extra,
+    })
+}
+
+struct Publication {
+    kind: StreamKind,
+    task: tokio::task::AbortHandle,
+}
+
+#[derive(Default)]
+struct LiveState {
+    /// Open feeds and how many users each has.
+    feeds: HashMap<StreamKind, (Arc<Feed>, usize)>,
+    publishing: HashMap<String, Publication>,
+    recording: Option<(String, StreamKind, Recording)>,
+}
+
+/// A device channel's feeds, publications and recording.
+pub struct Live {
+    name: String,
+    open: Opener,
+    pinned: Option<StreamKind>,
+    dialer: Dialer,
+    st: Mutex<LiveState>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+impl Live {
+    /// `pinned`: the encoder every quality uses (`None`: by quality).
+    pub fn new(name: String, open: Opener, pinned: Option<StreamKind>, dialer: Dialer) -> Live {
+        Live { name, open, pinned, dialer, st: Mutex::new(LiveState::default()) }
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A user of `kind`'s feed: opens it if nobody uses it yet.
+    pub fn acquire(&self, kind: StreamKind) -> Arc<Feed> {
+        let mut st = self.st();
+        let e = st.feeds.entry(kind).or_insert_with(|| {
+            let name = format!("{} ({})", self.name, kind.as_str());
+            (Arc::new(Feed::start(name, kind, self.open.clone())), 0)
+        });
+        e.1 += 1;
+        e.0.clone()
+    }
+
+    /// A user leaves; the last one closes the device stream.
+    pub fn release(&self, kind: StreamKind) {
+        let mut st = self.st();
+        if let Some(e) = st.feeds.get_mut(&kind) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                st.feeds.remove(&kind);
+            }
+        }
+    }
+
+    /// Opens the feed for a request and checks `max_bitrate` against what
+    /// the device really sends (error 11); a stream that gives no video
+    /// within 10 s is an error naming the device's last complaint.
+    async fn checked_feed(&self, q: Quality, max_bitrate: u64) -> Result<(StreamKind, Arc<Feed>), RpcError> {
+        let kind = stream_for(q, self.pinned);
+        let feed = self.acquire(kind);
+        let wait = if max_bitrate > 0 { Duration::from_secs(10) } else { Duration::from_millis(0) };
+        if max_bitrate > 0 {
+            match feed.measure(wait).await {
+                Some(b) if b > max_bitrate => {
+                    self.release(kind);
+                    return Err(RpcError::new(
+                        codes::BITRATE_TOO_LARGE,
+                        format!(
+                            "{}: the {} stream runs at {b} bit/s, above max_bitrate {max_bitrate}",
+                            self.name,
+                            kind.as_str()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.release(kind);
+                    let why = feed.last_error().unwrap_or_else(|| "no video within 10 s".into());
+                    return Err(RpcError::new(codes::INTERNAL, format!("{}: {why}", self.name)));
+                }
+            }
+        }
+        Ok((kind, feed))
+    }
+
+    /// RTMPPublish: the channel's stream to `url` (reconnecting) until stopped.
+    pub async fn publish(&self, p: &RtmpPublish) -> Result<Value, RpcError> {
+        if self.st().publishing.contains_key(&p.stream_id) {
+            return Ok(json!({}));
+        }
+        if let Err(e) = ivr_media::rtmp::parse_url(&p.url) {
+            return Err(RpcError::new(codes::INTERNAL, format!("params.url: {e}")));
+        }
+        let (kind, feed) = self.checked_feed(p.quality, p.max_bitrate).await?;
+        let sub = feed.hub.subscribe();
+        let (url, id, name) = (p.url.clone(), p.stream_id.clone(), self.name.clone());
+        let task = tokio::spawn(async move {
+            let st = ivr_media::rtmp::publish_loop(
+                sub,
+                &url,
+                25,
+                Duration::from_secs(30),
+                |e| tracing::warn!(channel = %name, stream_id = %id, "{e}"),
+            )
+            .await;
+            tracing::info!(channel = %name, %url, frames = st.frames, reconnects = st.reconnects, "publication ended");
+        });
+        let old = self.st().publishing.insert(p.stream_id.clone(), Publication { kind, task: task.abort_handle() });
+        if let Some(old) = old {
+            // Raced with itself: keep one.
+            old.task.abort();
+            self.release(old.kind);
+        }
+        Ok(json!({}))
+    }
+
+    /// RTMPStopPublish (an unknown stream is success).
+    pub fn stop_publish(&self, stream_id: &str) {
+        let p = self.st().publishing.remove(stream_id);
+        if let Some(p) = p {
+            p.task.abort();
+            self.release(p.kind);
+        }
+    }
+
+    /// StartCloudRecord: the channel's stream through the segmenter to the
+    /// callback protocol. One recording a channel: a new session replaces
+    /// the old one; the same session again is success.
+    pub async fn record(&self, r: &StartCloudRecord) -> Result<Value, RpcError> {
+        if self.st().recording.as_ref().is_some_and(|x| x.0 == r.session_id) {
+            return Ok(json!({}));
+        }
+        if !r.cbk_url.starts_with("http://") && !r.cbk_url.starts_with("https://") {
+            return Err(RpcError::new(codes::INTERNAL, "params.cbk_url: expected an http:// or https:// URL"));
+        }
+        let (kind, feed) = self.checked_feed(r.quality, r.max_bitrate).await?;
+        let Some(rec) = crate::record::start_from(r, self.dialer.clone(), feed.hub.subscribe()) else {
+            self.release(kind);
+            return Err(RpcError::new(codes::INTERNAL, "no runtime to record on"));
+        };
+        let old = self.st().recording.replace((r.session_id.clone(), kind, rec));
+        if let Some((_, k, old)) = old {
+            old.stop();
+            self.release(k);
+        }
+        Ok(json!({}))
+    }
+
+    /// StopCloudRecord (an unknown session is success): the last segment
+    /// is finished and uploaded.
+    pub fn stop_record(&self, session_id: &str) {
+        let mut st = self.st();
+        if st.recording.as_ref().is_some_and(|x| x.0 == session_id) {
+            if let Some((_, k, r)) = st.recording.take() {
+                drop(st);
+                r.stop();
+                self.release(k);
+            }
+        }
+    }
+
+    pub fn record_session(&self) -> Option<String> {
+        self.st().recording.as_ref().map(|r| r.0.clone())
+    }
+
+    pub fn record_stats(&self) -> Option<RecordStats> {
+        let st = self.st();
+        st.recording.as_ref().map(|r| r.2.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Stream ids being published.
+    pub fn publishing(&self) -> Vec<String> {
+        self.st().publishing.keys().cloned().collect()
+    }
+
+    /// Publishing with video arriving: the channel is "live".
+    pub fn live(&self) -> bool {
+        let st = self.st();
+        st.publishing.values().any(|p| st.feeds.get(&p.kind).is_some_and(|f| f.0.receiving()))
+    }
+
+    /// How many device streams are open (for tests and status).
+    pub fn open_feeds(&self) -> usize {
+        self.st().feeds.len()
+    }
+
+    /// The latest keyframe of the channel (with its parameter sets): from
+    /// a running feed, or by opening one for up to `wait`.
+    pub async fn keyframe(&self, wait: Duration) -> Option<Frame> {
+        let kind = self.pinned.unwrap_or(StreamKind::Extra);
+        let feed = self.acquire(kind);
+        let mut sub = feed.hub.subscribe();
+        let got = tokio::time::timeout(wait, async {
+            while let Some(f) = sub.recv().await {
+                if f.codec.is_video() && f.keyframe {
+                    return Some(f);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        drop(sub);
+        self.release(kind);
+        got
+    }
+
+    /// Ends every publication and the recording (channel removed).
+    pub fn stop_all(&self) {
+        let mut st = self.st();
+        for (_, p) in st.publishing.drain() {
+            p.task.abort();
+        }
+        if let Some((_, _, r)) = st.recording.take() {
+            r.stop();
+        }
+        st.feeds.clear();
+    }
+}
