@@ -138,6 +138,8 @@ impl EdgeConfig {
             return Err(format!("cloud.keepalive_secs {}: expected 1 to 3600", cfg.cloud.keepalive_secs));
         }
         let mut seen = std::collections::HashSet::new();
+        // (address, user) → (first channel index, password): one login a device.
+        let mut logins: std::collections::HashMap<(String, String), (usize, String)> = Default::default();
         for (i, c) in cfg.channels.iter_mut().enumerate() {
             if !seen.insert(c.channel) {
                 return Err(format!("channels[{i}]: channel {} is listed twice", c.channel));
@@ -155,6 +157,15 @@ impl EdgeConfig {
                 return Err(format!(
                     "channels[{i}].alarm_every_secs: simulated alarms are for source = \"sim\"; a device raises its own"
                 ));
+            }
+            if let Source::Dvrip(d) = &src {
+                let first = logins.entry((d.addr(), d.user.clone())).or_insert((i, d.password.clone()));
+                if first.1 != d.password {
+                    return Err(format!(
+                        "channels[{i}]: the same device and user as channels[{}] with another password (one login a device)",
+                        first.0
+                    ));
+                }
             }
             c.parsed = Some(src);
         }
@@ -242,6 +253,11 @@ source = "sim"
                 "simulated alarms are for source",
             ),
             (GOOD.replace("[cloud]", "[cloud]\nbogus = 1"), "unknown field `bogus`"),
+            (
+                GOOD.replace("source = \"sim\"\n\n[[channels]]", "source = \"dvrip://admin:a@cam/0\"\n\n[[channels]]")
+                    .replace("channel = 1\nsource = \"sim\"", "channel = 1\nsource = \"dvrip://admin:b@cam/1\""),
+                "channels[1]: the same device and user as channels[0] with another password",
+            ),
             ("[cloud\nurl=1".to_string(), "line"),
         ] {
             let e = EdgeConfig::parse(&text).unwrap_err();

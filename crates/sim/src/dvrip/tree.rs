@@ -135,12 +135,16 @@ fn per_channel(n: u32, f: impl Fn(u32) -> Value) -> Value {
 /// The factory configuration of a simulated device with `channels` channels.
 pub fn defaults(channels: u32, serial: &str, mac: &str, codec_name: &str, tcp_port: u16) -> Value {
     let compression = if codec_name == "h265" { "H.265" } else { "H.264" };
+    // XMeye firmware: 7 days × 6 sections, "1 from-to" armed, "0 …" not.
+    let mut day = vec![json!("1 00:00:00-24:00:00")];
+    day.resize(6, json!("0 00:00:00-24:00:00"));
+    let week = Value::Array(vec![Value::Array(day); 7]);
     let event_handler = json!({
         "AlarmInfo": "", "AlarmOutEnable": false, "AlarmOutLatch": 10, "AlarmOutMask": "0x00000000",
         "BeepEnable": false, "EventLatch": 1, "FTPEnable": false, "LogEnable": true, "MailEnable": false,
         "MessageEnable": false, "MsgtoNetEnable": true, "MultiLanguage": false, "PtzEnable": false,
         "RecordEnable": true, "RecordLatch": 30, "RecordMask": "0x00000001", "ShowInfo": false,
-        "SnapEnable": false, "SnapShotMask": "0x00000000", "TimeSection": [["1 00:00:00-24:00:00"]],
+        "SnapEnable": false, "SnapShotMask": "0x00000000", "TimeSection": week,
         "TipEnable": false, "TourEnable": false, "VoiceEnable": false,
     });
     json!({
