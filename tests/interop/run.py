@@ -277,6 +277,9 @@ try:
         record("ivr dvrip stream --rtmp", pub.returncode == 0 and json.loads(pout or "{}").get("frames", 0) >= 200, perr[:300])
         judge("ffprobe the RTMP stream through nginx", f"{out}/rtmp.flv", "h264", 640, 360, 40)
         cloud_edge_rtmp(f"rtmp://127.0.0.1:{rport}/live/edge")
+        sys.path.insert(0, HERE)
+        import edge_devices
+        edge_devices.check(IVR, record, judge, play_rtmp, f"rtmp://127.0.0.1:{rport}/live", out)
     finally:
         ng.kill()
     r = ivr(port, "snapshot", "-o", f"{out}/ivr_snap.jpg")

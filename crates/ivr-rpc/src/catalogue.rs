@@ -510,8 +510,24 @@ impl IvtRequest {
 // ---------- events the IVT accepts ----------
 
 /// PTZ operations of CtrlPTZ.
-pub const PTZ_OPS: [&str; 11] =
-    ["up", "down", "left", "right", "upleft", "upright", "downleft", "downright", "zoomin", "zoomout", "stop"];
+pub const PTZ_OPS: [&str; 15] = [
+    "up",
+    "down",
+    "left",
+    "right",
+    "upleft",
+    "upright",
+    "downleft",
+    "downright",
+    "zoomin",
+    "zoomout",
+    "stop",
+    // ivr's additions (the seed's op list has no lens control): focus and iris.
+    "focusnear",
+    "focusfar",
+    "irisopen",
+    "irisclose",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IvtEvent {

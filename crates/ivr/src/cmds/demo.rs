@@ -51,12 +51,60 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             (0..channels).map(|c| Arc::new(SimChannel::new(c)) as Arc<dyn ChannelBackend>).collect();
         tokio::spawn(Edge::new(cfg, chans).run());
     }
-    println!("ivr demo: the cloud is at http://{addr}/ with {} simulated site(s) connected", a.sites);
+    // A site as a real one looks: a DVRIP NVR and a CVIP camera on the LAN
+    // (simulated, on loopback ports), reached through dvrip:// and cvip://.
+    let nvr = ivr_sim::dvrip::start(
+        ivr_sim::dvrip::SimConfig {
+            password: "demo-nvr".into(),
+            channels: 4,
+            device_type: "NVR".into(),
+            alarm_every: Some(std::time::Duration::from_secs(45)),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse()?,
+        None,
+    )
+    .await
+    .context("starting the demo's DVRIP NVR")?;
+    let cam = ivr_sim::cvip::start(
+        ivr_sim::cvip::CvipConfig { name: "Demo CVIP camera".into(), ..Default::default() },
+        "127.0.0.1:0".parse()?,
+        None,
+    )
+    .await
+    .context("starting the demo's CVIP camera")?;
+    let (code, pw) = ("demo-devices", "demo-password-devices");
+    if store.device(code)?.is_none() {
+        c.provision(code, pw, "Demo site with a DVRIP NVR and a CVIP camera").await?;
+    }
+    let mut toml = format!(
+        "[cloud]\nurl = \"ws://{addr}/ivc\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nkeepalive_secs = 5\n"
+    );
+    for ch in 0..4 {
+        toml.push_str(&format!(
+            "\n[[channels]]\nchannel = {ch}\nsource = \"dvrip://admin:demo-nvr@{}/{ch}\"\npreview_every_secs = 60\n",
+            nvr.addr
+        ));
+    }
+    toml.push_str(&format!(
+        "\n[[channels]]\nchannel = 4\nsource = \"cvip://{}/1\"\npreview_every_secs = 0\n",
+        cam.addr
+    ));
+    let cfg = EdgeConfig::parse(&toml).map_err(anyhow::Error::msg).context("demo device site configuration")?;
+    let chans = ivr_edge::channels(&cfg, &ivr_rpc::net::Dialer::default());
+    tokio::spawn(Edge::new(cfg, chans).run());
+    println!("ivr demo: the cloud is at http://{addr}/ with {} simulated site(s) connected", a.sites + 1);
+    println!(
+        "site {code}: a DVRIP NVR (4 channels, dvrip://admin:demo-nvr@{}) and a CVIP camera (cvip://{}/1)",
+        nvr.addr, cam.addr
+    );
     println!("admin token: {token}");
     println!("status page: http://{addr}/#token={token}");
     println!("try:  curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/devices");
     println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":0}}' http://{addr}/api/v1/devices/demo-site-1/rpc/GetPTZPresetList");
+    println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":1}}' http://{addr}/api/v1/devices/{code}/rpc/GetNetConfig");
     println!("data in {}; Ctrl-C stops", a.data.display());
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    drop((nvr, cam));
     Ok(())
 }
