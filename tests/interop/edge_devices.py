@@ -278,3 +278,34 @@ def check(ivr, record, judge, play_rtmp, rtmp_base, out):
     finally:
         for p in procs:
             p.kill()
+
+
+def discover_check(ivr, record):
+    """`ivr edge discover` finds a 4-channel DVRIP NVR (search on its
+    discovery port) and a 3-input CVIP NVR (ping) and writes 7 channels."""
+    procs = []
+    try:
+        d = subprocess.Popen([ivr, "sim", "dvrip", "--listen", "127.0.0.1:0", "--discovery", "127.0.0.1:0",
+                              "--channels", "4"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(d)
+        disc = re.search(r"discovery on udp (127\.0\.0\.1:\d+)", d.stdout.readline()).group(1)
+        c = subprocess.Popen([ivr, "sim", "cvip", "--listen", "127.0.0.1:0", "--common-port", "0", "--role", "nvr",
+                              "--channels", "3"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(c)
+        cv = re.search(r"listening on (127\.0\.0\.1:\d+)", c.stdout.readline()).group(1)
+        path = os.path.join(tempfile.mkdtemp(prefix="ivr-discover-"), "edge.toml")
+        r = subprocess.run([ivr, "edge", "discover", "--dvrip-target", disc, "--cvip-target", cv, "--wait", "1",
+                            "--json", "--write", path, "--password-env", "NVR_PW"],
+                           capture_output=True, text=True, timeout=60)
+        found = json.loads(r.stdout or "[]")
+        kinds = sorted((f["protocol"], f["channels"]) for f in found)
+        text = open(path).read() if os.path.exists(path) else ""
+        record("ivr edge discover finds a DVRIP NVR and a CVIP NVR with their channels",
+               kinds == [("cvip", 3), ("dvrip", 4)], f"{found} {r.stderr[:300]}")
+        record("ivr edge discover --write adds a [[channels]] table per channel (7)",
+               text.count("[[channels]]") == 7 and text.count('password_env = "NVR_PW"') == 4, text[:400])
+    except Exception as e:
+        record("ivr edge discover", False, repr(e))
+    finally:
+        for p in procs:
+            p.kill()

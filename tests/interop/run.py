@@ -280,6 +280,7 @@ try:
         sys.path.insert(0, HERE)
         import edge_devices
         edge_devices.check(IVR, record, judge, play_rtmp, f"rtmp://127.0.0.1:{rport}/live", out)
+        edge_devices.discover_check(IVR, record)
     finally:
         ng.kill()
     r = ivr(port, "snapshot", "-o", f"{out}/ivr_snap.jpg")

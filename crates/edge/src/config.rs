@@ -121,6 +121,13 @@ impl EdgeConfig {
         EdgeConfig::parse(&text).map_err(|message| ConfigError::Invalid { path: p, message })
     }
 
+    /// The channels of a configuration as written (number, source), without
+    /// the checks of [`EdgeConfig::parse`] (no environment needed).
+    pub fn written_channels(text: &str) -> Result<Vec<(u32, String)>, String> {
+        let cfg: EdgeConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        Ok(cfg.channels.into_iter().map(|c| (c.channel, c.source)).collect())
+    }
+
     /// Parses and checks a configuration; the error says which line or field.
     pub fn parse(text: &str) -> Result<EdgeConfig, String> {
         let mut cfg: EdgeConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod cvip;
+pub mod discover;
 pub mod dvrip;
 pub mod fleet;
 pub mod live;
