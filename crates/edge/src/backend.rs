@@ -50,7 +50,7 @@ pub trait ChannelBackend: Send + Sync + 'static {
 }
 
 /// The fixture snapshot the simulated channels show.
-pub static SIM_JPEG: &[u8] = include_bytes!("../../../fixtures/snapshot_640x360.jpg");
+pub use ivr_fixtures::SNAPSHOT_JPEG as SIM_JPEG;
 
 /// What a simulated channel's stream of each quality runs at (bit/s).
 pub fn bitrate(q: Quality) -> u64 {

@@ -273,7 +273,7 @@ fn opener(dev: Arc<CvipDevice>, input: u32) -> Opener {
                         d.push(&p);
                     }
                     while let Some(f) = d.next_frame() {
-                        if tx.send(f).await.is_err() {
+                        if tx.send(Ok(f)).await.is_err() {
                             return;
                         }
                     }

@@ -15,6 +15,8 @@ use crate::live::{Live, Opened, Opener};
 use crate::source::{DvripSource, StreamKind};
 use dvrip::client::{Client, ClientConfig, SocketMode};
 use dvrip::messages::{PtzCommand, StreamType};
+use ivr_media::demux::{DemuxError, Demuxed};
+use ivr_media::{Codec, Frame};
 use ivr_rpc::catalogue::{ChannelState, DetectConfig, IvtEvent, IvtRequest, RtmpPublishConfig};
 use ivr_rpc::message::{codes, RpcError};
 use ivr_rpc::net::Dialer;
@@ -26,8 +28,64 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 /// A DVRIP frame as a `Frame` (the adapter between the protocol crate and
-/// the media engine): `Err` names what ivr does not carry.
-pub use ivr_media::demux::dvrip_frame as frame;
+/// the media engine): H.264/H.265 video and G.711 audio, timed by the
+/// demuxer (video by frame count at the device's fps, audio by samples:
+/// monotonic whatever the device clock does). `Err` names what is not
+/// carried; pictures and info frames are `Ok(None)`.
+pub fn frame(f: &dvrip::media::MediaFrame) -> Result<Option<Frame>, String> {
+    use dvrip::media::{AudioCodec, FrameKind, VideoCodec};
+    let codec = match f.kind {
+        FrameKind::Video { codec: VideoCodec::H264, .. } => Codec::H264,
+        FrameKind::Video { codec: VideoCodec::H265, .. } => Codec::H265,
+        FrameKind::Audio { codec: AudioCodec::G711A, .. } => Codec::G711A,
+        FrameKind::Audio { codec: AudioCodec::G711U, .. } => Codec::G711U,
+        FrameKind::Picture { .. } | FrameKind::Info { .. } => return Ok(None),
+        FrameKind::Video { codec, .. } => return Err(format!("{} video", codec.name())),
+        FrameKind::Audio { codec, .. } => return Err(format!("{} audio", codec.name())),
+    };
+    let t = (f.pts.as_nanos() * 9 / 100_000) as u64;
+    let keyframe = if codec.is_video() { f.is_keyframe() } else { true };
+    Ok(Some(Frame { codec, keyframe, pts: t, dts: t, data: f.payload.clone() }))
+}
+
+/// Whether a file is captured DVRIP media (what `ivr dvrip download
+/// --format raw` writes and XMeye's own `.h264` files hold), told by its
+/// first bytes (a DVRIP frame header), whatever its name.
+pub fn is_capture(head: &[u8]) -> bool {
+    head.len() >= 4 && head[..3] == [0, 0, 1] && (0xf9..=0xfe).contains(&head[3]) && head[3] != 0xfb
+}
+
+/// Reads captured DVRIP media: its frames, and what was left out (pictures
+/// and info frames, resynchronised bytes with their offsets, a torn last
+/// frame).
+pub fn read_capture(b: &bytes::Bytes) -> Result<Demuxed, DemuxError> {
+    let mut d = Demuxed::default();
+    let mut m = dvrip::media::Demuxer::new();
+    m.feed(b);
+    let mut other = 0;
+    while let Some(f) = m.next_frame() {
+        match frame(&f) {
+            Ok(Some(fr)) => d.frames.push(fr),
+            Ok(None) => other += 1,
+            Err(what) => {
+                let why = format!("{what}: not carried");
+                if !d.skipped.contains(&why) {
+                    d.skipped.push(why);
+                }
+            }
+        }
+    }
+    for r in m.take_resyncs() {
+        d.skipped.push(format!("{} bytes at byte {}: {}", r.bytes, r.offset, r.reason));
+    }
+    if other > 0 {
+        d.skipped.push(format!("{other} picture/info frame(s) of the device"));
+    }
+    if m.pending() > 0 {
+        d.skipped.push(format!("{} bytes at the end are an incomplete frame", m.pending()));
+    }
+    d.checked("DVRIP media")
+}
 
 /// One DVRIP device and its connection.
 pub struct DvripDevice {
@@ -213,29 +271,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Opens channel `channel`'s monitor stream on a second socket.
-fn opener(dev: Arc<DvripDevice>, channel: u32) -> Opener {
+/// Opens a channel's live view (1413 claim, 1410 start, 1412 media) on
+/// `client` whenever the feed asks: `kind` picks the main or extra stream.
+/// A frame ivr cannot carry (MPEG-4 video, ADPCM audio) ends the feed with
+/// an error naming it.
+pub fn monitor_opener(client: Client, channel: u32, mode: SocketMode) -> Opener {
     Arc::new(move |kind| {
-        let dev = dev.clone();
+        let client = client.clone();
         Box::pin(async move {
             let st = if kind == StreamKind::Main { StreamType::Main } else { StreamType::Extra };
-            let mut s =
-                dev.client.monitor(channel, st, SocketMode::Second).await.map_err(|e| format!("live view: {e}"))?;
+            let addr = client.config().addr.clone();
+            let mut s = client.monitor(channel, st, mode).await.map_err(|e| format!("live view: {e}"))?;
             let (tx, rx) = mpsc::channel(64);
-            let addr = dev.addr.clone();
             let task = tokio::spawn(async move {
                 while let Some(f) = s.next_frame().await {
-                    match frame(&f) {
-                        Ok(Some(fr)) => {
-                            if tx.send(fr).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(what) => {
-                            tracing::warn!(device = %addr, channel, "the device sends {what}, which ivr does not carry");
-                            break;
-                        }
+                    let r = match frame(&f) {
+                        Ok(Some(fr)) => Ok(fr),
+                        Ok(None) => continue,
+                        Err(what) => Err(format!("{addr}: the device sends {what}, which ivr does not carry")),
+                    };
+                    let fatal = r.is_err();
+                    if tx.send(r).await.is_err() || fatal {
+                        break;
                     }
                 }
                 let _ = s.stop().await;
@@ -262,7 +319,8 @@ impl DvripChannel {
         DvripChannel {
             channel,
             dev_channel: src.channel,
-            live: Live::new(name, opener(dev.clone(), src.channel), pinned, dialer),
+            // A second socket per stream: one login, many streams at once.
+            live: Live::new(name, monitor_opener(dev.client.clone(), src.channel, SocketMode::Second), pinned, dialer),
             dev,
             publish_config: Mutex::new(RtmpPublishConfig {
                 enable: false,

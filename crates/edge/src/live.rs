@@ -26,31 +26,64 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// An open device stream: frames until the device ends it (the sender is
-/// dropped). The guard stops whatever reads the device when dropped.
+/// dropped); an `Err` is fatal (the device sends what ivr cannot carry) and
+/// ends the feed. The guard stops whatever reads the device when dropped.
 pub struct Opened {
-    pub frames: mpsc::Receiver<Frame>,
+    pub frames: mpsc::Receiver<Result<Frame, String>>,
     pub guard: Box<dyn Send + Sync>,
 }
 
 /// Opens one of a channel's device streams.
 pub type Opener = Arc<dyn Fn(StreamKind) -> crate::backend::BoxFuture<'static, Result<Opened, String>> + Send + Sync>;
 
+/// What happened to a feed's device stream, for whoever reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// The device ended the stream (and it will be opened again).
+    Dropped,
+    /// Opening failed (and will be tried again after `wait`).
+    CannotOpen { why: String, wait: Duration },
+    /// Streaming again after `reconnects` drops.
+    Resumed { reconnects: u64 },
+}
+
+/// Told of every [`FeedEvent`].
+pub type OnFeedEvent = Arc<dyn Fn(&FeedEvent) + Send + Sync>;
+
+/// How a feed behaves beyond the defaults (reconnect forever, log).
+#[derive(Clone, Default)]
+pub struct FeedOptions {
+    /// End when the device ends the stream instead of opening it again.
+    pub no_reconnect: bool,
+    /// Give up if the very first open fails (a command line wants the
+    /// error; an agent waits for the device).
+    pub fail_first: bool,
+    pub on_event: Option<OnFeedEvent>,
+}
+
 /// What a feed has seen.
 #[derive(Debug, Default)]
 struct FeedState {
     frames: u64,
+    bytes: u64,
     reconnects: u64,
     last_frame: Option<Instant>,
     /// (arrival, bytes) of the last two seconds of video.
     window: VecDeque<(Instant, usize)>,
     window_bytes: usize,
     last_error: Option<String>,
+    /// Why the feed ended for good (fatal frame, first open failed).
+    failed: Option<String>,
 }
 
-/// One device stream feeding a hub, reopened when it drops.
+/// One device stream feeding a hub, reopened when it drops: the
+/// reconnecting camera source of the edge and of `ivr dvrip stream`. Each
+/// stream opened is shifted onto one timeline (the next frame follows the
+/// last one), so sinks downstream see one continuous stream.
 pub struct Feed {
     pub hub: Arc<Hub>,
     task: tokio::task::AbortHandle,
+    done: tokio::sync::watch::Receiver<bool>,
     st: Arc<Mutex<FeedState>>,
 }
 
@@ -63,25 +96,52 @@ impl Drop for Feed {
 const WINDOW: Duration = Duration::from_secs(2);
 
 impl Feed {
-    /// Starts reading `kind` through `open` (inside a tokio runtime).
+    /// Starts reading `kind` through `open` (inside a tokio runtime),
+    /// reconnecting forever.
     pub fn start(name: String, kind: StreamKind, open: Opener) -> Feed {
+        Feed::start_with(name, kind, open, FeedOptions::default())
+    }
+
+    pub fn start_with(name: String, kind: StreamKind, open: Opener, opts: FeedOptions) -> Feed {
         // 10 s of a 25 fps camera behind; the GOP cache bounded in bytes.
         let hub = Arc::new(Hub::new(256, 16 << 20));
         let st = Arc::new(Mutex::new(FeedState::default()));
+        let (done_tx, done) = tokio::sync::watch::channel(false);
         let (h, s) = (hub.clone(), st.clone());
+        let say = move |e: FeedEvent| {
+            if let Some(f) = &opts.on_event {
+                f(&e);
+            }
+        };
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
             // The timeline: each opened stream is shifted to follow the last.
             let (mut next_t, mut frame_step) = (0u64, 3600u64);
-            loop {
+            let mut opened_once = false;
+            'feed: loop {
                 match open(kind).await {
                     Ok(mut o) => {
+                        let reconnects = s.lock().unwrap_or_else(|e| e.into_inner()).reconnects;
+                        if opened_once {
+                            say(FeedEvent::Resumed { reconnects });
+                        }
+                        opened_once = true;
                         let mut shift: Option<i64> = None;
                         let mut last_dts = None;
-                        while let Some(mut f) = o.frames.recv().await {
+                        while let Some(f) = o.frames.recv().await {
+                            let mut f = match f {
+                                Ok(f) => f,
+                                Err(why) => {
+                                    tracing::warn!(feed = %name, "{why}");
+                                    s.lock().unwrap_or_else(|e| e.into_inner()).failed = Some(why);
+                                    break 'feed;
+                                }
+                            };
                             let sh = *shift.get_or_insert(next_t as i64 - f.dts as i64);
                             f.dts = (f.dts as i64 + sh).max(0) as u64;
                             f.pts = (f.pts as i64 + sh).max(0) as u64;
+                            let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                            g.bytes += f.data.len() as u64;
                             if f.codec.is_video() {
                                 if let Some(l) = last_dts {
                                     if f.dts > l {
@@ -90,7 +150,6 @@ impl Feed {
                                 }
                                 last_dts = Some(f.dts);
                                 next_t = next_t.max(f.dts + frame_step);
-                                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
                                 let now = Instant::now();
                                 g.frames += 1;
                                 g.last_frame = Some(now);
@@ -102,23 +161,57 @@ impl Feed {
                                 }
                                 backoff.reset();
                             }
+                            drop(g);
                             h.publish(f);
                         }
+                        drop(o);
                         let why = "the device ended the stream".to_owned();
+                        {
+                            let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                            g.last_error = Some(why.clone());
+                            if opts.no_reconnect {
+                                break 'feed;
+                            }
+                            g.reconnects += 1;
+                        }
                         tracing::info!(feed = %name, "{why}; opening it again");
-                        let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
-                        g.last_error = Some(why);
-                        g.reconnects += 1;
+                        say(FeedEvent::Dropped);
                     }
                     Err(e) => {
+                        if opts.fail_first && !opened_once {
+                            s.lock().unwrap_or_else(|e| e.into_inner()).failed = Some(e);
+                            break 'feed;
+                        }
                         tracing::warn!(feed = %name, "cannot open the stream: {e}");
-                        s.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e);
+                        s.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.clone());
+                        let wait = backoff.next_wait().max(Duration::from_millis(200));
+                        say(FeedEvent::CannotOpen { why: e, wait });
+                        tokio::time::sleep(wait).await;
+                        continue;
                     }
                 }
                 tokio::time::sleep(backoff.next_wait().max(Duration::from_millis(200))).await;
             }
+            let _ = done_tx.send(true);
         });
-        Feed { hub, task: task.abort_handle(), st }
+        Feed { hub, task: task.abort_handle(), done, st }
+    }
+
+    /// Waits until the feed has ended for good (no reconnect, or failed).
+    pub async fn ended(&self) {
+        let mut d = self.done.clone();
+        let _ = d.wait_for(|v| *v).await;
+    }
+
+    /// Why the feed ended for good, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner()).failed.clone()
+    }
+
+    /// Video frames and media bytes received, and the device's drops.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        (g.frames, g.bytes, g.reconnects)
     }
 
     /// Whether video arrived in the last three seconds.
@@ -128,7 +221,8 @@ impl Feed {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.st.lock().unwrap_or_else(|e| e.into_inner()).last_error.clone()
+        let g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        g.failed.clone().or_else(|| g.last_error.clone())
     }
 
     /// The video bitrate over the last two seconds of arrivals (bit/s),
@@ -147,7 +241,7 @@ impl Feed {
             if let Some(b) = self.bitrate() {
                 return Some(b);
             }
-            if Instant::now() >= until {
+            if Instant::now() >= until || self.failure().is_some() {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,7 +1,8 @@
 //! Readers for remux input: raw Annex B, MPEG-TS, FLV (classic AVC, the
 //! widespread "codec id 12" HEVC, Enhanced RTMP `avc1`/`hvc1`), MP4 (plain
-//! and fragmented) and a captured DVRIP media stream (what `ivr dvrip
-//! download` and XMeye's own `.h264` files hold). Every reader gives
+//! and fragmented). (Captured DVRIP media, what XMeye's own `.h264` files
+//! hold, is read by the edge crate next to the DVRIP adapter: this crate
+//! knows no device protocol.) Every reader gives
 //! frames in decoding order with video as Annex B (parameter sets in front
 //! of every keyframe) and AAC as ADTS, whatever the container stored.
 //! Bad input is an error naming the byte offset; what a reader leaves out
@@ -21,7 +22,6 @@ pub enum Input {
     Ts,
     Flv,
     Mp4,
-    Dvrip,
 }
 
 impl Input {
@@ -32,15 +32,11 @@ impl Input {
             Input::Ts => "MPEG-TS",
             Input::Flv => "FLV",
             Input::Mp4 => "MP4",
-            Input::Dvrip => "DVRIP media",
         }
     }
 
     /// What a file is, from its first bytes (then its name).
     pub fn detect(path: &Path, head: &[u8]) -> Option<Input> {
-        if head.len() >= 4 && head[..3] == [0, 0, 1] && (0xf9..=0xfe).contains(&head[3]) && head[3] != 0xfb {
-            return Some(Input::Dvrip);
-        }
         if head.starts_with(b"FLV") {
             return Some(Input::Flv);
         }
@@ -88,6 +84,16 @@ pub struct Demuxed {
 }
 
 impl Demuxed {
+    /// Frames in decoding order; an error when there is no video. Every
+    /// reader ends with this (readers outside this crate too).
+    pub fn checked(mut self, format: &'static str) -> Result<Demuxed, DemuxError> {
+        if self.video_codec().is_none() {
+            return Err(DemuxError::NoVideo(format));
+        }
+        self.frames.sort_by_key(|f| f.dts);
+        Ok(self)
+    }
+
     pub fn video_codec(&self) -> Option<Codec> {
         self.frames.iter().find(|f| f.codec.is_video()).map(|f| f.codec)
     }
@@ -106,18 +112,13 @@ impl Demuxed {
 
 /// Reads a whole file's frames.
 pub fn read(input: Input, data: &Bytes, fps: u32) -> Result<Demuxed, DemuxError> {
-    let mut d = match input {
+    let d = match input {
         Input::AnnexB(codec) => Demuxed { frames: from_annexb(data, codec, fps), skipped: Vec::new() },
         Input::Ts => ts(data)?,
         Input::Flv => flv(data)?,
         Input::Mp4 => mp4(data)?,
-        Input::Dvrip => dvrip(data),
     };
-    if d.video_codec().is_none() {
-        return Err(DemuxError::NoVideo(input.name()));
-    }
-    d.frames.sort_by_key(|f| f.dts);
-    Ok(d)
+    d.checked(input.name())
 }
 
 /// A raw stream's access units as frames at `fps`, from 0.
@@ -828,55 +829,6 @@ fn mp4(b: &Bytes) -> Result<Demuxed, DemuxError> {
         }
     }
     Ok(d)
-}
-
-/// A DVRIP frame as a `Frame`: H.264/H.265 video and G.711 audio, timed
-/// by the demuxer (video by frame count at the device's fps, audio by
-/// samples: monotonic whatever the device clock does). `Err` names what
-/// is not carried; pictures and info frames are `Ok(None)`.
-pub fn dvrip_frame(f: &dvrip::media::MediaFrame) -> Result<Option<Frame>, String> {
-    use dvrip::media::{AudioCodec, FrameKind, VideoCodec};
-    let codec = match f.kind {
-        FrameKind::Video { codec: VideoCodec::H264, .. } => Codec::H264,
-        FrameKind::Video { codec: VideoCodec::H265, .. } => Codec::H265,
-        FrameKind::Audio { codec: AudioCodec::G711A, .. } => Codec::G711A,
-        FrameKind::Audio { codec: AudioCodec::G711U, .. } => Codec::G711U,
-        FrameKind::Picture { .. } | FrameKind::Info { .. } => return Ok(None),
-        FrameKind::Video { codec, .. } => return Err(format!("{} video", codec.name())),
-        FrameKind::Audio { codec, .. } => return Err(format!("{} audio", codec.name())),
-    };
-    let t = (f.pts.as_nanos() * 9 / 100_000) as u64;
-    let keyframe = if codec.is_video() { f.is_keyframe() } else { true };
-    Ok(Some(Frame { codec, keyframe, pts: t, dts: t, data: f.payload.clone() }))
-}
-
-fn dvrip(b: &Bytes) -> Demuxed {
-    let mut d = Demuxed::default();
-    let mut m = dvrip::media::Demuxer::new();
-    m.feed(b);
-    let mut other = 0;
-    while let Some(f) = m.next_frame() {
-        match dvrip_frame(&f) {
-            Ok(Some(frame)) => d.frames.push(frame),
-            Ok(None) => other += 1,
-            Err(what) => {
-                let why = format!("{what}: not carried");
-                if !d.skipped.contains(&why) {
-                    d.skipped.push(why);
-                }
-            }
-        }
-    }
-    for r in m.take_resyncs() {
-        d.skipped.push(format!("{} bytes at byte {}: {}", r.bytes, r.offset, r.reason));
-    }
-    if other > 0 {
-        d.skipped.push(format!("{other} picture/info frame(s) of the device"));
-    }
-    if m.pending() > 0 {
-        d.skipped.push(format!("{} bytes at the end are an incomplete frame", m.pending()));
-    }
-    d
 }
 
 #[cfg(test)]

@@ -5,8 +5,6 @@
 //! G.711, and HLS playlists (recorded and live window).
 
 use bytes::Bytes;
-use bytes::BytesMut;
-use dvrip::media::{write_audio, write_video, AudioCodec, VideoCodec};
 use ivr_media::demux::{self, from_annexb, Input};
 use ivr_media::hls::{self, Output};
 use ivr_media::sink::{Format, Sink};
@@ -203,56 +201,6 @@ fn our_containers_read_back_to_the_same_pictures() {
 }
 
 #[test]
-fn a_captured_dvrip_stream_becomes_flv_with_its_g711_audio() {
-    let d = dir("dvrip");
-    let units = annexb::access_units(&Bytes::from_static(clips::H264_640X360), Codec::H264);
-    let mut cap = BytesMut::new();
-    let t = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap().and_hms_opt(10, 0, 0).unwrap();
-    for (i, u) in units.iter().enumerate() {
-        write_video(&mut cap, VideoCodec::H264, u.keyframe, 640, 360, 25, &t, &u.data);
-        // 40 ms of A-law a frame.
-        write_audio(&mut cap, AudioCodec::G711A, 8000, &clips::TONE_ALAW[i * 320 % 8000..][..320]);
-    }
-    cap.extend_from_slice(&[0, 0, 1, 0xfc, 1, 2]); // a torn last frame
-    let path = d.join("cap.h264");
-    std::fs::write(&path, &cap).unwrap();
-    let data = cap.freeze();
-    let kind = Input::detect(&path, &data).unwrap();
-    assert_eq!(kind, Input::Dvrip, "told by its first bytes, whatever the name");
-    let mut dm = demux::read(kind, &data, 25).unwrap();
-    assert!(dm.skipped.iter().any(|s| s.contains("incomplete frame")), "{:?}", dm.skipped);
-    assert_eq!(dm.audio_codec(), Some(Codec::G711A));
-    dm.rebase(90_000);
-    let mut sink = Sink::new(Format::Flv, 25);
-    let mut out = Vec::new();
-    for f in dm.frames {
-        sink.push(f, &mut out).unwrap();
-    }
-    sink.finish(&mut out).unwrap();
-    let flv = d.join("cap.flv");
-    std::fs::write(&flv, out).unwrap();
-    assert_eq!(judge(&flv), [("h264".to_owned(), 75), ("pcm_alaw".to_owned(), 75)]);
-    // TS cannot carry G.711: the video goes, the audio is counted.
-    let (ts, sink) = remux(&path, Format::Ts);
-    std::fs::write(d.join("cap.ts"), ts).unwrap();
-    assert_eq!(judge(&d.join("cap.ts")), [("h264".to_owned(), 75)]);
-    assert_eq!(sink.audio_left_out, 75);
-}
-
-fn run_hls(w: &mut hls::Writer, frames: Vec<Frame>, dir: &Path) -> Vec<Output> {
-    let mut all = Vec::new();
-    for f in frames {
-        let o = w.push(f).unwrap();
-        all.extend(o.clone());
-        hls::apply(dir, "index.m3u8", o).unwrap();
-    }
-    let o = w.finish().unwrap();
-    all.extend(o.clone());
-    hls::apply(dir, "index.m3u8", o).unwrap();
-    all
-}
-
-#[test]
 fn hls_recordings_play_whole_with_ts_and_fmp4_segments() {
     for (raw, codec, name) in [(clips::H264_640X360, Codec::H264, "h264"), (clips::H265_640X360, Codec::H265, "hevc")] {
         // The clip three times over: 225 frames, a keyframe every 25.
@@ -357,4 +305,17 @@ fn broken_input_is_an_error_that_says_where() {
         demux::read(Input::Ts, &Bytes::from_static(&[0x47; 376]), 25).unwrap_err(),
         demux::DemuxError::NoVideo("MPEG-TS")
     );
+}
+
+fn run_hls(w: &mut hls::Writer, frames: Vec<Frame>, dir: &Path) -> Vec<Output> {
+    let mut all = Vec::new();
+    for f in frames {
+        let o = w.push(f).unwrap();
+        all.extend(o.clone());
+        hls::apply(dir, "index.m3u8", o).unwrap();
+    }
+    let o = w.finish().unwrap();
+    all.extend(o.clone());
+    hls::apply(dir, "index.m3u8", o).unwrap();
+    all
 }

@@ -2,7 +2,8 @@
 //! protocol that keep state and answer like the hardware, fed by the
 //! embedded fixture media.
 
-pub mod clips;
+/// The fixture clips (the `ivr-fixtures` crate, shared with the edge).
+pub use ivr_fixtures as clips;
 pub mod cvip;
 pub mod dvrip;
 pub mod probe;

@@ -64,7 +64,7 @@ async fn camera(chunks: Arc<Vec<Bytes>>, start: Duration, paced: bool) -> anyhow
         for piece in chunk.chunks(1460) {
             d.feed(piece);
             while let Some(f) = d.next_frame() {
-                if let Ok(Some(frame)) = ivr_media::demux::dvrip_frame(&f) {
+                if let Ok(Some(frame)) = ivr_edge::dvrip::frame(&f) {
                     hub.publish(frame);
                 }
             }

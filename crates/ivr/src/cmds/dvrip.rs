@@ -9,9 +9,12 @@ use dvrip::hash::Encryption;
 use dvrip::media::{FrameKind, MediaFrame};
 use dvrip::messages::{PtzCommand, StreamType};
 use indicatif::{ProgressBar, ProgressStyle};
+use ivr_edge::live::{Feed, FeedEvent, FeedOptions};
+use ivr_edge::source::StreamKind;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -1016,7 +1019,7 @@ async fn download_hls(
     let mut frames = 0u64;
     while let Some(f) = s.next_frame().await {
         pb.set_position(s.bytes());
-        let Ok(Some(mut frame)) = ivr_media::demux::dvrip_frame(&f) else { continue };
+        let Ok(Some(mut frame)) = ivr_edge::dvrip::frame(&f) else { continue };
         frame.pts += 90_000;
         frame.dts += 90_000;
         if w.is_none() && frame.codec.is_video() && frame.keyframe {
@@ -1049,7 +1052,7 @@ async fn push_frame(
     format: &str,
     out: &mut Output,
 ) -> anyhow::Result<()> {
-    let frame = match ivr_media::demux::dvrip_frame(f) {
+    let frame = match ivr_edge::dvrip::frame(f) {
         Ok(Some(frame)) => frame,
         Ok(None) => return Ok(()),
         Err(what) => bail!("--format {format}: the device sends {what}, which ivr does not carry"),
@@ -1125,14 +1128,6 @@ struct Outputs {
 
 type Limits = (Option<u64>, Option<Duration>);
 
-/// The next frame of a monitor stream, or `None` at its end or the deadline.
-async fn next_within(s: &mut dvrip::client::MediaStream, deadline: Option<tokio::time::Instant>) -> Option<MediaFrame> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, s.next_frame()).await.ok().flatten(),
-        None => s.next_frame().await,
-    }
-}
-
 /// `stream --raw`: the device's own framing, byte for byte.
 async fn stream_raw(
     c: &Client,
@@ -1178,6 +1173,12 @@ async fn stream_raw(
     Ok(())
 }
 
+/// A consumer that sees every frame the feed publishes from now on (the
+/// counter of `--frames`).
+fn hub_counter(feed: &Feed) -> ivr_media::hub::Subscriber {
+    feed.hub.subscribe()
+}
+
 /// `stream`: one device connection feeding a hub; each output is a
 /// consumer of it (a slow one skips to the next keyframe rather than
 /// holding the camera back).
@@ -1192,11 +1193,25 @@ async fn stream_fanout(
     reconnect: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    use ivr_media::hub::Hub;
-    let hub = Hub::new(250, 16 << 20);
+    // The camera: the library's reconnecting feed (the edge's own), whose
+    // hub every output reads; this loop only counts and keeps the limits.
+    let opener = ivr_edge::dvrip::monitor_opener(c.clone(), channel, mode);
+    let kind = if st == StreamType::Extra { StreamKind::Extra } else { StreamKind::Main };
+    let opts = FeedOptions {
+        no_reconnect: !reconnect,
+        fail_first: true,
+        on_event: Some(Arc::new(|e: &FeedEvent| match e {
+            FeedEvent::Dropped => eprintln!("the camera dropped the stream; reconnecting"),
+            FeedEvent::CannotOpen { why, wait } => {
+                eprintln!("cannot stream yet: {why}; again in {:.1} s", wait.as_secs_f64())
+            }
+            FeedEvent::Resumed { reconnects } => eprintln!("streaming again ({reconnects} reconnect(s))"),
+        })),
+    };
+    let feed = Feed::start_with(format!("{} channel {channel}", c.config().addr), kind, opener, opts);
     let mut tasks: Vec<(String, tokio::task::JoinHandle<anyhow::Result<Value>>)> = Vec::new();
     if let Some((path, format)) = outs.file {
-        let mut sub = hub.subscribe();
+        let mut sub = feed.hub.subscribe();
         let name = format!("file {path}");
         tasks.push((
             name,
@@ -1242,7 +1257,7 @@ async fn stream_fanout(
         ));
     }
     if let Some(url) = outs.rtmp {
-        let sub = hub.subscribe();
+        let sub = feed.hub.subscribe();
         tasks.push((
             format!("rtmp {url}"),
             tokio::spawn(async move {
@@ -1258,7 +1273,7 @@ async fn stream_fanout(
         ));
     }
     if let Some((dir, format, window, segment)) = outs.hls {
-        let mut sub = hub.subscribe();
+        let mut sub = feed.hub.subscribe();
         tasks.push((
             format!("hls {}", dir.display()),
             tokio::spawn(async move {
@@ -1279,73 +1294,41 @@ async fn stream_fanout(
             }),
         ));
     }
-    let mut s = c.monitor(channel, st, mode).await?;
+    let mut counter = hub_counter(&feed);
     let deadline = seconds.map(|d| tokio::time::Instant::now() + d);
-    let (mut n, mut first) = (0u64, None);
-    let mut refused: Option<String> = None;
-    // A camera that drops the stream (reboot, network) is dialled again;
-    // the timeline continues where it stopped.
-    let (mut offset, mut next_t, mut reconnects, mut bytes) = (0u64, 0u64, 0u64, 0u64);
-    let mut backoff = Duration::from_secs(1);
-    'stream: loop {
-        while let Some(f) = next_within(&mut s, deadline).await {
-            match ivr_media::demux::dvrip_frame(&f) {
-                Ok(Some(mut frame)) => {
-                    frame.pts += offset;
-                    frame.dts += offset;
-                    if frame.codec.is_video() {
-                        n += 1;
-                        next_t = next_t.max(frame.dts + 3600);
-                        if first.is_none() {
-                            first = Some(f.kind.clone());
-                        }
-                    }
-                    hub.publish(frame);
-                }
-                Ok(None) => {}
-                Err(what) => {
-                    refused = Some(what);
-                    break 'stream;
-                }
+    let (mut n, mut first): (u64, Option<ivr_media::Frame>) = (0, None);
+    let mut step = None;
+    loop {
+        let next = async {
+            tokio::select! {
+                f = counter.recv() => f,
+                _ = feed.ended() => None,
+            }
+        };
+        let f = match deadline {
+            Some(d) => tokio::time::timeout_at(d, next).await.ok().flatten(),
+            None => next.await,
+        };
+        let Some(f) = f else { break };
+        if f.codec.is_video() {
+            n += 1;
+            match &first {
+                None => first = Some(f),
+                Some(a) if step.is_none() && f.dts > a.dts => step = Some(f.dts - a.dts),
+                _ => {}
             }
             if frames.is_some_and(|m| n >= m) {
-                break 'stream;
-            }
-            if tasks.iter().all(|t| t.1.is_finished()) {
-                break 'stream; // every output failed; the errors follow
+                break;
             }
         }
-        let over = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-        if over || !reconnect {
-            break;
-        }
-        // The stream ended before its time: reconnect until it is back.
-        loop {
-            eprintln!("the camera dropped the stream; reconnecting in {} s", backoff.as_secs());
-            tokio::time::sleep(backoff).await;
-            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                break 'stream;
-            }
-            match c.monitor(channel, st, mode).await {
-                Ok(ns) => {
-                    bytes += s.bytes();
-                    s = ns;
-                    offset = next_t;
-                    reconnects += 1;
-                    backoff = Duration::from_secs(1);
-                    eprintln!("streaming again ({reconnects} reconnect(s))");
-                    continue 'stream;
-                }
-                Err(e) => {
-                    eprintln!("cannot stream yet: {e}");
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
+        if tasks.iter().all(|t| t.1.is_finished()) {
+            break; // every output failed; the errors follow
         }
     }
-    let bytes = bytes + s.bytes();
-    let _ = s.stop().await;
-    drop(hub);
+    let failure = feed.failure();
+    let (_, bytes, reconnects) = feed.counts();
+    drop(counter);
+    drop(feed);
     let mut results = Vec::new();
     let mut failed = Vec::new();
     for (name, t) in tasks {
@@ -1355,26 +1338,33 @@ async fn stream_fanout(
             Err(e) => failed.push(format!("{name}: {e}")),
         }
     }
-    if let Some(what) = refused {
-        bail!("the device sends {what}, which ivr does not carry");
+    if let Some(why) = failure {
+        bail!("{why}");
     }
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
     }
     let mut v = json!({"frames": n, "bytes": bytes, "reconnects": reconnects, "outputs": results});
-    if let Some(FrameKind::Video { codec, width, height, fps, .. }) = first {
-        v["codec"] = json!(codec.name());
-        v["width"] = json!(width);
-        v["height"] = json!(height);
+    // What the camera sends, from the stream itself (parameter sets, timing).
+    let sps = first.as_ref().and_then(|f| ivr_media::params::find_sps(f.codec, &f.data).ok());
+    let fps = step.map(|s| (90_000.0 / s as f64).round() as u64);
+    if let (Some(f), Some(sps)) = (&first, &sps) {
+        v["codec"] = json!(if f.codec == ivr_media::Codec::H265 { "H.265" } else { "H.264" });
+        v["width"] = json!(sps.width);
+        v["height"] = json!(sps.height);
         v["fps"] = json!(fps);
     }
     let to_stdout = v["outputs"].as_array().is_some_and(|o| o.iter().any(|x| x["output"] == "-"));
     if !to_stdout {
         print(json, &v, || {
-            let what = match first {
-                Some(FrameKind::Video { codec, width, height, fps, .. }) => {
-                    format!(", {} {width}x{height} @ {fps} fps", codec.name())
-                }
+            let what = match (&first, &sps) {
+                (Some(f), Some(sps)) => format!(
+                    ", {} {}x{}{}",
+                    if f.codec == ivr_media::Codec::H265 { "H.265" } else { "H.264" },
+                    sps.width,
+                    sps.height,
+                    fps.map(|f| format!(" @ {f} fps")).unwrap_or_default()
+                ),
                 _ => String::new(),
             };
             format!("{n} frames{what}, {bytes} bytes received")

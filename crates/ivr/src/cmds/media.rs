@@ -55,12 +55,23 @@ pub async fn run(cmd: MediaCmd) -> anyhow::Result<()> {
     }
 }
 
-fn remux(input: &Path, output: &Path, fps: u32, segment: f64, seg_format: &str, json: bool) -> anyhow::Result<()> {
-    let data = Bytes::from(std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?);
-    let kind = Input::detect(input, &data[..data.len().min(512)]).with_context(|| {
+/// Any input ivr reads: captured DVRIP media (told by its first bytes),
+/// else what `Input::detect` recognises.
+fn read_input(input: &Path, data: &Bytes, fps: u32) -> anyhow::Result<(&'static str, demux::Demuxed)> {
+    let head = &data[..data.len().min(512)];
+    if ivr_edge::dvrip::is_capture(head) {
+        let d = ivr_edge::dvrip::read_capture(data).with_context(|| format!("reading {}", input.display()))?;
+        return Ok(("DVRIP media", d));
+    }
+    let kind = Input::detect(input, head).with_context(|| {
         format!("{}: not a format ivr reads (raw H.264/H.265, MPEG-TS, FLV, MP4, DVRIP media)", input.display())
     })?;
-    let mut d = demux::read(kind, &data, fps).with_context(|| format!("reading {}", input.display()))?;
+    Ok((kind.name(), demux::read(kind, data, fps).with_context(|| format!("reading {}", input.display()))?))
+}
+
+fn remux(input: &Path, output: &Path, fps: u32, segment: f64, seg_format: &str, json: bool) -> anyhow::Result<()> {
+    let data = Bytes::from(std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?);
+    let (kind, mut d) = read_input(input, &data, fps)?;
     d.rebase(90_000);
     for s in &d.skipped {
         eprintln!("{}: left out: {s}", input.display());
@@ -147,7 +158,7 @@ fn remux(input: &Path, output: &Path, fps: u32, segment: f64, seg_format: &str, 
     if json {
         println!(
             "{}",
-            serde_json::json!({"input": kind.name(), "video": format!("{video:?}"), "frames": frames, "audio_frames": audio_frames,
+            serde_json::json!({"input": kind, "video": format!("{video:?}"), "frames": frames, "audio_frames": audio_frames,
                 "audio_left_out": audio_left, "bytes_in": data.len(), "bytes_out": bytes_out, "output": output.display().to_string(),
                 "skipped": d.skipped})
         );
@@ -156,7 +167,7 @@ fn remux(input: &Path, output: &Path, fps: u32, segment: f64, seg_format: &str, 
             "{}: {frames} {video:?} frames, {audio_frames} audio frames from {} ({}), {bytes_out} bytes",
             output.display(),
             input.display(),
-            kind.name()
+            kind
         );
     }
     Ok(())
@@ -164,10 +175,7 @@ fn remux(input: &Path, output: &Path, fps: u32, segment: f64, seg_format: &str, 
 
 fn info(input: &Path, fps: u32, json: bool) -> anyhow::Result<()> {
     let data = Bytes::from(std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?);
-    let kind = Input::detect(input, &data[..data.len().min(512)]).with_context(|| {
-        format!("{}: not a format ivr reads (raw H.264/H.265, MPEG-TS, FLV, MP4, DVRIP media)", input.display())
-    })?;
-    let d = demux::read(kind, &data, fps).with_context(|| format!("reading {}", input.display()))?;
+    let (kind, d) = read_input(input, &data, fps)?;
     let video: Vec<&ivr_media::Frame> = d.frames.iter().filter(|f| f.codec.is_video()).collect();
     let codec = d.video_codec().unwrap_or(Codec::H264);
     let sps = video.iter().find(|f| f.keyframe).and_then(|f| ivr_media::params::find_sps(codec, &f.data).ok());
@@ -184,7 +192,7 @@ fn info(input: &Path, fps: u32, json: bool) -> anyhow::Result<()> {
     let audio: Vec<&ivr_media::Frame> = d.frames.iter().filter(|f| !f.codec.is_video()).collect();
     let v = serde_json::json!({
         "input": input.display().to_string(),
-        "container": kind.name(),
+        "container": kind,
         "video": {
             "codec": format!("{codec:?}"),
             "codec_string": sps.as_ref().map(|s| s.codec_string()),
@@ -205,7 +213,7 @@ fn info(input: &Path, fps: u32, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let vv = &v["video"];
-    println!("{}: {}", input.display(), kind.name());
+    println!("{}: {}", input.display(), kind);
     println!(
         "video: {codec:?} {} {}x{}, {} frames ({} keyframes{}), {:.2} s, {:.2} fps, {:.0} kbit/s",
         vv["codec_string"].as_str().unwrap_or("?"),

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let b = Bytes::copy_from_slice(data);
     let _ = Input::detect(std::path::Path::new("x"), data);
-    for kind in [Input::Ts, Input::Flv, Input::Mp4, Input::Dvrip, Input::AnnexB(Codec::H264), Input::AnnexB(Codec::H265)] {
+    for kind in [Input::Ts, Input::Flv, Input::Mp4, Input::AnnexB(Codec::H264), Input::AnnexB(Codec::H265)] {
         let Ok(mut d) = read(kind, &b, 25) else { continue };
         d.rebase(90_000);
         for format in [Format::Ts, Format::Flv, Format::Mp4] {
