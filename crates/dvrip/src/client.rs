@@ -286,6 +286,9 @@ pub struct Client {
     cfg: Arc<ClientConfig>,
     conn: Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     alarms: broadcast::Sender<AlarmInfo>,
+    /// Snapshot replies (1561) are routed by message id, so one snapshot at
+    /// a time per connection; callers from many tasks wait their turn.
+    snap: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How live media reaches us.
@@ -330,7 +333,7 @@ pub enum UpgradeProgress {
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Self {
-        Client { cfg: Arc::new(cfg), conn: Arc::default(), alarms: broadcast::channel(256).0 }
+        Client { cfg: Arc::new(cfg), conn: Arc::default(), alarms: broadcast::channel(256).0, snap: Arc::default() }
     }
 
     /// Connects and logs in now (calls do it on demand otherwise).
@@ -827,6 +830,7 @@ impl Client {
     /// 1560 `OPSNAP`: the JPEG, whether the device sends it raw or framed
     /// as a 0x1FE picture, in one packet or many.
     pub async fn snapshot(&self, channel: u32) -> Result<Bytes> {
+        let _one_at_a_time = self.snap.lock().await;
         let c = self.conn().await?;
         let mut rx = c.route(ids::NET_SNAP_RSP, 64);
         let body = messages::request("OPSNAP", c.session, Some(json!({"Channel": channel})));

@@ -492,6 +492,26 @@ async fn snapshots_framed_and_raw() {
     }
 }
 
+/// Found by the edge (an NVR's channels sending previews at once): snapshot
+/// replies are routed by message id, so concurrent snapshots on one
+/// connection used to steal each other's route ("the connection closed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_snapshots_on_one_connection_all_arrive() {
+    let r = sim(SimConfig { channels: 4, ..cfg() }).await;
+    let c = client(&r, "admin", "pw");
+    let shots: Vec<_> = (0..4u32)
+        .map(|ch| {
+            tokio::spawn({
+                let c = c.clone();
+                async move { c.snapshot(ch).await }
+            })
+        })
+        .collect();
+    for s in shots {
+        assert_eq!(&s.await.unwrap().unwrap()[..], ivr_sim::clips::SNAPSHOT_JPEG);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyboard_serial_ports_and_raw_calls() {
     let r = sim(cfg()).await;
