@@ -28,6 +28,10 @@ pub enum BenchCmd {
     /// Remux throughput: ivr's TS and fragmented-MP4 muxers against
     /// `ffmpeg -c copy` on the same input, side by side.
     Media(super::bench_media::MediaBench),
+    /// One edge process publishing and recording N cameras of a simulated
+    /// DVRIP NVR at once (RTMP to nginx, segments to an upload sink): its
+    /// CPU and RSS per camera.
+    Edge(super::bench_edge::EdgeBench),
 }
 
 #[derive(ClapArgs)]
@@ -59,6 +63,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Ivc(b) => super::bench_ivc::run(b).await,
         BenchCmd::Cvip(b) => super::bench_cvip::run(b).await,
         BenchCmd::Media(b) => super::bench_media::run(b).await,
+        BenchCmd::Edge(b) => super::bench_edge::run(b).await,
     }
 }
 

@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod bench_cvip;
+pub mod bench_edge;
 pub mod bench_ivc;
 pub mod bench_media;
 pub mod bench_streams;

@@ -135,6 +135,10 @@ pub struct DvripSimArgs {
     /// Send live streams as fast as the client reads (for benchmarks).
     #[arg(long)]
     unpaced_live: bool,
+    /// Main-stream bitrate in bit/s (the clip padded with SEI filler, as a
+    /// camera of that bitrate sends); 0: the bare clip.
+    #[arg(long, default_value_t = 0)]
+    bitrate: u64,
 }
 
 pub async fn run(cmd: SimCmd) -> anyhow::Result<()> {
@@ -281,6 +285,7 @@ async fn dvrip(a: DvripSimArgs) -> anyhow::Result<()> {
         snapshot_raw,
         reboot_time: Duration::from_secs(a.reboot_secs),
         live_unpaced: a.unpaced_live,
+        main_bitrate: (a.bitrate > 0).then_some(a.bitrate),
         ..SimConfig::default()
     };
     let running = ivr_sim::dvrip::start(cfg, a.listen, discovery)

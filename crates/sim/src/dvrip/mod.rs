@@ -61,6 +61,9 @@ pub struct SimConfig {
     pub record_length: Span,
     /// Live streams as fast as the socket takes them (benchmarks only).
     pub live_unpaced: bool,
+    /// The main stream padded to this many bit/s (SEI filler, keyframes 5×
+    /// the others), as a camera of that bitrate sends; `None`: the bare clip.
+    pub main_bitrate: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -83,6 +86,7 @@ impl Default for SimConfig {
             record_every: Span::minutes(10),
             record_length: Span::minutes(2),
             live_unpaced: false,
+            main_bitrate: None,
         }
     }
 }
@@ -207,6 +211,8 @@ struct State {
 /// The simulated device. Shared by every connection.
 pub struct DvripSim {
     cfg: SimConfig,
+    /// The main stream at `main_bitrate`, made once.
+    padded_main: Option<Arc<Vec<clips::AccessUnit>>>,
     state: Mutex<State>,
     server: OnceLock<Weak<Server<DvripSim>>>,
     rebooting_until: Mutex<Option<Instant>>,
@@ -278,7 +284,9 @@ impl DvripSim {
             boot: Instant::now(),
             talk_bytes: 0,
         };
+        let padded_main = cfg.main_bitrate.map(|b| Arc::new(clips::clip(cfg.codec, true).padded(b)));
         let sim = Arc::new(DvripSim {
+            padded_main,
             cfg,
             state: Mutex::new(state),
             server: OnceLock::new(),
@@ -458,6 +466,11 @@ impl DvripSim {
     /// the device clock in every I-frame, until the session ends.
     async fn live(self: Arc<Self>, session: Session, channel: u32, stream: StreamType, on_data: bool) {
         let clip = clips::clip(self.cfg.codec, stream == StreamType::Main);
+        let padded = if stream == StreamType::Main { self.padded_main.clone() } else { None };
+        let frame = |i: u64| match &padded {
+            Some(p) => &p[(i % p.len().max(1) as u64) as usize],
+            None => clip.frame(i),
+        };
         let start = tokio::time::Instant::now();
         let mut next = start;
         let mut audio_pos = 0usize;
@@ -466,11 +479,11 @@ impl DvripSim {
         for i in 0u64.. {
             // Encoder settings take effect at the next keyframe, as on
             // cameras (and the config is not re-read for every frame).
-            if clip.frame(i).keyframe {
+            if frame(i).keyframe {
                 (fps, audio) = self.stream_cfg(channel, stream);
             }
             let mut buf = BytesMut::with_capacity(64 * 1024);
-            let f = clip.frame(i);
+            let f = frame(i);
             media::write_video(
                 &mut buf,
                 codec_of(clip.codec),
