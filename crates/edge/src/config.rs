@@ -35,8 +35,22 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     pub cloud: CloudConfig,
+    /// Site-wide device settings.
+    #[serde(default)]
+    pub devices: DevicesConfig,
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
+}
+
+/// `[devices]`: what the site's devices share.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// Listen here as the DVRIP alarm center (TCP, 1508 pushes): devices
+    /// whose `NetWork.AlarmServer` points at this address report alarms
+    /// here too (some firmware only pushes there, not to guarded logins).
+    #[serde(default)]
+    pub alarm_center: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

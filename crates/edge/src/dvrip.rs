@@ -175,17 +175,23 @@ impl DvripDevice {
         RpcError::new(codes::INTERNAL, format!("DVRIP device {}: {what}: {e}", self.addr))
     }
 
-    fn alarm(&self, info: &dvrip::messages::AlarmInfo) {
+    /// The device's IP, when its address is one (alarm-center pushes are
+    /// matched to devices by it).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+    }
+
+    /// An alarm from a guarded login (1504) or the alarm center (1508).
+    /// A device may report one event both ways: only a change counts.
+    pub fn alarm(&self, info: &dvrip::messages::AlarmInfo) {
         let on = info.status.eq_ignore_ascii_case("start");
         let ch = info.channel;
         if info.event.eq_ignore_ascii_case("videoloss") {
             let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-            if on {
-                lost.insert(ch);
-            } else {
-                lost.remove(&ch);
+            let changed = if on { lost.insert(ch) } else { lost.remove(&ch) };
+            if changed {
+                tracing::info!(device = %self.addr, channel = ch, on, "DVRIP video loss");
             }
-            tracing::info!(device = %self.addr, channel = ch, on, "DVRIP video loss");
             return;
         }
         let Some(bit) = alarm_bit(&info.event) else {
@@ -195,10 +201,14 @@ impl DvripDevice {
         {
             let mut bits = self.bits.lock().unwrap_or_else(|e| e.into_inner());
             let b = bits.entry(ch).or_default();
+            let before = *b;
             if on {
                 *b |= 1 << bit;
             } else {
                 *b &= !(1 << bit);
+            }
+            if *b == before {
+                return;
             }
         }
         let desc = format!("{} {} (DVRIP device {})", info.event, info.status.to_ascii_lowercase(), self.addr);
@@ -262,6 +272,43 @@ async fn supervise(weak: std::sync::Weak<DvripDevice>) {
         }
         tokio::time::sleep(backoff.next_wait().max(Duration::from_millis(250))).await;
     }
+}
+
+/// The DVRIP alarm center (1508 pushes, `[devices] alarm_center`): each
+/// push goes to the device it came from (by the connection's address, else
+/// the `Address` it states); pushes from unknown devices are logged.
+pub fn serve_alarm_center(listener: tokio::net::TcpListener, devices: Vec<Arc<DvripDevice>>) {
+    let (tx, mut rx) = mpsc::channel::<dvrip::alarm_center::Push>(256);
+    let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(addr = %at, "DVRIP alarm center listening");
+    tokio::spawn(async move {
+        if let Err(e) = dvrip::alarm_center::serve(listener, tx).await {
+            tracing::warn!(addr = %at, "DVRIP alarm center stopped: {e}");
+        }
+    });
+    tokio::spawn(async move {
+        let mut unknown = HashSet::new();
+        while let Some(p) = rx.recv().await {
+            let stated = dvrip::json::parse_hex_ip(&p.message.address).map(std::net::IpAddr::V4);
+            let dev = devices
+                .iter()
+                .find(|d| d.ip() == Some(p.from.ip()))
+                .or_else(|| devices.iter().find(|d| stated.is_some() && d.ip() == stated));
+            match dev {
+                Some(d) => d.alarm(&dvrip::messages::AlarmInfo {
+                    channel: p.message.channel,
+                    event: p.message.event.clone(),
+                    start_time: p.message.start_time.clone(),
+                    status: p.message.status.clone(),
+                }),
+                None => {
+                    if unknown.insert(p.from.ip()) {
+                        tracing::warn!(from = %p.from, address = %p.message.address, "alarm-center push from a device that is not a channel source; ignored");
+                    }
+                }
+            }
+        }
+    });
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

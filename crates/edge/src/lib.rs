@@ -23,16 +23,25 @@ pub use config::EdgeConfig;
 
 use std::sync::Arc;
 
+/// Why the site's channels could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("[devices] alarm_center {addr}: {cause} (set another address, or leave alarm_center out)")]
+    AlarmCenter { addr: std::net::SocketAddr, cause: std::io::Error },
+}
+
 /// The configured channels' backends: one [`dvrip::DvripDevice`] or
 /// [`cvip::CvipDevice`] per device, shared by all of its channels (a
-/// 16-channel NVR is one login). Inside a tokio runtime: device
+/// 16-channel NVR is one login), and the DVRIP alarm center when
+/// `[devices] alarm_center` is set. Inside a tokio runtime: device
 /// supervisors start at once.
-pub fn channels(cfg: &EdgeConfig, dialer: &ivr_rpc::net::Dialer) -> Vec<Arc<dyn ChannelBackend>> {
+pub fn channels(cfg: &EdgeConfig, dialer: &ivr_rpc::net::Dialer) -> Result<Vec<Arc<dyn ChannelBackend>>, SiteError> {
     use source::Source;
     use std::collections::HashMap;
     let mut dvrips: HashMap<(String, String), Arc<dvrip::DvripDevice>> = HashMap::new();
     let mut cvips: HashMap<String, Arc<cvip::CvipDevice>> = HashMap::new();
-    cfg.channels
+    let chans = cfg
+        .channels
         .iter()
         .map(|c| -> Arc<dyn ChannelBackend> {
             match c.source() {
@@ -50,5 +59,13 @@ pub fn channels(cfg: &EdgeConfig, dialer: &ivr_rpc::net::Dialer) -> Vec<Arc<dyn 
                 }
             }
         })
-        .collect()
+        .collect();
+    if let Some(addr) = cfg.devices.alarm_center {
+        let l = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|_| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|cause| SiteError::AlarmCenter { addr, cause })?;
+        dvrip::serve_alarm_center(l, dvrips.into_values().collect());
+    }
+    Ok(chans)
 }

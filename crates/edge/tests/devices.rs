@@ -36,7 +36,7 @@ fn edge_channels(sources: &[&str]) -> Vec<Arc<dyn ChannelBackend>> {
         toml.push_str(&format!("\n[[channels]]\nchannel = {i}\nsource = \"{s}\"\n"));
     }
     let cfg = EdgeConfig::parse(&toml).unwrap();
-    ivr_edge::channels(&cfg, &ivr_rpc::net::Dialer::default())
+    ivr_edge::channels(&cfg, &ivr_rpc::net::Dialer::default()).unwrap()
 }
 
 async fn wait_state(ch: &dyn ChannelBackend, want: ChannelState, secs: u64) {
@@ -268,4 +268,50 @@ async fn a_cvip_unit_streams_records_moves_and_alarms() {
 
     // The stream: RTP over TCP, depacketized and recorded (the sub-stream is 640x360).
     records_and_plays(c2.as_ref(), 640).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alarm_center_takes_pushes_and_an_alarm_told_twice_counts_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let center = format!("127.0.0.1:{port}");
+    let cfg = ivr_sim::dvrip::SimConfig {
+        password: PW.into(),
+        channels: 2,
+        device_type: "NVR".into(),
+        alarm_center: Some(center.clone()),
+        ..Default::default()
+    };
+    let nvr = ivr_sim::dvrip::start(cfg, "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let toml = format!(
+        "[cloud]\nurl = \"ws://127.0.0.1:9/ivc\"\nlogin_code = \"t\"\nlogin_passwd = \"t\"\n[devices]\nalarm_center = \"{center}\"\n[[channels]]\nchannel = 0\nsource = \"dvrip://admin:{PW}@{}/1\"\n",
+        nvr.addr
+    );
+    let chans = ivr_edge::channels(&EdgeConfig::parse(&toml).unwrap(), &ivr_rpc::net::Dialer::default()).unwrap();
+    let ch = &chans[0];
+    wait_state(ch.as_ref(), ChannelState::Online, 10).await;
+    let mut rx = ch.alarm_events().unwrap();
+    // A push only the alarm center sees (the device never raised it).
+    let msg = dvrip::messages::AlarmCenterMessage {
+        address: dvrip::json::format_hex_ip(std::net::Ipv4Addr::LOCALHOST),
+        channel: 1,
+        description: String::new(),
+        event: "HumanDetect".into(),
+        serial_id: String::new(),
+        start_time: "2026-11-30 10:00:00".into(),
+        status: "Start".into(),
+        kind: "Alarm".into(),
+    };
+    dvrip::alarm_center::push(&center, &msg).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!((ev.bit, ev.on), (4, true), "{ev:?}");
+    assert_eq!(ch.alarm_bits(), 1 << 4);
+    // Motion: pushed to the guarded login and to the center; one event.
+    nvr.sim.raise_alarm(1, "VideoMotion", true).await;
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!((ev.bit, ev.on), (3, true));
+    let again = tokio::time::timeout(Duration::from_millis(800), rx.recv()).await;
+    assert!(again.is_err(), "the same alarm twice: {again:?}");
+    // A second edge cannot take the same alarm-center address: said at start.
+    let e = ivr_edge::channels(&EdgeConfig::parse(&toml).unwrap(), &ivr_rpc::net::Dialer::default()).err().unwrap();
+    assert!(e.to_string().contains(&format!("[devices] alarm_center {center}")), "{e}");
 }

@@ -91,7 +91,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         cam.addr
     ));
     let cfg = EdgeConfig::parse(&toml).map_err(anyhow::Error::msg).context("demo device site configuration")?;
-    let chans = ivr_edge::channels(&cfg, &ivr_rpc::net::Dialer::default());
+    let chans = ivr_edge::channels(&cfg, &ivr_rpc::net::Dialer::default())?;
     tokio::spawn(Edge::new(cfg, chans).run());
     println!("ivr demo: the cloud is at http://{addr}/ with {} simulated site(s) connected", a.sites + 1);
     println!(

@@ -59,7 +59,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = EdgeConfig::load(&a.config)?;
     // Recording uploads trust and bind as the cloud connection does.
     let dialer = ivr_rpc::net::Dialer::new(cfg.cloud.bind, cfg.cloud.ca_file.clone());
-    let channels = ivr_edge::channels(&cfg, &dialer);
+    let channels = ivr_edge::channels(&cfg, &dialer)?;
     println!(
         "ivr edge: {} as {:?}, {} channel(s); keep-alive every {} s",
         cfg.cloud.url,
