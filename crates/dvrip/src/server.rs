@@ -111,7 +111,9 @@ struct SessionInner {
     user: String,
     peer: SocketAddr,
     control: mpsc::Sender<Packet>,
-    data: Mutex<Option<mpsc::Sender<Packet>>>,
+    /// Second (claim) connections, each with the key of its claim
+    /// ([`claim_key`]), newest last: an NVR client claims one per stream.
+    data: Mutex<Vec<(String, mpsc::Sender<Packet>)>>,
     seq: AtomicU32,
     closed: watch::Sender<bool>,
 }
@@ -155,38 +157,47 @@ impl Session {
         let h = self.header(msg_id);
         self.send(Packet::new(h, encode_body(body))).await
     }
-    /// Sends media: on the claimed second connection if there is one, else
-    /// on the control connection (single-socket clients).
+    fn data_for(&self, key: Option<&str>) -> Option<mpsc::Sender<Packet>> {
+        let data = self.inner.data.lock().expect("session lock");
+        match key {
+            Some(k) => data.iter().rev().find(|(dk, _)| dk == k).map(|(_, d)| d.clone()),
+            None => data.last().map(|(_, d)| d.clone()),
+        }
+    }
+    /// Sends media: on the newest claimed second connection if there is
+    /// one, else on the control connection (single-socket clients).
     pub async fn send_media(&self, p: Packet) -> bool {
-        let data = self.inner.data.lock().expect("session lock").clone();
-        match data {
+        match self.data_for(None) {
             Some(d) => d.send(p).await.is_ok(),
             None => self.send(p).await,
         }
     }
-    /// Sends on the claimed second connection only: false if there is none
-    /// (any more). A stream that began there must end with it, never spill
-    /// onto the control connection, where strict clients take it as stray.
+    /// Sends on the newest claimed second connection only: false if there
+    /// is none (any more). A stream that began there must end with it, never
+    /// spill onto the control connection, where strict clients take it as stray.
     pub async fn send_data(&self, p: Packet) -> bool {
-        let data = self.inner.data.lock().expect("session lock").clone();
-        match data {
+        match self.data_for(None) {
             Some(d) => d.send(p).await.is_ok(),
             None => false,
         }
     }
 
     /// Sends a stream's packet where the stream was claimed: the second
-    /// connection (`on_data`), or the control connection.
-    pub async fn send_stream(&self, p: Packet, on_data: bool) -> bool {
-        if on_data {
-            self.send_data(p).await
-        } else {
-            self.send(p).await
+    /// connection whose claim had this key, or (`None`) the control
+    /// connection. False once that connection is gone.
+    pub async fn send_stream(&self, p: Packet, claim: Option<&str>) -> bool {
+        match claim {
+            Some(k) => match self.data_for(Some(k)) {
+                Some(d) => d.send(p).await.is_ok(),
+                None => false,
+            },
+            None => self.send(p).await,
         }
     }
 
-    pub fn has_data_channel(&self) -> bool {
-        self.inner.data.lock().expect("session lock").is_some()
+    /// Whether a second connection with this claim key is attached.
+    pub fn has_data_channel(&self, claim: &str) -> bool {
+        self.data_for(Some(claim)).is_some()
     }
     /// Ends the session: its connections close.
     pub fn close(&self) {
@@ -327,7 +338,7 @@ impl<D: Device> Server<D> {
                                         user: req.user.clone(),
                                         peer,
                                         control: tx.clone(),
-                                        data: Mutex::new(None),
+                                        data: Mutex::new(Vec::new()),
                                         seq: AtomicU32::new(0),
                                         closed: watch::channel(false).0,
                                     }),
@@ -356,7 +367,12 @@ impl<D: Device> Server<D> {
                         let existing = self.sessions.lock().expect("sessions lock").get(&h.session).cloned();
                         match existing {
                             Some(session) => {
-                                *session.inner.data.lock().expect("session lock") = Some(tx.clone());
+                                let key = body.as_ref().map(claim_key).unwrap_or_default();
+                                {
+                                    let mut data = session.inner.data.lock().expect("session lock");
+                                    data.retain(|(k, _)| *k != key);
+                                    data.push((key, tx.clone()));
+                                }
                                 let req = Request { header: h, body, payload: packet.payload, on_data_channel: true };
                                 let resp = self.device.handle(&session, req).await;
                                 send_response(&tx, resp, reply_hdr(session.id()), self.cfg.max_len).await;
@@ -415,9 +431,7 @@ impl<D: Device> Server<D> {
             }
             State::Data(session) => {
                 let mut data = session.inner.data.lock().expect("session lock");
-                if data.as_ref().is_some_and(|d| d.same_channel(&tx)) {
-                    *data = None;
-                }
+                data.retain(|(_, d)| !d.same_channel(&tx));
             }
             State::Fresh => {}
         }
@@ -425,6 +439,17 @@ impl<D: Device> Server<D> {
         // Let queued replies go out before the socket closes.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
+}
+
+/// What a claim is for, from its body: the command and the `Parameter`'s
+/// channel, stream type and file name. A Start carries the same
+/// `Parameter` as its claim, so a device finds the claimed connection of
+/// each stream by it (one login, one second connection per stream).
+pub fn claim_key(body: &Value) -> String {
+    let name = body.get("Name").and_then(Value::as_str).unwrap_or("");
+    let p = body.get(name).and_then(|c| c.get("Parameter"));
+    let field = |k: &str| p.and_then(|p| p.get(k)).map(|v| v.to_string()).unwrap_or_default();
+    format!("{name}/{}/{}/{}", field("Channel"), field("StreamType"), field("FileName"))
 }
 
 /// A refused login with every key a strict client expects.

@@ -662,3 +662,34 @@ async fn aes_negotiating_firmware_is_named() {
     let e = Client::connect(ClientConfig::new(addr.to_string(), "admin", "")).await.err().unwrap();
     assert!(e.to_string().contains("negotiates encryption"), "{e}");
 }
+
+/// An NVR client logs in once and claims one second connection per stream
+/// (the edge does: a 16-channel NVR is one login): each stream goes to the
+/// connection that claimed it, all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_many_streams_each_on_its_own_second_socket() {
+    let r = sim(SimConfig { channels: 4, ..cfg() }).await;
+    let c = client(&r, "admin", "pw");
+    let mut main0 = c.monitor(0, StreamType::Main, SocketMode::Second).await.unwrap();
+    let mut sub3 = c.monitor(3, StreamType::Extra, SocketMode::Second).await.unwrap();
+    let mut main2 = c.monitor(2, StreamType::Main, SocketMode::Second).await.unwrap();
+    let width = |f: &dvrip::media::MediaFrame| match f.kind {
+        FrameKind::Video { width, .. } => Some(width),
+        _ => None,
+    };
+    for _ in 0..30 {
+        let (a, b, d) = tokio::join!(main0.next_frame(), sub3.next_frame(), main2.next_frame());
+        let (a, b, d) = (a.unwrap(), b.unwrap(), d.unwrap());
+        for (f, w) in [(&a, 2592), (&b, 640), (&d, 2592)] {
+            if let Some(got) = width(f) {
+                assert_eq!(got, w, "each stream on its own connection");
+            }
+        }
+    }
+    assert_eq!(r.server.sessions().len(), 1, "one login");
+    // Stopping one leaves the others running.
+    sub3.stop().await.unwrap();
+    for _ in 0..10 {
+        assert!(main0.next_frame().await.is_some() && main2.next_frame().await.is_some());
+    }
+}

@@ -170,9 +170,11 @@ struct Upgrade {
     data: Vec<u8>,
 }
 
+/// A stream claimed by a session: where its media goes (the second
+/// connection with this claim key, or `None`: the control connection).
 #[derive(Clone, Debug)]
 struct Claim {
-    on_data: bool,
+    data: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,8 +198,10 @@ struct State {
     guarded: HashSet<u32>,
     upgrades: HashMap<u32, Upgrade>,
     imports: HashMap<u32, Vec<u8>>,
-    tasks: HashMap<(u32, &'static str), AbortHandle>,
-    claims: HashMap<(u32, &'static str), Claim>,
+    /// (session, kind, claim key) → the task sending it.
+    tasks: HashMap<(u32, &'static str, String), AbortHandle>,
+    /// (session, kind, claim key) → the claim.
+    claims: HashMap<(u32, &'static str, String), Claim>,
     play_speed: HashMap<u32, watch::Sender<PlaySpeed>>,
     serial: HashMap<&'static str, VecDeque<u8>>,
     keys: Vec<(String, String)>,
@@ -450,21 +454,36 @@ impl DvripSim {
         (fps.clamp(1, 30) as u32, audio)
     }
 
-    fn stop_task(&self, session: u32, kind: &'static str) {
-        if let Some(t) = self.st().tasks.remove(&(session, kind)) {
+    fn stop_task(&self, session: u32, kind: &'static str, key: &str) {
+        if let Some(t) = self.st().tasks.remove(&(session, kind, key.to_owned())) {
             t.abort();
         }
     }
 
-    fn start_task(&self, session: u32, kind: &'static str, task: AbortHandle) {
-        if let Some(old) = self.st().tasks.insert((session, kind), task) {
+    fn start_task(&self, session: u32, kind: &'static str, key: &str, task: AbortHandle) {
+        if let Some(old) = self.st().tasks.insert((session, kind, key.to_owned()), task) {
             old.abort();
         }
     }
 
+    /// The claim a Start or Stop refers to: the one with the same
+    /// `Parameter` (channel, stream, file), else the session's latest of
+    /// that kind (clients that vary the Parameter between claim and start).
+    fn claim_of(&self, session: u32, kind: &'static str, body: &Value) -> Option<(String, Claim)> {
+        let key = dvrip::server::claim_key(body);
+        let st = self.st();
+        if let Some(c) = st.claims.get(&(session, kind, key.clone())) {
+            return Some((key, c.clone()));
+        }
+        st.claims
+            .iter()
+            .find(|((s, k, _), _)| *s == session && *k == kind)
+            .map(|((_, _, key), c)| (key.clone(), c.clone()))
+    }
+
     /// Live media of one channel at its configured frame rate, with
     /// the device clock in every I-frame, until the session ends.
-    async fn live(self: Arc<Self>, session: Session, channel: u32, stream: StreamType, on_data: bool) {
+    async fn live(self: Arc<Self>, session: Session, channel: u32, stream: StreamType, data: Option<String>) {
         let clip = clips::clip(self.cfg.codec, stream == StreamType::Main);
         let padded = if stream == StreamType::Main { self.padded_main.clone() } else { None };
         let frame = |i: u64| match &padded {
@@ -474,7 +493,7 @@ impl DvripSim {
         let start = tokio::time::Instant::now();
         let mut next = start;
         let mut audio_pos = 0usize;
-        let send = |p: Packet| session.send_stream(p, on_data);
+        let send = |p: Packet| session.send_stream(p, data.as_deref());
         let (mut fps, mut audio) = self.stream_cfg(channel, stream);
         for i in 0u64.. {
             // Encoder settings take effect at the next keyframe, as on
@@ -534,13 +553,13 @@ impl DvripSim {
         parts: Vec<(Recording, u64, u64)>,
         download: bool,
         speed: watch::Receiver<PlaySpeed>,
-        on_data: bool,
+        data: Option<String>,
     ) {
         let clip = clips::clip(self.cfg.codec, true);
         let id = if download { ids::DOWNLOAD_DATA } else { ids::PLAY_DATA };
         let mut pending = BytesMut::new();
         let mut next = tokio::time::Instant::now();
-        let send = |p: Packet| session.send_stream(p, on_data);
+        let send = |p: Packet| session.send_stream(p, data.as_deref());
         for (rec, first, last) in parts {
             for i in first..last {
                 records::write_frame(&mut pending, clip, clip.fps, i, &rec.begin);
@@ -678,15 +697,19 @@ impl DvripSim {
                 if !ok {
                     return Self::reply_err("OPMonitor", code::ILLEGAL_INPUT, &s);
                 }
-                self.st().claims.insert((s.id(), "monitor"), Claim { on_data: req.on_data_channel });
+                let key = dvrip::server::claim_key(&body);
+                let data = req.on_data_channel.then(|| key.clone());
+                self.st().claims.insert((s.id(), "monitor", key), Claim { data });
                 Self::reply_ok("OPMonitor", &s)
             }
-            ids::OPMONITOR_REQ => self.monitor(&s, &arg),
+            ids::OPMONITOR_REQ => self.monitor(&s, &body, &arg),
             ids::PLAY_CLAIM => {
-                self.st().claims.insert((s.id(), "playback"), Claim { on_data: req.on_data_channel });
+                let key = dvrip::server::claim_key(&body);
+                let data = req.on_data_channel.then(|| key.clone());
+                self.st().claims.insert((s.id(), "playback", key), Claim { data });
                 Self::reply_ok("OPPlayBack", &s)
             }
-            ids::PLAY_REQ => self.playback(&s, &arg),
+            ids::PLAY_REQ => self.playback(&s, &body, &arg),
             ids::TALK_CLAIM => Self::reply_ok("OPTalk", &s),
             ids::TALK_REQ => self.talk(&s, &arg),
             ids::FILESEARCH_REQ => self.file_search(&s, &arg),
@@ -951,50 +974,53 @@ impl DvripSim {
         Self::reply_ok("OPPTZControl", s)
     }
 
-    fn monitor(self: &Arc<Self>, s: &Session, arg: &Value) -> Response {
+    fn monitor(self: &Arc<Self>, s: &Session, body: &Value, arg: &Value) -> Response {
         let action = arg.get("Action").and_then(Value::as_str).unwrap_or("");
         let param = arg.get("Parameter").cloned().unwrap_or(Value::Null);
         let channel = param.get("Channel").and_then(Value::as_u64).unwrap_or(0) as u32;
         let stream = param.get("StreamType").and_then(StreamType::parse).unwrap_or(StreamType::Main);
-        let claim = self.st().claims.get(&(s.id(), "monitor")).cloned();
+        let claim = self.claim_of(s.id(), "monitor", body);
         match action {
             "Start" => {
                 if channel >= self.cfg.channels {
                     return Self::reply_err("OPMonitor", code::ILLEGAL_INPUT, s);
                 }
-                let Some(claim) = claim else {
+                let Some((key, claim)) = claim else {
                     return Self::reply_err("OPMonitor", code::ILLEGAL_REQUEST, s);
                 };
                 let me = self.clone();
                 let session = s.clone();
+                let on_data = claim.data.is_some();
                 let task = tokio::spawn(async move {
-                    if claim.on_data {
-                        wait_for_data_channel(&session).await;
+                    if let Some(k) = &claim.data {
+                        wait_for_data_channel(&session, k).await;
                     }
-                    me.live(session, channel, stream, claim.on_data).await
+                    me.live(session, channel, stream, claim.data).await
                 });
-                self.start_task(s.id(), "monitor", task.abort_handle());
+                self.start_task(s.id(), "monitor", &key, task.abort_handle());
                 // Devices answer Start only when the claim came on a second
                 // connection; on a single socket the media is the answer.
-                if claim.on_data {
+                if on_data {
                     Self::reply_ok("OPMonitor", s)
                 } else {
                     Response::Nothing
                 }
             }
             "Stop" => {
-                self.stop_task(s.id(), "monitor");
-                self.st().claims.remove(&(s.id(), "monitor"));
+                if let Some((key, _)) = claim {
+                    self.stop_task(s.id(), "monitor", &key);
+                    self.st().claims.remove(&(s.id(), "monitor", key));
+                }
                 Self::reply_ok("OPMonitor", s)
             }
             _ => Self::reply_err("OPMonitor", code::ILLEGAL_REQUEST, s),
         }
     }
 
-    fn playback(self: &Arc<Self>, s: &Session, arg: &Value) -> Response {
+    fn playback(self: &Arc<Self>, s: &Session, body: &Value, arg: &Value) -> Response {
         let action = arg.get("Action").and_then(Value::as_str).unwrap_or("");
         let param = arg.get("Parameter").cloned().unwrap_or(Value::Null);
-        let claim = self.st().claims.get(&(s.id(), "playback")).cloned();
+        let claim = self.claim_of(s.id(), "playback", body);
         let speed = |sp: PlaySpeed| {
             if let Some(tx) = self.st().play_speed.get(&s.id()) {
                 tx.send_replace(sp);
@@ -1003,7 +1029,7 @@ impl DvripSim {
         };
         match action {
             "Start" | "DownloadStart" => {
-                let Some(claim) = claim else {
+                let Some((key, claim)) = claim else {
                     return Self::reply_err("OPPlayBack", code::ILLEGAL_REQUEST, s);
                 };
                 let clip = clips::clip(self.cfg.codec, true);
@@ -1040,22 +1066,25 @@ impl DvripSim {
                 self.st().play_speed.insert(s.id(), tx);
                 let me = self.clone();
                 let session = s.clone();
+                let on_data = claim.data.is_some();
                 let task = tokio::spawn(async move {
-                    if claim.on_data {
-                        wait_for_data_channel(&session).await;
+                    if let Some(k) = &claim.data {
+                        wait_for_data_channel(&session, k).await;
                     }
-                    me.replay(session, parts, download, rx, claim.on_data).await
+                    me.replay(session, parts, download, rx, claim.data).await
                 });
-                self.start_task(s.id(), "playback", task.abort_handle());
-                if claim.on_data {
+                self.start_task(s.id(), "playback", &key, task.abort_handle());
+                if on_data {
                     Self::reply_ok("OPPlayBack", s)
                 } else {
                     Response::Nothing
                 }
             }
             "Stop" | "DownloadStop" => {
-                self.stop_task(s.id(), "playback");
-                self.st().claims.remove(&(s.id(), "playback"));
+                if let Some((key, _)) = claim {
+                    self.stop_task(s.id(), "playback", &key);
+                    self.st().claims.remove(&(s.id(), "playback", key));
+                }
                 Self::reply_ok("OPPlayBack", s)
             }
             "Pause" => speed(PlaySpeed::Paused),
@@ -1089,11 +1118,11 @@ impl DvripSim {
                         tokio::time::sleep_until(next).await;
                     }
                 });
-                self.start_task(s.id(), "talk", task.abort_handle());
+                self.start_task(s.id(), "talk", "", task.abort_handle());
                 Self::reply_ok("OPTalk", s)
             }
             Some("Stop") => {
-                self.stop_task(s.id(), "talk");
+                self.stop_task(s.id(), "talk", "");
                 Self::reply_ok("OPTalk", s)
             }
             _ => Self::reply_err("OPTalk", code::ILLEGAL_REQUEST, s),
@@ -1605,9 +1634,9 @@ fn reply_body(name: &str, ret: i64, session: u32, data: &Value) -> Bytes {
 
 /// A second-socket claim may still be attaching when Start arrives on the
 /// control connection: give it up to a second.
-async fn wait_for_data_channel(session: &Session) {
+async fn wait_for_data_channel(session: &Session, claim: &str) {
     for _ in 0..50 {
-        if session.has_data_channel() {
+        if session.has_data_channel(claim) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1734,8 +1763,8 @@ impl Device for DvripSim {
         st.upgrades.remove(&id);
         st.imports.remove(&id);
         st.play_speed.remove(&id);
-        st.claims.retain(|(s, _), _| *s != id);
-        let keys: Vec<_> = st.tasks.keys().filter(|(s, _)| *s == id).copied().collect();
+        st.claims.retain(|(s, _, _), _| *s != id);
+        let keys: Vec<_> = st.tasks.keys().filter(|(s, _, _)| *s == id).cloned().collect();
         for k in keys {
             if let Some(t) = st.tasks.remove(&k) {
                 t.abort();
