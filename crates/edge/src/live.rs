@@ -263,12 +263,75 @@ struct Publication {
     task: tokio::task::AbortHandle,
 }
 
+/// A channel's pre-record: the last `secs` of its video (GOP-aligned,
+/// bounded in bytes), kept only for a while after the cloud asked for a
+/// recording with pre-record, since that is when another one may come
+/// (alarm recordings); a ring per channel for a pre-record nobody asks for
+/// would keep every camera's stream open.
+struct PreRecord {
+    kind: StreamKind,
+    until: Instant,
+    ring: Arc<Mutex<Ring>>,
+    task: tokio::task::AbortHandle,
+}
+
+/// Video frames of the last `span` (90 kHz), starting at a keyframe.
+#[derive(Default)]
+pub struct Ring {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    span: u64,
+    max_bytes: usize,
+}
+
+impl Ring {
+    pub fn new(span: u64, max_bytes: usize) -> Ring {
+        Ring { span, max_bytes, ..Ring::default() }
+    }
+
+    /// Adds a video frame; drops whole GOPs from the front while the rest
+    /// still covers `span`, or while over `max_bytes`.
+    pub fn push(&mut self, f: Frame) {
+        if !f.codec.is_video() || (self.frames.is_empty() && !f.keyframe) {
+            return;
+        }
+        self.bytes += f.data.len();
+        let newest = f.dts;
+        self.frames.push_back(f);
+        loop {
+            // The second keyframe: where the ring would start without its first GOP.
+            let Some(next) = self.frames.iter().skip(1).position(|x| x.keyframe).map(|i| i + 1) else { break };
+            let covers = newest.saturating_sub(self.frames[next].dts) >= self.span;
+            if !(covers || self.bytes > self.max_bytes) {
+                break;
+            }
+            for x in self.frames.drain(..next) {
+                self.bytes -= x.data.len();
+            }
+        }
+    }
+
+    pub fn frames(&self) -> Vec<Frame> {
+        self.frames.iter().cloned().collect()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// How long a channel keeps its pre-record after a request that used one.
+pub const PRERECORD_ARMED: Duration = Duration::from_secs(3600);
+/// The most a channel's pre-record holds.
+pub const PRERECORD_MAX_BYTES: usize = 64 << 20;
+
 #[derive(Default)]
 struct LiveState {
     /// Open feeds and how many users each has.
     feeds: HashMap<StreamKind, (Arc<Feed>, usize)>,
     publishing: HashMap<String, Publication>,
     recording: Option<(String, StreamKind, Recording)>,
+    prerecord: Option<PreRecord>,
 }
 
 /// A device channel's feeds, publications and recording.
@@ -400,7 +463,8 @@ impl Live {
             return Err(RpcError::new(codes::INTERNAL, "params.cbk_url: expected an http:// or https:// URL"));
         }
         let (kind, feed) = self.checked_feed(r.quality, r.max_bitrate).await?;
-        let Some(rec) = crate::record::start_from(r, self.dialer.clone(), feed.hub.subscribe()) else {
+        let history = self.prerecord_frames(kind);
+        let Some(rec) = crate::record::start_from(r, self.dialer.clone(), history, feed.hub.subscribe()) else {
             self.release(kind);
             return Err(RpcError::new(codes::INTERNAL, "no runtime to record on"));
         };
@@ -409,7 +473,75 @@ impl Live {
             old.stop();
             self.release(k);
         }
+        if r.prerecord_seconds > 0 {
+            self.arm_prerecord(kind, r.prerecord_seconds, &feed);
+        }
         Ok(json!({}))
+    }
+
+    /// The pre-record ring's frames for a recording of `kind` (empty when
+    /// the channel keeps none, or it has expired).
+    fn prerecord_frames(&self, kind: StreamKind) -> Vec<Frame> {
+        self.expire_prerecord();
+        let st = self.st();
+        match &st.prerecord {
+            Some(p) if p.kind == kind => p.ring.lock().unwrap_or_else(|e| e.into_inner()).frames(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Keeps (or renews) a pre-record ring of `secs` for `kind`, bounded by
+    /// the stream's measured bitrate (×1.5, at most 64 MiB).
+    fn arm_prerecord(&self, kind: StreamKind, secs: u32, feed: &Arc<Feed>) {
+        let until = Instant::now() + PRERECORD_ARMED;
+        let span = secs as u64 * 90_000;
+        let max = feed.bitrate().map_or(PRERECORD_MAX_BYTES, |b| {
+            ((b as f64 / 8.0 * secs as f64 * 1.5) as usize).clamp(1 << 20, PRERECORD_MAX_BYTES)
+        });
+        {
+            let mut st = self.st();
+            if let Some(p) = st.prerecord.as_mut() {
+                if p.kind == kind {
+                    p.until = until;
+                    let mut r = p.ring.lock().unwrap_or_else(|e| e.into_inner());
+                    r.span = r.span.max(span);
+                    r.max_bytes = max;
+                    return;
+                }
+            }
+        }
+        self.disarm_prerecord();
+        let feed = self.acquire(kind);
+        let ring = Arc::new(Mutex::new(Ring::new(span, max)));
+        let mut sub = feed.hub.subscribe();
+        let r = ring.clone();
+        let task = tokio::spawn(async move {
+            while let Some(f) = sub.recv().await {
+                r.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+            }
+        });
+        self.st().prerecord = Some(PreRecord { kind, until, ring, task: task.abort_handle() });
+    }
+
+    fn disarm_prerecord(&self) {
+        let p = self.st().prerecord.take();
+        if let Some(p) = p {
+            p.task.abort();
+            self.release(p.kind);
+        }
+    }
+
+    fn expire_prerecord(&self) {
+        let expired = self.st().prerecord.as_ref().is_some_and(|p| Instant::now() >= p.until);
+        if expired {
+            self.disarm_prerecord();
+        }
+    }
+
+    /// Bytes the pre-record ring holds now (0 without one).
+    pub fn prerecord_bytes(&self) -> usize {
+        self.expire_prerecord();
+        self.st().prerecord.as_ref().map_or(0, |p| p.ring.lock().unwrap_or_else(|e| e.into_inner()).bytes())
     }
 
     /// StopCloudRecord (an unknown session is success): the last segment
@@ -439,8 +571,10 @@ impl Live {
         self.st().publishing.keys().cloned().collect()
     }
 
-    /// Publishing with video arriving: the channel is "live".
+    /// Publishing with video arriving: the channel is "live". (Asked at
+    /// every Keepalive: an expired pre-record ring is let go here too.)
     pub fn live(&self) -> bool {
+        self.expire_prerecord();
         let st = self.st();
         st.publishing.values().any(|p| st.feeds.get(&p.kind).is_some_and(|f| f.0.receiving()))
     }
@@ -475,6 +609,9 @@ impl Live {
     /// Ends every publication and the recording (channel removed).
     pub fn stop_all(&self) {
         let mut st = self.st();
+        if let Some(p) = st.prerecord.take() {
+            p.task.abort();
+        }
         for (_, p) in st.publishing.drain() {
             p.task.abort();
         }
@@ -482,5 +619,41 @@ impl Live {
             r.stop();
         }
         st.feeds.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ivr_media::Codec;
+
+    fn f(i: u64, key: bool, size: usize) -> Frame {
+        let t = i * 3600;
+        Frame { codec: Codec::H264, keyframe: key, pts: t, dts: t, data: vec![0u8; size].into() }
+    }
+
+    #[test]
+    fn the_ring_keeps_whole_gops_covering_its_span_within_its_bytes() {
+        // 2 s of span, GOPs of 25 frames (1 s).
+        let mut r = Ring::new(2 * 90_000, 1 << 30);
+        for i in 0..250 {
+            r.push(f(i, i % 25 == 0, 100));
+        }
+        let fr = r.frames();
+        assert!(fr[0].keyframe);
+        let span = fr.last().unwrap().dts - fr[0].dts;
+        assert!((2 * 90_000..3 * 90_000).contains(&span), "{span}");
+        // Bytes bound: at most one GOP over.
+        let mut r = Ring::new(60 * 90_000, 5_000);
+        for i in 0..250 {
+            r.push(f(i, i % 25 == 0, 100));
+        }
+        assert!(r.bytes() <= 5_000 + 2_500, "{}", r.bytes());
+        assert!(r.frames()[0].keyframe);
+        // Audio and a headless start are not kept.
+        let mut r = Ring::new(90_000, 1 << 20);
+        r.push(f(0, false, 10));
+        r.push(Frame { codec: Codec::G711A, ..f(1, true, 10) });
+        assert_eq!(r.bytes(), 0);
     }
 }

@@ -123,10 +123,16 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
     Some(Recording { stop: stop_tx, tasks: vec![source.abort_handle(), uploader], stats })
 }
 
-/// Records a device's stream from the hub of its feed: the frames the hub
-/// has cached (the current GOP, bounded in bytes by the hub) are the
-/// pre-record, then real time until stopped. `None` outside a runtime.
-pub fn start_from(r: &StartCloudRecord, dialer: Dialer, mut sub: ivr_media::hub::Subscriber) -> Option<Recording> {
+/// Records a device's stream from the hub of its feed: `history` (the
+/// channel's pre-record ring, oldest first, when it keeps one) and the
+/// frames the hub has cached (the current GOP) are the pre-record, then
+/// real time until stopped. `None` outside a runtime.
+pub fn start_from(
+    r: &StartCloudRecord,
+    dialer: Dialer,
+    history: Vec<Frame>,
+    mut sub: ivr_media::hub::Subscriber,
+) -> Option<Recording> {
     let rt = tokio::runtime::Handle::try_current().ok()?;
     let seg = Arc::new(Mutex::new(Segmenter::new(config(r))));
     let ready = Arc::new(Notify::new());
@@ -139,6 +145,15 @@ pub fn start_from(r: &StartCloudRecord, dialer: Dialer, mut sub: ivr_media::hub:
     let source = rt.spawn(async move {
         let mut backlog = sub.backlog();
         let mut started = false;
+        // The ring's frames first; the hub's cached GOP overlaps its end.
+        let mut seen = None;
+        {
+            let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+            for f in history {
+                seen = Some(f.dts);
+                let _ = g.push(f);
+            }
+        }
         loop {
             let f = tokio::select! {
                 f = sub.recv() => f,
@@ -148,7 +163,7 @@ pub fn start_from(r: &StartCloudRecord, dialer: Dialer, mut sub: ivr_media::hub:
             backlog = backlog.saturating_sub(1);
             // Segments are MPEG-TS of the video: the segmenter cuts at video
             // keyframes, and cameras' G.711 has no TS stream type.
-            if !f.codec.is_video() {
+            if !f.codec.is_video() || seen.is_some_and(|t| f.dts <= t) {
                 continue;
             }
             let pts = f.pts;

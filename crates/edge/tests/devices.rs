@@ -315,3 +315,44 @@ async fn the_alarm_center_takes_pushes_and_an_alarm_told_twice_counts_once() {
     let e = ivr_edge::channels(&EdgeConfig::parse(&toml).unwrap(), &ivr_rpc::net::Dialer::default()).err().unwrap();
     assert!(e.to_string().contains(&format!("[devices] alarm_center {center}")), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_with_pre_record_keeps_a_ring_for_the_next_one() {
+    let cam = dvrip_sim(1).await;
+    let ivr_edge::source::Source::Dvrip(src) =
+        ivr_edge::source::Source::parse(&format!("dvrip://admin:{PW}@{}/0?stream=extra", cam.addr)).unwrap()
+    else {
+        panic!()
+    };
+    let dev = ivr_edge::dvrip::DvripDevice::start(&src);
+    let ch = ivr_edge::dvrip::DvripChannel::new(0, &src, dev, ivr_rpc::net::Dialer::default());
+    wait_state(&ch, ChannelState::Online, 10).await;
+    let (base, store) = common::server().await;
+    let mut r = record(0, &format!("{base}/cbk"), "prerecord-session-000001", Quality::Sd);
+    r.prerecord_seconds = 3;
+    ch.request(&IvtRequest::StartCloudRecord(r.clone())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ch.request(&IvtRequest::StopCloudRecord { session_id: r.session_id.clone(), channel: 0 }).await.unwrap();
+    // The channel keeps its last 3 s (and not more) while another may come.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let kept = ch.live().prerecord_bytes();
+    // 3-4 s of the 640x360 sub-stream, not everything since the first call.
+    assert!(kept > 0 && ch.live().open_feeds() == 1, "a pre-record ring is kept ({kept} bytes)");
+    store.lock().unwrap().stored.clear();
+    let called = chrono::Utc::now().timestamp_millis();
+    r.session_id = "prerecord-session-000002".into();
+    ch.request(&IvtRequest::StartCloudRecord(r.clone())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ch.request(&IvtRequest::StopCloudRecord { session_id: r.session_id.clone(), channel: 0 }).await.unwrap();
+    let mut first = None;
+    for _ in 0..100 {
+        first = store.lock().unwrap().stored.iter().find(|(d, _)| d["seq"] == 0).map(|(d, _)| d.clone());
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = first.expect("the first segment");
+    let start_ms = first["start_ts"].as_i64().unwrap() * 1000;
+    assert!(called - start_ms >= 2500, "the recording begins {} ms before the call: {first}", called - start_ms);
+}
