@@ -298,9 +298,8 @@ impl Ring {
         self.bytes += f.data.len();
         let newest = f.dts;
         self.frames.push_back(f);
-        loop {
-            // The second keyframe: where the ring would start without its first GOP.
-            let Some(next) = self.frames.iter().skip(1).position(|x| x.keyframe).map(|i| i + 1) else { break };
+        // The second keyframe: where the ring would start without its first GOP.
+        while let Some(next) = self.frames.iter().skip(1).position(|x| x.keyframe).map(|i| i + 1) {
             let covers = newest.saturating_sub(self.frames[next].dts) >= self.span;
             if !(covers || self.bytes > self.max_bytes) {
                 break;
