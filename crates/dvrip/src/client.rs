@@ -885,7 +885,7 @@ impl Client {
     async fn open_stream(&self, setup: StreamSetup) -> Result<MediaStream> {
         let c = self.conn().await?;
         let (tx, rx) = mpsc::channel(256);
-        let mut data_task = None;
+        let mut direct = None;
         let claim = messages::request(setup.name, c.session, Some(setup.claim_body.clone()));
         match setup.mode {
             SocketMode::Single => {
@@ -933,15 +933,9 @@ impl Client {
                     cause,
                 })?;
                 self.check_ok(setup.claim_id, setup.name, v)?;
-                let (data_id, eof_id) = (setup.data_id, setup.eof_id);
-                data_task = Some(AbortOnDrop(tokio::spawn(async move {
-                    let _writer = writer;
-                    while let Some(Ok(p)) = reader.next().await {
-                        if (p.msg_id() == data_id || Some(p.msg_id()) == eof_id) && tx.send(p).await.is_err() {
-                            return;
-                        }
-                    }
-                })));
+                // The stream reads its own socket: no relay task (a wake-up per
+                // packet less, which is what a camera costs on small boxes).
+                direct = Some(Direct { reader, _writer: writer });
             }
         }
         let start = messages::request(setup.name, c.session, Some(setup.start_body.clone()));
@@ -955,15 +949,18 @@ impl Client {
             let h = Header::new(setup.start_id, c.session, c.next_seq(), 0);
             c.write(Packet::new(h, encode_body(&start)))?;
         }
+        let source = match direct {
+            Some(d) => Source::Direct(Box::new(d)),
+            None => Source::Routed(rx),
+        };
         Ok(MediaStream {
-            rx,
+            source,
             demux: Demuxer::new(),
             ended: false,
             data_id: setup.data_id,
             eof_id: setup.eof_id,
             ends_on_flag: setup.ends_on_flag,
             stop: Some((c, setup.start_id, setup.name, setup.stop_body)),
-            _data_task: data_task,
             bytes: 0,
         })
     }
@@ -1278,23 +1275,49 @@ struct StreamSetup {
 /// device sends, e.g. to save a `.h264` file as the device stores it) or
 /// demuxed frames.
 pub struct MediaStream {
-    rx: mpsc::Receiver<Packet>,
+    source: Source,
     demux: Demuxer,
     ended: bool,
     data_id: u16,
     eof_id: Option<u16>,
     ends_on_flag: bool,
     stop: Option<(Arc<Conn>, u16, &'static str, Value)>,
-    _data_task: Option<AbortOnDrop>,
     bytes: u64,
+}
+
+/// A second connection read by its stream.
+struct Direct {
+    reader: FramedRead<tokio::net::tcp::OwnedReadHalf, DvripCodec>,
+    /// Kept open: closing it ends the device's stream.
+    _writer: FramedWrite<OwnedWriteHalf, DvripCodec>,
+}
+
+/// Where a stream's packets come from: routed from the control connection
+/// by the reader task, or read straight from its own second connection.
+enum Source {
+    Routed(mpsc::Receiver<Packet>),
+    Direct(Box<Direct>),
 }
 
 impl MediaStream {
     /// The next chunk of the byte stream; `None` at its end (end flag,
     /// empty packet or 1423), or when the connection closed.
+    async fn next_packet(&mut self) -> Option<Packet> {
+        match &mut self.source {
+            Source::Routed(rx) => rx.recv().await,
+            Source::Direct(d) => loop {
+                match d.reader.next().await {
+                    Some(Ok(p)) if p.msg_id() == self.data_id || Some(p.msg_id()) == self.eof_id => return Some(p),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                }
+            },
+        }
+    }
+
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
         while !self.ended {
-            let p = self.rx.recv().await?;
+            let p = self.next_packet().await?;
             if Some(p.msg_id()) == self.eof_id && p.msg_id() != self.data_id {
                 self.ended = true;
                 return None;

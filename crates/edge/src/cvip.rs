@@ -11,7 +11,7 @@
 //! method: those answer an error naming the unit (docs/edge.md).
 
 use crate::backend::{AlarmEvent, BoxFuture, ChannelBackend};
-use crate::live::{Live, Opened, Opener};
+use crate::live::{FrameSource, Live, Opened, Opener};
 use crate::source::{CvipSource, StreamKind};
 use cvip::client::Client;
 use cvip::value::{Struct, Value as XValue};
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// CVIP event types (seed 002, cviEvent).
 const EXTERNAL: u32 = 0x02;
@@ -196,23 +196,58 @@ async fn supervise(weak: std::sync::Weak<CvipDevice>) {
     }
 }
 
-/// Deletes the unit's stream session and stops reading when dropped.
-struct StreamGuard {
+/// The unit's stream session, deleted when dropped.
+struct StreamSession {
     client: Client,
     guid: String,
     id: u32,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for StreamGuard {
+impl Drop for StreamSession {
     fn drop(&mut self) {
-        self.task.abort();
         let (c, g, id) = (self.client.clone(), self.guid.clone(), self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = c.stream_delete(&g, id).await;
             });
         }
+    }
+}
+
+/// RTP over TCP from the unit, depacketized as it is read.
+struct RtpStream {
+    sock: tokio::net::TcpStream,
+    framing: ivr_media::rtp::Rfc4571,
+    depack: ivr_media::rtp::Depacketizer,
+    buf: Vec<u8>,
+    unit: String,
+    input: u32,
+    _session: StreamSession,
+}
+
+impl FrameSource for RtpStream {
+    fn next_frame(&mut self) -> BoxFuture<'_, Option<Result<ivr_media::Frame, String>>> {
+        Box::pin(async move {
+            loop {
+                if let Some(f) = self.depack.next_frame() {
+                    return Some(Ok(f));
+                }
+                let n = match self.sock.read(&mut self.buf).await {
+                    Ok(0) | Err(_) => {
+                        let d = &self.depack;
+                        if d.bad > 0 || d.lost > 0 {
+                            tracing::info!(unit = %self.unit, input = self.input, lost = d.lost, bad = d.bad, "CVIP stream ended");
+                        }
+                        return None;
+                    }
+                    Ok(n) => n,
+                };
+                self.framing.feed(&self.buf[..n]);
+                while let Some(p) = self.framing.next_packet() {
+                    self.depack.push(&p);
+                }
+            }
+        })
     }
 }
 
@@ -247,7 +282,7 @@ fn opener(dev: Arc<CvipDevice>, input: u32) -> Opener {
             };
             let id = c.stream_create(&s).await.map_err(|e| format!("cviStream.create: {e}"))?.stream_id;
             let accepted = tokio::time::timeout(Duration::from_secs(10), l.accept()).await;
-            let (mut sock, _) = match accepted {
+            let (sock, _) = match accepted {
                 Ok(Ok(x)) => x,
                 other => {
                     let _ = c.stream_delete(&dev.guid, id).await;
@@ -257,32 +292,15 @@ fn opener(dev: Arc<CvipDevice>, input: u32) -> Opener {
                     });
                 }
             };
-            let (tx, rx) = mpsc::channel(64);
-            let unit = dev.addr.clone();
-            let task = tokio::spawn(async move {
-                let mut framing = ivr_media::rtp::Rfc4571::default();
-                let mut d = ivr_media::rtp::Depacketizer::new(codec);
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    framing.feed(&buf[..n]);
-                    while let Some(p) = framing.next_packet() {
-                        d.push(&p);
-                    }
-                    while let Some(f) = d.next_frame() {
-                        if tx.send(Ok(f)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                if d.bad > 0 || d.lost > 0 {
-                    tracing::info!(unit = %unit, input, lost = d.lost, bad = d.bad, "CVIP stream ended");
-                }
-            });
-            Ok(Opened { frames: rx, guard: Box::new(StreamGuard { client: c, guid: dev.guid.clone(), id, task }) })
+            Ok(Box::new(RtpStream {
+                sock,
+                framing: ivr_media::rtp::Rfc4571::default(),
+                depack: ivr_media::rtp::Depacketizer::new(codec),
+                buf: vec![0u8; 64 * 1024],
+                unit: dev.addr.clone(),
+                input,
+                _session: StreamSession { client: c, guid: dev.guid.clone(), id },
+            }) as Opened)
         })
     })
 }

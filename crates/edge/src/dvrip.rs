@@ -11,7 +11,7 @@
 //! docs/edge.md.
 
 use crate::backend::{AlarmEvent, BoxFuture, ChannelBackend};
-use crate::live::{Live, Opened, Opener};
+use crate::live::{FrameSource, Live, Opened, Opener};
 use crate::source::{DvripSource, StreamKind};
 use dvrip::client::{Client, ClientConfig, SocketMode};
 use dvrip::messages::{PtzCommand, StreamType};
@@ -311,13 +311,6 @@ pub fn serve_alarm_center(listener: tokio::net::TcpListener, devices: Vec<Arc<Dv
     });
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Opens a channel's live view (1413 claim, 1410 start, 1412 media) on
 /// `client` whenever the feed asks: `kind` picks the main or extra stream.
 /// A frame ivr cannot carry (MPEG-4 video, ADPCM audio) ends the feed with
@@ -328,25 +321,33 @@ pub fn monitor_opener(client: Client, channel: u32, mode: SocketMode) -> Opener 
         Box::pin(async move {
             let st = if kind == StreamKind::Main { StreamType::Main } else { StreamType::Extra };
             let addr = client.config().addr.clone();
-            let mut s = client.monitor(channel, st, mode).await.map_err(|e| format!("live view: {e}"))?;
-            let (tx, rx) = mpsc::channel(64);
-            let task = tokio::spawn(async move {
-                while let Some(f) = s.next_frame().await {
-                    let r = match frame(&f) {
-                        Ok(Some(fr)) => Ok(fr),
-                        Ok(None) => continue,
-                        Err(what) => Err(format!("{addr}: the device sends {what}, which ivr does not carry")),
-                    };
-                    let fatal = r.is_err();
-                    if tx.send(r).await.is_err() || fatal {
-                        break;
-                    }
-                }
-                let _ = s.stop().await;
-            });
-            Ok(Opened { frames: rx, guard: Box::new(AbortOnDrop(task)) })
+            let s = client.monitor(channel, st, mode).await.map_err(|e| format!("live view: {e}"))?;
+            Ok(Box::new(Monitor { s, addr }) as Opened)
         })
     })
+}
+
+/// A live view as a frame source (dropping it sends the device Stop).
+struct Monitor {
+    s: dvrip::client::MediaStream,
+    addr: String,
+}
+
+impl FrameSource for Monitor {
+    fn next_frame(&mut self) -> BoxFuture<'_, Option<Result<Frame, String>>> {
+        Box::pin(async move {
+            loop {
+                let f = self.s.next_frame().await?;
+                match frame(&f) {
+                    Ok(Some(fr)) => return Some(Ok(fr)),
+                    Ok(None) => continue,
+                    Err(what) => {
+                        return Some(Err(format!("{}: the device sends {what}, which ivr does not carry", self.addr)))
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// One channel of a DVRIP device.

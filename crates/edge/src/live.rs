@@ -23,15 +23,18 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
-/// An open device stream: frames until the device ends it (the sender is
-/// dropped); an `Err` is fatal (the device sends what ivr cannot carry) and
-/// ends the feed. The guard stops whatever reads the device when dropped.
-pub struct Opened {
-    pub frames: mpsc::Receiver<Result<Frame, String>>,
-    pub guard: Box<dyn Send + Sync>,
+/// An open device stream, read by the feed's own task (no relay task in
+/// between: every hop is a wake-up per frame, which is what a camera costs
+/// on small machines). `None`: the device ended the stream; an `Err` is
+/// fatal (the device sends what ivr cannot carry) and ends the feed.
+/// Dropping it stops the device's stream.
+pub trait FrameSource: Send {
+    fn next_frame(&mut self) -> crate::backend::BoxFuture<'_, Option<Result<Frame, String>>>;
 }
+
+/// An open device stream.
+pub type Opened = Box<dyn FrameSource>;
 
 /// Opens one of a channel's device streams.
 pub type Opener = Arc<dyn Fn(StreamKind) -> crate::backend::BoxFuture<'static, Result<Opened, String>> + Send + Sync>;
@@ -103,8 +106,9 @@ impl Feed {
     }
 
     pub fn start_with(name: String, kind: StreamKind, open: Opener, opts: FeedOptions) -> Feed {
-        // 10 s of a 25 fps camera behind; the GOP cache bounded in bytes.
-        let hub = Arc::new(Hub::new(256, 16 << 20));
+        // 2 s of a 25 fps camera behind (the ring keeps its frames alive:
+        // at 4 Mbit/s each second is 0.5 MB); the GOP cache bounded in bytes.
+        let hub = Arc::new(Hub::new(50, 16 << 20));
         let st = Arc::new(Mutex::new(FeedState::default()));
         let (done_tx, done) = tokio::sync::watch::channel(false);
         let (h, s) = (hub.clone(), st.clone());
@@ -128,7 +132,7 @@ impl Feed {
                         opened_once = true;
                         let mut shift: Option<i64> = None;
                         let mut last_dts = None;
-                        while let Some(f) = o.frames.recv().await {
+                        while let Some(f) = o.next_frame().await {
                             let mut f = match f {
                                 Ok(f) => f,
                                 Err(why) => {

@@ -225,15 +225,26 @@ fn spawn_uploader(
                 ready.notified().await;
                 continue;
             };
+            // Muxed once; the frames go (a retry sends the same bytes).
+            let ts = match to_ts(&segment) {
+                Ok(ts) => ts,
+                Err(e) => {
+                    tracing::warn!(channel, seq = segment.seq, "segment not muxed: {e}");
+                    st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
+                    continue;
+                }
+            };
+            let meta = (segment.seq, segment.start_unix_ms, segment.duration);
+            drop(segment);
             let mut backoff = Duration::from_millis(500);
             loop {
-                match upload(&dialer, &cbk, &session, channel, &segment).await {
+                match upload(&dialer, &cbk, &session, channel, meta, &ts).await {
                     Ok(()) => {
                         st.lock().unwrap_or_else(|e| e.into_inner()).uploaded += 1;
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(channel, seq = segment.seq, "segment upload failed: {e}; retrying");
+                        tracing::warn!(channel, seq = meta.0, "segment upload failed: {e}; retrying");
                         {
                             let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
                             g.upload_failures += 1;
@@ -265,17 +276,21 @@ pub enum RecordError {
     Http(#[from] UploadError),
     #[error("{url}: {why}")]
     Answer { url: String, why: String },
-    #[error("muxing: {0}")]
-    Mux(#[from] ivr_media::ts::TsError),
 }
 
 /// The callback protocol: describe the segment to `cbk_url`, PUT it to the
 /// URL the cloud answers with.
-async fn upload(dialer: &Dialer, cbk: &str, session: &str, channel: u32, s: &Segment) -> Result<(), RecordError> {
-    let ts = to_ts(s)?;
+async fn upload(
+    dialer: &Dialer,
+    cbk: &str,
+    session: &str,
+    channel: u32,
+    (seq, start_unix_ms, duration): (u64, i64, u64),
+    ts: &[u8],
+) -> Result<(), RecordError> {
     let desc = json!({
-        "session_id": session, "channel": channel, "seq": s.seq,
-        "start_ts": s.start_unix_ms / 1000, "duration": s.duration as f64 / HZ as f64, "size": ts.len(),
+        "session_id": session, "channel": channel, "seq": seq,
+        "start_ts": start_unix_ms / 1000, "duration": duration as f64 / HZ as f64, "size": ts.len(),
     });
     let body = serde_json::to_vec(&desc).unwrap_or_default();
     let t = Duration::from_secs(30);
@@ -287,7 +302,7 @@ async fn upload(dialer: &Dialer, cbk: &str, session: &str, channel: u32, s: &Seg
     }
     let v: Value = serde_json::from_slice(&answer).map_err(|e| bad(format!("answer is not JSON: {e}")))?;
     let url = v["url"].as_str().ok_or_else(|| bad("answer has no \"url\"".into()))?;
-    let (status, _) = request(dialer, "PUT", url, &[("Content-Type", "video/mp2t")], &ts, 64 * 1024, t).await?;
+    let (status, _) = request(dialer, "PUT", url, &[("Content-Type", "video/mp2t")], ts, 64 * 1024, t).await?;
     if !(200..300).contains(&status) {
         return Err(RecordError::Answer { url: url.to_owned(), why: format!("HTTP {status}") });
     }
