@@ -27,6 +27,34 @@ pub async fn request(
     max: usize,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), UploadError> {
+    let mut once = Some(body);
+    let mut fill = |buf: &mut Vec<u8>| {
+        if let Some(b) = once.take() {
+            buf.extend_from_slice(b);
+        }
+        Ok(())
+    };
+    request_with(dialer, method, url, headers, body.len(), &mut fill, max, timeout).await
+}
+
+/// Fills the next piece of a streamed body into the (empty) buffer; nothing
+/// added means the body is complete. An `Err` aborts the request.
+pub type Fill<'a> = dyn FnMut(&mut Vec<u8>) -> Result<(), String> + Send + 'a;
+
+/// [`request`] with a body of `len` bytes made piece by piece by `fill` (a
+/// recording's segment is muxed as it is sent, never held whole twice).
+/// A body that does not come to exactly `len` bytes is an error.
+#[allow(clippy::too_many_arguments)]
+pub async fn request_with(
+    dialer: &Dialer,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    len: usize,
+    fill: &mut Fill<'_>,
+    max: usize,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), UploadError> {
     let t = target(url)
         .ok()
         .filter(|t| matches!(t.scheme, "http" | "https"))
@@ -35,16 +63,30 @@ pub async fn request(
     let io = |cause| UploadError::Io { url: url.to_owned(), cause };
     let fut = async {
         let mut s = dialer.connect(t.host, t.port, t.secure).await.map_err(io)?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {len}\r\n");
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
         s.write_all(head.as_bytes()).await.map_err(io)?;
-        s.write_all(body).await.map_err(io)?;
+        let mut buf = Vec::new();
+        let mut sent = 0usize;
+        loop {
+            buf.clear();
+            fill(&mut buf).map_err(|e| io(std::io::Error::other(e)))?;
+            if buf.is_empty() {
+                break;
+            }
+            sent += buf.len();
+            if sent > len {
+                return Err(io(std::io::Error::other(format!("the body is longer than the {len} bytes announced"))));
+            }
+            s.write_all(&buf).await.map_err(io)?;
+        }
+        if sent != len {
+            return Err(io(std::io::Error::other(format!("the body is {sent} bytes, {len} announced"))));
+        }
         let mut resp = Vec::new();
         match (&mut s).take((max + 64 * 1024) as u64).read_to_end(&mut resp).await {
             Ok(_) => {}
