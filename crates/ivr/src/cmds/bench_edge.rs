@@ -24,6 +24,11 @@ pub struct EdgeBench {
     /// Seconds measured (after a warm-up of 5 s).
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Segment length the recordings are asked for (StartCloudRecord
+    /// seg_duration): a segment is held until it is complete, so memory
+    /// per camera grows with bitrate × this.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=60))]
+    seg_duration: u32,
     /// Each camera's main-stream bitrate, bit/s.
     #[arg(long, default_value_t = 4_000_000)]
     bitrate: u64,
@@ -288,7 +293,7 @@ pub async fn run(b: EdgeBench) -> anyhow::Result<()> {
         }
         pb.inc(1);
         let r = json!({"session_id": format!("bench-session-{ch:08}"), "channel": ch, "quality": "hd", "max_bitrate": 0,
-                       "seg_duration": 4, "seg_max_size": 16 << 20, "seg_max_count": 10, "prerecord_seconds": 0,
+                       "seg_duration": b.seg_duration, "seg_max_size": 16 << 20, "seg_max_count": 10, "prerecord_seconds": 0,
                        "start_ts": 0, "cbk_url": format!("http://127.0.0.1:{sink}/cbk")});
         let (s, body) = api(&addr, token, "POST", &format!("/api/v1/devices/{code}/rpc/StartCloudRecord"), &r).await?;
         if s != 200 {
@@ -323,7 +328,7 @@ pub async fn run(b: EdgeBench) -> anyhow::Result<()> {
     let live = v["channels"].as_array().map_or(0, |c| c.iter().filter(|c| c["state"] == 2).count());
     let rss_avg = samples.iter().sum::<u64>() / samples.len().max(1) as u64;
     let out = json!({
-        "cameras": n, "bitrate": b.bitrate, "seconds": wall,
+        "cameras": n, "bitrate": b.bitrate, "seg_duration": b.seg_duration, "seconds": wall,
         "edge_cpu_percent_of_a_core": edge_cpu * 100.0,
         "edge_cpu_percent_per_camera": edge_cpu * 100.0 / n as f64,
         "edge_rss_mib": rss_avg as f64 / 1048576.0, "edge_rss_peak_mib": peak as f64 / 1048576.0,
@@ -338,8 +343,9 @@ pub async fn run(b: EdgeBench) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "{n} cameras at {:.1} Mbit/s, each published (RTMP) and recorded (segments uploaded) by one edge, {wall:.0} s:",
-            b.bitrate as f64 / 1e6
+            "{n} cameras at {:.1} Mbit/s, each published (RTMP) and recorded ({} s segments uploaded) by one edge, {wall:.0} s:",
+            b.bitrate as f64 / 1e6,
+            b.seg_duration
         );
         println!(
             "  edge CPU {:.2} % of a core = {:.3} % per camera; RSS {:.1} MiB (idle {:.1}) = {:.2} MiB per camera",
