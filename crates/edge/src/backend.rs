@@ -1,5 +1,5 @@
-//! The channel backend trait, and the simulated channel that ships now
-//! (dvrip:// and cvip:// backends come with later releases).
+//! The channel backend trait, and the simulated channel (`source = "sim"`);
+//! the device backends are in [`crate::dvrip`] and [`crate::cvip`].
 
 use chrono::{Duration as Span, Local, NaiveDateTime};
 use ivr_rpc::catalogue::{ChannelState, DetectConfig, IvtEvent, IvtRequest, Quality, RtmpPublishConfig};

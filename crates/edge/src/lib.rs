@@ -1,9 +1,11 @@
 //! The IVT agent ("edge"): an on-site process that connects out to the
-//! cloud over IVR RPC and drives the local channels through a
-//! [`backend::ChannelBackend`]. This release ships the simulated backend,
-//! whose RTMPPublish and StartCloudRecord run the media engine for real
-//! (publication, segmenting, uploads); dvrip:// and cvip:// backends come
-//! with later releases.
+//! cloud over IVR RPC and drives the site's channels through a
+//! [`backend::ChannelBackend`]: DVRIP devices ([`dvrip`]), CVIP units
+//! ([`cvip`]) and the built-in simulated camera ([`backend::SimChannel`]).
+//! A channel's live stream is one reconnecting [`live::Feed`] shared by its
+//! RTMP publications and its cloud recording ([`record`]); [`discover`]
+//! finds the site's devices. docs/edge.md maps every IVT method to each
+//! device protocol.
 
 pub mod agent;
 pub mod backend;

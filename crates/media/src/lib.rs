@@ -1,6 +1,8 @@
-//! ivr's media engine (first part): the `Frame` every source and sink
-//! shares, Annex B parsing, an MPEG-TS muxer, and the cloud-record
-//! segmenter with pre-record.
+//! ivr's media engine: the `Frame` every source and sink shares, Annex B
+//! and parameter sets, readers (TS, FLV, MP4, raw) and writers (TS,
+//! fragmented MP4, FLV, HLS), RTP in, the RTMP publisher, the fan-out hub
+//! and the cloud-record segmenter. It knows no device protocol
+//! (docs/media.md).
 
 pub mod annexb;
 pub mod audio;
