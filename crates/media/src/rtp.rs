@@ -341,6 +341,34 @@ mod tests {
         assert!(d.bad >= 3, "{d:?}");
     }
 
+    proptest::proptest! {
+        /// Bytes from the network: any packets, any codec, never a panic,
+        /// and every frame out is whole Annex B.
+        #[test]
+        fn arbitrary_packets_never_panic(
+            pkts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..60),
+            h265 in proptest::prelude::any::<bool>(),
+        ) {
+            let mut d = Depacketizer::new(if h265 { Codec::H265 } else { Codec::H264 });
+            let mut r = Rfc4571::default();
+            for p in &pkts {
+                // Half as valid RTP headers around the noise, half raw.
+                let mut q = p.clone();
+                if p.first().is_some_and(|b| b & 1 == 0) && q.len() >= 12 {
+                    q[0] = 0x80;
+                }
+                d.push(&q);
+                r.feed(&q);
+                while let Some(x) = r.next_packet() {
+                    d.push(&x);
+                }
+            }
+            while let Some(f) = d.next_frame() {
+                proptest::prop_assert!(f.data.starts_with(&[0, 0, 0, 1]));
+            }
+        }
+    }
+
     #[test]
     fn rfc4571_frames_split_anywhere() {
         let mut r = Rfc4571::default();
