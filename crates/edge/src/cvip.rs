@@ -11,6 +11,7 @@
 //! method: those answer an error naming the unit (docs/edge.md).
 
 use crate::backend::{AlarmEvent, BoxFuture, ChannelBackend};
+use crate::device::{DeviceAlarms, DeviceChannel};
 use crate::live::{FrameSource, Live, Opened, Opener};
 use crate::source::{CvipSource, StreamKind};
 use cvip::client::Client;
@@ -20,7 +21,7 @@ use ivr_rpc::catalogue::{ChannelState, DetectConfig, IvtEvent, IvtRequest, RtmpP
 use ivr_rpc::message::{codes, RpcError};
 use ivr_rpc::net::Dialer;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,9 +40,8 @@ pub struct CvipDevice {
     guid: String,
     client: Mutex<Option<Client>>,
     online: AtomicBool,
-    lost: Mutex<HashSet<u32>>,
-    bits: Mutex<HashMap<u32, u32>>,
-    alarms: broadcast::Sender<(u32, AlarmEvent)>,
+    /// Alarm bits and video loss per input.
+    alarms: Arc<DeviceAlarms>,
     last_error: Mutex<Option<String>>,
     supervisor: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -62,9 +62,7 @@ impl CvipDevice {
             guid: format!("ivr-edge-{:08x}", std::process::id()),
             client: Mutex::default(),
             online: AtomicBool::new(false),
-            lost: Mutex::default(),
-            bits: Mutex::default(),
-            alarms: broadcast::channel(64).0,
+            alarms: Arc::default(),
             last_error: Mutex::default(),
             supervisor: Mutex::default(),
         });
@@ -98,31 +96,15 @@ impl CvipDevice {
         let (Some(ty), Some(id)) = (s.int("Type"), s.int("Id")) else { return };
         let (ty, ch) = (ty as u32, id as u32);
         let on = s.int("info").unwrap_or(1) != 0;
-        if ty & VIDEO_LOSS != 0 {
-            let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-            if on {
-                lost.insert(ch);
-            } else {
-                lost.remove(&ch);
-            }
+        if ty & VIDEO_LOSS != 0 && self.alarms.video_loss(ch, on) {
             tracing::info!(unit = %self.addr, input = ch, on, "CVIP video loss");
         }
         for (mask, bit, what) in [(MOTION, 3u8, "motion"), (EXTERNAL, 2, "external input")] {
-            if ty & mask == 0 {
-                continue;
+            if ty & mask != 0 {
+                let state = if on { "start" } else { "end" };
+                let desc = format!("{what} {state} (CVIP unit {}, input {ch})", self.addr);
+                self.alarms.raise(ch, bit, on, desc);
             }
-            {
-                let mut bits = self.bits.lock().unwrap_or_else(|e| e.into_inner());
-                let b = bits.entry(ch).or_default();
-                if on {
-                    *b |= 1 << bit;
-                } else {
-                    *b &= !(1 << bit);
-                }
-            }
-            let state = if on { "start" } else { "end" };
-            let desc = format!("{what} {state} (CVIP unit {}, input {ch})", self.addr);
-            let _ = self.alarms.send((ch, AlarmEvent { bit, on, desc }));
         }
     }
 }
@@ -179,7 +161,7 @@ async fn supervise(weak: std::sync::Weak<CvipDevice>) {
                 let Some(dev) = weak.upgrade() else { return };
                 dev.online.store(false, Ordering::SeqCst);
                 *dev.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                dev.bits.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                dev.alarms.clear();
                 tracing::warn!(unit = %addr, "CVIP unit offline: {why}; connecting again");
                 *dev.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             }
@@ -307,11 +289,15 @@ fn opener(dev: Arc<CvipDevice>, input: u32) -> Opener {
 
 /// One video input of a CVIP unit.
 pub struct CvipChannel {
-    channel: u32,
-    input: u32,
+    core: DeviceChannel,
     dev: Arc<CvipDevice>,
-    live: Live,
-    publish_config: Mutex<RtmpPublishConfig>,
+}
+
+impl std::ops::Deref for CvipChannel {
+    type Target = DeviceChannel;
+    fn deref(&self) -> &DeviceChannel {
+        &self.core
+    }
 }
 
 impl CvipChannel {
@@ -319,18 +305,8 @@ impl CvipChannel {
     pub fn new(channel: u32, src: &CvipSource, dev: Arc<CvipDevice>, dialer: Dialer) -> CvipChannel {
         let pinned = (src.stream == StreamKind::Extra).then_some(StreamKind::Extra);
         let name = format!("cvip {} input {}", src.addr(), src.input);
-        CvipChannel {
-            channel,
-            input: src.input,
-            live: Live::new(name, opener(dev.clone(), src.input), pinned, dialer),
-            dev,
-            publish_config: Mutex::new(RtmpPublishConfig {
-                enable: false,
-                channel,
-                quality: ivr_rpc::catalogue::Quality::Hd,
-                url: String::new(),
-            }),
-        }
+        let live = Live::new(name, opener(dev.clone(), src.input), pinned, dialer);
+        CvipChannel { core: DeviceChannel::new(channel, src.input, dev.alarms.clone(), live), dev }
     }
 
     pub fn live(&self) -> &Live {
@@ -346,7 +322,7 @@ impl CvipChannel {
             return Err(self.cannot("has no arming schedule for motion detection (seed 002); use start 0, end 86400"));
         }
         let c = self.dev.client()?;
-        let svc = format!("cviMotionDetection.{}", self.input);
+        let svc = format!("cviMotionDetection.{}", self.dev_channel);
         let mut set = Struct::new()
             .with("motiondetectionEnable", d.enable as u32)
             .with("motiondetectionSensitivity", d.sensitivity.min(100) as u32);
@@ -456,14 +432,7 @@ impl ChannelBackend for CvipChannel {
     }
 
     fn state(&self) -> ChannelState {
-        let lost = self.dev.lost.lock().unwrap_or_else(|e| e.into_inner()).contains(&self.input);
-        if !self.dev.online() || lost {
-            ChannelState::Offline
-        } else if self.live.live() {
-            ChannelState::Live
-        } else {
-            ChannelState::Online
-        }
+        self.core.state(self.dev.online())
     }
 
     fn record_session(&self) -> Option<String> {
@@ -471,24 +440,16 @@ impl ChannelBackend for CvipChannel {
     }
 
     fn alarm_bits(&self) -> u32 {
-        self.dev.bits.lock().unwrap_or_else(|e| e.into_inner()).get(&self.input).copied().unwrap_or(0)
+        self.alarms.bits(self.dev_channel)
     }
 
     fn request<'a>(&'a self, req: &'a IvtRequest) -> BoxFuture<'a, Result<Value, RpcError>> {
         Box::pin(async move {
-            match req {
-                IvtRequest::RtmpStopPublish { stream_id, .. } => {
-                    self.live.stop_publish(stream_id);
-                    return Ok(json!({}));
-                }
-                IvtRequest::StopCloudRecord { session_id, .. } => {
-                    self.live.stop_record(session_id);
-                    return Ok(json!({}));
-                }
-                _ => {
-                    self.dev.client()?;
-                }
+            // Stopping needs no unit; everything else does.
+            if let Some(v) = self.core.stop(req) {
+                return Ok(v);
             }
+            self.dev.client()?;
             match req {
                 IvtRequest::RtmpPublish(p) => self.live.publish(p).await,
                 IvtRequest::StartCloudRecord(r) => self.live.record(r).await,
@@ -503,7 +464,7 @@ impl ChannelBackend for CvipChannel {
                 IvtRequest::RtmpStopPublish { .. }
                 | IvtRequest::StopCloudRecord { .. }
                 | IvtRequest::GetRtmpPublishConfig
-                | IvtRequest::SetRtmpPublishConfig(_) => Ok(json!({})),
+                | IvtRequest::SetRtmpPublishConfig(_) => Ok(json!({})), // answered by `stop` above
             }
         })
     }
@@ -512,8 +473,8 @@ impl ChannelBackend for CvipChannel {
         Box::pin(async move {
             let cmd = |ty: cvip::api::PtzCmdType, data: i32| cvip::api::PtzCommand {
                 guid: self.dev.guid.clone(),
-                ptz_id: self.input,
-                phy_addr: self.input,
+                ptz_id: self.dev_channel,
+                phy_addr: self.dev_channel,
                 user_priority: 1,
                 cmd_type: ty.code(),
                 cmd_data: data,
@@ -560,11 +521,11 @@ impl ChannelBackend for CvipChannel {
     }
 
     fn publish_config(&self) -> RtmpPublishConfig {
-        self.publish_config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.core.publish_config()
     }
 
     fn set_publish_config(&self, c: &RtmpPublishConfig) {
-        *self.publish_config.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        self.core.set_publish_config(c)
     }
 
     fn snapshot(&self) -> BoxFuture<'_, Option<Vec<u8>>> {
@@ -584,33 +545,12 @@ impl ChannelBackend for CvipChannel {
     }
 
     fn set_alarm(&self, bit: u8, on: bool) {
-        let mut bits = self.dev.bits.lock().unwrap_or_else(|e| e.into_inner());
-        let b = bits.entry(self.input).or_default();
-        if on {
-            *b |= 1 << bit;
-        } else {
-            *b &= !(1 << bit);
-        }
+        self.alarms.set(self.dev_channel, bit, on);
     }
 
     fn alarm_events(&self) -> Option<broadcast::Receiver<AlarmEvent>> {
-        let mut all = self.dev.alarms.subscribe();
-        let (tx, rx) = broadcast::channel(64);
-        let input = self.input;
-        tokio::spawn(async move {
-            loop {
-                match all.recv().await {
-                    Ok((c, a)) if c == input || c == 0 => {
-                        if tx.send(a).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Some(rx)
+        // Input 0 is the whole unit.
+        Some(self.alarms.subscribe(self.dev_channel, true))
     }
 }
 

@@ -11,6 +11,7 @@
 //! docs/edge.md.
 
 use crate::backend::{AlarmEvent, BoxFuture, ChannelBackend};
+use crate::device::{DeviceAlarms, DeviceChannel};
 use crate::live::{FrameSource, Live, Opened, Opener};
 use crate::source::{DvripSource, StreamKind};
 use dvrip::client::{Client, ClientConfig, SocketMode};
@@ -95,10 +96,8 @@ pub struct DvripDevice {
     online: AtomicBool,
     /// Channels the device reports (login reply).
     channels: AtomicU32,
-    /// Channels whose video is lost (1504 VideoLoss).
-    lost: Mutex<HashSet<u32>>,
-    bits: Mutex<HashMap<u32, u32>>,
-    alarms: broadcast::Sender<(u32, AlarmEvent)>,
+    /// Alarm bits and video loss per device channel.
+    alarms: Arc<DeviceAlarms>,
     last_error: Mutex<Option<String>>,
     /// The last PTZ movement per channel (DVRIP stops a movement by
     /// sending the same command with Preset -1).
@@ -141,9 +140,7 @@ impl DvripDevice {
             client: Client::new(cfg),
             online: AtomicBool::new(false),
             channels: AtomicU32::new(0),
-            lost: Mutex::default(),
-            bits: Mutex::default(),
-            alarms: broadcast::channel(64).0,
+            alarms: Arc::default(),
             last_error: Mutex::default(),
             moving: Mutex::default(),
             supervisor: Mutex::default(),
@@ -187,9 +184,7 @@ impl DvripDevice {
         let on = info.status.eq_ignore_ascii_case("start");
         let ch = info.channel;
         if info.event.eq_ignore_ascii_case("videoloss") {
-            let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = if on { lost.insert(ch) } else { lost.remove(&ch) };
-            if changed {
+            if self.alarms.video_loss(ch, on) {
                 tracing::info!(device = %self.addr, channel = ch, on, "DVRIP video loss");
             }
             return;
@@ -198,21 +193,8 @@ impl DvripDevice {
             tracing::debug!(device = %self.addr, event = %info.event, "DVRIP alarm not carried to the cloud");
             return;
         };
-        {
-            let mut bits = self.bits.lock().unwrap_or_else(|e| e.into_inner());
-            let b = bits.entry(ch).or_default();
-            let before = *b;
-            if on {
-                *b |= 1 << bit;
-            } else {
-                *b &= !(1 << bit);
-            }
-            if *b == before {
-                return;
-            }
-        }
         let desc = format!("{} {} (DVRIP device {})", info.event, info.status.to_ascii_lowercase(), self.addr);
-        let _ = self.alarms.send((ch, AlarmEvent { bit, on, desc }));
+        self.alarms.raise(ch, bit, on, desc);
     }
 }
 
@@ -255,7 +237,7 @@ async fn supervise(weak: std::sync::Weak<DvripDevice>) {
                 }
                 let Some(dev) = weak.upgrade() else { return };
                 dev.online.store(false, Ordering::SeqCst);
-                dev.bits.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                dev.alarms.clear();
                 let why = "the device closed the connection".to_owned();
                 tracing::warn!(device = %dev.addr, "DVRIP device offline: {why}; logging in again");
                 *dev.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
@@ -352,11 +334,15 @@ impl FrameSource for Monitor {
 
 /// One channel of a DVRIP device.
 pub struct DvripChannel {
-    channel: u32,
-    dev_channel: u32,
+    core: DeviceChannel,
     dev: Arc<DvripDevice>,
-    live: Live,
-    publish_config: Mutex<RtmpPublishConfig>,
+}
+
+impl std::ops::Deref for DvripChannel {
+    type Target = DeviceChannel;
+    fn deref(&self) -> &DeviceChannel {
+        &self.core
+    }
 }
 
 impl DvripChannel {
@@ -364,19 +350,9 @@ impl DvripChannel {
     pub fn new(channel: u32, src: &DvripSource, dev: Arc<DvripDevice>, dialer: Dialer) -> DvripChannel {
         let pinned = (src.stream == StreamKind::Extra).then_some(StreamKind::Extra);
         let name = format!("dvrip {} channel {}", src.addr(), src.channel);
-        DvripChannel {
-            channel,
-            dev_channel: src.channel,
-            // A second socket per stream: one login, many streams at once.
-            live: Live::new(name, monitor_opener(dev.client.clone(), src.channel, SocketMode::Second), pinned, dialer),
-            dev,
-            publish_config: Mutex::new(RtmpPublishConfig {
-                enable: false,
-                channel,
-                quality: ivr_rpc::catalogue::Quality::Hd,
-                url: String::new(),
-            }),
-        }
+        // A second socket per stream: one login, many streams at once.
+        let live = Live::new(name, monitor_opener(dev.client.clone(), src.channel, SocketMode::Second), pinned, dialer);
+        DvripChannel { core: DeviceChannel::new(channel, src.channel, dev.alarms.clone(), live), dev }
     }
 
     pub fn live(&self) -> &Live {
@@ -520,14 +496,7 @@ impl ChannelBackend for DvripChannel {
     }
 
     fn state(&self) -> ChannelState {
-        let lost = self.dev.lost.lock().unwrap_or_else(|e| e.into_inner()).contains(&self.dev_channel);
-        if !self.dev.online() || lost {
-            ChannelState::Offline
-        } else if self.live.live() {
-            ChannelState::Live
-        } else {
-            ChannelState::Online
-        }
+        self.core.state(self.dev.online())
     }
 
     fn record_session(&self) -> Option<String> {
@@ -535,23 +504,17 @@ impl ChannelBackend for DvripChannel {
     }
 
     fn alarm_bits(&self) -> u32 {
-        self.dev.bits.lock().unwrap_or_else(|e| e.into_inner()).get(&self.dev_channel).copied().unwrap_or(0)
+        self.alarms.bits(self.dev_channel)
     }
 
     fn request<'a>(&'a self, req: &'a IvtRequest) -> BoxFuture<'a, Result<Value, RpcError>> {
         Box::pin(async move {
             // Stopping needs no device; everything else does.
-            match req {
-                IvtRequest::RtmpStopPublish { stream_id, .. } => {
-                    self.live.stop_publish(stream_id);
-                    return Ok(json!({}));
-                }
-                IvtRequest::StopCloudRecord { session_id, .. } => {
-                    self.live.stop_record(session_id);
-                    return Ok(json!({}));
-                }
-                _ if !self.dev.online() => return Err(self.offline_err()),
-                _ => {}
+            if let Some(v) = self.core.stop(req) {
+                return Ok(v);
+            }
+            if !self.dev.online() {
+                return Err(self.offline_err());
             }
             match req {
                 IvtRequest::RtmpPublish(p) => self.live.publish(p).await,
@@ -569,7 +532,7 @@ impl ChannelBackend for DvripChannel {
                 IvtRequest::RtmpStopPublish { .. }
                 | IvtRequest::StopCloudRecord { .. }
                 | IvtRequest::GetRtmpPublishConfig
-                | IvtRequest::SetRtmpPublishConfig(_) => Ok(json!({})),
+                | IvtRequest::SetRtmpPublishConfig(_) => Ok(json!({})), // answered by `stop` above
             }
         })
     }
@@ -623,11 +586,11 @@ impl ChannelBackend for DvripChannel {
     }
 
     fn publish_config(&self) -> RtmpPublishConfig {
-        self.publish_config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.core.publish_config()
     }
 
     fn set_publish_config(&self, c: &RtmpPublishConfig) {
-        *self.publish_config.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        self.core.set_publish_config(c)
     }
 
     fn snapshot(&self) -> BoxFuture<'_, Option<Vec<u8>>> {
@@ -650,34 +613,11 @@ impl ChannelBackend for DvripChannel {
     }
 
     fn set_alarm(&self, bit: u8, on: bool) {
-        let mut bits = self.dev.bits.lock().unwrap_or_else(|e| e.into_inner());
-        let b = bits.entry(self.dev_channel).or_default();
-        if on {
-            *b |= 1 << bit;
-        } else {
-            *b &= !(1 << bit);
-        }
+        self.alarms.set(self.dev_channel, bit, on);
     }
 
     fn alarm_events(&self) -> Option<broadcast::Receiver<AlarmEvent>> {
-        // The device's alarms for this channel only.
-        let mut all = self.dev.alarms.subscribe();
-        let (tx, rx) = broadcast::channel(64);
-        let ch = self.dev_channel;
-        tokio::spawn(async move {
-            loop {
-                match all.recv().await {
-                    Ok((c, a)) if c == ch => {
-                        if tx.send(a).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Some(rx)
+        Some(self.alarms.subscribe(self.dev_channel, false))
     }
 }
 

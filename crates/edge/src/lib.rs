@@ -11,6 +11,7 @@ pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod cvip;
+pub mod device;
 pub mod discover;
 pub mod dvrip;
 pub mod fleet;

@@ -107,16 +107,11 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
             }
             let r = s.lock().unwrap_or_else(|e| e.into_inner()).push(frame(i));
             i += 1;
-            if let Err(e) = r {
-                tracing::warn!(channel, session = %session, "recording stopped: {e}");
-                st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
+            if !pushed(r, channel, &session, &st, &n) {
                 break;
             }
-            n.notify_one();
         }
-        s.lock().unwrap_or_else(|e| e.into_inner()).stop();
-        let _ = done_tx.send(true);
-        n.notify_one();
+        source_done(&s, &done_tx, &n);
     });
 
     let uploader = spawn_uploader(&rt, r, dialer, seg, ready, stats.clone(), done_rx);
@@ -174,19 +169,43 @@ pub fn start_from(
                 g.start(pts, chrono::Utc::now().timestamp_millis(), start_ts_ms);
             }
             drop(g);
-            if let Err(e) = r {
-                tracing::warn!(channel, session = %session, "recording stopped: {e}");
-                st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
+            if !pushed(r, channel, &session, &st, &n) {
                 break;
             }
-            n.notify_one();
         }
-        s.lock().unwrap_or_else(|e| e.into_inner()).stop();
-        let _ = done_tx.send(true);
-        n.notify_one();
+        source_done(&s, &done_tx, &n);
     });
     let uploader = spawn_uploader(&rt, r, dialer, seg, ready, stats.clone(), done_rx);
     Some(Recording { stop: stop_tx, tasks: vec![source.abort_handle(), uploader], stats })
+}
+
+/// After a frame went into the segmenter: the uploader is told, or the
+/// recording stops (max_bitrate exceeded) with the reason kept.
+fn pushed(
+    r: Result<(), ivr_media::segment::SegmentError>,
+    channel: u32,
+    session: &str,
+    st: &Mutex<RecordStats>,
+    n: &Notify,
+) -> bool {
+    match r {
+        Ok(()) => {
+            n.notify_one();
+            true
+        }
+        Err(e) => {
+            tracing::warn!(channel, session = %session, "recording stopped: {e}");
+            st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
+            false
+        }
+    }
+}
+
+/// The source ended: the last segment is finished and the uploader told.
+fn source_done(s: &Mutex<Segmenter>, done: &watch::Sender<bool>, n: &Notify) {
+    s.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    let _ = done.send(true);
+    n.notify_one();
 }
 
 fn config(r: &StartCloudRecord) -> SegmentConfig {
