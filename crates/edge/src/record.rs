@@ -105,9 +105,12 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
                 _ = tick.tick() => {}
                 _ = stop_rx.changed() => break,
             }
-            let r = s.lock().unwrap_or_else(|e| e.into_inner()).push(frame(i));
+            let (r, ready) = {
+                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                (g.push(frame(i)), g.waiting() > 0)
+            };
             i += 1;
-            if !pushed(r, channel, &session, &st, &n) {
+            if !pushed(r, ready, channel, &session, &st, &n) {
                 break;
             }
         }
@@ -168,8 +171,9 @@ pub fn start_from(
                 started = true;
                 g.start(pts, chrono::Utc::now().timestamp_millis(), start_ts_ms);
             }
+            let ready = g.waiting() > 0;
             drop(g);
-            if !pushed(r, channel, &session, &st, &n) {
+            if !pushed(r, ready, channel, &session, &st, &n) {
                 break;
             }
         }
@@ -179,10 +183,13 @@ pub fn start_from(
     Some(Recording { stop: stop_tx, tasks: vec![source.abort_handle(), uploader], stats })
 }
 
-/// After a frame went into the segmenter: the uploader is told, or the
-/// recording stops (max_bitrate exceeded) with the reason kept.
+/// After a frame went into the segmenter: the uploader is told when a
+/// segment is ready (only then: a wake-up per frame for nothing was a
+/// camera's cost), or the recording stops (max_bitrate exceeded) with the
+/// reason kept.
 fn pushed(
     r: Result<(), ivr_media::segment::SegmentError>,
+    ready: bool,
     channel: u32,
     session: &str,
     st: &Mutex<RecordStats>,
@@ -190,7 +197,9 @@ fn pushed(
 ) -> bool {
     match r {
         Ok(()) => {
-            n.notify_one();
+            if ready {
+                n.notify_one();
+            }
             true
         }
         Err(e) => {
