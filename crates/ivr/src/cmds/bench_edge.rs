@@ -6,6 +6,7 @@
 //! CPU from /proc, its RSS sampled). Segment uploads go to a small HTTP
 //! sink in this process that counts and discards them.
 
+use super::bench_ivc::{cpu, free_port};
 use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
@@ -56,29 +57,9 @@ fn bar(len: u64, what: &str, json: bool) -> indicatif::ProgressBar {
     pb
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// User + system CPU time of a process (clock ticks, from /proc).
-fn cpu(pid: u32) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            Some(after.get(11)?.parse::<u64>().ok()? + after.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
-}
-
+/// Resident memory of a process (0 once it is gone).
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok())
-        .map_or(0, |kb: u64| kb * 1024)
+    super::bench_ivc::rss(pid).unwrap_or(0)
 }
 
 fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<tokio::process::Child> {

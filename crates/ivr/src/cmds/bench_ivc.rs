@@ -125,7 +125,7 @@ impl Http {
 }
 
 /// Resident memory of a process, bytes.
-fn rss(pid: u32) -> anyhow::Result<u64> {
+pub(super) fn rss(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the cloud's /proc status")?;
     let kb: u64 = s
         .lines()
@@ -137,7 +137,7 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// User + system CPU time of a process.
-fn cpu(pid: u32) -> Duration {
+pub(super) fn cpu(pid: u32) -> Duration {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -150,7 +150,7 @@ fn cpu(pid: u32) -> Duration {
     Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
