@@ -580,7 +580,7 @@ impl ChannelBackend for DvripChannel {
                 IvtEvent::UpgradeFirmware => Ok(()),
             };
             if let Err(e) = r {
-                tracing::warn!(channel = self.channel, device = %self.dev.addr, "{}: {e}", ev_name(ev));
+                tracing::warn!(channel = self.channel, device = %self.dev.addr, "{}: {e}", ev.name());
             }
         })
     }
@@ -618,17 +618,6 @@ impl ChannelBackend for DvripChannel {
 
     fn alarm_events(&self) -> Option<broadcast::Receiver<AlarmEvent>> {
         Some(self.alarms.subscribe(self.dev_channel, false))
-    }
-}
-
-fn ev_name(ev: &IvtEvent) -> &'static str {
-    match ev {
-        IvtEvent::UpgradeFirmware => "UpgradeFirmware",
-        IvtEvent::SyncTime { .. } => "SyncTime",
-        IvtEvent::CtrlPtz { .. } => "CtrlPTZ",
-        IvtEvent::GotoPtzPreset { .. } => "GotoPTZPreset",
-        IvtEvent::CtrlPtzPresetTour { .. } => "CtrlPTZPresetTour",
-        IvtEvent::CtrlPtzPatrol { .. } => "CtrlPTZPatrol",
     }
 }
 

@@ -390,9 +390,8 @@ impl Live {
     async fn checked_feed(&self, q: Quality, max_bitrate: u64) -> Result<(StreamKind, Arc<Feed>), RpcError> {
         let kind = stream_for(q, self.pinned);
         let feed = self.acquire(kind);
-        let wait = if max_bitrate > 0 { Duration::from_secs(10) } else { Duration::from_millis(0) };
         if max_bitrate > 0 {
-            match feed.measure(wait).await {
+            match feed.measure(Duration::from_secs(10)).await {
                 Some(b) if b > max_bitrate => {
                     self.release(kind);
                     return Err(RpcError::new(

@@ -559,6 +559,18 @@ pub enum IvtEvent {
 }
 
 impl IvtEvent {
+    /// The event's name on the wire (what `parse` takes).
+    pub fn name(&self) -> &'static str {
+        match self {
+            IvtEvent::UpgradeFirmware => "UpgradeFirmware",
+            IvtEvent::SyncTime { .. } => "SyncTime",
+            IvtEvent::CtrlPtz { .. } => "CtrlPTZ",
+            IvtEvent::GotoPtzPreset { .. } => "GotoPTZPreset",
+            IvtEvent::CtrlPtzPresetTour { .. } => "CtrlPTZPresetTour",
+            IvtEvent::CtrlPtzPatrol { .. } => "CtrlPTZPatrol",
+        }
+    }
+
     pub fn parse(name: &str, params: Option<&Value>) -> Result<IvtEvent, ParamError> {
         Ok(match name {
             "UpgradeFirmware" => {
@@ -720,6 +732,9 @@ mod tests {
             IvtEvent::parse("CtrlPTZ", Some(&json!({"channel": 0, "op": "zoomin"}))).unwrap(),
             IvtEvent::CtrlPtz { channel: 0, op: "zoomin".into(), speed: 100 }
         );
+        for (name, p) in [("CtrlPTZ", Some(json!({"channel": 0, "op": "stop"}))), ("UpgradeFirmware", None)] {
+            assert_eq!(IvtEvent::parse(name, p.as_ref()).unwrap().name(), name, "name() is the wire name");
+        }
         assert!(err(IvtEvent::parse("CtrlPTZ", Some(&json!({"channel": 0, "op": "spin"})))).contains("params.op"));
         assert_eq!(
             IvtEvent::parse("CtrlPTZPresetTour", Some(&json!({"channel": 0, "token": "", "op": "stop"}))).unwrap(),
