@@ -380,9 +380,7 @@ fn flv(b: &Bytes) -> Result<Demuxed, DemuxError> {
         return Err(bad(F, 0, "no FLV signature"));
     }
     let mut p = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) as usize + 4;
-    let mut video: Option<(Codec, Vec<Vec<u8>>, usize)> = None;
-    let mut asc: Option<Vec<u8>> = None;
-    let mut noted: Vec<String> = Vec::new();
+    let mut tags = FlvTags::default();
     while p < b.len() {
         let Some(h) = b.get(p..p + 11) else {
             d.skipped.push(format!("a torn tag header at byte {p}"));
@@ -396,14 +394,50 @@ fn flv(b: &Bytes) -> Result<Demuxed, DemuxError> {
         };
         let at = p;
         p += 15 + n;
+        if let Some(f) = tags.push(h[0] & 0x1f, ms, body).map_err(|why| bad(F, at, why))? {
+            d.frames.push(f);
+        }
+    }
+    d.skipped.append(&mut tags.skipped);
+    Ok(d)
+}
+
+/// FLV audio and video tag bodies to frames: what an FLV file's tags and
+/// an RTMP publisher's audio/video messages carry alike (classic AVC,
+/// "codec id 12" HEVC, Enhanced RTMP `avc1`/`hvc1`; AAC, G.711). It keeps
+/// the sequence headers it has seen; video comes out as Annex B with the
+/// parameter sets in front of every keyframe, AAC as ADTS.
+#[derive(Default)]
+pub struct FlvTags {
+    video: Option<(Codec, Vec<Vec<u8>>, usize)>,
+    asc: Option<Vec<u8>>,
+    /// What was left out (each reason once): codecs nothing here carries.
+    pub skipped: Vec<String>,
+}
+
+impl FlvTags {
+    fn note(&mut self, why: String) {
+        if !self.skipped.contains(&why) {
+            self.skipped.push(why);
+        }
+    }
+
+    /// The video codec of the last sequence header seen.
+    pub fn video_codec(&self) -> Option<Codec> {
+        self.video.as_ref().map(|v| v.0)
+    }
+
+    /// One tag body (`kind` 8 audio, 9 video; others are ignored) at `ms`
+    /// milliseconds. `Ok(None)` for sequence headers and what is skipped;
+    /// an error says what is wrong with the body.
+    pub fn push(&mut self, kind: u8, ms: u64, body: &[u8]) -> Result<Option<Frame>, String> {
         let dts = ms * 90;
-        match h[0] & 0x1f {
+        match kind {
             9 if !body.is_empty() => {
                 let b0 = body[0];
                 // (codec, packet type, composition time, data)
                 let (codec, kind, cts, data): (Option<Codec>, u8, i32, &[u8]) = if b0 & 0x80 != 0 {
-                    let fourcc =
-                        body.get(1..5).ok_or_else(|| bad(F, at, "Enhanced RTMP video tag without a FourCC"))?;
+                    let fourcc = body.get(1..5).ok_or("Enhanced RTMP video tag without a FourCC")?;
                     let codec = match fourcc {
                         b"avc1" => Some(Codec::H264),
                         b"hvc1" => Some(Codec::H265),
@@ -425,32 +459,28 @@ fn flv(b: &Bytes) -> Result<Demuxed, DemuxError> {
                     (codec, kind, si24(body.get(2..5)), body.get(5..).unwrap_or(&[]))
                 };
                 let Some(codec) = codec else {
-                    let why = format!("video tags of codec 0x{b0:02x}: not H.264/H.265");
-                    if !noted.contains(&why) {
-                        noted.push(why.clone());
-                        d.skipped.push(why);
-                    }
-                    continue;
+                    self.note(format!("video tags of codec 0x{b0:02x}: not H.264/H.265"));
+                    return Ok(None);
                 };
                 match kind {
                     0 => {
-                        let (sets, ls) = decoder_config(codec, data)
-                            .ok_or_else(|| bad(F, at, "the decoder configuration record is cut short"))?;
-                        video = Some((codec, sets, ls));
+                        let (sets, ls) =
+                            decoder_config(codec, data).ok_or("the decoder configuration record is cut short")?;
+                        self.video = Some((codec, sets, ls));
+                        Ok(None)
                     }
                     1 => {
-                        let Some((vc, sets, ls)) = &video else {
-                            return Err(bad(F, at, "a video frame before the sequence header"));
+                        let Some((vc, sets, ls)) = &self.video else {
+                            return Err("a video frame before the sequence header".into());
                         };
                         if *vc != codec {
-                            return Err(bad(F, at, format!("a {codec:?} frame in a {vc:?} stream")));
+                            return Err(format!("a {codec:?} frame in a {vc:?} stream"));
                         }
-                        let au =
-                            to_annexb(data, *ls).ok_or_else(|| bad(F, at, "a NAL unit length runs past the tag"))?;
+                        let au = to_annexb(data, *ls).ok_or("a NAL unit length runs past the tag")?;
                         let pts = (dts as i64 + cts as i64 * 90).max(0) as u64;
-                        d.frames.push(video_frame(codec, au, dts, pts, sets));
+                        Ok(Some(video_frame(codec, au, dts, pts, sets)))
                     }
-                    _ => {}
+                    _ => Ok(None),
                 }
             }
             8 if !body.is_empty() => {
@@ -459,41 +489,34 @@ fn flv(b: &Bytes) -> Result<Demuxed, DemuxError> {
                     8 => Codec::G711U,
                     10 => Codec::Aac,
                     other => {
-                        let why = format!("audio of FLV sound format {other}: not carried");
-                        if !noted.contains(&why) {
-                            noted.push(why.clone());
-                            d.skipped.push(why);
-                        }
-                        continue;
+                        self.note(format!("audio of FLV sound format {other}: not carried"));
+                        return Ok(None);
                     }
                 };
                 let data = if codec == Codec::Aac {
                     match body.get(1) {
                         Some(0) => {
-                            asc = Some(body[2..].to_vec());
-                            continue;
+                            self.asc = Some(body[2..].to_vec());
+                            return Ok(None);
                         }
                         Some(1) => {
                             let raw = &body[2..];
-                            let cfg =
-                                asc.as_deref().ok_or_else(|| bad(F, at, "AAC audio before its AudioSpecificConfig"))?;
-                            let h = adts_header(cfg, raw.len())
-                                .ok_or_else(|| bad(F, at, "an AudioSpecificConfig ADTS cannot carry"))?;
+                            let cfg = self.asc.as_deref().ok_or("AAC audio before its AudioSpecificConfig")?;
+                            let h = adts_header(cfg, raw.len()).ok_or("an AudioSpecificConfig ADTS cannot carry")?;
                             let mut v = h.to_vec();
                             v.extend_from_slice(raw);
                             v
                         }
-                        _ => continue,
+                        _ => return Ok(None),
                     }
                 } else {
                     body[1..].to_vec()
                 };
-                d.frames.push(Frame { codec, keyframe: true, pts: dts, dts, data: Bytes::from(data) });
+                Ok(Some(Frame { codec, keyframe: true, pts: dts, dts, data: Bytes::from(data) }))
             }
-            _ => {}
+            _ => Ok(None),
         }
     }
-    Ok(d)
 }
 
 fn si24(b: Option<&[u8]>) -> i32 {

@@ -11,6 +11,7 @@ pub mod flv;
 pub mod fmp4;
 pub mod hls;
 pub mod hub;
+pub mod ingest;
 pub mod params;
 pub mod rtmp;
 pub mod rtp;
