@@ -3,10 +3,13 @@
 //! with pictures, previews, RPC and events through the API.
 
 pub mod auth;
+pub mod error;
+pub mod live;
 pub mod server;
 pub mod store;
 
 pub use auth::HashCost;
+pub use live::{serve_rtmp, LiveConfig, Rtmp};
 pub use server::{router, serve, serve_tls, Cloud, CloudConfig};
 pub use store::{SqliteStore, Store};
 

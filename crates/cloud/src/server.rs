@@ -44,6 +44,8 @@ pub struct CloudConfig {
     /// How long a device has to answer the cloud's request before the
     /// session closes (rule 3). The seed's 20 s; shorter only in tests.
     pub response_timeout: Duration,
+    /// Live view: where devices publish, how long streams outlive viewers.
+    pub live: crate::live::LiveConfig,
 }
 
 impl CloudConfig {
@@ -57,6 +59,7 @@ impl CloudConfig {
             data_dir,
             hash_cost: HashCost::default(),
             response_timeout: ivr_rpc::peer::RESPONSE_TIMEOUT,
+            live: crate::live::LiveConfig::default(),
         }
     }
 }
@@ -85,8 +88,9 @@ enum Upload {
 
 /// The cloud: store, live sessions, event feed.
 pub struct Cloud<S: Store> {
-    store: Arc<S>,
-    cfg: CloudConfig,
+    pub(crate) store: Arc<S>,
+    pub(crate) cfg: CloudConfig,
+    pub(crate) lives: crate::live::Lives,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     uploads: Mutex<HashMap<String, Upload>>,
     feed: broadcast::Sender<Event>,
@@ -96,11 +100,11 @@ pub struct Cloud<S: Store> {
     started: Instant,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn token() -> String {
+pub(crate) fn token() -> String {
     let mut b = [0u8; 16];
     OsRng.fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -117,6 +121,7 @@ impl<S: Store> Cloud<S> {
             passwords: Passwords::new(cfg.hash_cost),
             counters: Counters::default(),
             started: Instant::now(),
+            lives: crate::live::Lives::new(cfg.live.clone()),
             cfg,
         })
     }
@@ -152,12 +157,16 @@ impl<S: Store> Cloud<S> {
         &self.store
     }
 
+    pub fn config(&self) -> &CloudConfig {
+        &self.cfg
+    }
+
     /// Events as they happen (state changes, alarms).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.feed.subscribe()
     }
 
-    fn event(&self, login_code: &str, channel: Option<u32>, kind: &str, data: Value) -> Option<Event> {
+    pub(crate) fn event(&self, login_code: &str, channel: Option<u32>, kind: &str, data: Value) -> Option<Event> {
         match self.store.add_event(login_code, channel, kind, &data, now()) {
             Ok(e) => {
                 let _ = self.feed.send(e.clone());
@@ -239,7 +248,7 @@ impl<S: Store> Cloud<S> {
         }
     }
 
-    fn handle_of(&self, login_code: &str) -> Option<RpcHandle> {
+    pub(crate) fn handle_of(&self, login_code: &str) -> Option<RpcHandle> {
         self.sessions.lock().expect("sessions lock").get(login_code).map(|s| s.handle.clone())
     }
 }
@@ -739,6 +748,14 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
         "sessions_closed_by_rule": n(&k.closed_by_rule),
         "sessions_expired": n(&k.expired),
         "rpc_calls": n(&k.rpc_calls),
+        "live": {
+            "channels": c.lives.active().len(),
+            "viewers": c.lives.active().iter().map(|a| a.2).sum::<usize>(),
+            "publish_requests": n(&c.lives.publishes),
+            "stop_requests": n(&c.lives.stops),
+            "publishes_refused": n(&c.lives.refused),
+            "starts_failed": n(&c.lives.failures),
+        },
     }))
     .into_response()
 }
@@ -765,6 +782,11 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/api/v1/devices/{login_code}/rpc/{method}", post(rpc::<S>))
         .route("/api/v1/devices/{login_code}/events/{event}", post(send_event::<S>))
         .route("/api/v1/devices/{login_code}/channels/{channel}/preview", get(preview::<S>))
+        .route("/api/v1/devices/{login_code}/channels/{channel}/live", post(start_live::<S>))
+        .route("/live/{token}/stream.mp4", get(crate::live::live_mp4::<S>))
+        .route("/live/{token}/ws", get(crate::live::live_ws::<S>))
+        .route("/live/{token}/{file}", get(crate::live::live_hls::<S>))
+        .route("/live/{token}/", get(player::<S>))
         .route("/api/v1/events", get(list_events::<S>))
         .route("/api/v1/stats", get(stats::<S>))
         .route("/api/v1/events/{id}/picture", get(event_picture::<S>))
@@ -826,8 +848,29 @@ fn spawn_expiry<S: Store>(c: &Arc<Cloud<S>>) {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             expiry.expire();
+            expiry.live_reap();
         }
     });
+}
+
+/// `POST …/channels/{channel}/live`: the stream on, and viewer URLs.
+async fn start_live<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, crate::error::ApiError> {
+    let req: crate::live::LiveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| crate::error::ApiError::bad_request(format!("body: {e}")))?
+    };
+    let q = req.quality()?;
+    Ok(Json(c.live_urls(&lc, ch, q).await?))
+}
+
+async fn player<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
+    crate::live::live_hls(State(c), Path((t, String::new()))).await
 }
 
 /// Finished TLS handshakes, as axum's listener.

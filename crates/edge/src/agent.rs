@@ -140,6 +140,9 @@ fn channel_of(req: &IvtRequest) -> Option<u32> {
 impl Handler for EdgeHandler {
     async fn request(&self, method: String, params: Option<Value>) -> Result<Value, RpcError> {
         let req = IvtRequest::parse(&method, params.as_ref())?;
+        // What the cloud asked, one line each (they are rare; a site's
+        // operator reads them to see who started a stream or recording).
+        tracing::info!(%method, channel = channel_of(&req), "edge: request from the cloud");
         match &req {
             IvtRequest::GetRtmpPublishConfig => Ok(Value::Array(
                 self.channels

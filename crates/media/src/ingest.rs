@@ -454,11 +454,9 @@ impl Conn {
                 self.pending = Some((key.clone(), txn));
                 self.events.push_back(Event::Publish { app: self.app.clone(), key });
             }
-            "FCUnpublish" | "deleteStream" | "closeStream" => {
-                if self.publishing {
-                    self.publishing = false;
-                    self.events.push_back(Event::Unpublish);
-                }
+            "FCUnpublish" | "deleteStream" | "closeStream" if self.publishing => {
+                self.publishing = false;
+                self.events.push_back(Event::Unpublish);
             }
             "play" | "play2" => return Err(IngestError::Unsupported(name.to_string())),
             _ => {}

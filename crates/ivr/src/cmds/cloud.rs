@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use ivr_cloud::{Cloud, CloudConfig, SqliteStore};
+use ivr_cloud::{Cloud, CloudConfig, LiveConfig, Rtmp, SqliteStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +40,22 @@ pub struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Run the cloud's own RTMP ingest here (live view): devices publish to
+    /// it with a stream key the cloud makes per request, e.g. 0.0.0.0:1935.
+    #[arg(long, conflicts_with = "rtmp_url")]
+    pub rtmp_listen: Option<SocketAddr>,
+    /// The ingest's address as devices reach it (default:
+    /// rtmp://<host of --public-url>:<port of --rtmp-listen>/live).
+    #[arg(long, requires = "rtmp_listen")]
+    pub rtmp_public: Option<String>,
+    /// Point devices at an external RTMP server instead
+    /// (rtmp://host[:port]/app); they publish <app>/<login_code>-<channel>.
+    #[arg(long)]
+    pub rtmp_url: Option<String>,
+    /// Seconds a live stream outlives its last viewer before the cloud
+    /// sends RTMPStopPublish.
+    #[arg(long, default_value_t = 15)]
+    pub live_grace_secs: u64,
 }
 
 impl Args {
@@ -55,6 +71,10 @@ impl Args {
             response_timeout_ms: 20_000,
             tls_cert: None,
             tls_key: None,
+            rtmp_listen: None,
+            rtmp_public: None,
+            rtmp_url: None,
+            live_grace_secs: 15,
         }
     }
 }
@@ -92,13 +112,58 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
     let addr = listener.local_addr()?;
     let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
     let public_url = a.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let rtmp_listener = match a.rtmp_listen {
+        Some(l) => Some(
+            tokio::net::TcpListener::bind(l).await.with_context(|| format!("--rtmp-listen: cannot listen on {l}"))?,
+        ),
+        None => None,
+    };
+    let rtmp = match (&rtmp_listener, &a.rtmp_url) {
+        (Some(l), _) => {
+            let port = l.local_addr()?.port();
+            let base = match &a.rtmp_public {
+                Some(u) => check_rtmp_url("--rtmp-public", u)?,
+                None => format!("rtmp://{}:{port}/live", url_host(&public_url)),
+            };
+            Rtmp::Ingest { base }
+        }
+        (None, Some(u)) => Rtmp::External { url: check_rtmp_url("--rtmp-url", u)? },
+        (None, None) => Rtmp::Off,
+    };
     let cfg = CloudConfig {
         keepalive: Duration::from_secs(a.keepalive_secs.clamp(1, 3600)),
         hash_cost: a.argon2,
         response_timeout: Duration::from_millis(a.response_timeout_ms.max(1)),
+        live: LiveConfig { rtmp, grace: Duration::from_secs(a.live_grace_secs.max(1)), ..LiveConfig::default() },
         ..CloudConfig::new(token.clone(), public_url, a.data.clone())
     };
-    Ok((Cloud::new(Arc::new(store), cfg), listener, token, new))
+    let cloud = Cloud::new(Arc::new(store), cfg);
+    if let Some(l) = rtmp_listener {
+        tokio::spawn(ivr_cloud::serve_rtmp(cloud.clone(), l));
+    }
+    Ok((cloud, listener, token, new))
+}
+
+/// The host of `http[s]://host[:port]/…` (brackets kept for IPv6).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |x| x.1);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    match hostport.rfind(':') {
+        Some(i) if !hostport[i..].contains(']') => &hostport[..i],
+        _ => hostport,
+    }
+}
+
+fn check_rtmp_url(flag: &str, u: &str) -> anyhow::Result<String> {
+    let u = u.trim_end_matches('/');
+    match u.strip_prefix("rtmp://") {
+        Some(rest) if rest.split_once('/').is_some_and(|(h, app)| !h.is_empty() && !app.is_empty()) => Ok(u.to_owned()),
+        _ => anyhow::bail!("{flag} {u:?}: expected rtmp://host[:port]/app"),
+    }
+}
+
+fn cloud_rtmp(c: &Cloud<SqliteStore>) -> Rtmp {
+    c.config().live.rtmp.clone()
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -116,6 +181,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.data.display(),
         fds.saturating_sub(64)
     );
+    match &cloud_rtmp(&cloud) {
+        Rtmp::Ingest { base } => println!("live view: the cloud's RTMP ingest; devices publish to {base}/<key>"),
+        Rtmp::External { url } => println!("live view: devices publish to the external RTMP server {url}"),
+        Rtmp::Off => println!("live view: off (--rtmp-listen 0.0.0.0:1935 turns it on)"),
+    }
     if new {
         println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
     }

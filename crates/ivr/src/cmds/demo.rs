@@ -17,13 +17,21 @@ pub struct Args {
     /// Data directory (SQLite, pictures, admin token).
     #[arg(long, default_value = "ivr-demo-data")]
     data: PathBuf,
+    /// The cloud's RTMP ingest (live view); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    rtmp_listen: SocketAddr,
     /// Simulated sites (edge agents) to connect.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     sites: u32,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let args = cloud::Args { keepalive_secs: 5, ..cloud::Args::new(a.listen, a.data.clone()) };
+    let args = cloud::Args {
+        keepalive_secs: 5,
+        // Live view needs nothing installed: the cloud's own RTMP ingest.
+        rtmp_listen: Some(a.rtmp_listen),
+        ..cloud::Args::new(a.listen, a.data.clone())
+    };
     let (c, listener, token, _) = cloud::start(&args).await?;
     let addr = listener.local_addr()?;
     let store = c.store().clone();
