@@ -2,7 +2,8 @@
 # The test command (README, .ci/run): installs what the tests need on a
 # fresh machine, idempotently, then runs everything.
 #   - Debian: ffmpeg (ffprobe judges every media file), nginx with
-#     libnginx-mod-rtmp (the RTMP server the publisher is tested against)
+#     libnginx-mod-rtmp (the RTMP server the publisher is tested against),
+#     chromium (plays the cloud's live view through MSE)
 #   - PyPI: python-dvr and dvrip, each in its own venv (both install a
 #     module named `dvrip`), plus dateparser/humanize for dvrip's `dvr` tool;
 #     websockets and openapi-spec-validator for the independent IVT that
@@ -21,6 +22,7 @@ command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v nginx >/dev/null || missing+=(nginx)
 test -e /usr/lib/nginx/modules/ngx_rtmp_module.so || missing+=(libnginx-mod-rtmp)
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -43,6 +45,9 @@ venv() { # NAME IMPORT-CHECK PACKAGES...
 venv pydvr "import dvrip; dvrip.DVRIPCam" python-dvr
 venv dvrip "import dvrip.io, dateparser, humanize" dvrip dateparser humanize
 venv ivt "import websockets.sync.client, openapi_spec_validator" websockets openapi-spec-validator
+# Playwright drives Debian's chromium (executable_path); its own browser
+# download is never used.
+venv browser "import playwright.sync_api, websockets.sync.client" playwright websockets
 
 step "format and lints"
 cargo fmt --all --check
@@ -58,6 +63,8 @@ fi
 cargo build --locked -p ivr
 step "interop: an independent IVT (Python websockets) against ivr cloud"
 "$VENVS/ivt/bin/python" tests/interop/ivt_check.py --ivr target/debug/ivr
+step "interop: live view (ffmpeg, websockets, Chromium via Playwright) against ivr cloud + ivr edge"
+"$VENVS/browser/bin/python" tests/interop/live_check.py --ivr target/debug/ivr
 step "interop: Python's xmlrpc.client against ivr sim cvip"
 python3 tests/interop/cvip_check.py --ivr target/debug/ivr
 step "interop: python-dvr, dvrip and ffprobe against ivr"

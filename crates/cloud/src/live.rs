@@ -404,7 +404,11 @@ impl<S: Store> Cloud<S> {
             let keys: Vec<((String, u32), &'static str)> = m
                 .iter()
                 .filter_map(|(k, e)| {
-                    if e.viewers == 0 && e.idle_since.elapsed() > grace {
+                    // A start in progress is the waiting request's to fail.
+                    let starting = matches!(*e.feed.state.borrow(), State0::Starting);
+                    if starting && e.idle_since.elapsed() <= self.lives.cfg.start_timeout {
+                        None
+                    } else if e.viewers == 0 && e.idle_since.elapsed() > grace {
                         Some((k.clone(), "no viewers"))
                     } else if !e.publishing && e.silent_since.elapsed() > grace.max(self.lives.cfg.start_timeout) {
                         Some((k.clone(), "the device stopped sending"))
@@ -734,7 +738,7 @@ struct HlsFiles {
 }
 
 /// HLS viewers gone this long: the window stops.
-const HLS_IDLE: Duration = Duration::from_secs(30);
+const HLS_IDLE: Duration = Duration::from_secs(10);
 
 impl<S: Store> Cloud<S> {
     async fn hls_of(self: &Arc<Self>, lc: &str, ch: u32, q: &str) -> ApiResult<Arc<HlsLive>> {
