@@ -5,6 +5,8 @@
 pub mod auth;
 pub mod error;
 pub mod live;
+pub mod policy;
+pub mod recordings;
 pub mod server;
 pub mod store;
 

@@ -240,7 +240,11 @@ pub struct LiveRequest {
 impl LiveRequest {
     /// The quality asked for (`hd` when none): one of ld, sd, hd, fhd.
     pub fn quality(&self) -> ApiResult<&'static str> {
-        let q = self.quality.as_deref().unwrap_or("hd");
+        LiveRequest::quality_of(self.quality.as_deref())
+    }
+
+    pub fn quality_of(q: Option<&str>) -> ApiResult<&'static str> {
+        let q = q.unwrap_or("hd");
         ivr_rpc::catalogue::Quality::NAMES
             .into_iter()
             .find(|n| *n == q)
@@ -642,7 +646,7 @@ impl Fragments {
 }
 
 /// `GET /live/{token}/stream.mp4`: fragmented MP4 over HTTP.
-pub async fn live_mp4<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
+pub(crate) async fn live_mp4<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
     let (lc, ch, q) = match c.lives.check_token(&t) {
         Ok(x) => x,
         Err(e) => return viewer_error(e),
@@ -676,7 +680,7 @@ pub async fn live_mp4<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<St
 /// `GET /live/{token}/ws`: Media Source Extensions over WebSocket — a
 /// JSON text message (codec, MIME type, size), the init segment, then a
 /// fragment per frame.
-pub async fn live_ws<S: Store>(
+pub(crate) async fn live_ws<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(t): Path<String>,
     ws: WebSocketUpgrade,
@@ -818,7 +822,10 @@ impl<S: Store> Cloud<S> {
 }
 
 /// `GET /live/{token}/index.m3u8` and the files it names.
-pub async fn live_hls<S: Store>(State(c): State<Arc<Cloud<S>>>, Path((t, file)): Path<(String, String)>) -> Response {
+pub(crate) async fn live_hls<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    Path((t, file)): Path<(String, String)>,
+) -> Response {
     let (lc, ch, q) = match c.lives.check_token(&t) {
         Ok(x) => x,
         Err(e) => return viewer_error(e),

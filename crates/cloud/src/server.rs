@@ -46,6 +46,8 @@ pub struct CloudConfig {
     pub response_timeout: Duration,
     /// Live view: where devices publish, how long streams outlive viewers.
     pub live: crate::live::LiveConfig,
+    /// Stored recordings are kept under this many bytes (oldest deleted first).
+    pub recordings_max_bytes: Option<u64>,
 }
 
 impl CloudConfig {
@@ -60,6 +62,7 @@ impl CloudConfig {
             hash_cost: HashCost::default(),
             response_timeout: ivr_rpc::peer::RESPONSE_TIMEOUT,
             live: crate::live::LiveConfig::default(),
+            recordings_max_bytes: None,
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct Cloud<S: Store> {
     pub(crate) store: Arc<S>,
     pub(crate) cfg: CloudConfig,
     pub(crate) lives: crate::live::Lives,
+    pub(crate) recorder: crate::recordings::Recorder,
+    pub(crate) keeper: crate::policy::Keeper,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     uploads: Mutex<HashMap<String, Upload>>,
     feed: broadcast::Sender<Event>,
@@ -122,6 +127,8 @@ impl<S: Store> Cloud<S> {
             counters: Counters::default(),
             started: Instant::now(),
             lives: crate::live::Lives::new(cfg.live.clone()),
+            recorder: Default::default(),
+            keeper: Default::default(),
             cfg,
         })
     }
@@ -305,6 +312,7 @@ impl<S: Store> Handler for IvcHandler<S> {
                 )),
             },
             IvcRequest::AlarmNotify(a) => {
+                c.policy_alarm(lc, a.channel, a.start);
                 let data =
                     json!({"type": a.kind as i64, "state": if a.start { "start" } else { "end" }, "desc": a.desc});
                 let e = c
@@ -408,7 +416,7 @@ async fn gateway<S: Store>(
 }
 
 /// The admin bearer token, checked.
-struct Admin;
+pub(crate) struct Admin;
 
 impl<S: Store> FromRequestParts<Arc<Cloud<S>>> for Admin {
     type Rejection = Response;
@@ -748,6 +756,14 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
         "sessions_closed_by_rule": n(&k.closed_by_rule),
         "sessions_expired": n(&k.expired),
         "rpc_calls": n(&k.rpc_calls),
+        "recordings": {
+            "stored": n(&c.recorder.stored),
+            "stored_bytes": n(&c.recorder.stored_bytes),
+            "uploads_refused": n(&c.recorder.refused),
+            "disk_errors": n(&c.recorder.disk_errors),
+            "deleted": n(&c.recorder.deleted),
+            "deleted_bytes": n(&c.recorder.deleted_bytes),
+        },
         "live": {
             "channels": c.lives.active().len(),
             "viewers": c.lives.active().iter().map(|a| a.2).sum::<usize>(),
@@ -787,6 +803,20 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/live/{token}/ws", get(crate::live::live_ws::<S>))
         .route("/live/{token}/{file}", get(crate::live::live_hls::<S>))
         .route("/live/{token}/", get(player::<S>))
+        .route(
+            "/api/v1/devices/{login_code}/channels/{channel}/recording",
+            post(crate::recordings::start::<S>).delete(crate::recordings::stop::<S>),
+        )
+        .route(
+            "/api/v1/devices/{login_code}/channels/{channel}/record-policy",
+            axum::routing::put(crate::policy::put::<S>).get(crate::policy::get::<S>),
+        )
+        .route("/api/v1/devices/{login_code}/channels/{channel}/recordings", get(crate::recordings::list::<S>))
+        .route("/api/v1/devices/{login_code}/channels/{channel}/playback", post(crate::recordings::playback::<S>))
+        .route("/record/{session}", post(crate::recordings::callback::<S>))
+        .route("/record/{session}/{seq}/{token}", axum::routing::put(crate::recordings::put_segment::<S>))
+        .route("/recordings/{token}/play.mp4", get(crate::recordings::playback_mp4::<S>))
+        .route("/recordings/{token}/{file}", get(crate::recordings::playback_hls::<S>))
         .route("/api/v1/events", get(list_events::<S>))
         .route("/api/v1/stats", get(stats::<S>))
         .route("/api/v1/events/{id}/picture", get(event_picture::<S>))
@@ -845,12 +875,35 @@ pub async fn serve_tls<S: Store>(
 fn spawn_expiry<S: Store>(c: &Arc<Cloud<S>>) {
     let expiry = c.clone();
     tokio::spawn(async move {
+        let mut tick = 0u64;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            tick += 1;
             expiry.expire();
             expiry.live_reap();
+            if tick.is_multiple_of(2) {
+                expiry.keep_policies();
+            }
+            if tick.is_multiple_of(10) {
+                let c = expiry.clone();
+                // Deleting files blocks: not on the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || match c.sweep() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "cloud: retention deleted segments"),
+                    Err(e) => tracing::error!(error = %e, "cloud: retention sweep failed"),
+                })
+                .await;
+            }
         }
     });
+}
+
+/// A JSON body: `None` when empty, 400 naming the problem otherwise.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, crate::error::ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| crate::error::ApiError::bad_request(format!("body: {e}")))
 }
 
 /// `POST …/channels/{channel}/live`: the stream on, and viewer URLs.
@@ -860,11 +913,7 @@ async fn start_live<S: Store>(
     Path((lc, ch)): Path<(String, u32)>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, crate::error::ApiError> {
-    let req: crate::live::LiveRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        Default::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| crate::error::ApiError::bad_request(format!("body: {e}")))?
-    };
+    let req: crate::live::LiveRequest = json_body(&body)?.unwrap_or_default();
     let q = req.quality()?;
     Ok(Json(c.live_urls(&lc, ch, q).await?))
 }

@@ -107,6 +107,39 @@ pub trait Store: Send + Sync + 'static {
     fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>>;
     fn firmware_by_token(&self, token: &str) -> Result<Option<Firmware>>;
     fn firmwares(&self) -> Result<Vec<Firmware>>;
+
+    // ---------- recordings ----------
+    fn add_record_session(&self, s: &RecordSession) -> Result<()>;
+    /// Marks a session stopped; false if it was not running.
+    fn stop_record_session(&self, session_id: &str, now: i64) -> Result<bool>;
+    fn record_session(&self, session_id: &str) -> Result<Option<RecordSession>>;
+    /// Sessions not stopped.
+    fn running_record_sessions(&self) -> Result<Vec<RecordSession>>;
+    /// Indexes a stored segment; false if that (session, seq) is indexed
+    /// already (a re-sent upload).
+    fn add_segment(&self, s: &SegmentRow) -> Result<bool>;
+    /// A channel's segments overlapping `[from_ms, to_ms)`, oldest first,
+    /// at most `limit`.
+    fn segments(&self, login_code: &str, channel: u32, from_ms: i64, to_ms: i64, limit: u32)
+        -> Result<Vec<SegmentRow>>;
+    fn segment(&self, id: i64) -> Result<Option<SegmentRow>>;
+    /// Every indexed segment's id and path (reconciling with the disk).
+    fn segment_paths(&self) -> Result<Vec<(i64, String)>>;
+    /// The oldest segments of all channels, at most `limit`.
+    fn oldest_segments(&self, limit: u32) -> Result<Vec<SegmentRow>>;
+    /// A channel's segments that ended before `before_ms`, at most `limit`.
+    fn segments_ended_before(
+        &self,
+        login_code: &str,
+        channel: u32,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<SegmentRow>>;
+    fn delete_segment(&self, id: i64) -> Result<()>;
+    /// Bytes and count of every stored segment.
+    fn segment_totals(&self) -> Result<(u64, u64)>;
+    fn set_record_policy(&self, login_code: &str, channel: u32, policy: &serde_json::Value) -> Result<()>;
+    fn record_policies(&self) -> Result<Vec<(String, u32, serde_json::Value)>>;
 }
 
 fn row_to_firmware(r: &rusqlite::Row<'_>) -> rusqlite::Result<Firmware> {
@@ -159,7 +192,97 @@ const MIGRATIONS: &[&str] = &[
         uploaded_at INTEGER NOT NULL,
         PRIMARY KEY (hardware_model, firmware_model)
     );",
+    "CREATE TABLE record_session (
+        session_id TEXT PRIMARY KEY,
+        login_code TEXT NOT NULL,
+        channel INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        stopped_at INTEGER
+    );
+    CREATE INDEX record_session_channel ON record_session(login_code, channel, started_at);
+    CREATE TABLE segment (
+        id INTEGER PRIMARY KEY,
+        login_code TEXT NOT NULL,
+        channel INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        UNIQUE (session_id, seq)
+    );
+    CREATE INDEX segment_channel_start ON segment(login_code, channel, start_ms);
+    CREATE TABLE record_policy (
+        login_code TEXT NOT NULL,
+        channel INTEGER NOT NULL,
+        policy TEXT NOT NULL,
+        PRIMARY KEY (login_code, channel)
+    );",
 ];
+
+/// A cloud recording the cloud asked a device for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecordSession {
+    pub session_id: String,
+    pub login_code: String,
+    pub channel: u32,
+    /// `api`, `continuous`, `schedule`, `alarm`.
+    pub reason: String,
+    pub started_at: i64,
+    pub stopped_at: Option<i64>,
+}
+
+/// A stored segment: `path` is relative to the recordings directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentRow {
+    pub id: i64,
+    pub login_code: String,
+    pub channel: u32,
+    pub session_id: String,
+    pub seq: u64,
+    /// Unix milliseconds of the first frame.
+    pub start_ms: i64,
+    pub duration_ms: i64,
+    pub bytes: u64,
+    pub path: String,
+}
+
+impl SegmentRow {
+    pub fn end_ms(&self) -> i64 {
+        self.start_ms + self.duration_ms
+    }
+}
+
+const SEGMENT_COLS: &str = "id, login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path";
+
+fn row_to_segment(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
+    Ok(SegmentRow {
+        id: r.get(0)?,
+        login_code: r.get(1)?,
+        channel: r.get(2)?,
+        session_id: r.get(3)?,
+        seq: r.get(4)?,
+        start_ms: r.get(5)?,
+        duration_ms: r.get(6)?,
+        bytes: r.get(7)?,
+        path: r.get(8)?,
+    })
+}
+
+fn row_to_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordSession> {
+    Ok(RecordSession {
+        session_id: r.get(0)?,
+        login_code: r.get(1)?,
+        channel: r.get(2)?,
+        reason: r.get(3)?,
+        started_at: r.get(4)?,
+        stopped_at: r.get(5)?,
+    })
+}
+
+const SESSION_COLS: &str = "session_id, login_code, channel, reason, started_at, stopped_at";
 
 /// A firmware image in the catalogue (the bytes are in `DATA/firmware/<token>.bin`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -441,11 +564,141 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn add_record_session(&self, s: &RecordSession) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO record_session (session_id, login_code, channel, reason, started_at, stopped_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![s.session_id, s.login_code, s.channel, s.reason, s.started_at, s.stopped_at],
+        )?;
+        Ok(())
+    }
+
+    fn stop_record_session(&self, session_id: &str, now: i64) -> Result<bool> {
+        Ok(self.db().execute(
+            "UPDATE record_session SET stopped_at = ?2 WHERE session_id = ?1 AND stopped_at IS NULL",
+            params![session_id, now],
+        )? == 1)
+    }
+
+    fn record_session(&self, session_id: &str) -> Result<Option<RecordSession>> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("SELECT {SESSION_COLS} FROM record_session WHERE session_id = ?1"),
+                [session_id],
+                row_to_session,
+            )
+            .optional()?)
+    }
+
+    fn running_record_sessions(&self) -> Result<Vec<RecordSession>> {
+        let db = self.db();
+        let mut q = db.prepare(&format!(
+            "SELECT {SESSION_COLS} FROM record_session WHERE stopped_at IS NULL ORDER BY started_at"
+        ))?;
+        let rows = q.query_map([], row_to_session)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn add_segment(&self, s: &SegmentRow) -> Result<bool> {
+        let n = self.db().execute(
+            "INSERT INTO segment (login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+            params![s.login_code, s.channel, s.session_id, s.seq, s.start_ms, s.duration_ms, s.bytes, s.path],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn segments(
+        &self,
+        login_code: &str,
+        channel: u32,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<SegmentRow>> {
+        // Segments last at most an hour: the index range starts that much
+        // earlier and the end condition trims it.
+        self.segment_query(
+            "WHERE login_code = ?1 AND channel = ?2 AND start_ms >= ?3 - 3600000 AND start_ms < ?4
+               AND start_ms + duration_ms > ?3 ORDER BY start_ms LIMIT ?5",
+            params![login_code, channel, from_ms, to_ms, limit],
+        )
+    }
+
+    fn segment(&self, id: i64) -> Result<Option<SegmentRow>> {
+        Ok(self.segment_query("WHERE id = ?1", [id])?.pop())
+    }
+
+    fn segment_paths(&self) -> Result<Vec<(i64, String)>> {
+        let db = self.db();
+        let mut q = db.prepare("SELECT id, path FROM segment")?;
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn oldest_segments(&self, limit: u32) -> Result<Vec<SegmentRow>> {
+        self.segment_query("ORDER BY start_ms LIMIT ?1", [limit])
+    }
+
+    fn segments_ended_before(
+        &self,
+        login_code: &str,
+        channel: u32,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<SegmentRow>> {
+        self.segment_query(
+            "WHERE login_code = ?1 AND channel = ?2 AND start_ms < ?3 AND start_ms + duration_ms <= ?3
+             ORDER BY start_ms LIMIT ?4",
+            params![login_code, channel, before_ms, limit],
+        )
+    }
+
+    fn delete_segment(&self, id: i64) -> Result<()> {
+        self.db().execute("DELETE FROM segment WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    fn segment_totals(&self) -> Result<(u64, u64)> {
+        Ok(self
+            .db()
+            .query_row("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM segment", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    fn set_record_policy(&self, login_code: &str, channel: u32, policy: &serde_json::Value) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO record_policy (login_code, channel, policy) VALUES (?1, ?2, ?3)
+             ON CONFLICT (login_code, channel) DO UPDATE SET policy = ?3",
+            params![login_code, channel, policy.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn record_policies(&self) -> Result<Vec<(String, u32, serde_json::Value)>> {
+        let db = self.db();
+        let mut q = db.prepare("SELECT login_code, channel, policy FROM record_policy ORDER BY login_code, channel")?;
+        let rows = q.query_map([], |r| {
+            let p: String = r.get(2)?;
+            Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&p).unwrap_or(serde_json::Value::Null)))
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     fn firmwares(&self) -> Result<Vec<Firmware>> {
         let db = self.db();
         let mut q =
             db.prepare(&format!("SELECT {FIRMWARE_COLS} FROM firmware ORDER BY hardware_model, uploaded_at"))?;
         let rows = q.query_map([], row_to_firmware)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+impl SqliteStore {
+    fn segment_query(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<SegmentRow>> {
+        let db = self.db();
+        let mut q = db.prepare_cached(&format!("SELECT {SEGMENT_COLS} FROM segment {sql}"))?;
+        let rows = q.query_map(p, row_to_segment)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 }

@@ -343,7 +343,8 @@ async fn upload(
 ) -> Result<(), RecordError> {
     let desc = json!({
         "session_id": session, "channel": channel, "seq": s.seq,
-        "start_ts": s.start_unix_ms / 1000, "duration": s.duration as f64 / HZ as f64, "size": size,
+        "start_ts": s.start_unix_ms / 1000, "start_ms": s.start_unix_ms,
+        "duration": s.duration as f64 / HZ as f64, "size": size,
     });
     let body = serde_json::to_vec(&desc).unwrap_or_default();
     let t = Duration::from_secs(30);

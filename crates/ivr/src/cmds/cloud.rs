@@ -56,6 +56,30 @@ pub struct Args {
     /// sends RTMPStopPublish.
     #[arg(long, default_value_t = 15)]
     pub live_grace_secs: u64,
+    /// Keep stored recordings under this size (e.g. 500G, 20M, 1000000);
+    /// the oldest segments are deleted first.
+    #[arg(long, value_parser = parse_bytes)]
+    pub recordings_max_bytes: Option<u64>,
+}
+
+/// `1000`, `20K`, `20M`, `500G`, `2T` (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: a size like 1000, 20M, 500G or 2T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?}: a size like 1000, 20M, 500G or 2T"))?;
+    n.checked_mul(mult).filter(|n| *n > 0).ok_or_else(|| format!("{s:?}: out of range"))
 }
 
 impl Args {
@@ -75,6 +99,7 @@ impl Args {
             rtmp_public: None,
             rtmp_url: None,
             live_grace_secs: 15,
+            recordings_max_bytes: None,
         }
     }
 }
@@ -135,6 +160,7 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
         hash_cost: a.argon2,
         response_timeout: Duration::from_millis(a.response_timeout_ms.max(1)),
         live: LiveConfig { rtmp, grace: Duration::from_secs(a.live_grace_secs.max(1)), ..LiveConfig::default() },
+        recordings_max_bytes: a.recordings_max_bytes,
         ..CloudConfig::new(token.clone(), public_url, a.data.clone())
     };
     let cloud = Cloud::new(Arc::new(store), cfg);
@@ -162,6 +188,19 @@ fn check_rtmp_url(flag: &str, u: &str) -> anyhow::Result<String> {
     }
 }
 
+/// Disk and index made to agree before anything is served; says what it
+/// repaired.
+pub fn reconcile(cloud: &Cloud<SqliteStore>) -> anyhow::Result<()> {
+    let repair = cloud.reconcile().map_err(anyhow::Error::msg).context("reconciling recordings with the index")?;
+    if !repair.is_empty() {
+        println!(
+            "recordings repaired: {} file(s) indexed, {} file(s) removed (half-written or of no session), {} index row(s) without a file removed",
+            repair.indexed, repair.removed_files, repair.removed_rows
+        );
+    }
+    Ok(())
+}
+
 fn cloud_rtmp(c: &Cloud<SqliteStore>) -> Rtmp {
     c.config().live.rtmp.clone()
 }
@@ -186,6 +225,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Rtmp::External { url } => println!("live view: devices publish to the external RTMP server {url}"),
         Rtmp::Off => println!("live view: off (--rtmp-listen 0.0.0.0:1935 turns it on)"),
     }
+    reconcile(&cloud)?;
     if new {
         println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
     }

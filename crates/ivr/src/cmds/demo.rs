@@ -35,6 +35,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (c, listener, token, _) = cloud::start(&args).await?;
     let addr = listener.local_addr()?;
     let store = c.store().clone();
+    cloud::reconcile(&c)?;
     tokio::spawn(ivr_cloud::serve(c.clone(), listener));
     for i in 1..=a.sites {
         let code = format!("demo-site-{i}");

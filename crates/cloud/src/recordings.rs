@@ -1,0 +1,727 @@
+//! Cloud recording: sessions the cloud asks devices for, the callback
+//! protocol that brings their segments in (docs/ivr-rpc.md), crash-safe
+//! storage, the index, listing, playback and retention.
+//!
+//! A segment is stored as `recordings/<login_code>/<channel>/<day>/
+//! <start_ms>-<duration_ms>-<session>-<seq>.ts`: written to a `.part` file,
+//! fsynced, renamed, the directory fsynced, then indexed in one
+//! transaction. A crash leaves at worst a `.part` file (removed at start)
+//! or a file not yet indexed (indexed at start from its name, when its
+//! session is known). The edge keeps a segment until the cloud answered
+//! its PUT with 2xx, so a segment is either stored or still at the edge.
+
+use crate::error::{ApiError, ApiResult};
+use crate::server::{now, token, Cloud};
+use crate::store::{EventFilter, RecordSession, SegmentRow, Store};
+use axum::body::{Body, Bytes as AxBytes};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use ivr_media::demux::{self, Input};
+use ivr_media::hls::{Entry, Playlist};
+use ivr_media::sink::{Format, Sink};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// The largest segment the cloud takes.
+pub const MAX_SEGMENT: u64 = 512 << 20;
+/// An upload URL is good this long.
+const UPLOAD_TTL: Duration = Duration::from_secs(600);
+/// Segments closer than this are one span.
+const JOIN_MS: i64 = 1500;
+
+struct Pending {
+    session: RecordSession,
+    seq: u64,
+    start_ms: i64,
+    duration_ms: i64,
+    size: u64,
+    made: Instant,
+}
+
+/// Counters and upload URLs.
+#[derive(Default)]
+pub struct Recorder {
+    pending: Mutex<HashMap<String, Pending>>,
+    pub stored: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub refused: AtomicU64,
+    pub disk_errors: AtomicU64,
+    pub deleted: AtomicU64,
+    pub deleted_bytes: AtomicU64,
+    /// When each channel's alarm recording may stop (unix s).
+    pub(crate) alarm_until: Mutex<HashMap<(String, u32), i64>>,
+}
+
+/// What reconciling disk and index found and did.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Repair {
+    /// Files on disk the index did not have, now indexed.
+    pub indexed: u64,
+    /// Files removed: half-written (`.part`) or of no known session.
+    pub removed_files: u64,
+    /// Index rows whose file was gone, removed.
+    pub removed_rows: u64,
+}
+
+impl Repair {
+    pub fn is_empty(&self) -> bool {
+        *self == Repair::default()
+    }
+}
+
+/// The body of `POST …/recording`.
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRequest {
+    pub quality: Option<String>,
+    pub prerecord_seconds: Option<u32>,
+    pub seg_duration: Option<u32>,
+}
+
+/// A time as the API takes it: RFC 3339 or Unix seconds (fractions allowed).
+pub fn parse_time(field: &str, s: &str) -> ApiResult<i64> {
+    if let Ok(x) = s.parse::<f64>() {
+        if x.is_finite() && (0.0..1e11).contains(&x) {
+            return Ok((x * 1000.0).round() as i64);
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()).map_err(|_| {
+        ApiError::bad_request(format!("{field}={s:?}: expected RFC 3339 (2026-11-30T08:00:00Z) or Unix seconds"))
+    })
+}
+
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn day(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| "unknown".into(), |t| t.format("%Y-%m-%d").to_string())
+}
+
+impl<S: Store> Cloud<S> {
+    pub(crate) fn recordings_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("recordings")
+    }
+
+    /// Starts a cloud recording of `lc`/`ch` (or answers the one running).
+    pub async fn record_start(
+        self: &Arc<Self>,
+        lc: &str,
+        ch: u32,
+        req: &RecordRequest,
+        reason: &str,
+    ) -> ApiResult<RecordSession> {
+        self.check_channel(lc, ch)?;
+        let quality = crate::live::LiveRequest::quality_of(req.quality.as_deref())?;
+        if let Some(s) = self.running_session(lc, ch)? {
+            return Ok(s);
+        }
+        let h = self.handle_of(lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
+        let session_id: String = token()[..22].to_owned();
+        let params = json!({
+            "session_id": session_id, "channel": ch, "quality": quality, "max_bitrate": 0,
+            "seg_duration": req.seg_duration.unwrap_or(10).clamp(1, 600),
+            "seg_max_size": 64 << 20, "seg_max_count": 60,
+            "prerecord_seconds": req.prerecord_seconds.unwrap_or(0).min(300),
+            "start_ts": 0,
+            "cbk_url": format!("{}/record/{session_id}", self.cfg.public_url),
+        });
+        // Known before the device can call back.
+        let s = RecordSession {
+            session_id: session_id.clone(),
+            login_code: lc.to_owned(),
+            channel: ch,
+            reason: reason.to_owned(),
+            started_at: now(),
+            stopped_at: None,
+        };
+        self.store.add_record_session(&s)?;
+        let r = tokio::time::timeout(self.cfg.rpc_timeout, h.call("StartCloudRecord", Some(params))).await;
+        let r = match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::call("StartCloudRecord", e)),
+            Err(_) => Err(ApiError::timeout(format!("StartCloudRecord: no answer from {lc:?}"))),
+        };
+        if let Err(e) = r {
+            self.store.stop_record_session(&session_id, now())?;
+            self.event(lc, Some(ch), "record_failed", json!({"error": e.msg, "reason": reason}));
+            return Err(e);
+        }
+        self.event(lc, Some(ch), "record_start", json!({"session_id": session_id, "reason": reason}));
+        Ok(s)
+    }
+
+    pub(crate) fn running_session(&self, lc: &str, ch: u32) -> ApiResult<Option<RecordSession>> {
+        Ok(self.store.running_record_sessions()?.into_iter().find(|s| s.login_code == lc && s.channel == ch))
+    }
+
+    /// Stops the channel's running recording; `None` when there was none.
+    pub async fn record_stop(self: &Arc<Self>, lc: &str, ch: u32, why: &str) -> ApiResult<Option<RecordSession>> {
+        let Some(s) = self.running_session(lc, ch)? else { return Ok(None) };
+        self.store.stop_record_session(&s.session_id, now())?;
+        if let Some(h) = self.handle_of(lc) {
+            let p = json!({"session_id": s.session_id, "channel": ch});
+            match tokio::time::timeout(self.cfg.rpc_timeout, h.call("StopCloudRecord", Some(p))).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(login_code = %lc, channel = ch, error = %e, "cloud: StopCloudRecord failed")
+                }
+                Err(_) => tracing::info!(login_code = %lc, channel = ch, "cloud: StopCloudRecord unanswered"),
+            }
+        }
+        self.event(lc, Some(ch), "record_stop", json!({"session_id": s.session_id, "reason": why}));
+        Ok(Some(s))
+    }
+
+    /// The callback: a device describes a finished segment; the answer is
+    /// where to PUT it.
+    fn segment_announced(&self, session_id: &str, d: &Value) -> ApiResult<Value> {
+        let refuse = |msg: String| {
+            self.recorder.refused.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(axum::http::StatusCode::FORBIDDEN, msg)
+        };
+        let s = self
+            .store
+            .record_session(session_id)?
+            .ok_or_else(|| refuse(format!("session {session_id:?}: the cloud did not ask for this recording")))?;
+        let field = |k: &str| d.get(k).ok_or_else(|| ApiError::bad_request(format!("{k}: missing")));
+        if field("session_id")?.as_str() != Some(session_id) {
+            return Err(ApiError::bad_request("session_id: not the session of this URL"));
+        }
+        if field("channel")?.as_u64() != Some(s.channel as u64) {
+            return Err(refuse(format!("channel: session {session_id:?} records channel {}", s.channel)));
+        }
+        let seq = field("seq")?.as_u64().ok_or_else(|| ApiError::bad_request("seq: a number from 0"))?;
+        let size = field("size")?
+            .as_u64()
+            .filter(|n| (1..=MAX_SEGMENT).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("size: 1 to {MAX_SEGMENT} bytes")))?;
+        let duration = field("duration")?
+            .as_f64()
+            .filter(|d| d.is_finite() && *d > 0.0 && *d <= 3600.0)
+            .ok_or_else(|| ApiError::bad_request("duration: seconds, more than 0 and at most 3600"))?;
+        let start_ms = match d.get("start_ms").and_then(Value::as_i64) {
+            Some(ms) => ms,
+            None => field("start_ts")?.as_i64().ok_or_else(|| ApiError::bad_request("start_ts: Unix seconds"))? * 1000,
+        };
+        if !(946_684_800_000..32_503_680_000_000).contains(&start_ms) {
+            return Err(ApiError::bad_request("start_ts: not a time between 2000 and 3000"));
+        }
+        let t = token();
+        let mut p = self.recorder.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.retain(|_, x| x.made.elapsed() < UPLOAD_TTL);
+        if p.len() >= 10_000 {
+            return Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "too many uploads waiting"));
+        }
+        p.insert(
+            t.clone(),
+            Pending {
+                session: s,
+                seq,
+                start_ms,
+                duration_ms: (duration * 1000.0).round() as i64,
+                size,
+                made: Instant::now(),
+            },
+        );
+        Ok(json!({"url": format!("{}/record/{session_id}/{seq}/{t}", self.cfg.public_url)}))
+    }
+
+    /// The PUT: the bytes to disk (crash-safe), then the index.
+    async fn segment_upload(&self, t: &str, body: Body) -> ApiResult<bool> {
+        let p = self
+            .recorder
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(t)
+            .ok_or_else(|| ApiError::not_found("unknown or used upload URL"))?;
+        let s = &p.session;
+        let rel = PathBuf::from(crate::safe_name(&s.login_code))
+            .join(s.channel.to_string())
+            .join(day(p.start_ms))
+            .join(format!("{}-{}-{}-{}.ts", p.start_ms, p.duration_ms, s.session_id, p.seq));
+        let path = self.recordings_dir().join(&rel);
+        let part = path.with_extension("ts.part");
+        let dir = path.parent().map(FsPath::to_path_buf).unwrap_or_default();
+        let disk = |what: &str, e: std::io::Error| {
+            self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
+            let status = if e.raw_os_error() == Some(28) {
+                axum::http::StatusCode::INSUFFICIENT_STORAGE
+            } else {
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR
+            };
+            tracing::error!(path = %part.display(), error = %e, "cloud: a segment was not stored ({what})");
+            ApiError::new(status, format!("storing the segment ({what}): {e}"))
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| disk("creating its directory", e))?;
+        let mut f = tokio::fs::File::create(&part).await.map_err(|e| disk("creating the file", e))?;
+        let mut n = 0u64;
+        let mut stream = body.into_data_stream();
+        let r: ApiResult<()> = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
+                n += chunk.len() as u64;
+                if n > p.size {
+                    return Err(ApiError::bad_request(format!("more bytes than the {} announced", p.size)));
+                }
+                f.write_all(&chunk).await.map_err(|e| disk("writing", e))?;
+            }
+            if n != p.size {
+                return Err(ApiError::bad_request(format!("{n} bytes, {} announced", p.size)));
+            }
+            f.sync_all().await.map_err(|e| disk("fsync", e))?;
+            Ok(())
+        }
+        .await;
+        drop(f);
+        if let Err(e) = r {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&part, &path).await.map_err(|e| disk("rename", e))?;
+        if let Ok(d) = tokio::fs::File::open(&dir).await {
+            let _ = d.sync_all().await;
+        }
+        let row = SegmentRow {
+            id: 0,
+            login_code: s.login_code.clone(),
+            channel: s.channel,
+            session_id: s.session_id.clone(),
+            seq: p.seq,
+            start_ms: p.start_ms,
+            duration_ms: p.duration_ms,
+            bytes: n,
+            path: rel.to_string_lossy().into_owned(),
+        };
+        let fresh = self.store.add_segment(&row)?;
+        if fresh {
+            self.recorder.stored.fetch_add(1, Ordering::Relaxed);
+            self.recorder.stored_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(fresh)
+    }
+
+    /// Makes disk and index agree (run at start, before serving).
+    pub fn reconcile(&self) -> Result<Repair, String> {
+        let root = self.recordings_dir();
+        let mut rep = Repair::default();
+        let indexed: HashMap<String, i64> =
+            self.store.segment_paths().map_err(|e| e.to_string())?.into_iter().map(|(id, p)| (p, id)).collect();
+        let mut on_disk = std::collections::HashSet::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path.strip_prefix(&root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if name.ends_with(".part") {
+                    let _ = std::fs::remove_file(&path);
+                    rep.removed_files += 1;
+                    continue;
+                }
+                if indexed.contains_key(&rel) {
+                    on_disk.insert(rel);
+                    continue;
+                }
+                // A file stored but not indexed (a crash between the two).
+                let row = parse_segment_name(&name).and_then(|(start_ms, duration_ms, session, seq)| {
+                    let s = self.store.record_session(&session).ok()??;
+                    Some(SegmentRow {
+                        id: 0,
+                        login_code: s.login_code,
+                        channel: s.channel,
+                        session_id: session,
+                        seq,
+                        start_ms,
+                        duration_ms,
+                        bytes: e.metadata().map(|m| m.len()).unwrap_or(0),
+                        path: rel.clone(),
+                    })
+                });
+                match row {
+                    Some(r) if self.store.add_segment(&r).map_err(|e| e.to_string())? => {
+                        rep.indexed += 1;
+                        on_disk.insert(rel);
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(&path);
+                        rep.removed_files += 1;
+                    }
+                }
+            }
+        }
+        for (p, id) in indexed {
+            if !on_disk.contains(&p) {
+                self.store.delete_segment(id).map_err(|e| e.to_string())?;
+                rep.removed_rows += 1;
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Deletes what retention says must go: segments older than their
+    /// channel's `retention_days`, then the oldest of all while the total
+    /// is over `--recordings-max-bytes`. Index row first, then the file.
+    pub fn sweep(&self) -> Result<u64, String> {
+        let mut gone = 0u64;
+        let policies = self.store.record_policies().map_err(|e| e.to_string())?;
+        let now_ms = now() * 1000;
+        for (lc, ch, p) in policies {
+            let Some(days) = p.get("retention_days").and_then(Value::as_u64).filter(|d| *d > 0) else { continue };
+            let before = now_ms - days as i64 * 86_400_000;
+            loop {
+                let old = self.store.segments_ended_before(&lc, ch, before, 500).map_err(|e| e.to_string())?;
+                if old.is_empty() {
+                    break;
+                }
+                for s in old {
+                    self.delete_stored(&s)?;
+                    gone += 1;
+                }
+            }
+        }
+        if let Some(max) = self.cfg.recordings_max_bytes {
+            loop {
+                let (total, _) = self.store.segment_totals().map_err(|e| e.to_string())?;
+                if total <= max {
+                    break;
+                }
+                let mut over = total - max;
+                let old = self.store.oldest_segments(200).map_err(|e| e.to_string())?;
+                if old.is_empty() {
+                    break;
+                }
+                for s in old {
+                    self.delete_stored(&s)?;
+                    gone += 1;
+                    over = over.saturating_sub(s.bytes);
+                    if over == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(gone)
+    }
+
+    fn delete_stored(&self, s: &SegmentRow) -> Result<(), String> {
+        self.store.delete_segment(s.id).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(self.recordings_dir().join(&s.path));
+        self.recorder.deleted.fetch_add(1, Ordering::Relaxed);
+        self.recorder.deleted_bytes.fetch_add(s.bytes, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// `<start_ms>-<duration_ms>-<session>-<seq>.ts`
+fn parse_segment_name(name: &str) -> Option<(i64, i64, String, u64)> {
+    let stem = name.strip_suffix(".ts")?;
+    let mut it = stem.splitn(3, '-');
+    let start = it.next()?.parse().ok()?;
+    let dur = it.next()?.parse().ok()?;
+    let (session, seq) = it.next()?.rsplit_once('-')?;
+    Some((start, dur, session.to_owned(), seq.parse().ok()?))
+}
+
+// ---------- HTTP ----------
+
+/// `POST /record/{session_id}`: the callback of StartCloudRecord.
+pub(crate) async fn callback<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    Path(session): Path<String>,
+    body: AxBytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    if body.len() > 4096 {
+        return Err(ApiError::bad_request("the segment description is at most 4 KiB of JSON"));
+    }
+    let d: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    Ok(axum::Json(c.segment_announced(&session, &d)?))
+}
+
+/// `PUT /record/{session_id}/{seq}/{token}`: the segment's bytes.
+pub(crate) async fn put_segment<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    Path((_, _, t)): Path<(String, u64, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let fresh = c.segment_upload(&t, body).await?;
+    let status = if fresh { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK };
+    Ok(status.into_response())
+}
+
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET …/recordings?from=&to=`: spans, gaps and events of a time range.
+pub(crate) async fn list<S: Store>(
+    _: crate::server::Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+    Query(q): Query<RangeQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    c.check_channel(&lc, ch)?;
+    let to = q.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(now() * 1000 + 60_000);
+    let from = q.from.as_deref().map(|t| parse_time("from", t)).transpose()?.unwrap_or(to - 86_400_000);
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+    let mut segs = c.store.segments(&lc, ch, from, to, limit + 1)?;
+    let more = segs.len() > limit as usize;
+    segs.truncate(limit as usize);
+    let mut spans: Vec<(i64, i64, u64)> = Vec::new();
+    for s in &segs {
+        match spans.last_mut() {
+            Some(l) if s.start_ms - l.1 <= JOIN_MS => {
+                l.1 = l.1.max(s.end_ms());
+                l.2 += s.bytes;
+            }
+            _ => spans.push((s.start_ms, s.end_ms(), s.bytes)),
+        }
+    }
+    let gaps: Vec<Value> = spans.windows(2).map(|w| json!({"from": secs(w[0].1), "to": secs(w[1].0)})).collect();
+    let events = c.store.events(&EventFilter {
+        login_code: Some(lc.clone()),
+        channel: Some(ch),
+        kind: Some("alarm".into()),
+        since: Some(from / 1000),
+        until: Some(to / 1000),
+        limit: Some(1000),
+    })?;
+    let mut out = json!({
+        "spans": spans.iter().map(|s| json!({"from": secs(s.0), "to": secs(s.1), "bytes": s.2})).collect::<Vec<_>>(),
+        "gaps": gaps,
+        "events": events,
+        "segments": segs.len(),
+    });
+    if more {
+        out["next"] = json!(secs(segs.last().map_or(to, SegmentRow::end_ms)));
+    }
+    Ok(axum::Json(out))
+}
+
+/// `POST`/`DELETE …/recording`.
+pub(crate) async fn start<S: Store>(
+    _: crate::server::Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+    body: AxBytes,
+) -> Result<(axum::http::StatusCode, axum::Json<Value>), ApiError> {
+    let req: RecordRequest = crate::server::json_body(&body)?.unwrap_or_default();
+    let s = c.record_start(&lc, ch, &req, "api").await?;
+    Ok((axum::http::StatusCode::CREATED, axum::Json(json!(s))))
+}
+
+pub(crate) async fn stop<S: Store>(
+    _: crate::server::Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    c.check_channel(&lc, ch)?;
+    match c.record_stop(&lc, ch, "api").await? {
+        Some(s) => Ok(axum::Json(json!({"stopped": s.session_id}))),
+        None => Err(ApiError::not_found(format!("{lc:?} channel {ch} is not being recorded"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybackRequest {
+    from: Value,
+    to: Value,
+}
+
+fn time_value(field: &str, v: &Value) -> ApiResult<i64> {
+    match v {
+        Value::Number(n) => parse_time(field, &n.to_string()),
+        Value::String(s) => parse_time(field, s),
+        _ => Err(ApiError::bad_request(format!("{field}: RFC 3339 or Unix seconds"))),
+    }
+}
+
+/// `POST …/playback {from, to}`: URLs of that range with a viewer token.
+pub(crate) async fn playback<S: Store>(
+    _: crate::server::Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+    body: AxBytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let r: PlaybackRequest =
+        crate::server::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: {\"from\", \"to\"} expected"))?;
+    let (from, to) = (time_value("from", &r.from)?, time_value("to", &r.to)?);
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    if to - from > 31 * 86_400_000 {
+        return Err(ApiError::bad_request("a playback range is at most 31 days"));
+    }
+    c.check_channel(&lc, ch)?;
+    let segs = c.store.segments(&lc, ch, from, to, 1)?;
+    if segs.is_empty() {
+        return Err(ApiError::not_found(format!("nothing recorded of {lc:?} channel {ch} in that range")));
+    }
+    let exp = now() + c.lives.config().token_ttl.as_secs() as i64;
+    let t = c.lives.viewer_token(&lc, ch, &format!("rec:{from}:{to}"), exp);
+    let base = format!("{}/recordings/{t}", c.cfg.public_url);
+    Ok(axum::Json(json!({
+        "from": secs(from), "to": secs(to),
+        "urls": {"mp4": format!("{base}/play.mp4"), "hls": format!("{base}/index.m3u8")},
+        "expires": exp,
+    })))
+}
+
+/// What a recording token opens: channel and range.
+fn rec_scope<S: Store>(c: &Cloud<S>, t: &str) -> ApiResult<(String, u32, i64, i64)> {
+    let (lc, ch, scope) = c.lives.check_token(t).map_err(ApiError::unauthorized)?;
+    let mut it = scope.strip_prefix("rec:").ok_or_else(|| ApiError::unauthorized("not a playback token"))?.split(':');
+    let from = it.next().and_then(|x| x.parse().ok());
+    let to = it.next().and_then(|x| x.parse().ok());
+    match (from, to) {
+        (Some(f), Some(t)) => Ok((lc, ch, f, t)),
+        _ => Err(ApiError::unauthorized("not a playback token")),
+    }
+}
+
+/// `GET /recordings/{token}/index.m3u8`: a VOD playlist of the stored
+/// segments, a discontinuity at each gap.
+pub(crate) async fn playback_hls<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    Path((t, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (lc, ch, from, to) = rec_scope(&c, &t)?;
+    if file == "index.m3u8" {
+        let segs = c.store.segments(&lc, ch, from, to, 100_000)?;
+        let entries: Vec<Entry> = segs
+            .iter()
+            .map(|s| Entry {
+                uri: format!("{}.ts", s.id),
+                duration: s.duration_ms as f64 / 1000.0,
+                start_ms: Some(s.start_ms),
+                discontinuity: false,
+            })
+            .collect();
+        let p = Playlist::range(None, &entries, from, to).render();
+        return Ok(([("content-type", "application/vnd.apple.mpegurl")], p).into_response());
+    }
+    let id: i64 = file
+        .strip_suffix(".ts")
+        .and_then(|x| x.parse().ok())
+        .ok_or_else(|| ApiError::not_found(format!("{file}: not a segment of this playlist")))?;
+    let s = c
+        .store
+        .segment(id)?
+        .filter(|s| s.login_code == lc && s.channel == ch && s.start_ms < to && s.end_ms() > from)
+        .ok_or_else(|| ApiError::not_found(format!("{file}: not a segment of this playlist")))?;
+    let b = tokio::fs::read(c.recordings_dir().join(&s.path))
+        .await
+        .map_err(|e| ApiError::not_found(format!("{file}: {e} (deleted by retention?)")))?;
+    Ok(([("content-type", "video/mp2t")], b).into_response())
+}
+
+/// `GET /recordings/{token}/play.mp4`: one MP4 of exactly the range,
+/// assembled from the stored TS segments as it is sent (fragmented MP4:
+/// the first bytes go out once the first segment is read).
+pub(crate) async fn playback_mp4<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    Path(t): Path<String>,
+) -> Result<Response, ApiError> {
+    let (lc, ch, from, to) = rec_scope(&c, &t)?;
+    let segs = c.store.segments(&lc, ch, from, to, 100_000)?;
+    if segs.is_empty() {
+        return Err(ApiError::not_found("nothing recorded in that range (any more)"));
+    }
+    let dir = c.recordings_dir();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AxBytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        if let Err(e) = assemble(&dir, segs, from, to, &tx).await {
+            tracing::warn!(error = %e, "cloud: playback MP4 cut short");
+            let _ = tx.send(Err(std::io::Error::other(e))).await;
+        }
+    });
+    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    Ok(([("content-type", "video/mp4")], body).into_response())
+}
+
+async fn assemble(
+    dir: &FsPath,
+    segs: Vec<SegmentRow>,
+    from: i64,
+    to: i64,
+    tx: &tokio::sync::mpsc::Sender<Result<AxBytes, std::io::Error>>,
+) -> Result<(), String> {
+    let mut sink = Sink::new(Format::Mp4, 25);
+    let base = segs[0].start_ms.max(from);
+    let mut started = false;
+    let mut out = Vec::new();
+    for s in segs {
+        let data = tokio::fs::read(dir.join(&s.path)).await.map_err(|e| format!("{}: {e}", s.path))?;
+        let d = demux::read(Input::Ts, &data.into(), 25).map_err(|e| format!("{}: {e}", s.path))?;
+        let Some(t0) = d.frames.iter().map(|f| f.dts).min() else { continue };
+        let frames = d.frames;
+        // The keyframe at or before `from` is where the file starts.
+        let from_ticks = ((from - s.start_ms) * 90).max(0) as u64 + t0;
+        let first = if started {
+            0
+        } else {
+            frames
+                .iter()
+                .rposition(|f| f.codec.is_video() && f.keyframe && f.dts <= from_ticks)
+                .or_else(|| frames.iter().position(|f| f.codec.is_video() && f.keyframe))
+                .unwrap_or(frames.len())
+        };
+        for mut f in frames.into_iter().skip(first) {
+            let at_ms = s.start_ms + (f.dts - t0) as i64 / 90;
+            if at_ms >= to {
+                break;
+            }
+            // One timeline: milliseconds since the file's start.
+            let shift = (s.start_ms - base) * 90 - t0 as i64;
+            f.dts = (f.dts as i64 + shift).max(0) as u64;
+            f.pts = (f.pts as i64 + shift).max(0) as u64;
+            started = true;
+            sink.push(f, &mut out).map_err(|e| e.to_string())?;
+        }
+        if !out.is_empty() && tx.send(Ok(AxBytes::from(std::mem::take(&mut out)))).await.is_err() {
+            return Ok(());
+        }
+    }
+    sink.finish(&mut out).map_err(|e| e.to_string())?;
+    if !out.is_empty() {
+        let _ = tx.send(Ok(AxBytes::from(out))).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_times_parse() {
+        assert_eq!(
+            parse_segment_name("1700000000000-10000-abc_DEF-3.ts"),
+            Some((1_700_000_000_000, 10_000, "abc_DEF".into(), 3))
+        );
+        assert_eq!(parse_segment_name("x.ts"), None);
+        assert_eq!(parse_time("from", "1700000000.5").unwrap(), 1_700_000_000_500);
+        assert_eq!(parse_time("from", "2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
+        assert!(parse_time("from", "yesterday").unwrap_err().msg.contains("from=\"yesterday\""));
+    }
+}
