@@ -65,6 +65,8 @@ step "interop: an independent IVT (Python websockets) against ivr cloud"
 "$VENVS/ivt/bin/python" tests/interop/ivt_check.py --ivr target/debug/ivr
 step "interop: live view (ffmpeg, websockets, Chromium via Playwright) against ivr cloud + ivr edge"
 "$VENVS/browser/bin/python" tests/interop/live_check.py --ivr target/debug/ivr
+step "interop: cloud recording (policies, playback, kill -9, retention) judged by ffprobe"
+python3 tests/interop/record_check.py --ivr target/debug/ivr
 step "interop: Python's xmlrpc.client against ivr sim cvip"
 python3 tests/interop/cvip_check.py --ivr target/debug/ivr
 step "interop: python-dvr, dvrip and ffprobe against ivr"

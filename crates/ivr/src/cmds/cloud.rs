@@ -220,12 +220,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.data.display(),
         fds.saturating_sub(64)
     );
+    reconcile(&cloud)?;
     match &cloud_rtmp(&cloud) {
         Rtmp::Ingest { base } => println!("live view: the cloud's RTMP ingest; devices publish to {base}/<key>"),
         Rtmp::External { url } => println!("live view: devices publish to the external RTMP server {url}"),
         Rtmp::Off => println!("live view: off (--rtmp-listen 0.0.0.0:1935 turns it on)"),
     }
-    reconcile(&cloud)?;
     if new {
         println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
     }
