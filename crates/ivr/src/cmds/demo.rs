@@ -112,6 +112,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     println!("try:  curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/devices");
     println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":0}}' http://{addr}/api/v1/devices/demo-site-1/rpc/GetPTZPresetList");
     println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":1}}' http://{addr}/api/v1/devices/{code}/rpc/GetNetConfig");
+    println!(
+        "watch: curl -H 'Authorization: Bearer {token}' -X POST http://{addr}/api/v1/devices/{code}/channels/0/live"
+    );
+    println!("       (open its urls.player in a browser, or: ffplay <urls.mp4>)");
+    println!("record: curl -H 'Authorization: Bearer {token}' -X PUT -d '{{\"mode\":\"continuous\"}}' http://{addr}/api/v1/devices/demo-site-1/channels/0/record-policy");
+    println!("        curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/devices/demo-site-1/channels/0/recordings");
     println!("data in {}; Ctrl-C stops", a.data.display());
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     drop((nvr, cam));
