@@ -167,10 +167,19 @@ def main():
         check("unknown channel/device 404, bad quality 400, no admin token 401, a forged viewer token 401", errors)
 
         def mp4():
-            v = grab(live["urls"]["mp4"], os.path.join(out, "live.mp4"))
+            # 6 s: longer than the grace period, so the viewer must hold the stream up.
+            got = {}
+            t = threading.Thread(target=lambda: got.update(v=grab(live["urls"]["mp4"], os.path.join(out, "live.mp4"), 6)))
+            t.start()
+            time.sleep(4.5)
+            _, st = api("GET", "/api/v1/stats")
+            t.join(60)
+            assert st["live"]["viewers"] >= 1 and st["live"]["channels"] == 1, st
+            assert edge_requests("RTMPStopPublish") == 0, "stopped while a viewer watched"
+            v = got["v"]
             assert v["codec_name"] == "h264" and (v["width"], v["height"]) == (live["width"], live["height"]), v
-            assert int(v["nb_read_frames"]) >= 25, v
-        check("the live mp4 URL: ffmpeg reads H.264 of the announced size, 3 s of frames", mp4)
+            assert int(v["nb_read_frames"]) >= 100, v
+        check("the live mp4 URL: ffmpeg reads H.264 of the announced size for 6 s, counted as a viewer throughout", mp4)
 
         def hls():
             v = grab(live["urls"]["hls"], os.path.join(out, "live-hls.mp4"))

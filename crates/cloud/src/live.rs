@@ -618,29 +618,37 @@ fn viewer_error(e: &'static str) -> Response {
 }
 
 /// fMP4 bytes from frames: the init segment, then a fragment per frame
-/// (one frame of latency, not one GOP).
+/// written as soon as the frame is in (its duration taken from the last
+/// frame interval), so a viewer is no frame behind the device.
 struct Fragments {
     sink: Sink,
-    held: bool,
+    last_dts: Option<u64>,
+    interval: u64,
 }
 
 impl Fragments {
     fn new(info: &StreamInfo) -> Fragments {
         let audio = info.audio.as_ref().map(|_| Codec::Aac);
-        Fragments { sink: Sink::new(Format::Mp4, 25).with_audio(audio), held: false }
+        Fragments { sink: Sink::new(Format::Mp4, 25).with_audio(audio), last_dts: None, interval: 3600 }
     }
 
     /// The bytes to send for `f` (empty while nothing is ready).
     fn push(&mut self, f: Frame) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
-        if f.codec.is_video() && self.held {
-            self.sink.cut(f.dts, &mut out).map_err(|e| e.to_string())?;
+        if !f.codec.is_video() {
+            self.sink.push(f, &mut out).map_err(|e| e.to_string())?;
+            return Ok(out);
         }
-        let video = f.codec.is_video();
+        let dts = f.dts;
+        if let Some(last) = self.last_dts {
+            let d = dts.saturating_sub(last);
+            if (900..=90_000).contains(&d) {
+                self.interval = d;
+            }
+        }
+        self.last_dts = Some(dts);
         self.sink.push(f, &mut out).map_err(|e| e.to_string())?;
-        if video && self.sink.frames > 0 {
-            self.held = true;
-        }
+        self.sink.cut(dts + self.interval, &mut out).map_err(|e| e.to_string())?;
         Ok(out)
     }
 }
@@ -651,12 +659,14 @@ pub(crate) async fn live_mp4<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): 
         Ok(x) => x,
         Err(e) => return viewer_error(e),
     };
-    let mut v = match c.live_view(&lc, ch, &q).await {
+    let v = match c.live_view(&lc, ch, &q).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AxBytes, std::io::Error>>(8);
     tokio::spawn(async move {
+        // The whole viewer moves in (its hold too, not just the fields used).
+        let mut v = v;
         let mut frag = Fragments::new(&v.info);
         while let Some(f) = v.frames.recv().await {
             match frag.push(f) {

@@ -32,6 +32,9 @@ pub enum BenchCmd {
     /// DVRIP NVR at once (RTMP to nginx, segments to an upload sink): its
     /// CPU and RSS per camera.
     Edge(super::bench_edge::EdgeBench),
+    /// The cloud's live view: time to the first fragment (cold and warm),
+    /// glass-to-glass latency on the ws path, and viewers of one stream.
+    Live(super::bench_live::LiveBench),
 }
 
 #[derive(ClapArgs)]
@@ -64,6 +67,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Cvip(b) => super::bench_cvip::run(b).await,
         BenchCmd::Media(b) => super::bench_media::run(b).await,
         BenchCmd::Edge(b) => super::bench_edge::run(b).await,
+        BenchCmd::Live(b) => super::bench_live::run(b).await,
     }
 }
 

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod bench_cvip;
 pub mod bench_edge;
 pub mod bench_ivc;
+pub mod bench_live;
 pub mod bench_media;
 pub mod bench_streams;
 pub mod cloud;
