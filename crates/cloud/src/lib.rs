@@ -2,17 +2,23 @@
 //! the HTTP API. This release: devices, sessions, Keepalive state, alarms
 //! with pictures, previews, RPC and events through the API.
 
+pub mod api;
 pub mod auth;
 pub mod error;
+mod gateway;
+mod listen;
 pub mod live;
 pub mod policy;
 pub mod recordings;
 pub mod server;
 pub mod store;
+mod uploads;
 
+pub use api::router;
 pub use auth::HashCost;
+pub use listen::{serve, serve_tls};
 pub use live::{serve_rtmp, LiveConfig, Rtmp};
-pub use server::{router, serve, serve_tls, Cloud, CloudConfig};
+pub use server::{Cloud, CloudConfig};
 pub use store::{SqliteStore, Store};
 
 /// A login_code as a file name: anything but `[A-Za-z0-9_-]` becomes `_`.

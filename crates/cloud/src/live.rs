@@ -354,7 +354,17 @@ impl<S: Store> Cloud<S> {
 
     /// 404 for an unknown device or channel.
     pub fn check_channel(&self, lc: &str, ch: u32) -> ApiResult<()> {
+        self.check_channel_of(lc, ch, false)
+    }
+
+    /// 404 for an unknown device, or for a channel the device's Keepalives
+    /// do not list; `unreported_ok`: a device that has listed none yet may
+    /// be asked about any (it answers for itself).
+    pub fn check_channel_of(&self, lc: &str, ch: u32, unreported_ok: bool) -> ApiResult<()> {
         let d = self.store.device(lc)?.ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))?;
+        if unreported_ok && d.channels.is_empty() {
+            return Ok(());
+        }
         if !d.channels.iter().any(|c| c.channel == ch) {
             let known: Vec<String> = d.channels.iter().map(|c| c.channel.to_string()).collect();
             return Err(ApiError::not_found(format!(

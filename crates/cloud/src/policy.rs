@@ -2,9 +2,10 @@
 //! recording always, on a weekly schedule (UTC), or around alarms — across
 //! device reconnects and cloud restarts, and how long to keep it.
 
+use crate::api::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::recordings::RecordRequest;
-use crate::server::{now, Admin, Cloud};
+use crate::server::{now, Cloud};
 use crate::store::Store;
 use axum::body::Bytes as AxBytes;
 use axum::extract::{Path, State};
@@ -217,7 +218,7 @@ pub(crate) async fn put<S: Store>(
     body: AxBytes,
 ) -> Result<Json<Value>, ApiError> {
     let p: RecordPolicy =
-        crate::server::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: a record policy expected"))?;
+        crate::api::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: a record policy expected"))?;
     p.check()?;
     c.check_channel(&lc, ch)?;
     let v = serde_json::to_value(&p).map_err(|e| ApiError::internal(e.to_string()))?;

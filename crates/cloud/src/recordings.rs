@@ -471,7 +471,7 @@ pub struct RangeQuery {
 
 /// `GET …/recordings?from=&to=`: spans, gaps and events of a time range.
 pub(crate) async fn list<S: Store>(
-    _: crate::server::Admin,
+    _: crate::api::Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     Query(q): Query<RangeQuery>,
@@ -519,18 +519,18 @@ pub(crate) async fn list<S: Store>(
 
 /// `POST`/`DELETE …/recording`.
 pub(crate) async fn start<S: Store>(
-    _: crate::server::Admin,
+    _: crate::api::Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     body: AxBytes,
 ) -> Result<(axum::http::StatusCode, axum::Json<Value>), ApiError> {
-    let req: RecordRequest = crate::server::json_body(&body)?.unwrap_or_default();
+    let req: RecordRequest = crate::api::json_body(&body)?.unwrap_or_default();
     let s = c.record_start(&lc, ch, &req, "api").await?;
     Ok((axum::http::StatusCode::CREATED, axum::Json(json!(s))))
 }
 
 pub(crate) async fn stop<S: Store>(
-    _: crate::server::Admin,
+    _: crate::api::Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -558,13 +558,13 @@ fn time_value(field: &str, v: &Value) -> ApiResult<i64> {
 
 /// `POST …/playback {from, to}`: URLs of that range with a viewer token.
 pub(crate) async fn playback<S: Store>(
-    _: crate::server::Admin,
+    _: crate::api::Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     body: AxBytes,
 ) -> Result<axum::Json<Value>, ApiError> {
     let r: PlaybackRequest =
-        crate::server::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: {\"from\", \"to\"} expected"))?;
+        crate::api::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: {\"from\", \"to\"} expected"))?;
     let (from, to) = (time_value("from", &r.from)?, time_value("to", &r.to)?);
     if from >= to {
         return Err(ApiError::bad_request("from must be before to"));

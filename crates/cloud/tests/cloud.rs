@@ -179,7 +179,13 @@ async fn devices_online_rpc_events_alarms_and_restart() {
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().contains("params.channel: required"));
     assert_eq!(api(addr, "POST", "/api/v1/devices/site-1/rpc/FormatDisk", None).await.0, 404);
-    assert_eq!(api(addr, "POST", "/api/v1/devices/nobody/rpc/RebootChannel", Some(json!({"channel": 0}))).await.0, 409);
+    assert_eq!(api(addr, "POST", "/api/v1/devices/nobody/rpc/RebootChannel", Some(json!({"channel": 0}))).await.0, 404);
+    // A channel the device does not have: 404, not sent.
+    let (s, v) = api(addr, "POST", "/api/v1/devices/site-1/rpc/RebootChannel", Some(json!({"channel": 7}))).await;
+    assert_eq!(s, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no channel 7"), "{v}");
+    let (s, _) = api(addr, "POST", "/api/v1/devices/site-1/events/CtrlPTZ", Some(json!({"channel": 7, "op": "up"}))).await;
+    assert_eq!(s, 404);
 
     // Events through the API.
     let (s, _) = api(

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 /// The paths given to `.route(` in the router's source.
 fn routes() -> BTreeSet<String> {
-    let src = include_str!("../src/server.rs");
+    let src = include_str!("../src/api/mod.rs");
     let mut out = BTreeSet::new();
     let mut rest = src;
     while let Some(i) = rest.find(".route(") {

@@ -122,27 +122,12 @@ impl EdgeHandler {
     }
 }
 
-fn channel_of(req: &IvtRequest) -> Option<u32> {
-    Some(match req {
-        IvtRequest::RtmpPublish(p) => p.channel,
-        IvtRequest::RtmpStopPublish { channel, .. }
-        | IvtRequest::StopCloudRecord { channel, .. }
-        | IvtRequest::RebootChannel { channel }
-        | IvtRequest::GetPtzPresetList { channel }
-        | IvtRequest::GetPtzPresetTourList { channel }
-        | IvtRequest::GetNetConfig { channel } => *channel,
-        IvtRequest::StartCloudRecord(r) => r.channel,
-        IvtRequest::AlarmMoveDetectConfig(d) | IvtRequest::AlarmRectIntrusionDetectConfig(d) => d.channel,
-        IvtRequest::GetRtmpPublishConfig | IvtRequest::SetRtmpPublishConfig(_) => return None,
-    })
-}
-
 impl Handler for EdgeHandler {
     async fn request(&self, method: String, params: Option<Value>) -> Result<Value, RpcError> {
         let req = IvtRequest::parse(&method, params.as_ref())?;
         // What the cloud asked, one line each (they are rare; a site's
         // operator reads them to see who started a stream or recording).
-        tracing::info!(%method, channel = channel_of(&req), "edge: request from the cloud");
+        tracing::info!(%method, channel = req.channel(), "edge: request from the cloud");
         match &req {
             IvtRequest::GetRtmpPublishConfig => Ok(Value::Array(
                 self.channels
@@ -169,7 +154,7 @@ impl Handler for EdgeHandler {
                 Ok(json!({}))
             }
             other => {
-                let n = channel_of(other).expect("every other method names a channel");
+                let n = other.channel().expect("every other method names a channel");
                 self.channel(n)?.request(other).await
             }
         }

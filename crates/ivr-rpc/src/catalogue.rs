@@ -423,6 +423,22 @@ fn publish_config(v: &Value, i: usize) -> Result<RtmpPublishConfig, ParamError> 
 }
 
 impl IvtRequest {
+    /// The channel the request is for (`None`: the whole device).
+    pub fn channel(&self) -> Option<u32> {
+        Some(match self {
+            IvtRequest::RtmpPublish(p) => p.channel,
+            IvtRequest::RtmpStopPublish { channel, .. }
+            | IvtRequest::StopCloudRecord { channel, .. }
+            | IvtRequest::RebootChannel { channel }
+            | IvtRequest::GetPtzPresetList { channel }
+            | IvtRequest::GetPtzPresetTourList { channel }
+            | IvtRequest::GetNetConfig { channel } => *channel,
+            IvtRequest::StartCloudRecord(r) => r.channel,
+            IvtRequest::AlarmMoveDetectConfig(d) | IvtRequest::AlarmRectIntrusionDetectConfig(d) => d.channel,
+            IvtRequest::GetRtmpPublishConfig | IvtRequest::SetRtmpPublishConfig(_) => return None,
+        })
+    }
+
     /// Validates the params of `method` (one of [`IVT_METHODS`]).
     pub fn parse(method: &str, params: Option<&Value>) -> Result<IvtRequest, ParamError> {
         let channel_only = |params| -> Result<u32, ParamError> {
@@ -559,6 +575,17 @@ pub enum IvtEvent {
 }
 
 impl IvtEvent {
+    /// The channel the event is for (`None`: the whole device).
+    pub fn channel(&self) -> Option<u32> {
+        match self {
+            IvtEvent::UpgradeFirmware | IvtEvent::SyncTime { .. } => None,
+            IvtEvent::CtrlPtz { channel, .. }
+            | IvtEvent::GotoPtzPreset { channel, .. }
+            | IvtEvent::CtrlPtzPresetTour { channel, .. }
+            | IvtEvent::CtrlPtzPatrol { channel, .. } => Some(*channel),
+        }
+    }
+
     /// The event's name on the wire (what `parse` takes).
     pub fn name(&self) -> &'static str {
         match self {

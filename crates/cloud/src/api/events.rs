@@ -1,0 +1,87 @@
+//! `/api/v1/events…`: the event list, alarm pictures, and the live feed as
+//! server-sent events.
+
+use super::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::server::Cloud;
+use crate::store::{Event, EventFilter, Store};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+#[derive(Deserialize)]
+pub(crate) struct EventQuery {
+    login_code: Option<String>,
+    channel: Option<u32>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub(crate) async fn list<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Json<Vec<Event>>> {
+    let f = EventFilter {
+        login_code: q.login_code,
+        channel: q.channel,
+        kind: q.kind,
+        since: q.since,
+        until: q.until,
+        limit: q.limit,
+    };
+    Ok(Json(c.store().events(&f)?))
+}
+
+pub(crate) async fn picture<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path(id): Path<i64>,
+) -> ApiResult<Response> {
+    match tokio::fs::read(c.cfg.data_dir.join("pictures").join(format!("{id}.jpg"))).await {
+        Ok(b) => Ok(([("content-type", "image/jpeg")], b).into_response()),
+        Err(_) => Err(ApiError::not_found(format!("no picture for event {id}"))),
+    }
+}
+
+/// Server-sent events: every stored event as it happens (`event: <kind>`,
+/// `data: <event JSON>`).
+pub(crate) async fn stream<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let mut rx = c.subscribe();
+    let s = async_stream(move |tx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let ev =
+                        SseEvent::default().event(e.kind.clone()).data(serde_json::to_string(&e).unwrap_or_default());
+                    if tx.send(Ok::<_, std::convert::Infallible>(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "cloud: SSE client too slow"),
+                Err(_) => return,
+            }
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// A stream fed by a task (no extra crate for one use).
+fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = T> + Send
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,160 @@
+//! The HTTP API under `/api/v1` (admin bearer token), the OpenAPI document,
+//! the status page, and the router that puts every module's handlers
+//! together. Every handler answers errors as [`ApiError`].
+
+pub(crate) mod devices;
+pub(crate) mod events;
+pub(crate) mod firmware;
+
+use crate::auth::constant_eq;
+use crate::error::{ApiError, ApiResult};
+use crate::server::Cloud;
+use crate::store::Store;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The admin bearer token, checked.
+pub(crate) struct Admin;
+
+impl<S: Store> FromRequestParts<Arc<Cloud<S>>> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Cloud<S>>) -> Result<Admin, ApiError> {
+        let given =
+            parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if constant_eq(t.as_bytes(), c.cfg.admin_token.as_bytes()) => Ok(Admin),
+            Some(_) => Err(ApiError::unauthorized("wrong admin token")),
+            None => Err(ApiError::unauthorized("missing Authorization: Bearer <admin token>")),
+        }
+    }
+}
+
+/// A JSON body: `None` when empty, 400 naming the problem otherwise.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<Option<T>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+/// Checks that `name` is one of `known` (404 otherwise) and parses the body
+/// as its params (absent when the body is empty; 400 when not JSON).
+fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> ApiResult<Option<Value>> {
+    if !known.contains(&name) {
+        return Err(ApiError::not_found(format!("{name:?} is not an {what}; one of {}", known.join(", "))));
+    }
+    json_body(body)
+}
+
+/// Counts for monitoring and benchmarks: sessions open now, devices, and
+/// counters since start.
+async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
+    let devices = c.store().device_count()?;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let k = &c.counters;
+    let active = c.lives.active();
+    Ok(Json(json!({
+        "devices": devices,
+        "sessions": c.sessions(),
+        "uptime_secs": c.started.elapsed().as_secs(),
+        "logins": n(&k.logins),
+        "logins_refused": n(&k.logins_refused),
+        "sessions_replaced": n(&k.replaced),
+        "sessions_closed_by_rule": n(&k.closed_by_rule),
+        "sessions_expired": n(&k.expired),
+        "rpc_calls": n(&k.rpc_calls),
+        "recordings": {
+            "stored": n(&c.recorder.stored),
+            "stored_bytes": n(&c.recorder.stored_bytes),
+            "uploads_refused": n(&c.recorder.refused),
+            "disk_errors": n(&c.recorder.disk_errors),
+            "deleted": n(&c.recorder.deleted),
+            "deleted_bytes": n(&c.recorder.deleted_bytes),
+        },
+        "live": {
+            "channels": active.len(),
+            "viewers": active.iter().map(|a| a.2).sum::<usize>(),
+            "publish_requests": n(&c.lives.publishes),
+            "stop_requests": n(&c.lives.stops),
+            "publishes_refused": n(&c.lives.refused),
+            "starts_failed": n(&c.lives.failures),
+        },
+    })))
+}
+
+/// The OpenAPI 3 description of this API (written by hand, kept next to
+/// the handlers it describes; a test holds the two together).
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], include_str!("../openapi.json")).into_response()
+}
+
+async fn status_page() -> Response {
+    ([("content-type", "text/html; charset=utf-8")], include_str!("../status.html")).into_response()
+}
+
+/// `POST …/channels/{channel}/live`: the stream on, and viewer URLs.
+async fn start_live<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: crate::live::LiveRequest = json_body(&body)?.unwrap_or_default();
+    let q = req.quality()?;
+    Ok(Json(c.live_urls(&lc, ch, q).await?))
+}
+
+async fn player<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
+    crate::live::live_hls(State(c), Path((t, String::new()))).await
+}
+
+/// The whole HTTP service.
+pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
+    use crate::{gateway, live, policy, recordings, uploads};
+    Router::new()
+        .route("/", get(status_page))
+        .route("/api/openapi.json", get(openapi))
+        .route("/ivc", get(gateway::gateway::<S>))
+        .route("/api/v1/stream", get(events::stream::<S>))
+        .route("/api/v1/stats", get(stats::<S>))
+        .route("/api/v1/devices", post(devices::create::<S>).get(devices::list::<S>))
+        .route("/api/v1/devices/{login_code}", get(devices::get::<S>).delete(devices::delete::<S>))
+        .route("/api/v1/devices/{login_code}/rpc/{method}", post(devices::rpc::<S>))
+        .route("/api/v1/devices/{login_code}/events/{event}", post(devices::send_event::<S>))
+        .route("/api/v1/devices/{login_code}/channels/{channel}/preview", get(devices::preview::<S>))
+        .route("/api/v1/devices/{login_code}/channels/{channel}/live", post(start_live::<S>))
+        .route(
+            "/api/v1/devices/{login_code}/channels/{channel}/recording",
+            post(recordings::start::<S>).delete(recordings::stop::<S>),
+        )
+        .route(
+            "/api/v1/devices/{login_code}/channels/{channel}/record-policy",
+            put(policy::put::<S>).get(policy::get::<S>),
+        )
+        .route("/api/v1/devices/{login_code}/channels/{channel}/recordings", get(recordings::list::<S>))
+        .route("/api/v1/devices/{login_code}/channels/{channel}/playback", post(recordings::playback::<S>))
+        .route("/api/v1/events", get(events::list::<S>))
+        .route("/api/v1/events/{id}/picture", get(events::picture::<S>))
+        .route(
+            "/api/v1/firmware/{hardware_model}/{firmware_model}",
+            put(firmware::put::<S>).layer(axum::extract::DefaultBodyLimit::max(firmware::MAX_FIRMWARE)),
+        )
+        .route("/api/v1/firmware", get(firmware::list::<S>))
+        .route("/firmware/{token}", get(firmware::download::<S>))
+        .route("/upload/{token}", post(uploads::upload::<S>))
+        .route("/live/{token}/stream.mp4", get(live::live_mp4::<S>))
+        .route("/live/{token}/ws", get(live::live_ws::<S>))
+        .route("/live/{token}/{file}", get(live::live_hls::<S>))
+        .route("/live/{token}/", get(player::<S>))
+        .route("/record/{session}", post(recordings::callback::<S>))
+        .route("/record/{session}/{seq}/{token}", put(recordings::put_segment::<S>))
+        .route("/recordings/{token}/play.mp4", get(recordings::playback_mp4::<S>))
+        .route("/recordings/{token}/{file}", get(recordings::playback_hls::<S>))
+        .with_state(c)
+}
