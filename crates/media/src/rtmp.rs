@@ -47,6 +47,7 @@ pub fn parse_url(url: &str) -> Result<(String, String, String, String), RtmpErro
 
 struct Msg {
     kind: u8,
+    ts: u32,
     body: Vec<u8>,
 }
 
@@ -130,6 +131,24 @@ fn status_of(v: &[V]) -> (String, String) {
 impl Publisher {
     /// Connects and publishes; ready for `send`.
     pub async fn connect(url: &str, fps: u32) -> Result<Publisher, RtmpError> {
+        let (mut p, stream) = Publisher::open(url, fps).await?;
+        let mut out = Vec::new();
+        chunk(
+            4,
+            20,
+            p.stream_id,
+            0,
+            &command("publish", 5.0, &[V::Null, V::Str(stream), V::Str("live".into())]),
+            &mut out,
+        );
+        p.write(&out).await?;
+        p.expect_status("publish", "NetStream.Publish.Start").await?;
+        Ok(p)
+    }
+
+    /// Handshake, `connect`, `createStream`: the connection and the stream
+    /// name of `url`.
+    async fn open(url: &str, fps: u32) -> Result<(Publisher, String), RtmpError> {
         let (addr, app, tc_url, stream) = parse_url(url)?;
         let s = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr))
             .await
@@ -169,18 +188,7 @@ impl Publisher {
         p.write(&out).await?;
         let r = p.expect_result(4.0, "createStream").await?;
         p.stream_id = r.iter().find_map(|v| if let V::Num(n) = v { Some(*n as u32) } else { None }).unwrap_or(1);
-        let mut out = Vec::new();
-        chunk(
-            4,
-            20,
-            p.stream_id,
-            0,
-            &command("publish", 5.0, &[V::Null, V::Str(stream), V::Str("live".into())]),
-            &mut out,
-        );
-        p.write(&out).await?;
-        p.expect_status("publish", "NetStream.Publish.Start").await?;
-        Ok(p)
+        Ok((p, stream))
     }
 
     async fn write(&mut self, b: &[u8]) -> Result<(), RtmpError> {
@@ -237,13 +245,15 @@ impl Publisher {
                 if hlen == 11 {
                     st.sid = u32::from_le_bytes([h[7], h[8], h[9], h[10]]);
                 }
-                st.ts = if t == 0xff_ffff {
+                let t = if t == 0xff_ffff {
                     let mut x = [0u8; 4];
                     self.read_exact(&mut x).await?;
                     u32::from_be_bytes(x)
                 } else {
                     t
                 };
+                // Type 0 carries the time, types 1 and 2 the delta.
+                st.ts = if fmt == 0 { t } else { st.ts.wrapping_add(t) };
             }
             if st.len > 16 << 20 {
                 return Err(RtmpError::Protocol(format!("message of {} bytes", st.len)));
@@ -264,7 +274,7 @@ impl Publisher {
                     5 if body.len() >= 4 => {
                         self.ack_window = u32::from_be_bytes([body[0], body[1], body[2], body[3]]).max(1) as u64;
                     }
-                    _ => return Ok(Msg { kind, body }),
+                    _ => return Ok(Msg { kind, ts: self.inbox.get(&csid).map_or(0, |s| s.ts), body }),
                 }
             } else {
                 self.inbox.insert(csid, st);
@@ -395,6 +405,44 @@ impl Publisher {
         self.write(&out).await?;
         let _ = self.s.shutdown().await;
         Ok(())
+    }
+}
+
+/// An RTMP player: `play`s a stream and hands out its audio/video
+/// messages (FLV tag bodies). For benchmarks and as a judge of servers.
+pub struct Player {
+    inner: Publisher,
+}
+
+impl Player {
+    pub async fn connect(url: &str) -> Result<Player, RtmpError> {
+        let (mut p, stream) = Publisher::open(url, 25).await?;
+        let mut out = Vec::new();
+        chunk(8, 20, p.stream_id, 0, &command("play", 5.0, &[V::Null, V::Str(stream)]), &mut out);
+        // Our buffer length (user control 3): players send it; some servers wait for it.
+        let mut ctl = vec![0, 3];
+        ctl.extend_from_slice(&p.stream_id.to_be_bytes());
+        ctl.extend_from_slice(&3000u32.to_be_bytes());
+        chunk(2, 4, 0, 0, &ctl, &mut out);
+        p.write(&out).await?;
+        p.expect_status("play", "NetStream.Play.Start").await?;
+        Ok(Player { inner: p })
+    }
+
+    /// The next audio (8) or video (9) message: its type, timestamp (ms)
+    /// and body.
+    pub async fn next(&mut self) -> Result<(u8, u32, Vec<u8>), RtmpError> {
+        loop {
+            let m = self.inner.read_msg().await?;
+            if m.kind == 8 || m.kind == 9 {
+                return Ok((m.kind, m.ts, m.body));
+            }
+        }
+    }
+
+    /// Bytes read from the server so far.
+    pub fn received(&self) -> u64 {
+        self.inner.received
     }
 }
 

@@ -40,6 +40,9 @@ pub struct LiveBench {
     /// The stream's bitrate, bit/s.
     #[arg(long, default_value_t = 4_000_000)]
     bitrate: u64,
+    /// The nginx binary (with libnginx-mod-rtmp) measured side by side.
+    #[arg(long, default_value = "nginx")]
+    nginx: String,
     #[arg(long)]
     json: bool,
 }
@@ -75,6 +78,36 @@ impl Handler for Device {
         }
     }
     async fn event(&self, _: String, _: Option<Value>) {}
+}
+
+/// N viewers reading for `seconds` after a 3 s warm-up; the bytes each got
+/// in the window, and the window.
+async fn fan_out<F, Fut>(n: u32, seconds: u64, pid: u32, open: F) -> (Vec<u64>, Duration, Duration)
+where
+    F: Fn(Arc<AtomicU64>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let counts: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let tasks: Vec<_> = counts.iter().map(|c| tokio::spawn(open(c.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let snap = |cs: &[Arc<AtomicU64>]| cs.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<u64>>();
+    let (c0, r0, t0) = (cpu(pid), snap(&counts), Instant::now());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (c1, r1, el) = (cpu(pid), snap(&counts), t0.elapsed());
+    for t in &tasks {
+        t.abort();
+    }
+    (r0.iter().zip(&r1).map(|(a, b)| b - a).collect(), c1 - c0, el)
+}
+
+/// What a fan-out step says: Gbit/s, CPU %, CPU % per Gbit/s, viewers
+/// below 90 % of the stream's rate.
+fn step(got: &[u64], cpu_t: Duration, el: Duration, bitrate: u64) -> (f64, f64, f64, usize) {
+    let want = bitrate as f64 / 8.0 * el.as_secs_f64();
+    let behind = got.iter().filter(|g| (**g as f64) < 0.9 * want).count();
+    let gbit = got.iter().sum::<u64>() as f64 * 8.0 / el.as_secs_f64() / 1e9;
+    let cpu_pct = cpu_t.as_secs_f64() / el.as_secs_f64() * 100.0;
+    (gbit, cpu_pct, if gbit > 0.0 { cpu_pct / gbit } else { f64::NAN }, behind)
 }
 
 async fn publish(url: String, bitrate: u64, sent: Sent) {
@@ -295,15 +328,14 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
         }
     }
     drop(wsv);
-    // 4. Fan-out.
+    // 4. Fan-out: the cloud's mp4 URL, then nginx-rtmp's players.
     let mut steps = Vec::new();
     for &n in &b.viewers {
-        say(&format!("{n} viewers…"));
-        let counts: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
-        let mut tasks = Vec::new();
-        for c in &counts {
-            let (url, c) = (keep_url.clone(), c.clone());
-            tasks.push(tokio::spawn(async move {
+        say(&format!("{n} viewers of the cloud…"));
+        let url = keep_url.clone();
+        let (got, cpu_t, el) = fan_out(n, b.seconds, pid, |c| {
+            let url = url.clone();
+            async move {
                 let Ok(mut s) = open_mp4(&url).await else { return };
                 let mut buf = vec![0u8; 1 << 16];
                 while let Ok(Ok(k)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
@@ -312,30 +344,16 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
                     }
                     c.fetch_add(k as u64, Ordering::Relaxed);
                 }
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let snap = |cs: &[Arc<AtomicU64>]| cs.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<u64>>();
-        let (c0, r0, t0) = (cpu(pid), snap(&counts), Instant::now());
-        tokio::time::sleep(Duration::from_secs(b.seconds)).await;
-        let (c1, r1, el) = (cpu(pid), snap(&counts), t0.elapsed());
+            }
+        })
+        .await;
         let rss_mb = rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64;
-        for t in &tasks {
-            t.abort();
-        }
-        // Per viewer: bytes in the window against the stream's rate.
-        let rate = b.bitrate as f64 / 8.0 * el.as_secs_f64();
-        let behind = r0.iter().zip(&r1).filter(|(a, b)| ((**b - **a) as f64) < 0.9 * rate).count();
-        let total: u64 = r0.iter().zip(&r1).map(|(a, b)| b - a).sum();
-        let gbit = total as f64 * 8.0 / el.as_secs_f64() / 1e9;
-        let cpu_pct = (c1 - c0).as_secs_f64() / el.as_secs_f64() * 100.0;
-        steps.push(json!({
-            "viewers": n, "gbit_s": gbit, "cloud_cpu_pct": cpu_pct,
-            "cpu_pct_per_gbit_s": if gbit > 0.0 { cpu_pct / gbit } else { f64::NAN },
-            "fell_behind": behind, "cloud_rss_mib": rss_mb,
-        }));
+        let (gbit, cpu_pct, per, behind) = step(&got, cpu_t, el, b.bitrate);
+        steps.push(json!({"server": "ivr cloud (fMP4 over HTTP)", "viewers": n, "gbit_s": gbit, "cpu_pct": cpu_pct,
+            "cpu_pct_per_gbit_s": per, "fell_behind": behind, "rss_mib": rss_mb}));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let nginx = nginx_side(&b, &dir, &mut steps, &say).await;
     keeper.abort();
     let out = json!({
         "bitrate": b.bitrate,
@@ -343,6 +361,7 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
         "first_fragment_warm_ms": {"p50": pct(&mut warm, 0.5), "p99": pct(&mut warm, 0.99)},
         "ws_latency_ms": {"p50": pct(&mut lat.clone(), 0.5), "p99": pct(&mut lat, 0.99), "frames": lat.len()},
         "fan_out": steps,
+        "nginx_error": nginx.err().map(|e| format!("{e:#}")),
     });
     let _ = cloud.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -367,14 +386,79 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
     );
     for s in out["fan_out"].as_array().into_iter().flatten() {
         println!(
-            "{:>5} viewers: {:.2} Gbit/s served, cloud {:.0} % of a core ({:.0} % per Gbit/s), RSS {:.0} MiB, viewers below 90 % of the stream's rate: {}",
+            "{:>5} viewers, {}: {:.2} Gbit/s, {:.0} % of a core ({:.0} % per Gbit/s), RSS {:.0} MiB, below 90 % of the stream's rate: {}",
             s["viewers"],
+            s["server"].as_str().unwrap_or_default(),
             s["gbit_s"].as_f64().unwrap_or(0.0),
-            s["cloud_cpu_pct"].as_f64().unwrap_or(0.0),
+            s["cpu_pct"].as_f64().unwrap_or(0.0),
             s["cpu_pct_per_gbit_s"].as_f64().unwrap_or(0.0),
-            s["cloud_rss_mib"].as_f64().unwrap_or(0.0),
+            s["rss_mib"].as_f64().unwrap_or(0.0),
             s["fell_behind"]
         );
     }
+    if let Some(e) = out["nginx_error"].as_str() {
+        println!("nginx-rtmp side not measured: {e}");
+    }
     Ok(())
 }
+
+/// nginx with the RTMP module (one worker, as Debian runs it), the same
+/// stream published to it, and the same numbers of RTMP players.
+async fn nginx_side(b: &LiveBench, dir: &std::path::Path, steps: &mut Vec<Value>, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+    let port = free_port()?;
+    let ng = dir.join("nginx");
+    std::fs::create_dir_all(&ng)?;
+    let conf = NGINX_CONF.replace("@PORT@", &port.to_string()).replace("worker_connections 64", "worker_connections 8192");
+    std::fs::write(ng.join("nginx.conf"), conf)?;
+    let mut nginx = tokio::process::Command::new(&b.nginx)
+        .arg("-p")
+        .arg(&ng)
+        .arg("-c")
+        .arg(ng.join("nginx.conf"))
+        .arg("-e")
+        .arg(ng.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (Debian: apt install nginx libnginx-mod-rtmp)", b.nginx))?;
+    let pid = nginx.id().context("nginx pid")?;
+    let url = format!("rtmp://127.0.0.1:{port}/live/bench");
+    let mut up = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !up {
+        bail!("nginx did not listen on {port}");
+    }
+    let publisher = tokio::spawn(publish(url.clone(), b.bitrate, Arc::default()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for &n in &b.viewers {
+        say(&format!("{n} RTMP players of nginx-rtmp…"));
+        let u = url.clone();
+        let (got, cpu_t, el) = fan_out(n, b.seconds, pid, |c| {
+            let u = u.clone();
+            async move {
+                let Ok(mut p) = ivr_media::rtmp::Player::connect(&u).await else { return };
+                while let Ok((_, _, body)) = p.next().await {
+                    c.fetch_add(body.len() as u64, Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+        let rss_mb = rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64;
+        let (gbit, cpu_pct, per, behind) = step(&got, cpu_t, el, b.bitrate);
+        steps.push(json!({"server": "nginx-rtmp (RTMP)", "viewers": n, "gbit_s": gbit, "cpu_pct": cpu_pct,
+            "cpu_pct_per_gbit_s": per, "fell_behind": behind, "rss_mib": rss_mb}));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    publisher.abort();
+    let _ = nginx.kill().await;
+    Ok(())
+}
+
+const NGINX_CONF: &str = include_str!("../../../../tests/interop/nginx-rtmp.conf");
