@@ -127,6 +127,16 @@ struct Entry {
     /// When the last publisher left (or the entry was made).
     silent_since: Instant,
     hls: Option<Arc<HlsLive>>,
+    /// The channel's fMP4 fragments, muxed once for every mp4/ws viewer.
+    frags: Option<Arc<Frags>>,
+}
+
+/// A channel's fragments: muxed once, shared by every fMP4 and MSE viewer
+/// (a hub of fragments, so a new viewer starts at the fragment of the
+/// last keyframe and a slow one skips to the next, as with frames).
+struct Frags {
+    init: watch::Sender<Option<AxBytes>>,
+    hub: Hub,
 }
 
 /// The live channels.
@@ -293,6 +303,7 @@ impl<S: Store> Cloud<S> {
                         publishing: false,
                         silent_since: Instant::now(),
                         hls: None,
+                        frags: None,
                     };
                     let start = (e.id, e.key.clone(), e.stream_id.clone());
                     m.insert(key.clone(), e);
@@ -639,10 +650,15 @@ struct Fragments {
 impl Fragments {
     fn new(info: &StreamInfo) -> Fragments {
         let audio = info.audio.as_ref().map(|_| Codec::Aac);
-        Fragments { sink: Sink::new(Format::Mp4, 25).with_audio(audio), last_dts: None, interval: 3600 }
+        Fragments { sink: Sink::new(Format::Mp4, 25).with_audio(audio).init_apart(), last_dts: None, interval: 3600 }
     }
 
-    /// The bytes to send for `f` (empty while nothing is ready).
+    /// The init segment, once it is made.
+    fn take_init(&mut self) -> Option<Vec<u8>> {
+        self.sink.take_init()
+    }
+
+    /// The fragment for `f` (empty while nothing is ready).
     fn push(&mut self, f: Frame) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         if !f.codec.is_video() {
@@ -663,33 +679,82 @@ impl Fragments {
     }
 }
 
+impl<S: Store> Cloud<S> {
+    /// The channel's shared fragments (the muxer started on first use):
+    /// the init segment and a subscription that starts at the fragment of
+    /// the last keyframe.
+    async fn fragments(self: &Arc<Self>, lc: &str, ch: u32, info: &StreamInfo) -> ApiResult<(AxBytes, Subscriber)> {
+        let frags = {
+            let mut m = self.lives.lock();
+            let e = m.get_mut(&(lc.to_owned(), ch)).ok_or_else(|| ApiError::conflict("the live stream stopped"))?;
+            match &e.frags {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(Frags { init: watch::channel(None).0, hub: Hub::new(256, 32 << 20) });
+                    e.frags = Some(f.clone());
+                    let mut frames = e.feed.hub.subscribe();
+                    let (f2, info) = (f.clone(), info.clone());
+                    tokio::spawn(async move {
+                        let mut mux = Fragments::new(&info);
+                        while let Some(fr) = frames.recv().await {
+                            let (key, codec, dts) = (fr.keyframe && fr.codec.is_video(), fr.codec, fr.dts);
+                            let b = match mux.push(fr) {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    tracing::info!(error = %e, "cloud: live fragments ended");
+                                    break;
+                                }
+                            };
+                            if let Some(init) = mux.take_init() {
+                                f2.init.send_replace(Some(AxBytes::from(init)));
+                            }
+                            if !b.is_empty() {
+                                f2.hub.publish(Frame { codec, keyframe: key, pts: dts, dts, data: AxBytes::from(b) });
+                            }
+                        }
+                    });
+                    f
+                }
+            }
+        };
+        let mut init = frags.init.subscribe();
+        let sub = frags.hub.subscribe();
+        let deadline = tokio::time::Instant::now() + self.lives.cfg.start_timeout;
+        loop {
+            if let Some(b) = init.borrow_and_update().clone() {
+                return Ok((b, sub));
+            }
+            if tokio::time::timeout_at(deadline, init.changed()).await.is_err() {
+                return Err(ApiError::timeout("no fragment of this stream yet"));
+            }
+        }
+    }
+}
+
 /// `GET /live/{token}/stream.mp4`: fragmented MP4 over HTTP.
 pub(crate) async fn live_mp4<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
     let (lc, ch, q) = match c.lives.check_token(&t) {
         Ok(x) => x,
         Err(e) => return viewer_error(e),
     };
-    let v = match c.live_view(&lc, ch, &q).await {
+    let LiveViewer { info, frames, _hold } = match c.live_view(&lc, ch, &q).await {
         Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    drop(frames);
+    let (init, mut sub) = match c.fragments(&lc, ch, &info).await {
+        Ok(x) => x,
         Err(e) => return e.into_response(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AxBytes, std::io::Error>>(8);
     tokio::spawn(async move {
-        // The whole viewer moves in (its hold too, not just the fields used).
-        let mut v = v;
-        let mut frag = Fragments::new(&v.info);
-        while let Some(f) = v.frames.recv().await {
-            match frag.push(f) {
-                Ok(b) if b.is_empty() => {}
-                Ok(b) => {
-                    if tx.send(Ok(AxBytes::from(b))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "cloud: live MP4 viewer ended");
-                    return;
-                }
+        let _hold = _hold;
+        if tx.send(Ok(init)).await.is_err() {
+            return;
+        }
+        while let Some(f) = sub.recv().await {
+            if tx.send(Ok(f.data)).await.is_err() {
+                return;
             }
         }
     });
@@ -709,33 +774,39 @@ pub(crate) async fn live_ws<S: Store>(
         Ok(x) => x,
         Err(e) => return viewer_error(e),
     };
-    let v = match c.live_view(&lc, ch, &q).await {
+    let LiveViewer { info, frames, _hold } = match c.live_view(&lc, ch, &q).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    ws.write_buffer_size(0).on_upgrade(move |socket| ws_viewer(socket, v))
+    drop(frames);
+    let (init, sub) = match c.fragments(&lc, ch, &info).await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    ws.write_buffer_size(0).on_upgrade(move |socket| ws_viewer(socket, info, init, sub, _hold))
 }
 
-async fn ws_viewer<S: Store>(mut socket: WebSocket, mut v: LiveViewer<S>) {
+async fn ws_viewer<S: Store>(
+    mut socket: WebSocket,
+    info: Arc<StreamInfo>,
+    init: AxBytes,
+    mut sub: Subscriber,
+    _hold: Viewer<S>,
+) {
     let hello = json!({
-        "codec": v.info.codec, "mime": v.info.mime(), "width": v.info.width, "height": v.info.height, "audio": v.info.audio,
+        "codec": info.codec, "mime": info.mime(), "width": info.width, "height": info.height, "audio": info.audio,
     });
-    if socket.send(AxMessage::Text(hello.to_string().into())).await.is_err() {
+    if socket.send(AxMessage::Text(hello.to_string().into())).await.is_err()
+        || socket.send(AxMessage::Binary(init)).await.is_err()
+    {
         return;
     }
-    let mut frag = Fragments::new(&v.info);
     loop {
         tokio::select! {
-            f = v.frames.recv() => {
+            f = sub.recv() => {
                 let Some(f) = f else { break };
-                match frag.push(f) {
-                    Ok(b) if b.is_empty() => {}
-                    Ok(b) => {
-                        if socket.send(AxMessage::Binary(b.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => break,
+                if socket.send(AxMessage::Binary(f.data)).await.is_err() {
+                    return;
                 }
             }
             m = socket.recv() => match m {

@@ -184,7 +184,8 @@ async fn devices_online_rpc_events_alarms_and_restart() {
     let (s, v) = api(addr, "POST", "/api/v1/devices/site-1/rpc/RebootChannel", Some(json!({"channel": 7}))).await;
     assert_eq!(s, 404, "{v}");
     assert!(v["error"].as_str().unwrap().contains("no channel 7"), "{v}");
-    let (s, _) = api(addr, "POST", "/api/v1/devices/site-1/events/CtrlPTZ", Some(json!({"channel": 7, "op": "up"}))).await;
+    let (s, _) =
+        api(addr, "POST", "/api/v1/devices/site-1/events/CtrlPTZ", Some(json!({"channel": 7, "op": "up"}))).await;
     assert_eq!(s, 404);
 
     // Events through the API.

@@ -318,12 +318,13 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
         let tokio_tungstenite::tungstenite::Message::Binary(data) = m else { continue };
         let Some(t) = tfdt(&data) else { continue };
         let sent = sent.lock().unwrap_or_else(|e| e.into_inner());
-        // The viewer starts at the cached keyframe: the latest one sent.
-        let base = *k0.get_or_insert_with(|| sent.iter().rev().find(|x| x.2).map_or(0, |x| x.0));
+        // The viewer starts at the cached keyframe (the latest one sent);
+        // fragment times count from wherever the channel's muxer started.
+        let base = *k0.get_or_insert_with(|| sent.iter().rev().find(|x| x.2).map_or(0, |x| x.0).wrapping_sub(t));
         if start.elapsed() < Duration::from_secs(3) {
             continue; // the cached GOP arrives at once, by design
         }
-        if let Some((_, at, _)) = sent.iter().rev().find(|x| x.0 == base + t) {
+        if let Some((_, at, _)) = sent.iter().rev().find(|x| x.0 == base.wrapping_add(t)) {
             lat.push(now.duration_since(*at).as_secs_f64() * 1000.0);
         }
     }
@@ -404,11 +405,17 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
 
 /// nginx with the RTMP module (one worker, as Debian runs it), the same
 /// stream published to it, and the same numbers of RTMP players.
-async fn nginx_side(b: &LiveBench, dir: &std::path::Path, steps: &mut Vec<Value>, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+async fn nginx_side(
+    b: &LiveBench,
+    dir: &std::path::Path,
+    steps: &mut Vec<Value>,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<()> {
     let port = free_port()?;
     let ng = dir.join("nginx");
     std::fs::create_dir_all(&ng)?;
-    let conf = NGINX_CONF.replace("@PORT@", &port.to_string()).replace("worker_connections 64", "worker_connections 8192");
+    let conf =
+        NGINX_CONF.replace("@PORT@", &port.to_string()).replace("worker_connections 64", "worker_connections 8192");
     std::fs::write(ng.join("nginx.conf"), conf)?;
     let mut nginx = tokio::process::Command::new(&b.nginx)
         .arg("-p")
