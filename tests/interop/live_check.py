@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,30 +25,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from common import check, free_port, summary
 from websockets.sync.client import connect
-
-results = []
-
-
-def record(name, ok, why=""):
-    results.append((name, ok))
-    print(f"{'ok  ' if ok else 'FAIL'} {name}{'' if ok else f': {why}'}", flush=True)
-
-
-def check(name, fn):
-    try:
-        fn()
-        record(name, True)
-    except Exception as e:  # noqa: BLE001 — every failure is reported by name
-        record(name, False, f"{type(e).__name__}: {e}")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def ffprobe(path):
@@ -316,9 +293,7 @@ def main():
     finally:
         for p in procs:
             p.kill()
-    failed = [n for n, ok in results if not ok]
-    print(f"live: {len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    sys.exit(summary("live"))
 
 
 if __name__ == "__main__":

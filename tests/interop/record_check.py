@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,28 +24,7 @@ import time
 import urllib.error
 import urllib.request
 
-results = []
-
-
-def record(name, ok, why=""):
-    results.append((name, ok))
-    print(f"{'ok  ' if ok else 'FAIL'} {name}{'' if ok else f': {why}'}", flush=True)
-
-
-def check(name, fn):
-    try:
-        fn()
-        record(name, True)
-    except Exception as e:  # noqa: BLE001 — every failure is reported by name
-        record(name, False, f"{type(e).__name__}: {e}")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from common import check, free_port, summary
 
 
 def probe(path):
@@ -264,9 +242,7 @@ def main():
     finally:
         for p in procs.values():
             p.kill()
-    failed = [n for n, ok in results if not ok]
-    print(f"record: {len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    sys.exit(summary("record"))
 
 
 if __name__ == "__main__":

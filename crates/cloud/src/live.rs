@@ -731,23 +731,28 @@ impl<S: Store> Cloud<S> {
     }
 }
 
+/// A viewer of the shared fragments: what the stream is, the init
+/// segment, the fragments from the last keyframe on, and the hold.
+async fn fragment_viewer<S: Store>(
+    c: &Arc<Cloud<S>>,
+    token: &str,
+) -> Result<(Arc<StreamInfo>, AxBytes, Subscriber, Viewer<S>), Response> {
+    let (lc, ch, q) = c.lives.check_token(token).map_err(viewer_error)?;
+    let LiveViewer { info, frames, _hold } = c.live_view(&lc, ch, &q).await.map_err(IntoResponse::into_response)?;
+    drop(frames);
+    let (init, sub) = c.fragments(&lc, ch, &info).await.map_err(IntoResponse::into_response)?;
+    Ok((info, init, sub, _hold))
+}
+
 /// `GET /live/{token}/stream.mp4`: fragmented MP4 over HTTP.
 pub(crate) async fn live_mp4<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
-    let (lc, ch, q) = match c.lives.check_token(&t) {
+    let (_, init, mut sub, _hold) = match fragment_viewer(&c, &t).await {
         Ok(x) => x,
-        Err(e) => return viewer_error(e),
-    };
-    let LiveViewer { info, frames, _hold } = match c.live_view(&lc, ch, &q).await {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    drop(frames);
-    let (init, mut sub) = match c.fragments(&lc, ch, &info).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(r) => return r,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AxBytes, std::io::Error>>(8);
     tokio::spawn(async move {
+        // The hold moves in with the rest: the stream stays up while this runs.
         let _hold = _hold;
         if tx.send(Ok(init)).await.is_err() {
             return;
@@ -770,18 +775,9 @@ pub(crate) async fn live_ws<S: Store>(
     Path(t): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (lc, ch, q) = match c.lives.check_token(&t) {
+    let (info, init, sub, _hold) = match fragment_viewer(&c, &t).await {
         Ok(x) => x,
-        Err(e) => return viewer_error(e),
-    };
-    let LiveViewer { info, frames, _hold } = match c.live_view(&lc, ch, &q).await {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    drop(frames);
-    let (init, sub) = match c.fragments(&lc, ch, &info).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(r) => return r,
     };
     ws.write_buffer_size(0).on_upgrade(move |socket| ws_viewer(socket, info, init, sub, _hold))
 }

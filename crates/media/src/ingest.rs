@@ -18,6 +18,7 @@
 
 use crate::demux::FlvTags;
 use crate::flv::{amf0, amf0::V};
+use crate::rtmp::{chunk, command, OUT_CHUNK};
 use crate::Frame;
 use std::collections::{HashMap, VecDeque};
 
@@ -27,7 +28,6 @@ pub const MAX_COMMAND: usize = 64 << 10;
 pub const MAX_MESSAGE: usize = 16 << 20;
 /// Chunk streams a connection may open.
 pub const MAX_CHUNK_STREAMS: usize = 16;
-const OUT_CHUNK: usize = 4096;
 const WINDOW: u32 = 2_500_000;
 /// The message stream `createStream` hands out.
 const STREAM_ID: u32 = 1;
@@ -111,30 +111,6 @@ impl Default for Conn {
     }
 }
 
-fn write_chunk(csid: u8, kind: u8, sid: u32, body: &[u8], out: &mut Vec<u8>) {
-    out.push(csid & 0x3f);
-    out.extend_from_slice(&[0, 0, 0]);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.extend_from_slice(&sid.to_le_bytes());
-    for (i, c) in body.chunks(OUT_CHUNK).enumerate() {
-        if i > 0 {
-            out.push(0xc0 | (csid & 0x3f));
-        }
-        out.extend_from_slice(c);
-    }
-}
-
-fn command(name: &str, txn: f64, args: &[V]) -> Vec<u8> {
-    let mut b = Vec::new();
-    amf0::write(&V::Str(name.into()), &mut b);
-    amf0::write(&V::Num(txn), &mut b);
-    for a in args {
-        amf0::write(a, &mut b);
-    }
-    b
-}
-
 fn status(level: &str, code: &str, description: &str) -> V {
     V::Obj(vec![
         ("level".into(), V::Str(level.into())),
@@ -191,9 +167,9 @@ impl Conn {
             // User control: StreamBegin.
             let mut sb = vec![0, 0];
             sb.extend_from_slice(&STREAM_ID.to_be_bytes());
-            write_chunk(2, 4, 0, &sb, &mut out);
+            chunk(2, 4, 0, 0, &sb, &mut out);
             let st = status("status", "NetStream.Publish.Start", &format!("{key} is now published"));
-            write_chunk(5, 20, STREAM_ID, &command("onStatus", 0.0, &[V::Null, st]), &mut out);
+            chunk(5, 20, STREAM_ID, 0, &command("onStatus", 0.0, &[V::Null, st]), &mut out);
             self.out.extend_from_slice(&out);
         }
     }
@@ -204,7 +180,7 @@ impl Conn {
         if self.pending.take().is_some() {
             let st = status("error", "NetStream.Publish.BadName", why);
             let mut out = Vec::new();
-            write_chunk(5, 20, STREAM_ID, &command("onStatus", 0.0, &[V::Null, st]), &mut out);
+            chunk(5, 20, STREAM_ID, 0, &command("onStatus", 0.0, &[V::Null, st]), &mut out);
             self.out.extend_from_slice(&out);
         }
         self.phase = Phase::Closed;
@@ -224,7 +200,7 @@ impl Conn {
         if self.received - self.last_ack >= self.peer_window && self.phase == Phase::Chunks {
             self.last_ack = self.received;
             let mut out = Vec::new();
-            write_chunk(2, 3, 0, &(self.received as u32).to_be_bytes(), &mut out);
+            chunk(2, 3, 0, 0, &(self.received as u32).to_be_bytes(), &mut out);
             self.out.extend_from_slice(&out);
         }
         r
@@ -259,15 +235,15 @@ impl Conn {
                     *pos += 1536;
                     self.phase = Phase::Chunks;
                     let mut out = Vec::new();
-                    write_chunk(2, 5, 0, &WINDOW.to_be_bytes(), &mut out);
+                    chunk(2, 5, 0, 0, &WINDOW.to_be_bytes(), &mut out);
                     let mut bw = WINDOW.to_be_bytes().to_vec();
                     bw.push(2); // dynamic
-                    write_chunk(2, 6, 0, &bw, &mut out);
-                    write_chunk(2, 1, 0, &(OUT_CHUNK as u32).to_be_bytes(), &mut out);
+                    chunk(2, 6, 0, 0, &bw, &mut out);
+                    chunk(2, 1, 0, 0, &(OUT_CHUNK as u32).to_be_bytes(), &mut out);
                     self.out.extend_from_slice(&out);
                 }
                 Phase::Chunks => {
-                    if !self.chunk(pos)? {
+                    if !self.read_chunk(pos)? {
                         return Ok(());
                     }
                 }
@@ -277,7 +253,7 @@ impl Conn {
 
     /// Reads one chunk if it is all there; `Ok(false)` when more bytes are
     /// needed.
-    fn chunk(&mut self, pos: &mut usize) -> Result<bool, IngestError> {
+    fn read_chunk(&mut self, pos: &mut usize) -> Result<bool, IngestError> {
         let b = &self.buf[*pos..];
         let Some(&b0) = b.first() else { return Ok(false) };
         let fmt = b0 >> 6;
@@ -438,13 +414,13 @@ impl Conn {
                     ("capabilities".into(), V::Num(31.0)),
                 ]);
                 let info = status("status", "NetConnection.Connect.Success", "Connection succeeded.");
-                write_chunk(3, 20, 0, &command("_result", txn, &[props, info]), &mut out);
+                chunk(3, 20, 0, 0, &command("_result", txn, &[props, info]), &mut out);
             }
             "releaseStream" | "FCPublish" => {
-                write_chunk(3, 20, 0, &command("_result", txn, &[V::Null]), &mut out);
+                chunk(3, 20, 0, 0, &command("_result", txn, &[V::Null]), &mut out);
             }
             "createStream" => {
-                write_chunk(3, 20, 0, &command("_result", txn, &[V::Null, V::Num(STREAM_ID as f64)]), &mut out);
+                chunk(3, 20, 0, 0, &command("_result", txn, &[V::Null, V::Num(STREAM_ID as f64)]), &mut out);
             }
             "publish" => {
                 if self.publishing || self.pending.is_some() {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const OUT_CHUNK: usize = 4096;
+/// The chunk size both ends of ivr send with.
+pub(crate) const OUT_CHUNK: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtmpError {
@@ -76,7 +77,8 @@ pub struct Publisher {
     last_ack: u64,
 }
 
-fn chunk(csid: u8, kind: u8, sid: u32, ts: u32, body: &[u8], out: &mut Vec<u8>) {
+/// One message as chunks: a type-0 header, then type-3 continuations.
+pub(crate) fn chunk(csid: u8, kind: u8, sid: u32, ts: u32, body: &[u8], out: &mut Vec<u8>) {
     // Type 0 header, then type 3 continuations.
     out.push(csid & 0x3f);
     let t = ts.min(0xff_ffff);
@@ -98,7 +100,8 @@ fn chunk(csid: u8, kind: u8, sid: u32, ts: u32, body: &[u8], out: &mut Vec<u8>) 
     }
 }
 
-fn command(name: &str, txn: f64, args: &[V]) -> Vec<u8> {
+/// An AMF0 command message body.
+pub(crate) fn command(name: &str, txn: f64, args: &[V]) -> Vec<u8> {
     let mut b = Vec::new();
     amf0::write(&V::Str(name.into()), &mut b);
     amf0::write(&V::Num(txn), &mut b);

@@ -134,7 +134,13 @@ async fn upload_sink(segments: Arc<AtomicU64>, bytes: Arc<AtomicU64>) -> anyhow:
 }
 
 /// One API call to the cloud (a fresh connection each: a few per camera).
-async fn api(addr: &str, token: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
+pub(super) async fn api(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let b = serde_json::to_vec(body)?;
     let head = format!(

@@ -133,22 +133,10 @@ fn ivr_fixtures_clip() -> &'static ivr_sim::clips::Clip {
     ivr_sim::clips::clip(ivr_sim::clips::Codec::H264, true)
 }
 
-/// An HTTP request on a fresh connection; the answer's status and body.
+/// An API call on a fresh connection; the answer's status and JSON body.
 async fn http(addr: &str, token: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let b = serde_json::to_vec(body)?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        b.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(&b).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await??;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let (s, b) = super::bench_edge::api(addr, token, method, path, body).await?;
+    Ok((s, serde_json::from_str(&b).unwrap_or(Value::Null)))
 }
 
 /// Opens a viewer URL (`http://host/path`) and returns the connection once
