@@ -1,5 +1,7 @@
 """What the newer interop checks share: named results and free ports."""
+import json
 import socket
+import subprocess
 
 results = []
 
@@ -31,3 +33,14 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def ffprobe(path):
+    """(duration in s, the video stream) as ffprobe reads them, frames counted."""
+    r = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                        "format=duration:stream=codec_type,codec_name,width,height,nb_read_frames", "-of", "json", path],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError(f"ffprobe {path}: {r.stderr.strip()[:300]}")
+    j = json.loads(r.stdout)
+    return float(j["format"].get("duration", "nan")), [s for s in j["streams"] if s["codec_type"] == "video"][0]

@@ -25,17 +25,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from common import check, free_port, summary
+from common import check, ffprobe, summary
 from websockets.sync.client import connect
-
-
-def ffprobe(path):
-    r = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
-                        "stream=codec_type,codec_name,width,height,nb_read_frames", "-of", "json", path],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise AssertionError(f"ffprobe {path}: {r.stderr.strip()[:300]}")
-    return [s for s in json.loads(r.stdout)["streams"] if s["codec_type"] == "video"][0]
 
 
 def grab(url, dst, secs=3):
@@ -44,7 +35,7 @@ def grab(url, dst, secs=3):
                         "-c", "copy", dst], capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         raise AssertionError(f"ffmpeg {url}: {r.stderr.strip()[:300]}")
-    return ffprobe(dst)
+    return ffprobe(dst)[1]
 
 
 def main():
@@ -183,7 +174,7 @@ def main():
             path = os.path.join(out, "live-ws.mp4")
             with open(path, "wb") as f:
                 f.write(b"".join(got["chunks"]))
-            v = ffprobe(path)
+            v = ffprobe(path)[1]
             assert v["codec_name"] == "h264" and int(v["nb_read_frames"]) >= 25, v
         check("the live ws URL: JSON, init segment, fragments; ffprobe decodes what Python's websockets got", ws)
 

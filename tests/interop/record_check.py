@@ -24,18 +24,7 @@ import time
 import urllib.error
 import urllib.request
 
-from common import check, free_port, summary
-
-
-def probe(path):
-    r = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
-                        "format=duration:stream=codec_type,codec_name,nb_read_frames", "-of", "json", path],
-                       capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        raise AssertionError(f"ffprobe {path}: {r.stderr.strip()[:300]}")
-    j = json.loads(r.stdout)
-    v = [s for s in j["streams"] if s["codec_type"] == "video"][0]
-    return float(j["format"]["duration"]), v
+from common import check, ffprobe, free_port, summary
 
 
 def decodes_clean(path):
@@ -138,10 +127,10 @@ def main():
             assert s == 200, (s, j)
             mp4 = os.path.join(out, "range.mp4")
             fetch(j["urls"]["mp4"], mp4)
-            dur, v = probe(mp4)
+            dur, v = ffprobe(mp4)
             assert v["codec_name"] == "h264" and abs(dur - 5.0) <= 1.1, (dur, v)
             decodes_clean(mp4)
-            dur, v = probe(j["urls"]["hls"])
+            dur, v = ffprobe(j["urls"]["hls"])
             assert v["codec_name"] == "h264" and 5.0 <= dur <= 9.0, (dur, v)
             s, j = api("POST", "/api/v1/devices/site-rec/channels/0/playback", {"from": 1000, "to": 2000})
             assert s == 404, (s, j)
@@ -198,7 +187,7 @@ def main():
                 assert s == 200, (s, pb)
                 path = os.path.join(out, f"span{i}.mp4")
                 fetch(pb["urls"]["mp4"], path)
-                dur, _ = probe(path)
+                dur, _ = ffprobe(path)
                 assert abs(dur - (sp["to"] - sp["from"])) <= 1.5, (dur, sp)
                 decodes_clean(path)
         check("kill -9 of the cloud while uploading, then restart: repaired and reported, index = disk, "

@@ -452,8 +452,8 @@ impl<S: Store> Cloud<S> {
         }
     }
 
-    /// A viewer of a live channel: its frames from the GOP cache on, what
-    /// the stream is, and the hold that keeps it up.
+    /// A viewer of a live channel: what the stream is, and the hold that
+    /// keeps it up (the viewer subscribes to frames or fragments itself).
     pub async fn live_view(self: &Arc<Self>, lc: &str, ch: u32, quality: &str) -> ApiResult<LiveViewer<S>> {
         for _ in 0..2 {
             let info = self.live_start(lc, ch, quality).await?;
@@ -461,9 +461,8 @@ impl<S: Store> Cloud<S> {
             // Stopped between the start and now: start again (once).
             let Some(e) = m.get_mut(&(lc.to_owned(), ch)) else { continue };
             e.viewers += 1;
-            let frames = e.feed.hub.subscribe();
             let hold = Viewer { cloud: self.clone(), key: (lc.to_owned(), ch), id: e.id };
-            return Ok(LiveViewer { info, frames, _hold: hold });
+            return Ok(LiveViewer { info, _hold: hold });
         }
         Err(ApiError::conflict(format!("the live stream of {lc:?} channel {ch} keeps stopping")))
     }
@@ -492,10 +491,9 @@ impl<S: Store> Cloud<S> {
     }
 }
 
-/// A subscribed viewer.
+/// A viewer counted on its channel.
 pub struct LiveViewer<S: Store> {
     pub info: Arc<StreamInfo>,
-    pub frames: Subscriber,
     _hold: Viewer<S>,
 }
 
@@ -738,8 +736,7 @@ async fn fragment_viewer<S: Store>(
     token: &str,
 ) -> Result<(Arc<StreamInfo>, AxBytes, Subscriber, Viewer<S>), Response> {
     let (lc, ch, q) = c.lives.check_token(token).map_err(viewer_error)?;
-    let LiveViewer { info, frames, _hold } = c.live_view(&lc, ch, &q).await.map_err(IntoResponse::into_response)?;
-    drop(frames);
+    let LiveViewer { info, _hold } = c.live_view(&lc, ch, &q).await.map_err(IntoResponse::into_response)?;
     let (init, sub) = c.fragments(&lc, ch, &info).await.map_err(IntoResponse::into_response)?;
     Ok((info, init, sub, _hold))
 }
@@ -839,7 +836,7 @@ impl<S: Store> Cloud<S> {
                 return Ok(h);
             }
         }
-        let mut v = self.live_view(lc, ch, q).await?;
+        let v = self.live_view(lc, ch, q).await?;
         let h = Arc::new(HlsLive {
             files: Mutex::new(HlsFiles {
                 playlist: None,
@@ -850,7 +847,7 @@ impl<S: Store> Cloud<S> {
             }),
             ready: tokio::sync::Notify::new(),
         });
-        {
+        let mut frames = {
             let mut m = self.lives.lock();
             let Some(e) = m.get_mut(&key) else {
                 return Err(ApiError::conflict("the live stream stopped"));
@@ -861,7 +858,8 @@ impl<S: Store> Cloud<S> {
                 }
             }
             e.hls = Some(h.clone());
-        }
+            e.feed.hub.subscribe()
+        };
         let hh = h.clone();
         tokio::spawn(async move {
             let audio = v.info.audio.as_ref().map(|_| Codec::Aac);
@@ -869,7 +867,7 @@ impl<S: Store> Cloud<S> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 let f = tokio::select! {
-                    f = v.frames.recv() => f,
+                    f = frames.recv() => f,
                     _ = tick.tick() => {
                         if hh.files.lock().unwrap_or_else(|e| e.into_inner()).last_access.elapsed() > HLS_IDLE {
                             break;

@@ -120,9 +120,7 @@ pub struct Keeper {
 
 impl<S: Store> Cloud<S> {
     fn policy_of(&self, lc: &str, ch: u32) -> Option<RecordPolicy> {
-        let all = self.store.record_policies().ok()?;
-        let (_, _, v) = all.into_iter().find(|(l, c, _)| l == lc && *c == ch)?;
-        serde_json::from_value(v).ok()
+        serde_json::from_value(self.store.record_policy(lc, ch).ok()??).ok()
     }
 
     /// An alarm of `lc`/`ch` started or ended: an alarm policy records

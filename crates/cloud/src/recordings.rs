@@ -159,7 +159,7 @@ impl<S: Store> Cloud<S> {
     }
 
     pub(crate) fn running_session(&self, lc: &str, ch: u32) -> ApiResult<Option<RecordSession>> {
-        Ok(self.store.running_record_sessions()?.into_iter().find(|s| s.login_code == lc && s.channel == ch))
+        Ok(self.store.running_record_session(lc, ch)?)
     }
 
     /// Stops the channel's running recording; `None` when there was none.

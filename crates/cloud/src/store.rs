@@ -113,8 +113,8 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a session stopped; false if it was not running.
     fn stop_record_session(&self, session_id: &str, now: i64) -> Result<bool>;
     fn record_session(&self, session_id: &str) -> Result<Option<RecordSession>>;
-    /// Sessions not stopped.
-    fn running_record_sessions(&self) -> Result<Vec<RecordSession>>;
+    /// The channel's session not stopped, if any.
+    fn running_record_session(&self, login_code: &str, channel: u32) -> Result<Option<RecordSession>>;
     /// Indexes a stored segment; false if that (session, seq) is indexed
     /// already (a re-sent upload).
     fn add_segment(&self, s: &SegmentRow) -> Result<bool>;
@@ -140,6 +140,7 @@ pub trait Store: Send + Sync + 'static {
     fn segment_totals(&self) -> Result<(u64, u64)>;
     fn set_record_policy(&self, login_code: &str, channel: u32, policy: &serde_json::Value) -> Result<()>;
     fn record_policies(&self) -> Result<Vec<(String, u32, serde_json::Value)>>;
+    fn record_policy(&self, login_code: &str, channel: u32) -> Result<Option<serde_json::Value>>;
 }
 
 fn row_to_firmware(r: &rusqlite::Row<'_>) -> rusqlite::Result<Firmware> {
@@ -591,13 +592,18 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn running_record_sessions(&self) -> Result<Vec<RecordSession>> {
-        let db = self.db();
-        let mut q = db.prepare(&format!(
-            "SELECT {SESSION_COLS} FROM record_session WHERE stopped_at IS NULL ORDER BY started_at"
-        ))?;
-        let rows = q.query_map([], row_to_session)?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    fn running_record_session(&self, login_code: &str, channel: u32) -> Result<Option<RecordSession>> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!(
+                    "SELECT {SESSION_COLS} FROM record_session
+                     WHERE login_code = ?1 AND channel = ?2 AND stopped_at IS NULL ORDER BY started_at DESC LIMIT 1"
+                ),
+                params![login_code, channel],
+                row_to_session,
+            )
+            .optional()?)
     }
 
     fn add_segment(&self, s: &SegmentRow) -> Result<bool> {
@@ -683,6 +689,18 @@ impl Store for SqliteStore {
             Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&p).unwrap_or(serde_json::Value::Null)))
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn record_policy(&self, login_code: &str, channel: u32) -> Result<Option<serde_json::Value>> {
+        let p: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT policy FROM record_policy WHERE login_code = ?1 AND channel = ?2",
+                params![login_code, channel],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(p.and_then(|p| serde_json::from_str(&p).ok()))
     }
 
     fn firmwares(&self) -> Result<Vec<Firmware>> {

@@ -100,14 +100,18 @@ where
     (r0.iter().zip(&r1).map(|(a, b)| b - a).collect(), c1 - c0, el)
 }
 
-/// What a fan-out step says: Gbit/s, CPU %, CPU % per Gbit/s, viewers
-/// below 90 % of the stream's rate.
-fn step(got: &[u64], cpu_t: Duration, el: Duration, bitrate: u64) -> (f64, f64, f64, usize) {
+/// A fan-out step as the report shows it: Gbit/s, CPU %, CPU % per
+/// Gbit/s, viewers below 90 % of the stream's rate, the server's RSS.
+fn step(server: &str, n: u32, got: &[u64], cpu_t: Duration, el: Duration, bitrate: u64, pid: u32) -> Value {
     let want = bitrate as f64 / 8.0 * el.as_secs_f64();
     let behind = got.iter().filter(|g| (**g as f64) < 0.9 * want).count();
     let gbit = got.iter().sum::<u64>() as f64 * 8.0 / el.as_secs_f64() / 1e9;
     let cpu_pct = cpu_t.as_secs_f64() / el.as_secs_f64() * 100.0;
-    (gbit, cpu_pct, if gbit > 0.0 { cpu_pct / gbit } else { f64::NAN }, behind)
+    json!({
+        "server": server, "viewers": n, "gbit_s": gbit, "cpu_pct": cpu_pct,
+        "cpu_pct_per_gbit_s": if gbit > 0.0 { cpu_pct / gbit } else { f64::NAN },
+        "fell_behind": behind, "rss_mib": rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64,
+    })
 }
 
 async fn publish(url: String, bitrate: u64, sent: Sent) {
@@ -147,6 +151,18 @@ async fn open_mp4(url: &str) -> anyhow::Result<tokio::net::TcpStream> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
     Ok(s)
+}
+
+/// Milliseconds from `POST …/live` to the first fragment at a new mp4 viewer.
+async fn time_to_fragment(addr: &str, token: &str, live_path: &str) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let (s, j) = http(addr, token, "POST", live_path, &json!({})).await?;
+    if s != 200 {
+        bail!("POST …/live: HTTP {s}: {j}");
+    }
+    let mut v = open_mp4(j["urls"]["mp4"].as_str().unwrap_or_default()).await?;
+    first_fragment(&mut v).await?;
+    Ok(t0.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Reads until the first `moof` (a fragment) arrives.
@@ -264,14 +280,7 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
         if !stopped().await {
             bail!("the live stream did not stop between tries");
         }
-        let t0 = Instant::now();
-        let (s, j) = http(&addr, token, "POST", live_path, &json!({})).await?;
-        if s != 200 {
-            bail!("POST …/live: HTTP {s}: {j}");
-        }
-        let mut v = open_mp4(j["urls"]["mp4"].as_str().unwrap_or_default()).await?;
-        first_fragment(&mut v).await?;
-        cold.push(t0.elapsed().as_secs_f64() * 1000.0);
+        cold.push(time_to_fragment(&addr, token, live_path).await?);
     }
     // 2. Warm: one viewer keeps the stream up.
     say("first fragment, device publishing…");
@@ -285,14 +294,7 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
     });
     let mut warm = Vec::new();
     for _ in 0..b.tries {
-        let t0 = Instant::now();
-        let (s, j) = http(&addr, token, "POST", live_path, &json!({})).await?;
-        if s != 200 {
-            bail!("POST …/live: HTTP {s}: {j}");
-        }
-        let mut v = open_mp4(j["urls"]["mp4"].as_str().unwrap_or_default()).await?;
-        first_fragment(&mut v).await?;
-        warm.push(t0.elapsed().as_secs_f64() * 1000.0);
+        warm.push(time_to_fragment(&addr, token, live_path).await?);
     }
     // 3. Glass to glass on the ws path.
     say("latency on the ws path…");
@@ -336,10 +338,7 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
             }
         })
         .await;
-        let rss_mb = rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64;
-        let (gbit, cpu_pct, per, behind) = step(&got, cpu_t, el, b.bitrate);
-        steps.push(json!({"server": "ivr cloud (fMP4 over HTTP)", "viewers": n, "gbit_s": gbit, "cpu_pct": cpu_pct,
-            "cpu_pct_per_gbit_s": per, "fell_behind": behind, "rss_mib": rss_mb}));
+        steps.push(step("ivr cloud (fMP4 over HTTP)", n, &got, cpu_t, el, b.bitrate, pid));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let nginx = nginx_side(&b, &dir, &mut steps, &say).await;
@@ -445,10 +444,7 @@ async fn nginx_side(
             }
         })
         .await;
-        let rss_mb = rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64;
-        let (gbit, cpu_pct, per, behind) = step(&got, cpu_t, el, b.bitrate);
-        steps.push(json!({"server": "nginx-rtmp (RTMP)", "viewers": n, "gbit_s": gbit, "cpu_pct": cpu_pct,
-            "cpu_pct_per_gbit_s": per, "fell_behind": behind, "rss_mib": rss_mb}));
+        steps.push(step("nginx-rtmp (RTMP)", n, &got, cpu_t, el, b.bitrate, pid));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     publisher.abort();
