@@ -301,10 +301,12 @@ finally:
     sim.kill()
 
 # --- a camera that reboots in the middle of a stream ---
+# 14 s: 3 s before the reboot, 2 s of reboot, the reconnect (backoff with
+# jitter, slower on a loaded machine), and still well over 125 frames.
 sim, port = start_sim("--reboot-secs", "2")
 try:
     pub = subprocess.Popen([IVR, "dvrip", "--host", "127.0.0.1", "--port", str(port), "--password", PASSWORD,
-                            "stream", "--sub", "--seconds", "10", "-o", f"{out}/rebooted.ts", "--format", "ts", "--json"],
+                            "stream", "--sub", "--seconds", "14", "-o", f"{out}/rebooted.ts", "--format", "ts", "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)
     ivr(port, "reboot")
