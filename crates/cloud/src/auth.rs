@@ -69,6 +69,10 @@ pub struct Passwords {
     permits: Arc<Semaphore>,
     key: [u8; 32],
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// A hash at the configured cost that no password matches: unknown
+    /// login codes are verified against it, so they cost what a wrong
+    /// password costs (no enumeration by timing).
+    dummy: tokio::sync::OnceCell<String>,
 }
 
 impl Passwords {
@@ -76,7 +80,13 @@ impl Passwords {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         let lanes = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Passwords { cost, permits: Arc::new(Semaphore::new(lanes)), key, verified: Mutex::default() }
+        Passwords {
+            cost,
+            permits: Arc::new(Semaphore::new(lanes)),
+            key,
+            verified: Mutex::default(),
+            dummy: tokio::sync::OnceCell::new(),
+        }
     }
 
     fn argon2(cost: HashCost) -> Argon2<'static> {
@@ -120,18 +130,30 @@ impl Passwords {
                 return Ok(true);
             }
         }
-        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        let (pw, st, lc) = (password.to_owned(), stored.to_owned(), login_code.to_owned());
-        let ok = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&st).map_err(|e| format!("stored hash of {lc:?}: {e}"))?;
-            Ok::<_, String>(Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let ok = self.argon2_verify(login_code, password, stored).await?;
         if ok {
             self.verified.lock().expect("memo lock").insert(login_code.to_owned(), memo);
         }
         Ok(ok)
+    }
+
+    /// argon2 verification, off the async threads, at most one per core.
+    async fn argon2_verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, String> {
+        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let (pw, st, lc) = (password.to_owned(), stored.to_owned(), login_code.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&st).map_err(|e| format!("stored hash of {lc:?}: {e}"))?;
+            Ok::<_, String>(Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// A login code that does not exist: always false, after the work a
+    /// wrong password of a real device takes.
+    pub async fn verify_unknown(&self, password: &str) -> Result<bool, String> {
+        let dummy = self.dummy.get_or_try_init(|| self.hash("ivr: this device does not exist")).await?;
+        self.argon2_verify("(unknown)", password, dummy).await.map(|_| false)
     }
 
     /// Forgets a device (deleted).

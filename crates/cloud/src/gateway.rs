@@ -3,10 +3,12 @@
 //! preview_server, GetFirmware, AlarmNotify).
 
 use crate::error::ApiError;
-use crate::server::{now, token, Cloud, SessionEntry, Upload};
+use crate::limits::{bad_char, shown, Bucket, Upload};
+use crate::server::{now, Cloud, Login, SessionEntry};
 use crate::store::{ChannelRow, Store, StoreError};
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, Stream};
 use ivr_rpc::catalogue::IvcRequest;
@@ -15,34 +17,44 @@ use ivr_rpc::message::{codes, RpcError};
 use ivr_rpc::Peer;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 impl<S: Store> Cloud<S> {
     /// One device's session: registered (replacing an older one), online,
     /// served until it closes, then offline.
-    pub(crate) async fn session(self: Arc<Self>, q: LoginQuery, socket: WebSocket) {
+    pub(crate) async fn session(self: Arc<Self>, q: LoginQuery, peer: SocketAddr, socket: WebSocket) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let lc = q.login_code.clone();
+        let dl = &self.cfg.device_limits;
         let handler = Arc::new(IvcHandler {
             cloud: self.clone(),
             login_code: lc.clone(),
             hardware_model: q.hardware_model.clone(),
+            alarms: Mutex::new(Bucket::new(dl.alarms_per_sec, dl.alarm_burst)),
+            previews: Mutex::new(Bucket::new(dl.previews_per_sec, dl.preview_burst)),
         });
-        let peer = Peer::ivc().with_timeout(self.cfg.response_timeout);
+        let rpc_peer = Peer::ivc().with_timeout(self.cfg.response_timeout);
         self.counters.logins.fetch_add(1, Ordering::Relaxed);
-        let (handle, run) = conn::start(AxumFrames(socket), peer, handler);
+        let (handle, run) = conn::start(AxumFrames(socket), rpc_peer, handler);
         let old = self
             .sessions
             .lock()
             .expect("sessions lock")
             .insert(lc.clone(), SessionEntry { id, handle, last_keepalive: Instant::now() });
         if let Some(old) = old {
-            tracing::info!(login_code = %lc, "cloud: a new login replaces the old session");
+            tracing::info!(login_code = %shown(&lc), %peer, "cloud: a new login replaces the old session");
             self.counters.replaced.fetch_add(1, Ordering::Relaxed);
+            self.event(
+                &lc,
+                None,
+                "session_replaced",
+                json!({"reason": "a new login with this login_code", "peer": peer.to_string()}),
+            );
             old.handle.close().await;
         }
         if let Err(e) = self.store.logged_in(&lc, &q.hardware_model, &q.firmware_model, now()) {
@@ -69,7 +81,8 @@ impl<S: Store> Cloud<S> {
         };
         if current {
             let _ = self.store.set_offline(&lc, now());
-            self.event(&lc, None, "offline", json!({"reason": close.map(|c| c.to_string())}));
+            let reason = close.map(|c| c.to_string()).or_else(|| self.stopping.lock().expect("stopping lock").clone());
+            self.event(&lc, None, "offline", json!({ "reason": reason }));
         }
     }
 }
@@ -78,6 +91,22 @@ pub(crate) struct IvcHandler<S: Store> {
     cloud: Arc<Cloud<S>>,
     login_code: String,
     hardware_model: String,
+    alarms: Mutex<Bucket>,
+    previews: Mutex<Bucket>,
+}
+
+impl<S: Store> IvcHandler<S> {
+    /// Takes a token from one of this session's buckets; past the rate
+    /// the request is refused (the device sees why) and counted.
+    fn allow(&self, bucket: &Mutex<Bucket>, dropped: &AtomicU64, what: &str) -> Result<(), RpcError> {
+        if bucket.lock().expect("bucket lock").take() {
+            return Ok(());
+        }
+        if dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(100) {
+            tracing::warn!(login_code = %shown(&self.login_code), "cloud: {what} over its rate; refused (counted in /api/v1/stats)");
+        }
+        Err(RpcError::new(codes::INTERNAL, format!("{what} refused: over the cloud's rate limit for one device")))
+    }
 }
 
 impl<S: Store> Handler for IvcHandler<S> {
@@ -87,6 +116,14 @@ impl<S: Store> Handler for IvcHandler<S> {
         let internal = |e: StoreError| RpcError::new(codes::INTERNAL, e.to_string());
         match IvcRequest::parse(&method, params.as_ref())? {
             IvcRequest::Keepalive(k) => {
+                let max = c.cfg.device_limits.max_channels;
+                if k.channels.len() > max {
+                    c.counters.keepalives_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(RpcError::new(
+                        codes::INTERNAL,
+                        format!("{} channels: a device may report at most {max}", k.channels.len()),
+                    ));
+                }
                 if let Some(s) = c.sessions.lock().expect("sessions lock").get_mut(lc) {
                     s.last_keepalive = Instant::now();
                 }
@@ -112,35 +149,38 @@ impl<S: Store> Handler for IvcHandler<S> {
                 Ok(json!({}))
             }
             IvcRequest::PreviewServer => {
-                let t = token();
-                c.uploads.lock().expect("uploads lock").insert(t.clone(), Upload::Preview { login_code: lc.clone() });
+                self.allow(&self.previews, &c.counters.previews_dropped, "preview_server")?;
+                let t = c.uploads.issue(lc, Upload::Preview);
                 Ok(json!({"url": format!("{}/upload/{t}", c.cfg.public_url)}))
             }
             IvcRequest::GetFirmware => match c.store.latest_firmware(&self.hardware_model).map_err(internal)? {
-                Some(fw) => Ok(
-                    json!({"firmware_model": fw.firmware_model, "url": format!("{}/firmware/{}", c.cfg.public_url, fw.token)}),
-                ),
+                Some(fw) => Ok(json!({
+                    "firmware_model": fw.firmware_model,
+                    "url": format!("{}/firmware/{}", c.cfg.public_url, fw.token),
+                    "size": fw.size,
+                    "sha256": fw.sha256,
+                })),
                 None => Err(RpcError::new(
                     codes::INTERNAL,
                     format!("no firmware in the catalogue for hardware model {:?}", self.hardware_model),
                 )),
             },
             IvcRequest::AlarmNotify(a) => {
+                self.allow(&self.alarms, &c.counters.alarms_dropped, "AlarmNotify")?;
                 c.policy_alarm(lc, a.channel, a.start);
                 let data =
                     json!({"type": a.kind as i64, "state": if a.start { "start" } else { "end" }, "desc": a.desc});
                 let e = c
                     .event(lc, Some(a.channel), "alarm", data)
                     .ok_or_else(|| RpcError::new(codes::INTERNAL, "the alarm was not stored"))?;
-                let t = token();
-                c.uploads.lock().expect("uploads lock").insert(t.clone(), Upload::Alarm { event_id: e.id });
+                let t = c.uploads.issue(lc, Upload::Alarm { event_id: e.id });
                 Ok(json!({"pic_upload_url": format!("{}/upload/{t}", c.cfg.public_url)}))
             }
         }
     }
 
     async fn event(&self, name: String, _: Option<Value>) {
-        tracing::info!(login_code = %self.login_code, event = %name, "cloud: event from a device ignored (the IVC accepts none)");
+        tracing::info!(login_code = %shown(&self.login_code), event = %name, "cloud: event from a device ignored (the IVC accepts none)");
     }
 }
 
@@ -200,11 +240,18 @@ pub(crate) struct LoginQuery {
 
 pub(crate) async fn gateway<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<LoginQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match c.check_login(&q.login_code, &q.login_passwd).await {
-        Ok(true) => ws
+    for (what, v) in [("hardware_model", &q.hardware_model), ("firmware_model", &q.firmware_model)] {
+        if v.len() > 128 || v.chars().any(bad_char) {
+            let msg = format!("{what}: at most 128 bytes, no control or bidi characters");
+            return ApiError::bad_request(msg).into_response();
+        }
+    }
+    match c.login(&q.login_code, &q.login_passwd, peer.ip()).await {
+        Login::Ok => ws
             // Small buffers: most of a session's memory is its read buffer
             // (tungstenite's default is 128 KiB, zero-filled on first read).
             // IVR RPC messages are a few hundred bytes; larger ones grow it.
@@ -212,14 +259,21 @@ pub(crate) async fn gateway<S: Store>(
             .write_buffer_size(0)
             .max_message_size(ivr_rpc::ws::MAX_MESSAGE)
             .max_frame_size(ivr_rpc::ws::MAX_MESSAGE)
-            .on_upgrade(move |socket| c.session(q, socket)),
-        Ok(false) => {
-            c.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(login_code = %q.login_code, "cloud: login refused");
-            ApiError::unauthorized("login_code or login_passwd is wrong").into_response()
+            .on_upgrade(move |socket| c.session(q, peer, socket)),
+        Login::Wrong => ApiError::unauthorized("login_code or login_passwd is wrong").into_response(),
+        Login::Throttled(after, what) => {
+            let msg = format!("too many failed logins for {what}; try again in {} s", after.as_secs() + 1);
+            let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, msg).into_response();
+            r.headers_mut().insert("retry-after", (after.as_secs() + 1).into());
+            r
         }
-        Err(e) => {
-            tracing::error!(login_code = %q.login_code, error = %e, "cloud: cannot check a login");
+        Login::Busy(why) => {
+            let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+            r.headers_mut().insert("retry-after", 1.into());
+            r
+        }
+        Login::Failed(e) => {
+            tracing::error!(login_code = %shown(&q.login_code), error = %e, "cloud: cannot check a login");
             ApiError::internal("cannot check the login").into_response()
         }
     }

@@ -6,7 +6,8 @@ pub mod api;
 pub mod auth;
 pub mod error;
 mod gateway;
-mod listen;
+pub mod limits;
+pub mod listen;
 pub mod live;
 pub mod policy;
 pub mod recordings;
@@ -16,12 +17,33 @@ mod uploads;
 
 pub use api::router;
 pub use auth::HashCost;
-pub use listen::{serve, serve_tls};
+pub use listen::{serve, serve_tls, ConnLimits};
 pub use live::{serve_rtmp, LiveConfig, Rtmp};
-pub use server::{Cloud, CloudConfig};
+pub use server::{Cloud, CloudConfig, DeviceLimits};
 pub use store::{SqliteStore, Store};
 
-/// A login_code as a file name: anything but `[A-Za-z0-9_-]` becomes `_`.
+/// A login_code as a file name, one-to-one: ASCII letters, digits and `-`
+/// stay, every other byte becomes `_` and two hex digits (`cam.x` is
+/// `cam_2ex`, `cam_x` is `cam_5fx`), so two devices never share a file.
 pub fn safe_name(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn safe_names_are_one_to_one() {
+        assert_eq!(super::safe_name("cam-01"), "cam-01");
+        assert_eq!(super::safe_name("cam.x"), "cam_2ex");
+        assert_eq!(super::safe_name("cam_x"), "cam_5fx");
+        assert_eq!(super::safe_name("../é"), "_2e_2e_2f_c3_a9");
+    }
 }

@@ -511,8 +511,10 @@ pub async fn serve_rtmp<S: Store>(c: Arc<Cloud<S>>, listener: tokio::net::TcpLis
             }
         };
         let _ = s.set_nodelay(true);
+        let Some(ticket) = c.gate.enter("RTMP", peer) else { continue };
         let c = c.clone();
         tokio::spawn(async move {
+            let _ticket = ticket;
             if let Err(e) = rtmp_conn(&c, s).await {
                 tracing::info!(%peer, error = %e, "cloud: RTMP connection ended");
             }

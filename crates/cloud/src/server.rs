@@ -7,7 +7,7 @@ use crate::auth::{HashCost, Passwords};
 use crate::store::{Device, Event, Store, StoreError};
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use ivr_rpc::conn::RpcHandle;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,48 @@ pub struct CloudConfig {
     pub live: crate::live::LiveConfig,
     /// Stored recordings are kept under this many bytes (oldest deleted first).
     pub recordings_max_bytes: Option<u64>,
+    /// Connection cap, header deadline, idle timeout.
+    pub limits: crate::listen::ConnLimits,
+    /// What one device session may do (rates, channels).
+    pub device_limits: DeviceLimits,
+    /// Events older than this many days are deleted (0: kept for ever).
+    pub events_max_age_days: u32,
+    /// At most this many events are kept (the oldest deleted first; 0: no cap).
+    pub events_max_rows: u64,
+}
+
+/// What one device session may do; past a rate the request is refused
+/// with an error the device sees, and counted.
+#[derive(Clone, Debug)]
+pub struct DeviceLimits {
+    /// AlarmNotify per second (sustained) per session.
+    pub alarms_per_sec: f64,
+    /// AlarmNotify in a burst.
+    pub alarm_burst: f64,
+    /// preview_server per second (sustained) per session.
+    pub previews_per_sec: f64,
+    /// preview_server in a burst.
+    pub preview_burst: f64,
+    /// Channels a device may report in a Keepalive.
+    pub max_channels: usize,
+    /// One-time upload URLs a device may hold unused (oldest dropped).
+    pub max_upload_urls: usize,
+    /// How long an upload URL works.
+    pub upload_url_ttl: Duration,
+}
+
+impl Default for DeviceLimits {
+    fn default() -> Self {
+        DeviceLimits {
+            alarms_per_sec: 5.0,
+            alarm_burst: 50.0,
+            previews_per_sec: 1.0,
+            preview_burst: 20.0,
+            max_channels: 256,
+            max_upload_urls: 64,
+            upload_url_ttl: Duration::from_secs(600),
+        }
+    }
 }
 
 impl CloudConfig {
@@ -51,6 +93,10 @@ impl CloudConfig {
             response_timeout: ivr_rpc::peer::RESPONSE_TIMEOUT,
             live: crate::live::LiveConfig::default(),
             recordings_max_bytes: None,
+            limits: crate::listen::ConnLimits::default(),
+            device_limits: DeviceLimits::default(),
+            events_max_age_days: 90,
+            events_max_rows: 5_000_000,
         }
     }
 }
@@ -64,17 +110,29 @@ pub(crate) struct Counters {
     pub(crate) closed_by_rule: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) rpc_calls: AtomicU64,
+    pub(crate) logins_throttled: AtomicU64,
+    pub(crate) alarms_dropped: AtomicU64,
+    pub(crate) previews_dropped: AtomicU64,
+    pub(crate) keepalives_refused: AtomicU64,
+    pub(crate) uploads_refused: AtomicU64,
+}
+
+/// How a login check ended.
+#[derive(Debug)]
+pub(crate) enum Login {
+    Ok,
+    Wrong,
+    /// Too many failures for this address or login_code: retry after.
+    Throttled(Duration, &'static str),
+    /// The argon2 queue is full (for this address or in all).
+    Busy(&'static str),
+    Failed(String),
 }
 
 pub(crate) struct SessionEntry {
     pub(crate) id: u64,
     pub(crate) handle: RpcHandle,
     pub(crate) last_keepalive: Instant,
-}
-
-pub(crate) enum Upload {
-    Alarm { event_id: i64 },
-    Preview { login_code: String },
 }
 
 /// The cloud: store, live sessions, event feed.
@@ -85,7 +143,14 @@ pub struct Cloud<S: Store> {
     pub(crate) recorder: crate::recordings::Recorder,
     pub(crate) keeper: crate::policy::Keeper,
     pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
-    pub(crate) uploads: Mutex<HashMap<String, Upload>>,
+    pub(crate) uploads: crate::limits::UploadUrls,
+    pub(crate) gate: Arc<crate::listen::Gate>,
+    /// Why the cloud is stopping (set by [`Cloud::shutdown`]): the reason
+    /// recorded for each session it closes.
+    pub(crate) stopping: Mutex<Option<String>>,
+    login_by_code: crate::limits::Throttle,
+    login_by_addr: crate::limits::Throttle,
+    login_queue: crate::limits::Pending,
     feed: broadcast::Sender<Event>,
     pub(crate) next_session: AtomicU64,
     passwords: Passwords,
@@ -108,7 +173,15 @@ impl<S: Store> Cloud<S> {
         Arc::new(Cloud {
             store,
             sessions: Mutex::default(),
-            uploads: Mutex::default(),
+            uploads: crate::limits::UploadUrls::new(
+                cfg.device_limits.max_upload_urls,
+                cfg.device_limits.upload_url_ttl,
+            ),
+            gate: crate::listen::Gate::new(&cfg.limits),
+            stopping: Mutex::default(),
+            login_by_code: crate::limits::Throttle::new(10, Duration::from_secs(60), 100_000),
+            login_by_addr: crate::limits::Throttle::new(30, Duration::from_secs(60), 100_000),
+            login_queue: crate::limits::Pending::new(8, 1024),
             feed: broadcast::channel(1024).0,
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),
@@ -124,23 +197,130 @@ impl<S: Store> Cloud<S> {
     /// Provisions a device: its password hashed (argon2id at the configured
     /// cost), then stored.
     pub async fn provision(&self, login_code: &str, login_passwd: &str, name: &str) -> Result<Device, ProvisionError> {
-        if login_code.is_empty() || login_code.len() > 128 {
-            return Err(ProvisionError::Invalid("login_code: 1 to 128 bytes".into()));
+        crate::limits::check_login_code(login_code).map_err(ProvisionError::Invalid)?;
+        let n = login_passwd.chars().count();
+        if !(8..=256).contains(&n) {
+            return Err(ProvisionError::Invalid(format!("login_passwd: 8 to 256 characters (this one has {n})")));
         }
-        if login_passwd.len() < 8 {
-            return Err(ProvisionError::Invalid("login_passwd: at least 8 characters".into()));
+        if name.chars().count() > 256 || name.chars().any(crate::limits::bad_char) {
+            return Err(ProvisionError::Invalid("name: at most 256 characters, no control or bidi characters".into()));
         }
         let hash = self.passwords.hash(login_passwd).await.map_err(|e| StoreError::Db(format!("hashing: {e}")))?;
         Ok(self.store.create_device(login_code, &hash, name, now())?)
     }
 
-    /// Whether a login is right (argon2, bounded, remembered).
+    /// Whether a login is right (argon2, bounded, remembered). An unknown
+    /// login_code costs what a wrong password costs.
     pub async fn check_login(&self, login_code: &str, login_passwd: &str) -> Result<bool, String> {
         let stored = self.store.password_hash(login_code).map_err(|e| e.to_string())?;
         match stored {
             Some(h) => self.passwords.verify(login_code, login_passwd, &h).await,
-            None => Ok(false),
+            None => self.passwords.verify_unknown(login_passwd).await,
         }
+    }
+
+    /// A device's login from `peer`: throttled per address and per
+    /// login_code (failures only count), queued fairly, refusals logged.
+    pub(crate) async fn login(&self, login_code: &str, login_passwd: &str, peer: std::net::IpAddr) -> Login {
+        let addr = peer.to_string();
+        let throttled = match self.login_by_addr.check(&addr) {
+            Err(d) => Some((d, "this address")),
+            Ok(()) => self.login_by_code.check(login_code).err().map(|d| (d, "this login_code")),
+        };
+        if let Some((d, what)) = throttled {
+            self.counters.logins_throttled.fetch_add(1, Ordering::Relaxed);
+            return Login::Throttled(d, what);
+        }
+        let queued = match self.login_queue.enter(peer) {
+            Ok(g) => g,
+            Err(why) => {
+                self.counters.logins_throttled.fetch_add(1, Ordering::Relaxed);
+                return Login::Busy(why);
+            }
+        };
+        let r = self.check_login(login_code, login_passwd).await;
+        drop(queued);
+        match r {
+            Ok(true) => Login::Ok,
+            Ok(false) => {
+                self.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
+                let by_addr = self.login_by_addr.fail(&addr);
+                let by_code = self.login_by_code.fail(login_code);
+                let shown = crate::limits::shown(login_code);
+                if by_addr == 1 || by_code == 1 {
+                    tracing::warn!(%peer, login_code = %shown, "cloud: login refused (wrong login_code or login_passwd)");
+                }
+                if by_addr == self.login_by_addr.limit() {
+                    tracing::warn!(%peer, failures = by_addr, "cloud: logins from this address refused for 60 s (too many failures)");
+                }
+                if by_code == self.login_by_code.limit() {
+                    tracing::warn!(%peer, login_code = %shown, failures = by_code, "cloud: logins with this login_code refused for 60 s (too many failures)");
+                }
+                Login::Wrong
+            }
+            Err(e) => Login::Failed(e),
+        }
+    }
+
+    /// Event retention: older than `events_max_age_days`, or past
+    /// `events_max_rows`, deleted (housekeeping; also drops expired upload
+    /// URLs).
+    pub fn sweep_events(&self) {
+        self.uploads.expire();
+        let age = self.cfg.events_max_age_days;
+        let before = (age > 0).then(|| now() - i64::from(age) * 86_400);
+        match self.store.trim_events(before, self.cfg.events_max_rows) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "cloud: event retention deleted events"),
+            Err(e) => tracing::error!(error = %e, "cloud: event retention failed"),
+        }
+    }
+
+    /// Connections open now and the cap.
+    pub fn connections(&self) -> (usize, usize) {
+        (self.gate.open(), self.gate.max())
+    }
+
+    /// How long a connection may be silent: the configured idle timeout,
+    /// but never under four Keepalive intervals (devices are quiet between).
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        self.cfg.limits.idle_timeout.max(self.cfg.keepalive * 4)
+    }
+
+    /// Marks every device offline that the store still has online: run at
+    /// start, when no session can exist yet (the last run may have been
+    /// killed). Each gets an `offline` event saying so.
+    pub fn reset_sessions(&self) -> Result<usize, StoreError> {
+        self.all_offline("the cloud restarted; its last run ended without closing this session")
+    }
+
+    /// Closes every device session, recording `reason` for each, and waits
+    /// (up to `wait`) until they are all closed and marked offline.
+    pub async fn shutdown(&self, reason: &str, wait: Duration) {
+        *self.stopping.lock().expect("stopping lock") = Some(reason.to_owned());
+        let handles: Vec<RpcHandle> =
+            self.sessions.lock().expect("sessions lock").values().map(|s| s.handle.clone()).collect();
+        for h in handles {
+            tokio::spawn(async move { h.close().await });
+        }
+        let deadline = Instant::now() + wait;
+        while self.sessions() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Sessions that did not close in time: offline in the store anyway.
+        if let Err(e) = self.all_offline(reason) {
+            tracing::error!(error = %e, "cloud: devices not marked offline at shutdown");
+        }
+    }
+
+    /// Every device the store has online set offline, with an `offline`
+    /// event giving `reason`; how many.
+    fn all_offline(&self, reason: &str) -> Result<usize, StoreError> {
+        let stale = self.store.all_offline(now())?;
+        for lc in &stale {
+            self.event(lc, None, "offline", json!({ "reason": reason }));
+        }
+        Ok(stale.len())
     }
 
     /// How many device sessions are open.
@@ -194,15 +374,11 @@ impl<S: Store> Cloud<S> {
         }
     }
 
-    /// A one-time upload URL's target, taken (it works once).
-    pub(crate) fn take_upload(&self, token: &str) -> Option<Upload> {
-        self.uploads.lock().expect("uploads lock").remove(token)
-    }
-
     /// A deleted device: its remembered password checks forgotten, its
     /// session closed.
     pub(crate) async fn forget_device(&self, login_code: &str) {
         self.passwords.forget(login_code);
+        self.uploads.forget(login_code);
         if let Some(h) = self.handle_of(login_code) {
             h.close().await;
         }

@@ -80,7 +80,8 @@ pub trait Store: Send + Sync + 'static {
     /// A new device with its password's PHC hash (see [`crate::auth`]).
     fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device>;
     fn device(&self, login_code: &str) -> Result<Option<Device>>;
-    fn devices(&self) -> Result<Vec<Device>>;
+    /// Devices in login_code order, after `after`, at most `limit`.
+    fn devices(&self, after: Option<&str>, limit: u32) -> Result<Vec<Device>>;
     fn delete_device(&self, login_code: &str) -> Result<bool>;
     /// How many devices are provisioned.
     fn device_count(&self) -> Result<u64>;
@@ -89,6 +90,12 @@ pub trait Store: Send + Sync + 'static {
     /// A session began: models recorded, online.
     fn logged_in(&self, login_code: &str, hardware_model: &str, firmware_model: &str, now: i64) -> Result<()>;
     fn set_offline(&self, login_code: &str, now: i64) -> Result<()>;
+    /// Every device still online (or with a channel not offline) set
+    /// offline, channels too; the login codes that were.
+    fn all_offline(&self, now: i64) -> Result<Vec<String>>;
+    /// Deletes events before `at` and all but the newest `keep` (0: no
+    /// cap); how many went.
+    fn trim_events(&self, before: Option<i64>, keep: u64) -> Result<u64>;
     /// A Keepalive: last_seen, and the channels; returns the channels whose
     /// state, session or alarm changed.
     fn keepalive(&self, login_code: &str, channels: &[ChannelRow], now: i64) -> Result<Vec<ChannelRow>>;
@@ -102,7 +109,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Event>;
     fn events(&self, f: &EventFilter) -> Result<Vec<Event>>;
     /// Adds (or replaces) an image of `firmware_model` for `hardware_model`.
-    fn add_firmware(&self, fw: &Firmware) -> Result<()>;
+    /// Adds an image (replacing the one of the same models); the token of
+    /// the replaced image, whose file is now unused.
+    fn add_firmware(&self, fw: &Firmware) -> Result<Option<String>>;
     /// The newest image for a hardware model.
     fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>>;
     fn firmware_by_token(&self, token: &str) -> Result<Option<Firmware>>;
@@ -150,10 +159,11 @@ fn row_to_firmware(r: &rusqlite::Row<'_>) -> rusqlite::Result<Firmware> {
         token: r.get(2)?,
         size: r.get(3)?,
         uploaded_at: r.get(4)?,
+        sha256: r.get(5)?,
     })
 }
 
-const FIRMWARE_COLS: &str = "hardware_model, firmware_model, token, size, uploaded_at";
+const FIRMWARE_COLS: &str = "hardware_model, firmware_model, token, size, uploaded_at, sha256";
 
 /// Migrations, in order; the database's `user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -221,6 +231,8 @@ const MIGRATIONS: &[&str] = &[
         policy TEXT NOT NULL,
         PRIMARY KEY (login_code, channel)
     );",
+    "ALTER TABLE firmware ADD COLUMN sha256 TEXT;
+    CREATE INDEX event_at ON event(at);",
 ];
 
 /// A cloud recording the cloud asked a device for.
@@ -295,6 +307,10 @@ pub struct Firmware {
     pub token: String,
     pub size: u64,
     pub uploaded_at: i64,
+    /// SHA-256 of the image (hex), handed to devices with the URL so they
+    /// can check what they downloaded. `None` for images stored before it
+    /// was kept.
+    pub sha256: Option<String>,
 }
 
 /// SQLite in one file.
@@ -306,7 +322,16 @@ impl SqliteStore {
     /// Opens (or creates) `dir/ivr.sqlite3` and runs pending migrations.
     pub fn open(dir: &Path) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Connection::open(dir.join("ivr.sqlite3"))?;
+        let file = dir.join("ivr.sqlite3");
+        let db = Connection::open(&file)?;
+        // Nobody else's to read: device password hashes are in it (SQLite
+        // gives its WAL and shm files the database's mode).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Db(format!("cannot make {} private (0600): {e}", file.display())))?;
+        }
         SqliteStore::init(db)
     }
 
@@ -395,16 +420,21 @@ impl Store for SqliteStore {
         }
     }
 
-    fn devices(&self) -> Result<Vec<Device>> {
+    fn devices(&self, after: Option<&str>, limit: u32) -> Result<Vec<Device>> {
         let db = self.db();
-        let mut q = db.prepare_cached(&format!("SELECT {DEVICE_COLS} FROM device ORDER BY login_code"))?;
+        let mut q = db.prepare_cached(&format!(
+            "SELECT {DEVICE_COLS} FROM device WHERE ?1 IS NULL OR login_code > ?1 ORDER BY login_code LIMIT ?2"
+        ))?;
         let mut devices: Vec<Device> =
-            q.query_map([], SqliteStore::row_to_device)?.collect::<std::result::Result<_, _>>()?;
-        // All channels in one query (not one per device), in the same order.
+            q.query_map(params![after, limit], SqliteStore::row_to_device)?.collect::<std::result::Result<_, _>>()?;
+        let (Some(first), Some(last)) = (devices.first(), devices.last()) else { return Ok(devices) };
+        let (first, last) = (first.login_code.clone(), last.login_code.clone());
+        // The page's channels in one query (not one per device), in the same order.
         let mut q = db.prepare_cached(
-            "SELECT login_code, channel, state, record_session, alarm, changed_at FROM channel ORDER BY login_code, channel",
+            "SELECT login_code, channel, state, record_session, alarm, changed_at FROM channel
+             WHERE login_code >= ?1 AND login_code <= ?2 ORDER BY login_code, channel",
         )?;
-        let rows = q.query_map([], |r| {
+        let rows = q.query_map([first, last], |r| {
             let lc: String = r.get(0)?;
             Ok((
                 lc,
@@ -464,6 +494,40 @@ impl Store for SqliteStore {
             params![login_code, now],
         )?;
         Ok(())
+    }
+
+    fn all_offline(&self, now: i64) -> Result<Vec<String>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let stale: Vec<String> = tx
+            .prepare(
+                "SELECT login_code FROM device WHERE online != 0
+                 UNION SELECT login_code FROM channel WHERE state != 0 ORDER BY 1",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        tx.execute("UPDATE device SET online = 0 WHERE online != 0", [])?;
+        tx.execute("UPDATE channel SET state = 0, changed_at = ?1 WHERE state != 0", [now])?;
+        tx.commit()?;
+        Ok(stale)
+    }
+
+    fn trim_events(&self, before: Option<i64>, keep: u64) -> Result<u64> {
+        let db = self.db();
+        let mut n = 0;
+        if let Some(at) = before {
+            n += db.execute("DELETE FROM event WHERE at < ?1", [at])? as u64;
+        }
+        if keep > 0 {
+            // The id below which events go: the newest `keep` stay.
+            let cut: Option<i64> = db
+                .query_row("SELECT id FROM event ORDER BY id DESC LIMIT 1 OFFSET ?1", [keep as i64], |r| r.get(0))
+                .optional()?;
+            if let Some(cut) = cut {
+                n += db.execute("DELETE FROM event WHERE id <= ?1", [cut])? as u64;
+            }
+        }
+        Ok(n)
     }
 
     fn keepalive(&self, login_code: &str, channels: &[ChannelRow], now: i64) -> Result<Vec<ChannelRow>> {
@@ -538,13 +602,23 @@ impl Store for SqliteStore {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    fn add_firmware(&self, fw: &Firmware) -> Result<()> {
-        self.db().execute(
-            "INSERT INTO firmware (hardware_model, firmware_model, token, size, uploaded_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (hardware_model, firmware_model) DO UPDATE SET token = ?3, size = ?4, uploaded_at = ?5",
-            params![fw.hardware_model, fw.firmware_model, fw.token, fw.size, fw.uploaded_at],
+    fn add_firmware(&self, fw: &Firmware) -> Result<Option<String>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT token FROM firmware WHERE hardware_model = ?1 AND firmware_model = ?2",
+                params![fw.hardware_model, fw.firmware_model],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute(
+            "INSERT INTO firmware (hardware_model, firmware_model, token, size, uploaded_at, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (hardware_model, firmware_model) DO UPDATE SET token = ?3, size = ?4, uploaded_at = ?5, sha256 = ?6",
+            params![fw.hardware_model, fw.firmware_model, fw.token, fw.size, fw.uploaded_at, fw.sha256],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(old)
     }
 
     fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>> {
@@ -754,6 +828,7 @@ mod tests {
             token: "t".into(),
             size: 1,
             uploaded_at: 1,
+            sha256: Some("ab".into()),
         })
         .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -783,6 +858,22 @@ mod tests {
         let d = s.device("site-1").unwrap().unwrap();
         assert_eq!((d.name.as_str(), d.online, d.last_seen, d.channels.len()), ("Gate", true, Some(104), 2));
         assert_eq!(d.hardware_model.as_deref(), Some("ivr-edge"));
+        // What a start does after a kill: everything online goes offline, once.
+        {
+            let mode = std::fs::metadata(dir.join("ivr.sqlite3")).unwrap().permissions();
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+            s.create_device("site-2", "x", "", 100).unwrap();
+            assert_eq!(s.all_offline(104).unwrap(), vec!["site-1".to_owned()]);
+            assert!(s.all_offline(104).unwrap().is_empty());
+            let d = s.device("site-1").unwrap().unwrap();
+            assert!(!d.online && d.channels.iter().all(|c| c.state == 0));
+            s.logged_in("site-1", "ivr-edge", "0.1.0", 101).unwrap();
+            let page = s.devices(None, 1).unwrap();
+            assert_eq!((page.len(), page[0].login_code.as_str(), page[0].channels.len()), (1, "site-1", 2));
+            let page = s.devices(Some("site-1"), 10).unwrap();
+            assert_eq!((page.len(), page[0].login_code.as_str(), page[0].channels.len()), (1, "site-2", 0));
+            s.delete_device("site-2").unwrap();
+        }
         assert!(s.password_hash("site-1").unwrap().unwrap().ends_with("$aGFzaA"));
         s.set_offline("site-1", 106).unwrap();
         let d = s.device("site-1").unwrap().unwrap();
@@ -790,14 +881,24 @@ mod tests {
         let ev = s.events(&EventFilter { kind: Some("alarm".into()), ..Default::default() }).unwrap();
         assert_eq!((ev.len(), ev[0].channel, ev[0].data["type"].as_i64()), (1, Some(1), Some(3)));
         assert!(s.events(&EventFilter { login_code: Some("other".into()), ..Default::default() }).unwrap().is_empty());
+        // Retention: by age, then by count (the newest kept).
+        for at in [1, 2, 3] {
+            s.add_event("site-1", None, "old", &serde_json::json!({}), at).unwrap();
+        }
+        assert_eq!(s.trim_events(Some(3), 0).unwrap(), 2, "the two before t=3");
+        assert_eq!(s.trim_events(None, 1).unwrap(), 1);
+        let left = s.events(&EventFilter::default()).unwrap();
+        assert_eq!((left.len(), left[0].kind.as_str()), (1, "old"), "the newest kept");
         let fw = |v: &str, t: &str, at| Firmware {
             hardware_model: "ivr-edge".into(),
             firmware_model: v.into(),
             token: t.into(),
             size: 10,
             uploaded_at: at,
+            sha256: None,
         };
-        s.add_firmware(&fw("0.2.0", "tok-a", 200)).unwrap();
+        assert_eq!(s.add_firmware(&fw("0.2.0", "tok-0", 100)).unwrap(), None);
+        assert_eq!(s.add_firmware(&fw("0.2.0", "tok-a", 200)).unwrap().as_deref(), Some("tok-0"), "replaced");
         s.add_firmware(&fw("0.3.0", "tok-b", 300)).unwrap();
         assert_eq!(s.latest_firmware("ivr-edge").unwrap().unwrap().firmware_model, "0.3.0");
         assert_eq!(s.firmware_by_token("tok-a").unwrap().unwrap().firmware_model, "0.2.0");

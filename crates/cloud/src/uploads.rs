@@ -1,17 +1,27 @@
 //! One-time upload URLs handed to devices: alarm pictures and channel
-//! previews (POST the JPEG as the body). The token is the authorisation.
+//! previews (POST the JPEG as the body). The token is the authorisation,
+//! checked before a byte of the body is read; the body is streamed to disk
+//! under a size cap, never held whole in memory.
 
 use crate::error::{ApiError, ApiResult};
-use crate::server::{Cloud, Upload};
+use crate::limits::Upload;
+use crate::server::Cloud;
 use crate::store::Store;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use futures_util::StreamExt;
 use serde::Deserialize;
+use std::path::Path as FsPath;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// The largest picture taken.
-const MAX_PICTURE: usize = 8 << 20;
+pub(crate) const MAX_PICTURE: u64 = 8 << 20;
+/// A picture upload must finish within this.
+const PICTURE_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 pub(crate) struct UploadQuery {
@@ -25,23 +35,107 @@ pub(crate) async fn upload<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(t): Path<String>,
     Query(q): Query<UploadQuery>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<StatusCode> {
-    let target = c.take_upload(&t).ok_or_else(|| ApiError::not_found("unknown or used upload URL"))?;
-    if body.len() > MAX_PICTURE {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "pictures are at most 8 MiB"));
-    }
-    let (dir, name) = match &target {
-        Upload::Alarm { event_id } => ("pictures", format!("{event_id}.jpg")),
-        Upload::Preview { login_code } => ("previews", format!("{}-{}.jpg", crate::safe_name(login_code), q.channel)),
+    let (lc, target) = c.uploads.take(&t).ok_or_else(|| {
+        c.counters.uploads_refused.fetch_add(1, Ordering::Relaxed);
+        ApiError::not_found("unknown, used or expired upload URL")
+    })?;
+    let path = match &target {
+        Upload::Alarm { event_id } => c.cfg.data_dir.join("pictures").join(format!("{event_id}.jpg")),
+        Upload::Preview => preview_path(&c.cfg.data_dir, &lc, q.channel),
     };
-    let dir = c.cfg.data_dir.join(dir);
-    let path = dir.join(name);
-    async {
-        tokio::fs::create_dir_all(&dir).await?;
-        tokio::fs::write(&path, &body).await
+    let stored = tokio::time::timeout(PICTURE_DEADLINE, store_body(body, &path, MAX_PICTURE, Some(is_jpeg))).await;
+    match stored {
+        Ok(r) => r.map(|_| StatusCode::NO_CONTENT),
+        Err(_) => {
+            Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the picture took over {PICTURE_DEADLINE:?}")))
+        }
     }
-    .await
-    .map_err(|e| ApiError::internal(format!("storing the picture: {e}")))?;
-    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a channel's latest preview is kept: one file per (device,
+/// channel), the name one-to-one with the login code.
+pub(crate) fn preview_path(data: &FsPath, login_code: &str, channel: u32) -> std::path::PathBuf {
+    data.join("previews").join(format!("{}-{channel}.jpg", crate::safe_name(login_code)))
+}
+
+/// A stored picture as a response: `nosniff`, so a browser never runs it
+/// as anything but an image.
+pub(crate) fn jpeg(b: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([("content-type", "image/jpeg"), ("x-content-type-options", "nosniff"), ("cache-control", "no-store")], b)
+        .into_response()
+}
+
+/// A JPEG starts with SOI and a marker.
+fn is_jpeg(head: &[u8]) -> Result<(), String> {
+    if head.len() >= 3 && head[..3] == [0xff, 0xd8, 0xff] {
+        Ok(())
+    } else {
+        Err("not a JPEG (pictures start with FF D8 FF)".into())
+    }
+}
+
+/// A check of an upload's first bytes (what the file claims to be).
+pub(crate) type HeadCheck = fn(&[u8]) -> Result<(), String>;
+
+/// Streams `body` into `path` (through `path.part`, fsynced, renamed, so a
+/// crash leaves the old file or the new one): at most `max` bytes, the
+/// first chunk checked by `check`. Returns the size and the SHA-256.
+pub(crate) async fn store_body(
+    body: Body,
+    path: &FsPath,
+    max: u64,
+    check: Option<HeadCheck>,
+) -> ApiResult<(u64, String)> {
+    let dir = path.parent().unwrap_or(FsPath::new("."));
+    let part = path.with_extension("part");
+    let disk = |what: &str, e: std::io::Error| {
+        let status = if e.raw_os_error() == Some(28) {
+            StatusCode::INSUFFICIENT_STORAGE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        tracing::error!(path = %path.display(), error = %e, "cloud: an upload was not stored ({what})");
+        ApiError::new(status, format!("storing the upload ({what}): {e}"))
+    };
+    tokio::fs::create_dir_all(dir).await.map_err(|e| disk("creating its directory", e))?;
+    let mut f = tokio::fs::File::create(&part).await.map_err(|e| disk("creating the file", e))?;
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut n = 0u64;
+    let mut stream = body.into_data_stream();
+    let r: ApiResult<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
+            if n == 0 && !chunk.is_empty() {
+                if let Some(check) = check {
+                    check(&chunk).map_err(|e| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e))?;
+                }
+            }
+            n += chunk.len() as u64;
+            if n > max {
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {max} bytes")));
+            }
+            sha.update(&chunk);
+            f.write_all(&chunk).await.map_err(|e| disk("writing", e))?;
+        }
+        if n == 0 {
+            return Err(ApiError::bad_request("the body is empty"));
+        }
+        f.sync_all().await.map_err(|e| disk("fsync", e))?;
+        Ok(())
+    }
+    .await;
+    drop(f);
+    if let Err(e) = r {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&part, path).await.map_err(|e| disk("rename", e))?;
+    if let Ok(d) = tokio::fs::File::open(dir).await {
+        let _ = d.sync_all().await;
+    }
+    let hex = sha.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((n, hex))
 }

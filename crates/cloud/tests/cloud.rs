@@ -3,6 +3,9 @@
 //! channels, RPC and events through the API, alarms and uploads, offline on
 //! disconnect, a new login replacing the old, persistence across restarts.
 
+mod common;
+
+use common::{api, http, raw_ivt, start_cloud, wait_until, TOKEN};
 use ivr_cloud::{serve, Cloud, CloudConfig, SqliteStore};
 use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
 use serde_json::{json, Value};
@@ -10,78 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const TOKEN: &str = "test-admin-token";
-
-/// A bare IVT over ivr-rpc that answers every call with `{}` (for calling
-/// the cloud's methods directly, as a device would).
-async fn raw_ivt(url: String) -> ivr_rpc::conn::RpcHandle {
-    struct Nop;
-    impl ivr_rpc::conn::Handler for Nop {
-        async fn request(&self, _: String, _: Option<Value>) -> Result<Value, ivr_rpc::RpcError> {
-            Ok(json!({}))
-        }
-        async fn event(&self, _: String, _: Option<Value>) {}
-    }
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ivr_rpc::conn::spawn(ivr_rpc::ws::WsFrames::new(ws), ivr_rpc::Peer::ivt(), Arc::new(Nop)).0
-}
-
-/// A minimal HTTP/1.1 client: one request per connection.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&resp[..head_end]).to_string();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut body = resp[head_end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else { return out };
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
-        b = &b[nl + 2 + n + 2..];
-    }
-}
-
-async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let b = body.map(|v| v.to_string());
-    let (status, bytes) = http(addr, method, path, Some(TOKEN), b.as_deref().map(str::as_bytes)).await;
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
-async fn start_cloud(dir: &std::path::Path) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let store = Arc::new(SqliteStore::open(dir).unwrap());
-    let cfg = CloudConfig {
-        keepalive: Duration::from_secs(1),
-        rpc_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(3),
-        ..CloudConfig::new(TOKEN.into(), format!("http://{addr}"), dir.to_path_buf())
-    };
-    let c = Cloud::new(store, cfg);
-    (addr, tokio::spawn(async move { serve(c, l).await.unwrap() }))
-}
 
 fn edge(addr: SocketAddr, code: &str, pw: &str) -> (Arc<Edge>, Arc<SimChannel>) {
     let cfg = EdgeConfig::parse(&format!(
@@ -95,16 +26,6 @@ fn edge(addr: SocketAddr, code: &str, pw: &str) -> (Arc<Edge>, Arc<SimChannel>) 
         Backoff::new(Duration::from_millis(50), Duration::from_millis(300)),
     );
     (e, ch)
-}
-
-async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,13 +181,16 @@ async fn a_new_login_replaces_the_old_session_and_uploads_are_one_time() {
         .unwrap();
     let url = r["pic_upload_url"].as_str().unwrap().to_owned();
     let path = url.split_once(&addr.to_string()).unwrap().1.to_owned();
-    assert_eq!(http(addr, "POST", &path, None, Some(b"\xff\xd8jpeg\xff\xd9")).await.0, 204);
+    assert_eq!(http(addr, "POST", &path, None, Some(b"\xff\xd8\xff\xe0jpeg\xff\xd9")).await.0, 204);
     assert_eq!(http(addr, "POST", &path, None, Some(b"again")).await.0, 404, "one-time");
     let (_, ev) = api(addr, "GET", "/api/v1/events?type=alarm", None).await;
     let id = ev[0]["id"].as_i64().unwrap();
     assert_eq!(ev[0]["data"]["desc"], "motion at the gate");
     let (s, pic) = http(addr, "GET", &format!("/api/v1/events/{id}/picture"), Some(TOKEN), None).await;
-    assert_eq!((s, pic.as_slice()), (200, &b"\xff\xd8jpeg\xff\xd9"[..]));
+    assert_eq!((s, pic.as_slice()), (200, &b"\xff\xd8\xff\xe0jpeg\xff\xd9"[..]));
+    // The takeover above is on record.
+    let (_, ev) = api(addr, "GET", "/api/v1/events?type=session_replaced", None).await;
+    assert_eq!(ev[0]["login_code"], "cam-9", "{ev}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,8 +5,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::server::{Cloud, ProvisionError};
 use crate::store::{Device, Store};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ivr_rpc::catalogue::{IvtEvent, IvtRequest, IVT_EVENTS, IVT_METHODS};
@@ -37,8 +37,37 @@ pub(crate) async fn create<S: Store>(
     }
 }
 
-pub(crate) async fn list<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Vec<Device>>> {
-    Ok(Json(c.store().devices()?))
+#[derive(Deserialize)]
+pub(crate) struct Page {
+    /// Devices after this login_code (the `next` link carries it).
+    after: Option<String>,
+    /// At most this many (default 1,000, at most 10,000).
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/devices?after=&limit=`: a page in login_code order; when
+/// more follow, a `Link: <…>; rel="next"` header points at the next page.
+pub(crate) async fn list<S: Store>(
+    _: Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Query(p): Query<Page>,
+) -> ApiResult<Response> {
+    let limit = p.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: 1 to 10000"));
+    }
+    let page = c.store().devices(p.after.as_deref(), limit)?;
+    let next = match page.last() {
+        Some(last) if page.len() == limit as usize => {
+            Some(format!("</api/v1/devices?after={}&limit={limit}>; rel=\"next\"", percent_encode(&last.login_code)))
+        }
+        _ => None,
+    };
+    let mut r = Json(page).into_response();
+    if let Some(v) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        r.headers_mut().insert("link", v);
+    }
+    Ok(r)
 }
 
 pub(crate) async fn get<S: Store>(
@@ -111,9 +140,23 @@ pub(crate) async fn preview<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
 ) -> ApiResult<Response> {
-    let path = c.cfg.data_dir.join("previews").join(format!("{}-{ch}.jpg", crate::safe_name(&lc)));
+    if c.store().device(&lc)?.is_none() {
+        return Err(ApiError::not_found(format!("no device {lc:?}")));
+    }
+    let path = crate::uploads::preview_path(&c.cfg.data_dir, &lc, ch);
     match tokio::fs::read(path).await {
-        Ok(b) => Ok(([("content-type", "image/jpeg")], b).into_response()),
+        Ok(b) => Ok(crate::uploads::jpeg(b)),
         Err(_) => Err(ApiError::not_found(format!("no preview of {lc:?} channel {ch} yet"))),
     }
+}
+
+/// `s` for a URL's query: unreserved characters kept, every other byte as
+/// `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

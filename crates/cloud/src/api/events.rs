@@ -46,7 +46,7 @@ pub(crate) async fn picture<S: Store>(
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
     match tokio::fs::read(c.cfg.data_dir.join("pictures").join(format!("{id}.jpg"))).await {
-        Ok(b) => Ok(([("content-type", "image/jpeg")], b).into_response()),
+        Ok(b) => Ok(crate::uploads::jpeg(b)),
         Err(_) => Err(ApiError::not_found(format!("no picture for event {id}"))),
     }
 }

@@ -5,54 +5,65 @@ use super::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::server::{now, token, Cloud};
 use crate::store::{Firmware, Store};
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use tokio::io::AsyncReadExt;
 
 /// The largest firmware image the catalogue takes.
-pub(crate) const MAX_FIRMWARE: usize = 256 << 20;
+pub(crate) const MAX_FIRMWARE: u64 = 256 << 20;
 
-/// `PUT /api/v1/firmware/{hardware_model}/{firmware_model}`, the image as body.
+/// `PUT /api/v1/firmware/{hardware_model}/{firmware_model}`, the image as
+/// body, streamed to disk (never whole in memory) with its SHA-256.
 pub(crate) async fn put<S: Store>(
     _: Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path((hw, fw)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    if hw.is_empty() || fw.is_empty() || hw.len() > 128 || fw.len() > 128 {
-        return Err(ApiError::bad_request("hardware_model and firmware_model: 1 to 128 bytes"));
-    }
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the body (the image) is empty"));
+    for (what, v) in [("hardware_model", &hw), ("firmware_model", &fw)] {
+        if v.is_empty() || v.len() > 128 || v.chars().any(crate::limits::bad_char) {
+            return Err(ApiError::bad_request(format!("{what}: 1 to 128 bytes, no control or bidi characters")));
+        }
     }
     let t = token();
-    let dir = c.cfg.data_dir.join("firmware");
-    let path = dir.join(format!("{t}.bin"));
-    async {
-        tokio::fs::create_dir_all(&dir).await?;
-        tokio::fs::write(&path, &body).await
-    }
-    .await
-    .map_err(|e| ApiError::internal(format!("storing the image: {e}")))?;
+    let path = image_path(&c, &t);
+    let (size, sha256) = crate::uploads::store_body(body, &path, MAX_FIRMWARE, None).await?;
     let f = Firmware {
         hardware_model: hw,
         firmware_model: fw,
         token: t.clone(),
-        size: body.len() as u64,
+        size,
         uploaded_at: now(),
+        sha256: Some(sha256),
     };
-    c.store().add_firmware(&f)?;
+    let replaced = match c.store().add_firmware(&f) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e.into());
+        }
+    };
+    if let Some(old) = replaced {
+        // The replaced image: no URL reaches it any more.
+        if let Err(e) = tokio::fs::remove_file(image_path(&c, &old)).await {
+            tracing::warn!(error = %e, "cloud: the replaced firmware image was not deleted");
+        }
+    }
     let url = format!("{}/firmware/{t}", c.cfg.public_url);
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({"hardware_model": f.hardware_model, "firmware_model": f.firmware_model, "size": f.size, "url": url}),
-        ),
+        Json(json!({"hardware_model": f.hardware_model, "firmware_model": f.firmware_model, "size": f.size,
+                    "sha256": f.sha256, "url": url})),
     ))
+}
+
+fn image_path<S: Store>(c: &Cloud<S>, token: &str) -> std::path::PathBuf {
+    c.cfg.data_dir.join("firmware").join(format!("{token}.bin"))
 }
 
 pub(crate) async fn list<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Vec<Firmware>>> {
@@ -60,11 +71,29 @@ pub(crate) async fn list<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> 
 }
 
 /// `GET /firmware/{token}`: the unguessable token is the authorisation
-/// (devices have no admin token).
+/// (devices have no admin token). Streamed from disk in 64 KiB reads.
 pub(crate) async fn download<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> ApiResult<Response> {
     let f = c.store().firmware_by_token(&t)?.ok_or_else(|| ApiError::not_found("no such firmware"))?;
-    let b = tokio::fs::read(c.cfg.data_dir.join("firmware").join(format!("{}.bin", f.token)))
+    let file = tokio::fs::File::open(image_path(&c, &f.token))
         .await
         .map_err(|e| ApiError::internal(format!("reading the image: {e}")))?;
-    Ok(([("content-type", "application/octet-stream")], b).into_response())
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 64 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let mut r = Body::from_stream(chunks).into_response();
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+    h.insert("content-length", HeaderValue::from(f.size));
+    if let Some(sha) = f.sha256.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert("x-content-sha256", sha);
+    }
+    Ok(r)
 }

@@ -69,6 +69,17 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
         "sessions_closed_by_rule": n(&k.closed_by_rule),
         "sessions_expired": n(&k.expired),
         "rpc_calls": n(&k.rpc_calls),
+        "logins_throttled": n(&k.logins_throttled),
+        "alarms_refused": n(&k.alarms_dropped),
+        "previews_refused": n(&k.previews_dropped),
+        "keepalives_refused": n(&k.keepalives_refused),
+        "uploads_refused": n(&k.uploads_refused),
+        "connections": {
+            "open": c.gate.open(),
+            "max": c.gate.max(),
+            "refused": n(&c.gate.refused),
+            "refused_for_api_reserve": n(&c.gate.reserved_refused),
+        },
         "recordings": {
             "stored": n(&c.recorder.stored),
             "stored_bytes": n(&c.recorder.stored_bytes),
@@ -141,10 +152,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/api/v1/devices/{login_code}/channels/{channel}/playback", post(recordings::playback::<S>))
         .route("/api/v1/events", get(events::list::<S>))
         .route("/api/v1/events/{id}/picture", get(events::picture::<S>))
-        .route(
-            "/api/v1/firmware/{hardware_model}/{firmware_model}",
-            put(firmware::put::<S>).layer(axum::extract::DefaultBodyLimit::max(firmware::MAX_FIRMWARE)),
-        )
+        .route("/api/v1/firmware/{hardware_model}/{firmware_model}", put(firmware::put::<S>))
         .route("/api/v1/firmware", get(firmware::list::<S>))
         .route("/firmware/{token}", get(firmware::download::<S>))
         .route("/upload/{token}", post(uploads::upload::<S>))
@@ -156,5 +164,32 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/record/{session}/{seq}/{token}", put(recordings::put_segment::<S>))
         .route("/recordings/{token}/play.mp4", get(recordings::playback_mp4::<S>))
         .route("/recordings/{token}/{file}", get(recordings::playback_hls::<S>))
+        // JSON bodies are small; pictures, firmware and segments are
+        // streamed to disk under their own caps, never buffered.
+        .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_MAX))
+        .layer(axum::middleware::from_fn_with_state(c.clone(), api_reserve::<S>))
         .with_state(c)
+}
+
+/// The largest JSON body a handler reads.
+pub(crate) const JSON_BODY_MAX: usize = 1 << 20;
+
+/// When the connection cap's reserve is in use, only the admin API is
+/// served (devices and viewers are told to come back).
+async fn api_reserve<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if c.gate.tight() && !req.uri().path().starts_with("/api/") {
+        c.gate.reserved_refused.fetch_add(1, Ordering::Relaxed);
+        let mut r = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the cloud is at its connection cap; the last places are kept for the admin API",
+        )
+        .into_response();
+        r.headers_mut().insert("retry-after", 5.into());
+        return r;
+    }
+    next.run(req).await
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use ivr_cloud::{Cloud, CloudConfig, LiveConfig, Rtmp, SqliteStore};
+use ivr_cloud::{Cloud, CloudConfig, ConnLimits, LiveConfig, Rtmp, SqliteStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +60,27 @@ pub struct Args {
     /// the oldest segments are deleted first.
     #[arg(long, value_parser = parse_bytes)]
     pub recordings_max_bytes: Option<u64>,
+    /// Open connections (HTTP, WebSocket, RTMP) past which new ones are
+    /// closed at once, logged (default: the open-file limit less 512).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// The last places under --max-connections kept for the admin API
+    /// (/api/…), so it answers while devices fill the rest.
+    #[arg(long, default_value_t = 32)]
+    pub api_reserve: usize,
+    /// Seconds a client has to send a request's headers (slowloris).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay silent both ways before it is closed
+    /// (never less than four Keepalive intervals).
+    #[arg(long, default_value_t = 120)]
+    pub idle_timeout_secs: u64,
+    /// Delete events older than this many days (0 keeps them for ever).
+    #[arg(long, default_value_t = 90)]
+    pub events_max_age_days: u32,
+    /// Keep at most this many events, the oldest deleted first (0: no cap).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub events_max_rows: u64,
 }
 
 /// `1000`, `20K`, `20M`, `500G`, `2T` (powers of 1024).
@@ -100,37 +121,73 @@ impl Args {
             rtmp_url: None,
             live_grace_secs: 15,
             recordings_max_bytes: None,
+            max_connections: None,
+            api_reserve: 32,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 120,
+            events_max_age_days: 90,
+            events_max_rows: 5_000_000,
         }
     }
 }
 
-/// The admin token: given, stored from an earlier run, or new (stored with
-/// mode 0600 and printed once). Never a default.
+/// The shortest admin token taken.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+/// The admin token: given, stored from an earlier run, or new (created
+/// 0600 with O_EXCL, so it is never readable by others, not even briefly,
+/// and printed once). Never a default; never shorter than 16 characters.
 pub fn admin_token(data: &Path, given: Option<String>) -> anyhow::Result<(String, bool)> {
-    if let Some(t) = given.filter(|t| !t.is_empty()) {
+    if let Some(t) = given {
+        let t = t.trim().to_owned();
+        anyhow::ensure!(
+            t.chars().count() >= MIN_ADMIN_TOKEN,
+            "--admin-token / IVR_ADMIN_TOKEN: at least {MIN_ADMIN_TOKEN} characters (this one has {}); leave it out and one is generated",
+            t.chars().count()
+        );
         return Ok((t, false));
     }
     let path = data.join("admin_token");
     if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok((t.trim().to_owned(), false));
+        let t = t.trim().to_owned();
+        anyhow::ensure!(
+            t.chars().count() >= MIN_ADMIN_TOKEN,
+            "{}: the stored admin token is shorter than {MIN_ADMIN_TOKEN} characters; delete the file and a new one is generated",
+            path.display()
+        );
+        return Ok((t, false));
     }
-    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    private_dir(data)?;
     let mut b = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .context("reading /dev/urandom for the admin token")?;
     let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    std::fs::write(&path, &t).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, t.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((t, true))
+}
+
+/// Creates `dir` if needed and makes it 0700 (the database, pictures,
+/// recordings and the token are nobody else's business).
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
     }
-    Ok((t, true))
+    Ok(())
 }
 
 pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::net::TcpListener, String, bool)> {
     let (token, new) = admin_token(&a.data, a.admin_token.clone())?;
+    private_dir(&a.data)?;
     let store = SqliteStore::open(&a.data).with_context(|| format!("opening the store in {}", a.data.display()))?;
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -161,9 +218,22 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
         response_timeout: Duration::from_millis(a.response_timeout_ms.max(1)),
         live: LiveConfig { rtmp, grace: Duration::from_secs(a.live_grace_secs.max(1)), ..LiveConfig::default() },
         recordings_max_bytes: a.recordings_max_bytes,
+        limits: ConnLimits {
+            max_connections: a.max_connections.unwrap_or_else(ivr_cloud::listen::default_max_connections).max(1),
+            api_reserve: a.api_reserve,
+            header_timeout: Duration::from_secs(a.header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        },
+        events_max_age_days: a.events_max_age_days,
+        events_max_rows: a.events_max_rows,
         ..CloudConfig::new(token.clone(), public_url, a.data.clone())
     };
     let cloud = Cloud::new(Arc::new(store), cfg);
+    // No session survives a restart: whatever the store says is online is not.
+    let stale = cloud.reset_sessions().context("marking devices offline at start")?;
+    if stale > 0 {
+        println!("{stale} device(s) were still marked online from the last run (it did not stop cleanly): now offline");
+    }
     if let Some(l) = rtmp_listener {
         tokio::spawn(ivr_cloud::serve_rtmp(cloud.clone(), l));
     }
@@ -229,14 +299,61 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if new {
         println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
     }
-    let serving = async {
-        match tls {
-            Some(tls) => ivr_cloud::serve_tls(cloud, listener, tls).await,
-            None => ivr_cloud::serve(cloud, listener).await,
+    warn_if_exposed(&a, addr);
+    let serving = {
+        let cloud = cloud.clone();
+        async move {
+            match tls {
+                Some(tls) => ivr_cloud::serve_tls(cloud, listener, tls).await,
+                None => ivr_cloud::serve(cloud, listener).await,
+            }
         }
     };
-    tokio::select! {
-        r = serving => r.context("serving"),
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
+    let why = tokio::select! {
+        r = serving => return r.context("serving"),
+        why = stop_signal() => why?,
+    };
+    stop(&cloud, why).await;
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM, named.
+pub async fn stop_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("waiting for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT").context("waiting for Ctrl-C"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+/// A clean stop: every device session closed, each marked offline with why.
+pub async fn stop(cloud: &Cloud<SqliteStore>, signal: &str) {
+    let n = cloud.sessions();
+    cloud.shutdown(&format!("the cloud stopped ({signal})"), Duration::from_secs(3)).await;
+    eprintln!("ivr cloud: stopped on {signal}; {n} device session(s) closed and marked offline");
+}
+
+/// Says so when the setup is one an attacker would like: the API and
+/// device passwords over plain HTTP on a public address, or a weak argon2.
+fn warn_if_exposed(a: &Args, addr: SocketAddr) {
+    if a.tls_cert.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "cloud: plain HTTP on a non-loopback address: device passwords and the admin token cross the network in clear; use --tls-cert/--tls-key or a TLS proxy");
+        eprintln!("warning: plain HTTP on {addr}: device passwords and the admin token cross the network in clear (use --tls-cert/--tls-key or a TLS proxy)");
+    }
+    let d = ivr_cloud::HashCost::default();
+    if a.argon2.m_kib < d.m_kib || a.argon2.t * a.argon2.m_kib < d.t * d.m_kib {
+        eprintln!(
+            "warning: --argon2 {} is weaker than OWASP's minimum ({d}): stolen password hashes are cheaper to crack",
+            a.argon2
+        );
     }
 }

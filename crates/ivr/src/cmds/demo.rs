@@ -119,7 +119,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     println!("record: curl -H 'Authorization: Bearer {token}' -X PUT -d '{{\"mode\":\"continuous\"}}' http://{addr}/api/v1/devices/demo-site-1/channels/0/record-policy");
     println!("        curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/devices/demo-site-1/channels/0/recordings");
     println!("data in {}; Ctrl-C stops", a.data.display());
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    let why = cloud::stop_signal().await?;
+    cloud::stop(&c, why).await;
     drop((nvr, cam));
     Ok(())
 }
