@@ -67,6 +67,9 @@ pub struct EdgeStatus {
 struct DeviceInfo {
     firmware: Mutex<String>,
     state: Mutex<DeviceState>,
+    /// An upgrade is running (one at a time, however many UpgradeFirmware
+    /// events arrive).
+    upgrading: std::sync::atomic::AtomicBool,
     /// How we reach the cloud (ws/wss) and its URLs (http/https).
     dialer: Dialer,
 }
@@ -77,12 +80,25 @@ struct EdgeHandler {
     device: Arc<DeviceInfo>,
 }
 
-/// The largest firmware image the agent downloads.
-const MAX_FIRMWARE: usize = 256 << 20;
+/// The largest firmware image the agent downloads (it is held in memory
+/// while checked).
+const MAX_FIRMWARE: usize = 64 << 20;
 
 /// UpgradeFirmware: ask GetFirmware, download the image while reporting
-/// "upgrading", adopt the new version and reconnect so the cloud sees it.
+/// "upgrading", check it against the size and SHA-256 the cloud published,
+/// adopt the new version and reconnect so the cloud sees it. One at a time.
 async fn upgrade(h: RpcHandle, device: Arc<DeviceInfo>) {
+    use std::sync::atomic::Ordering;
+    if device.upgrading.swap(true, Ordering::AcqRel) {
+        tracing::info!("edge: an upgrade is already running; UpgradeFirmware ignored");
+        return;
+    }
+    upgrade_once(&h, &device).await;
+    *device.state.lock().expect("device lock") = DeviceState::Online;
+    device.upgrading.store(false, Ordering::Release);
+}
+
+async fn upgrade_once(h: &RpcHandle, device: &DeviceInfo) {
     let offer = match h.call("GetFirmware", None).await {
         Ok(v) => v,
         Err(e) => {
@@ -99,18 +115,46 @@ async fn upgrade(h: RpcHandle, device: Arc<DeviceInfo>) {
         tracing::info!(%version, "edge: already running the offered firmware");
         return;
     }
-    *device.state.lock().expect("device lock") = DeviceState::Upgrading;
-    let got = crate::upload::get(&device.dialer, url, MAX_FIRMWARE).await;
-    *device.state.lock().expect("device lock") = DeviceState::Online;
-    match got {
-        Ok(image) if !image.is_empty() => {
-            tracing::info!(from = %current, to = %version, bytes = image.len(), "edge: firmware installed; reconnecting");
-            *device.firmware.lock().expect("device lock") = version.to_owned();
-            h.close().await;
-        }
-        Ok(_) => tracing::warn!(%url, "edge: the firmware image is empty; not upgrading"),
-        Err(e) => tracing::warn!(error = %e, "edge: firmware download failed; not upgrading"),
+    if let Some(size) = offer["size"].as_u64().filter(|s| *s > MAX_FIRMWARE as u64) {
+        tracing::warn!(size, max = MAX_FIRMWARE, "edge: the offered image is too large; not upgrading");
+        return;
     }
+    *device.state.lock().expect("device lock") = DeviceState::Upgrading;
+    let image = match crate::upload::get(&device.dialer, url, MAX_FIRMWARE).await {
+        Ok(image) if !image.is_empty() => image,
+        Ok(_) => return tracing::warn!(%url, "edge: the firmware image is empty; not upgrading"),
+        Err(e) => return tracing::warn!(error = %e, "edge: firmware download failed; not upgrading"),
+    };
+    if let Err(why) = check_image(&image, &offer) {
+        return tracing::warn!(%url, "edge: the downloaded image is not the one offered ({why}); not upgrading");
+    }
+    tracing::info!(from = %current, to = %version, bytes = image.len(), "edge: firmware installed; reconnecting");
+    *device.firmware.lock().expect("device lock") = version.to_owned();
+    h.close().await;
+}
+
+/// The image against what GetFirmware published: its size and SHA-256
+/// (ivr's cloud sends both; a cloud that sends neither is trusted, logged).
+fn check_image(image: &[u8], offer: &Value) -> Result<(), String> {
+    if let Some(size) = offer["size"].as_u64() {
+        if size != image.len() as u64 {
+            return Err(format!("{} bytes, {size} published", image.len()));
+        }
+    }
+    match offer["sha256"].as_str() {
+        Some(want) => {
+            let got: String = ring::digest::digest(&ring::digest::SHA256, image)
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(format!("SHA-256 {got}, {want} published"));
+            }
+        }
+        None => tracing::warn!("edge: the cloud published no SHA-256 for the image; installed unchecked"),
+    }
+    Ok(())
 }
 
 impl EdgeHandler {
@@ -176,8 +220,7 @@ impl Handler for EdgeHandler {
             }
             IvtEvent::UpgradeFirmware => {
                 let handle = self.handle.lock().expect("handle lock").clone();
-                let upgrading = *self.device.state.lock().expect("device lock") == DeviceState::Upgrading;
-                if let (Some(h), false) = (handle, upgrading) {
+                if let Some(h) = handle {
                     tokio::spawn(upgrade(h, self.device.clone()));
                 }
             }
@@ -212,6 +255,7 @@ impl Edge {
         let device = Arc::new(DeviceInfo {
             firmware: Mutex::new(cfg.cloud.firmware_model.clone()),
             state: Mutex::new(DeviceState::Online),
+            upgrading: Default::default(),
             dialer: Dialer::new(cfg.cloud.bind, cfg.cloud.ca_file.clone()),
         });
         Arc::new(Edge {
@@ -475,6 +519,18 @@ async fn previews(h: RpcHandle, ch: Arc<dyn ChannelBackend>, every: Duration, di
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_checked_against_the_offer() {
+        let img = b"firmware";
+        let sha = "9f1f9b5c8c9bb14fc8d6ce5bb9bd2e53d2a4d3be2b5cf4abf80fd0c1e5a0a7c3";
+        let good: String =
+            ring::digest::digest(&ring::digest::SHA256, img).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(check_image(img, &serde_json::json!({"size": 8, "sha256": good})).is_ok());
+        assert!(check_image(img, &serde_json::json!({})).is_ok(), "a cloud without hashes");
+        assert!(check_image(img, &serde_json::json!({"size": 9})).unwrap_err().contains("9 published"));
+        assert!(check_image(img, &serde_json::json!({"sha256": sha})).unwrap_err().contains("SHA-256"));
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_full_jitter() {

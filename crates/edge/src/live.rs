@@ -555,6 +555,9 @@ impl Live {
                 drop(st);
                 r.stop();
                 self.release(k);
+                // The pre-record ring stays (bounded in bytes, freed
+                // PRERECORD_ARMED after the last recording that asked for
+                // it): the next recording, an alarm's, starts with it.
             }
         }
     }

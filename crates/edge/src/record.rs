@@ -85,7 +85,11 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
 
     // The camera: history for the pre-record at once, then real time.
     let (s, n, st) = (seg.clone(), ready.clone(), stats.clone());
-    let history = (r.prerecord_seconds as u64 * 25 + clip.len() as u64).min(3600 * 25);
+    // At most the pre-record's byte cap of history (an hour of fhd would
+    // be gigabytes).
+    let per_frame = (clip.iter().map(|f| f.data.len()).sum::<usize>() / clip.len().max(1)).max(1);
+    let history = (r.prerecord_seconds as u64 * 25 + clip.len() as u64)
+        .min((crate::live::PRERECORD_MAX_BYTES / per_frame) as u64 + clip.len() as u64);
     let source = rt.spawn(async move {
         let frame = |i: u64| {
             let t = HZ + ticks(i, 25);
@@ -223,6 +227,8 @@ fn config(r: &StartCloudRecord) -> SegmentConfig {
         seg_max_size: r.seg_max_size.max(64 * 1024) as usize,
         seg_max_count: r.seg_max_count.max(1) as usize,
         prerecord: r.prerecord_seconds as u64 * HZ,
+        // However long a pre-record the cloud asks for, memory is bounded.
+        prerecord_max_bytes: crate::live::PRERECORD_MAX_BYTES,
         max_bitrate: r.max_bitrate,
     }
 }

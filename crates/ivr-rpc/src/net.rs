@@ -203,6 +203,11 @@ pub struct Target<'a> {
 
 /// Splits `ws://`, `wss://`, `http://` or `https://` URLs.
 pub fn target(url: &str) -> Result<Target<'_>, String> {
+    // Whatever goes into a request line or Host header: a CR/LF here would
+    // let whoever wrote the URL add headers or requests of their own.
+    if let Some(c) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("the URL has a control character or space ({c:?}); refused"));
+    }
     let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
     let (secure, default_port) = match scheme {
         "ws" | "http" => (false, 80),
@@ -246,6 +251,9 @@ mod tests {
         assert!(target("ws://h:port/").unwrap_err().contains("not a number"));
         assert!(target("ws:///ivc").unwrap_err().contains("no host"));
         assert!(target("h:80").unwrap_err().contains("no scheme"));
+        for bad in ["http://h/x\r\nX-Evil: 1", "http://h/a b", "http://h\n/", "http://h/\u{0}"] {
+            assert!(target(bad).unwrap_err().contains("control character or space"), "{bad:?}");
+        }
     }
 
     #[test]

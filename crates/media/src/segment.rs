@@ -31,6 +31,9 @@ pub struct SegmentConfig {
     pub seg_max_count: usize,
     /// Pre-record, 90 kHz ticks.
     pub prerecord: u64,
+    /// The pre-record ring's bytes at most (whole GOPs dropped from its
+    /// start past it; the newest GOP is always kept). 0: no byte cap.
+    pub prerecord_max_bytes: usize,
     /// Bits per second; 0 = unlimited.
     pub max_bitrate: u64,
 }
@@ -67,6 +70,7 @@ pub struct Segmenter {
     cfg: SegmentConfig,
     /// Pre-record ring (not recording) — always starts at a keyframe.
     ring: VecDeque<Frame>,
+    ring_bytes: usize,
     recording: bool,
     /// Complete GOPs of the segment being built, and the GOP still open.
     closed: Vec<Frame>,
@@ -90,6 +94,7 @@ impl Segmenter {
         Segmenter {
             cfg,
             ring: VecDeque::new(),
+            ring_bytes: 0,
             recording: false,
             closed: Vec::new(),
             closed_bytes: 0,
@@ -133,6 +138,7 @@ impl Segmenter {
         self.recording = true;
         self.trim_ring(now_pts);
         let ring: Vec<Frame> = self.ring.drain(..).collect();
+        self.ring_bytes = 0;
         let first = ring.first().map(|f| f.pts).unwrap_or(now_pts);
         let unix_first = now_unix_ms - ((now_pts as i64 - first as i64) * 1000 / HZ as i64);
         self.clock = Some((first, if start_ts_ms > 0 { start_ts_ms } else { unix_first }));
@@ -209,18 +215,39 @@ impl Segmenter {
             return;
         }
         let now = f.pts;
+        self.ring_bytes += f.data.len();
         self.ring.push_back(f);
         self.trim_ring(now);
     }
 
     /// Keeps the ring from the latest keyframe at least `prerecord` before
-    /// `now` (all of it when none is that old yet).
+    /// `now` (all of it when none is that old yet), then drops whole GOPs
+    /// from its start while it is over `prerecord_max_bytes`.
     fn trim_ring(&mut self, now: u64) {
         let horizon = now.saturating_sub(self.cfg.prerecord);
         let cut = self.ring.iter().rposition(|x| x.keyframe && x.pts <= horizon);
         if let Some(i) = cut {
-            self.ring.drain(..i);
+            self.drop_ring_front(i);
         }
+        let max = self.cfg.prerecord_max_bytes;
+        while max > 0 && self.ring_bytes > max {
+            // The next GOP's start; none: only the newest GOP is left.
+            match self.ring.iter().skip(1).position(|x| x.keyframe) {
+                Some(i) => self.drop_ring_front(i + 1),
+                None => break,
+            }
+        }
+    }
+
+    fn drop_ring_front(&mut self, n: usize) {
+        for f in self.ring.drain(..n) {
+            self.ring_bytes -= f.data.len();
+        }
+    }
+
+    /// Bytes the pre-record ring holds.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
     }
 
     fn record(&mut self, f: Frame) {
@@ -314,8 +341,29 @@ mod tests {
             seg_max_size: max,
             seg_max_count: count,
             prerecord: pre_s * HZ,
+            prerecord_max_bytes: 0,
             max_bitrate: 0,
         }
+    }
+
+    #[test]
+    fn the_prerecord_ring_is_bounded_by_bytes_in_whole_gops() {
+        // An hour of pre-record asked, 10 KB allowed: whole GOPs dropped.
+        let mut s = Segmenter::new(SegmentConfig { prerecord_max_bytes: 10_000, ..cfg(2, usize::MAX, 100, 3600) });
+        for f in stream(&[(25, 100); 200]) {
+            s.push(f).unwrap();
+            assert!(s.ring_bytes() <= 10_000, "{}", s.ring_bytes());
+        }
+        // GOPs are 2,800 bytes: three fit.
+        assert_eq!(s.ring_bytes(), 3 * 2_800);
+        s.start(200 * 25 * HZ / 25, 1_000_000, 0);
+        assert_eq!(s.ring_bytes(), 0, "handed to the recording");
+        // One GOP larger than the cap is kept whole (nothing else to drop).
+        let mut s = Segmenter::new(SegmentConfig { prerecord_max_bytes: 100, ..cfg(2, usize::MAX, 100, 3600) });
+        for f in stream(&[(25, 100); 3]) {
+            s.push(f).unwrap();
+        }
+        assert_eq!(s.ring_bytes(), 2_800);
     }
 
     #[test]
