@@ -11,6 +11,9 @@
 #   - Rust: fmt, clippy, unit/integration tests (nextest if present)
 #   - interop: the third-party clients against `ivr sim dvrip`, Python's
 #     xmlrpc.client against `ivr sim cvip`
+#   - a short soak (`ivr bench soak`): the cloud killed and restarted under
+#     load; fails when a device ends wrongly online/offline or an
+#     acknowledged alarm is lost
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,6 +70,8 @@ step "interop: live view (ffmpeg, websockets, Chromium via Playwright) against i
 "$VENVS/browser/bin/python" tests/interop/live_check.py --ivr target/debug/ivr
 step "interop: cloud recording (policies, playback, kill -9, retention) judged by ffprobe"
 python3 tests/interop/record_check.py --ivr target/debug/ivr
+step "soak and chaos: 200 devices, the cloud killed twice, connections cut (ivr bench soak)"
+target/debug/ivr bench soak --devices 200 --secs 30 --kills 2 --cuts 3 --keepalive-secs 2 --stop-devices 10
 step "interop: Python's xmlrpc.client against ivr sim cvip"
 python3 tests/interop/cvip_check.py --ivr target/debug/ivr
 step "interop: python-dvr, dvrip and ffprobe against ivr"

@@ -80,7 +80,7 @@ def check(ivr, record, judge, play_rtmp, rtmp_base, out):
         return start(["sim", "dvrip", "--listen", f"127.0.0.1:{port}", "--discovery", "off", "--password", "nvr-pw",
                       "--reboot-secs", "2", *extra], r"listening on 127\.0\.0\.1:(\d+)")[0]
 
-    token = "devices-token"
+    token = "devices-admin-token-0123"
     data = tempfile.mkdtemp(prefix="ivr-cloud-dev-")
     try:
         nvr_port, cam_port = free_port(), free_port()

@@ -46,7 +46,7 @@ def main():
     ivr, out = os.path.abspath(a.ivr), a.out
     os.makedirs(out, exist_ok=True)
     procs = []
-    token = "live-token"
+    token = "live-admin-token-0123456"
     data = tempfile.mkdtemp(prefix="ivr-cloud-live-")
     edge_log = os.path.join(out, "edge.log")
     try:

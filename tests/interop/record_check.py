@@ -40,7 +40,7 @@ def main():
     ivr = os.path.abspath(a.ivr)
     out = tempfile.mkdtemp(prefix="ivr-rec-")
     data = os.path.join(out, "data")
-    token = "rec-token"
+    token = "rec-admin-token-01234567"
     port = free_port()
     host = f"127.0.0.1:{port}"
     procs = {}

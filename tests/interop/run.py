@@ -89,7 +89,7 @@ def cloud_edge_rtmp(rtmp_url):
     ffmpeg playing what reaches nginx."""
     import re
     import urllib.request
-    token = "interop-token"
+    token = "interop-admin-token-0123"
     data = tempfile.mkdtemp(prefix="ivr-cloud-")
     cloud = subprocess.Popen([IVR, "cloud", "--listen", "127.0.0.1:0", "--data", data, "--keepalive-secs", "1"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

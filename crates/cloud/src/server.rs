@@ -181,7 +181,7 @@ impl<S: Store> Cloud<S> {
             stopping: Mutex::default(),
             login_by_code: crate::limits::Throttle::new(10, Duration::from_secs(60), 100_000),
             login_by_addr: crate::limits::Throttle::new(30, Duration::from_secs(60), 100_000),
-            login_queue: crate::limits::Pending::new(8, 1024),
+            login_queue: crate::limits::Pending::new(32, 1024),
             feed: broadcast::channel(1024).0,
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),

@@ -35,6 +35,12 @@ pub enum BenchCmd {
     /// The cloud's live view: time to the first fragment (cold and warm),
     /// glass-to-glass latency on the ws path, and viewers of one stream.
     Live(super::bench_live::LiveBench),
+    /// Soak and chaos: N simulated devices (keep-alives, alarms with
+    /// pictures, previews) and API load against `ivr cloud` while the cloud
+    /// is killed (-9) and restarted and device connections are cut; then
+    /// checks no device is wrongly online or offline, every acknowledged
+    /// alarm is stored, and reports the cloud's memory over time.
+    Soak(super::bench_soak::SoakBench),
 }
 
 #[derive(ClapArgs)]
@@ -68,6 +74,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Media(b) => super::bench_media::run(b).await,
         BenchCmd::Edge(b) => super::bench_edge::run(b).await,
         BenchCmd::Live(b) => super::bench_live::run(b).await,
+        BenchCmd::Soak(b) => super::bench_soak::run(b).await,
     }
 }
 

@@ -209,7 +209,7 @@ pub async fn run(b: EdgeBench) -> anyhow::Result<()> {
         .with_context(|| format!("the simulator said {line:?}"))?;
     // The cloud.
     let addr = format!("127.0.0.1:{}", free_port()?);
-    let token = "bench-edge-token";
+    let token = "bench-edge-admin-token-0123";
     let data = dir.join("cloud");
     let mut cloud = spawn(
         &exe,

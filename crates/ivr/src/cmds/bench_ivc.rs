@@ -57,7 +57,7 @@ pub struct IvcBench {
 
 /// A keep-alive HTTP/1.1 connection (the load generator's; responses must
 /// carry Content-Length, as the cloud's JSON answers do).
-struct Http {
+pub(super) struct Http {
     stream: TcpStream,
     buf: Vec<u8>,
     auth: String,
@@ -65,13 +65,27 @@ struct Http {
 }
 
 impl Http {
-    async fn connect(addr: &str, token: &str) -> anyhow::Result<Http> {
+    pub(super) async fn connect(addr: &str, token: &str) -> anyhow::Result<Http> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         Ok(Http { stream, buf: Vec::with_capacity(4096), auth: format!("Bearer {token}"), host: addr.to_owned() })
     }
 
-    async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    /// One request; when the kept-alive connection was closed meanwhile
+    /// (the cloud closes idle ones), once more on a new connection.
+    pub(super) async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        match self.call_once(method, path, body).await {
+            Err(e) if self.buf.is_empty() && e.to_string().contains("closed") => {
+                self.stream =
+                    TcpStream::connect(&self.host).await.with_context(|| format!("connecting to {}", self.host))?;
+                self.stream.set_nodelay(true)?;
+                self.call_once(method, path, body).await
+            }
+            r => r,
+        }
+    }
+
+    async fn call_once(&mut self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.host,
@@ -80,7 +94,7 @@ impl Http {
         );
         let mut req = head.into_bytes();
         req.extend_from_slice(body);
-        self.stream.write_all(&req).await?;
+        self.stream.write_all(&req).await.map_err(|e| anyhow::anyhow!("the connection was closed: {e}"))?;
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buf[..end]).context("response head is not UTF-8")?;
@@ -89,13 +103,14 @@ impl Http {
                     .nth(1)
                     .and_then(|s| s.parse().ok())
                     .with_context(|| format!("bad status line in {head:?}"))?;
+                // No Content-Length: no body (204 and the like).
                 let len: usize = head
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
                         k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
                     })
-                    .with_context(|| format!("no Content-Length in {head:?}"))?;
+                    .unwrap_or(0);
                 let total = end + 4 + len;
                 while self.buf.len() < total {
                     self.read_more().await?;
@@ -110,7 +125,7 @@ impl Http {
 
     async fn read_more(&mut self) -> anyhow::Result<()> {
         let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await?;
+        let n = self.stream.read(&mut chunk).await.map_err(|e| anyhow::anyhow!("the connection was closed: {e}"))?;
         if n == 0 {
             bail!("the cloud closed the API connection");
         }
@@ -118,7 +133,7 @@ impl Http {
         Ok(())
     }
 
-    async fn json(&mut self, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    pub(super) async fn json(&mut self, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
         let (s, b) = self.call(method, path, body.to_string().as_bytes()).await?;
         Ok((s, serde_json::from_slice(&b).unwrap_or(Value::Null)))
     }
@@ -154,17 +169,29 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct Cloud {
-    child: tokio::process::Child,
-    pid: u32,
-    addr: String,
-    token: String,
+pub(super) struct Cloud {
+    pub(super) child: tokio::process::Child,
+    pub(super) pid: u32,
+    pub(super) addr: String,
+    pub(super) token: String,
 }
 
 async fn start_cloud(exe: &Path, dir: &Path, keepalive: u64, argon2: &str) -> anyhow::Result<Cloud> {
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let token = "bench-token".to_owned();
-    let log = std::fs::File::create(dir.join("cloud.log"))?;
+    start_cloud_at(exe, dir, &format!("127.0.0.1:{}", free_port()?), keepalive, argon2).await
+}
+
+/// `ivr cloud` on `addr` with data in `dir` (its log appended to
+/// `dir/cloud.log`), once it answers the API.
+pub(super) async fn start_cloud_at(
+    exe: &Path,
+    dir: &Path,
+    addr: &str,
+    keepalive: u64,
+    argon2: &str,
+) -> anyhow::Result<Cloud> {
+    let addr = addr.to_owned();
+    let token = "bench-token-0123456789".to_owned();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("cloud.log"))?;
     let child = tokio::process::Command::new(exe)
         .args(["cloud", "--listen", &addr, "--admin-token", &token, "--argon2", argon2])
         .arg("--data")

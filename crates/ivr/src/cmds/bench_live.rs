@@ -209,7 +209,7 @@ pub async fn run(b: LiveBench) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ivr-bench-live-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let addr = format!("127.0.0.1:{}", free_port()?);
-    let token = "bench-live-token";
+    let token = "bench-live-admin-token-0123";
     let mut cloud = tokio::process::Command::new(&exe)
         .args(["cloud", "--listen", &addr, "--data"])
         .arg(dir.join("data"))
