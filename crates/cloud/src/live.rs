@@ -414,7 +414,7 @@ impl<S: Store> Cloud<S> {
             tokio::spawn(async move {
                 let p = json!({"stream_id": stream_id, "channel": ch});
                 if let Err(e) = h.call("RTMPStopPublish", Some(p)).await {
-                    tracing::info!(login_code = %lc, channel = ch, error = %e, "cloud: RTMPStopPublish failed");
+                    tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, error = %e, "cloud: RTMPStopPublish failed");
                 }
             });
         }
@@ -445,7 +445,7 @@ impl<S: Store> Cloud<S> {
             keys.into_iter().filter_map(|(k, why)| m.remove(&k).map(|e| (k, e, why))).collect()
         };
         for ((lc, ch), e, why) in gone {
-            tracing::info!(login_code = %lc, channel = ch, why, "cloud: live stream stopped");
+            tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, why, "cloud: live stream stopped");
             e.feed.closed.store(true, Ordering::Relaxed);
             self.send_stop(&lc, ch, e.stream_id.clone());
             self.event(&lc, Some(ch), "live_stop", json!({"reason": why}));

@@ -200,7 +200,7 @@ impl<S: Store> Cloud<S> {
                     c.record_stop(&lc, ch, &format!("policy {mode}")).await.map(|_| ())
                 };
                 if let Err(e) = r {
-                    tracing::info!(login_code = %lc, channel = ch, error = %e, "cloud: record policy not applied yet");
+                    tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, error = %e, "cloud: record policy not applied yet");
                 }
                 c.keeper.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             });

@@ -171,9 +171,9 @@ impl<S: Store> Cloud<S> {
             match tokio::time::timeout(self.cfg.rpc_timeout, h.call("StopCloudRecord", Some(p))).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    tracing::info!(login_code = %lc, channel = ch, error = %e, "cloud: StopCloudRecord failed")
+                    tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, error = %e, "cloud: StopCloudRecord failed")
                 }
-                Err(_) => tracing::info!(login_code = %lc, channel = ch, "cloud: StopCloudRecord unanswered"),
+                Err(_) => tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, "cloud: StopCloudRecord unanswered"),
             }
         }
         self.event(lc, Some(ch), "record_stop", json!({"session_id": s.session_id, "reason": why}));

@@ -107,6 +107,8 @@ struct Device {
     cut: Arc<AtomicBool>,
     /// Set to stop this device for good.
     stop: Arc<AtomicBool>,
+    /// Set when the load ends: Keepalives only from then on.
+    quiet: Arc<AtomicBool>,
     connected: Arc<AtomicBool>,
 }
 
@@ -181,7 +183,8 @@ impl Device {
                 self.tally.keepalives.fetch_add(1, Ordering::Relaxed);
                 next_keepalive = now + self.keepalive;
             }
-            if now >= next_alarm {
+            let quiet = self.quiet.load(Ordering::Relaxed);
+            if now >= next_alarm && !quiet {
                 *n += 1;
                 let desc = format!("soak {} #{n}", self.i);
                 let a = json!({"channel": 0, "type": 3, "state": "start", "desc": desc});
@@ -195,7 +198,7 @@ impl Device {
                 }
                 next_alarm = now + self.alarm_every;
             }
-            if now >= next_preview {
+            if now >= next_preview && !quiet {
                 let r = h.call("preview_server", None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 if let Some(url) = r["url"].as_str() {
                     if self.post(url, "?channel=0").await {
@@ -304,6 +307,7 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
     }
 
     let tally = Arc::new(Tally::default());
+    let quiet = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for i in 0..b.devices {
         let d = Device {
@@ -316,6 +320,7 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
             preview_every: Duration::from_secs(b.preview_every_secs.max(1)),
             cut: Arc::default(),
             stop: Arc::default(),
+            quiet: quiet.clone(),
             connected: Arc::default(),
         };
         handles.push((d.cut.clone(), d.stop.clone(), d.connected.clone()));
@@ -370,6 +375,7 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     stop_api.store(true, Ordering::Relaxed);
+    quiet.store(true, Ordering::Relaxed);
 
     // Settle: every running device back in.
     say("soak: load stopped; waiting for every device to be back and the silent ones to be found out".into());
