@@ -186,11 +186,10 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::net::TcpListener, String, bool)> {
-    let (token, new) = admin_token(&a.data, a.admin_token.clone())?;
-    private_dir(&a.data)?;
-    let store = SqliteStore::open(&a.data).with_context(|| format!("opening the store in {}", a.data.display()))?;
-    let listener =
-        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    // Listen first: a start that cannot bind must not make (and lose) a token.
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot listen there", a.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
     let public_url = a.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
@@ -200,6 +199,9 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
         ),
         None => None,
     };
+    let (token, new) = admin_token(&a.data, a.admin_token.clone())?;
+    private_dir(&a.data)?;
+    let store = SqliteStore::open(&a.data).with_context(|| format!("opening the store in {}", a.data.display()))?;
     let rtmp = match (&rtmp_listener, &a.rtmp_url) {
         (Some(l), _) => {
             let port = l.local_addr()?.port();
