@@ -13,10 +13,10 @@
 use crate::error::{ApiError, ApiResult};
 use crate::server::{now, token, Cloud};
 use crate::store::{EventFilter, RecordSession, SegmentRow, Store};
+use crate::uploads::Size;
 use axum::body::{Body, Bytes as AxBytes};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use ivr_media::demux::{self, Input};
 use ivr_media::hls::{Entry, Playlist};
 use ivr_media::sink::{Format, Sink};
@@ -27,7 +27,6 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 /// The largest segment the cloud takes.
 pub const MAX_SEGMENT: u64 = 512 << 20;
@@ -173,7 +172,9 @@ impl<S: Store> Cloud<S> {
                 Ok(Err(e)) => {
                     tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, error = %e, "cloud: StopCloudRecord failed")
                 }
-                Err(_) => tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, "cloud: StopCloudRecord unanswered"),
+                Err(_) => {
+                    tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, "cloud: StopCloudRecord unanswered")
+                }
             }
         }
         self.event(lc, Some(ch), "record_stop", json!({"session_id": s.session_id, "reason": why}));
@@ -249,47 +250,11 @@ impl<S: Store> Cloud<S> {
             .join(day(p.start_ms))
             .join(format!("{}-{}-{}-{}.ts", p.start_ms, p.duration_ms, s.session_id, p.seq));
         let path = self.recordings_dir().join(&rel);
-        let part = path.with_extension("ts.part");
-        let dir = path.parent().map(FsPath::to_path_buf).unwrap_or_default();
-        let disk = |what: &str, e: std::io::Error| {
-            self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
-            let status = if e.raw_os_error() == Some(28) {
-                axum::http::StatusCode::INSUFFICIENT_STORAGE
-            } else {
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR
-            };
-            tracing::error!(path = %part.display(), error = %e, "cloud: a segment was not stored ({what})");
-            ApiError::new(status, format!("storing the segment ({what}): {e}"))
-        };
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| disk("creating its directory", e))?;
-        let mut f = tokio::fs::File::create(&part).await.map_err(|e| disk("creating the file", e))?;
-        let mut n = 0u64;
-        let mut stream = body.into_data_stream();
-        let r: ApiResult<()> = async {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
-                n += chunk.len() as u64;
-                if n > p.size {
-                    return Err(ApiError::bad_request(format!("more bytes than the {} announced", p.size)));
-                }
-                f.write_all(&chunk).await.map_err(|e| disk("writing", e))?;
+        let (n, _) = crate::uploads::store_body(body, &path, Size::Exactly(p.size), None).await.inspect_err(|e| {
+            if e.status.is_server_error() {
+                self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
             }
-            if n != p.size {
-                return Err(ApiError::bad_request(format!("{n} bytes, {} announced", p.size)));
-            }
-            f.sync_all().await.map_err(|e| disk("fsync", e))?;
-            Ok(())
-        }
-        .await;
-        drop(f);
-        if let Err(e) = r {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(e);
-        }
-        tokio::fs::rename(&part, &path).await.map_err(|e| disk("rename", e))?;
-        if let Ok(d) = tokio::fs::File::open(&dir).await {
-            let _ = d.sync_all().await;
-        }
+        })?;
         let row = SegmentRow {
             id: 0,
             login_code: s.login_code.clone(),

@@ -45,7 +45,8 @@ pub(crate) async fn upload<S: Store>(
         Upload::Alarm { event_id } => c.cfg.data_dir.join("pictures").join(format!("{event_id}.jpg")),
         Upload::Preview => preview_path(&c.cfg.data_dir, &lc, q.channel),
     };
-    let stored = tokio::time::timeout(PICTURE_DEADLINE, store_body(body, &path, MAX_PICTURE, Some(is_jpeg))).await;
+    let stored =
+        tokio::time::timeout(PICTURE_DEADLINE, store_body(body, &path, Size::AtMost(MAX_PICTURE), Some(is_jpeg))).await;
     match stored {
         Ok(r) => r.map(|_| StatusCode::NO_CONTENT),
         Err(_) => {
@@ -81,15 +82,27 @@ fn is_jpeg(head: &[u8]) -> Result<(), String> {
 /// A check of an upload's first bytes (what the file claims to be).
 pub(crate) type HeadCheck = fn(&[u8]) -> Result<(), String>;
 
-/// Streams `body` into `path` (through `path.part`, fsynced, renamed, so a
-/// crash leaves the old file or the new one): at most `max` bytes, the
-/// first chunk checked by `check`. Returns the size and the SHA-256.
+/// How large an upload must be.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Size {
+    AtMost(u64),
+    /// What was announced beforehand (a recording segment).
+    Exactly(u64),
+}
+
+/// Streams `body` into `path` (through a `.part` file, fsynced with its
+/// directory, renamed, so a crash leaves the old file or the new one and at
+/// worst a `.part`), its size checked against `size`, the first chunk by
+/// `check`. Returns the size and the SHA-256. A full disk is 507.
 pub(crate) async fn store_body(
     body: Body,
     path: &FsPath,
-    max: u64,
+    size: Size,
     check: Option<HeadCheck>,
 ) -> ApiResult<(u64, String)> {
+    let max = match size {
+        Size::AtMost(m) | Size::Exactly(m) => m,
+    };
     let dir = path.parent().unwrap_or(FsPath::new("."));
     let part = path.with_extension("part");
     let disk = |what: &str, e: std::io::Error| {
@@ -116,13 +129,23 @@ pub(crate) async fn store_body(
             }
             n += chunk.len() as u64;
             if n > max {
-                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {max} bytes")));
+                return Err(match size {
+                    Size::Exactly(_) => ApiError::bad_request(format!("more bytes than the {max} announced")),
+                    Size::AtMost(_) => {
+                        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {max} bytes"))
+                    }
+                });
             }
             sha.update(&chunk);
             f.write_all(&chunk).await.map_err(|e| disk("writing", e))?;
         }
         if n == 0 {
             return Err(ApiError::bad_request("the body is empty"));
+        }
+        if let Size::Exactly(want) = size {
+            if n != want {
+                return Err(ApiError::bad_request(format!("{n} bytes, {want} announced")));
+            }
         }
         f.sync_all().await.map_err(|e| disk("fsync", e))?;
         Ok(())

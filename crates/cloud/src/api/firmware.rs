@@ -32,7 +32,8 @@ pub(crate) async fn put<S: Store>(
     }
     let t = token();
     let path = image_path(&c, &t);
-    let (size, sha256) = crate::uploads::store_body(body, &path, MAX_FIRMWARE, None).await?;
+    let (size, sha256) =
+        crate::uploads::store_body(body, &path, crate::uploads::Size::AtMost(MAX_FIRMWARE), None).await?;
     let f = Firmware {
         hardware_model: hw,
         firmware_model: fw,
