@@ -170,10 +170,10 @@ impl<S: Store> Cloud<S> {
             match tokio::time::timeout(self.cfg.rpc_timeout, h.call("StopCloudRecord", Some(p))).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, error = %e, "cloud: StopCloudRecord failed")
+                    tracing::info!(login_code = %crate::limits::shown(lc), channel = ch, error = %e, "cloud: StopCloudRecord failed")
                 }
                 Err(_) => {
-                    tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, "cloud: StopCloudRecord unanswered")
+                    tracing::info!(login_code = %crate::limits::shown(lc), channel = ch, "cloud: StopCloudRecord unanswered")
                 }
             }
         }

@@ -364,7 +364,7 @@ impl<S: Store> Cloud<S> {
             .iter()
             .filter(|(_, s)| s.last_keepalive.elapsed() > limit)
             .map(|(lc, s)| {
-                tracing::info!(login_code = %crate::limits::shown(&lc), "cloud: no Keepalive for three intervals; closing");
+                tracing::info!(login_code = %crate::limits::shown(lc), "cloud: no Keepalive for three intervals; closing");
                 s.handle.clone()
             })
             .collect();
