@@ -132,10 +132,10 @@ impl Device {
     }
 
     async fn session(&self, n: &mut u64) -> anyhow::Result<()> {
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&self.url))
-            .await
-            .context("login timed out")?
-            .map_err(|e| {
+        // The edge's small buffers: 10,000 devices in one process.
+        let connect = tokio_tungstenite::connect_async_with_config(&self.url, Some(ivr_rpc::ws::ws_config()), true);
+        let (ws, _) =
+            tokio::time::timeout(Duration::from_secs(10), connect).await.context("login timed out")?.map_err(|e| {
                 self.tally.login_failures.fetch_add(1, Ordering::Relaxed);
                 anyhow::anyhow!("login: {e}")
             })?;
