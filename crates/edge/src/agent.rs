@@ -317,12 +317,27 @@ impl Edge {
                     self.session(ws).await;
                 }
                 Ok(Err(e)) => {
-                    let why = match e {
-                        DialError::Refused => "the cloud refused our login_code/login_passwd (HTTP 401)".to_owned(),
-                        other => other.to_string(),
+                    let (why, at_least) = match e {
+                        // Retrying a refused login quickly only feeds the
+                        // cloud's throttle: a minute at least, said plainly.
+                        DialError::Refused => (
+                            format!(
+                                "the cloud at {} refused login_code {:?} (HTTP 401): login_code or login_passwd in [cloud] is wrong, or the device is not provisioned there",
+                                c.url, c.login_code
+                            ),
+                            Duration::from_secs(60),
+                        ),
+                        DialError::Later { retry_after, .. } => {
+                            (e.to_string(), Duration::from_secs(retry_after.clamp(1, 3600)))
+                        }
+                        other => (other.to_string(), Duration::ZERO),
                     };
                     tracing::warn!("edge: {why}");
                     self.status.send_modify(|s| s.last_error = Some(why));
+                    let wait = self.backoff.lock().expect("backoff lock").next_wait().max(at_least);
+                    tracing::warn!("edge: trying again in {} s", wait.as_secs());
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
                 Err(_) => {
                     let why = format!("connecting to {} timed out", c.url);

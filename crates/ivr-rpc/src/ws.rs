@@ -41,6 +41,10 @@ pub enum DialError {
     Connect { addr: String, err: std::io::Error },
     #[error("the cloud refused the login (HTTP 401)")]
     Refused,
+    /// HTTP 429 or 503: too many failed logins, a full login queue or a
+    /// cloud at its connection cap; try again after `retry_after` seconds.
+    #[error("the cloud asked to come back later (HTTP {status}, Retry-After {retry_after} s)")]
+    Later { status: u16, retry_after: u64 },
     #[error("WebSocket handshake with {addr}: {err}")]
     Handshake { addr: String, err: Box<tokio_tungstenite::tungstenite::Error> },
 }
@@ -75,6 +79,15 @@ pub async fn dial(url: &str, dialer: &Dialer) -> Result<WsFrames<net::Stream>, D
     match tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await {
         Ok((ws, _)) => Ok(WsFrames::new(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401 => Err(DialError::Refused),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) if matches!(r.status().as_u16(), 429 | 503) => {
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(5);
+            Err(DialError::Later { status: r.status().as_u16(), retry_after })
+        }
         Err(err) => Err(DialError::Handshake { addr, err: Box::new(err) }),
     }
 }

@@ -70,8 +70,26 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for c in &cfg.channels {
         println!("  channel {}: {}", c.channel, c.source().redacted());
     }
+    let (url, code, n) = (cfg.cloud.url.clone(), cfg.cloud.login_code.clone(), channels.len());
     let edge = Edge::new(cfg, channels);
     edge.preflight().map_err(anyhow::Error::msg).with_context(|| format!("in {}", a.config.display()))?;
+    // Say when the session comes and goes, whatever the log level.
+    let mut status = edge.status();
+    tokio::spawn(async move {
+        let mut was = false;
+        while status.changed().await.is_ok() {
+            let s = status.borrow().clone();
+            if s.connected && !was {
+                println!("ivr edge: connected to {url} as {code:?}, {n} channel(s)");
+            } else if !s.connected && was {
+                println!(
+                    "ivr edge: disconnected ({}); reconnecting",
+                    s.last_error.as_deref().unwrap_or("the session ended")
+                );
+            }
+            was = s.connected;
+        }
+    });
     tokio::select! {
         _ = edge.run() => Ok(()),
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
