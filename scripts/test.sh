@@ -52,7 +52,8 @@ venv ivt "import websockets.sync.client, openapi_spec_validator" websockets open
 # download is never used.
 venv browser "import playwright.sync_api, websockets.sync.client" playwright websockets
 
-step "format and lints"
+step "format, lints and doc links"
+python3 scripts/check_links.py
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

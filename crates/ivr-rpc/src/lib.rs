@@ -1,6 +1,6 @@
 //! IVR RPC: the JSON-over-WebSocket protocol between IVT (devices on site)
-//! and IVC (the video cloud), from `../shared/seeds/004_…` (English with
-//! ivr's decisions: `../shared/docs/ivr-rpc.md`).
+//! and IVC (the video cloud). The protocol in English with ivr's decisions
+//! is in `docs/design/protocols.md`.
 //!
 //! The sans-IO core: [`message`] (the four packets), [`peer`] (one end of a
 //! connection, enforcing the five disconnect rules) and [`catalogue`]
