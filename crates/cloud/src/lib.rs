@@ -1,6 +1,7 @@
 //! The IVR cloud (IVC): the device gateway over IVR RPC, the state store,
-//! the HTTP API. This release: devices, sessions, Keepalive state, alarms
-//! with pictures, previews, RPC and events through the API.
+//! the HTTP API, live view (RTMP ingest, fMP4/WebSocket/HLS viewers),
+//! cloud recording with policies and playback, and the limits that hold
+//! every peer (`docs/cloud.md`, `docs/security.md`, `docs/design/`).
 
 pub mod api;
 pub mod auth;
