@@ -278,6 +278,8 @@ struct Sample {
     at: f64,
     phase: usize,
     rss: u64,
+    /// Devices connected at that moment.
+    connected: usize,
 }
 
 pub async fn run(b: SoakBench) -> anyhow::Result<()> {
@@ -349,8 +351,9 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
     let mut cut_devices = 0u64;
     for s in 0..b.secs {
         tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + Duration::from_secs(s + 1))).await;
+        let connected = handles.iter().filter(|h| h.2.load(Ordering::Relaxed)).count();
         if let Ok(r) = rss(cloud.pid) {
-            samples.push(Sample { at: t0.elapsed().as_secs_f64(), phase, rss: r });
+            samples.push(Sample { at: t0.elapsed().as_secs_f64(), phase, rss: r, connected });
         }
         if kill_at.contains(&(s + 1)) {
             let t = Instant::now();
@@ -369,7 +372,6 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
                 cut_devices += 1;
             }
         }
-        let connected = handles.iter().filter(|h| h.2.load(Ordering::Relaxed)).count();
         bar.set_position(s + 1);
         bar.set_message(format!("{connected}/{} connected", b.devices));
     }
@@ -461,10 +463,20 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
         })
         .collect();
     let rss_series: Vec<Value> =
-        samples.iter().map(|s| json!([((s.at * 10.0).round() / 10.0), s.rss / 1024])).collect();
+        samples.iter().map(|s| json!([((s.at * 10.0).round() / 10.0), s.rss / 1024, s.connected])).collect();
+    // After each kill: seconds until every device was connected again
+    // (None: not within the phase).
+    let all = b.devices as usize;
+    let back: Vec<Option<f64>> = (1..=phase)
+        .map(|p| {
+            let s: Vec<&Sample> = samples.iter().filter(|x| x.phase == p).collect();
+            let start = s.first()?.at;
+            s.iter().find(|x| x.connected == all).map(|x| x.at - start + 1.0)
+        })
+        .collect();
     let out = json!({
         "devices": b.devices, "secs": b.secs, "keepalive_secs": ka,
-        "cloud_kills": b.kills, "restart_secs": restarts, "cuts": b.cuts, "connections_cut": cut_devices,
+        "cloud_kills": b.kills, "restart_secs": restarts, "all_back_after_secs": back, "cuts": b.cuts, "connections_cut": cut_devices,
         "device_logins": tally.logins.load(Ordering::Relaxed),
         "login_failures": tally.login_failures.load(Ordering::Relaxed),
         "keepalives": tally.keepalives.load(Ordering::Relaxed),
@@ -475,15 +487,15 @@ pub async fn run(b: SoakBench) -> anyhow::Result<()> {
         "api_answers": api_ok.load(Ordering::Relaxed), "api_errors": api_err.load(Ordering::Relaxed),
         "devices_listed": listed, "should_be_online": running, "wrongly_offline": wrongly_offline.len(),
         "should_be_offline": b.stop_devices, "wrongly_online": wrongly_online.len(),
-        "memory_by_phase": phases, "rss_kib_series": rss_series, "cloud_stats": stats,
+        "memory_by_phase": phases, "series_secs_rss_kib_connected": rss_series, "cloud_stats": stats,
     });
     let _ = cloud.child.start_kill();
     if b.json {
         println!("{out}");
     } else {
         println!(
-            "soak: {} devices, {} s, {} cloud kill(s) (restart {:?} s), {} connection(s) cut",
-            b.devices, b.secs, b.kills, restarts, cut_devices
+            "soak: {} devices, {} s, {} cloud kill(s) (restart {:?} s; every device back after {} s), {} connection(s) cut",
+            b.devices, b.secs, b.kills, restarts, out["all_back_after_secs"], cut_devices
         );
         println!(
             "  device logins {}, keepalives {}, alarms sent {} / acknowledged {} / missing from the store {}",
