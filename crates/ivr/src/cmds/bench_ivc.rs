@@ -194,6 +194,9 @@ pub(super) async fn start_cloud_at(
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("cloud.log"))?;
     let child = tokio::process::Command::new(exe)
         .args(["cloud", "--listen", &addr, "--admin-token", &token, "--argon2", argon2])
+        // A bench measures capacity: the cap sits just under the open-file
+        // limit (the default keeps 512 descriptors in reserve).
+        .args(["--max-connections", &super::raise_fd_limit().saturating_sub(100).max(64).to_string()])
         .arg("--data")
         .arg(dir)
         .args(["--keepalive-secs", &keepalive.to_string()])
