@@ -488,6 +488,12 @@ impl IvtRequest {
                 if r.cbk_url.is_empty() {
                     return Err(perr("cbk_url", "empty"));
                 }
+                // What the device will put in a request line: http(s), no
+                // control characters or spaces (a CR/LF would inject headers).
+                if !r.cbk_url.starts_with("http://") && !r.cbk_url.starts_with("https://") {
+                    return Err(perr("cbk_url", "expected an http:// or https:// URL"));
+                }
+                crate::net::target(&r.cbk_url).map_err(|e| perr("cbk_url", e))?;
                 f.done()?;
                 IvtRequest::StartCloudRecord(r)
             }
@@ -717,6 +723,13 @@ mod tests {
         let long = format!("http://ivc/{}", "c".repeat(250));
         assert!(err(IvtRequest::parse("StartCloudRecord", Some(&record("0123456789abcdefghijkl", &long))))
             .contains("params.cbk_url: 261 bytes, at most 256"));
+        assert!(err(IvtRequest::parse(
+            "StartCloudRecord",
+            Some(&record("0123456789abcdefghijkl", "http://ivc/cb\r\nX-Evil: 1"))
+        ))
+        .contains("params.cbk_url: the URL has a control character or space"));
+        assert!(err(IvtRequest::parse("StartCloudRecord", Some(&record("0123456789abcdefghijkl", "ftp://ivc/cb"))))
+            .contains("params.cbk_url: expected an http:// or https:// URL"));
     }
 
     #[test]
