@@ -95,3 +95,36 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every option says what it is in `--help`.
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", c.get_name());
+            if c.get_about().is_none() && path != " ivr" {
+                missing.push(format!("{path}: the command"));
+            }
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: --{id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.get_name() != "help" {
+                    walk(s, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{} without help:\n{}", missing.len(), missing.join("\n"));
+    }
+}

@@ -60,6 +60,7 @@ pub struct DvripBench {
     /// Runs of each side (the best is reported).
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
 }

@@ -30,6 +30,7 @@ pub struct CvipBench {
     /// Python 3 for the side-by-side (skipped when absent).
     #[arg(long, default_value = "python3")]
     python: String,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
 }

@@ -36,6 +36,7 @@ pub struct EdgeBench {
     /// The nginx binary (with libnginx-mod-rtmp) that receives the publications.
     #[arg(long, default_value = "nginx")]
     nginx: String,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
 }

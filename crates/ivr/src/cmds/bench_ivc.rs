@@ -51,6 +51,7 @@ pub struct IvcBench {
     /// rate (0: skip).
     #[arg(long, default_value_t = 200)]
     cold_logins: u32,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
 }

@@ -43,6 +43,7 @@ pub struct LiveBench {
     /// The nginx binary (with libnginx-mod-rtmp) measured side by side.
     #[arg(long, default_value = "nginx")]
     nginx: String,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
 }

@@ -18,6 +18,7 @@ pub struct MediaBench {
     /// Runs of each side (the best is reported).
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// The ffmpeg to compare with.
     #[arg(long, default_value = "ffmpeg")]
     ffmpeg: String,
     /// Instead: this many simulated 4 Mbit/s cameras at once, in real
@@ -28,6 +29,7 @@ pub struct MediaBench {
     /// Seconds the streams run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
 }

@@ -63,6 +63,7 @@ pub struct SoakBench {
     /// left open (the cloud must find them out and end them offline).
     #[arg(long, default_value_t = 10)]
     stop_devices: u32,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
 }

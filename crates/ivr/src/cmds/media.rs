@@ -15,10 +15,12 @@ pub enum MediaCmd {
     /// video codec with its RFC 6381 string, size, frames, keyframes and
     /// GOP, duration, bitrate, audio; what a reader left out.
     Info {
+        /// The file to read (TS, FLV, MP4, raw H.264/H.265 or captured DVRIP media).
         input: PathBuf,
         /// Frame rate of a raw stream (it carries no timestamps).
         #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=240))]
         fps: u32,
+        /// The report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -30,7 +32,9 @@ pub enum MediaCmd {
     /// (fragmented), `.flv`, `.m3u8` (HLS, segments beside it),
     /// `.h264`/`.h265` (raw video).
     Remux {
+        /// The file to read (as `info` reads).
         input: PathBuf,
+        /// Where to write; the container follows the extension (.ts, .mp4, .flv, .m3u8, .h264/.h265).
         output: PathBuf,
         /// Frame rate of a raw stream (it carries no timestamps).
         #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=240))]
@@ -41,6 +45,7 @@ pub enum MediaCmd {
         /// HLS: segment container, ts or mp4 (fragmented, with an init segment).
         #[arg(long, default_value = "ts")]
         segment_format: String,
+        /// What was written, as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -37,6 +37,7 @@ pub struct IvtSimArgs {
     /// The cloud's admin token (for --provision).
     #[arg(long, env = "IVR_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Seconds between each device's Keepalives.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive_secs: u64,
     /// Index of the first device (to split one fleet over processes).

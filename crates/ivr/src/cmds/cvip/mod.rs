@@ -24,6 +24,7 @@ pub struct Args {
 }
 
 #[derive(ClapArgs)]
+#[command(next_help_heading = "Connection (every command)")]
 struct Conn {
     /// Unit address (not needed by `discover`).
     #[arg(long, global = true, env = "CVIP_HOST")]
@@ -68,12 +69,22 @@ enum Cmd {
     /// Every service with its description.
     Services,
     /// A service's properties: value, validation, access, units.
-    Properties { service: String },
+    Properties {
+        /// The service, e.g. cviVideo.1.
+        service: String,
+    },
     /// Property values (all when no id is given).
-    Get { service: String, ids: Vec<String> },
+    Get {
+        /// The service, e.g. cviVideo.1.
+        service: String,
+        /// Property ids (none: all).
+        ids: Vec<String>,
+    },
     /// Set properties: ID=VALUE … (validated by the unit; all or nothing).
     Set {
+        /// The service, e.g. cviVideo.1.
         service: String,
+        /// ID=VALUE pairs.
         #[arg(required = true)]
         values: Vec<String>,
     },
@@ -81,6 +92,7 @@ enum Cmd {
     /// <int>, {"$uint":n}, {"$base64":"…"}, {"$datetime":"…"} and
     /// {"$double":x} pick other types.
     Call {
+        /// The method, e.g. cviStream.list.
         method: String,
         /// The params as a JSON array (or one JSON value).
         params: Option<String>,
@@ -111,8 +123,10 @@ enum Cmd {
         /// Signed speed 1–16 (direction by sign) or preset number.
         #[arg(allow_hyphen_values = true)]
         value: Option<i32>,
+        /// The PTZ controller's id on the unit.
         #[arg(long, default_value_t = 1)]
         ptz_id: u32,
+        /// The camera's address on the PTZ bus.
         #[arg(long, default_value_t = 1)]
         phy_addr: u32,
         /// For setup: pelcop, pelcod, panasonic.
@@ -141,6 +155,7 @@ enum Cmd {
     },
     /// Update the firmware: send FILE over the data channel, follow the flash.
     Firmware {
+        /// The firmware image to send.
         file: std::path::PathBuf,
         /// The image name the unit sees (default: the file name).
         #[arg(long)]
@@ -172,9 +187,12 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum SessionCmd {
+    /// Start a stream session to an address.
     Create {
+        /// The video input (from 1).
         #[arg(long, default_value_t = 1)]
         major: u32,
+        /// The stream of that input (1 the first).
         #[arg(long, default_value_t = 1)]
         minor: u32,
         /// Destination ip:port.
@@ -183,23 +201,30 @@ enum SessionCmd {
         /// udp (RTP), tcp (RTP, RFC 4571) or raw (Annex B over TCP).
         #[arg(long, default_value = "udp")]
         transport: String,
+        /// Keep the session across the unit's restarts.
         #[arg(long)]
         persistent: bool,
     },
+    /// Stop a stream session.
     Delete {
+        /// The session id (from `list`).
         id: u32,
     },
+    /// The stream sessions.
     List,
     /// Start a stream to ourselves (raw Annex B over TCP), save it to a
     /// file or `-`, then stop it.
     Save {
+        /// The video input (from 1).
         #[arg(long, default_value_t = 1)]
         major: u32,
+        /// The stream of that input (1 the first).
         #[arg(long, default_value_t = 1)]
         minor: u32,
         /// Stop after this many seconds.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Where to write (a file or `-`).
         #[arg(short, long)]
         output: String,
     },
@@ -207,31 +232,43 @@ enum SessionCmd {
 
 #[derive(Subcommand)]
 enum RecordCmd {
+    /// Start recording an input.
     Create {
+        /// The video input (from 1).
         #[arg(long, default_value_t = 1)]
         major: u32,
+        /// The stream of that input (1 the first).
         #[arg(long, default_value_t = 1)]
         minor: u32,
         /// 0 always, 1 business hours, 2 nights (the simulator's).
         #[arg(long, default_value_t = 0)]
         schedule: u32,
+        /// Keep the recording across the unit's restarts.
         #[arg(long)]
         persistent: bool,
     },
+    /// Change a recording's schedule.
     Update {
+        /// The video input (from 1).
         #[arg(long, default_value_t = 1)]
         major: u32,
+        /// The stream of that input (1 the first).
         #[arg(long, default_value_t = 1)]
         minor: u32,
+        /// The new schedule: 0 always, 1 business hours, 2 nights (the simulator's).
         #[arg(long)]
         schedule: u32,
     },
+    /// Stop recording an input.
     Delete {
+        /// The video input (from 1).
         #[arg(long, default_value_t = 1)]
         major: u32,
+        /// The stream of that input (1 the first).
         #[arg(long, default_value_t = 1)]
         minor: u32,
     },
+    /// The recordings.
     List,
 }
 
@@ -240,44 +277,65 @@ enum PlaybackCmd {
     /// Start a playback of a channel's recordings between two times
     /// (YYYYMMDDHHMMSS or YYYY-MM-DD HH:MM:SS).
     Create {
+        /// The video input (from 1).
         #[arg(long, default_value_t = 1)]
         major: u32,
+        /// Start (YYYYMMDDHHMMSS or YYYY-MM-DD HH:MM:SS).
         #[arg(long)]
         from: String,
+        /// End (same forms).
         #[arg(long)]
         to: String,
+        /// Where the unit sends the stream (ip:port; default: none, control only).
         #[arg(long)]
         dest: Option<SocketAddr>,
     },
+    /// Stop a playback.
     Delete {
+        /// The playback id (from `list`).
         id: u32,
     },
+    /// The playbacks.
     List,
     /// pause, play, stop, fastforward, fastbackward, stepforward, stepbackward.
     State {
+        /// The playback id.
         id: u32,
+        /// The new state.
         state: String,
+        /// Speed for fast forward/backward.
         #[arg(long, default_value_t = 1)]
         speed: u32,
     },
+    /// Jump to a position.
     Seek {
+        /// The playback id.
         id: u32,
+        /// Seconds from the playback's start.
         position: u32,
     },
+    /// A playback's length in seconds.
     Length {
+        /// The playback id.
         id: u32,
     },
+    /// A playback's state and position.
     Status {
+        /// The playback id.
         id: u32,
     },
     /// Recorded spans with events between two times.
     Events {
+        /// The video input (from 1).
         #[arg(long, default_value_t = 1)]
         major: u32,
+        /// Start (YYYYMMDDHHMMSS or YYYY-MM-DD HH:MM:SS).
         #[arg(long)]
         from: String,
+        /// End (same forms).
         #[arg(long)]
         to: String,
+        /// Event types, comma-separated (motion, videoloss, …).
         #[arg(long = "type", default_value = "motion,videoloss")]
         types: String,
     },
@@ -287,23 +345,30 @@ enum PlaybackCmd {
 enum MediaCmd {
     /// Clips of a channel in a time range, optionally with an event type.
     Query {
+        /// The video input (from 1; 0: all).
         #[arg(long, default_value_t = 0)]
         major: u32,
+        /// Start (YYYYMMDDHHMMSS or YYYY-MM-DD HH:MM:SS).
         #[arg(long)]
         from: Option<String>,
+        /// End (same forms).
         #[arg(long)]
         to: Option<String>,
+        /// Only clips with these event types (comma-separated).
         #[arg(long = "type")]
         types: Option<String>,
         /// Page (from 0); --all fetches every page.
         #[arg(long, default_value_t = 0)]
         page: u32,
+        /// Fetch every page.
         #[arg(long)]
         all: bool,
     },
     /// Export a clip: the unit connects back to us over the data channel.
     Export {
+        /// The clip id (from `media query`).
         clip: u32,
+        /// Where to write the clip.
         #[arg(short, long)]
         output: std::path::PathBuf,
         /// Our address as the unit should dial it (default: the address
@@ -318,56 +383,85 @@ enum MediaCmd {
 
 #[derive(Subcommand)]
 enum UsersCmd {
+    /// The users.
     List,
+    /// Add a user.
     Add {
+        /// The user's name.
         name: String,
         /// The new user's password (the global --password is the login's).
         #[arg(long = "new-password", default_value = "")]
         new_password: String,
+        /// A note kept with the user.
         #[arg(long, default_value = "")]
         description: String,
         /// Privilege bits or names: streaming,playback,snapshot,record,housekeeping,template,systemexit.
         #[arg(long, default_value = "streaming")]
         privilege: String,
+        /// The user's priority (the unit keeps it; reserved by the protocol).
         #[arg(long, default_value_t = 5)]
         priority: u32,
+        /// The user group (0: none).
         #[arg(long, default_value_t = 0)]
         group: u32,
     },
+    /// Change a user.
     Update {
+        /// The user id (from `list`).
         id: u32,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
+        /// A new password.
         #[arg(long = "new-password")]
         new_password: Option<String>,
+        /// New privileges (bits or names, as for `add`).
         #[arg(long)]
         privilege: Option<String>,
+        /// A new user group.
         #[arg(long)]
         group: Option<u32>,
     },
+    /// Delete a user.
     Delete {
+        /// The user id.
         id: u32,
     },
+    /// The user groups.
     Groups,
+    /// Add a user group.
     AddGroup {
+        /// The group's name.
         name: String,
+        /// A note kept with the group.
         #[arg(long, default_value = "")]
         description: String,
+        /// Privileges (bits or names, as for `add`).
         #[arg(long, default_value = "streaming")]
         privilege: String,
     },
+    /// Delete a user group.
     DeleteGroup {
+        /// The group id.
         id: u32,
     },
+    /// Give a user an entity.
     Mount {
+        /// The user id.
         user_id: u32,
+        /// The entity id.
         entity: u32,
+        /// The entity type (camera, monitor, …).
         #[arg(long, default_value = "camera")]
         r#type: String,
     },
+    /// Take an entity from a user.
     Unmount {
+        /// The user id.
         user_id: u32,
+        /// The entity id.
         entity: u32,
+        /// The entity type (camera, monitor, …).
         #[arg(long, default_value = "camera")]
         r#type: String,
     },
@@ -377,98 +471,146 @@ enum UsersCmd {
 enum EntitiesCmd {
     /// Every entity of a type (all pages).
     List {
+        /// The entity type (camera, monitor, device, map, image, …).
         #[arg(default_value = "camera")]
         r#type: String,
     },
     /// Add: `entities add camera --name Door --prop PhyAddr=3 --prop Capability=1`.
     Add {
+        /// The entity type.
         r#type: String,
+        /// The entity's name.
         #[arg(long)]
         name: String,
+        /// A note kept with it.
         #[arg(long, default_value = "")]
         description: String,
+        /// Its entity group (0: none).
         #[arg(long, default_value_t = 0)]
         group: u32,
+        /// A property, NAME=VALUE (repeat for more).
         #[arg(long = "prop")]
         props: Vec<String>,
         /// An image entity's file (sent in chunks of at most 1 MiB).
         #[arg(long)]
         image: Option<std::path::PathBuf>,
     },
+    /// Change an entity.
     Update {
+        /// The entity id.
         id: u32,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
+        /// A property to change, NAME=VALUE (repeat for more).
         #[arg(long = "prop")]
         props: Vec<String>,
     },
+    /// Delete an entity.
     Delete {
+        /// The entity type.
         r#type: String,
+        /// The entity id.
         id: u32,
     },
+    /// The entity groups of a type.
     Groups {
+        /// The entity type.
         r#type: String,
     },
+    /// Add an entity group.
     AddGroup {
+        /// The entity type.
         r#type: String,
+        /// The group's name.
         name: String,
+        /// A note kept with the group.
         #[arg(long, default_value = "")]
         description: String,
     },
     /// Version and last change of a type's entity list.
     Query {
+        /// The entity type.
         r#type: String,
     },
+    /// An entity's services and their profiles.
     Services {
+        /// The entity id.
         id: u32,
     },
+    /// Bind a profile to an entity's service.
     SetService {
+        /// The entity id.
         id: u32,
+        /// The service (as `services` lists them).
         service: String,
+        /// The profile id to use for it.
         profile: u32,
     },
 }
 
 #[derive(Subcommand)]
 enum ProfilesCmd {
+    /// The profiles of a type.
     List {
         /// serialport, schedule, videoencoder, audioencoder (all when absent).
         r#type: Option<String>,
     },
+    /// Add a profile.
     Add {
+        /// The profile type (serialport, schedule, videoencoder, audioencoder).
         r#type: String,
+        /// A property, NAME=VALUE (repeat for more).
         #[arg(long = "prop")]
         props: Vec<String>,
     },
+    /// Change a profile.
     Update {
+        /// The profile type.
         r#type: String,
+        /// The profile id.
         id: u32,
+        /// A property to change, NAME=VALUE (repeat for more).
         #[arg(long = "prop")]
         props: Vec<String>,
     },
+    /// Delete a profile.
     Delete {
+        /// The profile type.
         r#type: String,
+        /// The profile id.
         id: u32,
     },
 }
 
 #[derive(Subcommand)]
 enum AppsCmd {
+    /// An entity's applications.
     List {
+        /// The entity type (camera or monitor).
         r#type: String,
+        /// The entity id.
         entity: u32,
     },
+    /// Add an application to an entity.
     Add {
+        /// The entity type (camera or monitor).
         r#type: String,
+        /// The entity id.
         entity: u32,
         /// ptzcontrol, videostreaming, videoplayback, videorecording.
         app: String,
+        /// A property, NAME=VALUE (repeat for more).
         #[arg(long = "prop")]
         props: Vec<String>,
     },
+    /// Remove an entity's application(s).
     Delete {
+        /// The entity type (camera or monitor).
         r#type: String,
+        /// The entity id.
         entity: u32,
+        /// The application (none: all of the entity's).
         app: Option<String>,
     },
 }

@@ -32,6 +32,7 @@ pub struct Args {
 }
 
 #[derive(ClapArgs)]
+#[command(next_help_heading = "Connection (every command)")]
 struct Conn {
     /// Device address (not needed by `discover` and `alarm-center`).
     #[arg(long, global = true, env = "DVR_HOST")]
@@ -84,13 +85,16 @@ enum Cmd {
     Ptz(PtzArgs),
     /// Save a snapshot (JPEG).
     Snapshot {
+        /// The channel (from 0).
         #[arg(long, default_value_t = 0)]
         channel: u32,
+        /// Where to write the JPEG.
         #[arg(short, long)]
         output: String,
     },
     /// Live stream to a file or `-`: Annex B, MPEG-TS or fragmented MP4.
     Stream {
+        /// The channel (from 0).
         #[arg(long, default_value_t = 0)]
         channel: u32,
         /// The extra (sub) stream instead of the main one.
@@ -142,6 +146,7 @@ enum Cmd {
     },
     /// List recordings.
     Files {
+        /// The channel (from 0).
         #[arg(long, default_value_t = 0)]
         channel: u32,
         /// From (YYYY-MM-DD HH:MM:SS, device time); default: 24 hours ago.
@@ -159,10 +164,13 @@ enum Cmd {
         /// A file name from `files`.
         #[arg(long, conflicts_with_all = ["from", "to"])]
         file: Option<String>,
+        /// The channel of a time range (from 0).
         #[arg(long, default_value_t = 0)]
         channel: u32,
+        /// Start of a time range (YYYY-MM-DD HH:MM:SS, device time).
         #[arg(long, requires = "to")]
         from: Option<String>,
+        /// End of the time range (YYYY-MM-DD HH:MM:SS, device time).
         #[arg(long, requires = "from")]
         to: Option<String>,
         /// Demux to an Annex B elementary stream instead of the device's file format.
@@ -174,15 +182,19 @@ enum Cmd {
         /// device's clock).
         #[arg(long)]
         format: Option<String>,
+        /// Claim the download on a second TCP connection (the vendor's way).
         #[arg(long)]
         second_socket: bool,
+        /// Where to write (a file, `-`, or DIR/NAME.m3u8 with --format hls).
         #[arg(short, long)]
         output: String,
     },
     /// Search the device log.
     Logs {
+        /// From (YYYY-MM-DD HH:MM:SS, device time); default: 24 hours ago.
         #[arg(long)]
         from: Option<String>,
+        /// To; default: now.
         #[arg(long)]
         to: Option<String>,
         /// LogAll, LogIn, SaveConfig, SetTime, Reboot, EventStart…
@@ -202,9 +214,13 @@ enum Cmd {
         trigger: bool,
     },
     /// Upgrade the firmware from an image file.
-    Upgrade { file: String },
+    Upgrade {
+        /// The firmware image (.bin as the vendor ships it).
+        file: String,
+    },
     /// Export the configuration archive.
     Export {
+        /// Where to write the archive.
         #[arg(short, long)]
         output: String,
         /// The log instead of the configuration.
@@ -212,18 +228,29 @@ enum Cmd {
         log: bool,
     },
     /// Import a configuration archive (as exported).
-    Import { file: String },
+    Import {
+        /// The archive, as `export` wrote it.
+        file: String,
+    },
     /// Receive alarm-center pushes (1508) from devices.
     AlarmCenter {
+        /// Address to listen on for the devices' pushes.
         #[arg(long, default_value = "0.0.0.0:15002")]
         listen: SocketAddr,
+        /// Stop after this many pushes.
         #[arg(long)]
         count: Option<u64>,
     },
     /// Network keyboard: press a key (Up, Down, Left, Right, Menu, Esc, Enter…).
-    Key { key: String },
+    Key {
+        /// The key's name, as the device's keyboard has it.
+        key: String,
+    },
     /// Channel titles: list, or set them in channel order.
-    Titles { titles: Vec<String> },
+    Titles {
+        /// New titles, channel 0 first (none: list them).
+        titles: Vec<String>,
+    },
     /// Two-way audio: send a raw G.711 A-law file, save what the device sends.
     Talk {
         /// G.711 A-law to send (8 kHz mono).
@@ -232,17 +259,25 @@ enum Cmd {
         /// Where to save what the device sends.
         #[arg(long)]
         output: Option<String>,
+        /// How long to talk and listen.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
     /// Any message id with any JSON body (for commands firmware adds later).
-    Raw { id: u16, body: String },
+    Raw {
+        /// The message id (decimal, e.g. 1042).
+        id: u16,
+        /// The JSON body, as a string.
+        body: String,
+    },
     /// List the message ids of the protocol tables.
     Ids,
     /// Convert a file in the device's format (as downloaded, or saved by
     /// other tools) to an Annex B elementary stream.
     Demux {
+        /// The file in the device's format.
         input: String,
+        /// Where to write the Annex B stream (a file or `-`).
         #[arg(short, long)]
         output: String,
     },
@@ -250,24 +285,32 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
+    /// Read a path (JSON).
     Get {
+        /// The configuration path, e.g. General.General.
         name: String,
     },
     /// Set a path to JSON (a sparse object merges).
     Set {
+        /// The configuration path.
         name: String,
+        /// The JSON to set.
         value: String,
     },
     /// The factory default of a path.
     Default {
+        /// The configuration path.
         name: String,
     },
 }
 
 #[derive(Subcommand)]
 enum TimeCmd {
+    /// Read the device clock.
     Get,
+    /// Set the device clock.
     Set {
+        /// The time (YYYY-MM-DD HH:MM:SS, the device's local time).
         time: String,
         /// Use OPTimeSettingNoRTC (1590), for devices without a clock chip.
         #[arg(long)]
@@ -275,6 +318,7 @@ enum TimeCmd {
     },
     /// Set the device clock to this machine's.
     Sync {
+        /// Use OPTimeSettingNoRTC (1590), for devices without a clock chip.
         #[arg(long)]
         no_rtc: bool,
     },
@@ -288,8 +332,10 @@ struct PtzArgs {
     action: String,
     /// Preset or tour number.
     number: Option<i64>,
+    /// The channel (from 0).
     #[arg(long, default_value_t = 0)]
     channel: u32,
+    /// Speed, 1 (slow) to 8 (fast).
     #[arg(long, default_value_t = 5)]
     step: u32,
     /// How long to move before stopping (milliseconds).
@@ -299,35 +345,53 @@ struct PtzArgs {
 
 #[derive(Subcommand)]
 enum UsersCmd {
+    /// The users.
     List,
+    /// The groups.
     Groups,
+    /// Every authority a user or group can have.
     Authorities,
+    /// Add a user.
     Add {
+        /// The user's name.
         name: String,
+        /// The user's password.
         password: String,
+        /// The group the user is in.
         #[arg(long, default_value = "user")]
         group: String,
+        /// A note kept with the user.
         #[arg(long, default_value = "")]
         memo: String,
     },
+    /// Delete a user.
     Del {
+        /// The user's name.
         name: String,
     },
     /// Change a user's password.
     Passwd {
+        /// The user's name.
         name: String,
+        /// The current password.
         old: String,
+        /// The new password.
         new: String,
     },
+    /// Add a group.
     AddGroup {
+        /// The group's name.
         name: String,
         /// Authorities (default: those of `user`).
         #[arg(long, value_delimiter = ',')]
         authorities: Vec<String>,
+        /// A note kept with the group.
         #[arg(long, default_value = "")]
         memo: String,
     },
+    /// Delete a group.
     DelGroup {
+        /// The group's name.
         name: String,
     },
 }
