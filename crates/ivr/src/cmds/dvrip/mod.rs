@@ -92,7 +92,8 @@ enum Cmd {
         #[arg(short, long)]
         output: String,
     },
-    /// Live stream to a file or `-`: Annex B, MPEG-TS or fragmented MP4.
+    /// Live stream: to a file or `-` (Annex B, MPEG-TS, fragmented MP4, FLV or
+    /// the device's own framing), to an RTMP server, or as a live HLS window.
     Stream {
         /// The channel (from 0).
         #[arg(long, default_value_t = 0)]
