@@ -300,6 +300,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     if new {
         println!("admin token (shown once; stored in {}): {token}", a.data.join("admin_token").display());
+    } else if a.admin_token.is_none() {
+        println!("admin token: the one in {} (delete the file for a new one)", a.data.join("admin_token").display());
     }
     warn_if_exposed(&a, addr);
     let serving = {
