@@ -1,7 +1,10 @@
 //! Return codes (`"Ret"`) of both seed tables with their meanings.
 //!
-//! Seed 000 and seed 001 disagree on 203 and 205; both meanings are kept in
-//! the text so a user reading an error sees the ambiguity instead of a guess.
+//! Seed 000 and seed 001 disagree on 203 (password incorrect / incorrect
+//! password: the same) and 205 (user locked / incorrect username). A user
+//! reads the meaning real devices give (seed 000's, which python-dvr and the
+//! vendor's client show); [`seed_note`] keeps the disagreement for those who
+//! need it.
 
 /// The meaning of a `Ret` code, or `None` if neither table lists it.
 pub fn meaning(code: i64) -> Option<&'static str> {
@@ -28,12 +31,12 @@ pub fn meaning(code: i64) -> Option<&'static str> {
         119 => "no files found",
         120 => "configured to enable",
         121 => "digital channel is not connected (MEDIA_CHN_NOTCONNECT)",
-        136 => "not supported (seed 001)",
+        136 => "not supported",
         150 => "success, the device needs to be restarted",
         202 => "user is not logged in",
-        203 => "password is incorrect (seed 000; seed 001: incorrect password)",
+        203 => "password is incorrect",
         204 => "illegal user",
-        205 => "user is locked (seed 000; seed 001 says: incorrect username)",
+        205 => "user is locked",
         206 => "user is in blacklist",
         207 => "username has already logged in",
         208 => "input is illegal",
@@ -123,11 +126,21 @@ pub mod code {
     pub const CONFIG_PARSE: i64 = 608;
 }
 
-/// `"Ret 203 (password is incorrect …)"`, for error messages.
+/// Where the two code tables disagree on a code, or list it in only one.
+pub fn seed_note(code: i64) -> Option<&'static str> {
+    match code {
+        136 => Some("only seed 001 lists it"),
+        203 => Some("seed 000: password is incorrect; seed 001: incorrect password"),
+        205 => Some("seed 000: user is locked; seed 001: incorrect username"),
+        _ => None,
+    }
+}
+
+/// `"Ret 203: password is incorrect"`, for error messages.
 pub fn describe(code: i64) -> String {
     match meaning(code) {
-        Some(m) => format!("Ret {code} ({m})"),
-        None => format!("Ret {code} (not in the DVRIP code tables)"),
+        Some(m) => format!("Ret {code}: {m}"),
+        None => format!("Ret {code}: not in the DVRIP code tables"),
     }
 }
 
@@ -136,17 +149,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_203_205_conflict_stays_visible() {
-        assert!(meaning(203).unwrap().contains("seed 001"));
-        assert!(meaning(205).unwrap().contains("locked"));
-        assert!(meaning(205).unwrap().contains("incorrect username"));
+    fn users_read_plain_meanings_and_the_seeds_disagreement_is_kept() {
+        assert_eq!(describe(203), "Ret 203: password is incorrect");
+        assert_eq!(describe(205), "Ret 205: user is locked");
+        assert!(seed_note(205).unwrap().contains("incorrect username"));
+        assert!(seed_note(100).is_none());
     }
 
     #[test]
     fn upgrade_codes_follow_the_vendor_pdf() {
         assert!(is_success(code::UPGRADE_OK));
         assert!(!is_success(code::UPGRADE_FAILED));
-        assert_eq!(describe(136), "Ret 136 (not supported (seed 001))");
-        assert!(describe(999).contains("not in the DVRIP code tables"));
+        assert_eq!(describe(136), "Ret 136: not supported");
+        assert_eq!(describe(999), "Ret 999: not in the DVRIP code tables");
     }
 }

@@ -185,5 +185,5 @@ async fn nvr_refusing_a_snapshot_with_ret_108() {
     })
     .await;
     let e = c.snapshot(0).await.unwrap_err();
-    assert!(e.to_string().contains("Ret 108 (time out)"), "{e}");
+    assert!(e.to_string().contains("Ret 108: time out"), "{e}");
 }
