@@ -80,6 +80,24 @@ pub enum Error {
     Body { addr: String, msg_id: u16, seq: u32, cause: BodyError },
     #[error("{addr}: {message}")]
     Protocol { addr: String, message: String },
+    /// The peer answered, but not in DVRIP: a wrong port or another service.
+    #[error("{addr} answered with bytes that are not DVRIP{guess} (wrong port? DVRIP is usually 34567)")]
+    NotDvrip { addr: String, guess: &'static str },
+}
+
+/// What a non-DVRIP answer looks like, from its first bytes.
+fn guess_service(head: &[u8]) -> &'static str {
+    if head.starts_with(b"HTTP/") || head.starts_with(b"<") {
+        " (it looks like HTTP)"
+    } else if head.starts_with(b"SSH-") {
+        " (it looks like SSH)"
+    } else if head.len() >= 2 && matches!(head[0], 0x15 | 0x16) && head[1] == 0x03 {
+        " (it looks like TLS)"
+    } else if head.starts_with(b"RTSP/") {
+        " (it looks like RTSP)"
+    } else {
+        ""
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -226,8 +244,13 @@ async fn read_loop(
     alarms: broadcast::Sender<AlarmInfo>,
     open: watch::Sender<bool>,
     addr: String,
+    foreign: Arc<Mutex<Option<&'static str>>>,
 ) {
+    let mut seen = false;
     while let Some(item) = reader.next().await {
+        if !seen {
+            seen = item.is_ok();
+        }
         let p = match item {
             Ok(p) => p,
             Err(e) => {
@@ -271,6 +294,15 @@ async fn read_loop(
             continue;
         }
         tracing::debug!(%addr, msg_id = id, seq = p.header.seq, payload = %hex_preview(&p.payload, 32), "dvrip client: unsolicited packet ignored");
+    }
+    if !seen {
+        // Closed before one packet, after bytes that were not DVRIP.
+        if let Some(first) = reader.decoder_mut().take_skipped().first() {
+            let head: Vec<u8> = (0..first.preview.len() / 2)
+                .filter_map(|i| first.preview.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect();
+            *foreign.lock().expect("foreign lock") = Some(guess_service(&head));
+        }
     }
     open.send_replace(false);
     // Dropping the senders fails every waiter and ends every stream.
@@ -422,7 +454,15 @@ impl Client {
                 }
             }
         });
-        let reader_task = tokio::spawn(read_loop(reader, routes.clone(), self.alarms.clone(), open_tx, addr.clone()));
+        let foreign = Arc::new(Mutex::new(None));
+        let reader_task = tokio::spawn(read_loop(
+            reader,
+            routes.clone(),
+            self.alarms.clone(),
+            open_tx,
+            addr.clone(),
+            foreign.clone(),
+        ));
         let mut conn = Conn {
             addr: addr.clone(),
             session: 0,
@@ -448,7 +488,18 @@ impl Client {
             encrypt_type: self.cfg.encryption.as_str().into(),
             login_type: self.cfg.login_type.clone(),
         };
-        let v = conn.call_json(ids::LOGIN_REQ, &req.to_json()).await?;
+        let v = match conn.call_json(ids::LOGIN_REQ, &req.to_json()).await {
+            Ok(v) => v,
+            Err(e @ Error::Closed { .. }) => {
+                // Let the reader finish its note on what came instead.
+                tokio::task::yield_now().await;
+                return Err(match *foreign.lock().expect("foreign lock") {
+                    Some(guess) => Error::NotDvrip { addr, guess },
+                    None => e,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let reply = LoginReply::parse(&v).map_err(|cause| Error::LoginReply { addr: addr.clone(), cause })?;
         if !ret::is_success(reply.ret) {
             return Err(Error::Login { addr, user: self.cfg.user.clone(), code: reply.ret });

@@ -663,6 +663,27 @@ async fn aes_negotiating_firmware_is_named() {
     assert!(e.to_string().contains("negotiates encryption"), "{e}");
 }
 
+/// A client pointed at something that is not a DVRIP device (a web server
+/// here) says so, instead of a hex dump and "the connection closed".
+#[tokio::test]
+async fn a_peer_that_is_not_dvrip_is_named() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = [0u8; 512];
+        let _ = s.read(&mut b).await;
+        s.write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/html\r\n\r\n<html>bad</html>").await.unwrap();
+    });
+    let e = Client::connect(ClientConfig::new(addr.to_string(), "admin", "")).await.err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{addr} answered with bytes that are not DVRIP (it looks like HTTP) (wrong port? DVRIP is usually 34567)"
+        )
+    );
+}
+
 /// An NVR client logs in once and claims one second connection per stream
 /// (the edge does: a 16-channel NVR is one login): each stream goes to the
 /// connection that claimed it, all at once.
