@@ -1688,9 +1688,32 @@ pub struct Running {
 
 /// Starts the unit on `listen` (TCP + UDP ping on the same port) and, if
 /// given, the common port (UDP and TCP ping only).
+/// Binds two sockets on one port with `bind`; when the port is 0 and the
+/// second is taken (AddrInUse), tries another port (up to 20 times).
+async fn bind_pair<T, F, Fut>(at: SocketAddr, bind: F) -> std::io::Result<T>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match bind(at).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && at.port() == 0 && tries < 20 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 pub async fn start(cfg: CvipConfig, listen: SocketAddr, common: Option<SocketAddr>) -> std::io::Result<Running> {
     let unit = Unit::new(cfg);
-    let l = tokio::net::TcpListener::bind(listen).await?;
+    // TCP and UDP on one port: with port 0 the port TCP got may be taken
+    // for UDP (another process's); pick again rather than fail.
+    let (l, udp) = bind_pair(listen, |a| async move {
+        let l = tokio::net::TcpListener::bind(a).await?;
+        let u = tokio::net::UdpSocket::bind(l.local_addr()?).await?;
+        Ok((l, u))
+    })
+    .await?;
     let addr = l.local_addr()?;
     *unit.cvip_port.lock().unwrap() = addr.port();
     if let Some(p) = unit.reg.lock().unwrap().service_mut("cvip").and_then(|s| s.prop_mut("cvipPort")) {
@@ -1698,16 +1721,19 @@ pub async fn start(cfg: CvipConfig, listen: SocketAddr, common: Option<SocketAdd
     }
     let sim = Arc::new(Sim(unit.clone()));
     tokio::spawn(server::serve(l, unit.hub.clone(), sim.clone()));
-    let udp = tokio::net::UdpSocket::bind(addr).await?;
     let ping_udp = Some(udp.local_addr()?);
     tokio::spawn(server::serve_ping_udp(udp, sim.clone()));
     let mut common_addr = None;
     if let Some(c) = common {
-        let u = tokio::net::UdpSocket::bind(c).await?;
+        let (u, t) = bind_pair(c, |a| async move {
+            let u = tokio::net::UdpSocket::bind(a).await?;
+            let t = tokio::net::TcpListener::bind(u.local_addr()?).await?;
+            Ok((u, t))
+        })
+        .await?;
         let real = u.local_addr()?;
         u.set_broadcast(true)?;
         tokio::spawn(server::serve_ping_udp(u, sim.clone()));
-        let t = tokio::net::TcpListener::bind(real).await?;
         tokio::spawn(server::serve_common_tcp(t, sim.clone()));
         common_addr = Some(real);
     }
