@@ -63,6 +63,18 @@ impl std::fmt::Display for HashCost {
     }
 }
 
+/// Why a password could not be hashed or checked (never "wrong password":
+/// that is `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("hashing a password: {0}")]
+    Hash(String),
+    #[error("the stored hash of {login_code:?} is unreadable: {reason}")]
+    StoredHash { login_code: String, reason: String },
+    #[error("the password worker failed: {0}")]
+    Worker(String),
+}
+
 /// Hashes and verifies device passwords.
 pub struct Passwords {
     cost: HashCost,
@@ -95,18 +107,18 @@ impl Passwords {
     }
 
     /// A new PHC hash string of `password` at the configured cost.
-    pub async fn hash(&self, password: &str) -> Result<String, String> {
-        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+    pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| PasswordError::Worker(e.to_string()))?;
         let (cost, pw) = (self.cost, password.to_owned());
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             Passwords::argon2(cost)
                 .hash_password(pw.as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| e.to_string())
+                .map_err(|e| PasswordError::Hash(e.to_string()))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PasswordError::Worker(e.to_string()))?
     }
 
     fn memo_key(&self, stored: &str, password: &str) -> [u8; 32] {
@@ -123,7 +135,7 @@ impl Passwords {
 
     /// Whether `password` matches `stored` (a PHC string; its own
     /// parameters are used). `Err` when the stored hash is unreadable.
-    pub async fn verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, String> {
+    pub async fn verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, PasswordError> {
         let memo = self.memo_key(stored, password);
         if let Some(m) = self.verified.lock().expect("memo lock").get(login_code) {
             if constant_eq(m, &memo) {
@@ -138,20 +150,21 @@ impl Passwords {
     }
 
     /// argon2 verification, off the async threads, at most one per core.
-    async fn argon2_verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, String> {
-        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+    async fn argon2_verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, PasswordError> {
+        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| PasswordError::Worker(e.to_string()))?;
         let (pw, st, lc) = (password.to_owned(), stored.to_owned(), login_code.to_owned());
         tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&st).map_err(|e| format!("stored hash of {lc:?}: {e}"))?;
-            Ok::<_, String>(Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
+            let parsed = PasswordHash::new(&st)
+                .map_err(|e| PasswordError::StoredHash { login_code: lc, reason: e.to_string() })?;
+            Ok(Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PasswordError::Worker(e.to_string()))?
     }
 
     /// A login code that does not exist: always false, after the work a
     /// wrong password of a real device takes.
-    pub async fn verify_unknown(&self, password: &str) -> Result<bool, String> {
+    pub async fn verify_unknown(&self, password: &str) -> Result<bool, PasswordError> {
         let dummy = self.dummy.get_or_try_init(|| self.hash("ivr: this device does not exist")).await?;
         self.argon2_verify("(unknown)", password, dummy).await.map(|_| false)
     }
@@ -195,6 +208,7 @@ mod tests {
         assert!(p.verify("a", "other-pw", &h2).await.unwrap());
         p.forget("a");
         assert!(p.verified.lock().unwrap().is_empty());
-        assert!(p.verify("a", "x", "not a hash").await.unwrap_err().contains("stored hash"));
+        let e = p.verify("a", "x", "not a hash").await.unwrap_err().to_string();
+        assert!(e.starts_with("the stored hash of \"a\" is unreadable"), "{e}");
     }
 }

@@ -234,19 +234,25 @@ pub fn shown(s: &str) -> String {
     out
 }
 
-/// Why a login code or device name is refused: empty, too long, a control
-/// character, NUL, a bidi override or isolate, `/` or `\`.
-pub fn check_login_code(s: &str) -> Result<(), String> {
+/// Why a login code is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("login_code: 1 to 128 bytes (this one has {0})")]
+    Length(usize),
+    #[error("login_code: {0:?} (U+{code:04X}) is not allowed (no control characters, bidi controls, '/' or '\\')", code = *.0 as u32)]
+    Char(char),
+}
+
+/// Checks a login code: 1–128 bytes, no control character, NUL, bidi
+/// override or isolate, `/` or `\`.
+pub fn check_login_code(s: &str) -> Result<(), NameError> {
     if s.is_empty() || s.len() > 128 {
-        return Err("login_code: 1 to 128 bytes".into());
+        return Err(NameError::Length(s.len()));
     }
-    if let Some(c) = s.chars().find(|c| bad_char(*c) || *c == '/' || *c == '\\') {
-        return Err(format!(
-            "login_code: {:?} (U+{:04X}) is not allowed (no control characters, bidi controls, '/' or '\\\\')",
-            c, c as u32
-        ));
+    match s.chars().find(|c| bad_char(*c) || *c == '/' || *c == '\\') {
+        Some(c) => Err(NameError::Char(c)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Control characters and the Unicode bidi controls (which make a name
@@ -322,6 +328,11 @@ mod tests {
         for bad in ["", "a/b", "a\\b", "a\0b", "a\nb", "evil\u{202e}gpj", &"x".repeat(129)] {
             assert!(check_login_code(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            check_login_code("a/b").unwrap_err().to_string(),
+            "login_code: '/' (U+002F) is not allowed (no control characters, bidi controls, '/' or '\\')"
+        );
+        {}
         assert_eq!(shown("a\r\nb\u{202e}"), "a\\u{d}\\u{a}b\\u{202e}");
         assert_eq!(shown(&"y".repeat(70)).chars().count(), 65);
     }

@@ -197,7 +197,7 @@ impl<S: Store> Cloud<S> {
     /// Provisions a device: its password hashed (argon2id at the configured
     /// cost), then stored.
     pub async fn provision(&self, login_code: &str, login_passwd: &str, name: &str) -> Result<Device, ProvisionError> {
-        crate::limits::check_login_code(login_code).map_err(ProvisionError::Invalid)?;
+        crate::limits::check_login_code(login_code).map_err(|e| ProvisionError::Invalid(e.to_string()))?;
         let n = login_passwd.chars().count();
         if !(8..=256).contains(&n) {
             return Err(ProvisionError::Invalid(format!("login_passwd: 8 to 256 characters (this one has {n})")));
@@ -205,18 +205,18 @@ impl<S: Store> Cloud<S> {
         if name.chars().count() > 256 || name.chars().any(crate::limits::bad_char) {
             return Err(ProvisionError::Invalid("name: at most 256 characters, no control or bidi characters".into()));
         }
-        let hash = self.passwords.hash(login_passwd).await.map_err(|e| StoreError::Db(format!("hashing: {e}")))?;
+        let hash = self.passwords.hash(login_passwd).await?;
         Ok(self.store.create_device(login_code, &hash, name, now())?)
     }
 
     /// Whether a login is right (argon2, bounded, remembered). An unknown
     /// login_code costs what a wrong password costs.
-    pub async fn check_login(&self, login_code: &str, login_passwd: &str) -> Result<bool, String> {
-        let stored = self.store.password_hash(login_code).map_err(|e| e.to_string())?;
-        match stored {
-            Some(h) => self.passwords.verify(login_code, login_passwd, &h).await,
-            None => self.passwords.verify_unknown(login_passwd).await,
-        }
+    pub async fn check_login(&self, login_code: &str, login_passwd: &str) -> Result<bool, LoginCheckError> {
+        let stored = self.store.password_hash(login_code)?;
+        Ok(match stored {
+            Some(h) => self.passwords.verify(login_code, login_passwd, &h).await?,
+            None => self.passwords.verify_unknown(login_passwd).await?,
+        })
     }
 
     /// A device's login from `peer`: throttled per address and per
@@ -258,7 +258,7 @@ impl<S: Store> Cloud<S> {
                 }
                 Login::Wrong
             }
-            Err(e) => Login::Failed(e),
+            Err(e) => Login::Failed(e.to_string()),
         }
     }
 
@@ -396,4 +396,15 @@ pub enum ProvisionError {
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Password(#[from] crate::auth::PasswordError),
+}
+
+/// Why a login could not be checked (a wrong one is `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginCheckError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Password(#[from] crate::auth::PasswordError),
 }

@@ -493,7 +493,7 @@ impl IvtRequest {
                 if !r.cbk_url.starts_with("http://") && !r.cbk_url.starts_with("https://") {
                     return Err(perr("cbk_url", "expected an http:// or https:// URL"));
                 }
-                crate::net::target(&r.cbk_url).map_err(|e| perr("cbk_url", e))?;
+                crate::net::target(&r.cbk_url).map_err(|e| perr("cbk_url", e.to_string()))?;
                 f.done()?;
                 IvtRequest::StartCloudRecord(r)
             }

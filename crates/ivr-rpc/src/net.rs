@@ -201,35 +201,53 @@ pub struct Target<'a> {
     pub path: &'a str,
 }
 
+/// Why a URL cannot be dialled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// A control character or space: in a request line or Host header it
+    /// would let whoever wrote the URL add headers or requests of their own.
+    #[error("the URL has a control character or space ({0:?}); refused")]
+    Unsafe(char),
+    #[error("no scheme")]
+    NoScheme,
+    #[error("scheme {0:?} is not ws, wss, http or https")]
+    Scheme(String),
+    #[error("unclosed [ in the host")]
+    UnclosedBracket,
+    #[error("port {0:?} is not a number")]
+    Port(String),
+    #[error("no host")]
+    NoHost,
+}
+
 /// Splits `ws://`, `wss://`, `http://` or `https://` URLs.
-pub fn target(url: &str) -> Result<Target<'_>, String> {
-    // Whatever goes into a request line or Host header: a CR/LF here would
-    // let whoever wrote the URL add headers or requests of their own.
+pub fn target(url: &str) -> Result<Target<'_>, UrlError> {
     if let Some(c) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("the URL has a control character or space ({c:?}); refused"));
+        return Err(UrlError::Unsafe(c));
     }
-    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
+    let (scheme, rest) = url.split_once("://").ok_or(UrlError::NoScheme)?;
     let (secure, default_port) = match scheme {
         "ws" | "http" => (false, 80),
         "wss" | "https" => (true, 443),
-        other => return Err(format!("scheme {other:?} is not ws, wss, http or https")),
+        other => return Err(UrlError::Scheme(other.to_owned())),
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
+    let port = |p: &str| p.parse().map_err(|_| UrlError::Port(p.to_owned()));
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+        let (h, after) = v6.split_once(']').ok_or(UrlError::UnclosedBracket)?;
         match after.strip_prefix(':') {
-            Some(p) => (h, p.parse().map_err(|_| format!("port {p:?} is not a number"))?),
+            Some(p) => (h, port(p)?),
             None => (h, default_port),
         }
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| format!("port {p:?} is not a number"))?),
+            Some((h, p)) => (h, port(p)?),
             None => (authority, default_port),
         }
     };
     if host.is_empty() {
-        return Err("no host".into());
+        return Err(UrlError::NoHost);
     }
     Ok(Target { scheme, authority, secure, host, port, path: if path.is_empty() { "/" } else { path } })
 }
@@ -247,12 +265,12 @@ mod tests {
         assert_eq!((t.secure, t.host, t.port, t.path), (false, "h", 80, "/"));
         let t = target("https://[::1]/x").unwrap();
         assert_eq!((t.secure, t.host, t.port, t.path, t.authority), (true, "::1", 443, "/x", "[::1]"));
-        assert!(target("ftp://h/").unwrap_err().contains("ftp"));
-        assert!(target("ws://h:port/").unwrap_err().contains("not a number"));
-        assert!(target("ws:///ivc").unwrap_err().contains("no host"));
-        assert!(target("h:80").unwrap_err().contains("no scheme"));
+        assert_eq!(target("ftp://h/").unwrap_err().to_string(), "scheme \"ftp\" is not ws, wss, http or https");
+        assert_eq!(target("ws://h:port/").unwrap_err(), UrlError::Port("port".into()));
+        assert_eq!(target("ws:///ivc").unwrap_err(), UrlError::NoHost);
+        assert_eq!(target("h:80").unwrap_err(), UrlError::NoScheme);
         for bad in ["http://h/x\r\nX-Evil: 1", "http://h/a b", "http://h\n/", "http://h/\u{0}"] {
-            assert!(target(bad).unwrap_err().contains("control character or space"), "{bad:?}");
+            assert!(target(bad).unwrap_err().to_string().contains("control character or space"), "{bad:?}");
         }
     }
 

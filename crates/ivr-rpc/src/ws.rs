@@ -69,7 +69,7 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// Dials `url` (the login URL, ws:// or wss://) and completes the
 /// WebSocket handshake.
 pub async fn dial(url: &str, dialer: &Dialer) -> Result<WsFrames<net::Stream>, DialError> {
-    let t = target(url).map_err(|why| DialError::Url { url: url.to_owned(), why })?;
+    let t = target(url).map_err(|why| DialError::Url { url: url.to_owned(), why: why.to_string() })?;
     if !matches!(t.scheme, "ws" | "wss") {
         return Err(DialError::Url { url: url.to_owned(), why: "the scheme is neither ws nor wss".into() });
     }

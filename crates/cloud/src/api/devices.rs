@@ -34,6 +34,7 @@ pub(crate) async fn create<S: Store>(
         Ok(dev) => Ok((StatusCode::CREATED, Json(dev))),
         Err(ProvisionError::Invalid(msg)) => Err(ApiError::bad_request(msg)),
         Err(ProvisionError::Store(e)) => Err(e.into()),
+        Err(e @ ProvisionError::Password(_)) => Err(ApiError::internal(e.to_string())),
     }
 }
 
