@@ -12,7 +12,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::server::{now, token, Cloud};
-use crate::store::{EventFilter, RecordSession, SegmentRow, Store};
+use crate::store::{EventFilter, RecordSession, SegmentRow, Store, StoreError};
 use crate::uploads::Size;
 use axum::body::{Body, Bytes as AxBytes};
 use axum::extract::{Path, Query, State};
@@ -275,11 +275,10 @@ impl<S: Store> Cloud<S> {
     }
 
     /// Makes disk and index agree (run at start, before serving).
-    pub fn reconcile(&self) -> Result<Repair, String> {
+    pub fn reconcile(&self) -> Result<Repair, StoreError> {
         let root = self.recordings_dir();
         let mut rep = Repair::default();
-        let indexed: HashMap<String, i64> =
-            self.store.segment_paths().map_err(|e| e.to_string())?.into_iter().map(|(id, p)| (p, id)).collect();
+        let indexed: HashMap<String, i64> = self.store.segment_paths()?.into_iter().map(|(id, p)| (p, id)).collect();
         let mut on_disk = std::collections::HashSet::new();
         let mut stack = vec![root.clone()];
         while let Some(d) = stack.pop() {
@@ -317,7 +316,7 @@ impl<S: Store> Cloud<S> {
                     })
                 });
                 match row {
-                    Some(r) if self.store.add_segment(&r).map_err(|e| e.to_string())? => {
+                    Some(r) if self.store.add_segment(&r)? => {
                         rep.indexed += 1;
                         on_disk.insert(rel);
                     }
@@ -330,7 +329,7 @@ impl<S: Store> Cloud<S> {
         }
         for (p, id) in indexed {
             if !on_disk.contains(&p) {
-                self.store.delete_segment(id).map_err(|e| e.to_string())?;
+                self.store.delete_segment(id)?;
                 rep.removed_rows += 1;
             }
         }
@@ -340,15 +339,15 @@ impl<S: Store> Cloud<S> {
     /// Deletes what retention says must go: segments older than their
     /// channel's `retention_days`, then the oldest of all while the total
     /// is over `--recordings-max-bytes`. Index row first, then the file.
-    pub fn sweep(&self) -> Result<u64, String> {
+    pub fn sweep(&self) -> Result<u64, StoreError> {
         let mut gone = 0u64;
-        let policies = self.store.record_policies().map_err(|e| e.to_string())?;
+        let policies = self.store.record_policies()?;
         let now_ms = now() * 1000;
         for (lc, ch, p) in policies {
             let Some(days) = p.get("retention_days").and_then(Value::as_u64).filter(|d| *d > 0) else { continue };
             let before = now_ms - days as i64 * 86_400_000;
             loop {
-                let old = self.store.segments_ended_before(&lc, ch, before, 500).map_err(|e| e.to_string())?;
+                let old = self.store.segments_ended_before(&lc, ch, before, 500)?;
                 if old.is_empty() {
                     break;
                 }
@@ -360,12 +359,12 @@ impl<S: Store> Cloud<S> {
         }
         if let Some(max) = self.cfg.recordings_max_bytes {
             loop {
-                let (total, _) = self.store.segment_totals().map_err(|e| e.to_string())?;
+                let (total, _) = self.store.segment_totals()?;
                 if total <= max {
                     break;
                 }
                 let mut over = total - max;
-                let old = self.store.oldest_segments(200).map_err(|e| e.to_string())?;
+                let old = self.store.oldest_segments(200)?;
                 if old.is_empty() {
                     break;
                 }
@@ -382,8 +381,8 @@ impl<S: Store> Cloud<S> {
         Ok(gone)
     }
 
-    fn delete_stored(&self, s: &SegmentRow) -> Result<(), String> {
-        self.store.delete_segment(s.id).map_err(|e| e.to_string())?;
+    fn delete_stored(&self, s: &SegmentRow) -> Result<(), StoreError> {
+        self.store.delete_segment(s.id)?;
         let _ = std::fs::remove_file(self.recordings_dir().join(&s.path));
         self.recorder.deleted.fetch_add(1, Ordering::Relaxed);
         self.recorder.deleted_bytes.fetch_add(s.bytes, Ordering::Relaxed);

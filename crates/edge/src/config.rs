@@ -128,22 +128,31 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
+/// What is wrong in a configuration's text: the field or line and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
 impl EdgeConfig {
     pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: p.clone(), cause })?;
-        EdgeConfig::parse(&text).map_err(|message| ConfigError::Invalid { path: p, message })
+        EdgeConfig::parse(&text).map_err(|e| ConfigError::Invalid { path: p, message: e.0 })
     }
 
     /// The channels of a configuration as written (number, source), without
     /// the checks of [`EdgeConfig::parse`] (no environment needed).
-    pub fn written_channels(text: &str) -> Result<Vec<(u32, String)>, String> {
-        let cfg: EdgeConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    pub fn written_channels(text: &str) -> Result<Vec<(u32, String)>, InvalidConfig> {
+        let cfg: EdgeConfig = toml::from_str(text).map_err(|e| InvalidConfig(e.to_string().trim_end().to_owned()))?;
         Ok(cfg.channels.into_iter().map(|c| (c.channel, c.source)).collect())
     }
 
     /// Parses and checks a configuration; the error says which line or field.
-    pub fn parse(text: &str) -> Result<EdgeConfig, String> {
+    pub fn parse(text: &str) -> Result<EdgeConfig, InvalidConfig> {
+        EdgeConfig::checked(text).map_err(InvalidConfig)
+    }
+
+    fn checked(text: &str) -> Result<EdgeConfig, String> {
         let mut cfg: EdgeConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         let u = &cfg.cloud.url;
         if !(u.starts_with("ws://") || u.starts_with("wss://")) {
@@ -282,7 +291,7 @@ source = "sim"
             ("[cloud\nurl=1".to_string(), "line"),
         ] {
             let e = EdgeConfig::parse(&text).unwrap_err();
-            assert!(e.contains(want), "{e:?} should contain {want:?}");
+            assert!(e.0.contains(want), "{e:?} should contain {want:?}");
         }
     }
 }

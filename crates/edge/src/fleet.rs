@@ -34,7 +34,7 @@ pub struct FleetConfig {
 
 /// Starts the fleet: devices dial in turn, at most `window` at a time; the
 /// returned list grows as they start. Returns once all have started.
-pub async fn start(cfg: FleetConfig) -> Result<Vec<Arc<Edge>>, String> {
+pub async fn start(cfg: FleetConfig) -> Result<Vec<Arc<Edge>>, crate::config::InvalidConfig> {
     let window = Arc::new(tokio::sync::Semaphore::new(cfg.window.max(1)));
     let mut out = Vec::with_capacity(cfg.count as usize);
     for n in 0..cfg.count {
@@ -52,7 +52,7 @@ pub async fn start(cfg: FleetConfig) -> Result<Vec<Arc<Edge>>, String> {
             cfg.cloud_url, cfg.keepalive_secs
         ))?;
         let edge = Edge::new(edge_cfg, vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>]);
-        let permit = window.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let permit = window.clone().acquire_owned().await.expect("the window is never closed");
         let mut status = edge.status();
         tokio::spawn(async move {
             // The slot frees once this device is in (or has given up once).

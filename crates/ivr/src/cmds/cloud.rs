@@ -263,7 +263,7 @@ fn check_rtmp_url(flag: &str, u: &str) -> anyhow::Result<String> {
 /// Disk and index made to agree before anything is served; says what it
 /// repaired.
 pub fn reconcile(cloud: &Cloud<SqliteStore>) -> anyhow::Result<()> {
-    let repair = cloud.reconcile().map_err(anyhow::Error::msg).context("reconciling recordings with the index")?;
+    let repair = cloud.reconcile().context("reconciling recordings with the index")?;
     if !repair.is_empty() {
         println!(
             "recordings repaired: {} file(s) indexed, {} file(s) removed (half-written or of no session), {} index row(s) without a file removed",
