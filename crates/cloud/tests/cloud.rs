@@ -451,7 +451,7 @@ async fn devices_dial_wss_and_upload_over_https() {
     let bad = dir.join("bad.pem");
     std::fs::write(&bad, "junk").unwrap();
     let e = Edge::new(edge_cfg(&format!("ca_file = \"{}\"", bad.display())), vec![]).preflight().unwrap_err();
-    assert!(e.contains("bad.pem") && e.contains("ca_file"), "{e}");
+    assert!(e.0.contains("bad.pem") && e.0.contains("ca_file"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -270,9 +270,9 @@ impl Edge {
 
     /// Checks what can be checked before dialling (the TLS trust store for
     /// a wss:// cloud), so a bad setting fails at start, not in a retry loop.
-    pub fn preflight(&self) -> Result<(), String> {
+    pub fn preflight(&self) -> Result<(), crate::config::InvalidConfig> {
         if self.cfg.cloud.url.starts_with("wss://") {
-            self.device.dialer.tls().map_err(|e| format!("[cloud] ca_file: {e}"))?;
+            self.device.dialer.tls().map_err(|e| crate::config::InvalidConfig(format!("[cloud] ca_file: {e}")))?;
         }
         Ok(())
     }

@@ -28,12 +28,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
+/// A kind of DVRIP media ivr does not carry (e.g. `MPEG4 video`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotCarried(pub String);
+
 /// A DVRIP frame as a `Frame` (the adapter between the protocol crate and
 /// the media engine): H.264/H.265 video and G.711 audio, timed by the
 /// demuxer (video by frame count at the device's fps, audio by samples:
 /// monotonic whatever the device clock does). `Err` names what is not
 /// carried; pictures and info frames are `Ok(None)`.
-pub fn frame(f: &dvrip::media::MediaFrame) -> Result<Option<Frame>, String> {
+pub fn frame(f: &dvrip::media::MediaFrame) -> Result<Option<Frame>, NotCarried> {
     use dvrip::media::{AudioCodec, FrameKind, VideoCodec};
     let codec = match f.kind {
         FrameKind::Video { codec: VideoCodec::H264, .. } => Codec::H264,
@@ -41,8 +46,8 @@ pub fn frame(f: &dvrip::media::MediaFrame) -> Result<Option<Frame>, String> {
         FrameKind::Audio { codec: AudioCodec::G711A, .. } => Codec::G711A,
         FrameKind::Audio { codec: AudioCodec::G711U, .. } => Codec::G711U,
         FrameKind::Picture { .. } | FrameKind::Info { .. } => return Ok(None),
-        FrameKind::Video { codec, .. } => return Err(format!("{} video", codec.name())),
-        FrameKind::Audio { codec, .. } => return Err(format!("{} audio", codec.name())),
+        FrameKind::Video { codec, .. } => return Err(NotCarried(format!("{} video", codec.name()))),
+        FrameKind::Audio { codec, .. } => return Err(NotCarried(format!("{} audio", codec.name()))),
     };
     let t = (f.pts.as_nanos() * 9 / 100_000) as u64;
     let keyframe = if codec.is_video() { f.is_keyframe() } else { true };

@@ -63,6 +63,11 @@ impl Input {
     }
 }
 
+/// What is wrong with one FLV tag body (the reader adds where it was).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct TagError(pub String);
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DemuxError {
     #[error("{format} at byte {offset}: {why}")]
@@ -394,7 +399,7 @@ fn flv(b: &Bytes) -> Result<Demuxed, DemuxError> {
         };
         let at = p;
         p += 15 + n;
-        if let Some(f) = tags.push(h[0] & 0x1f, ms, body).map_err(|why| bad(F, at, why))? {
+        if let Some(f) = tags.push(h[0] & 0x1f, ms, body).map_err(|why| bad(F, at, why.0))? {
             d.frames.push(f);
         }
     }
@@ -430,7 +435,11 @@ impl FlvTags {
     /// One tag body (`kind` 8 audio, 9 video; others are ignored) at `ms`
     /// milliseconds. `Ok(None)` for sequence headers and what is skipped;
     /// an error says what is wrong with the body.
-    pub fn push(&mut self, kind: u8, ms: u64, body: &[u8]) -> Result<Option<Frame>, String> {
+    pub fn push(&mut self, kind: u8, ms: u64, body: &[u8]) -> Result<Option<Frame>, TagError> {
+        self.read_tag(kind, ms, body).map_err(TagError)
+    }
+
+    fn read_tag(&mut self, kind: u8, ms: u64, body: &[u8]) -> Result<Option<Frame>, String> {
         let dts = ms * 90;
         match kind {
             9 if !body.is_empty() => {

@@ -373,7 +373,7 @@ impl Conn {
                 match self.tags.push(kind, ts, &body) {
                     Ok(Some(f)) => self.events.push_back(Event::Frame(f)),
                     Ok(None) => {}
-                    Err(why) => return Err(IngestError::Media { ms: ts, why }),
+                    Err(why) => return Err(IngestError::Media { ms: ts, why: why.0 }),
                 }
             }
             20 => self.command(&body)?,
