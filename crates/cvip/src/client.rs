@@ -1,7 +1,7 @@
 //! The client end: many outstanding calls on one connection, matched by
 //! transaction number; events pushed with transaction 0 arrive on a channel.
 
-use crate::header::{msg_type, Codec, Packet};
+use crate::header::{msg_type, Packet, PacketCodec};
 use crate::value::{Struct, Value};
 use crate::xml::{self, Message};
 use futures_util::{SinkExt, StreamExt};
@@ -72,7 +72,7 @@ impl Client {
         let waiters: Waiters = Arc::default();
         let closed: Arc<Mutex<Option<String>>> = Arc::default();
         tokio::spawn(async move {
-            let mut w = FramedWrite::new(wr, Codec::default());
+            let mut w = FramedWrite::new(wr, PacketCodec::default());
             while let Some(p) = rx.recv().await {
                 if w.feed(p).await.is_err() {
                     return;
@@ -89,7 +89,7 @@ impl Client {
         });
         let (w2, c2) = (waiters.clone(), closed.clone());
         tokio::spawn(async move {
-            let mut r = FramedRead::new(rd, Codec::default());
+            let mut r = FramedRead::new(rd, PacketCodec::default());
             let reason = loop {
                 match r.next().await {
                     None => break String::new(),

@@ -4,7 +4,7 @@
 //! whose first packet has message type 0x10 and the authenticationId as its
 //! body, then packets of type 0x11 with raw bytes, ended by an empty 0x11.
 
-use crate::header::{msg_type, Codec, Packet};
+use crate::header::{msg_type, Packet, PacketCodec};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,7 +15,7 @@ pub const CHUNK: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("data channel: {0}")]
-    Codec(#[from] crate::header::CodecError),
+    PacketCodec(#[from] crate::header::CodecError),
     #[error("data channel: {0}")]
     Io(#[from] std::io::Error),
     #[error("data channel: expected packet type {want:#04x}, got {got:#04x}")]
@@ -33,7 +33,7 @@ where
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
-    let mut w = FramedWrite::new(io, Codec::default());
+    let mut w = FramedWrite::new(io, PacketCodec::default());
     w.send(Packet::new(msg_type::DATA_OPEN, false, 0, auth.as_bytes().to_vec())).await?;
     let mut sent = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -54,7 +54,7 @@ where
 }
 
 /// Reads the opening packet: the authenticationId.
-pub async fn accept<R: AsyncRead + Unpin>(r: &mut FramedRead<R, Codec>) -> Result<String, DataError> {
+pub async fn accept<R: AsyncRead + Unpin>(r: &mut FramedRead<R, PacketCodec>) -> Result<String, DataError> {
     match r.next().await {
         None => Err(DataError::Truncated(0)),
         Some(Err(e)) => Err(e.into()),
@@ -69,7 +69,7 @@ pub async fn accept<R: AsyncRead + Unpin>(r: &mut FramedRead<R, Codec>) -> Resul
 /// byte count. A channel that closes early is an error (nothing is taken
 /// as complete that was not).
 pub async fn receive<R, W>(
-    r: &mut FramedRead<R, Codec>,
+    r: &mut FramedRead<R, PacketCodec>,
     sink: &mut W,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, DataError>
@@ -108,7 +108,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 16);
         let d2 = data.clone();
         let t = tokio::spawn(async move { send(a, "auth-1", &d2[..], |_| {}).await.unwrap() });
-        let mut r = FramedRead::new(b, Codec::default());
+        let mut r = FramedRead::new(b, PacketCodec::default());
         assert_eq!(accept(&mut r).await.unwrap(), "auth-1");
         let mut out = Vec::new();
         let mut last = 0;
@@ -119,11 +119,11 @@ mod tests {
 
         // Closed without the end packet.
         let (a, b) = tokio::io::duplex(1 << 16);
-        let mut w = FramedWrite::new(a, Codec::default());
+        let mut w = FramedWrite::new(a, PacketCodec::default());
         w.send(Packet::new(msg_type::DATA_OPEN, false, 0, &b"x"[..])).await.unwrap();
         w.send(Packet::new(msg_type::DATA, false, 0, &b"abc"[..])).await.unwrap();
         drop(w);
-        let mut r = FramedRead::new(b, Codec::default());
+        let mut r = FramedRead::new(b, PacketCodec::default());
         accept(&mut r).await.unwrap();
         let mut out = Vec::new();
         assert!(matches!(receive(&mut r, &mut out, |_| {}).await, Err(DataError::Truncated(3))));

@@ -133,7 +133,7 @@ impl Packet {
 /// Frames a byte stream into packets. A bad version or size is an error
 /// (the stream cannot be resynchronised); the connection should close.
 #[derive(Default, Debug)]
-pub struct Codec {
+pub struct PacketCodec {
     /// Byte order of the last packet read: replies and pushes follow it.
     pub peer_order: Option<ByteOrder>,
 }
@@ -146,7 +146,7 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
 }
 
-impl Decoder for Codec {
+impl Decoder for PacketCodec {
     type Item = Packet;
     type Error = CodecError;
 
@@ -168,7 +168,7 @@ impl Decoder for Codec {
     }
 }
 
-impl Encoder<Packet> for Codec {
+impl Encoder<Packet> for PacketCodec {
     type Error = CodecError;
 
     fn encode(&mut self, p: Packet, dst: &mut BytesMut) -> Result<(), CodecError> {
@@ -225,7 +225,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), step in 1usize..20) {
-            let mut c = Codec::default();
+            let mut c = PacketCodec::default();
             let mut buf = BytesMut::new();
             for chunk in b.chunks(step) {
                 buf.extend_from_slice(chunk);
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn codec_splits_and_joins() {
-        let mut c = Codec::default();
+        let mut c = PacketCodec::default();
         let mut buf = BytesMut::new();
         c.encode(Packet::new(0, false, 7, &b"<a/>"[..]), &mut buf).unwrap();
         c.encode(Packet::new(0, true, 8, &b""[..]), &mut buf).unwrap();

@@ -20,7 +20,7 @@ pub mod value;
 pub mod xml;
 
 pub use client::{Client, Error};
-pub use header::{Codec, Header, Packet};
+pub use header::{Header, Packet, PacketCodec};
 pub use value::{Struct, Value};
 pub use xml::{Message, Parsed, Repair};
 

@@ -5,7 +5,7 @@
 //! connection driver a device, NVR or master server plugs its own methods
 //! into.
 
-use crate::header::{msg_type, ByteOrder, Codec, Packet};
+use crate::header::{msg_type, ByteOrder, Packet, PacketCodec};
 use crate::ping::{PingRequest, PingResponse};
 use crate::value::{canon, parse_int_text, Struct, Value};
 use crate::xml::{self, Message};
@@ -738,7 +738,7 @@ pub trait Handler: Send + Sync + 'static {
     fn data(
         &self,
         auth: String,
-        reader: FramedRead<tokio::net::tcp::OwnedReadHalf, Codec>,
+        reader: FramedRead<tokio::net::tcp::OwnedReadHalf, PacketCodec>,
     ) -> impl Future<Output = ()> + Send;
     /// The connection closed.
     fn closed(&self, _peer: &Peer) {}
@@ -771,8 +771,8 @@ pub async fn drive<H: Handler>(s: TcpStream, addr: SocketAddr, hub: Arc<Hub>, h:
     let (tx, mut rx) = mpsc::channel::<Packet>(1024);
     let conn = hub.add(tx);
     let peer = Peer { conn, addr, local };
-    let mut r = FramedRead::new(rd, Codec::default());
-    let mut w = FramedWrite::new(wr, Codec::default());
+    let mut r = FramedRead::new(rd, PacketCodec::default());
+    let mut w = FramedWrite::new(wr, PacketCodec::default());
     let mut first = true;
     'conn: loop {
         let p = tokio::select! {
@@ -816,7 +816,7 @@ pub async fn drive<H: Handler>(s: TcpStream, addr: SocketAddr, hub: Arc<Hub>, h:
                 whole.extend_from_slice(&p.body);
                 match PingRequest::decode(&whole) {
                     Ok((hdr, req)) => {
-                        crate::header::Codec::default().decode_one(&h.ping(&req, local).encode(&hdr)).ok()
+                        crate::header::PacketCodec::default().decode_one(&h.ping(&req, local).encode(&hdr)).ok()
                     }
                     Err(e) => {
                         tracing::info!(%addr, "bad ping: {e}");
@@ -878,7 +878,7 @@ fn holds_packet(b: &[u8]) -> bool {
         && crate::header::Header::parse(&b[..crate::header::HEADER_LEN]).is_ok_and(|h| b.len() >= h.size as usize)
 }
 
-impl Codec {
+impl PacketCodec {
     /// Decodes one whole packet from a byte slice.
     pub fn decode_one(&mut self, b: &[u8]) -> Result<Packet, crate::header::CodecError> {
         use tokio_util::codec::Decoder;

@@ -229,7 +229,7 @@ async fn ptz_events_analytics_firmware() {
     };
     c.analytics_create(&a).await.unwrap();
     let (s, _) = l.accept().await.unwrap();
-    let mut fr = tokio_util::codec::FramedRead::new(s, cvip::Codec::default());
+    let mut fr = tokio_util::codec::FramedRead::new(s, cvip::PacketCodec::default());
     let p = tokio::time::timeout(Duration::from_secs(3), futures_util::StreamExt::next(&mut fr))
         .await
         .unwrap()
@@ -349,7 +349,7 @@ async fn nvr_records_plays_back_queries_and_exports() {
     .await
     .unwrap();
     let (s, _) = l.accept().await.unwrap();
-    let mut fr = tokio_util::codec::FramedRead::new(s, cvip::Codec::default());
+    let mut fr = tokio_util::codec::FramedRead::new(s, cvip::PacketCodec::default());
     assert_eq!(cvip::data::accept(&mut fr).await.unwrap(), "exp");
     let mut got = Vec::new();
     cvip::data::receive(&mut fr, &mut got, |_| {}).await.unwrap();

@@ -2,13 +2,13 @@
 //! panic, every packet within the cap, its body the size its header says.
 #![no_main]
 use bytes::BytesMut;
-use cvip::header::{Codec, HEADER_LEN, MAX_PACKET};
+use cvip::header::{PacketCodec, HEADER_LEN, MAX_PACKET};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else { return };
-    let mut c = Codec::default();
+    let mut c = PacketCodec::default();
     let mut buf = BytesMut::new();
     let step = (split as usize % 61) + 1;
     for chunk in rest.chunks(step) {

@@ -7,7 +7,7 @@ pub mod media;
 
 use crate::clips::{clip, Clip, Codec};
 use cvip::api::{self, PlayState, PtzCmdType};
-use cvip::header::Codec as PacketCodec;
+use cvip::header::PacketCodec;
 use cvip::ping::{PingRequest, PingResponse};
 use cvip::server::{
     self, ack_ok, event_type, fields, Access, Function, Handler, Hub, ParamDesc, Peer, Property, Refusal, Registry,

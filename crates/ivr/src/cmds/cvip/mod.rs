@@ -1001,7 +1001,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 let (s, _) = tokio::time::timeout(Duration::from_secs(c.timeout.max(1)), l.accept())
                     .await
                     .map_err(|_| anyhow!("the unit did not connect back to {me} within {} s", c.timeout))??;
-                let mut r = tokio_util::codec::FramedRead::new(s, cvip::Codec::default());
+                let mut r = tokio_util::codec::FramedRead::new(s, cvip::PacketCodec::default());
                 let got = cvip::data::accept(&mut r).await?;
                 if got != auth {
                     bail!("the data channel presented authenticationId {got:?}, not ours");
