@@ -60,7 +60,7 @@ impl Recording {
 /// quality's bitrate (`backend::bitrate`), so `max_bitrate` checks see
 /// what a real camera of that quality would send. Frames from 0, 25 fps.
 pub fn clip(q: Quality) -> Vec<Frame> {
-    let c = ivr_fixtures::clip(ivr_fixtures::Codec::H264, matches!(q, Quality::Hd | Quality::Fhd));
+    let c = ivr_fixtures::clip(ivr_fixtures::ClipCodec::H264, matches!(q, Quality::Hd | Quality::Fhd));
     c.padded(crate::backend::bitrate(q) * 95 / 100)
         .into_iter()
         .enumerate()

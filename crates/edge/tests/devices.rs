@@ -7,7 +7,7 @@ mod common;
 
 use ivr_edge::{ChannelBackend, EdgeConfig};
 use ivr_rpc::catalogue::{ChannelState, DetectConfig, IvtEvent, IvtRequest, Quality, StartCloudRecord};
-use ivr_sim::clips::Codec;
+use ivr_sim::clips::ClipCodec;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ async fn dvrip_sim(channels: u32) -> ivr_sim::dvrip::Running {
         password: PW.into(),
         channels,
         device_type: if channels > 1 { "NVR".into() } else { "IPC".into() },
-        codec: Codec::H264,
+        codec: ClipCodec::H264,
         reboot_time: Duration::from_secs(2),
         ..Default::default()
     };

@@ -4,7 +4,7 @@
 use cvip::api::{self, EntityType, PlayState, ProfileType};
 use cvip::value::{Struct, Value};
 use cvip::{Client, Error};
-use ivr_sim::clips::{clip, Codec};
+use ivr_sim::clips::{clip, ClipCodec};
 use ivr_sim::cvip::{media, start, CvipConfig, Role, Running};
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ async fn stream_sends_rtp_of_the_fixture() {
     c.stream_delete("test", list[0].stream_id).await.unwrap();
     c.stream_create(&raw).await.unwrap();
     let (mut sock, _) = l.accept().await.unwrap();
-    let want = media::recording_bytes(clip(Codec::H264, false), 3);
+    let want = media::recording_bytes(clip(ClipCodec::H264, false), 3);
     let mut got = vec![0u8; want.len()];
     tokio::io::AsyncReadExt::read_exact(&mut sock, &mut got).await.unwrap();
     assert_eq!(got, want, "the first three frames, byte for byte");
@@ -354,7 +354,7 @@ async fn nvr_records_plays_back_queries_and_exports() {
     let mut got = Vec::new();
     cvip::data::receive(&mut fr, &mut got, |_| {}).await.unwrap();
     assert_eq!(got.len() as u32, first.size);
-    assert_eq!(got, media::recording_bytes(clip(Codec::H264, false), 1500));
+    assert_eq!(got, media::recording_bytes(clip(ClipCodec::H264, false), 1500));
     assert!(is_fail(&c.media_export(&api::Export { clip_id: 999_999, ..Default::default() }).await.unwrap_err()));
 
     // Playback over one clip and a half.

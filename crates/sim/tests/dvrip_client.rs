@@ -5,7 +5,7 @@ use chrono::Duration as Span;
 use dvrip::client::{Client, ClientConfig, Error, FileQuery, PlaybackTarget, SerialPort, SocketMode, UpgradeProgress};
 use dvrip::media::{AudioCodec, FrameKind, VideoCodec};
 use dvrip::messages::{PtzCommand, StreamType};
-use ivr_sim::clips::Codec;
+use ivr_sim::clips::ClipCodec;
 use ivr_sim::dvrip::{start, Running, SimConfig};
 use serde_json::json;
 use std::time::Duration;
@@ -165,7 +165,7 @@ async fn frames(s: &mut dvrip::client::MediaStream, n: usize) -> Vec<dvrip::medi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_main_and_extra_on_one_or_two_sockets() {
-    let r = sim(SimConfig { codec: Codec::H265, ..cfg() }).await;
+    let r = sim(SimConfig { codec: ClipCodec::H265, ..cfg() }).await;
     let c = client(&r, "admin", "pw");
     for (stream, mode, w, h) in [
         (StreamType::Main, SocketMode::Single, 2592, 1944),

@@ -135,7 +135,7 @@ async fn publish(url: String, bitrate: u64, sent: Sent) {
 }
 
 fn ivr_fixtures_clip() -> &'static ivr_sim::clips::Clip {
-    ivr_sim::clips::clip(ivr_sim::clips::Codec::H264, true)
+    ivr_sim::clips::clip(ivr_sim::clips::ClipCodec::H264, true)
 }
 
 /// An API call on a fresh connection; the answer's status and JSON body.

@@ -78,7 +78,7 @@ pub async fn run(n: usize, seconds: u64, ffmpeg: &str, json: bool) -> anyhow::Re
     // The camera: the 2592×1944 fixture padded to 4 Mbit/s, with 8 kHz
     // G.711 A-law, framed as a DVRIP device sends it; and the same video
     // as Annex B for ffmpeg.
-    let units = clips::clip(clips::Codec::H264, true).padded(4_000_000);
+    let units = clips::clip(clips::ClipCodec::H264, true).padded(4_000_000);
     let t = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).and_then(|d| d.and_hms_opt(12, 0, 0)).context("date")?;
     let (mut chunks, mut annexb, mut video_bytes) = (Vec::new(), Vec::new(), 0usize);
     for i in 0..(seconds * 25) as usize {

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
-use ivr_sim::clips::Codec;
+use ivr_sim::clips::ClipCodec;
 use ivr_sim::dvrip::SimConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -155,8 +155,8 @@ async fn cvip(a: CvipSimArgs) -> anyhow::Result<()> {
     let role =
         Role::parse(&a.role).ok_or_else(|| anyhow::anyhow!("--role {:?}: expected device, nvr or master", a.role))?;
     let codec = match a.codec.as_str() {
-        "h264" => Codec::H264,
-        "h265" | "hevc" => Codec::H265,
+        "h264" => ClipCodec::H264,
+        "h265" | "hevc" => ClipCodec::H265,
         other => bail!("--codec {other:?}: expected h264 or h265"),
     };
     let cfg = CvipConfig {
@@ -254,8 +254,8 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
 
 async fn dvrip(a: DvripSimArgs) -> anyhow::Result<()> {
     let codec = match a.codec.as_str() {
-        "h264" => Codec::H264,
-        "h265" | "hevc" => Codec::H265,
+        "h264" => ClipCodec::H264,
+        "h265" | "hevc" => ClipCodec::H265,
         other => bail!("--codec {other:?}: expected h264 or h265"),
     };
     let snapshot_raw = match a.snapshot.as_str() {

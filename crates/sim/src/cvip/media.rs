@@ -7,7 +7,7 @@
 //!   (RFC 4571);
 //! - `raw`: the Annex B byte stream over TCP.
 
-use crate::clips::{AccessUnit, Clip, Codec};
+use crate::clips::{AccessUnit, Clip, ClipCodec};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,7 +39,7 @@ pub use ivr_media::annexb::nal_units;
 pub struct Rtp {
     pub seq: u16,
     pub ssrc: u32,
-    pub codec: Codec,
+    pub codec: ClipCodec,
 }
 
 impl Rtp {
@@ -67,8 +67,8 @@ impl Rtp {
             }
             // Fragmentation units.
             let (hdr_len, body) = match self.codec {
-                Codec::H264 => (1, &nal[1..]),
-                Codec::H265 => (2, &nal[2..]),
+                ClipCodec::H264 => (1, &nal[1..]),
+                ClipCodec::H265 => (2, &nal[2..]),
             };
             let chunks: Vec<&[u8]> = body.chunks(MTU_PAYLOAD - hdr_len - 1).collect();
             for (c, chunk) in chunks.iter().enumerate() {
@@ -77,11 +77,11 @@ impl Rtp {
                 self.header(&mut b, last && last_nal, ts);
                 let flags = if first { 0x80 } else { 0 } | if last { 0x40 } else { 0 };
                 match self.codec {
-                    Codec::H264 => {
+                    ClipCodec::H264 => {
                         b.put_u8(nal[0] & 0xe0 | 28);
                         b.put_u8(flags | nal[0] & 0x1f);
                     }
-                    Codec::H265 => {
+                    ClipCodec::H265 => {
                         let ty = (nal[0] >> 1) & 0x3f;
                         b.put_u8(nal[0] & 0x81 | 49 << 1);
                         b.put_u8(nal[1]);
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn rtp_fragments_and_marks_the_last_packet() {
-        for codec in [Codec::H264, Codec::H265] {
+        for codec in [ClipCodec::H264, ClipCodec::H265] {
             let clip = crate::clips::clip(codec, true);
             let au = clip.frame(0);
             let mut rtp = Rtp { seq: 65534, ssrc: 1, codec };
@@ -201,14 +201,14 @@ mod tests {
             assert_eq!(u16::from_be_bytes([pkts[2][2], pkts[2][3]]), 0);
             // Reassembling gives back every NAL byte.
             let payload: usize = nal_units(&au.data).iter().map(|n| n.len()).sum();
-            let hdr = if codec == Codec::H264 { 1 } else { 2 };
+            let hdr = if codec == ClipCodec::H264 { 1 } else { 2 };
             let mut got = 0;
             for p in &pkts {
                 let ty = match codec {
-                    Codec::H264 => p[12] & 0x1f,
-                    Codec::H265 => (p[12] >> 1) & 0x3f,
+                    ClipCodec::H264 => p[12] & 0x1f,
+                    ClipCodec::H265 => (p[12] >> 1) & 0x3f,
                 };
-                let fu = if codec == Codec::H264 { ty == 28 } else { ty == 49 };
+                let fu = if codec == ClipCodec::H264 { ty == 28 } else { ty == 49 };
                 if fu {
                     got += p.len() - 12 - hdr - 1 + if p[12 + hdr] & 0x80 != 0 { hdr } else { 0 };
                 } else {
@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn recording_size_matches_bytes() {
-        let c = crate::clips::clip(Codec::H264, false);
+        let c = crate::clips::clip(ClipCodec::H264, false);
         for n in [0, 1, 74, 75, 76, 200] {
             assert_eq!(recording_size(c, n), recording_bytes(c, n).len() as u64);
         }

@@ -5,7 +5,7 @@
 pub mod master;
 pub mod media;
 
-use crate::clips::{clip, Clip, Codec};
+use crate::clips::{clip, Clip, ClipCodec};
 use cvip::api::{self, PlayState, PtzCmdType};
 use cvip::header::PacketCodec;
 use cvip::ping::{PingRequest, PingResponse};
@@ -44,7 +44,7 @@ impl Role {
 pub struct CvipConfig {
     pub role: Role,
     pub channels: u32,
-    pub codec: Codec,
+    pub codec: ClipCodec,
     pub guid: [u8; 16],
     pub name: String,
     /// Raise a motion event on every channel this often (None: on demand).
@@ -63,7 +63,7 @@ impl Default for CvipConfig {
         CvipConfig {
             role: Role::Device,
             channels: 1,
-            codec: Codec::H264,
+            codec: ClipCodec::H264,
             guid: *b"ivr-sim-cvip-001",
             name: "ivr simulated CVIP unit".into(),
             event_every: None,
@@ -357,7 +357,7 @@ fn registry(cfg: &CvipConfig) -> Registry {
                     rw(
                         "videoEncoderCompression",
                         "Compression",
-                        if cfg.codec == Codec::H264 { "H264" } else { "H265" },
+                        if cfg.codec == ClipCodec::H264 { "H264" } else { "H265" },
                         Validation::list(&["H264", "H265", "MP4V"]),
                     ),
                     rw("videoEncoderRateControl", "Rate control", "CBR", Validation::list(&["CBR", "VBR"])),

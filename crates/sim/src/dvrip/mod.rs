@@ -7,7 +7,7 @@ mod records;
 mod tree;
 mod zip;
 
-use crate::clips::{self, Codec, SNAPSHOT_JPEG, TONE_ALAW, TONE_ULAW};
+use crate::clips::{self, ClipCodec, SNAPSHOT_JPEG, TONE_ALAW, TONE_ULAW};
 use bytes::{Bytes, BytesMut};
 use chrono::{Duration as Span, Local, NaiveDateTime};
 use dvrip::codec::Packet;
@@ -41,7 +41,7 @@ pub struct SimConfig {
     /// `"DeviceType "` of the login reply: IPC for one channel, else NVR.
     pub device_type: String,
     pub serial: String,
-    pub codec: Codec,
+    pub codec: ClipCodec,
     pub alive_interval: u32,
     /// Failed logins before a user is locked, and for how long.
     pub lock_after: u32,
@@ -74,7 +74,7 @@ impl Default for SimConfig {
             channels: 1,
             device_type: "IPC".into(),
             serial: "a166379674a3b447".into(),
-            codec: Codec::H264,
+            codec: ClipCodec::H264,
             alive_interval: 20,
             lock_after: 5,
             lock_for: Duration::from_secs(1800),
@@ -235,7 +235,7 @@ fn mac_for(serial: &str) -> String {
 impl DvripSim {
     pub fn new(cfg: SimConfig) -> Arc<Self> {
         let clip = clips::clip(cfg.codec, true);
-        let codec_name = if cfg.codec == Codec::H265 { "h265" } else { "h264" };
+        let codec_name = if cfg.codec == ClipCodec::H265 { "h265" } else { "h264" };
         let mut config = tree::defaults(cfg.channels, &cfg.serial, &mac_for(&cfg.serial), codec_name, 34567);
         if let Some(ac) = &cfg.alarm_center {
             let (host, port) = ac.rsplit_once(':').unwrap_or((ac.as_str(), "15002"));
@@ -1672,10 +1672,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-fn codec_of(c: Codec) -> media::VideoCodec {
+fn codec_of(c: ClipCodec) -> media::VideoCodec {
     match c {
-        Codec::H264 => media::VideoCodec::H264,
-        Codec::H265 => media::VideoCodec::H265,
+        ClipCodec::H264 => media::VideoCodec::H264,
+        ClipCodec::H265 => media::VideoCodec::H265,
     }
 }
 

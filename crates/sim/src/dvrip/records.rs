@@ -49,8 +49,8 @@ pub fn stream_size(clip: &Clip, n: u64) -> u64 {
 
 fn codec_of(clip: &Clip) -> VideoCodec {
     match clip.codec {
-        crate::clips::Codec::H264 => VideoCodec::H264,
-        crate::clips::Codec::H265 => VideoCodec::H265,
+        crate::clips::ClipCodec::H264 => VideoCodec::H264,
+        crate::clips::ClipCodec::H265 => VideoCodec::H265,
     }
 }
 
@@ -129,11 +129,11 @@ pub fn frame_range(rec: &Recording, clip: &Clip, from: NaiveDateTime, to: NaiveD
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clips::{clip, Codec};
+    use crate::clips::{clip, ClipCodec};
 
     #[test]
     fn computed_sizes_match_rendered_bytes() {
-        let c = clip(Codec::H264, false);
+        let c = clip(ClipCodec::H264, false);
         let t0 = dvrip::json::parse_time("2024-05-17 10:00:00").unwrap();
         for n in [1, 24, 75, 76, 200] {
             assert_eq!(render(c, &t0, 0, n).len() as u64, stream_size(c, n), "n={n}");
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn index_pages_and_names() {
-        let c = clip(Codec::H264, false);
+        let c = clip(ClipCodec::H264, false);
         let now = dvrip::json::parse_time("2024-05-17 10:04:00").unwrap();
         let idx = index(2, c, now, Span::hours(24), Span::minutes(10), Span::minutes(2));
         assert_eq!(idx.len(), 2 * 145, "24 hours of 10-minute slots plus the current one");
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn ranges_start_on_a_keyframe() {
-        let c = clip(Codec::H264, false);
+        let c = clip(ClipCodec::H264, false);
         let now = dvrip::json::parse_time("2024-05-17 10:04:00").unwrap();
         let r = &index(1, c, now, Span::hours(1), Span::minutes(10), Span::minutes(2))[0];
         let (a, b) = frame_range(r, c, r.begin + Span::milliseconds(1500), r.begin + Span::seconds(3)).unwrap();
