@@ -366,15 +366,11 @@ fn one(r: Struct) -> Vec<Value> {
     vec![Value::Struct(r)]
 }
 
-fn unexpected(method: &str, what: &str) -> Error {
-    Error::Unexpected { method: method.into(), what: what.into() }
-}
-
 /// Common, device and NVR calls.
 impl Client {
     pub async fn system_describe(&self) -> Result<Describe> {
         let v = self.call1("system.describe", vec![]).await?;
-        v.as_struct().map(Describe::from_struct).ok_or_else(|| unexpected("system.describe", "not a struct"))
+        v.as_struct().map(Describe::from_struct).ok_or_else(|| self.unexpected("system.describe", "not a struct"))
     }
 
     pub async fn list_services(&self) -> Result<Vec<String>> {
@@ -393,7 +389,7 @@ impl Client {
     pub async fn describe(&self, service: &str) -> Result<Describe> {
         let m = format!("{service}.describe");
         let v = self.call1(&m, vec![]).await?;
-        v.as_struct().map(Describe::from_struct).ok_or_else(|| unexpected(&m, "not a struct"))
+        v.as_struct().map(Describe::from_struct).ok_or_else(|| self.unexpected(&m, "not a struct"))
     }
 
     /// Every property with its value, validation and access, as the device
@@ -410,7 +406,7 @@ impl Client {
     pub async fn list_parameters(&self, service: &str, function: &str) -> Result<Struct> {
         let m = format!("{service}.listParameters");
         let v = self.call1(&m, vec![function.into()]).await?;
-        v.as_struct().cloned().ok_or_else(|| unexpected(&m, "not a struct"))
+        v.as_struct().cloned().ok_or_else(|| self.unexpected(&m, "not a struct"))
     }
 
     /// Values of `ids` (all when empty).
@@ -418,8 +414,8 @@ impl Client {
         let m = format!("{service}.getProperties");
         let params =
             if ids.is_empty() { vec![] } else { vec![Value::Array(ids.iter().map(|i| (*i).into()).collect())] };
-        let v = check_ack(&m, self.call1(&m, params).await?)?;
-        v.as_struct().cloned().ok_or_else(|| unexpected(&m, "not a struct"))
+        let v = check_ack(self.peer, &m, self.call1(&m, params).await?)?;
+        v.as_struct().cloned().ok_or_else(|| self.unexpected(&m, "not a struct"))
     }
 
     pub async fn set_properties(&self, service: &str, values: Struct) -> Result<()> {
@@ -441,7 +437,8 @@ impl Client {
             Value::Struct(s) => Some(s.clone()),
             _ => None,
         };
-        s.map(|s| FirmwareProgress::from_struct(&s)).ok_or_else(|| unexpected("getProgressInfo", "no progress struct"))
+        s.map(|s| FirmwareProgress::from_struct(&s))
+            .ok_or_else(|| self.unexpected("getProgressInfo", "no progress struct"))
     }
 
     pub async fn serial_set(&self, p: &SerialPort) -> Result<()> {
@@ -557,7 +554,7 @@ impl Client {
         v.as_struct()
             .and_then(|s| s.int("Length"))
             .map(|l| l as u32)
-            .ok_or_else(|| unexpected("getlength", "no Length"))
+            .ok_or_else(|| self.unexpected("getlength", "no Length"))
     }
     pub async fn playback_status(&self, guid: &str, id: u32) -> Result<PlaybackStatus> {
         let v = self
@@ -586,12 +583,12 @@ impl Client {
             .with("EndTime", end)
             .with("EventType", mask);
         let v = self.call1("cviPlayback.queryevents", one(s)).await?;
-        let v = check_ack("cviPlayback.queryevents", v)?;
+        let v = check_ack(self.peer, "cviPlayback.queryevents", v)?;
         Ok(items(&v).iter().map(EventSpan::from_struct).collect())
     }
 
     pub async fn media_query(&self, q: &MediaQuery) -> Result<Page<Clip>> {
-        let v = check_ack("cviMedia.query", self.call1("cviMedia.query", one(q.to_struct())).await?)?;
+        let v = check_ack(self.peer, "cviMedia.query", self.call1("cviMedia.query", one(q.to_struct())).await?)?;
         Ok(page(&v, Clip::from_struct))
     }
     pub async fn media_export(&self, e: &Export) -> Result<()> {
@@ -616,11 +613,12 @@ impl Client {
         match v.as_struct().and_then(|s| s.int("AckReturnCode")) {
             Some(c) if c == crate::ack::event::SUCCESS as i64 => Ok(()),
             Some(c) => Err(Error::Ack {
+                peer: self.peer,
                 method: "cviEvent.ack".into(),
                 code: c as u32,
                 message: v.as_struct().and_then(|s| s.str("ErrorString")).unwrap_or_default(),
             }),
-            None => check_ack("cviEvent.ack", v).map(drop),
+            None => check_ack(self.peer, "cviEvent.ack", v).map(drop),
         }
     }
 
@@ -633,8 +631,10 @@ impl Client {
             .with("PassWord", md5_hex(password))
             .with("LoginType", login_type);
         let v = self.call_ack("cviUser.login", one(s)).await?;
-        let app =
-            v.as_struct().and_then(|s| s.str("AppGUID")).ok_or_else(|| unexpected("cviUser.login", "no AppGUID"))?;
+        let app = v
+            .as_struct()
+            .and_then(|s| s.str("AppGUID"))
+            .ok_or_else(|| self.unexpected("cviUser.login", "no AppGUID"))?;
         Ok(Master { client: self.clone(), guid: guid.to_string(), app_guid: app })
     }
 }

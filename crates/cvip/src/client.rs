@@ -15,20 +15,20 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
-    #[error("connection closed{0}")]
-    Closed(String),
-    #[error("{method}: no answer within {secs} s")]
-    Timeout { method: String, secs: u64 },
-    #[error("{method}: fault {code:#010x} ({}): {message}", crate::ack::name(*code as u32))]
-    Fault { method: String, code: i64, message: String },
-    #[error("{method}: the device answered {code:#010x} ({}){}", crate::ack::name(*code), if message.is_empty() { String::new() } else { format!(": {message}") })]
-    Ack { method: String, code: u32, message: String },
-    #[error("{method}: unexpected answer: {what}")]
-    Unexpected { method: String, what: String },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
+    #[error("{peer}: the connection closed{}{reason}", method.as_deref().map(|m| format!(" during {m}")).unwrap_or_default())]
+    Closed { peer: SocketAddr, method: Option<String>, reason: String },
+    #[error("{peer}: {method} (transaction {txn}): no answer within {timeout:?}")]
+    Timeout { peer: SocketAddr, method: String, txn: u16, timeout: Duration },
+    #[error("{peer}: {method} (transaction {txn}): fault {code:#010x} ({}): {message}", crate::ack::name(*code as u32))]
+    Fault { peer: SocketAddr, method: String, txn: u16, code: i64, message: String },
+    #[error("{peer}: {method}: the device answered {code:#010x} ({}){}", crate::ack::name(*code), if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Ack { peer: SocketAddr, method: String, code: u32, message: String },
+    #[error("{peer}: {method}: unexpected answer: {what}")]
+    Unexpected { peer: SocketAddr, method: String, what: String },
+    #[error("{peer}: I/O error: {cause}")]
+    Io { peer: String, cause: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -58,9 +58,10 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: &str) -> Result<(Client, mpsc::Receiver<Pushed>)> {
         let stream =
-            TcpStream::connect(addr).await.map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
-        stream.set_nodelay(true)?;
-        Ok(Client::over(stream)?)
+            TcpStream::connect(addr).await.map_err(|cause| Error::Connect { addr: addr.to_string(), cause })?;
+        let io = |cause| Error::Io { peer: addr.to_string(), cause };
+        stream.set_nodelay(true).map_err(io)?;
+        Client::over(stream).map_err(io)
     }
 
     pub fn over(stream: TcpStream) -> std::io::Result<(Client, mpsc::Receiver<Pushed>)> {
@@ -151,6 +152,11 @@ impl Client {
         self.closed.lock().unwrap().clone().unwrap_or_default()
     }
 
+    /// An answer that is not what `method` gives, as an error.
+    pub(crate) fn unexpected(&self, method: &str, what: &str) -> Error {
+        Error::Unexpected { peer: self.peer, method: method.into(), what: what.into() }
+    }
+
     /// Any method; the answer's params (a fault is an error).
     pub async fn call(&self, method: &str, params: Vec<Value>) -> Result<Vec<Value>> {
         let body = xml::write(&Message::Call { method: method.to_string(), params });
@@ -167,23 +173,25 @@ impl Client {
             waiters.insert(*n, wtx);
             *n
         };
+        let closed =
+            || Error::Closed { peer: self.peer, method: Some(method.to_string()), reason: self.closed_reason() };
         if self.tx.send(Packet::new(msg_type::XML, false, txn, body)).await.is_err() {
-            return Err(Error::Closed(self.closed_reason()));
+            return Err(closed());
         }
         let answer = match tokio::time::timeout(self.timeout, wrx).await {
             Err(_) => {
                 self.waiters.lock().unwrap().remove(&txn);
-                return Err(Error::Timeout { method: method.to_string(), secs: self.timeout.as_secs() });
+                return Err(Error::Timeout { peer: self.peer, method: method.to_string(), txn, timeout: self.timeout });
             }
-            Ok(Err(_)) => return Err(Error::Closed(self.closed_reason())),
+            Ok(Err(_)) => return Err(closed()),
             Ok(Ok(m)) => m,
         };
         match answer {
             Message::Response { params } => Ok(params),
-            Message::Fault { code, message } => Err(Error::Fault { method: method.to_string(), code, message }),
-            Message::Call { method: m, .. } => {
-                Err(Error::Unexpected { method: method.to_string(), what: format!("a call to {m}") })
+            Message::Fault { code, message } => {
+                Err(Error::Fault { peer: self.peer, method: method.to_string(), txn, code, message })
             }
+            Message::Call { method: m, .. } => Err(self.unexpected(method, &format!("a call to {m}"))),
         }
     }
 
@@ -196,18 +204,19 @@ impl Client {
     /// the code and the device's reason.
     pub async fn call_ack(&self, method: &str, params: Vec<Value>) -> Result<Value> {
         let v = self.call1(method, params).await?;
-        check_ack(method, v)
+        check_ack(self.peer, method, v)
     }
 }
 
 /// An answer that carries `ErrorCode` (or `AckReturnCode`) other than
 /// success is an error; anything else passes through.
-pub fn check_ack(method: &str, v: Value) -> Result<Value> {
+pub fn check_ack(peer: SocketAddr, method: &str, v: Value) -> Result<Value> {
     if let Some(s) = v.as_struct() {
         let code = s.int("ErrorCode").or_else(|| s.int("AckReturnCode"));
         if let Some(code) = code {
             if code != crate::ack::SUCCESS as i64 {
                 return Err(Error::Ack {
+                    peer,
                     method: method.to_string(),
                     code: code as u32,
                     message: s.str("ErrorString").unwrap_or_default(),

@@ -823,3 +823,29 @@ async fn hostile_params_never_break_a_unit() {
         assert_eq!(c.system_describe().await.unwrap().version, "2.1.9", "{role:?}: still answering");
     }
 }
+
+/// Errors say where: the peer on every one, the method and transaction
+/// where there is one; a refused connection says so once.
+#[tokio::test]
+async fn errors_name_the_peer_the_method_and_the_transaction() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let e = Client::connect(&addr.to_string()).await.err().unwrap();
+    assert_eq!(e.to_string(), format!("cannot connect to {addr}: Connection refused (os error 111)"));
+    assert!(std::error::Error::source(&e).is_none(), "the cause is in the message, not repeated as a source");
+
+    // A peer that accepts and never answers: a timeout naming all three.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(s);
+    });
+    let (mut c, _) = Client::connect(&addr.to_string()).await.unwrap();
+    c.set_timeout(Duration::from_millis(200));
+    let e = c.call("system.describe", vec![]).await.unwrap_err();
+    assert_eq!(e.to_string(), format!("{addr}: system.describe (transaction 1): no answer within 200ms"));
+    hold.abort();
+}
