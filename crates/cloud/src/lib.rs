@@ -3,25 +3,32 @@
 //! cloud recording with policies and playback, and the limits that hold
 //! every peer (`docs/cloud.md`, `docs/security.md`, `docs/design/`).
 
-pub mod api;
-pub mod auth;
-pub mod error;
+mod api;
+mod auth;
+mod error;
 mod gateway;
-pub mod limits;
-pub mod listen;
-pub mod live;
-pub mod policy;
-pub mod recordings;
-pub mod server;
-pub mod store;
+mod limits;
+mod listen;
+mod live;
+mod policy;
+mod recordings;
+mod server;
+mod store;
 mod uploads;
 
+// The public API: what is re-exported here (the modules are private).
 pub use api::router;
-pub use auth::HashCost;
-pub use listen::{serve, serve_tls, ConnLimits};
+pub use auth::{HashCost, PasswordError, Passwords};
+pub use error::{ApiError, ApiResult};
+pub use limits::{check_login_code, shown, NameError};
+pub use listen::{default_max_connections, serve, serve_tls, ConnLimits};
 pub use live::{serve_rtmp, LiveConfig, Rtmp};
-pub use server::{Cloud, CloudConfig, DeviceLimits};
-pub use store::{SqliteStore, Store};
+pub use policy::{Mode as RecordMode, RecordPolicy, Window as RecordWindow};
+pub use recordings::Repair;
+pub use server::{Cloud, CloudConfig, DeviceLimits, LoginCheckError, ProvisionError};
+pub use store::{
+    ChannelRow, Device, Event, EventFilter, Firmware, RecordSession, SegmentRow, SqliteStore, Store, StoreError,
+};
 
 /// A login_code as a file name, one-to-one: ASCII letters, digits and `-`
 /// stay, every other byte becomes `_` and two hex digits (`cam.x` is

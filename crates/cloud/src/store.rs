@@ -77,7 +77,7 @@ pub struct EventFilter {
 
 /// What the cloud keeps.
 pub trait Store: Send + Sync + 'static {
-    /// A new device with its password's PHC hash (see [`crate::auth`]).
+    /// A new device with its password's PHC hash (see [`crate::Passwords`]).
     fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device>;
     fn device(&self, login_code: &str) -> Result<Option<Device>>;
     /// Devices in login_code order, after `after`, at most `limit`.

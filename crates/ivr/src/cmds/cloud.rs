@@ -221,7 +221,7 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
         live: LiveConfig { rtmp, grace: Duration::from_secs(a.live_grace_secs.max(1)), ..LiveConfig::default() },
         recordings_max_bytes: a.recordings_max_bytes,
         limits: ConnLimits {
-            max_connections: a.max_connections.unwrap_or_else(ivr_cloud::listen::default_max_connections).max(1),
+            max_connections: a.max_connections.unwrap_or_else(ivr_cloud::default_max_connections).max(1),
             api_reserve: a.api_reserve,
             header_timeout: Duration::from_secs(a.header_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
