@@ -9,8 +9,8 @@ use ivr_media::{annexb, Codec};
 
 fn streams(path: &std::path::Path) -> Vec<(String, u64)> {
     let j =
-        ivr_sim::probe::ffprobe(path, "stream=codec_type,codec_name,nb_read_packets").unwrap_or_else(|e| panic!("{e}"));
-    ivr_sim::probe::decodes_cleanly(path).unwrap_or_else(|e| panic!("{e}"));
+        ivr_testkit::ffprobe(path, "stream=codec_type,codec_name,nb_read_packets").unwrap_or_else(|e| panic!("{e}"));
+    ivr_testkit::decodes_cleanly(path).unwrap_or_else(|e| panic!("{e}"));
     j["streams"]
         .as_array()
         .unwrap()

@@ -101,7 +101,7 @@ async fn records_and_plays(ch: &dyn ChannelBackend, width: u64) {
     std::fs::write(&p, &all).unwrap();
     let (frames, secs) = common::ffprobe_seconds(&p, width);
     assert!(secs >= 3.5, "{frames} frames recorded");
-    ivr_sim::probe::decodes_cleanly(&p).unwrap_or_else(|e| panic!("{e}"));
+    ivr_testkit::decodes_cleanly(&p).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

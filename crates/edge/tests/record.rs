@@ -83,7 +83,7 @@ async fn segments_with_pre_record_are_uploaded_and_play() {
     std::fs::write(&p, &all).unwrap();
     let (frames, _) = ffprobe(&p);
     assert!((total * 25.0 - frames as f64).abs() < 1.0, "{frames} frames in {total} s");
-    ivr_sim::probe::decodes_cleanly(&p).unwrap_or_else(|e| panic!("{e}"));
+    ivr_testkit::decodes_cleanly(&p).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]

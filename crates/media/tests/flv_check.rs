@@ -20,14 +20,14 @@ fn h264_flv_is_read_by_ffprobe() {
     for (raw, w, h, n) in [(clips::H264_640X360, 640, 360, 75), (clips::H264_2592X1944, 2592, 1944, 50)] {
         let path = dir.join(format!("{w}.flv"));
         std::fs::write(&path, file(&frames(raw, Codec::H264), 25).unwrap()).unwrap();
-        let j = ivr_sim::probe::ffprobe(&path, "stream=codec_name,width,height,nb_read_frames:format=format_name")
+        let j = ivr_testkit::ffprobe(&path, "stream=codec_name,width,height,nb_read_frames:format=format_name")
             .unwrap_or_else(|e| panic!("{e}"));
         let s = &j["streams"][0];
         assert_eq!(j["format"]["format_name"], "flv");
         assert_eq!(s["codec_name"], "h264");
         assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(w), Some(h)));
         assert_eq!(s["nb_read_frames"], n.to_string());
-        ivr_sim::probe::decodes_cleanly(&path).unwrap_or_else(|e| panic!("{e}"));
+        ivr_testkit::decodes_cleanly(&path).unwrap_or_else(|e| panic!("{e}"));
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -27,7 +27,7 @@ fn ffprobe_reads_every_fixture_as_fragmented_mp4() {
         }
         let path = dir.join(format!("{name}_{w}.mp4"));
         std::fs::write(&path, &file).unwrap();
-        let j = ivr_sim::probe::ffprobe(
+        let j = ivr_testkit::ffprobe(
             &path,
             "stream=codec_name,codec_tag_string,width,height,nb_read_frames:format=duration",
         )
@@ -39,7 +39,7 @@ fn ffprobe_reads_every_fixture_as_fragmented_mp4() {
         assert_eq!(s["nb_read_frames"], frames.to_string(), "{path:?}");
         let dur: f64 = j["format"]["duration"].as_str().unwrap().parse().unwrap();
         assert!((dur - frames as f64 / 25.0).abs() < 0.05, "{path:?}: {dur}");
-        ivr_sim::probe::decodes_cleanly(&path).unwrap_or_else(|e| panic!("{e}"));
+        ivr_testkit::decodes_cleanly(&path).unwrap_or_else(|e| panic!("{e}"));
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -24,8 +24,8 @@ fn dir(name: &str) -> PathBuf {
 /// ffmpeg decodes the file without a word and timestamps never go back.
 fn judge(path: &Path) -> Vec<(String, u64)> {
     let j =
-        ivr_sim::probe::ffprobe(path, "stream=codec_type,codec_name,nb_read_packets").unwrap_or_else(|e| panic!("{e}"));
-    ivr_sim::probe::decodes_cleanly(path).unwrap_or_else(|e| panic!("{e}"));
+        ivr_testkit::ffprobe(path, "stream=codec_type,codec_name,nb_read_packets").unwrap_or_else(|e| panic!("{e}"));
+    ivr_testkit::decodes_cleanly(path).unwrap_or_else(|e| panic!("{e}"));
     // Video packets in decoding order: DTS strictly rising.
     let pk = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=dts", "-of", "csv=p=0"])

@@ -82,14 +82,14 @@ async fn publish_to_nginx_and_play_back() {
         .unwrap();
     assert!(play.status.success(), "ffmpeg playing {url}: {}", String::from_utf8_lossy(&play.stderr));
     publisher.await.unwrap();
-    let j = ivr_sim::probe::ffprobe(&out, "stream=codec_name,width,height,nb_read_frames")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let j =
+        ivr_testkit::ffprobe(&out, "stream=codec_name,width,height,nb_read_frames").unwrap_or_else(|e| panic!("{e}"));
     let s = &j["streams"][0];
     assert_eq!(s["codec_name"], "h264", "{j}");
     assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(640), Some(360)));
     let frames: u64 = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
     assert!((60..=80).contains(&frames), "3 s at 25 fps through nginx, got {frames}");
-    ivr_sim::probe::decodes_cleanly(&out).unwrap_or_else(|e| panic!("{e}"));
+    ivr_testkit::decodes_cleanly(&out).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]
@@ -154,7 +154,7 @@ async fn the_publisher_reconnects_when_the_server_comes_back() {
     assert!(play.status.success(), "playing after the restart: {}", String::from_utf8_lossy(&play.stderr));
     source.await.unwrap();
     let st = publisher.await.unwrap();
-    let n = ivr_sim::probe::frames(&out);
+    let n = ivr_testkit::frames(&out);
     assert!(n >= 25, "{n} frames played after the restart");
     assert!(st.reconnects >= 1, "{st:?}");
     assert!(st.dropped > 0 && st.last_error.is_some(), "{st:?}");

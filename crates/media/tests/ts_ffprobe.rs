@@ -34,7 +34,7 @@ fn ffprobe_reads_every_fixture_as_muxed() {
         let path = dir.join(format!("{name}_{w}.ts"));
         std::fs::write(&path, &ts).unwrap();
         let j =
-            ivr_sim::probe::ffprobe(&path, "stream=codec_name,width,height,nb_read_frames:format=duration,format_name")
+            ivr_testkit::ffprobe(&path, "stream=codec_name,width,height,nb_read_frames:format=duration,format_name")
                 .unwrap_or_else(|e| panic!("{e}"));
         let s = &j["streams"][0];
         assert_eq!(j["format"]["format_name"], "mpegts", "{path:?}");
@@ -63,7 +63,7 @@ fn ffprobe_reads_every_fixture_as_muxed() {
             "{path:?}: a keyframe every 25 frames, from the first"
         );
 
-        ivr_sim::probe::decodes_cleanly(&path).unwrap_or_else(|e| panic!("{e}"));
+        ivr_testkit::decodes_cleanly(&path).unwrap_or_else(|e| panic!("{e}"));
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -6,4 +6,3 @@
 pub use ivr_fixtures as clips;
 pub mod cvip;
 pub mod dvrip;
-pub mod probe;

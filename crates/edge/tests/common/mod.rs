@@ -93,7 +93,7 @@ pub async fn server() -> (String, Arc<Mutex<Store>>) {
 
 /// Seconds of H.264 at 640 wide in an MPEG-TS, judged by ffprobe.
 pub fn ffprobe_seconds(path: &std::path::Path, width: u64) -> (u64, f64) {
-    let j = ivr_sim::probe::ffprobe(path, "stream=codec_name,width,nb_read_frames").unwrap_or_else(|e| panic!("{e}"));
+    let j = ivr_testkit::ffprobe(path, "stream=codec_name,width,nb_read_frames").unwrap_or_else(|e| panic!("{e}"));
     let s = &j["streams"][0];
     assert_eq!((s["codec_name"].as_str(), s["width"].as_u64()), (Some("h264"), Some(width)), "{j}");
     let frames: u64 = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
