@@ -18,7 +18,7 @@ fn crc32(data: &[u8]) -> u32 {
 }
 
 /// An archive of `(name, contents)` entries.
-pub fn write(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn write(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut central = Vec::new();
     for (name, data) in entries {
@@ -61,7 +61,7 @@ pub fn write(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// The entries of a stored archive, checked against their CRCs.
-pub fn read(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub(crate) fn read(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     let u16_at = |p: usize| data.get(p..p + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
