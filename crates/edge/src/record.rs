@@ -83,7 +83,10 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
     let (channel, session) = (r.channel, r.session_id.clone());
     let start_ts_ms = if r.start_ts > 0 { r.start_ts.saturating_mul(1000) } else { 0 };
 
-    // The camera: history for the pre-record at once, then real time.
+    // The camera: history for the pre-record at once, then real time. The
+    // wall clock is read now, when the recording was asked for (the task
+    // may start later on a loaded machine).
+    let asked_ms = chrono::Utc::now().timestamp_millis();
     let (s, n, st) = (seg.clone(), ready.clone(), stats.clone());
     // At most the pre-record's byte cap of history (an hour of fhd would
     // be gigabytes).
@@ -100,7 +103,7 @@ pub fn start(r: &StartCloudRecord, dialer: Dialer) -> Option<Recording> {
             for i in 0..history {
                 let _ = g.push(frame(i));
             }
-            g.start(HZ + ticks(history, 25), chrono::Utc::now().timestamp_millis(), start_ts_ms);
+            g.start(HZ + ticks(history, 25), asked_ms, start_ts_ms);
         }
         let mut tick = tokio::time::interval(Duration::from_millis(40));
         let mut i = history;
