@@ -3,7 +3,7 @@
 //! preview_server, GetFirmware, AlarmNotify).
 
 use crate::error::ApiError;
-use crate::limits::{bad_char, shown, Bucket, Upload};
+use crate::limits::{plain_label, shown, Bucket, Upload};
 use crate::server::{now, Cloud, Login, SessionEntry};
 use crate::store::{ChannelRow, Store, StoreError};
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
@@ -245,7 +245,7 @@ pub(crate) async fn gateway<S: Store>(
     ws: WebSocketUpgrade,
 ) -> Response {
     for (what, v) in [("hardware_model", &q.hardware_model), ("firmware_model", &q.firmware_model)] {
-        if v.len() > 128 || v.chars().any(bad_char) {
+        if !plain_label(v, 128) {
             let msg = format!("{what}: at most 128 bytes, no control or bidi characters");
             return ApiError::bad_request(msg).into_response();
         }

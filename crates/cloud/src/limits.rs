@@ -255,6 +255,12 @@ pub fn check_login_code(s: &str) -> Result<(), NameError> {
     }
 }
 
+/// Whether `v` may be stored and shown as a label (a model, a name): at
+/// most `max` bytes, no control or bidi characters.
+pub(crate) fn plain_label(v: &str, max: usize) -> bool {
+    v.len() <= max && !v.chars().any(bad_char)
+}
+
 /// Control characters and the Unicode bidi controls (which make a name
 /// display as something else).
 pub(crate) fn bad_char(c: char) -> bool {

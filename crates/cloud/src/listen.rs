@@ -284,6 +284,7 @@ fn spawn_housekeeping<S: Store>(c: &Arc<Cloud<S>>) {
                 expiry.keep_policies();
             }
             if tick.is_multiple_of(10) {
+                expiry.uploads.expire();
                 let c = expiry.clone();
                 // Deleting files blocks: not on the runtime's threads.
                 let _ = tokio::task::spawn_blocking(move || {

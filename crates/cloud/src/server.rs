@@ -202,7 +202,7 @@ impl<S: Store> Cloud<S> {
         if !(8..=256).contains(&n) {
             return Err(ProvisionError::Invalid(format!("login_passwd: 8 to 256 characters (this one has {n})")));
         }
-        if name.chars().count() > 256 || name.chars().any(crate::limits::bad_char) {
+        if name.chars().count() > 256 || !crate::limits::plain_label(name, usize::MAX) {
             return Err(ProvisionError::Invalid("name: at most 256 characters, no control or bidi characters".into()));
         }
         let hash = self.passwords.hash(login_passwd).await?;
@@ -263,10 +263,8 @@ impl<S: Store> Cloud<S> {
     }
 
     /// Event retention: older than `events_max_age_days`, or past
-    /// `events_max_rows`, deleted (housekeeping; also drops expired upload
-    /// URLs).
+    /// `events_max_rows`, deleted (housekeeping).
     pub fn sweep_events(&self) {
-        self.uploads.expire();
         let age = self.cfg.events_max_age_days;
         let before = (age > 0).then(|| now() - i64::from(age) * 86_400);
         match self.store.trim_events(before, self.cfg.events_max_rows) {

@@ -26,7 +26,7 @@ pub(crate) async fn put<S: Store>(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     for (what, v) in [("hardware_model", &hw), ("firmware_model", &fw)] {
-        if v.is_empty() || v.len() > 128 || v.chars().any(crate::limits::bad_char) {
+        if v.is_empty() || !crate::limits::plain_label(v, 128) {
             return Err(ApiError::bad_request(format!("{what}: 1 to 128 bytes, no control or bidi characters")));
         }
     }
