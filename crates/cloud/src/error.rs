@@ -66,10 +66,12 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl std::error::Error for ApiError {}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let status = match e {
-            StoreError::Exists(_) => StatusCode::CONFLICT,
+            StoreError::Exists(_) | StoreError::Taken(_) => StatusCode::CONFLICT,
             StoreError::NoDevice(_) => StatusCode::NOT_FOUND,
             StoreError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

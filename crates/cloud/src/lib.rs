@@ -3,6 +3,8 @@
 //! cloud recording with policies and playback, and the limits that hold
 //! every peer (`docs/cloud.md`, `docs/security.md`, `docs/design/`).
 
+mod access;
+mod accounts;
 mod api;
 mod auth;
 mod error;
@@ -17,7 +19,9 @@ mod store;
 mod uploads;
 
 // The public API: what is re-exported here (the modules are private).
+pub use accounts::{Accounts, ApiToken, AuditEntry, Grant, LoginSession, Role, User};
 pub use api::router;
+pub use api::users::{create_user, demo_password, set_demo_admin, MIN_PASSWORD};
 pub use auth::{HashCost, PasswordError, Passwords};
 pub use error::{ApiError, ApiResult};
 pub use limits::{check_login_code, shown, NameError};

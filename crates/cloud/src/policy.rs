@@ -2,7 +2,7 @@
 //! recording always, on a weekly schedule (UTC), or around alarms — across
 //! device reconnects and cloud restarts, and how long to keep it.
 
-use crate::api::Admin;
+use crate::api::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::recordings::RecordRequest;
 use crate::server::{now, Cloud};
@@ -210,17 +210,19 @@ impl<S: Store> Cloud<S> {
 
 /// `PUT …/record-policy`.
 pub(crate) async fn put<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     body: AxBytes,
 ) -> Result<Json<Value>, ApiError> {
+    who.control(&lc)?;
     let p: RecordPolicy =
         crate::api::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: a record policy expected"))?;
     p.check()?;
     c.check_channel(&lc, ch)?;
     let v = serde_json::to_value(&p).map_err(|e| ApiError::internal(e.to_string()))?;
     c.store.set_record_policy(&lc, ch, &v)?;
+    c.audit(&who, "record_policy_set", &lc, json!({"channel": ch, "policy": v}));
     c.event(&lc, Some(ch), "record_policy", v.clone());
     c.keep_policies();
     Ok(Json(v))
@@ -228,10 +230,11 @@ pub(crate) async fn put<S: Store>(
 
 /// `GET …/record-policy` (mode off when none was set).
 pub(crate) async fn get<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
 ) -> Result<Json<Value>, ApiError> {
+    who.see(&lc)?;
     c.check_channel(&lc, ch)?;
     Ok(Json(match c.policy_of(&lc, ch) {
         Some(p) => serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?,

@@ -435,11 +435,12 @@ pub struct RangeQuery {
 
 /// `GET …/recordings?from=&to=`: spans, gaps and events of a time range.
 pub(crate) async fn list<S: Store>(
-    _: crate::api::Admin,
+    who: crate::api::Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     Query(q): Query<RangeQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    who.see(&lc)?;
     c.check_channel(&lc, ch)?;
     let to = q.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(now() * 1000 + 60_000);
     let from = q.from.as_deref().map(|t| parse_time("from", t)).transpose()?.unwrap_or(to - 86_400_000);
@@ -468,6 +469,7 @@ pub(crate) async fn list<S: Store>(
         since: Some(from / 1000),
         until: Some(to / 1000),
         limit: Some(1000),
+        login_codes: None,
     })?;
     let mut out = json!({
         "spans": spans.iter().map(|s| json!({"from": secs(s.0), "to": secs(s.1), "bytes": s.2})).collect::<Vec<_>>(),
@@ -483,24 +485,30 @@ pub(crate) async fn list<S: Store>(
 
 /// `POST`/`DELETE …/recording`.
 pub(crate) async fn start<S: Store>(
-    _: crate::api::Admin,
+    who: crate::api::Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     body: AxBytes,
 ) -> Result<(axum::http::StatusCode, axum::Json<Value>), ApiError> {
+    who.control(&lc)?;
     let req: RecordRequest = crate::api::json_body(&body)?.unwrap_or_default();
     let s = c.record_start(&lc, ch, &req, "api").await?;
+    c.audit(&who, "recording_started", &lc, json!({"channel": ch, "session": s.session_id}));
     Ok((axum::http::StatusCode::CREATED, axum::Json(json!(s))))
 }
 
 pub(crate) async fn stop<S: Store>(
-    _: crate::api::Admin,
+    who: crate::api::Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    who.control(&lc)?;
     c.check_channel(&lc, ch)?;
     match c.record_stop(&lc, ch, "api").await? {
-        Some(s) => Ok(axum::Json(json!({"stopped": s.session_id}))),
+        Some(s) => {
+            c.audit(&who, "recording_stopped", &lc, json!({"channel": ch, "session": s.session_id}));
+            Ok(axum::Json(json!({"stopped": s.session_id})))
+        }
         None => Err(ApiError::not_found(format!("{lc:?} channel {ch} is not being recorded"))),
     }
 }
@@ -522,11 +530,12 @@ fn time_value(field: &str, v: &Value) -> ApiResult<i64> {
 
 /// `POST …/playback {from, to}`: URLs of that range with a viewer token.
 pub(crate) async fn playback<S: Store>(
-    _: crate::api::Admin,
+    who: crate::api::Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     body: AxBytes,
 ) -> Result<axum::Json<Value>, ApiError> {
+    who.see(&lc)?;
     let r: PlaybackRequest =
         crate::api::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: {\"from\", \"to\"} expected"))?;
     let (from, to) = (time_value("from", &r.from)?, time_value("to", &r.to)?);

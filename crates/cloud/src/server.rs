@@ -44,6 +44,8 @@ pub struct CloudConfig {
     pub events_max_age_days: u32,
     /// At most this many events are kept (the oldest deleted first; 0: no cap).
     pub events_max_rows: u64,
+    /// How long a console login lasts.
+    pub session_ttl: Duration,
 }
 
 /// What one device session may do; past a rate the request is refused
@@ -97,6 +99,7 @@ impl CloudConfig {
             device_limits: DeviceLimits::default(),
             events_max_age_days: 90,
             events_max_rows: 5_000_000,
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -151,9 +154,12 @@ pub struct Cloud<S: Store> {
     login_by_code: crate::limits::Throttle,
     login_by_addr: crate::limits::Throttle,
     login_queue: crate::limits::Pending,
+    /// Console logins: failures per user name and per address.
+    pub(crate) user_login_by_name: crate::limits::Throttle,
+    pub(crate) user_login_by_addr: crate::limits::Throttle,
     feed: broadcast::Sender<Event>,
     pub(crate) next_session: AtomicU64,
-    passwords: Passwords,
+    pub(crate) passwords: Passwords,
     pub(crate) counters: Counters,
     pub(crate) started: Instant,
 }
@@ -182,6 +188,8 @@ impl<S: Store> Cloud<S> {
             login_by_code: crate::limits::Throttle::new(10, Duration::from_secs(60), 100_000),
             login_by_addr: crate::limits::Throttle::new(30, Duration::from_secs(60), 100_000),
             login_queue: crate::limits::Pending::new(32, 1024),
+            user_login_by_name: crate::limits::Throttle::new(10, Duration::from_secs(60), 100_000),
+            user_login_by_addr: crate::limits::Throttle::new(30, Duration::from_secs(60), 100_000),
             feed: broadcast::channel(1024).0,
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),
@@ -271,6 +279,11 @@ impl<S: Store> Cloud<S> {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "cloud: event retention deleted events"),
             Err(e) => tracing::error!(error = %e, "cloud: event retention failed"),
+        }
+        match self.store.expire_credentials(now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(forgotten = n, "cloud: expired console logins and API tokens forgotten"),
+            Err(e) => tracing::error!(error = %e, "cloud: forgetting expired logins failed"),
         }
     }
 

@@ -14,6 +14,9 @@ pub enum StoreError {
     Exists(String),
     #[error("no device with login_code {0:?}")]
     NoDevice(String),
+    /// A name (user, token) that exists already; the message names it.
+    #[error("{0}")]
+    Taken(String),
     #[error("database: {0}")]
     Db(String),
 }
@@ -73,10 +76,12 @@ pub struct EventFilter {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<u32>,
+    /// Only events of these devices (a caller's rights).
+    pub login_codes: Option<Vec<String>>,
 }
 
 /// What the cloud keeps.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// A new device with its password's PHC hash (see [`crate::Passwords`]).
     fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device>;
     fn device(&self, login_code: &str) -> Result<Option<Device>>;
@@ -108,6 +113,7 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Event>;
     fn events(&self, f: &EventFilter) -> Result<Vec<Event>>;
+    fn event(&self, id: i64) -> Result<Option<Event>>;
     /// Adds an image of `firmware_model` for `hardware_model` (replacing the one of the same models); the token of
     /// the replaced image, whose file is now unused.
     fn add_firmware(&self, fw: &Firmware) -> Result<Option<String>>;
@@ -149,6 +155,18 @@ pub trait Store: Send + Sync + 'static {
     fn set_record_policy(&self, login_code: &str, channel: u32, policy: &serde_json::Value) -> Result<()>;
     fn record_policies(&self) -> Result<Vec<(String, u32, serde_json::Value)>>;
     fn record_policy(&self, login_code: &str, channel: u32) -> Result<Option<serde_json::Value>>;
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let data: String = r.get(5)?;
+    Ok(Event {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        login_code: r.get(2)?,
+        channel: r.get(3)?,
+        kind: r.get(4)?,
+        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+    })
 }
 
 fn row_to_firmware(r: &rusqlite::Row<'_>) -> rusqlite::Result<Firmware> {
@@ -232,6 +250,7 @@ const MIGRATIONS: &[&str] = &[
     );",
     "ALTER TABLE firmware ADD COLUMN sha256 TEXT;
     CREATE INDEX event_at ON event(at);",
+    crate::accounts::MIGRATION,
 ];
 
 /// A cloud recording the cloud asked a device for.
@@ -350,7 +369,7 @@ impl SqliteStore {
         Ok(SqliteStore { db: Mutex::new(db) })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().expect("store lock")
     }
 
@@ -601,22 +620,27 @@ impl Store for SqliteStore {
         if let Some(t) = f.until {
             add("at <=", t.into());
         }
+        if let Some(lcs) = &f.login_codes {
+            // Each as its own parameter; an empty list matches nothing.
+            let mut marks = Vec::with_capacity(lcs.len());
+            for lc in lcs {
+                args.push(lc.clone().into());
+                marks.push(format!("?{}", args.len()));
+            }
+            sql.push_str(&format!(" AND login_code IN ({})", marks.join(",")));
+        }
         args.push(i64::from(f.limit.unwrap_or(100).min(10_000)).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
         let db = self.db();
         let mut q = db.prepare_cached(&sql)?;
-        let rows = q.query_map(rusqlite::params_from_iter(args), |r| {
-            let data: String = r.get(5)?;
-            Ok(Event {
-                id: r.get(0)?,
-                at: r.get(1)?,
-                login_code: r.get(2)?,
-                channel: r.get(3)?,
-                kind: r.get(4)?,
-                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-            })
-        })?;
+        let rows = q.query_map(rusqlite::params_from_iter(args), row_to_event)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn event(&self, id: i64) -> Result<Option<Event>> {
+        let db = self.db();
+        let mut q = db.prepare_cached("SELECT id, at, login_code, channel, kind, data FROM event WHERE id = ?1")?;
+        Ok(q.query_row([id], row_to_event).optional()?)
     }
 
     fn add_firmware(&self, fw: &Firmware) -> Result<Option<String>> {

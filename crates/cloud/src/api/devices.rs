@@ -1,6 +1,6 @@
 //! `/api/v1/devices…`: provisioning, RPC and events to a device, previews.
 
-use super::{api_params, Admin};
+use super::{api_params, Admin, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::server::{Cloud, ProvisionError};
 use crate::store::{Device, Store};
@@ -24,14 +24,17 @@ pub(crate) struct NewDevice {
 }
 
 pub(crate) async fn create<S: Store>(
-    _: Admin,
+    Admin(who): Admin,
     State(c): State<Arc<Cloud<S>>>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Device>)> {
     let d: NewDevice = crate::api::json_body(&body)?
         .ok_or_else(|| ApiError::bad_request("body: {\"login_code\", \"login_passwd\", \"name\"} expected"))?;
     match c.provision(&d.login_code, &d.login_passwd, &d.name).await {
-        Ok(dev) => Ok((StatusCode::CREATED, Json(dev))),
+        Ok(dev) => {
+            c.audit(&who, "device_created", &dev.login_code, json!({"name": dev.name}));
+            Ok((StatusCode::CREATED, Json(dev)))
+        }
         Err(ProvisionError::Invalid(msg)) => Err(ApiError::bad_request(msg)),
         Err(ProvisionError::Store(e)) => Err(e.into()),
         Err(e @ ProvisionError::Password(_)) => Err(ApiError::internal(e.to_string())),
@@ -49,7 +52,7 @@ pub(crate) struct Page {
 /// `GET /api/v1/devices?after=&limit=`: a page in login_code order; when
 /// more follow, a `Link: <…>; rel="next"` header points at the next page.
 pub(crate) async fn list<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Query(p): Query<Page>,
 ) -> ApiResult<Response> {
@@ -57,7 +60,22 @@ pub(crate) async fn list<S: Store>(
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::bad_request("limit: 1 to 10000"));
     }
-    let page = c.store().devices(p.after.as_deref(), limit)?;
+    let page = match who.visible() {
+        None => c.store().devices(p.after.as_deref(), limit)?,
+        // The caller's own devices, in the same order, a page at a time.
+        Some(mine) => {
+            let mut page = Vec::new();
+            for lc in mine.iter().filter(|lc| p.after.as_deref().is_none_or(|a| lc.as_str() > a)) {
+                if page.len() == limit as usize {
+                    break;
+                }
+                if let Some(d) = c.store().device(lc)? {
+                    page.push(d);
+                }
+            }
+            page
+        }
+    };
     let next = match page.last() {
         Some(last) if page.len() == limit as usize => {
             Some(format!("</api/v1/devices?after={}&limit={limit}>; rel=\"next\"", percent_encode(&last.login_code)))
@@ -72,15 +90,16 @@ pub(crate) async fn list<S: Store>(
 }
 
 pub(crate) async fn get<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path(lc): Path<String>,
 ) -> ApiResult<Json<Device>> {
+    who.see(&lc)?;
     c.store().device(&lc)?.map(Json).ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))
 }
 
 pub(crate) async fn delete<S: Store>(
-    _: Admin,
+    Admin(who): Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path(lc): Path<String>,
 ) -> ApiResult<StatusCode> {
@@ -88,16 +107,18 @@ pub(crate) async fn delete<S: Store>(
         return Err(ApiError::not_found(format!("no device {lc:?}")));
     }
     c.forget_device(&lc).await;
+    c.audit(&who, "device_deleted", &lc, json!({}));
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST …/rpc/{method}`: any IVT method, its params as the body.
 pub(crate) async fn rpc<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, method)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    who.control(&lc)?;
     // Sending an unknown method would make the device close the session (rule 4).
     let params = api_params(&method, &IVT_METHODS, "IVT method", &body)?;
     let req = IvtRequest::parse(&method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -109,6 +130,9 @@ pub(crate) async fn rpc<S: Store>(
     }
     let h = c.handle_of(&lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
     c.counters.rpc_calls.fetch_add(1, Ordering::Relaxed);
+    if !method.starts_with("Get") {
+        c.audit(&who, "rpc", &lc, json!({"method": method, "params": params}));
+    }
     match tokio::time::timeout(c.cfg.rpc_timeout, h.call(&method, params)).await {
         Ok(r) => r.map(Json).map_err(|e| ApiError::call(&method, e)),
         Err(_) => Err(ApiError::timeout(format!("{method}: no answer from {lc:?} within {:?}", c.cfg.rpc_timeout))),
@@ -117,11 +141,12 @@ pub(crate) async fn rpc<S: Store>(
 
 /// `POST …/events/{event}`: any IVT event.
 pub(crate) async fn send_event<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    who.control(&lc)?;
     let params = api_params(&name, &IVT_EVENTS, "IVT event", &body)?;
     let ev = IvtEvent::parse(&name, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if c.store().device(&lc)?.is_none() {
@@ -130,17 +155,25 @@ pub(crate) async fn send_event<S: Store>(
     if let Some(ch) = ev.channel() {
         c.check_channel_of(&lc, ch, true)?;
     }
+    // PTZ moves are not changes; everything else an operator sends is.
+    let audited = (name != "CtrlPTZ").then(|| params.clone());
     match c.handle_of(&lc) {
-        Some(h) if h.notify(&name, params).await => Ok((StatusCode::ACCEPTED, Json(json!({"sent": name})))),
+        Some(h) if h.notify(&name, params).await => {
+            if let Some(params) = audited {
+                c.audit(&who, "event_sent", &lc, json!({"event": name, "params": params}));
+            }
+            Ok((StatusCode::ACCEPTED, Json(json!({"sent": name}))))
+        }
         _ => Err(ApiError::conflict(format!("device {lc:?} is offline"))),
     }
 }
 
 pub(crate) async fn preview<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
 ) -> ApiResult<Response> {
+    who.see(&lc)?;
     if c.store().device(&lc)?.is_none() {
         return Err(ApiError::not_found(format!("no device {lc:?}")));
     }

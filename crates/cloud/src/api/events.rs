@@ -1,7 +1,7 @@
 //! `/api/v1/events…`: the event list, alarm pictures, and the live feed as
 //! server-sent events.
 
-use super::Admin;
+use super::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::server::Cloud;
 use crate::store::{Event, EventFilter, Store};
@@ -25,10 +25,13 @@ pub(crate) struct EventQuery {
 }
 
 pub(crate) async fn list<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<Json<Vec<Event>>> {
+    if let Some(lc) = &q.login_code {
+        who.see(lc)?;
+    }
     let f = EventFilter {
         login_code: q.login_code,
         channel: q.channel,
@@ -36,15 +39,20 @@ pub(crate) async fn list<S: Store>(
         since: q.since,
         until: q.until,
         limit: q.limit,
+        login_codes: who.visible(),
     };
     Ok(Json(c.store().events(&f)?))
 }
 
 pub(crate) async fn picture<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
+    // Another device's picture is as absent as a picture never taken.
+    if !c.store().event(id)?.is_some_and(|e| who.may_see(&e.login_code)) {
+        return Err(ApiError::not_found(format!("no picture for event {id}")));
+    }
     match tokio::fs::read(c.cfg.data_dir.join("pictures").join(format!("{id}.jpg"))).await {
         Ok(b) => Ok(crate::uploads::jpeg(b)),
         Err(_) => Err(ApiError::not_found(format!("no picture for event {id}"))),
@@ -53,12 +61,13 @@ pub(crate) async fn picture<S: Store>(
 
 /// Server-sent events: every stored event as it happens (`event: <kind>`,
 /// `data: <event JSON>`).
-pub(crate) async fn stream<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> Response {
+pub(crate) async fn stream<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let mut rx = c.subscribe();
     let s = async_stream(move |tx| async move {
         loop {
             match rx.recv().await {
+                Ok(e) if !who.may_see(&e.login_code) => {}
                 Ok(e) => {
                     let ev =
                         SseEvent::default().event(e.kind.clone()).data(serde_json::to_string(&e).unwrap_or_default());

@@ -1,7 +1,7 @@
 //! The firmware catalogue: images uploaded through the API, offered to
 //! devices by GetFirmware, downloaded by devices with an unguessable URL.
 
-use super::Admin;
+use super::{Admin, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::server::{now, token, Cloud};
 use crate::store::{Firmware, Store};
@@ -20,7 +20,7 @@ pub(crate) const MAX_FIRMWARE: u64 = 256 << 20;
 /// `PUT /api/v1/firmware/{hardware_model}/{firmware_model}`, the image as
 /// body, streamed to disk (never whole in memory) with its SHA-256.
 pub(crate) async fn put<S: Store>(
-    _: Admin,
+    Admin(who): Admin,
     State(c): State<Arc<Cloud<S>>>,
     Path((hw, fw)): Path<(String, String)>,
     body: Body,
@@ -56,6 +56,7 @@ pub(crate) async fn put<S: Store>(
         }
     }
     let url = format!("{}/firmware/{t}", c.cfg.public_url);
+    c.audit(&who, "firmware_uploaded", &f.hardware_model, json!({"firmware_model": f.firmware_model, "size": f.size}));
     Ok((
         StatusCode::CREATED,
         Json(json!({"hardware_model": f.hardware_model, "firmware_model": f.firmware_model, "size": f.size,
@@ -67,7 +68,7 @@ fn image_path<S: Store>(c: &Cloud<S>, token: &str) -> std::path::PathBuf {
     c.cfg.data_dir.join("firmware").join(format!("{token}.bin"))
 }
 
-pub(crate) async fn list<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Vec<Firmware>>> {
+pub(crate) async fn list<S: Store>(_: Caller, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Vec<Firmware>>> {
     Ok(Json(c.store().firmwares()?))
 }
 

@@ -5,13 +5,12 @@
 pub(crate) mod devices;
 pub(crate) mod events;
 pub(crate) mod firmware;
+pub(crate) mod users;
 
-use crate::auth::constant_eq;
 use crate::error::{ApiError, ApiResult};
 use crate::server::Cloud;
 use crate::store::Store;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -19,21 +18,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The admin bearer token, checked.
-pub(crate) struct Admin;
-
-impl<S: Store> FromRequestParts<Arc<Cloud<S>>> for Admin {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, c: &Arc<Cloud<S>>) -> Result<Admin, ApiError> {
-        let given =
-            parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(t) if constant_eq(t.as_bytes(), c.cfg.admin_token.as_bytes()) => Ok(Admin),
-            Some(_) => Err(ApiError::unauthorized("wrong admin token")),
-            None => Err(ApiError::unauthorized("missing Authorization: Bearer <admin token>")),
-        }
-    }
-}
+pub(crate) use crate::access::{Admin, Caller};
 
 /// A JSON body: `None` when empty, 400 naming the problem otherwise.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<Option<T>> {
@@ -111,11 +96,12 @@ async fn status_page() -> Response {
 
 /// `POST …/channels/{channel}/live`: the stream on, and viewer URLs.
 async fn start_live<S: Store>(
-    _: Admin,
+    who: Caller,
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, ch)): Path<(String, u32)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
+    who.see(&lc)?;
     let req: crate::live::LiveRequest = json_body(&body)?.unwrap_or_default();
     let q = req.quality()?;
     Ok(Json(c.live_urls(&lc, ch, q).await?))
@@ -134,6 +120,16 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/ivc", get(gateway::gateway::<S>))
         .route("/api/v1/stream", get(events::stream::<S>))
         .route("/api/v1/stats", get(stats::<S>))
+        .route("/api/v1/login", post(users::login::<S>))
+        .route("/api/v1/logout", post(users::logout::<S>))
+        .route("/api/v1/me", get(users::me))
+        .route("/api/v1/users", post(users::create::<S>).get(users::list::<S>))
+        .route("/api/v1/users/{name}", get(users::get::<S>).patch(users::patch::<S>).delete(users::delete::<S>))
+        .route("/api/v1/groups", get(users::groups::<S>))
+        .route("/api/v1/groups/{name}", put(users::put_group::<S>).delete(users::delete_group::<S>))
+        .route("/api/v1/tokens", post(users::create_token::<S>).get(users::tokens::<S>))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(users::revoke_token::<S>))
+        .route("/api/v1/audit", get(users::audit::<S>))
         .route("/api/v1/devices", post(devices::create::<S>).get(devices::list::<S>))
         .route("/api/v1/devices/{login_code}", get(devices::get::<S>).delete(devices::delete::<S>))
         .route("/api/v1/devices/{login_code}/rpc/{method}", post(devices::rpc::<S>))

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(ClapArgs)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Option<CloudCmd>,
     /// HTTP address (the device gateway is at /ivc, the API under /api/v1).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -83,6 +86,14 @@ pub struct Args {
     pub events_max_rows: u64,
 }
 
+/// What `ivr cloud` does besides running the cloud.
+#[derive(clap::Subcommand)]
+pub enum CloudCmd {
+    /// Console users: add the first admin, list, change passwords, delete.
+    #[command(subcommand)]
+    Users(super::users::UsersCmd),
+}
+
 /// `1000`, `20K`, `20M`, `500G`, `2T` (powers of 1024).
 fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -107,6 +118,7 @@ impl Args {
     /// The defaults, on `listen` with data in `data`.
     pub fn new(listen: SocketAddr, data: PathBuf) -> Self {
         Args {
+            cmd: None,
             listen,
             data,
             admin_token: None,
@@ -277,7 +289,10 @@ fn cloud_rtmp(c: &Cloud<SqliteStore>) -> Rtmp {
     c.config().live.rtmp.clone()
 }
 
-pub async fn run(a: Args) -> anyhow::Result<()> {
+pub async fn run(mut a: Args) -> anyhow::Result<()> {
+    if let Some(CloudCmd::Users(u)) = a.cmd.take() {
+        return super::users::run(u).await;
+    }
     let fds = super::raise_fd_limit();
     // Read the certificate first: a bad file is an error before anything listens.
     let tls = match (&a.tls_cert, &a.tls_key) {

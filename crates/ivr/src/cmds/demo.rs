@@ -37,6 +37,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let store = c.store().clone();
     cloud::reconcile(&c)?;
+    // The console's demo admin: a new random password every start.
+    let demo_pw = ivr_cloud::demo_password();
+    let demo_user = ivr_cloud::set_demo_admin(&c, "demo", &demo_pw).await.context("creating the demo admin")?;
     tokio::spawn(ivr_cloud::serve(c.clone(), listener));
     for i in 1..=a.sites {
         let code = format!("demo-site-{i}");
@@ -108,8 +111,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "site {code}: a DVRIP NVR (4 channels, dvrip://admin:demo-nvr@{}) and a CVIP camera (cvip://{}/1)",
         nvr.addr, cam.addr
     );
-    println!("admin token: {token}");
-    println!("status page: http://{addr}/#token={token}");
+    println!("console: http://{addr}/login  user {demo_user:?}, password {demo_pw:?} (new at every start)");
+    println!("admin token (API): {token}");
     println!("try:  curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/devices");
     println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":0}}' http://{addr}/api/v1/devices/demo-site-1/rpc/GetPTZPresetList");
     println!("      curl -H 'Authorization: Bearer {token}' -X POST -d '{{\"channel\":1}}' http://{addr}/api/v1/devices/{code}/rpc/GetNetConfig");

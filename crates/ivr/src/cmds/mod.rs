@@ -13,6 +13,7 @@ pub mod dvrip;
 pub mod edge;
 pub mod media;
 pub mod sim;
+pub mod users;
 
 /// Raises this process's open-file limit to its hard limit (servers and
 /// fleets hold one descriptor per connection); returns the limit now in

@@ -1,0 +1,309 @@
+//! Who is calling, and what they may do. Every API handler takes a
+//! [`Caller`]: the admin token (the bootstrap and automation credential),
+//! an API token (`Authorization: Bearer ivr_…`), or a console login (the
+//! `ivr_session` cookie). A caller sees the devices granted to them (by
+//! name or through a group); any other device is *not found* to them, not
+//! forbidden, so rights do not reveal which devices exist. Viewers watch;
+//! operators also control; admins do everything.
+//!
+//! Cookies are SameSite=Strict, and a cookie-authenticated request that
+//! changes state must also carry an `Origin` (or `Sec-Fetch-Site`) of this
+//! site: two defences against cross-site request forgery.
+
+use crate::accounts::{Grant, Role};
+use crate::error::{ApiError, ApiResult};
+use crate::server::{now, Cloud};
+use crate::store::Store;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The console's login cookie.
+pub(crate) const COOKIE: &str = "ivr_session";
+/// API tokens start with this, so a leaked one is easy to search for.
+pub(crate) const TOKEN_PREFIX: &str = "ivr_";
+
+/// Which devices a caller sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    All,
+    Only(BTreeSet<String>),
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    /// For the audit log: `admin-token`, `user:<name>`, `token:<id>`.
+    pub(crate) actor: String,
+    pub(crate) role: Role,
+    pub(crate) scope: Scope,
+    pub(crate) addr: Option<IpAddr>,
+    /// The console user, when logged in with a cookie.
+    pub(crate) user: Option<String>,
+    /// The SHA-256 of the login cookie (to log out).
+    pub(crate) session: Option<String>,
+}
+
+impl Caller {
+    pub(crate) fn may_see(&self, lc: &str) -> bool {
+        match &self.scope {
+            Scope::All => true,
+            Scope::Only(s) => s.contains(lc),
+        }
+    }
+
+    /// `Ok` when the caller sees `lc`; 404 otherwise, the same answer as
+    /// for a device that does not exist.
+    pub(crate) fn see(&self, lc: &str) -> ApiResult<()> {
+        if self.may_see(lc) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!("no device {:?}", crate::limits::shown(lc))))
+        }
+    }
+
+    /// `Ok` when the caller may control `lc` (operator or admin).
+    pub(crate) fn control(&self, lc: &str) -> ApiResult<()> {
+        self.see(lc)?;
+        if self.role < Role::Operator {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "viewers may watch, not control (an operator may)"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn admin(&self) -> ApiResult<()> {
+        if self.role < Role::Admin {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "only an admin may do this"));
+        }
+        Ok(())
+    }
+
+    /// The devices the caller sees; `None` for every device.
+    pub(crate) fn visible(&self) -> Option<Vec<String>> {
+        match &self.scope {
+            Scope::All => None,
+            Scope::Only(s) => Some(s.iter().cloned().collect()),
+        }
+    }
+}
+
+/// The SHA-256 of a secret, in hex (what the store keeps of tokens and
+/// login cookies).
+pub(crate) fn digest(secret: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 256 random bits in hex.
+pub(crate) fn secret() -> String {
+    format!("{}{}", crate::server::token(), crate::server::token())
+}
+
+fn cookie_value<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether a state-changing request with a cookie came from a page of
+/// this site: its `Origin` names the host it was sent to, or (for
+/// browsers that leave `Origin` out) `Sec-Fetch-Site` says same-origin.
+fn same_site(parts: &Parts) -> bool {
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let host = header("host").or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    match (header("origin"), host) {
+        (Some(origin), Some(host)) => {
+            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")).is_some_and(|o| o == host)
+        }
+        (Some(_), None) => false,
+        (None, _) => header("sec-fetch-site") == Some("same-origin"),
+    }
+}
+
+impl<S: Store> Cloud<S> {
+    /// The devices a role and its grants reach (groups resolved now, so
+    /// a device added to a group is visible at once).
+    pub(crate) fn scope_of(&self, role: Role, devices: &Grant, groups: &[String]) -> ApiResult<Scope> {
+        if role == Role::Admin || *devices == Grant::All {
+            return Ok(Scope::All);
+        }
+        let mut set = BTreeSet::new();
+        if let Grant::Only(v) = devices {
+            set.extend(v.iter().cloned());
+        }
+        for g in groups {
+            if let Some(members) = self.store.group(g)? {
+                set.extend(members);
+            }
+        }
+        Ok(Scope::Only(set))
+    }
+
+    async fn caller_of(&self, parts: &Parts) -> ApiResult<Caller> {
+        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let bearer =
+            parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(given) = bearer {
+            if crate::auth::constant_eq(given.as_bytes(), self.cfg.admin_token.as_bytes()) {
+                return Ok(Caller {
+                    actor: "admin-token".into(),
+                    role: Role::Admin,
+                    scope: Scope::All,
+                    addr,
+                    user: None,
+                    session: None,
+                });
+            }
+            if given.starts_with(TOKEN_PREFIX) {
+                if let Some(t) = self.store.token_by_hash(&digest(given))? {
+                    if t.expires.is_none_or(|e| e >= now()) {
+                        return Ok(Caller {
+                            actor: format!("token:{}", t.id),
+                            scope: self.scope_of(t.role, &t.devices, &t.groups)?,
+                            role: t.role,
+                            addr,
+                            user: None,
+                            session: None,
+                        });
+                    }
+                    return Err(ApiError::unauthorized(format!("API token {} expired", t.id)));
+                }
+                return Err(ApiError::unauthorized("unknown or revoked API token"));
+            }
+            return Err(ApiError::unauthorized("wrong admin token"));
+        }
+        if let Some(cookie) = cookie_value(parts, COOKIE) {
+            let hash = digest(cookie);
+            let s = self.store.login_session(&hash)?.filter(|s| s.expires >= now());
+            let u = match s {
+                Some(s) => self.store.user(&s.user)?,
+                None => None,
+            };
+            let Some(u) = u else {
+                return Err(ApiError::unauthorized("your login has ended; log in again"));
+            };
+            if !matches!(parts.method, Method::GET | Method::HEAD) && !same_site(parts) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "a cross-site request with the login cookie was refused (no Origin of this site)",
+                ));
+            }
+            return Ok(Caller {
+                actor: format!("user:{}", u.name),
+                scope: self.scope_of(u.role, &u.devices, &u.groups)?,
+                role: u.role,
+                addr,
+                user: Some(u.name),
+                session: Some(hash),
+            });
+        }
+        Err(ApiError::unauthorized("log in, or send Authorization: Bearer <admin or API token>"))
+    }
+
+    /// Writes one line of the audit log (a failure to write is logged,
+    /// never the reason a request fails after its work is done).
+    pub(crate) fn audit(&self, who: &Caller, action: &str, target: &str, detail: serde_json::Value) {
+        self.audit_as(&who.actor, who.addr, action, target, detail);
+    }
+
+    pub(crate) fn audit_as(
+        &self,
+        actor: &str,
+        addr: Option<IpAddr>,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) {
+        let e = crate::accounts::AuditEntry {
+            id: 0,
+            at: now(),
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            detail,
+            addr: addr.map(|a| a.to_string()),
+        };
+        if let Err(err) = self.store.add_audit(&e) {
+            tracing::error!(%err, action, target, "cloud: the audit log could not be written");
+        }
+    }
+}
+
+impl<S: Store> FromRequestParts<Arc<Cloud<S>>> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Cloud<S>>) -> Result<Caller, ApiError> {
+        c.caller_of(parts).await
+    }
+}
+
+/// A caller who is an admin (403 for anyone else).
+pub(crate) struct Admin(pub(crate) Caller);
+
+impl<S: Store> FromRequestParts<Arc<Cloud<S>>> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Cloud<S>>) -> Result<Admin, ApiError> {
+        let who = c.caller_of(parts).await?;
+        who.admin()?;
+        Ok(Admin(who))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
+        let mut b = axum::http::Request::builder().method(method).uri("/api/v1/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn same_site_needs_an_origin_of_this_host() {
+        let p = parts(Method::POST, &[("host", "cam.example:8080"), ("origin", "http://cam.example:8080")]);
+        assert!(same_site(&p));
+        let p = parts(Method::POST, &[("host", "cam.example:8080"), ("origin", "http://evil.example")]);
+        assert!(!same_site(&p));
+        let p = parts(Method::POST, &[("host", "cam.example:8080")]);
+        assert!(!same_site(&p), "no Origin and no Sec-Fetch-Site");
+        let p = parts(Method::POST, &[("host", "h"), ("sec-fetch-site", "same-origin")]);
+        assert!(same_site(&p));
+        let p = parts(Method::POST, &[("host", "h"), ("origin", "null")]);
+        assert!(!same_site(&p));
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let p = parts(Method::GET, &[("cookie", "a=1; ivr_session=abc; b=2")]);
+        assert_eq!(cookie_value(&p, COOKIE), Some("abc"));
+        assert_eq!(cookie_value(&p, "c"), None);
+    }
+
+    #[test]
+    fn scopes_hide_other_devices_as_not_found() {
+        let c = Caller {
+            actor: "user:v".into(),
+            role: Role::Viewer,
+            scope: Scope::Only(["cam-1".to_string()].into()),
+            addr: None,
+            user: Some("v".into()),
+            session: None,
+        };
+        assert!(c.see("cam-1").is_ok());
+        assert_eq!(c.see("cam-2").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(c.control("cam-1").unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(c.control("cam-2").unwrap_err().status, StatusCode::NOT_FOUND, "not found comes first");
+        assert_eq!(c.admin().unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(digest("a").len(), 64);
+    }
+}
