@@ -69,6 +69,8 @@ step "interop: an independent IVT (Python websockets) against ivr cloud"
 "$VENVS/ivt/bin/python" tests/interop/ivt_check.py --ivr target/debug/ivr
 step "interop: live view (ffmpeg, websockets, Chromium via Playwright) against ivr cloud + ivr edge"
 "$VENVS/browser/bin/python" tests/interop/live_check.py --ivr target/debug/ivr
+step "the web console in Chromium (Playwright): logins, roles, live, grid, PTZ, timeline, events, H.265"
+"$VENVS/browser/bin/python" tests/interop/console_check.py --ivr target/debug/ivr --out target/console-screenshots
 step "interop: cloud recording (policies, playback, kill -9, retention) judged by ffprobe"
 python3 tests/interop/record_check.py --ivr target/debug/ivr
 step "soak and chaos: 200 devices, the cloud killed twice, connections cut (ivr bench soak)"

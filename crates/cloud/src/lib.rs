@@ -7,6 +7,7 @@ mod access;
 mod accounts;
 mod api;
 mod auth;
+mod console;
 mod error;
 mod gateway;
 mod limits;

@@ -142,7 +142,7 @@ struct Frags {
 /// The live channels.
 pub struct Lives {
     cfg: LiveConfig,
-    map: Mutex<HashMap<(String, u32), Entry>>,
+    map: Mutex<HashMap<LiveKey, Entry>>,
     secret: [u8; 32],
     next: AtomicU64,
     /// RTMPPublish sent, RTMPStopPublish sent, publishes refused, starts failed.
@@ -172,13 +172,13 @@ impl Lives {
         &self.cfg
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LiveKey, Entry>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Channels being published or started, with their viewer counts.
     pub fn active(&self) -> Vec<(String, u32, usize, bool)> {
-        self.lock().iter().map(|((lc, ch), e)| (lc.clone(), *ch, e.viewers, e.publishing)).collect()
+        self.lock().iter().map(|((lc, ch, _), e)| (lc.clone(), *ch, e.viewers, e.publishing)).collect()
     }
 
     fn mac(&self, payload: &[u8]) -> String {
@@ -221,10 +221,19 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
+/// A live stream: device, channel, and whether it is the sub-stream (ld,
+/// sd) rather than the main one (hd, fhd). A channel can publish both at
+/// once (a grid tile on the sub-stream, a full-screen view on the main).
+pub(crate) type LiveKey = (String, u32, bool);
+
+fn live_key(lc: &str, ch: u32, quality: &str) -> LiveKey {
+    (lc.to_owned(), ch, matches!(quality, "ld" | "sd"))
+}
+
 /// A viewer's hold on a channel: while any exist the stream stays up.
 pub struct Viewer<S: Store> {
     cloud: Arc<Cloud<S>>,
-    key: (String, u32),
+    key: LiveKey,
     id: u64,
 }
 
@@ -280,7 +289,7 @@ impl<S: Store> Cloud<S> {
             }
         };
         self.check_channel(lc, ch)?;
-        let key = (lc.to_owned(), ch);
+        let key = live_key(lc, ch, quality);
         let (mut rx, start) = {
             let mut m = self.lives.lock();
             match m.get(&key) {
@@ -387,7 +396,7 @@ impl<S: Store> Cloud<S> {
     }
 
     /// A start that failed: waiters told, the entry gone, an event.
-    fn live_failed(self: &Arc<Self>, key: &(String, u32), id: u64, msg: &str, stop: bool) {
+    fn live_failed(self: &Arc<Self>, key: &LiveKey, id: u64, msg: &str, stop: bool) {
         self.lives.failures.fetch_add(1, Ordering::Relaxed);
         let e = {
             let mut m = self.lives.lock();
@@ -424,9 +433,9 @@ impl<S: Store> Cloud<S> {
     /// every second.
     pub fn live_reap(self: &Arc<Self>) {
         let grace = self.lives.cfg.grace;
-        let gone: Vec<((String, u32), Entry, &'static str)> = {
+        let gone: Vec<(LiveKey, Entry, &'static str)> = {
             let mut m = self.lives.lock();
-            let keys: Vec<((String, u32), &'static str)> = m
+            let keys: Vec<(LiveKey, &'static str)> = m
                 .iter()
                 .filter_map(|(k, e)| {
                     // A start in progress is the waiting request's to fail.
@@ -444,7 +453,7 @@ impl<S: Store> Cloud<S> {
                 .collect();
             keys.into_iter().filter_map(|(k, why)| m.remove(&k).map(|e| (k, e, why))).collect()
         };
-        for ((lc, ch), e, why) in gone {
+        for ((lc, ch, _), e, why) in gone {
             tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, why, "cloud: live stream stopped");
             e.feed.closed.store(true, Ordering::Relaxed);
             self.send_stop(&lc, ch, e.stream_id.clone());
@@ -459,9 +468,10 @@ impl<S: Store> Cloud<S> {
             let info = self.live_start(lc, ch, quality).await?;
             let mut m = self.lives.lock();
             // Stopped between the start and now: start again (once).
-            let Some(e) = m.get_mut(&(lc.to_owned(), ch)) else { continue };
+            let key = live_key(lc, ch, quality);
+            let Some(e) = m.get_mut(&key) else { continue };
             e.viewers += 1;
-            let hold = Viewer { cloud: self.clone(), key: (lc.to_owned(), ch), id: e.id };
+            let hold = Viewer { cloud: self.clone(), key, id: e.id };
             return Ok(LiveViewer { info, _hold: hold });
         }
         Err(ApiError::conflict(format!("the live stream of {lc:?} channel {ch} keeps stopping")))
@@ -531,7 +541,7 @@ async fn rtmp_conn<S: Store>(c: &Arc<Cloud<S>>, mut s: tokio::net::TcpStream) ->
     let mut conn = ingest::Conn::new();
     let mut buf = vec![0u8; 64 << 10];
     let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
-    let mut feed: Option<(Arc<Feed>, (String, u32), u64)> = None;
+    let mut feed: Option<(Arc<Feed>, LiveKey, u64)> = None;
     // The shift that puts this connection's timeline after the last one.
     let mut shift: Option<i64> = None;
     let r = async {
@@ -621,7 +631,7 @@ fn stream_info(f: &Frame, aac: bool) -> Option<StreamInfo> {
 
 impl<S: Store> Cloud<S> {
     /// The entry a stream key was handed out for, if nobody publishes it yet.
-    fn claim_key(&self, key: &str) -> Option<(Arc<Feed>, (String, u32), u64)> {
+    fn claim_key(&self, key: &str) -> Option<(Arc<Feed>, LiveKey, u64)> {
         let mut m = self.lives.lock();
         let (k, e) = m.iter_mut().find(|(_, e)| crate::auth::constant_eq(e.key.as_bytes(), key.as_bytes()))?;
         if e.publishing {
@@ -683,10 +693,10 @@ impl<S: Store> Cloud<S> {
     /// The channel's shared fragments (the muxer started on first use):
     /// the init segment and a subscription that starts at the fragment of
     /// the last keyframe.
-    async fn fragments(self: &Arc<Self>, lc: &str, ch: u32, info: &StreamInfo) -> ApiResult<(AxBytes, Subscriber)> {
+    async fn fragments(self: &Arc<Self>, key: &LiveKey, info: &StreamInfo) -> ApiResult<(AxBytes, Subscriber)> {
         let frags = {
             let mut m = self.lives.lock();
-            let e = m.get_mut(&(lc.to_owned(), ch)).ok_or_else(|| ApiError::conflict("the live stream stopped"))?;
+            let e = m.get_mut(key).ok_or_else(|| ApiError::conflict("the live stream stopped"))?;
             match &e.frags {
                 Some(f) => f.clone(),
                 None => {
@@ -739,7 +749,7 @@ async fn fragment_viewer<S: Store>(
 ) -> Result<(Arc<StreamInfo>, AxBytes, Subscriber, Viewer<S>), Response> {
     let (lc, ch, q) = c.lives.check_token(token).map_err(viewer_error)?;
     let LiveViewer { info, _hold } = c.live_view(&lc, ch, &q).await.map_err(IntoResponse::into_response)?;
-    let (init, sub) = c.fragments(&lc, ch, &info).await.map_err(IntoResponse::into_response)?;
+    let (init, sub) = c.fragments(&_hold.key, &info).await.map_err(IntoResponse::into_response)?;
     Ok((info, init, sub, _hold))
 }
 
@@ -832,7 +842,7 @@ const HLS_IDLE: Duration = Duration::from_secs(10);
 
 impl<S: Store> Cloud<S> {
     async fn hls_of(self: &Arc<Self>, lc: &str, ch: u32, q: &str) -> ApiResult<Arc<HlsLive>> {
-        let key = (lc.to_owned(), ch);
+        let key = live_key(lc, ch, q);
         if let Some(h) = self.lives.lock().get(&key).and_then(|e| e.hls.clone()) {
             if !h.files.lock().unwrap_or_else(|e| e.into_inner()).ended {
                 return Ok(h);

@@ -195,13 +195,25 @@ async fn a_new_login_replaces_the_old_session_and_uploads_are_one_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_page_and_the_event_stream() {
+async fn console_shell_and_the_event_stream() {
     let dir = std::env::temp_dir().join(format!("ivr-cloud-test3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (addr, _server) = start_cloud(&dir).await;
-    let (s, page) = http(addr, "GET", "/", None, None).await;
+    // Every console route is the shell, under a strict CSP with no inline script.
+    for path in ["/", "/login", "/devices/cam%201/channels/0", "/live", "/audit"] {
+        let (s, head, page) = common::http_with(addr, "GET", path, &[], None).await;
+        assert_eq!(s, 200, "{path}");
+        let page = String::from_utf8_lossy(&page);
+        assert!(page.contains("src=\"/ui/app.js\"") && !page.contains("<script>"), "{page}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self';"), "{head}");
+        assert!(head.contains("x-content-type-options: nosniff") && head.contains("x-frame-options: deny"), "{head}");
+    }
+    let (s, head, js) = common::http_with(addr, "GET", "/ui/app.js", &[], None).await;
     assert_eq!(s, 200);
-    assert!(String::from_utf8_lossy(&page).contains("<h1>ivr cloud</h1>"));
+    assert!(head.to_ascii_lowercase().contains("content-type: text/javascript"), "{head}");
+    assert!(String::from_utf8_lossy(&js).contains("import"));
+    assert_eq!(common::http_with(addr, "GET", "/ui/../Cargo.toml", &[], None).await.0, 404);
     // The OpenAPI document is served without a token and lists every route.
     let (s, doc) = http(addr, "GET", "/api/openapi.json", None, None).await;
     let doc: Value = serde_json::from_slice(&doc).unwrap();

@@ -90,10 +90,6 @@ async fn openapi() -> Response {
     ([("content-type", "application/json")], include_str!("../openapi.json")).into_response()
 }
 
-async fn status_page() -> Response {
-    ([("content-type", "text/html; charset=utf-8")], include_str!("../status.html")).into_response()
-}
-
 /// `POST …/channels/{channel}/live`: the stream on, and viewer URLs.
 async fn start_live<S: Store>(
     who: Caller,
@@ -115,7 +111,18 @@ async fn player<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>)
 pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
     use crate::{gateway, live, policy, recordings, uploads};
     Router::new()
-        .route("/", get(status_page))
+        // The console (web/): every page is the same shell.
+        .route("/", get(crate::console::page))
+        .route("/login", get(crate::console::page))
+        .route("/devices", get(crate::console::page))
+        .route("/devices/{login_code}", get(crate::console::page))
+        .route("/devices/{login_code}/channels/{channel}", get(crate::console::page))
+        .route("/live", get(crate::console::page))
+        .route("/events", get(crate::console::page))
+        .route("/users", get(crate::console::page))
+        .route("/tokens", get(crate::console::page))
+        .route("/audit", get(crate::console::page))
+        .route("/ui/{file}", get(crate::console::file))
         .route("/api/openapi.json", get(openapi))
         .route("/ivc", get(gateway::gateway::<S>))
         .route("/api/v1/stream", get(events::stream::<S>))

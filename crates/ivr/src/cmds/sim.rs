@@ -107,6 +107,9 @@ pub struct DvripSimArgs {
     /// Video codec of every stream and recording: h264 or h265.
     #[arg(long, default_value = "h264")]
     codec: String,
+    /// The extra (sub) stream's codec when it differs: h264 or h265.
+    #[arg(long)]
+    sub_codec: Option<String>,
     /// UDP address for discovery (1530/1532), or `off`.
     #[arg(long, default_value = "0.0.0.0:34569")]
     discovery: String,
@@ -253,11 +256,13 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
 }
 
 async fn dvrip(a: DvripSimArgs) -> anyhow::Result<()> {
-    let codec = match a.codec.as_str() {
-        "h264" => ClipCodec::H264,
-        "h265" | "hevc" => ClipCodec::H265,
-        other => bail!("--codec {other:?}: expected h264 or h265"),
+    let codec_of = |flag: &str, v: &str| match v {
+        "h264" => Ok(ClipCodec::H264),
+        "h265" | "hevc" => Ok(ClipCodec::H265),
+        other => Err(anyhow::anyhow!("{flag} {other:?}: expected h264 or h265")),
     };
+    let codec = codec_of("--codec", &a.codec)?;
+    let sub_codec = a.sub_codec.as_deref().map(|c| codec_of("--sub-codec", c)).transpose()?;
     let snapshot_raw = match a.snapshot.as_str() {
         "raw" => true,
         "framed" => false,
@@ -278,6 +283,7 @@ async fn dvrip(a: DvripSimArgs) -> anyhow::Result<()> {
         channels: a.channels,
         device_type: if a.channels == 1 { "IPC".into() } else { "NVR".into() },
         codec,
+        sub_codec,
         alive_interval: a.alive_interval,
         lock_after: a.lock_after.max(1),
         lock_for: Duration::from_secs(a.lock_secs),

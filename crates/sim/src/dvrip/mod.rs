@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub device_type: String,
     pub serial: String,
     pub codec: ClipCodec,
+    /// The extra (sub) stream's codec (`None`: the main stream's); a
+    /// camera with an H.265 main stream often sends H.264 here.
+    pub sub_codec: Option<ClipCodec>,
     pub alive_interval: u32,
     /// Failed logins before a user is locked, and for how long.
     pub lock_after: u32,
@@ -75,6 +78,7 @@ impl Default for SimConfig {
             device_type: "IPC".into(),
             serial: "a166379674a3b447".into(),
             codec: ClipCodec::H264,
+            sub_codec: None,
             alive_interval: 20,
             lock_after: 5,
             lock_for: Duration::from_secs(1800),
@@ -235,8 +239,9 @@ fn mac_for(serial: &str) -> String {
 impl DvripSim {
     pub fn new(cfg: SimConfig) -> Arc<Self> {
         let clip = clips::clip(cfg.codec, true);
-        let codec_name = if cfg.codec == ClipCodec::H265 { "h265" } else { "h264" };
-        let mut config = tree::defaults(cfg.channels, &cfg.serial, &mac_for(&cfg.serial), codec_name, 34567);
+        let name = |c: ClipCodec| if c == ClipCodec::H265 { "h265" } else { "h264" };
+        let codecs = (name(cfg.codec), name(cfg.sub_codec.unwrap_or(cfg.codec)));
+        let mut config = tree::defaults(cfg.channels, &cfg.serial, &mac_for(&cfg.serial), codecs, 34567);
         if let Some(ac) = &cfg.alarm_center {
             let (host, port) = ac.rsplit_once(':').unwrap_or((ac.as_str(), "15002"));
             let ip: Ipv4Addr = host.parse().unwrap_or(Ipv4Addr::LOCALHOST);
@@ -484,7 +489,11 @@ impl DvripSim {
     /// Live media of one channel at its configured frame rate, with
     /// the device clock in every I-frame, until the session ends.
     async fn live(self: Arc<Self>, session: Session, channel: u32, stream: StreamType, data: Option<String>) {
-        let clip = clips::clip(self.cfg.codec, stream == StreamType::Main);
+        let codec = match stream {
+            StreamType::Main => self.cfg.codec,
+            _ => self.cfg.sub_codec.unwrap_or(self.cfg.codec),
+        };
+        let clip = clips::clip(codec, stream == StreamType::Main);
         let padded = if stream == StreamType::Main { self.padded_main.clone() } else { None };
         let frame = |i: u64| match &padded {
             Some(p) => &p[(i % p.len().max(1) as u64) as usize],

@@ -133,8 +133,9 @@ fn per_channel(n: u32, f: impl Fn(u32) -> Value) -> Value {
 }
 
 /// The factory configuration of a simulated device with `channels` channels.
-pub fn defaults(channels: u32, serial: &str, mac: &str, codec_name: &str, tcp_port: u16) -> Value {
-    let compression = if codec_name == "h265" { "H.265" } else { "H.264" };
+pub fn defaults(channels: u32, serial: &str, mac: &str, codecs: (&str, &str), tcp_port: u16) -> Value {
+    let name = |c: &str| if c == "h265" { "H.265" } else { "H.264" };
+    let (compression, sub_compression) = (name(codecs.0), name(codecs.1));
     // XMeye firmware: 7 days × 6 sections, "1 from-to" armed, "0 …" not.
     let mut day = vec![json!("1 00:00:00-24:00:00")];
     day.resize(6, json!("0 00:00:00-24:00:00"));
@@ -176,7 +177,7 @@ pub fn defaults(channels: u32, serial: &str, mac: &str, codec_name: &str, tcp_po
         },
         "Simplify": {
             "Encode": per_channel(channels, |_| json!({
-                "ExtraFormat": {"AudioEnable": false, "Video": {"BitRate": 512, "BitRateControl": "VBR", "Compression": compression, "FPS": 25, "GOP": 1, "Quality": 4, "Resolution": "640x360"}, "VideoEnable": true},
+                "ExtraFormat": {"AudioEnable": false, "Video": {"BitRate": 512, "BitRateControl": "VBR", "Compression": sub_compression, "FPS": 25, "GOP": 1, "Quality": 4, "Resolution": "640x360"}, "VideoEnable": true},
                 "MainFormat": {"AudioEnable": false, "Video": {"BitRate": 4096, "BitRateControl": "VBR", "Compression": compression, "FPS": 25, "GOP": 1, "Quality": 4, "Resolution": "5M"}, "VideoEnable": true},
             })),
         },
@@ -215,7 +216,7 @@ mod tests {
     use super::*;
 
     fn tree() -> Value {
-        defaults(2, "abc", "00:12:31:00:00:01", "h264", 34567)
+        defaults(2, "abc", "00:12:31:00:00:01", ("h264", "h264"), 34567)
     }
 
     #[test]

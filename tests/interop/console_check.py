@@ -1,0 +1,324 @@
+"""The web console in a real browser: Debian's Chromium driven by Playwright,
+against `ivr cloud` and two `ivr edge` sites as separate processes over
+loopback (simulated channels, a CVIP camera for PTZ, a DVRIP camera whose
+main stream is H.265 and sub-stream H.264).
+
+Checked as a person would see it: a wrong password shows an error and is
+audited; the admin sees every device; a live channel plays (currentTime
+advances, decoded frames > 0) and so does a 4-tile grid; a PTZ press moves
+the CVIP camera (its panPosition read back with `ivr cvip`); the timeline
+shows a recorded span and a click plays it back; the events page shows an
+alarm picture; the H.265 channel says Chromium cannot decode it and plays
+the H.264 sub-stream; a viewer assigned one device sees only that one, has
+no PTZ buttons, and gets 404 for another device's live URL and pictures
+and none of its events on the SSE stream; a revoked token stops working at
+once; a device named `<img src=x onerror=alert(1)>` renders as text.
+Screenshots of every page go to the --out folder, for a person to look at.
+
+Usage: console_check.py --ivr target/debug/ivr [--out DIR]
+(run with a Python that has playwright)."""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from common import check, summary
+from playwright.sync_api import sync_playwright
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ivr", required=True)
+    ap.add_argument("--out", default=tempfile.mkdtemp(prefix="ivr-console-"))
+    a = ap.parse_args()
+    ivr, out = os.path.abspath(a.ivr), os.path.abspath(a.out)
+    os.makedirs(out, exist_ok=True)
+    print(f"screenshots in {out}", flush=True)
+    procs = []
+    token = "console-admin-token-0123"
+    data = tempfile.mkdtemp(prefix="ivr-console-data-")
+
+    def start(args, pattern, **kw):
+        p = subprocess.Popen([ivr, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **kw)
+        procs.append(p)
+        line = p.stdout.readline()
+        m = re.search(pattern, line)
+        if not m:
+            raise RuntimeError(f"{args[:2]} did not start: {line!r}")
+        return m
+
+    try:
+        cam265 = start(["sim", "dvrip", "--listen", "127.0.0.1:0", "--discovery", "off", "--password", "cam-pw",
+                        "--codec", "h265", "--sub-codec", "h264"], r"listening on 127\.0\.0\.1:(\d+)").group(1)
+        ptz_cam = start(["sim", "cvip", "--listen", "127.0.0.1:0", "--common-port", "0"],
+                        r"listening on 127\.0\.0\.1:(\d+)").group(1)
+        host = start(["cloud", "--listen", "127.0.0.1:0", "--data", data, "--keepalive-secs", "1",
+                      "--rtmp-listen", "127.0.0.1:0", "--live-grace-secs", "3", "--argon2", "m=1024,t=1,p=1"],
+                     r"http://(127\.0\.0\.1:\d+)/", env=dict(os.environ, IVR_ADMIN_TOKEN=token)).group(1)
+        base = f"http://{host}"
+
+        def api(method, path, body=None, bearer=token):
+            req = urllib.request.Request(base + path, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    raw = r.read()
+                    return r.status, json.loads(raw) if raw else None
+            except urllib.error.HTTPError as e:
+                raw = e.read()
+                try:
+                    return e.code, json.loads(raw)
+                except ValueError:
+                    return e.code, raw
+
+        # The first admin, as an operator would make it: the CLI, password on stdin.
+        r = subprocess.run([ivr, "cloud", "users", "add", "root", "--role", "admin", "--password-stdin", "--data", data],
+                           input="root-password-1\n", capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"ivr cloud users add: {r.stderr}")
+        for lc, name in [("site-1", "Main gate"), ("site-2", "Back yard"), ("xss-1", XSS)]:
+            api("POST", "/api/v1/devices", {"login_code": lc, "login_passwd": "site-password-1", "name": name})
+        confs = {
+            "site-1": "".join(f'\n[[channels]]\nchannel = {c}\nsource = "sim"\nalarm_every_secs = 4\npreview_every_secs = 3\n'
+                              for c in range(2))
+            + f'\n[[channels]]\nchannel = 2\nsource = "cvip://127.0.0.1:{ptz_cam}/1"\npreview_every_secs = 0\n'
+            + f'\n[[channels]]\nchannel = 3\nsource = "dvrip://admin:cam-pw@127.0.0.1:{cam265}/0"\npreview_every_secs = 0\n',
+            "site-2": '\n[[channels]]\nchannel = 0\nsource = "sim"\nalarm_every_secs = 3\npreview_every_secs = 3\n',
+        }
+        for lc, chans in confs.items():
+            path = os.path.join(data, f"{lc}.toml")
+            with open(path, "w") as f:
+                f.write(f'[cloud]\nurl = "ws://{host}/ivc"\nlogin_code = "{lc}"\nlogin_passwd = "site-password-1"\n'
+                        f'keepalive_secs = 1\n{chans}')
+            procs.append(subprocess.Popen([ivr, "edge", "--config", path], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        for _ in range(300):
+            s1 = api("GET", "/api/v1/devices/site-1")[1]
+            s2 = api("GET", "/api/v1/devices/site-2")[1]
+            if s1["online"] and s2["online"] and len(s1["channels"]) == 4 and all(c["state"] >= 1 for c in s1["channels"]):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the sites did not come online: {s1} {s2}")
+        # Something for the timeline: channel 0 recorded continuously.
+        api("PUT", "/api/v1/devices/site-1/channels/0/record-policy", {"mode": "continuous", "seg_duration": 2})
+        rec_started = time.time()
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                        args=["--autoplay-policy=no-user-gesture-required"])
+            run_checks(browser, base, api, ivr, ptz_cam, out, rec_started)
+            browser.close()
+    except Exception as e:  # noqa: BLE001 — reported as a failure by name
+        check("the console's setup (sims, cloud, edges)", lambda: (_ for _ in ()).throw(e))
+    finally:
+        for pr in procs:
+            pr.kill()
+            pr.wait()
+    return summary("console (Chromium + Playwright)")
+
+
+def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
+    dialogs = []
+
+    def new_page(viewport=None):
+        ctx = browser.new_context(viewport=viewport or {"width": 1280, "height": 860}, locale="en-US")
+        page = ctx.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        return page
+
+    def shot(page, name):
+        page.screenshot(path=os.path.join(out, f"{name}.png"), full_page=True)
+
+    def ready(page, path):
+        page.goto(base + path)
+        page.wait_for_selector("body[data-ready='1']", timeout=20000)
+
+    def login(page, name, password):
+        ready(page, "/login")
+        page.fill("input[name=name]", name)
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit]")
+
+    def plays(page, sel, secs=20):
+        """Frames decoded and time advancing in the player inside `sel`."""
+        js = f"""() => {{ const b = document.querySelector({json.dumps(sel)});
+                 const v = b && b.querySelector('video'); if (!v) return null;
+                 const q = v.getVideoPlaybackQuality(); return [v.currentTime, q.totalVideoFrames]; }}"""
+        deadline = time.time() + secs
+        first = None
+        while time.time() < deadline:
+            got = page.evaluate(js)
+            if got and got[1] > 0:
+                if first is None:
+                    first = got
+                elif got[0] > first[0] + 0.5:
+                    return got
+            time.sleep(0.25)
+        note = page.evaluate(f"() => (document.querySelector({json.dumps(sel)}) || {{}}).innerText")
+        raise AssertionError(f"{sel} did not play: first {first}, tile says {note!r}")
+
+    admin = new_page()
+
+    def wrong_password():
+        login(admin, "root", "not-the-password")
+        admin.wait_for_selector("form.login .error:not([hidden])", timeout=10000)
+        text = admin.inner_text("form.login .error")
+        assert "Wrong name or password" in text, text
+        shot(admin, "01-login-wrong-password")
+        status, log = api("GET", "/api/v1/audit")
+        assert log[0]["action"] == "login_failed" and log[0]["target"] == "root", log[:2]
+    check("a wrong password shows an error and is audited", wrong_password)
+
+    def admin_sees_all():
+        login(admin, "root", "root-password-1")
+        admin.wait_for_url(base + "/", timeout=10000)
+        admin.wait_for_selector("body[data-ready='1'] .cards", timeout=20000)
+        shot(admin, "02-dashboard")
+        ready(admin, "/devices")
+        for lc in ["site-1", "site-2", "xss-1"]:
+            assert admin.locator(f"li[data-code='{lc}']").count() == 1, lc
+        shot(admin, "03-devices")
+    check("the admin logs in and sees every device", admin_sees_all)
+
+    def xss_is_text():
+        ready(admin, "/devices/xss-1")
+        assert admin.inner_text("h1") == XSS, admin.inner_text("h1")
+        ready(admin, "/devices")
+        assert admin.get_by_text(XSS).count() >= 1
+        assert admin.evaluate("() => document.querySelectorAll('img[src=\"x\"]').length") == 0
+        assert not dialogs, dialogs
+    check("a device named <img src=x onerror=alert(1)> renders as text", xss_is_text)
+
+    def device_page():
+        ready(admin, "/devices/site-1")
+        assert admin.locator(".channels .card").count() == 4
+        shot(admin, "04-device")
+    check("the device page lists its four channels", device_page)
+
+    def live_channel():
+        ready(admin, "/devices/site-1/channels/0")
+        plays(admin, "#player")
+        shot(admin, "05-channel-live")
+    check("a live channel page plays (currentTime advances, frames decoded)", live_channel)
+
+    def timeline_playback():
+        time.sleep(max(0, rec_started + 8 - time.time()))
+        ready(admin, "/devices/site-1/channels/0")
+        admin.click("button[data-level='3']")  # ten minutes across
+        admin.wait_for_selector(".tl-span", timeout=15000)
+        box = admin.locator(".tl-span").last.bounding_box()
+        # Into the span, a little before its end (what was recorded seconds ago).
+        admin.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+        try:
+            admin.wait_for_selector("#player video[src*='/recordings/']", timeout=10000)
+        except Exception:
+            raise AssertionError(f"no playback; the page says {admin.inner_text('main')[-400:]!r}")
+        plays(admin, "#player")
+        shot(admin, "06-channel-playback")
+    check("the timeline shows a recorded span and a click plays it back", timeline_playback)
+
+    def ptz():
+        ready(admin, "/devices/site-1/channels/2")
+        btn = admin.locator("button.ptz[data-op='right']")
+        btn.hover()
+        admin.mouse.down()
+        time.sleep(0.8)
+        admin.mouse.up()
+        time.sleep(0.3)
+        r = subprocess.run([ivr, "cvip", "--host", "127.0.0.1", "--port", ptz_cam, "--json", "get", "cviPtz",
+                            "panPosition"], capture_output=True, text=True, timeout=60)
+        pan = float(json.loads(r.stdout)["panPosition"])
+        assert pan > 1, f"panPosition {pan} ({r.stderr[:200]})"
+        shot(admin, "07-channel-ptz")
+    check("a PTZ press moves the camera (panPosition read back from it)", ptz)
+
+    def events_picture():
+        ready(admin, "/events?type=alarm")
+        admin.wait_for_function("() => [...document.querySelectorAll('img.thumb')].some(i => i.naturalWidth > 0)",
+                                timeout=15000)
+        shot(admin, "08-events")
+    check("the events page shows an alarm picture", events_picture)
+
+    def h265():
+        ready(admin, "/devices/site-1/channels/3")
+        admin.wait_for_selector("#player[data-cannot-decode]", timeout=20000)
+        note = admin.inner_text("#player .tile-note")
+        assert "cannot decode" in note and "H.265" in note.upper().replace("HEVC", "H.265"), note
+        shot(admin, "09-h265-cannot-decode")
+        admin.click("#player .tile-note button")
+        plays(admin, "#player")
+        shot(admin, "10-h265-sub-stream")
+    check("an H.265 channel says it cannot be decoded here and plays its H.264 sub-stream", h265)
+
+    def grid():
+        ready(admin, "/live")
+        picks = [{"lc": "site-1", "ch": 0}, {"lc": "site-1", "ch": 1}, {"lc": "site-2", "ch": 0}, {"lc": "site-1", "ch": 3}]
+        admin.evaluate(f"() => localStorage.setItem('ivr.grid', JSON.stringify({{n: 4, picks: {json.dumps(picks)}}}))")
+        ready(admin, "/live")
+        for i in range(4):
+            plays(admin, f"[data-tile='{i}']")
+        shot(admin, "11-live-grid")
+    check("a 4-tile live grid plays every tile (and is remembered)", grid)
+
+    def admin_pages():
+        for i, path in enumerate(["/users", "/tokens", "/audit"]):
+            ready(admin, path)
+            assert admin.locator("table").count() == 1, path
+            shot(admin, f"{12 + i:02d}-{path[1:]}")
+    check("the users, tokens and audit pages render", admin_pages)
+
+    def viewer():
+        status, _ = api("POST", "/api/v1/users", {"name": "vera", "password": "vera-password", "role": "viewer",
+                                                  "devices": ["site-2"]})
+        assert status == 201, status
+        v = new_page({"width": 390, "height": 844})  # a phone
+        login(v, "vera", "vera-password")
+        v.wait_for_url(base + "/", timeout=10000)
+        ready(v, "/devices")
+        codes = v.evaluate("() => [...document.querySelectorAll('li[data-code]')].map(l => l.dataset.code)")
+        assert codes == ["site-2"], codes
+        shot(v, "15-viewer-devices-phone")
+        ready(v, "/devices/site-2/channels/0")
+        plays(v, "#player")
+        assert v.locator("button.ptz").count() == 0, "a viewer has PTZ buttons"
+        shot(v, "16-viewer-channel-phone")
+        _, evs = api("GET", "/api/v1/events?login_code=site-1&type=alarm&limit=1")
+        other = evs[0]["id"]
+        got = v.evaluate("""async (id) => {
+            const live = await fetch('/api/v1/devices/site-1/channels/0/live', {method: 'POST'});
+            const pic = await fetch(`/api/v1/events/${id}/picture`);
+            const dev = await fetch('/api/v1/devices/site-1');
+            const seen = [];
+            const es = new EventSource('/api/v1/stream');
+            for (const k of ['alarm', 'channel_state', 'online', 'offline']) es.addEventListener(k, m => seen.push(JSON.parse(m.data).login_code));
+            await new Promise(r => setTimeout(r, 7000));
+            es.close();
+            return [live.status, pic.status, dev.status, seen];
+        }""", other)
+        assert got[:3] == [404, 404, 404], got
+        assert "site-1" not in got[3] and "site-2" in got[3], got[3]
+    check("a viewer sees only their device, has no PTZ, and gets 404 and no events for another", viewer)
+
+    def revoked_token():
+        status, t = api("POST", "/api/v1/tokens", {"name": "wall", "role": "viewer", "devices": "*"})
+        assert status == 201, t
+        assert api("GET", "/api/v1/devices", bearer=t["token"])[0] == 200
+        assert api("DELETE", f"/api/v1/tokens/{t['id']}")[0] == 204
+        status, body = api("GET", "/api/v1/devices", bearer=t["token"])
+        assert status == 401, (status, body)
+    check("a revoked token stops working at once", revoked_token)
+    assert not dialogs, f"a page opened a dialog: {dialogs}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

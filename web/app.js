@@ -1,0 +1,516 @@
+// The ivr console: one page per route (the cloud serves this shell for
+// each), built from the JSON API with the login cookie. Plain ES modules,
+// no build step; every device- or user-supplied string is put in the page
+// as text (dom.js), never as HTML.
+
+import { api, allDevices } from "./api.js";
+import { h, table } from "./dom.js";
+import { t, when, switchLang } from "./i18n.js";
+import { LivePlayer } from "./player.js";
+import { Timeline } from "./timeline.js";
+
+const main = document.getElementById("main");
+const enc = encodeURIComponent;
+let me = null;
+
+const canControl = () => me && (me.role === "operator" || me.role === "admin");
+const isAdmin = () => me && me.role === "admin";
+
+function show(title, ...body) {
+  document.title = `${title} · ivr`;
+  main.replaceChildren(h("h1", {}, title), ...body);
+}
+
+function fail(e) {
+  main.append(h("p", { class: "error", role: "alert" }, e.message || String(e)));
+}
+
+function flash(where, text, bad) {
+  const p = h("p", { class: bad ? "error" : "ok", role: bad ? "alert" : "status" }, text);
+  where.append(p);
+  setTimeout(() => p.remove(), bad ? 8000 : 3000);
+}
+
+function deviceLink(lc, label) {
+  return h("a", { href: `/devices/${enc(lc)}` }, label ?? lc);
+}
+
+function channelLink(lc, ch, label) {
+  return h("a", { href: `/devices/${enc(lc)}/channels/${ch}` }, label ?? `${lc} · ${t("channel")} ${ch}`);
+}
+
+function dot(online) {
+  return h("span", { class: online ? "dot on" : "dot off", title: t(online ? "online" : "offline") });
+}
+
+function picture(ev) {
+  const img = h("img", { class: "thumb", alt: t("picture"), loading: "lazy", src: `/api/v1/events/${ev.id}/picture` });
+  img.addEventListener("error", () => img.remove());
+  return img;
+}
+
+// ---------- pages ----------
+
+async function loginPage() {
+  const next = new URLSearchParams(location.search).get("next");
+  const name = h("input", { name: "name", autocomplete: "username", required: true, autofocus: true });
+  const pw = h("input", { name: "password", type: "password", autocomplete: "current-password", required: true });
+  const msg = h("p", { class: "error", role: "alert", hidden: true });
+  const form = h("form", { class: "login" },
+    h("label", {}, t("name"), name), h("label", {}, t("password"), pw), msg,
+    h("button", { type: "submit" }, t("login")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    msg.hidden = true;
+    try {
+      await api("POST", "/api/v1/login", { name: name.value, password: pw.value });
+      // Only a path of this site: `next` comes from the address bar.
+      location.assign(next && next.startsWith("/") && !next.startsWith("//") ? next : "/");
+    } catch (err) {
+      msg.textContent = err.status === 401 ? t("wrong_login") : err.message;
+      msg.hidden = false;
+    }
+  });
+  show(t("login"), form);
+}
+
+async function dashboard() {
+  const [devices, alarms] = await Promise.all([allDevices(), api("GET", "/api/v1/events?type=alarm&limit=8")]);
+  const on = devices.filter((d) => d.online).length;
+  const chans = devices.flatMap((d) => d.channels);
+  const card = (n, label, cls) => h("div", { class: "card " + (cls || "") }, h("b", {}, String(n)), h("span", {}, label));
+  show(t("dashboard"),
+    h("div", { class: "cards" },
+      card(on, t("online"), "good"), card(devices.length - on, t("offline"), devices.length - on ? "warn" : ""),
+      card(chans.filter((c) => c.state === 2).length, t("live_channels")),
+      card(chans.filter((c) => c.record_session).length, t("recording"))),
+    h("h2", {}, t("recent_alarms")),
+    alarms.length
+      ? h("div", { class: "alarms" }, alarms.map((ev) => h("div", { class: "alarm" },
+        picture(ev),
+        h("div", {}, h("b", {}, ev.data.desc ?? ev.kind), h("br"),
+          ev.channel != null ? channelLink(ev.login_code, ev.channel) : deviceLink(ev.login_code), h("br"),
+          h("span", { class: "muted" }, when(ev.at))))))
+      : h("p", { class: "muted" }, t("no_alarms")));
+}
+
+async function devicesPage() {
+  const [devices, groups] = await Promise.all([allDevices(), api("GET", "/api/v1/groups")]);
+  const byCode = new Map(devices.map((d) => [d.login_code, d]));
+  const rows = new Map();
+  const row = (d) => {
+    const r = h("li", { dataset: { code: d.login_code } }, dot(d.online), " ", deviceLink(d.login_code, d.name || d.login_code),
+      " ", h("span", { class: "muted" }, d.name ? d.login_code : ""), " ",
+      h("span", { class: "muted" }, `${d.channels.length} ${t("channels")}`));
+    r.search = `${d.login_code} ${d.name}`.toLowerCase();
+    (rows.get(d.login_code) || rows.set(d.login_code, []).get(d.login_code)).push(r);
+    return r;
+  };
+  const grouped = new Set();
+  const tree = h("div", { class: "tree" });
+  for (const g of groups) {
+    const members = g.devices.filter((lc) => byCode.has(lc));
+    members.forEach((lc) => grouped.add(lc));
+    tree.append(h("details", { open: true }, h("summary", {}, `${g.name} (${members.length})`),
+      h("ul", {}, members.map((lc) => row(byCode.get(lc))))));
+  }
+  const rest = devices.filter((d) => !grouped.has(d.login_code));
+  // Thousands of devices: the list is built once, off-screen, in one append.
+  const ul = h("ul", {});
+  const frag = document.createDocumentFragment();
+  rest.forEach((d) => frag.append(row(d)));
+  ul.append(frag);
+  tree.append(groups.length ? h("details", { open: true }, h("summary", {}, `${t("ungrouped")} (${rest.length})`), ul) : ul);
+  const search = h("input", { type: "search", placeholder: t("search"), "aria-label": t("search") });
+  search.addEventListener("input", () => {
+    const q = search.value.trim().toLowerCase();
+    for (const list of rows.values()) for (const r of list) r.hidden = q !== "" && !r.search.includes(q);
+  });
+  show(`${t("devices")} (${devices.length})`, search, devices.length ? tree : h("p", { class: "muted" }, t("no_devices")));
+  // Live status: the event stream flips the dots.
+  const es = new EventSource("/api/v1/stream");
+  const flip = (online) => (m) => {
+    const ev = JSON.parse(m.data);
+    for (const r of rows.get(ev.login_code) || []) r.firstChild.className = online ? "dot on" : "dot off";
+  };
+  es.addEventListener("online", flip(true));
+  es.addEventListener("offline", flip(false));
+}
+
+async function devicePage(lc) {
+  const d = await api("GET", `/api/v1/devices/${enc(lc)}`);
+  const status = h("div");
+  const info = table([t("name"), t("model"), t("firmware"), t("state"), t("last_seen"), t("created")], [d], (x) => [
+    x.name || "—", x.hardware_model || "—", x.firmware_model || "—", h("span", {}, dot(x.online), " ", t(x.online ? "online" : "offline")),
+    when(x.last_seen), when(x.created_at)]);
+  const chans = h("div", { class: "channels" }, d.channels.map((c) => {
+    const img = h("img", { class: "thumb", alt: "", loading: "lazy", src: `/api/v1/devices/${enc(lc)}/channels/${c.channel}/preview` });
+    img.addEventListener("error", () => img.remove());
+    const controls = canControl() ? h("div", { class: "row" },
+      h("button", { onclick: () => act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/rpc/RebootChannel`, { channel: c.channel })) }, t("reboot")))
+      : null;
+    return h("div", { class: "card" }, img, channelLink(lc, c.channel, `${t("channel")} ${c.channel}`),
+      h("span", { class: "muted" }, ["offline", "online", "live"][c.state] || c.state), c.record_session ? h("span", { class: "rec" }, "● REC") : null, controls);
+  }));
+  const actions = h("div", { class: "row" });
+  if (canControl()) {
+    actions.append(h("button", { onclick: () => act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/SyncTime`, { datetime: localIso(), offset: 0 })) }, t("sync_time")));
+  }
+  if (isAdmin()) {
+    actions.append(h("button", { class: "danger", onclick: async () => {
+      if (!confirm(t("confirm_delete", lc))) return;
+      await act(status, () => api("DELETE", `/api/v1/devices/${enc(lc)}`));
+      location.assign("/devices");
+    } }, t("delete_device")));
+  }
+  show(d.name || lc, h("p", { class: "muted" }, lc), info, actions, status, h("h2", {}, t("channels")), chans);
+}
+
+/** A phone: the sub-stream is enough for its screen (and its data plan). */
+function narrow() {
+  return window.innerWidth < 700 ? "sd" : "hd";
+}
+
+/** The device's clock as it shows it: local time, no zone. */
+function localIso() {
+  const n = new Date();
+  const p = (x) => String(x).padStart(2, "0");
+  return `${n.getFullYear()}-${p(n.getMonth() + 1)}-${p(n.getDate())}T${p(n.getHours())}:${p(n.getMinutes())}:${p(n.getSeconds())}`;
+}
+
+async function act(where, f) {
+  try {
+    await f();
+    flash(where, t("done"));
+  } catch (e) {
+    flash(where, e.message, true);
+  }
+}
+
+async function channelPage(lc, ch) {
+  const d = await api("GET", `/api/v1/devices/${enc(lc)}`);
+  const status = h("div");
+  const tile = h("div", { class: "tile big", id: "player" });
+  const side = h("div", { class: "side" });
+  const at = new URLSearchParams(location.search).get("t");
+  const back = h("button", { hidden: true, onclick: () => { back.hidden = true; playbackNote.textContent = ""; player = new LivePlayer(tile, lc, ch, narrow()); } }, t("back_live"));
+  const playbackNote = h("span", { class: "muted" });
+  let player = null;
+  const playback = async (from, to) => {
+    if (player) player.close();
+    player = null;
+    try {
+      const r = await api("POST", `/api/v1/devices/${enc(lc)}/channels/${ch}/playback`, { from, to });
+      const v = h("video", { controls: true, autoplay: true, muted: true, playsInline: true, src: r.urls.mp4 });
+      v.muted = true;
+      tile.replaceChildren(v);
+      tile.ivrPlayback = v;
+      back.hidden = false;
+      playbackNote.textContent = t("playing_from", when(from));
+      return r;
+    } catch (e) {
+      flash(status, e.message, true);
+      return null;
+    }
+  };
+  if (canControl()) side.append(ptzPad(lc, ch, status), await presets(lc, ch, status), recordBox(lc, ch, d, status));
+  else side.append(h("p", { class: "muted" }, t("viewer_only")));
+  const tl = new Timeline(lc, ch, {
+    play: (from) => playback(from, from + 3600),
+    range: async (from, to) => {
+      const r = await playback(from, to);
+      return r && r.urls.mp4;
+    },
+  });
+  show(`${d.name || lc} · ${t("channel")} ${ch}`, h("p", {}, deviceLink(lc), " ", back, " ", playbackNote),
+    h("div", { class: "split" }, tile, side), status, h("h2", {}, t("timeline")), tl.el);
+  if (at) {
+    const s = Number(at);
+    tl.centre(s);
+    playback(s - 5, s + 3600);
+  } else {
+    player = new LivePlayer(tile, lc, ch, narrow());
+  }
+  tl.load();
+}
+
+function ptzPad(lc, ch, status) {
+  const speed = h("input", { type: "range", min: 1, max: 100, value: 50, "aria-label": t("speed") });
+  const send = (op) => api("POST", `/api/v1/devices/${enc(lc)}/events/CtrlPTZ`, { channel: ch, op, value: Number(speed.value) })
+    .catch((e) => flash(status, e.message, true));
+  // Press to move, release to stop, as a joystick.
+  const b = (op, label) => {
+    const el = h("button", { class: "ptz", "aria-label": op, dataset: { op } }, label);
+    el.addEventListener("pointerdown", () => send(op));
+    el.addEventListener("pointerup", () => send("stop"));
+    el.addEventListener("pointerleave", (e) => { if (e.buttons) send("stop"); });
+    el.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") send(op); });
+    el.addEventListener("keyup", (e) => { if (e.key === "Enter" || e.key === " ") send("stop"); });
+    return el;
+  };
+  return h("fieldset", { class: "ptzpad" }, h("legend", {}, t("ptz")),
+    h("div", { class: "pad" },
+      b("upleft", "↖"), b("up", "↑"), b("upright", "↗"),
+      b("left", "←"), b("stop", "■"), b("right", "→"),
+      b("downleft", "↙"), b("down", "↓"), b("downright", "↘")),
+    h("label", {}, t("speed"), speed),
+    h("div", { class: "row" }, t("zoom"), b("zoomout", "−"), b("zoomin", "+")),
+    h("div", { class: "row" }, t("focus"), b("focusnear", "−"), b("focusfar", "+")),
+    h("div", { class: "row" }, t("iris"), b("irisclose", "−"), b("irisopen", "+")));
+}
+
+async function presets(lc, ch, status) {
+  const box = h("fieldset", {}, h("legend", {}, t("presets")));
+  try {
+    const r = await api("POST", `/api/v1/devices/${enc(lc)}/rpc/GetPTZPresetList`, { channel: ch });
+    const list = (r && (r.presets || r.list || r.PresetList)) || (Array.isArray(r) ? r : []);
+    if (!list.length) box.append(h("p", { class: "muted" }, t("no_presets")));
+    for (const p of list) {
+      const token = p.token ?? p.Token ?? String(p.id ?? "");
+      box.append(h("button", { onclick: () => act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/GotoPTZPreset`, { channel: ch, token })) },
+        p.name ?? p.Name ?? token));
+    }
+  } catch (e) {
+    box.append(h("p", { class: "muted" }, e.message));
+  }
+  return box;
+}
+
+function recordBox(lc, ch, d, status) {
+  const c = d.channels.find((x) => x.channel === ch);
+  const path = `/api/v1/devices/${enc(lc)}/channels/${ch}`;
+  const mode = h("select", { "aria-label": t("mode") }, ["off", "continuous", "alarm"].map((m) => h("option", { value: m }, m)));
+  const pre = h("input", { type: "number", min: 0, max: 60, value: 0, "aria-label": t("prerecord") });
+  api("GET", `${path}/record-policy`).then((p) => {
+    if (["off", "continuous", "alarm"].includes(p.mode)) mode.value = p.mode;
+    pre.value = p.prerecord_seconds || 0;
+  }).catch(() => {});
+  return h("fieldset", {}, h("legend", {}, t("recording")),
+    h("div", { class: "row" },
+      h("button", { onclick: () => act(status, () => api("POST", `${path}/recording`, {})) }, t("record_start")),
+      h("button", { onclick: () => act(status, () => api("DELETE", `${path}/recording`)) }, t("record_stop")),
+      c && c.record_session ? h("span", { class: "rec" }, "● REC") : null),
+    h("div", { class: "row" }, h("label", {}, t("policy"), mode), h("label", {}, t("prerecord"), pre),
+      h("button", { onclick: () => act(status, () => api("PUT", `${path}/record-policy`, { mode: mode.value, prerecord_seconds: Number(pre.value) })) }, t("save"))));
+}
+
+async function livePage() {
+  const devices = await allDevices();
+  const chans = devices.flatMap((d) => d.channels.map((c) => ({ lc: d.login_code, ch: c.channel, label: `${d.name || d.login_code} · ${c.channel}` })));
+  const saved = JSON.parse(localStorage.getItem("ivr.grid") || "{}");
+  let n = [1, 4, 9, 16].includes(saved.n) ? saved.n : 4;
+  let picks = Array.isArray(saved.picks) ? saved.picks : [];
+  const grid = h("div", { class: "grid" });
+  const players = [];
+  const remember = () => localStorage.setItem("ivr.grid", JSON.stringify({ n, picks }));
+  const draw = () => {
+    players.forEach((p) => p && p.close());
+    players.length = 0;
+    grid.style.setProperty("--cols", String(Math.sqrt(n)));
+    grid.replaceChildren();
+    for (let i = 0; i < n; i++) {
+      const tile = h("div", { class: "tile", dataset: { tile: i } });
+      const sel = h("select", { "aria-label": `${t("channel")} ${i + 1}` }, h("option", { value: "" }, t("choose")),
+        chans.map((c) => h("option", { value: `${c.lc}\u0000${c.ch}` }, c.label)));
+      const pick = picks[i];
+      if (pick) sel.value = `${pick.lc}\u0000${pick.ch}`;
+      const play = () => {
+        if (players[i]) players[i].close();
+        const [lc, ch] = sel.value.split("\u0000");
+        picks[i] = sel.value ? { lc, ch: Number(ch) } : null;
+        remember();
+        // Tiles use the sub-stream: sixteen main streams would not fit.
+        players[i] = sel.value ? new LivePlayer(box, lc, Number(ch), n > 1 ? "sd" : "hd") : null;
+        if (!sel.value) box.replaceChildren();
+      };
+      sel.addEventListener("change", play);
+      const box = h("div", { class: "tile-box" });
+      tile.append(box, sel);
+      grid.append(tile);
+      if (pick && chans.some((c) => c.lc === pick.lc && c.ch === pick.ch)) play();
+    }
+  };
+  const sizes = h("div", { class: "row" }, t("grid"), [1, 4, 9, 16].map((k) =>
+    h("button", { class: k === n ? "on" : "", onclick: (e) => {
+      n = k;
+      remember();
+      sizes.querySelectorAll("button").forEach((b) => b.classList.toggle("on", b === e.target));
+      draw();
+    } }, String(k))));
+  show(t("live"), sizes, grid);
+  draw();
+}
+
+async function eventsPage() {
+  const q = new URLSearchParams(location.search);
+  const devices = await allDevices();
+  const dev = h("select", { name: "login_code", "aria-label": t("devices") }, h("option", { value: "" }, t("all")),
+    devices.map((d) => h("option", { value: d.login_code }, d.name || d.login_code)));
+  dev.value = q.get("login_code") || "";
+  const kind = h("select", { name: "type", "aria-label": t("type") }, ["", "alarm", "online", "offline", "channel_state", "record_policy", "session_replaced"]
+    .map((k) => h("option", { value: k }, k || t("all"))));
+  kind.value = q.get("type") || "";
+  const since = h("input", { type: "datetime-local", name: "since", "aria-label": t("since") });
+  if (q.get("since")) since.value = toLocalInput(Number(q.get("since")));
+  const form = h("form", { class: "row" }, dev, kind, since, h("button", { type: "submit" }, t("filter")));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = new URLSearchParams();
+    if (dev.value) p.set("login_code", dev.value);
+    if (kind.value) p.set("type", kind.value);
+    if (since.value) p.set("since", String(Math.floor(new Date(since.value).getTime() / 1000)));
+    location.assign("/events?" + p);
+  });
+  const api_q = new URLSearchParams(q);
+  api_q.set("limit", "200");
+  const evs = await api("GET", "/api/v1/events?" + api_q);
+  show(t("events"), form, table([t("when"), t("device"), t("channel"), t("type"), t("detail"), t("picture"), ""], evs, (ev) => [
+    when(ev.at), deviceLink(ev.login_code), ev.channel ?? "—", ev.kind,
+    ev.data && typeof ev.data === "object" ? (ev.data.desc ?? ev.data.reason ?? JSON.stringify(ev.data)) : "",
+    ev.kind === "alarm" ? picture(ev) : "",
+    ev.channel != null && ev.kind === "alarm" ? h("a", { href: `/devices/${enc(ev.login_code)}/channels/${ev.channel}?t=${ev.at}` }, t("play_at")) : "",
+  ]));
+}
+
+function toLocalInput(secs) {
+  const d = new Date(secs * 1000 - new Date().getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 16);
+}
+
+function grantText(g) {
+  return g === "*" ? "*" : (g || []).join(", ");
+}
+
+function grantOf(s) {
+  s = s.trim();
+  return s === "*" ? "*" : s.split(",").map((x) => x.trim()).filter(Boolean);
+}
+
+async function usersPage() {
+  const users = await api("GET", "/api/v1/users");
+  const status = h("div");
+  const f = {
+    name: h("input", { name: "name", required: true, "aria-label": t("name"), placeholder: t("name") }),
+    password: h("input", { name: "password", type: "password", required: true, minlength: 8, autocomplete: "new-password", "aria-label": t("password"), placeholder: t("password") }),
+    role: h("select", { name: "role", "aria-label": t("role") }, ["viewer", "operator", "admin"].map((r) => h("option", { value: r }, r))),
+    devices: h("input", { name: "devices", "aria-label": t("devices_all"), placeholder: t("devices_all") }),
+    groups: h("input", { name: "groups", "aria-label": t("groups"), placeholder: t("groups") }),
+  };
+  const form = h("form", { class: "row" }, Object.values(f), h("button", { type: "submit" }, t("add")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("POST", "/api/v1/users", { name: f.name.value, password: f.password.value, role: f.role.value,
+        devices: grantOf(f.devices.value), groups: grantOf(f.groups.value) === "*" ? [] : grantOf(f.groups.value) });
+      location.reload();
+    } catch (err) {
+      flash(status, err.message, true);
+    }
+  });
+  show(t("users"), form, status, table([t("name"), t("role"), t("devices"), t("groups"), t("created"), ""], users, (u) => [
+    u.name, u.role, grantText(u.devices), u.groups.join(", "), when(u.created_at),
+    h("button", { class: "danger", onclick: async () => {
+      if (!confirm(t("confirm_delete", u.name))) return;
+      await act(status, () => api("DELETE", `/api/v1/users/${enc(u.name)}`));
+      location.reload();
+    } }, t("delete")),
+  ]));
+}
+
+async function tokensPage() {
+  const tokens = await api("GET", "/api/v1/tokens");
+  const status = h("div");
+  const f = {
+    name: h("input", { name: "name", required: true, "aria-label": t("name"), placeholder: t("name") }),
+    role: h("select", { name: "role", "aria-label": t("role") }, ["viewer", "operator", "admin"].map((r) => h("option", { value: r }, r))),
+    devices: h("input", { name: "devices", "aria-label": t("devices_all"), placeholder: t("devices_all") }),
+    expires: h("input", { name: "expires", placeholder: "30d", "aria-label": t("expires") }),
+  };
+  const shown = h("div");
+  const form = h("form", { class: "row" }, Object.values(f), h("button", { type: "submit" }, t("create")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const r = await api("POST", "/api/v1/tokens", { name: f.name.value, role: f.role.value, devices: grantOf(f.devices.value),
+        expires: f.expires.value.trim() || null });
+      shown.replaceChildren(h("p", { class: "ok" }, t("token_once")), h("code", { class: "secret" }, r.token));
+    } catch (err) {
+      flash(status, err.message, true);
+    }
+  });
+  show(t("tokens"), form, shown, status, table(["id", t("name"), t("role"), t("devices"), t("expires"), t("created"), ""], tokens, (k) => [
+    k.id, k.name, k.role, grantText(k.devices), k.expires ? when(k.expires) : t("never"), `${when(k.created_at)} · ${k.created_by}`,
+    h("button", { class: "danger", onclick: async () => {
+      await act(status, () => api("DELETE", `/api/v1/tokens/${enc(k.id)}`));
+      location.reload();
+    } }, t("revoke")),
+  ]));
+}
+
+async function auditPage() {
+  const before = new URLSearchParams(location.search).get("before");
+  const log = await api("GET", "/api/v1/audit?limit=200" + (before ? "&before=" + enc(before) : ""));
+  const more = log.length === 200 ? h("a", { href: `/audit?before=${log[log.length - 1].id}` }, t("next")) : null;
+  show(t("audit"), table([t("when"), t("actor"), t("action"), t("target"), t("from"), t("detail")], log, (e) => [
+    when(e.at), e.actor, e.action, e.target, e.addr || "—", h("code", {}, JSON.stringify(e.detail)),
+  ]), more);
+}
+
+// ---------- the frame ----------
+
+function nav() {
+  const here = location.pathname;
+  const link = (href, label) => h("a", { href, class: (href === "/" ? here === "/" : here.startsWith(href)) ? "here" : "" }, label);
+  const items = [link("/", t("dashboard")), link("/devices", t("devices")), link("/live", t("live")), link("/events", t("events"))];
+  if (isAdmin()) items.push(link("/users", t("users")), link("/tokens", t("tokens")), link("/audit", t("audit")));
+  document.getElementById("nav").replaceChildren(...items);
+  const out = h("button", { class: "link", onclick: async () => {
+    await api("POST", "/api/v1/logout").catch(() => {});
+    location.assign("/login");
+  } }, t("logout"));
+  document.getElementById("who").replaceChildren(
+    h("button", { class: "link", onclick: switchLang }, t("lang")), " ",
+    me ? h("span", { class: "muted" }, `${me.name || me.actor} (${me.role})`) : "", " ", me && me.name ? out : "");
+}
+
+const routes = [
+  [/^\/login$/, loginPage],
+  [/^\/$/, dashboard],
+  [/^\/devices$/, devicesPage],
+  [/^\/devices\/([^/]+)$/, (m) => devicePage(decodeURIComponent(m[1]))],
+  [/^\/devices\/([^/]+)\/channels\/(\d+)$/, (m) => channelPage(decodeURIComponent(m[1]), Number(m[2]))],
+  [/^\/live$/, livePage],
+  [/^\/events$/, eventsPage],
+  [/^\/users$/, usersPage],
+  [/^\/tokens$/, tokensPage],
+  [/^\/audit$/, auditPage],
+];
+
+async function boot() {
+  const path = location.pathname.replace(/\/+$/, "") || "/";
+  if (path !== "/login") {
+    try {
+      me = await api("GET", "/api/v1/me");
+    } catch {
+      return; // api() went to /login
+    }
+  }
+  nav();
+  for (const [re, page] of routes) {
+    const m = path.match(re);
+    if (m) {
+      try {
+        await page(m);
+      } catch (e) {
+        if (e.status === 404) show(t("not_found"), h("p", { class: "error" }, e.message));
+        else fail(e);
+      }
+      document.body.dataset.ready = "1";
+      return;
+    }
+  }
+  show(t("not_found"));
+  document.body.dataset.ready = "1";
+}
+
+boot();

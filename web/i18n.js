@@ -1,0 +1,82 @@
+// The console's words in English and Simplified Chinese. The language is
+// the browser's first choice of the two, unless the user picked one (kept
+// in localStorage).
+
+const en = {
+  dashboard: "Dashboard", devices: "Devices", device: "Device", live: "Live", events: "Events", users: "Users", tokens: "Tokens",
+  audit: "Audit", logout: "Log out", login: "Log in", name: "Name", password: "Password",
+  wrong_login: "Wrong name or password.", online: "online", offline: "offline", channels: "Channels",
+  channel: "Channel", live_channels: "Channels live", recording: "Recording", recent_alarms: "Recent alarms",
+  no_alarms: "No alarms yet.", search: "Search devices…", ungrouped: "Other devices", model: "Model",
+  firmware: "Firmware", last_seen: "Last seen", created: "Created", state: "State", actions: "Actions",
+  reboot: "Reboot channel", sync_time: "Sync time", delete_device: "Delete device", confirm_delete: "Delete {0}?",
+  done: "Done.", ptz: "PTZ", speed: "Speed", zoom: "Zoom", focus: "Focus", iris: "Iris", presets: "Presets",
+  go: "Go", no_presets: "No presets.", record_start: "Start recording", record_stop: "Stop recording",
+  policy: "Record policy", timeline: "Timeline", day: "Day", hour: "Hour", month: "Month", prev: "◀", next: "▶",
+  now: "Now", download: "Download this range (MP4)", playing_from: "Playing back from {0}", back_live: "Back to live",
+  nothing_recorded: "Nothing recorded here.", cannot_decode:
+    "This browser cannot decode {0}. ", try_sub: "Play the H.264 sub-stream instead", grid: "Grid",
+  choose: "— choose a channel —", type: "Type", since: "Since", all: "All", filter: "Filter", picture: "Picture",
+  play_at: "Play recording", role: "Role", groups: "Groups", add: "Add", delete: "Delete", create: "Create",
+  expires: "Expires", never: "never", token_once: "Copy this token now; it is not shown again:", revoke: "Revoke",
+  actor: "Who", action: "What", target: "On", when: "When", from: "From", detail: "Detail",
+  loading: "Loading…", starting_live: "Starting the stream…", stream_ended: "The stream ended.",
+  not_found: "Not found.", lang: "中文", devices_all: "Devices (* for all, or login codes, comma-separated)",
+  no_devices: "No devices.", viewer_only: "You may watch; controls are for operators.", frames: "frames",
+  prerecord: "Pre-record (s)", mode: "Mode", save: "Save", saved: "Saved.",
+  tl_summary: "{0} recorded span(s) · {1} gap(s) · {2} alarm(s); click to play, drag to pick a range",
+};
+
+const zh = {
+  dashboard: "总览", devices: "设备", device: "设备", live: "实时", events: "事件", users: "用户", tokens: "令牌", audit: "审计",
+  logout: "退出", login: "登录", name: "名称", password: "密码", wrong_login: "用户名或密码错误。", online: "在线",
+  offline: "离线", channels: "通道", channel: "通道", live_channels: "直播中的通道", recording: "录像中",
+  recent_alarms: "最近告警", no_alarms: "暂无告警。", search: "搜索设备…", ungrouped: "其他设备", model: "型号",
+  firmware: "固件", last_seen: "最后在线", created: "创建时间", state: "状态", actions: "操作",
+  reboot: "重启通道", sync_time: "校时", delete_device: "删除设备", confirm_delete: "删除 {0}？", done: "完成。",
+  ptz: "云台", speed: "速度", zoom: "变倍", focus: "聚焦", iris: "光圈", presets: "预置位", go: "前往",
+  no_presets: "没有预置位。", record_start: "开始录像", record_stop: "停止录像", policy: "录像计划",
+  timeline: "时间轴", day: "天", hour: "小时", month: "月", prev: "◀", next: "▶", now: "现在",
+  download: "下载此时段 (MP4)", playing_from: "从 {0} 开始回放", back_live: "返回实时",
+  nothing_recorded: "此处没有录像。", cannot_decode: "此浏览器无法解码 {0}。", try_sub: "改为播放 H.264 子码流",
+  grid: "分屏", choose: "— 选择通道 —", type: "类型", since: "起始", all: "全部", filter: "筛选",
+  picture: "图片", play_at: "播放录像", role: "角色", groups: "分组", add: "添加", delete: "删除",
+  create: "创建", expires: "过期", never: "永不", token_once: "请立即复制此令牌，它不会再次显示：", revoke: "吊销",
+  actor: "操作者", action: "操作", target: "对象", when: "时间", from: "来源", detail: "详情",
+  loading: "加载中…", starting_live: "正在打开视频流…", stream_ended: "视频流已结束。", not_found: "未找到。",
+  lang: "English", devices_all: "设备（* 表示全部，或以逗号分隔的登录码）", no_devices: "没有设备。",
+  viewer_only: "您只能观看；控制需要操作员权限。", frames: "帧", prerecord: "预录 (秒)", mode: "模式",
+  save: "保存", saved: "已保存。", tl_summary: "{0} 段录像 · {1} 处中断 · {2} 次告警；单击回放，拖动选择时段",
+};
+
+const tables = { en, zh };
+
+function pick() {
+  const saved = localStorage.getItem("ivr.lang");
+  if (saved && tables[saved]) return saved;
+  for (const l of navigator.languages || [navigator.language || "en"]) {
+    if (l.toLowerCase().startsWith("zh")) return "zh";
+    if (l.toLowerCase().startsWith("en")) return "en";
+  }
+  return "en";
+}
+
+export let lang = pick();
+document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+
+/** The phrase `key`, `{0}`… replaced by `args`. */
+export function t(key, ...args) {
+  const s = tables[lang][key] ?? en[key] ?? key;
+  return s.replace(/\{(\d)\}/g, (_, i) => String(args[Number(i)]));
+}
+
+export function switchLang() {
+  localStorage.setItem("ivr.lang", lang === "en" ? "zh" : "en");
+  location.reload();
+}
+
+/** A time as the reader writes it. */
+export function when(unixSecs) {
+  if (unixSecs == null) return "—";
+  return new Date(unixSecs * 1000).toLocaleString(lang === "zh" ? "zh-CN" : undefined);
+}
