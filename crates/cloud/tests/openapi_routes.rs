@@ -27,7 +27,7 @@ fn the_openapi_document_and_the_router_agree() {
     let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
     let served = routes();
     assert!(served.len() > 20, "{served:?}");
-    // Not part of the API: the status page, the device gateway, one-time
+    // Not part of the API: the device gateway, one-time
     // URLs handed to devices, the player page, and the files a playlist names.
     let outside = ["/ivc", "/api/openapi.json", "/upload/{token}", "/firmware/{token}", "/live/{token}/"];
     let mut missing = Vec::new();

@@ -1,5 +1,5 @@
-//! The HTTP API under `/api/v1` (admin bearer token), the OpenAPI document,
-//! the status page, and the router that puts every module's handlers
+//! The HTTP API under `/api/v1` (every caller checked by `access`), the OpenAPI document,
+//! the console routes, and the router that puts every module's handlers
 //! together. Every handler answers errors as [`ApiError`].
 
 pub(crate) mod devices;

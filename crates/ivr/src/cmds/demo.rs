@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// HTTP address of the cloud (API, status page, device gateway).
+    /// HTTP address of the cloud (API, web console, device gateway).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Data directory (SQLite, pictures, admin token).
