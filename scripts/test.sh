@@ -3,7 +3,9 @@
 # fresh machine, idempotently, then runs everything.
 #   - Debian: ffmpeg (ffprobe judges every media file), nginx with
 #     libnginx-mod-rtmp (the RTMP server the publisher is tested against),
-#     chromium (plays the cloud's live view through MSE)
+#     chromium (plays the cloud's live view through MSE, drives the console
+#     test) and fonts-wqy-microhei (so the Chinese console's screenshots
+#     show characters)
 #   - PyPI: python-dvr and dvrip, each in its own venv (both install a
 #     module named `dvrip`), plus dateparser/humanize for dvrip's `dvr` tool;
 #     websockets and openapi-spec-validator for the independent IVT that
@@ -26,6 +28,7 @@ command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v nginx >/dev/null || missing+=(nginx)
 test -e /usr/lib/nginx/modules/ngx_rtmp_module.so || missing+=(libnginx-mod-rtmp)
 command -v chromium >/dev/null || missing+=(chromium)
+test -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || missing+=(fonts-wqy-microhei)
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -154,7 +154,25 @@ async function devicePage(lc) {
   }));
   const actions = h("div", { class: "row" });
   if (canControl()) {
-    actions.append(h("button", { onclick: () => act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/SyncTime`, { datetime: localIso(), offset: 0 })) }, t("sync_time")));
+    const name = h("input", { name: "name", value: d.name, "aria-label": t("name"), maxlength: 128 });
+    const rename = h("form", { class: "row" }, name, h("button", { type: "submit" }, t("rename")));
+    rename.addEventListener("submit", (e) => {
+      e.preventDefault();
+      act(status, async () => {
+        await api("PATCH", `/api/v1/devices/${enc(lc)}`, { name: name.value });
+        main.querySelector("h1").textContent = name.value || lc;
+      });
+    });
+    actions.append(rename,
+      h("button", { onclick: () => act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/SyncTime`, { datetime: localIso(), offset: 0 })) }, t("sync_time")));
+    // The catalogue's newest image for this hardware, when it is not what runs.
+    const fw = await api("GET", "/api/v1/firmware").catch(() => []);
+    const newest = fw.filter((f) => f.hardware_model === d.hardware_model).sort((a, b) => b.uploaded_at - a.uploaded_at)[0];
+    if (newest && newest.firmware_model !== d.firmware_model) {
+      actions.append(h("button", { onclick: () => {
+        if (confirm(t("confirm_upgrade", newest.firmware_model))) act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/UpgradeFirmware`));
+      } }, t("upgrade", newest.firmware_model)));
+    }
   }
   if (isAdmin()) {
     actions.append(h("button", { class: "danger", onclick: async () => {
@@ -213,7 +231,7 @@ async function channelPage(lc, ch) {
       return null;
     }
   };
-  if (canControl()) side.append(ptzPad(lc, ch, status), await presets(lc, ch, status), recordBox(lc, ch, d, status));
+  if (canControl()) side.append(ptzPad(lc, ch, status), await presets(lc, ch, status), await tours(lc, ch, status), recordBox(lc, ch, d, status), detectBox(lc, ch, status));
   else side.append(h("p", { class: "muted" }, t("viewer_only")));
   const tl = new Timeline(lc, ch, {
     play: (from) => playback(from, from + 3600),
@@ -274,6 +292,46 @@ async function presets(lc, ch, status) {
     box.append(h("p", { class: "muted" }, e.message));
   }
   return box;
+}
+
+async function tours(lc, ch, status) {
+  const box = h("fieldset", {}, h("legend", {}, t("tours")));
+  try {
+    const list = await api("POST", `/api/v1/devices/${enc(lc)}/rpc/GetPTZPresetTourList`, { channel: ch });
+    if (!Array.isArray(list) || !list.length) box.append(h("p", { class: "muted" }, t("no_tours")));
+    for (const tour of Array.isArray(list) ? list : []) {
+      const go = (op) => act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/CtrlPTZPresetTour`, { channel: ch, token: tour.token, op }));
+      box.append(h("div", { class: "row" }, tour.name ?? tour.token, h("button", { onclick: () => go("start") }, "▶"), h("button", { onclick: () => go("stop") }, "■")));
+    }
+  } catch (e) {
+    box.append(h("p", { class: "muted" }, e.message));
+  }
+  return box;
+}
+
+/** Motion detection and the trip-wire/intrusion area: sent to the device (it keeps them). */
+function detectBox(lc, ch, status) {
+  const num = (label, v, min, max) => h("label", {}, label, h("input", { type: "number", value: v, min, max, "aria-label": label }));
+  const form = (method, title, withRect) => {
+    const on = h("input", { type: "checkbox", "aria-label": t("enable") });
+    const sens = num(t("sensitivity"), 50, 0, 100);
+    const delay = num(t("delay"), 5, 0, 3600);
+    const rect = withRect ? num(t("area"), 10, 0, 50) : null;
+    const f = h("form", {}, h("label", {}, on, t("enable")), sens, delay, rect, h("button", { type: "submit" }, t("save")));
+    f.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const p = { channel: ch, enable: on.checked, sensitivity: Number(sens.lastChild.value), delay: Number(delay.lastChild.value) };
+      if (withRect) {
+        // A centred rectangle `margin` percent from each edge.
+        const m = Number(rect.lastChild.value);
+        p.rect = { ulx: m, uly: m, urx: 100 - m, ury: m, dlx: m, dly: 100 - m, drx: 100 - m, dry: 100 - m };
+      }
+      act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/rpc/${method}`, p));
+    });
+    return h("details", {}, h("summary", {}, title), f);
+  };
+  return h("fieldset", { class: "detect" }, h("legend", {}, t("detection")),
+    form("AlarmMoveDetectConfig", t("motion"), false), form("AlarmRectIntrusionDetectConfig", t("intrusion"), true));
 }
 
 function recordBox(lc, ch, d, status) {

@@ -24,6 +24,9 @@ const en = {
   not_found: "Not found.", lang: "中文", devices_all: "Devices (* for all, or login codes, comma-separated)",
   no_devices: "No devices.", viewer_only: "You may watch; controls are for operators.", frames: "frames",
   prerecord: "Pre-record (s)", mode: "Mode", save: "Save", saved: "Saved.",
+  rename: "Rename", upgrade: "Upgrade to {0}", confirm_upgrade: "Upgrade the device's firmware to {0}? It restarts.",
+  tours: "Preset tours", no_tours: "No tours.", detection: "Detection", motion: "Motion", intrusion: "Intrusion area",
+  enable: "Enabled", sensitivity: "Sensitivity", delay: "Hold (s)", area: "Margin (%)",
   tl_summary: "{0} recorded span(s) · {1} gap(s) · {2} alarm(s); click to play, drag to pick a range",
 };
 
@@ -46,7 +49,9 @@ const zh = {
   loading: "加载中…", starting_live: "正在打开视频流…", stream_ended: "视频流已结束。", not_found: "未找到。",
   lang: "English", devices_all: "设备（* 表示全部，或以逗号分隔的登录码）", no_devices: "没有设备。",
   viewer_only: "您只能观看；控制需要操作员权限。", frames: "帧", prerecord: "预录 (秒)", mode: "模式",
-  save: "保存", saved: "已保存。", tl_summary: "{0} 段录像 · {1} 处中断 · {2} 次告警；单击回放，拖动选择时段",
+  save: "保存", saved: "已保存。", rename: "重命名", upgrade: "升级到 {0}", confirm_upgrade: "将设备固件升级到 {0}？设备会重启。",
+  tours: "巡航", no_tours: "没有巡航。", detection: "侦测", motion: "移动侦测", intrusion: "区域入侵", enable: "启用",
+  sensitivity: "灵敏度", delay: "持续 (秒)", area: "边距 (%)", tl_summary: "{0} 段录像 · {1} 处中断 · {2} 次告警；单击回放，拖动选择时段",
 };
 
 const tables = { en, zh };

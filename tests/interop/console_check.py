@@ -205,6 +205,34 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         shot(admin, "04-device")
     check("the device page lists its four channels", device_page)
 
+    def rename_and_motion():
+        ready(admin, "/devices/xss-1")
+        admin.fill("input[name=name]", "Side door")
+        admin.click("form.row button[type=submit]")
+        admin.wait_for_selector("p.ok", timeout=10000)
+        assert api("GET", "/api/v1/devices/xss-1")[1]["name"] == "Side door"
+        api("PATCH", "/api/v1/devices/xss-1", {"name": XSS})
+        ready(admin, "/devices/site-1/channels/1")
+        admin.click(".detect details summary")
+        admin.check(".detect details[open] input[type=checkbox]")
+        admin.click(".detect details[open] button[type=submit]")
+        admin.wait_for_selector("p.ok", timeout=10000)
+        _, log = api("GET", "/api/v1/audit")
+        assert any(e["action"] == "rpc" and e["detail"]["method"] == "AlarmMoveDetectConfig"
+                   and e["detail"]["params"]["enable"] is True and e["actor"] == "user:root" for e in log), log[:3]
+    check("the console renames a device and sets motion detection (audited)", rename_and_motion)
+
+    def chinese():
+        ready(admin, "/devices")
+        admin.click("#who button.link")
+        admin.wait_for_selector("body[data-ready='1']", timeout=20000)
+        assert "设备" in admin.inner_text("#nav"), admin.inner_text("#nav")
+        shot(admin, "04b-devices-zh")
+        admin.click("#who button.link")
+        admin.wait_for_selector("body[data-ready='1']", timeout=20000)
+        assert "Devices" in admin.inner_text("#nav")
+    check("the console switches to Simplified Chinese and back", chinese)
+
     def live_channel():
         ready(admin, "/devices/site-1/channels/0")
         plays(admin, "#player")

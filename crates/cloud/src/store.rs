@@ -88,6 +88,8 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// Devices in login_code order, after `after`, at most `limit`.
     fn devices(&self, after: Option<&str>, limit: u32) -> Result<Vec<Device>>;
     fn delete_device(&self, login_code: &str) -> Result<bool>;
+    /// A new label; false when there is no such device.
+    fn rename_device(&self, login_code: &str, name: &str) -> Result<bool>;
     /// How many devices are provisioned.
     fn device_count(&self) -> Result<u64>;
     /// The device's password hash (PHC string), if the device exists.
@@ -480,6 +482,10 @@ impl Store for SqliteStore {
 
     fn delete_device(&self, login_code: &str) -> Result<bool> {
         Ok(self.db().execute("DELETE FROM device WHERE login_code = ?1", [login_code])? > 0)
+    }
+
+    fn rename_device(&self, login_code: &str, name: &str) -> Result<bool> {
+        Ok(self.db().execute("UPDATE device SET name = ?2 WHERE login_code = ?1", [login_code, name])? > 0)
     }
 
     fn device_count(&self) -> Result<u64> {

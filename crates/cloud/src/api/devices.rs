@@ -98,6 +98,32 @@ pub(crate) async fn get<S: Store>(
     c.store().device(&lc)?.map(Json).ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DevicePatch {
+    name: String,
+}
+
+/// `PATCH /api/v1/devices/{login_code} {"name"}`: a new label (operators).
+pub(crate) async fn patch<S: Store>(
+    who: Caller,
+    State(c): State<Arc<Cloud<S>>>,
+    Path(lc): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Device>> {
+    who.control(&lc)?;
+    let p: DevicePatch =
+        crate::api::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: {\"name\"} expected"))?;
+    if !crate::limits::plain_label(&p.name, 128) {
+        return Err(ApiError::bad_request("name: at most 128 bytes, no control or bidi characters"));
+    }
+    if !c.store().rename_device(&lc, &p.name)? {
+        return Err(ApiError::not_found(format!("no device {lc:?}")));
+    }
+    c.audit(&who, "device_renamed", &lc, json!({"name": p.name}));
+    c.store().device(&lc)?.map(Json).ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))
+}
+
 pub(crate) async fn delete<S: Store>(
     Admin(who): Admin,
     State(c): State<Arc<Cloud<S>>>,

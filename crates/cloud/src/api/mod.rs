@@ -138,7 +138,10 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/api/v1/tokens/{id}", axum::routing::delete(users::revoke_token::<S>))
         .route("/api/v1/audit", get(users::audit::<S>))
         .route("/api/v1/devices", post(devices::create::<S>).get(devices::list::<S>))
-        .route("/api/v1/devices/{login_code}", get(devices::get::<S>).delete(devices::delete::<S>))
+        .route(
+            "/api/v1/devices/{login_code}",
+            get(devices::get::<S>).patch(devices::patch::<S>).delete(devices::delete::<S>),
+        )
         .route("/api/v1/devices/{login_code}/rpc/{method}", post(devices::rpc::<S>))
         .route("/api/v1/devices/{login_code}/events/{event}", post(devices::send_event::<S>))
         .route("/api/v1/devices/{login_code}/channels/{channel}/preview", get(devices::preview::<S>))
