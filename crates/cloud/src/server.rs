@@ -92,7 +92,7 @@ impl CloudConfig {
             rpc_timeout: Duration::from_secs(25),
             data_dir,
             hash_cost: HashCost::default(),
-            response_timeout: ivr_rpc::peer::RESPONSE_TIMEOUT,
+            response_timeout: ivr_rpc::RESPONSE_TIMEOUT,
             live: crate::live::LiveConfig::default(),
             recordings_max_bytes: None,
             limits: crate::listen::ConnLimits::default(),

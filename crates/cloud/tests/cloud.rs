@@ -276,7 +276,7 @@ async fn the_edges_alarms_and_previews_arrive_with_their_pictures() {
         let path = format!("/api/v1/devices/cam-a/channels/{ch}/preview");
         wait_until("a preview arrives", async || http(addr, "GET", &path, Some(TOKEN), None).await.0 == 200).await;
         let (_, jpeg) = http(addr, "GET", &path, Some(TOKEN), None).await;
-        assert_eq!(jpeg.as_slice(), ivr_edge::backend::SIM_JPEG, "channel {ch}");
+        assert_eq!(jpeg.as_slice(), ivr_edge::SIM_JPEG, "channel {ch}");
     }
     // A motion alarm with its picture, then its end; the Keepalive shows the bit meanwhile.
     wait_until("an alarm start with a picture", async || {
@@ -289,7 +289,7 @@ async fn the_edges_alarms_and_previews_arrive_with_their_pictures() {
     let pic = format!("/api/v1/events/{}/picture", start["id"]);
     wait_until("the alarm picture is uploaded", async || http(addr, "GET", &pic, Some(TOKEN), None).await.0 == 200)
         .await;
-    assert_eq!(http(addr, "GET", &pic, Some(TOKEN), None).await.1.as_slice(), ivr_edge::backend::SIM_JPEG);
+    assert_eq!(http(addr, "GET", &pic, Some(TOKEN), None).await.1.as_slice(), ivr_edge::SIM_JPEG);
     wait_until("the alarm ends", async || {
         let (_, ev) = api(addr, "GET", "/api/v1/events?type=alarm&login_code=cam-a", None).await;
         ev.as_array().is_some_and(|a| a.iter().any(|e| e["data"]["state"] == "end"))
@@ -457,7 +457,7 @@ async fn devices_dial_wss_and_upload_over_https() {
     let path = "/api/v1/devices/tls-cam/channels/0/preview";
     wait_until("a preview arrives over https", async || http(addr, "GET", path, Some(TOKEN), None).await.0 == 200)
         .await;
-    assert_eq!(http(addr, "GET", path, Some(TOKEN), None).await.1.as_slice(), ivr_edge::backend::SIM_JPEG);
+    assert_eq!(http(addr, "GET", path, Some(TOKEN), None).await.1.as_slice(), ivr_edge::SIM_JPEG);
 
     // A bad CA file is named before any dialling.
     let bad = dir.join("bad.pem");

@@ -8,8 +8,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use cvip::value::{Struct, Value};
-use cvip::xml::{parse, write, Message};
+use cvip::{parse, write, Message};
+use cvip::{Struct, Value};
 
 fn list_properties() -> Message {
     let props = (0..40)

@@ -1,8 +1,10 @@
 //! CVIPv2: the XeronVision camera video interface protocol, both ends.
 //!
-//! - [`header`]: the 9-byte header (either byte order) and a packet codec;
-//! - [`xml`] and [`value`]: XML-RPC with the seed's extensions — a tolerant
-//!   parser that reports its repairs, a strict writer;
+//! - [`Header`], [`Packet`], [`PacketCodec`]: the 9-byte header (either
+//!   byte order) and a packet codec;
+//! - [`Message`], [`Value`], [`parse`], [`write()`]: XML-RPC with the seed's
+//!   extensions — a tolerant parser that reports its repairs, a strict
+//!   writer (and the analytics documents of metadata streams);
 //! - [`ping`]: discovery over UDP and TCP;
 //! - [`client`]: many outstanding calls on one connection, pushed events;
 //! - [`api`]: typed calls and the seed's enumerations;
@@ -13,16 +15,19 @@
 pub mod api;
 pub mod client;
 pub mod data;
-pub mod header;
+mod header;
 pub mod ping;
 pub mod server;
-pub mod value;
-pub mod xml;
+mod value;
+mod xml;
 
 pub use client::{Client, Error};
-pub use header::{Header, Packet, PacketCodec};
-pub use value::{Struct, Value};
-pub use xml::{Message, Parsed, Repair};
+pub use header::{Header, Packet, PacketCodec, HEADER_LEN, MAX_PACKET};
+pub use value::{canon, parse_int_text, Struct, Value};
+pub use xml::{
+    parse, parse_analytics, parse_strict, parse_tolerant, parse_value, write, write_analytics, AnalyticsData, Message,
+    Parsed, Repair,
+};
 
 /// Acknowledge codes (every ack and fault).
 pub mod ack {

@@ -2,8 +2,8 @@
 //! parses through the tolerant path; the repairs are reported, and what was
 //! recovered is what the example meant.
 
-use cvip::xml::{parse, parse_analytics, Message};
 use cvip::Value;
+use cvip::{parse, parse_analytics, Message};
 use std::path::PathBuf;
 
 fn examples() -> Vec<(String, Vec<u8>)> {

@@ -5,9 +5,9 @@
 use bytes::{Bytes, BytesMut};
 use chrono::NaiveDate;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use dvrip::codec::{DvripCodec, Packet};
 use dvrip::media::{self, Demuxer, VideoCodec};
 use dvrip::Header;
+use dvrip::{DvripCodec, Packet};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A camera-like stream: GOPs of one 60 KB I-frame and 24 P-frames of 3 KB.

@@ -1,7 +1,8 @@
 //! DVRIP / "Sofia": the protocol of Xiongmai (XMeye) cameras, DVRs and NVRs
 //! on TCP 34567, both ends.
 //!
-//! - sans-IO core: [`header`], [`codec`], [`json`], [`hash`], [`ids`],
+//! - sans-IO core: [`Header`], [`DvripCodec`] and [`Packet`],
+//!   [`sofia_hash`] and [`Encryption`], and the namespaces [`json`], [`ids`],
 //!   [`ret`], [`media`], [`messages`];
 //! - tokio layer: [`client`] (the camera's user), [`server`] (the camera's
 //!   side, for simulators and gateways), [`discovery`], [`alarm_center`].
@@ -11,10 +12,10 @@
 
 pub mod alarm_center;
 pub mod client;
-pub mod codec;
+mod codec;
 pub mod discovery;
-pub mod hash;
-pub mod header;
+mod hash;
+mod header;
 pub mod ids;
 pub mod json;
 pub mod media;
@@ -22,6 +23,6 @@ pub mod messages;
 pub mod ret;
 pub mod server;
 
-pub use codec::{DvripCodec, Packet};
-pub use hash::sofia_hash;
-pub use header::Header;
+pub use codec::{CodecError, DvripCodec, Packet, Skipped, DEFAULT_MAX_LEN, VENDOR_FRAGMENT};
+pub use hash::{sofia_hash, Encryption};
+pub use header::{hex_preview, Header, HEADER_LEN, MAGIC};

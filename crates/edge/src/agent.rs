@@ -6,10 +6,10 @@ use crate::backend::ChannelBackend;
 use crate::config::EdgeConfig;
 use ivr_rpc::catalogue::{ChannelStatus, DeviceState, IvcRequest, IvtEvent, IvtRequest, Keepalive};
 use ivr_rpc::conn::{self, CallError, Handler, RpcHandle};
-use ivr_rpc::message::{codes, RpcError};
 use ivr_rpc::net::Dialer;
 use ivr_rpc::ws::{dial, login_url, DialError, WsFrames};
 use ivr_rpc::Peer;
+use ivr_rpc::{codes, RpcError};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -264,7 +264,7 @@ impl Edge {
             channels,
             status: watch::channel(EdgeStatus::default()).0,
             backoff: Mutex::new(backoff),
-            response_timeout_ms: (ivr_rpc::peer::RESPONSE_TIMEOUT.as_millis() as u64).into(),
+            response_timeout_ms: (ivr_rpc::RESPONSE_TIMEOUT.as_millis() as u64).into(),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use chrono::{Duration as Span, Local, NaiveDateTime};
 use ivr_rpc::catalogue::{ChannelState, DetectConfig, IvtEvent, IvtRequest, Quality, RtmpPublishConfig};
-use ivr_rpc::message::{codes, RpcError};
+use ivr_rpc::{codes, RpcError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Mutex;

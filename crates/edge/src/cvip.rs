@@ -15,11 +15,11 @@ use crate::device::{DeviceAlarms, DeviceChannel};
 use crate::live::{FrameSource, Live, Opened, Opener};
 use crate::source::{CvipSource, StreamKind};
 use cvip::client::Client;
-use cvip::value::{Struct, Value as XValue};
+use cvip::{Struct, Value as XValue};
 use ivr_media::Codec;
 use ivr_rpc::catalogue::{ChannelState, DetectConfig, IvtEvent, IvtRequest, RtmpPublishConfig};
-use ivr_rpc::message::{codes, RpcError};
 use ivr_rpc::net::Dialer;
+use ivr_rpc::{codes, RpcError};
 use serde_json::{json, Value};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -307,10 +307,6 @@ impl CvipChannel {
         let name = format!("cvip {} input {}", src.addr(), src.input);
         let live = Live::new(name, opener(dev.clone(), src.input), pinned, dialer);
         CvipChannel { core: DeviceChannel::new(channel, src.input, dev.alarms.clone(), live), dev }
-    }
-
-    pub fn live(&self) -> &Live {
-        &self.live
     }
 
     fn cannot(&self, what: &str) -> RpcError {

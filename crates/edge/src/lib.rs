@@ -1,27 +1,35 @@
 //! The IVT agent ("edge"): an on-site process that connects out to the
 //! cloud over IVR RPC and drives the site's channels through a
-//! [`backend::ChannelBackend`]: DVRIP devices ([`dvrip`]), CVIP units
-//! ([`cvip`]) and the built-in simulated camera ([`backend::SimChannel`]).
+//! [`ChannelBackend`]: DVRIP devices ([`dvrip`]), CVIP units
+//! (the private `cvip` module) and the built-in simulated camera ([`SimChannel`]).
 //! A channel's live stream is one reconnecting [`live::Feed`] shared by its
-//! RTMP publications and its cloud recording ([`record`]); [`discover`]
+//! RTMP publications and its cloud recording (recording); [`discover`]
 //! finds the site's devices. docs/edge.md maps every IVT method to each
 //! device protocol.
+//!
+//! The public API: [`Edge`] (the agent), [`EdgeConfig`], [`channels`],
+//! [`ChannelBackend`] and [`SimChannel`], and five namespaces the `ivr`
+//! tools use on their own: [`dvrip`] (frames and captures of DVRIP media,
+//! the monitor opener), [`live`] (the shared reconnecting feed),
+//! [`source`], [`discover`], and [`fleet`]/[`upload`] (simulated sites for
+//! benchmarks). The agent's internals (sessions, backends per device,
+//! recording, configuration parsing) are private.
 
-pub mod agent;
-pub mod backend;
-pub mod config;
-pub mod cvip;
-pub mod device;
+mod agent;
+mod backend;
+mod config;
+mod cvip;
+mod device;
 pub mod discover;
 pub mod dvrip;
 pub mod fleet;
 pub mod live;
-pub mod record;
+mod record;
 pub mod source;
 pub mod upload;
 
 pub use agent::{Backoff, Edge, EdgeStatus};
-pub use backend::{ChannelBackend, SimChannel};
+pub use backend::{ChannelBackend, SimChannel, SIM_JPEG};
 pub use config::EdgeConfig;
 
 use std::sync::Arc;
@@ -34,7 +42,7 @@ pub enum SiteError {
 }
 
 /// The configured channels' backends: one [`dvrip::DvripDevice`] or
-/// [`cvip::CvipDevice`] per device, shared by all of its channels (a
+/// `CvipDevice` per device, shared by all of its channels (a
 /// 16-channel NVR is one login), and the DVRIP alarm center when
 /// `[devices] alarm_center` is set. Inside a tokio runtime: device
 /// supervisors start at once.

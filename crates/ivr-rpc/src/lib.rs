@@ -2,8 +2,9 @@
 //! and IVC (the video cloud). The protocol in English with ivr's decisions
 //! is in `docs/design/protocols.md`.
 //!
-//! The sans-IO core: [`message`] (the four packets), [`peer`] (one end of a
-//! connection, enforcing the five disconnect rules) and [`catalogue`]
+//! The sans-IO core: [`Message`] (the four packets) with [`RpcError`] and
+//! its [`codes`], [`Peer`] (one end of a connection, enforcing the five
+//! disconnect rules, [`Rule`]) and [`catalogue`]
 //! (every method and event, typed and validated). The tokio layer: [`conn`]
 //! (runs a peer over frames, with a handler and a handle) and [`ws`]
 //! (tungstenite WebSockets as frames, the IVT login URL, dialling ws and
@@ -11,10 +12,10 @@
 
 pub mod catalogue;
 pub mod conn;
-pub mod message;
+mod message;
 pub mod net;
-pub mod peer;
+mod peer;
 pub mod ws;
 
-pub use message::{Message, RpcError};
-pub use peer::{Action, CallId, Close, Peer, Rule};
+pub use message::{codes, Message, RpcError};
+pub use peer::{Action, CallId, Close, Peer, Rule, RESPONSE_TIMEOUT};

@@ -3,6 +3,11 @@
 //! fragmented MP4, FLV, HLS), RTP in, the RTMP publisher, the fan-out hub
 //! and the cloud-record segmenter. It knows no device protocol
 //! (docs/media.md).
+//!
+//! Each module is a public namespace on purpose (a container format, a
+//! protocol, a stage of the pipeline: `ivr_media::fmp4::…`,
+//! `ivr_media::ts::…`), as the cloud, the edge and the tools each use a few
+//! of them; the shared types are re-exported here.
 
 pub mod annexb;
 pub mod audio;

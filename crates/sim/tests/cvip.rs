@@ -2,8 +2,8 @@
 //! over real sockets on loopback.
 
 use cvip::api::{self, EntityType, PlayState, ProfileType};
-use cvip::value::{Struct, Value};
 use cvip::{Client, Error};
+use cvip::{Struct, Value};
 use ivr_sim::clips::{clip, ClipCodec};
 use ivr_sim::cvip::{media, start, CvipConfig, Role, Running};
 use std::time::Duration;
@@ -235,7 +235,7 @@ async fn ptz_events_analytics_firmware() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let d = cvip::xml::parse_analytics(&p.body).unwrap();
+    let d = cvip::parse_analytics(&p.body).unwrap();
     assert!(d.repairs.is_empty());
     assert_eq!(d.value.source_guid, "6976722D-7369-6D2D-6376-69702D303031");
     assert_eq!(c.analytics_list("g").await.unwrap().len(), 1);

@@ -3,9 +3,9 @@
 
 use bytes::{Bytes, BytesMut};
 use dvrip::client::{Client, ClientConfig, FileQuery, PlaybackTarget, SocketMode};
-use dvrip::codec::{DvripCodec, Packet};
 use dvrip::ids;
 use dvrip::Header;
+use dvrip::{DvripCodec, Packet};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;

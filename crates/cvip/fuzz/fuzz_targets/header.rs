@@ -2,7 +2,7 @@
 //! panic, every packet within the cap, its body the size its header says.
 #![no_main]
 use bytes::BytesMut;
-use cvip::header::{PacketCodec, HEADER_LEN, MAX_PACKET};
+use cvip::{PacketCodec, HEADER_LEN, MAX_PACKET};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

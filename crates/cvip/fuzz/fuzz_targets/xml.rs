@@ -2,7 +2,7 @@
 //! it recovers, the strict writer writes and the parser reads back the
 //! same, with no repair.
 #![no_main]
-use cvip::xml::{parse, parse_analytics, parse_strict, parse_tolerant, write, Message};
+use cvip::{parse, parse_analytics, parse_strict, parse_tolerant, write, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! never panic, and every packet it yields must respect the cap.
 #![no_main]
 use bytes::BytesMut;
-use dvrip::codec::DvripCodec;
+use dvrip::DvripCodec;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

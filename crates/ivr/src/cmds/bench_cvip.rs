@@ -5,8 +5,8 @@
 
 use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
-use cvip::value::Value;
 use cvip::Client;
+use cvip::Value;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -18,7 +18,7 @@ use clap::Args as ClapArgs;
 use futures_util::StreamExt;
 use ivr_media::{rtmp::Publisher, Codec, Frame};
 use ivr_rpc::conn::Handler;
-use ivr_rpc::message::RpcError;
+use ivr_rpc::RpcError;
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};

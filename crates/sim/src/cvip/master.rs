@@ -4,7 +4,7 @@
 
 use cvip::api::{md5_hex, EntityType, Privilege};
 use cvip::server::{ack_ok, Refusal, Reply};
-use cvip::value::{canon, Struct, Value};
+use cvip::{canon, Struct, Value};
 use std::collections::BTreeMap;
 
 /// Largest ImageData in one packet (the seed: "not greater than 1024 Kbytes").
@@ -553,7 +553,7 @@ impl Master {
             "updateservices" => {
                 let id = need_int(s, "EntityID", method)?;
                 let sid = need_str(s, "ServiceID", method)?;
-                let major = sid.split('.').next().and_then(cvip::value::parse_int_text).unwrap_or(0) as u32;
+                let major = sid.split('.').next().and_then(cvip::parse_int_text).unwrap_or(0) as u32;
                 if !(1..=4).contains(&major) {
                     return Err(fail(format!("{method}: ServiceID {sid:?} is not 0x01–0x04.[n]")));
                 }

@@ -7,13 +7,13 @@ pub mod media;
 
 use crate::clips::{clip, Clip, ClipCodec};
 use cvip::api::{self, PlayState, PtzCmdType};
-use cvip::header::PacketCodec;
 use cvip::ping::{PingRequest, PingResponse};
 use cvip::server::{
     self, ack_ok, event_type, fields, Access, Function, Handler, Hub, ParamDesc, Peer, Property, Refusal, Registry,
     Reply, Service, Validation,
 };
-use cvip::value::{Struct, Value};
+use cvip::PacketCodec;
+use cvip::{Struct, Value};
 use media::Transport;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1627,12 +1627,12 @@ async fn analytics_stream(dest: SocketAddr, guid: String) {
                 Struct::new().with("Left", x).with("Top", 20).with("Right", x + 50).with("Bottom", 70),
             )];
             let blocks: Vec<Value> = (0..4).map(|k| Value::Int(x / 16 + k % 2)).collect();
-            let d = cvip::xml::AnalyticsData {
+            let d = cvip::AnalyticsData {
                 source_guid: guid.clone(),
                 time: t.to_string(),
                 params: vec![Value::Array(vec![Value::Bool(true), Value::Array(boxes)]), Value::Array(blocks)],
             };
-            let body = cvip::xml::write_analytics(&d);
+            let body = cvip::write_analytics(&d);
             futures_util::SinkExt::send(&mut w, cvip::Packet::new(0, false, 0, body))
                 .await
                 .map_err(std::io::Error::other)?;

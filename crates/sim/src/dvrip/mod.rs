@@ -10,8 +10,6 @@ mod zip;
 use crate::clips::{self, ClipCodec, SNAPSHOT_JPEG, TONE_ALAW, TONE_ULAW};
 use bytes::{Bytes, BytesMut};
 use chrono::{Duration as Span, Local, NaiveDateTime};
-use dvrip::codec::Packet;
-use dvrip::header::Header;
 use dvrip::ids;
 use dvrip::json::{
     format_hex_ip, format_hex_u32, format_session, format_time, parse_hex_ip, parse_query_time, parse_time,
@@ -20,6 +18,8 @@ use dvrip::media::{self, AudioCodec};
 use dvrip::messages::{reply, AlarmCenterMessage, LogEntry, LoginRequest, PtzCommand, StreamType};
 use dvrip::ret::code;
 use dvrip::server::{Device, LoginGrant, Request, Response, Server, ServerConfig, Session};
+use dvrip::Header;
+use dvrip::Packet;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -1712,13 +1712,13 @@ fn system_function() -> Value {
 
 impl Device for DvripSim {
     fn login(&self, req: &LoginRequest, peer: SocketAddr) -> Result<LoginGrant, i64> {
-        let plain = dvrip::hash::Encryption::parse(&req.encrypt_type);
+        let plain = dvrip::Encryption::parse(&req.encrypt_type);
         let Some(enc) = plain else {
             return Err(code::ILLEGAL_REQUEST);
         };
         let hash = match enc {
-            dvrip::hash::Encryption::Md5 => req.password.clone(),
-            dvrip::hash::Encryption::None => dvrip::sofia_hash(&req.password),
+            dvrip::Encryption::Md5 => req.password.clone(),
+            dvrip::Encryption::None => dvrip::sofia_hash(&req.password),
         };
         let mut st = self.st();
         let now = Instant::now();

@@ -3,8 +3,8 @@
 use anyhow::{anyhow, bail, Context};
 use clap::{Args as ClapArgs, Subcommand};
 use cvip::api::{self, EntityType, PlayState, ProfileType, PtzCmdType};
-use cvip::value::{Struct, Value};
 use cvip::Client;
+use cvip::{Struct, Value};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value as Json};
 use std::net::SocketAddr;
