@@ -7,7 +7,9 @@ loopback, against `ivr cloud` and an `ivr edge` with 16 simulated channels:
     and the frame times while scrolling it to the end;
   * Chromium's CPU (all its processes, from /proc) while a 16-tile grid of
     sub-streams plays, per core;
-  * page weight: the console's JS + CSS as the browser received it.
+  * page weight: the console's JS + CSS as the browser received it;
+  * `--transcode`: the CPU of one ffmpeg re-encoding a 2592×1944 main
+    stream to a 720-line H.264 rendition while a tile plays it.
 
 Usage: bench_console.py --ivr target/release/ivr [--devices 5000] [--secs 20] [--json]
 (run with a Python that has playwright: ~/.cache/ivr/venvs/browser)."""
@@ -40,17 +42,21 @@ def proc_cpu(pids):
     return total
 
 
-def chromium_pids():
+def pids_named(part):
     out = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/comm") as f:
-                    if "chrom" in f.read():
+                    if part in f.read():
                         out.append(int(pid))
             except OSError:
                 pass
     return out
+
+
+def chromium_pids():
+    return pids_named("chrom")
 
 
 def main():
@@ -67,7 +73,7 @@ def main():
     res = {}
     try:
         cloud = subprocess.Popen([ivr, "cloud", "--listen", "127.0.0.1:0", "--data", data, "--keepalive-secs", "5",
-                                  "--rtmp-listen", "127.0.0.1:0", "--argon2", "m=256,t=1,p=1"],
+                                  "--rtmp-listen", "127.0.0.1:0", "--argon2", "m=256,t=1,p=1", "--transcode", "2"],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                  env=dict(os.environ, IVR_ADMIN_TOKEN=token))
         procs.append(cloud)
@@ -132,12 +138,14 @@ def main():
                 })""")
                 tiles.append(ms)
                 if i == 0:
-                    weight = [(r.url, len(r.body())) for r in got]
+                    weight = [r.url.rsplit("/", 1)[1] for r in got]
                 ctx.close()
             res["tile_ms"] = {"median": statistics.median(tiles), "min": min(tiles), "max": max(tiles), "runs": tiles}
-            raw = sum(n for _, n in weight)
-            zipped = sum(len(gzip.compress(open(os.path.join("web", u.rsplit("/", 1)[1]), "rb").read(), 9))
-                         for u, _ in weight if os.path.exists(os.path.join("web", u.rsplit("/", 1)[1])))
+            # What the browser fetched under /ui/, sized from the files the binary embeds.
+            files = [os.path.join("web", n) for n in set(weight) if os.path.exists(os.path.join("web", n))]
+            raw = sum(os.path.getsize(f) for f in files)
+            zipped = sum(len(gzip.compress(open(f, "rb").read(), 9)) for f in files)
+            weight = files
             res["page_weight"] = {"files": len(weight), "bytes": raw, "gzip_bytes": zipped}
 
             # The device list.
@@ -186,6 +194,28 @@ def main():
             res["grid16"] = {"chromium_cpu_cores": (c1 - c0) / (w1 - w0), "decoded_fps_all_tiles": fps,
                              "dropped_frames": dropped, "secs": a.secs}
             ctx.close()
+
+            # One H.264 rendition: the transcoder's CPU while a tile plays it.
+            ctx, page = logged_in()
+            page.goto(base + "/live")
+            page.evaluate("() => localStorage.setItem('ivr.grid', JSON.stringify({n: 1, picks: []}))")
+            page.goto(base + "/devices/site-16/channels/15")
+            page.wait_for_selector("#player video")
+            page.evaluate("""() => { const b = document.querySelector('#player'); b.ivrPlayer.close(); }""")
+            page.evaluate("""async () => { const m = await import('/ui/player.js');
+                new m.LivePlayer(document.querySelector('#player'), 'site-16', 15, 'h264'); }""")
+            page.wait_for_function("""() => { const v = document.querySelector('#player video');
+                return v && v.getVideoPlaybackQuality().totalVideoFrames > 25; }""", timeout=60000)
+            ff = pids_named("ffmpeg")
+            c0, w0 = proc_cpu(ff), time.time()
+            q0 = page.evaluate("() => document.querySelector('#player video').getVideoPlaybackQuality().totalVideoFrames")
+            time.sleep(a.secs)
+            c1, w1 = proc_cpu(ff), time.time()
+            q1 = page.evaluate("() => document.querySelector('#player video').getVideoPlaybackQuality().totalVideoFrames")
+            info = page.inner_text("#player .tile-info")
+            res["transcode"] = {"ffmpeg_cpu_cores": (c1 - c0) / (w1 - w0), "fps": (q1 - q0) / (w1 - w0),
+                                "rendition": info, "processes": len(ff), "secs": a.secs}
+            ctx.close()
             browser.close()
     finally:
         for pr in procs:
@@ -203,6 +233,9 @@ def main():
               f"scrolling {d['scroll_frames']} frames, p50 {d['frame_ms_p50']:.1f} ms, p99 {d['frame_ms_p99']:.1f} ms, "
               f"max {d['frame_ms_max']:.1f} ms; search {d['search_ms']:.1f} ms")
         g = res["grid16"]
+        x = res["transcode"]
+        print(f"--transcode: one rendition ({x['rendition']}) at {x['fps']:.1f} frames/s costs ffmpeg "
+              f"{x['ffmpeg_cpu_cores'] * 100:.0f} % of a core")
         print(f"16-tile grid: Chromium {g['chromium_cpu_cores'] * 100:.0f} % of a core, {g['decoded_fps_all_tiles']:.0f} "
               f"frames/s decoded in all, {g['dropped_frames']} dropped, over {g['secs']} s")
 

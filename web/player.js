@@ -63,9 +63,13 @@ export class LivePlayer {
     if (!mse.isTypeSupported(r.mime)) {
       // Chromium on Linux and Firefox do not decode H.265: say so, and
       // offer the sub-stream (usually H.264).
-      const alt = this.quality === "hd"
-        ? h("button", { class: "link", onclick: () => { this.close(); new LivePlayer(this.box, this.lc, this.ch, "sd"); } }, t("try_sub"))
-        : null;
+      const other = (q, label) => h("button", { class: "link", dataset: { quality: q }, onclick: () => {
+        this.close();
+        new LivePlayer(this.box, this.lc, this.ch, q);
+      } }, label);
+      const alt = h("span", {},
+        this.quality !== "sd" ? other("sd", t("try_sub")) : null,
+        r.transcode && this.quality !== "h264" ? other("h264", t("try_h264")) : null);
       this.say(t("cannot_decode", codecName(r.codec)), true, alt);
       this.box.dataset.cannotDecode = r.codec;
       return;

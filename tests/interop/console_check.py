@@ -61,7 +61,8 @@ def main():
         ptz_cam = start(["sim", "cvip", "--listen", "127.0.0.1:0", "--common-port", "0"],
                         r"listening on 127\.0\.0\.1:(\d+)").group(1)
         host = start(["cloud", "--listen", "127.0.0.1:0", "--data", data, "--keepalive-secs", "1",
-                      "--rtmp-listen", "127.0.0.1:0", "--live-grace-secs", "3", "--argon2", "m=1024,t=1,p=1"],
+                      "--rtmp-listen", "127.0.0.1:0", "--live-grace-secs", "3", "--argon2", "m=1024,t=1,p=1",
+                      "--transcode", "1"],
                      r"http://(127\.0\.0\.1:\d+)/", env=dict(os.environ, IVR_ADMIN_TOKEN=token)).group(1)
         base = f"http://{host}"
 
@@ -283,10 +284,27 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         note = admin.inner_text("#player .tile-note")
         assert "cannot decode" in note and "H.265" in note.upper().replace("HEVC", "H.265"), note
         shot(admin, "09-h265-cannot-decode")
-        admin.click("#player .tile-note button")
+        admin.click("#player .tile-note button[data-quality='sd']")
         plays(admin, "#player")
+        info = admin.inner_text("#player .tile-info")
+        assert info.startswith("avc1"), info
         shot(admin, "10-h265-sub-stream")
     check("an H.265 channel says it cannot be decoded here and plays its H.264 sub-stream", h265)
+
+    def transcoded():
+        ready(admin, "/devices/site-1/channels/3")
+        admin.wait_for_selector("#player[data-cannot-decode]", timeout=20000)
+        admin.click("#player .tile-note button[data-quality='h264']")
+        plays(admin, "#player", secs=30)
+        info = admin.inner_text("#player .tile-info")
+        assert info.startswith("avc1") and "×720" in info, info
+        shot(admin, "10b-h265-transcoded")
+        # --transcode 1: a second rendition while this one plays is refused, saying why.
+        status, body = api("POST", "/api/v1/devices/site-2/channels/0/live", {"quality": "h264"})
+        assert status == 503 and "transcoders are busy" in body["error"], (status, body)
+        _, stats = api("GET", "/api/v1/stats")
+        assert stats["live"]["transcoders"] == 1, stats["live"]
+    check("--transcode: the H.265 channel plays as a 720-line H.264 rendition; past the limit, 503", transcoded)
 
     def grid():
         ready(admin, "/live")

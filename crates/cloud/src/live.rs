@@ -63,6 +63,8 @@ pub struct LiveConfig {
     pub start_timeout: Duration,
     /// How long viewer URLs are good for.
     pub token_ttl: Duration,
+    /// H.264 renditions made by ffmpeg at once (quality `h264`); 0: none.
+    pub transcode: usize,
 }
 
 impl Default for LiveConfig {
@@ -72,6 +74,7 @@ impl Default for LiveConfig {
             grace: Duration::from_secs(15),
             start_timeout: Duration::from_secs(10),
             token_ttl: Duration::from_secs(3600),
+            transcode: 0,
         }
     }
 }
@@ -129,6 +132,8 @@ struct Entry {
     hls: Option<Arc<HlsLive>>,
     /// The channel's fMP4 fragments, muxed once for every mp4/ws viewer.
     frags: Option<Arc<Frags>>,
+    /// The ffmpeg making an H.264 rendition (killed when the entry goes).
+    transcoder: Option<tokio::process::Child>,
 }
 
 /// A channel's fragments: muxed once, shared by every fMP4 and MSE viewer
@@ -150,6 +155,8 @@ pub struct Lives {
     pub stops: AtomicU64,
     pub refused: AtomicU64,
     pub failures: AtomicU64,
+    /// Transcoders started (`--transcode`).
+    pub transcodes: AtomicU64,
 }
 
 impl Lives {
@@ -165,6 +172,7 @@ impl Lives {
             stops: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            transcodes: AtomicU64::new(0),
         }
     }
 
@@ -177,8 +185,12 @@ impl Lives {
     }
 
     /// Channels being published or started, with their viewer counts.
-    pub fn active(&self) -> Vec<(String, u32, usize, bool)> {
-        self.lock().iter().map(|((lc, ch, _), e)| (lc.clone(), *ch, e.viewers, e.publishing)).collect()
+    /// (device, channel, viewers, publishing, an H.264 rendition).
+    pub fn active(&self) -> Vec<(String, u32, usize, bool, bool)> {
+        self.lock()
+            .iter()
+            .map(|((lc, ch, r), e)| (lc.clone(), *ch, e.viewers, e.publishing, *r == Rendition::H264))
+            .collect()
     }
 
     fn mac(&self, payload: &[u8]) -> String {
@@ -224,10 +236,27 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// A live stream: device, channel, and whether it is the sub-stream (ld,
 /// sd) rather than the main one (hd, fhd). A channel can publish both at
 /// once (a grid tile on the sub-stream, a full-screen view on the main).
-pub(crate) type LiveKey = (String, u32, bool);
+pub(crate) type LiveKey = (String, u32, Rendition);
+
+/// Which stream of a channel a live entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Rendition {
+    /// The device's main stream (hd, fhd).
+    Main,
+    /// The device's sub-stream (ld, sd).
+    Sub,
+    /// The main stream re-encoded to H.264 by ffmpeg (`h264`), for
+    /// browsers that cannot decode H.265.
+    H264,
+}
 
 fn live_key(lc: &str, ch: u32, quality: &str) -> LiveKey {
-    (lc.to_owned(), ch, matches!(quality, "ld" | "sd"))
+    let r = match quality {
+        "ld" | "sd" => Rendition::Sub,
+        "h264" => Rendition::H264,
+        _ => Rendition::Main,
+    };
+    (lc.to_owned(), ch, r)
 }
 
 /// A viewer's hold on a channel: while any exist the stream stays up.
@@ -257,17 +286,21 @@ pub struct LiveRequest {
 }
 
 impl LiveRequest {
-    /// The quality asked for (`hd` when none): one of ld, sd, hd, fhd.
+    /// The quality asked for (`hd` when none): one of ld, sd, hd, fhd, or
+    /// h264 (the main stream re-encoded, with `--transcode`).
     pub fn quality(&self) -> ApiResult<&'static str> {
         LiveRequest::quality_of(self.quality.as_deref())
     }
 
     pub fn quality_of(q: Option<&str>) -> ApiResult<&'static str> {
         let q = q.unwrap_or("hd");
+        if q == "h264" {
+            return Ok("h264");
+        }
         ivr_rpc::catalogue::Quality::NAMES
             .into_iter()
             .find(|n| *n == q)
-            .ok_or_else(|| ApiError::bad_request(format!("quality {q:?}: one of ld, sd, hd, fhd")))
+            .ok_or_else(|| ApiError::bad_request(format!("quality {q:?}: one of ld, sd, hd, fhd, h264")))
     }
 }
 
@@ -290,10 +323,27 @@ impl<S: Store> Cloud<S> {
         };
         self.check_channel(lc, ch)?;
         let key = live_key(lc, ch, quality);
+        let transcode = key.2 == Rendition::H264;
+        if transcode && self.lives.cfg.transcode == 0 {
+            return Err(ApiError::conflict(
+                "quality h264 (an H.264 rendition) needs the cloud started with --transcode",
+            ));
+        }
         let (mut rx, start) = {
             let mut m = self.lives.lock();
             match m.get(&key) {
                 Some(e) => (e.feed.state.subscribe(), None),
+                None if transcode
+                    && m.keys().filter(|k| k.2 == Rendition::H264).count() >= self.lives.cfg.transcode =>
+                {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "all {} transcoders are busy (--transcode); watch the sub-stream (quality sd) instead",
+                            self.lives.cfg.transcode
+                        ),
+                    ));
+                }
                 None => {
                     let feed = Arc::new(Feed {
                         hub: Hub::new(256, 32 << 20),
@@ -313,6 +363,7 @@ impl<S: Store> Cloud<S> {
                         silent_since: Instant::now(),
                         hls: None,
                         frags: None,
+                        transcoder: None,
                     };
                     let start = (e.id, e.key.clone(), e.stream_id.clone());
                     m.insert(key.clone(), e);
@@ -326,6 +377,7 @@ impl<S: Store> Cloud<S> {
                 "stream_id": stream_id, "max_bitrate": 0,
             });
             let r = match self.handle_of(lc) {
+                _ if transcode => self.start_transcoder(&key, id, &format!("{base}/{k}")),
                 None => Err(ApiError::conflict(format!("device {lc:?} is offline"))),
                 Some(h) => {
                     match tokio::time::timeout(self.cfg.rpc_timeout, h.call("RTMPPublish", Some(params))).await {
@@ -409,11 +461,50 @@ impl<S: Store> Cloud<S> {
         if let Some(e) = e {
             let _ = e.feed.state.send(State0::Failed(msg.to_owned()));
             e.feed.closed.store(true, Ordering::Relaxed);
-            if stop {
+            if stop && key.2 != Rendition::H264 {
                 self.send_stop(&key.0, key.1, e.stream_id);
             }
         }
         self.event(&key.0, Some(key.1), "live_failed", json!({"error": msg}));
+    }
+
+    /// Starts ffmpeg reading the channel's main stream from this cloud
+    /// (as a viewer: it keeps that stream up) and publishing it, re-encoded
+    /// to H.264 (at most 720 lines, keyframes every 2 s), to this cloud's
+    /// ingest with the entry's key. The child dies with the entry.
+    fn start_transcoder(self: &Arc<Self>, key: &LiveKey, id: u64, publish_to: &str) -> ApiResult<()> {
+        let exp = now() + self.lives.cfg.token_ttl.as_secs() as i64;
+        let t = self.lives.viewer_token(&key.0, key.1, "hd", exp);
+        let source = format!("{}/live/{t}/stream.mp4", self.cfg.public_url);
+        let mut child = tokio::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-fflags", "nobuffer", "-i", &source])
+            .args(["-map", "0:v:0", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency"])
+            .args(["-vf", "scale=-2:min(720\\,ih)", "-pix_fmt", "yuv420p", "-g", "50", "-bf", "0"])
+            .args(["-f", "flv", publish_to])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| ApiError::internal(format!("--transcode: cannot run ffmpeg: {e}")))?;
+        if let Some(err) = child.stderr.take() {
+            let lc = key.0.clone();
+            let ch = key.1;
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(err).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    tracing::warn!(login_code = %crate::limits::shown(&lc), channel = ch, "cloud: transcoder: {l}");
+                }
+            });
+        }
+        self.lives.transcodes.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.lives.lock();
+        match m.get_mut(key).filter(|e| e.id == id) {
+            Some(e) => e.transcoder = Some(child),
+            None => drop(child),
+        }
+        Ok(())
     }
 
     fn send_stop(self: &Arc<Self>, lc: &str, ch: u32, stream_id: String) {
@@ -453,10 +544,13 @@ impl<S: Store> Cloud<S> {
                 .collect();
             keys.into_iter().filter_map(|(k, why)| m.remove(&k).map(|e| (k, e, why))).collect()
         };
-        for ((lc, ch, _), e, why) in gone {
+        for ((lc, ch, r), e, why) in gone {
             tracing::info!(login_code = %crate::limits::shown(&lc), channel = ch, why, "cloud: live stream stopped");
             e.feed.closed.store(true, Ordering::Relaxed);
-            self.send_stop(&lc, ch, e.stream_id.clone());
+            // A rendition's publisher is our ffmpeg, gone with the entry.
+            if r != Rendition::H264 {
+                self.send_stop(&lc, ch, e.stream_id.clone());
+            }
             self.event(&lc, Some(ch), "live_stop", json!({"reason": why}));
         }
     }
@@ -497,6 +591,8 @@ impl<S: Store> Cloud<S> {
             "mime": info.mime(),
             "urls": {"ws": format!("{ws_base}/ws"), "mp4": format!("{base}/stream.mp4"), "hls": format!("{base}/index.m3u8"), "player": format!("{base}/")},
             "expires": exp,
+            "quality": quality,
+            "transcode": self.lives.cfg.transcode > 0,
         }))
     }
 }

@@ -80,6 +80,8 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
             "stop_requests": n(&c.lives.stops),
             "publishes_refused": n(&c.lives.refused),
             "starts_failed": n(&c.lives.failures),
+            "transcoders": active.iter().filter(|a| a.4).count(),
+            "transcodes_started": n(&c.lives.transcodes),
         },
     })))
 }

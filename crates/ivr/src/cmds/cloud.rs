@@ -59,6 +59,12 @@ pub struct Args {
     /// sends RTMPStopPublish.
     #[arg(long, default_value_t = 15)]
     pub live_grace_secs: u64,
+    /// Offer an H.264 rendition of live streams (quality `h264`) for
+    /// browsers that cannot decode H.265: up to N at once, each an ffmpeg
+    /// process (Debian's ffmpeg with libx264) re-encoding the main stream
+    /// to at most 720 lines. `--transcode` alone: 2. Needs --rtmp-listen.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2", default_value_t = 0, requires = "rtmp_listen")]
+    pub transcode: usize,
     /// Keep stored recordings under this size (e.g. 500G, 20M, 1000000);
     /// the oldest segments are deleted first.
     #[arg(long, value_parser = parse_bytes)]
@@ -132,6 +138,7 @@ impl Args {
             rtmp_public: None,
             rtmp_url: None,
             live_grace_secs: 15,
+            transcode: 0,
             recordings_max_bytes: None,
             max_connections: None,
             api_reserve: 32,
@@ -211,6 +218,17 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
         ),
         None => None,
     };
+    if a.transcode > 0 {
+        // Say it now, not when the first viewer asks.
+        let ok = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-encoders"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("libx264"))
+            .context("--transcode: ffmpeg is not installed (apt install ffmpeg)")?;
+        if !ok {
+            anyhow::bail!("--transcode: this ffmpeg has no libx264 encoder (Debian's ffmpeg has)");
+        }
+    }
     let (token, new) = admin_token(&a.data, a.admin_token.clone())?;
     private_dir(&a.data)?;
     let store = SqliteStore::open(&a.data).with_context(|| format!("opening the store in {}", a.data.display()))?;
@@ -230,7 +248,12 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
         keepalive: Duration::from_secs(a.keepalive_secs.clamp(1, 3600)),
         hash_cost: a.argon2,
         response_timeout: Duration::from_millis(a.response_timeout_ms.max(1)),
-        live: LiveConfig { rtmp, grace: Duration::from_secs(a.live_grace_secs.max(1)), ..LiveConfig::default() },
+        live: LiveConfig {
+            rtmp,
+            grace: Duration::from_secs(a.live_grace_secs.max(1)),
+            transcode: a.transcode,
+            ..LiveConfig::default()
+        },
         recordings_max_bytes: a.recordings_max_bytes,
         limits: ConnLimits {
             max_connections: a.max_connections.unwrap_or_else(ivr_cloud::default_max_connections).max(1),
