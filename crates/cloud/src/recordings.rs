@@ -56,6 +56,9 @@ pub struct Recorder {
     pub deleted_bytes: AtomicU64,
     /// When each channel's alarm recording may stop (unix s).
     pub(crate) alarm_until: Mutex<HashMap<(String, u32), i64>>,
+    /// The size of each playback MP4 asked for with a Range, by token
+    /// (a dry run of the assembly found it); bounded.
+    sizes: Mutex<HashMap<String, u64>>,
 }
 
 /// What reconciling disk and index found and did.
@@ -611,9 +614,34 @@ pub(crate) async fn playback_hls<S: Store>(
 /// `GET /recordings/{token}/play.mp4`: one MP4 of exactly the range,
 /// assembled from the stored TS segments as it is sent (fragmented MP4:
 /// the first bytes go out once the first segment is read).
+/// A `Range: bytes=…` header: the first byte and the last (inclusive) of
+/// a file of `len` bytes; `Err(())` when it cannot be satisfied. One
+/// range only (a player seeking asks for one).
+fn byte_range(h: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = h.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // several ranges: answered with the whole file
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let r = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b && a < len => Ok((a, b.min(len - 1))),
+        (Ok(a), Err(_)) if b.is_empty() && a < len => Ok((a, len - 1)),
+        (Err(_), Ok(n)) if a.is_empty() && n > 0 && len > 0 => Ok((len.saturating_sub(n), len - 1)),
+        _ if a.parse::<u64>().is_err() && b.parse::<u64>().is_err() => return None,
+        _ => Err(()),
+    };
+    Some(r)
+}
+
+/// `GET /recordings/{token}/play.mp4`: one MP4 of the token's range,
+/// assembled from the stored segments as it is sent. With `Range`, the
+/// asked bytes (206): the assembly is deterministic, so a dry run gives
+/// the size (kept per token) and the range is cut from a second run.
 pub(crate) async fn playback_mp4<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(t): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let (lc, ch, from, to) = rec_scope(&c, &t)?;
     let segs = c.store.segments(&lc, ch, from, to, 100_000)?;
@@ -621,24 +649,111 @@ pub(crate) async fn playback_mp4<S: Store>(
         return Err(ApiError::not_found("nothing recorded in that range (any more)"));
     }
     let dir = c.recordings_dir();
+    let range = headers.get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let known = c.recorder.sizes.lock().unwrap_or_else(|e| e.into_inner()).get(&t).copied();
+    let (window, status, extra) = match range {
+        None => (Window::ALL, axum::http::StatusCode::OK, known.map(|n| vec![("content-length", n.to_string())])),
+        Some(r) => {
+            let len = match known {
+                Some(n) => n,
+                None => {
+                    let n = assemble(&dir, segs.clone(), from, to, Window::ALL, None)
+                        .await
+                        .map_err(|e| ApiError::internal(format!("assembling the MP4: {e}")))?;
+                    let mut m = c.recorder.sizes.lock().unwrap_or_else(|e| e.into_inner());
+                    if m.len() >= 256 {
+                        m.clear();
+                    }
+                    m.insert(t.clone(), n);
+                    n
+                }
+            };
+            match byte_range(&r, len) {
+                None => (Window::ALL, axum::http::StatusCode::OK, Some(vec![("content-length", len.to_string())])),
+                Some(Err(())) => {
+                    let mut resp = ApiError::new(
+                        axum::http::StatusCode::RANGE_NOT_SATISFIABLE,
+                        format!("range {r:?}: the file has {len} bytes"),
+                    )
+                    .into_response();
+                    if let Ok(v) = format!("bytes */{len}").parse() {
+                        resp.headers_mut().insert("content-range", v);
+                    }
+                    return Ok(resp);
+                }
+                Some(Ok((a, b))) => (
+                    Window { skip: a, take: b - a + 1 },
+                    axum::http::StatusCode::PARTIAL_CONTENT,
+                    Some(vec![
+                        ("content-range", format!("bytes {a}-{b}/{len}")),
+                        ("content-length", (b - a + 1).to_string()),
+                    ]),
+                ),
+            }
+        }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AxBytes, std::io::Error>>(4);
     tokio::spawn(async move {
-        if let Err(e) = assemble(&dir, segs, from, to, &tx).await {
+        if let Err(e) = assemble(&dir, segs, from, to, window, Some(&tx)).await {
             tracing::warn!(error = %e, "cloud: playback MP4 cut short");
             let _ = tx.send(Err(std::io::Error::other(e))).await;
         }
     });
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    Ok(([("content-type", "video/mp4")], body).into_response())
+    let mut resp = (status, [("content-type", "video/mp4"), ("accept-ranges", "bytes")], body).into_response();
+    for (k, v) in extra.unwrap_or_default() {
+        if let Ok(v) = v.parse() {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    Ok(resp)
 }
 
+/// Which bytes of the assembled file to send.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    skip: u64,
+    take: u64,
+}
+
+impl Window {
+    const ALL: Window = Window { skip: 0, take: u64::MAX };
+}
+
+/// Assembles the MP4 of `from..to`; sends the bytes of `win` to `tx`
+/// (none without one) and answers how many bytes the whole file has (as
+/// far as it was made: it stops once the window is sent).
 async fn assemble(
     dir: &FsPath,
     segs: Vec<SegmentRow>,
     from: i64,
     to: i64,
-    tx: &tokio::sync::mpsc::Sender<Result<AxBytes, std::io::Error>>,
-) -> Result<(), String> {
+    win: Window,
+    tx: Option<&tokio::sync::mpsc::Sender<Result<AxBytes, std::io::Error>>>,
+) -> Result<u64, String> {
+    let end = win.skip.saturating_add(win.take);
+    let mut pos = 0u64;
+    // Sends the part of `chunk` (at `pos` in the file) inside the window;
+    // false once the window is done or the viewer left.
+    async fn emit(
+        chunk: Vec<u8>,
+        pos: &mut u64,
+        win: Window,
+        end: u64,
+        tx: Option<&tokio::sync::mpsc::Sender<Result<AxBytes, std::io::Error>>>,
+    ) -> bool {
+        let (a, b) = (*pos, *pos + chunk.len() as u64);
+        *pos = b;
+        let Some(tx) = tx else { return true };
+        let (lo, hi) = (a.max(win.skip), b.min(end));
+        if lo < hi {
+            let part = AxBytes::from(chunk).slice((lo - a) as usize..(hi - a) as usize);
+            if tx.send(Ok(part)).await.is_err() {
+                return false;
+            }
+        }
+        b < end
+    }
     let mut sink = Sink::new(Format::Mp4, 25);
     let base = segs[0].start_ms.max(from);
     let mut started = false;
@@ -671,20 +786,34 @@ async fn assemble(
             started = true;
             sink.push(f, &mut out).map_err(|e| e.to_string())?;
         }
-        if !out.is_empty() && tx.send(Ok(AxBytes::from(std::mem::take(&mut out)))).await.is_err() {
-            return Ok(());
+        if !out.is_empty() && !emit(std::mem::take(&mut out), &mut pos, win, end, tx).await {
+            return Ok(pos);
         }
     }
     sink.finish(&mut out).map_err(|e| e.to_string())?;
     if !out.is_empty() {
-        let _ = tx.send(Ok(AxBytes::from(out))).await;
+        emit(out, &mut pos, win, end, tx).await;
     }
-    Ok(())
+    Ok(pos)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Some(Ok((0, 99))));
+        assert_eq!(byte_range("bytes=900-", 1000), Some(Ok((900, 999))));
+        assert_eq!(byte_range("bytes=900-5000", 1000), Some(Ok((900, 999))), "the end is clamped");
+        assert_eq!(byte_range("bytes=-100", 1000), Some(Ok((900, 999))));
+        assert_eq!(byte_range("bytes=-5000", 1000), Some(Ok((0, 999))));
+        assert_eq!(byte_range("bytes=1000-", 1000), Some(Err(())), "past the end: 416");
+        assert_eq!(byte_range("bytes=5-2", 1000), Some(Err(())));
+        assert_eq!(byte_range("bytes=0-1,5-6", 1000), None, "several: the whole file");
+        assert_eq!(byte_range("items=0-1", 1000), None);
+        assert_eq!(byte_range("bytes=x-y", 1000), None);
+    }
 
     #[test]
     fn names_and_times_parse() {
