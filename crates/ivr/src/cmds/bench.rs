@@ -41,6 +41,10 @@ pub enum BenchCmd {
     /// checks no device is wrongly online or offline, every acknowledged
     /// alarm is stored, and reports the cloud's memory over time.
     Soak(super::bench_soak::SoakBench),
+    /// Cloud recording: the cloud's CPU per camera recording in real time,
+    /// segment write throughput against `dd` on the same disk, and
+    /// playback of a long range (first byte, assembly rate, a Range seek).
+    Recording(super::bench_recording::RecordingBench),
 }
 
 #[derive(ClapArgs)]
@@ -76,6 +80,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Edge(b) => super::bench_edge::run(b).await,
         BenchCmd::Live(b) => super::bench_live::run(b).await,
         BenchCmd::Soak(b) => super::bench_soak::run(b).await,
+        BenchCmd::Recording(b) => super::bench_recording::run(b).await,
     }
 }
 

@@ -4,6 +4,7 @@ pub mod bench_edge;
 pub mod bench_ivc;
 pub mod bench_live;
 pub mod bench_media;
+pub mod bench_recording;
 pub mod bench_soak;
 pub mod bench_streams;
 pub mod cloud;

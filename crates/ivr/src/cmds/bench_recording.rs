@@ -1,0 +1,368 @@
+//! `ivr bench recording`: cloud recording, measured. `ivr cloud` runs as
+//! its own process; this process is N devices (IVR RPC clients that answer
+//! StartCloudRecord and upload MPEG-TS segments of a padded H.264 clip to
+//! the cloud's callback, as the edge does):
+//!
+//! - ingest: the cloud's CPU per camera while N cameras record at their
+//!   bitrate in real time;
+//! - write throughput: segments uploaded as fast as the cloud takes them
+//!   (each written to a temporary file, fsynced, renamed, indexed), against
+//!   `dd conv=fsync` writing as many bytes to the same disk in the same run;
+//! - playback: the MP4 of a long range (default one hour) assembled from
+//!   the stored segments: time to its first byte, and the assembly rate;
+//!   the same for a Range request in the middle of it.
+
+use super::bench_ivc::{cpu, free_port};
+use anyhow::{bail, Context};
+use clap::Args as ClapArgs;
+use ivr_media::sink::{Format, Sink};
+use ivr_media::{Codec, Frame};
+use ivr_rpc::conn::Handler;
+use ivr_rpc::RpcError;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+#[derive(ClapArgs)]
+pub struct RecordingBench {
+    /// Cameras recording at once (each its own device session).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=500))]
+    cameras: u32,
+    /// Each camera's bitrate, bit/s.
+    #[arg(long, default_value_t = 4_000_000)]
+    bitrate: u64,
+    /// Seconds each ingest phase is measured.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Segment length, seconds.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=60))]
+    seg: u32,
+    /// Minutes of recording the playback MP4 spans.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    playback_minutes: u32,
+    /// The results as one JSON object on stdout (progress and notes go to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The device: answers StartCloudRecord by noting where to upload.
+#[derive(Default)]
+struct Device {
+    /// cbk_url and session_id per channel.
+    sessions: Mutex<HashMap<u32, (String, String)>>,
+}
+
+impl Handler for Device {
+    async fn request(&self, method: String, params: Option<Value>) -> Result<Value, RpcError> {
+        if method == "StartCloudRecord" {
+            let p = params.unwrap_or_default();
+            let ch = p["channel"].as_u64().unwrap_or(0) as u32;
+            let cbk = p["cbk_url"].as_str().unwrap_or_default().to_owned();
+            let sid = p["session_id"].as_str().unwrap_or_default().to_owned();
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(ch, (cbk, sid));
+        }
+        Ok(json!({}))
+    }
+    async fn event(&self, _: String, _: Option<Value>) {}
+}
+
+/// One segment of `secs` seconds at `bitrate`, as MPEG-TS.
+fn segment(bitrate: u64, secs: u32) -> anyhow::Result<Vec<u8>> {
+    let clip = ivr_sim::clips::clip(ivr_sim::clips::ClipCodec::H264, true);
+    let frames = clip.padded(bitrate);
+    let mut sink = Sink::new(Format::Ts, 25).with_audio(None);
+    let mut out = Vec::new();
+    for i in 0..(secs as u64 * 25) {
+        let u = &frames[(i % frames.len() as u64) as usize];
+        let dts = i * 3600;
+        sink.push(Frame { codec: Codec::H264, keyframe: u.keyframe, pts: dts, dts, data: u.data.clone() }, &mut out)?;
+    }
+    sink.finish(&mut out)?;
+    Ok(out)
+}
+
+/// An HTTP/1.1 request on a fresh connection: status and body.
+async fn request(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP head")?;
+    let status = std::str::from_utf8(&resp[..end])?.split(' ').nth(1).context("no status")?.parse()?;
+    Ok((status, resp[end + 4..].to_vec()))
+}
+
+/// Uploads one segment the way the edge does: describe it at the callback
+/// URL, PUT its bytes to the URL the cloud answers.
+async fn upload(
+    addr: &str,
+    cbk: &str,
+    sid: &str,
+    seq: u64,
+    start_ms: i64,
+    secs: u32,
+    data: &[u8],
+) -> anyhow::Result<()> {
+    let path = cbk.split_once(addr).map(|x| x.1).context("cbk_url on another host")?;
+    let d = json!({"session_id": sid, "channel": 0, "seq": seq, "size": data.len(), "duration": secs, "start_ms": start_ms});
+    let (s, b) = request(addr, "POST", path, "Content-Type: application/json\r\n", d.to_string().as_bytes()).await?;
+    if s != 200 {
+        bail!("callback: HTTP {s}: {}", String::from_utf8_lossy(&b));
+    }
+    let url: Value = serde_json::from_slice(&b)?;
+    let put = url["url"].as_str().context("no upload url")?;
+    let put = put.split_once(addr).map(|x| x.1).context("upload url on another host")?;
+    let (s, b) = request(addr, "PUT", put, "", data).await?;
+    if s != 201 && s != 200 {
+        bail!("upload: HTTP {s}: {}", String::from_utf8_lossy(&b));
+    }
+    Ok(())
+}
+
+async fn api(addr: &str, token: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    let (s, b) = super::bench_edge::api(addr, token, method, path, body).await?;
+    Ok((s, serde_json::from_str(&b).unwrap_or(Value::Null)))
+}
+
+pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("ivr-bench-recording-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let token = "bench-recording-token-0123";
+    let say = |s: &str| {
+        if !b.json {
+            println!("{s}");
+        } else {
+            eprintln!("{s}");
+        }
+    };
+    let mut cloud = tokio::process::Command::new(&exe)
+        .args(["cloud", "--listen", &addr, "--argon2", "m=64,t=1,p=1", "--keepalive-secs", "5", "--data"])
+        .arg(dir.join("data"))
+        .env("IVR_ADMIN_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting ivr cloud")?;
+    let pid = cloud.id().context("cloud pid")?;
+    let mut lines = tokio::io::BufReader::new(cloud.stdout.take().context("cloud stdout")?).lines();
+    lines.next_line().await?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let seg = Arc::new(segment(b.bitrate, b.seg)?);
+    say(&format!(
+        "{} cameras at {:.1} Mbit/s, {} s segments of {} bytes",
+        b.cameras,
+        b.bitrate as f64 / 1e6,
+        b.seg,
+        seg.len()
+    ));
+
+    // The devices, each asked to record channel 0.
+    let mut cams = Vec::new();
+    for i in 0..b.cameras {
+        let lc = format!("rec-{i:03}");
+        let (s, _) =
+            api(&addr, token, "POST", "/api/v1/devices", &json!({"login_code": lc, "login_passwd": "bench-pass"}))
+                .await?;
+        if s != 201 {
+            bail!("provisioning {lc}: HTTP {s}");
+        }
+        let dev = Arc::new(Device::default());
+        let url = ivr_rpc::ws::login_url(&format!("ws://{addr}/ivc"), &lc, "bench-pass", "bench", "1");
+        let ws = ivr_rpc::ws::dial(&url, &ivr_rpc::net::Dialer::default()).await.context("a device's login")?;
+        let (h, run) = ivr_rpc::conn::spawn(ws, ivr_rpc::Peer::ivt(), dev.clone());
+        let keepalive = json!({"state": 1, "channels": [{"channel": 0, "state": 1}]});
+        h.call("Keepalive", Some(keepalive)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let path = format!("/api/v1/devices/{lc}/channels/0/recording");
+        let (s, j) = api(&addr, token, "POST", &path, &json!({"seg_duration": b.seg})).await?;
+        if s != 201 {
+            bail!("starting {lc}'s recording: HTTP {s}: {j}");
+        }
+        let (cbk, sid) =
+            dev.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&0).cloned().context("no StartCloudRecord")?;
+        cams.push((cbk, sid, h, run));
+    }
+    let stored = |addr: String| async move {
+        let (_, j) = api(&addr, token, "GET", "/api/v1/stats", &Value::Null).await?;
+        anyhow::Ok((
+            j["recordings"]["stored"].as_u64().unwrap_or(0),
+            j["recordings"]["stored_bytes"].as_u64().unwrap_or(0),
+        ))
+    };
+    let t_start = chrono::Utc::now().timestamp_millis() - 86_400_000;
+    let seqs: Arc<Vec<std::sync::atomic::AtomicU64>> =
+        Arc::new((0..b.cameras).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
+    // Each camera's uploads: paced (one segment per `seg` s) or as fast as taken.
+    let phase = |paced: bool, secs: u64| {
+        let mut tasks = Vec::new();
+        for (i, (cbk, sid, _, _)) in cams.iter().enumerate() {
+            let (cbk, sid, addr, seg, seqs) = (cbk.clone(), sid.clone(), addr.clone(), seg.clone(), seqs.clone());
+            let segsecs = b.seg;
+            tasks.push(tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_secs(secs);
+                let mut tick = tokio::time::interval(Duration::from_secs(segsecs as u64));
+                // Spread the cameras over the interval, as real ones are.
+                tokio::time::sleep(Duration::from_millis(i as u64 * 997 % (segsecs as u64 * 1000))).await;
+                while Instant::now() < until {
+                    if paced {
+                        tick.tick().await;
+                    }
+                    let seq = seqs[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let start = t_start + seq as i64 * segsecs as i64 * 1000;
+                    if let Err(e) = upload(&addr, &cbk, &sid, seq, start, segsecs, &seg).await {
+                        eprintln!("camera {i}: {e:#}");
+                        return;
+                    }
+                }
+            }));
+        }
+        tasks
+    };
+
+    // 1. Real time.
+    say(&format!("ingest: {} cameras in real time for {} s…", b.cameras, b.seconds));
+    let (c0, s0, t0) = (cpu(pid), stored(addr.clone()).await?, Instant::now());
+    for t in phase(true, b.seconds) {
+        t.await?;
+    }
+    let (c1, s1, el) = (cpu(pid), stored(addr.clone()).await?, t0.elapsed());
+    let cpu_pct = (c1 - c0).as_secs_f64() / el.as_secs_f64() * 100.0;
+    let per_cam = cpu_pct / b.cameras as f64;
+    let rt_mbit = (s1.1 - s0.1) as f64 * 8.0 / el.as_secs_f64() / 1e6;
+    say(&format!(
+        "  {} segments, {rt_mbit:.1} Mbit/s stored; the cloud's CPU {cpu_pct:.2} % of a core = {per_cam:.3} % per camera",
+        s1.0 - s0.0
+    ));
+
+    // 2. As fast as taken, against dd.
+    let fast_secs = (b.seconds / 2).max(5);
+    say(&format!("write throughput: uploads as fast as the cloud takes them for {fast_secs} s…"));
+    let (c0, s0, t0) = (cpu(pid), stored(addr.clone()).await?, Instant::now());
+    for t in phase(false, fast_secs) {
+        t.await?;
+    }
+    let (c1, s1, el) = (cpu(pid), stored(addr.clone()).await?, t0.elapsed());
+    let cloud_mb_s = (s1.1 - s0.1) as f64 / el.as_secs_f64() / 1e6;
+    let fast_cpu = (c1 - c0).as_secs_f64() / el.as_secs_f64() * 100.0;
+    let mb = ((s1.1 - s0.1) / 1_000_000).max(64);
+    let dd_file = dir.join("dd.bin");
+    let t = Instant::now();
+    let out = tokio::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", dd_file.display()))
+        .args(["bs=1M", &format!("count={mb}"), "conv=fsync"])
+        .output()
+        .await
+        .context("running dd")?;
+    let dd_secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&dd_file);
+    if !out.status.success() {
+        bail!("dd: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dd_mb_s = (mb << 20) as f64 / dd_secs / 1e6;
+    say(&format!(
+        "  the cloud stored {cloud_mb_s:.0} MB/s ({} segments, {fast_cpu:.0} % of a core); dd conv=fsync {dd_mb_s:.0} MB/s: {:.2}× dd",
+        s1.0 - s0.0,
+        cloud_mb_s / dd_mb_s
+    ));
+
+    // 3. Playback of a long range: camera 0 gets that many segments first.
+    let want = (b.playback_minutes as u64 * 60).div_ceil(b.seg as u64);
+    let (cbk, sid, _, _) = &cams[0];
+    let have = seqs[0].load(std::sync::atomic::Ordering::Relaxed);
+    say(&format!(
+        "playback: {} min of camera 0 ({} segments; uploading {} more)…",
+        b.playback_minutes,
+        want,
+        want.saturating_sub(have)
+    ));
+    let pb = indicatif::ProgressBar::new(want.saturating_sub(have));
+    if b.json {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    for seq in have..want {
+        let start = t_start + seq as i64 * b.seg as i64 * 1000;
+        upload(&addr, cbk, sid, seq, start, b.seg, &seg).await?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let to = t_start + want as i64 * b.seg as i64 * 1000;
+    let (s, j) = api(
+        &addr,
+        token,
+        "POST",
+        "/api/v1/devices/rec-000/channels/0/playback",
+        &json!({"from": t_start as f64 / 1000.0, "to": to as f64 / 1000.0}),
+    )
+    .await?;
+    if s != 200 {
+        bail!("playback: HTTP {s}: {j}");
+    }
+    let url = j["urls"]["mp4"].as_str().context("no mp4 url")?.to_owned();
+    let path = url.split_once(addr.as_str()).map(|x| x.1.to_owned()).context("mp4 url")?;
+    let timed = |range: Option<String>| {
+        let (addr, path) = (addr.clone(), path.clone());
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            let r = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+            let t0 = Instant::now();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{r}Connection: close\r\n\r\n").as_bytes())
+                .await?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut first = None;
+            let mut total = 0u64;
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                first.get_or_insert_with(|| t0.elapsed());
+                total += n as u64;
+            }
+            anyhow::Ok((first.unwrap_or_default(), t0.elapsed(), total))
+        }
+    };
+    let (ttfb, whole, bytes) = timed(None).await?;
+    let gb_s = bytes as f64 / whole.as_secs_f64() / 1e9;
+    say(&format!(
+        "  the whole MP4: first byte after {:.1} ms; {:.2} GB in {:.2} s = {gb_s:.2} GB/s assembled",
+        ttfb.as_secs_f64() * 1000.0,
+        bytes as f64 / 1e9,
+        whole.as_secs_f64()
+    ));
+    // A seek: the first Range request learns the size (a dry run), the next one not.
+    let mid = bytes / 2;
+    let (r1, _, _) = timed(Some(format!("bytes={mid}-{}", mid + (1 << 20)))).await?;
+    let (r2, _, _) = timed(Some(format!("bytes={}-{}", mid / 2, mid / 2 + (1 << 20)))).await?;
+    say(&format!(
+        "  a Range in the middle: first byte after {:.0} ms (the first one, which sizes the file), then {:.0} ms",
+        r1.as_secs_f64() * 1000.0,
+        r2.as_secs_f64() * 1000.0
+    ));
+    if b.json {
+        println!(
+            "{}",
+            json!({
+                "cameras": b.cameras, "bitrate": b.bitrate, "segment_bytes": seg.len(),
+                "ingest": {"cpu_pct": cpu_pct, "cpu_pct_per_camera": per_cam, "stored_mbit_s": rt_mbit},
+                "throughput": {"cloud_mb_s": cloud_mb_s, "cloud_cpu_pct": fast_cpu, "dd_mb_s": dd_mb_s, "ratio": cloud_mb_s / dd_mb_s},
+                "playback": {"minutes": b.playback_minutes, "bytes": bytes, "first_byte_ms": ttfb.as_secs_f64() * 1000.0,
+                             "gb_s": gb_s, "range_first_byte_ms": [r1.as_secs_f64() * 1000.0, r2.as_secs_f64() * 1000.0]},
+            })
+        );
+    }
+    drop(cams);
+    let _ = cloud.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
