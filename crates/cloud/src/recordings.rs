@@ -253,11 +253,12 @@ impl<S: Store> Cloud<S> {
             .join(day(p.start_ms))
             .join(format!("{}-{}-{}-{}.ts", p.start_ms, p.duration_ms, s.session_id, p.seq));
         let path = self.recordings_dir().join(&rel);
-        let (n, _) = crate::uploads::store_body(body, &path, Size::Exactly(p.size), None).await.inspect_err(|e| {
-            if e.status.is_server_error() {
-                self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        })?;
+        let (n, _) =
+            crate::uploads::store_body(body, &path, Size::Exactly(p.size), None, false).await.inspect_err(|e| {
+                if e.status.is_server_error() {
+                    self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            })?;
         let row = SegmentRow {
             id: 0,
             login_code: s.login_code.clone(),
