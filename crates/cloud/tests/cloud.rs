@@ -386,7 +386,9 @@ async fn a_fleet_of_fifty_simulated_ivts_comes_online() {
         })
     })
     .await;
-    assert_eq!(ivr_edge::fleet::connected(&fleet), 50);
+    // The cloud counts a device online at its login; the fleet counts it
+    // once its side of the upgrade is done, a moment later.
+    wait_until("the fleet counts 50 connected", async || ivr_edge::fleet::connected(&fleet) == 50).await;
     let (status, stats) = api(addr, "GET", "/api/v1/stats", None).await;
     assert_eq!(status, 200);
     assert_eq!((stats["devices"].as_u64(), stats["sessions"].as_u64()), (Some(50), Some(50)), "{stats}");
