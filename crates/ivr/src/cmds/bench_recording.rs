@@ -262,6 +262,14 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
     let fast_cpu = (c1 - c0).as_secs_f64() / el.as_secs_f64() * 100.0;
     let mb = ((s1.1 - s0.1) / 1_000_000).max(64);
     let dd_file = dir.join("dd.bin");
+    // dd's own CPU (user + system): the children's usage, before and after.
+    let children_cpu = || {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    let dd_cpu0 = children_cpu();
     let t = Instant::now();
     let out = tokio::process::Command::new("dd")
         .arg("if=/dev/zero")
@@ -271,6 +279,8 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
         .await
         .context("running dd")?;
     let dd_secs = t.elapsed().as_secs_f64();
+    let dd_cpu_s_per_gb = (children_cpu() - dd_cpu0) / ((mb << 20) as f64 / 1e9);
+    let cloud_cpu_s_per_gb = (c1 - c0).as_secs_f64() / ((s1.1 - s0.1) as f64 / 1e9);
     let _ = std::fs::remove_file(&dd_file);
     if !out.status.success() {
         bail!("dd: {}", String::from_utf8_lossy(&out.stderr));
@@ -280,6 +290,10 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
         "  the cloud stored {cloud_mb_s:.0} MB/s ({} segments, {fast_cpu:.0} % of a core); dd conv=fsync {dd_mb_s:.0} MB/s: {:.2}× dd",
         s1.0 - s0.0,
         cloud_mb_s / dd_mb_s
+    ));
+    say(&format!(
+        "  CPU per GB written: the cloud {cloud_cpu_s_per_gb:.2} s (HTTP in, file, fsync, index), dd {dd_cpu_s_per_gb:.2} s: {:.1}× dd",
+        cloud_cpu_s_per_gb / dd_cpu_s_per_gb
     ));
 
     // 3. Playback of a long range: camera 0 gets that many segments first.
@@ -374,7 +388,8 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
             json!({
                 "cameras": b.cameras, "bitrate": b.bitrate, "segment_bytes": seg.len(),
                 "ingest": {"idle_cpu_pct": idle_pct, "cpu_pct": cpu_pct, "cpu_pct_per_camera": per_cam, "stored_mbit_s": rt_mbit},
-                "throughput": {"cloud_mb_s": cloud_mb_s, "cloud_cpu_pct": fast_cpu, "dd_mb_s": dd_mb_s, "ratio": cloud_mb_s / dd_mb_s},
+                "throughput": {"cloud_mb_s": cloud_mb_s, "cloud_cpu_pct": fast_cpu, "dd_mb_s": dd_mb_s, "ratio": cloud_mb_s / dd_mb_s,
+                               "cloud_cpu_s_per_gb": cloud_cpu_s_per_gb, "dd_cpu_s_per_gb": dd_cpu_s_per_gb},
                 "playback": {"minutes": b.playback_minutes, "bytes": bytes, "first_byte_ms": ttfb.as_secs_f64() * 1000.0,
                              "gb_s": gb_s, "range_first_byte_ms": [r1.as_secs_f64() * 1000.0, r2.as_secs_f64() * 1000.0]},
             })
