@@ -157,6 +157,8 @@ pub struct Cloud<S: Store> {
     /// Console logins: failures per user name and per address.
     pub(crate) user_login_by_name: crate::limits::Throttle,
     pub(crate) user_login_by_addr: crate::limits::Throttle,
+    /// Console logins waiting for argon2 (apart from the devices' queue).
+    pub(crate) user_login_queue: crate::limits::Pending,
     feed: broadcast::Sender<Event>,
     pub(crate) next_session: AtomicU64,
     pub(crate) passwords: Passwords,
@@ -190,6 +192,7 @@ impl<S: Store> Cloud<S> {
             login_queue: crate::limits::Pending::new(32, 1024),
             user_login_by_name: crate::limits::Throttle::new(10, Duration::from_secs(60), 100_000),
             user_login_by_addr: crate::limits::Throttle::new(30, Duration::from_secs(60), 100_000),
+            user_login_queue: crate::limits::Pending::new(8, 64),
             feed: broadcast::channel(1024).0,
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),

@@ -257,3 +257,30 @@ async fn roles_scopes_tokens_logins_and_the_audit_log() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_logins_waiting_for_argon2_are_bounded_per_address() {
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-users2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The default cost: each check takes tens of milliseconds.
+    let (addr, _c, _server) = start_cloud_with(&dir, |c| c).await;
+    // Names of their own: the per-name throttle (10 a minute) stays out of it.
+    let tries: Vec<_> = (0..24)
+        .map(|i| {
+            let body = json!({"name": format!("nobody-{i}"), "password": "not a password"}).to_string();
+            tokio::spawn(async move { http_with(addr, "POST", "/api/v1/login", &[], Some(body.as_bytes())).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tries {
+        let (s, head, _) = t.await.unwrap();
+        if s == 503 {
+            assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+        }
+        got.push(s);
+    }
+    let (busy, wrong) = (got.iter().filter(|s| **s == 503).count(), got.iter().filter(|s| **s == 401).count());
+    assert_eq!(busy + wrong, 24, "{got:?}");
+    assert!(busy >= 1 && wrong >= 8, "eight wait for argon2, the rest are told to come back: {got:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -79,6 +79,15 @@ pub(crate) async fn login<S: Store>(
             return Ok(r);
         }
     }
+    // At most 8 logins of one address (64 in all) wait for argon2 at once.
+    let _slot = match c.user_login_queue.enter(peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+            r.headers_mut().insert("retry-after", 1.into());
+            return Ok(r);
+        }
+    };
     let user = if req.name.len() <= 64 { c.store.user(&req.name)? } else { None };
     let ok = match &user {
         Some(u) => c.passwords.verify(&format!("\0user:{}", u.name), &req.password, &u.passwd_hash).await,
