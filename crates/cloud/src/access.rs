@@ -45,6 +45,8 @@ pub(crate) struct Caller {
     pub(crate) user: Option<String>,
     /// The SHA-256 of the login cookie (to log out).
     pub(crate) session: Option<String>,
+    /// The SHA-256 of the API token.
+    pub(crate) token: Option<String>,
 }
 
 impl Caller {
@@ -160,52 +162,78 @@ impl<S: Store> Cloud<S> {
                     addr,
                     user: None,
                     session: None,
+                    token: None,
                 });
             }
             if given.starts_with(TOKEN_PREFIX) {
-                if let Some(t) = self.store.token_by_hash(&digest(given))? {
-                    if t.expires.is_none_or(|e| e >= now()) {
-                        return Ok(Caller {
-                            actor: format!("token:{}", t.id),
-                            scope: self.scope_of(t.role, &t.devices, &t.groups)?,
-                            role: t.role,
-                            addr,
-                            user: None,
-                            session: None,
-                        });
-                    }
-                    return Err(ApiError::unauthorized(format!("API token {} expired", t.id)));
-                }
-                return Err(ApiError::unauthorized("unknown or revoked API token"));
+                return self.token_caller(&digest(given), addr);
             }
             return Err(ApiError::unauthorized("wrong admin token"));
         }
         if let Some(cookie) = cookie_value(parts, COOKIE) {
-            let hash = digest(cookie);
-            let s = self.store.login_session(&hash)?.filter(|s| s.expires >= now());
-            let u = match s {
-                Some(s) => self.store.user(&s.user)?,
-                None => None,
-            };
-            let Some(u) = u else {
-                return Err(ApiError::unauthorized("your login has ended; log in again"));
-            };
+            let who = self.session_caller(&digest(cookie), addr)?;
             if !matches!(parts.method, Method::GET | Method::HEAD) && !same_site(parts) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "a cross-site request with the login cookie was refused (no Origin of this site)",
                 ));
             }
-            return Ok(Caller {
-                actor: format!("user:{}", u.name),
-                scope: self.scope_of(u.role, &u.devices, &u.groups)?,
-                role: u.role,
-                addr,
-                user: Some(u.name),
-                session: Some(hash),
-            });
+            return Ok(who);
         }
         Err(ApiError::unauthorized("log in, or send Authorization: Bearer <admin or API token>"))
+    }
+
+    /// The caller of an API token (by its SHA-256), as the store says now.
+    fn token_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
+        let Some(t) = self.store.token_by_hash(hash)? else {
+            return Err(ApiError::unauthorized("unknown or revoked API token"));
+        };
+        if t.expires.is_some_and(|e| e < now()) {
+            return Err(ApiError::unauthorized(format!("API token {} expired", t.id)));
+        }
+        Ok(Caller {
+            actor: format!("token:{}", t.id),
+            scope: self.scope_of(t.role, &t.devices, &t.groups)?,
+            role: t.role,
+            addr,
+            user: None,
+            session: None,
+            token: Some(hash.to_owned()),
+        })
+    }
+
+    /// The caller of a console login (by its cookie's SHA-256), as the
+    /// store says now.
+    fn session_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
+        let s = self.store.login_session(hash)?.filter(|s| s.expires >= now());
+        let u = match s {
+            Some(s) => self.store.user(&s.user)?,
+            None => None,
+        };
+        let Some(u) = u else {
+            return Err(ApiError::unauthorized("your login has ended; log in again"));
+        };
+        Ok(Caller {
+            actor: format!("user:{}", u.name),
+            scope: self.scope_of(u.role, &u.devices, &u.groups)?,
+            role: u.role,
+            addr,
+            user: Some(u.name),
+            session: Some(hash.to_owned()),
+            token: None,
+        })
+    }
+
+    /// The caller again, as the store says now: a long-lived response (the
+    /// event stream) asks this every few seconds, so a logout, a revoked
+    /// token or a changed grant reaches it too. The admin token stays
+    /// valid while the cloud runs.
+    pub(crate) fn refresh(&self, who: &Caller) -> ApiResult<Caller> {
+        match (&who.session, &who.token) {
+            (Some(h), _) => self.session_caller(h, who.addr),
+            (None, Some(h)) => self.token_caller(h, who.addr),
+            (None, None) => Ok(who.clone()),
+        }
     }
 
     /// Writes one line of the audit log (a failure to write is logged,
@@ -298,6 +326,7 @@ mod tests {
             addr: None,
             user: Some("v".into()),
             session: None,
+            token: None,
         };
         assert!(c.see("cam-1").is_ok());
         assert_eq!(c.see("cam-2").unwrap_err().status, StatusCode::NOT_FOUND);

@@ -198,6 +198,20 @@ async fn roles_scopes_tokens_logins_and_the_audit_log() {
     // Logout ends the cookie at once.
     assert_eq!(call(addr, "POST", "/api/v1/logout", &v, None).await.0, 204);
     assert_eq!(call(addr, "GET", "/api/v1/devices", &v, None).await.0, 401);
+    // …and the event stream opened with it ends (it checks every 5 s).
+    let ended = tokio::time::timeout(Duration::from_secs(9), async {
+        let mut tail = Vec::new();
+        loop {
+            let n = sse.read(&mut buf).await.unwrap_or(0);
+            tail.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&tail).contains("event: end") {
+                return String::from_utf8_lossy(&tail).to_string();
+            }
+        }
+    })
+    .await
+    .expect("the stream of a logged-out user ends");
+    assert!(ended.contains("your login has ended"), "{ended}");
 
     // API tokens: shown once, scoped, revoked at once.
     let (s, t) = call(

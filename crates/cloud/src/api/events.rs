@@ -59,14 +59,35 @@ pub(crate) async fn picture<S: Store>(
     }
 }
 
+/// How often an open event stream checks its caller again.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Server-sent events: every stored event as it happens (`event: <kind>`,
-/// `data: <event JSON>`).
+/// `data: <event JSON>`), of the caller's devices. Every few seconds the
+/// caller is checked again: a logout, a revoked token or a deleted user
+/// ends the stream, and a changed grant applies to it.
 pub(crate) async fn stream<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let mut rx = c.subscribe();
     let s = async_stream(move |tx| async move {
+        let mut who = who;
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
         loop {
-            match rx.recv().await {
+            let got = tokio::select! {
+                r = rx.recv() => r,
+                _ = recheck.tick() => {
+                    match c.refresh(&who) {
+                        Ok(now) => who = now,
+                        Err(e) => {
+                            let end = SseEvent::default().event("end").data(e.msg);
+                            let _ = tx.send(Ok::<_, std::convert::Infallible>(end)).await;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            };
+            match got {
                 Ok(e) if !who.may_see(&e.login_code) => {}
                 Ok(e) => {
                     let ev =
