@@ -139,7 +139,13 @@ fn ivr_fixtures_clip() -> &'static ivr_sim::clips::Clip {
 }
 
 /// An API call on a fresh connection; the answer's status and JSON body.
-async fn http(addr: &str, token: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+pub(super) async fn http(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
     let (s, b) = super::bench_edge::api(addr, token, method, path, body).await?;
     Ok((s, serde_json::from_str(&b).unwrap_or(Value::Null)))
 }

@@ -12,7 +12,8 @@
 //!   the stored segments: time to its first byte, and the assembly rate;
 //!   the same for a Range request in the middle of it.
 
-use super::bench_ivc::{cpu, free_port};
+use super::bench_ivc::{cpu, free_port, start_cloud_at};
+use super::bench_live::http as api;
 use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
 use ivr_media::sink::{Format, Sink};
@@ -21,10 +22,9 @@ use ivr_rpc::conn::Handler;
 use ivr_rpc::RpcError;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(ClapArgs)]
 pub struct RecordingBench {
@@ -127,17 +127,11 @@ async fn upload(
     Ok(())
 }
 
-async fn api(addr: &str, token: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let (s, b) = super::bench_edge::api(addr, token, method, path, body).await?;
-    Ok((s, serde_json::from_str(&b).unwrap_or(Value::Null)))
-}
-
 pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("ivr-bench-recording-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let addr = format!("127.0.0.1:{}", free_port()?);
-    let token = "bench-recording-token-0123";
     let say = |s: &str| {
         if !b.json {
             println!("{s}");
@@ -145,19 +139,10 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
             eprintln!("{s}");
         }
     };
-    let mut cloud = tokio::process::Command::new(&exe)
-        .args(["cloud", "--listen", &addr, "--argon2", "m=64,t=1,p=1", "--keepalive-secs", "5", "--data"])
-        .arg(dir.join("data"))
-        .env("IVR_ADMIN_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting ivr cloud")?;
-    let pid = cloud.id().context("cloud pid")?;
-    let mut lines = tokio::io::BufReader::new(cloud.stdout.take().context("cloud stdout")?).lines();
-    lines.next_line().await?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    std::fs::create_dir_all(dir.join("data"))?;
+    let mut cloud = start_cloud_at(&exe, &dir.join("data"), &addr, 5, "m=64,t=1,p=1").await?;
+    let (pid, token) = (cloud.pid, cloud.token.clone());
+    let token = token.as_str();
     let seg = Arc::new(segment(b.bitrate, b.seg)?);
     say(&format!(
         "{} cameras at {:.1} Mbit/s, {} s segments of {} bytes",
@@ -396,7 +381,7 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
         );
     }
     drop(cams);
-    let _ = cloud.kill().await;
+    let _ = cloud.child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
