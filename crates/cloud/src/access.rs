@@ -133,7 +133,7 @@ fn same_site(parts: &Parts) -> bool {
 impl<S: Store> Cloud<S> {
     /// The devices a role and its grants reach (groups resolved now, so
     /// a device added to a group is visible at once).
-    pub(crate) fn scope_of(&self, role: Role, devices: &Grant, groups: &[String]) -> ApiResult<Scope> {
+    pub(crate) async fn scope_of(&self, role: Role, devices: &Grant, groups: &[String]) -> ApiResult<Scope> {
         if role == Role::Admin || *devices == Grant::All {
             return Ok(Scope::All);
         }
@@ -142,7 +142,7 @@ impl<S: Store> Cloud<S> {
             set.extend(v.iter().cloned());
         }
         for g in groups {
-            if let Some(members) = self.store.group(g)? {
+            if let Some(members) = self.store.group(g).await? {
                 set.extend(members);
             }
         }
@@ -166,12 +166,12 @@ impl<S: Store> Cloud<S> {
                 });
             }
             if given.starts_with(TOKEN_PREFIX) {
-                return self.token_caller(&digest(given), addr);
+                return self.token_caller(&digest(given), addr).await;
             }
             return Err(ApiError::unauthorized("wrong admin token"));
         }
         if let Some(cookie) = cookie_value(parts, COOKIE) {
-            let who = self.session_caller(&digest(cookie), addr)?;
+            let who = self.session_caller(&digest(cookie), addr).await?;
             if !matches!(parts.method, Method::GET | Method::HEAD) && !same_site(parts) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -184,8 +184,8 @@ impl<S: Store> Cloud<S> {
     }
 
     /// The caller of an API token (by its SHA-256), as the store says now.
-    fn token_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
-        let Some(t) = self.store.token_by_hash(hash)? else {
+    async fn token_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
+        let Some(t) = self.store.token_by_hash(hash).await? else {
             return Err(ApiError::unauthorized("unknown or revoked API token"));
         };
         if t.expires.is_some_and(|e| e < now()) {
@@ -193,7 +193,7 @@ impl<S: Store> Cloud<S> {
         }
         Ok(Caller {
             actor: format!("token:{}", t.id),
-            scope: self.scope_of(t.role, &t.devices, &t.groups)?,
+            scope: self.scope_of(t.role, &t.devices, &t.groups).await?,
             role: t.role,
             addr,
             user: None,
@@ -204,10 +204,10 @@ impl<S: Store> Cloud<S> {
 
     /// The caller of a console login (by its cookie's SHA-256), as the
     /// store says now.
-    fn session_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
-        let s = self.store.login_session(hash)?.filter(|s| s.expires >= now());
+    async fn session_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
+        let s = self.store.login_session(hash).await?.filter(|s| s.expires >= now());
         let u = match s {
-            Some(s) => self.store.user(&s.user)?,
+            Some(s) => self.store.user(&s.user).await?,
             None => None,
         };
         let Some(u) = u else {
@@ -215,7 +215,7 @@ impl<S: Store> Cloud<S> {
         };
         Ok(Caller {
             actor: format!("user:{}", u.name),
-            scope: self.scope_of(u.role, &u.devices, &u.groups)?,
+            scope: self.scope_of(u.role, &u.devices, &u.groups).await?,
             role: u.role,
             addr,
             user: Some(u.name),
@@ -228,21 +228,21 @@ impl<S: Store> Cloud<S> {
     /// event stream) asks this every few seconds, so a logout, a revoked
     /// token or a changed grant reaches it too. The admin token stays
     /// valid while the cloud runs.
-    pub(crate) fn refresh(&self, who: &Caller) -> ApiResult<Caller> {
+    pub(crate) async fn refresh(&self, who: &Caller) -> ApiResult<Caller> {
         match (&who.session, &who.token) {
-            (Some(h), _) => self.session_caller(h, who.addr),
-            (None, Some(h)) => self.token_caller(h, who.addr),
+            (Some(h), _) => self.session_caller(h, who.addr).await,
+            (None, Some(h)) => self.token_caller(h, who.addr).await,
             (None, None) => Ok(who.clone()),
         }
     }
 
     /// Writes one line of the audit log (a failure to write is logged,
     /// never the reason a request fails after its work is done).
-    pub(crate) fn audit(&self, who: &Caller, action: &str, target: &str, detail: serde_json::Value) {
-        self.audit_as(&who.actor, who.addr, action, target, detail);
+    pub(crate) async fn audit(&self, who: &Caller, action: &str, target: &str, detail: serde_json::Value) {
+        self.audit_as(&who.actor, who.addr, action, target, detail).await;
     }
 
-    pub(crate) fn audit_as(
+    pub(crate) async fn audit_as(
         &self,
         actor: &str,
         addr: Option<IpAddr>,
@@ -259,7 +259,7 @@ impl<S: Store> Cloud<S> {
             detail,
             addr: addr.map(|a| a.to_string()),
         };
-        if let Err(err) = self.store.add_audit(&e) {
+        if let Err(err) = self.store.add_audit(&e).await {
             tracing::error!(%err, action, target, "cloud: the audit log could not be written");
         }
     }

@@ -30,11 +30,32 @@ impl<S: Store> Cloud<S> {
     pub(crate) async fn session(self: Arc<Self>, q: LoginQuery, peer: SocketAddr, socket: WebSocket) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let lc = q.login_code.clone();
+        // The session's epoch: any older session of this device, on this
+        // node or another, is fenced out from here on.
+        let epoch =
+            match self.store.logged_in(&lc, &q.hardware_model, &q.firmware_model, now(), &self.cfg.node_id).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(login_code = %shown(&lc), error = %e, "cloud: login not recorded; session refused");
+                    let mut socket = socket;
+                    let _ = futures_util::SinkExt::send(
+                        &mut socket,
+                        AxMessage::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 1011,
+                            reason: "the cloud could not record the login; try again".into(),
+                        })),
+                    )
+                    .await;
+                    return;
+                }
+            };
+        self.bus_takeover(&lc, epoch).await;
         let dl = &self.cfg.device_limits;
         let handler = Arc::new(IvcHandler {
             cloud: self.clone(),
             login_code: lc.clone(),
             hardware_model: q.hardware_model.clone(),
+            epoch,
             alarms: Mutex::new(Bucket::new(dl.alarms_per_sec, dl.alarm_burst)),
             previews: Mutex::new(Bucket::new(dl.previews_per_sec, dl.preview_burst)),
         });
@@ -45,7 +66,7 @@ impl<S: Store> Cloud<S> {
             .sessions
             .lock()
             .expect("sessions lock")
-            .insert(lc.clone(), SessionEntry { id, handle, last_keepalive: Instant::now() });
+            .insert(lc.clone(), SessionEntry { id, epoch, handle, last_keepalive: Instant::now() });
         if let Some(old) = old {
             tracing::info!(login_code = %shown(&lc), %peer, "cloud: a new login replaces the old session");
             self.counters.replaced.fetch_add(1, Ordering::Relaxed);
@@ -53,36 +74,37 @@ impl<S: Store> Cloud<S> {
                 &lc,
                 None,
                 "session_replaced",
-                json!({"reason": "a new login with this login_code", "peer": peer.to_string()}),
-            );
+                json!({"reason": "a new login with this login_code", "peer": peer.to_string(), "node": self.cfg.node_id}),
+            )
+            .await;
             old.handle.close().await;
-        }
-        if let Err(e) = self.store.logged_in(&lc, &q.hardware_model, &q.firmware_model, now()) {
-            tracing::error!(error = %e, "cloud: login not recorded");
         }
         self.event(
             &lc,
             None,
             "online",
-            json!({"hardware_model": q.hardware_model, "firmware_model": q.firmware_model}),
-        );
+            json!({"hardware_model": q.hardware_model, "firmware_model": q.firmware_model, "node": self.cfg.node_id}),
+        )
+        .await;
         let close = run.await;
         if close.is_some() {
             self.counters.closed_by_rule.fetch_add(1, Ordering::Relaxed);
         }
-        let current = {
+        {
             let mut s = self.sessions.lock().expect("sessions lock");
             if s.get(&lc).is_some_and(|e| e.id == id) {
                 s.remove(&lc);
-                true
-            } else {
-                false
             }
-        };
-        if current {
-            let _ = self.store.set_offline(&lc, now());
-            let reason = close.map(|c| c.to_string()).or_else(|| self.stopping.lock().expect("stopping lock").clone());
-            self.event(&lc, None, "offline", json!({ "reason": reason }));
+        }
+        // Offline only if no later login (here or on another node) holds it.
+        match self.store.set_offline(&lc, now(), epoch).await {
+            Ok(true) => {
+                let reason =
+                    close.map(|c| c.to_string()).or_else(|| self.stopping.lock().expect("stopping lock").clone());
+                self.event(&lc, None, "offline", json!({ "reason": reason })).await;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(login_code = %shown(&lc), error = %e, "cloud: offline not recorded"),
         }
     }
 }
@@ -91,6 +113,8 @@ pub(crate) struct IvcHandler<S: Store> {
     cloud: Arc<Cloud<S>>,
     login_code: String,
     hardware_model: String,
+    /// The session's epoch (see [`crate::Store::logged_in`]).
+    epoch: i64,
     alarms: Mutex<Bucket>,
     previews: Mutex<Bucket>,
 }
@@ -138,13 +162,20 @@ impl<S: Store> Handler for IvcHandler<S> {
                         changed_at: 0,
                     })
                     .collect();
-                for ch in c.store.keepalive(lc, &rows, now()).map_err(internal)? {
+                let Some(changed) = c.store.keepalive(lc, &rows, now(), self.epoch).await.map_err(internal)? else {
+                    // A later login holds the device: this session is stale.
+                    tracing::info!(login_code = %shown(lc), "cloud: a later login holds this device; closing the stale session");
+                    c.close_older(lc, self.epoch + 1, "another node");
+                    return Err(RpcError::new(codes::INTERNAL, "a later login of this device replaced this session"));
+                };
+                for ch in changed {
                     c.event(
                         lc,
                         Some(ch.channel),
                         "channel_state",
                         json!({"state": ch.state, "record_session": ch.record_session, "alarm": ch.alarm}),
-                    );
+                    )
+                    .await;
                 }
                 Ok(json!({}))
             }
@@ -153,7 +184,7 @@ impl<S: Store> Handler for IvcHandler<S> {
                 let t = c.uploads.issue(lc, Upload::Preview);
                 Ok(json!({"url": format!("{}/upload/{t}", c.cfg.public_url)}))
             }
-            IvcRequest::GetFirmware => match c.store.latest_firmware(&self.hardware_model).map_err(internal)? {
+            IvcRequest::GetFirmware => match c.store.latest_firmware(&self.hardware_model).await.map_err(internal)? {
                 Some(fw) => Ok(json!({
                     "firmware_model": fw.firmware_model,
                     "url": format!("{}/firmware/{}", c.cfg.public_url, fw.token),
@@ -167,11 +198,12 @@ impl<S: Store> Handler for IvcHandler<S> {
             },
             IvcRequest::AlarmNotify(a) => {
                 self.allow(&self.alarms, &c.counters.alarms_dropped, "AlarmNotify")?;
-                c.policy_alarm(lc, a.channel, a.start);
+                c.policy_alarm(lc, a.channel, a.start).await;
                 let data =
                     json!({"type": a.kind as i64, "state": if a.start { "start" } else { "end" }, "desc": a.desc});
                 let e = c
                     .event(lc, Some(a.channel), "alarm", data)
+                    .await
                     .ok_or_else(|| RpcError::new(codes::INTERNAL, "the alarm was not stored"))?;
                 let t = c.uploads.issue(lc, Upload::Alarm { event_id: e.id });
                 Ok(json!({"pic_upload_url": format!("{}/upload/{t}", c.cfg.public_url)}))

@@ -7,15 +7,18 @@ mod access;
 mod accounts;
 mod api;
 mod auth;
+mod bus;
 mod console;
 mod error;
 mod gateway;
 mod limits;
 mod listen;
 mod live;
+mod pg;
 mod policy;
 mod recordings;
 mod server;
+mod sql;
 mod store;
 mod uploads;
 
@@ -32,7 +35,7 @@ pub use policy::{Mode as RecordMode, RecordPolicy, Window as RecordWindow};
 pub use recordings::Repair;
 pub use server::{Cloud, CloudConfig, DeviceLimits, LoginCheckError, ProvisionError};
 pub use store::{
-    ChannelRow, Device, Event, EventFilter, Firmware, RecordSession, SegmentRow, SqliteStore, Store, StoreError,
+    ChannelRow, Device, Event, EventFilter, Firmware, Node, RecordSession, SegmentRow, SqlStore, Store, StoreError,
 };
 
 /// A login_code as a file name, one-to-one: ASCII letters, digits and `-`

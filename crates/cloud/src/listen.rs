@@ -279,23 +279,19 @@ fn spawn_housekeeping<S: Store>(c: &Arc<Cloud<S>>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             tick += 1;
             expiry.expire();
-            expiry.live_reap();
+            expiry.live_reap().await;
+            expiry.heartbeat(tick).await;
             if tick.is_multiple_of(2) {
-                expiry.keep_policies();
+                expiry.keep_policies().await;
             }
             if tick.is_multiple_of(10) {
                 expiry.uploads.expire();
-                let c = expiry.clone();
-                // Deleting files blocks: not on the runtime's threads.
-                let _ = tokio::task::spawn_blocking(move || {
-                    match c.sweep() {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(deleted = n, "cloud: retention deleted segments"),
-                        Err(e) => tracing::error!(error = %e, "cloud: retention sweep failed"),
-                    }
-                    c.sweep_events();
-                })
-                .await;
+                match expiry.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "cloud: retention deleted segments"),
+                    Err(e) => tracing::error!(error = %e, "cloud: retention sweep failed"),
+                }
+                expiry.sweep_events().await;
             }
         }
     });

@@ -321,7 +321,7 @@ impl<S: Store> Cloud<S> {
                 ))
             }
         };
-        self.check_channel(lc, ch)?;
+        self.check_channel(lc, ch).await?;
         let key = live_key(lc, ch, quality);
         let transcode = key.2 == Rendition::H264;
         if transcode && self.lives.cfg.transcode == 0 {
@@ -392,7 +392,7 @@ impl<S: Store> Cloud<S> {
             };
             self.lives.publishes.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = r {
-                self.live_failed(&key, id, &e.msg, false);
+                self.live_failed(&key, id, &e.msg, false).await;
                 return Err(e);
             }
         }
@@ -416,7 +416,7 @@ impl<S: Store> Cloud<S> {
                     );
                     let id = self.lives.lock().get(&key).map(|e| e.id);
                     if let Some(id) = id {
-                        self.live_failed(&key, id, &msg, true);
+                        self.live_failed(&key, id, &msg, true).await;
                     }
                     return Err(ApiError::timeout(msg));
                 }
@@ -425,15 +425,15 @@ impl<S: Store> Cloud<S> {
     }
 
     /// 404 for an unknown device or channel.
-    pub fn check_channel(&self, lc: &str, ch: u32) -> ApiResult<()> {
-        self.check_channel_of(lc, ch, false)
+    pub async fn check_channel(&self, lc: &str, ch: u32) -> ApiResult<()> {
+        self.check_channel_of(lc, ch, false).await
     }
 
     /// 404 for an unknown device, or for a channel the device's Keepalives
     /// do not list; `unreported_ok`: a device that has listed none yet may
     /// be asked about any (it answers for itself).
-    pub fn check_channel_of(&self, lc: &str, ch: u32, unreported_ok: bool) -> ApiResult<()> {
-        let d = self.store.device(lc)?.ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))?;
+    pub async fn check_channel_of(&self, lc: &str, ch: u32, unreported_ok: bool) -> ApiResult<()> {
+        let d = self.store.device(lc).await?.ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))?;
         if unreported_ok && d.channels.is_empty() {
             return Ok(());
         }
@@ -448,7 +448,7 @@ impl<S: Store> Cloud<S> {
     }
 
     /// A start that failed: waiters told, the entry gone, an event.
-    fn live_failed(self: &Arc<Self>, key: &LiveKey, id: u64, msg: &str, stop: bool) {
+    async fn live_failed(self: &Arc<Self>, key: &LiveKey, id: u64, msg: &str, stop: bool) {
         self.lives.failures.fetch_add(1, Ordering::Relaxed);
         let e = {
             let mut m = self.lives.lock();
@@ -465,7 +465,7 @@ impl<S: Store> Cloud<S> {
                 self.send_stop(&key.0, key.1, e.stream_id);
             }
         }
-        self.event(&key.0, Some(key.1), "live_failed", json!({"error": msg}));
+        self.event(&key.0, Some(key.1), "live_failed", json!({"error": msg})).await;
     }
 
     /// Starts ffmpeg reading the channel's main stream from this cloud
@@ -522,7 +522,7 @@ impl<S: Store> Cloud<S> {
 
     /// Stops channels nobody watches (or that stopped sending). Run it
     /// every second.
-    pub fn live_reap(self: &Arc<Self>) {
+    pub async fn live_reap(self: &Arc<Self>) {
         let grace = self.lives.cfg.grace;
         let gone: Vec<(LiveKey, Entry, &'static str)> = {
             let mut m = self.lives.lock();
@@ -551,7 +551,7 @@ impl<S: Store> Cloud<S> {
             if r != Rendition::H264 {
                 self.send_stop(&lc, ch, e.stream_id.clone());
             }
-            self.event(&lc, Some(ch), "live_stop", json!({"reason": why}));
+            self.event(&lc, Some(ch), "live_stop", json!({"reason": why})).await;
         }
     }
 
@@ -574,7 +574,7 @@ impl<S: Store> Cloud<S> {
     /// The `POST …/live` answer.
     pub async fn live_urls(self: &Arc<Self>, lc: &str, ch: u32, quality: &str) -> ApiResult<serde_json::Value> {
         if let Rtmp::External { url } = &self.lives.cfg.rtmp {
-            self.check_channel(lc, ch)?;
+            self.check_channel(lc, ch).await?;
             let stream = format!("{}-{ch}", crate::safe_name(lc));
             let h = self.handle_of(lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
             let p = json!({"channel": ch, "quality": quality, "url": format!("{url}/{stream}"), "stream_id": stream, "max_bitrate": 0});
@@ -685,7 +685,7 @@ async fn rtmp_conn<S: Store>(c: &Arc<Cloud<S>>, mut s: tokio::net::TcpStream) ->
                         }
                         if f.codec.is_video() && f.keyframe && matches!(*fd.state.borrow(), State0::Starting) {
                             if let Some(info) = stream_info(&f, fd.aac_seen.load(Ordering::Relaxed)) {
-                                c.event(&key.0, Some(key.1), "live_start", json!(info));
+                                c.event(&key.0, Some(key.1), "live_start", json!(info)).await;
                                 let _ = fd.state.send(State0::Live(Arc::new(info)));
                             }
                         }

@@ -119,14 +119,14 @@ pub struct Keeper {
 }
 
 impl<S: Store> Cloud<S> {
-    fn policy_of(&self, lc: &str, ch: u32) -> Option<RecordPolicy> {
-        serde_json::from_value(self.store.record_policy(lc, ch).ok()??).ok()
+    async fn policy_of(&self, lc: &str, ch: u32) -> Option<RecordPolicy> {
+        serde_json::from_value(self.store.record_policy(lc, ch).await.ok()??).ok()
     }
 
     /// An alarm of `lc`/`ch` started or ended: an alarm policy records
     /// until `post_seconds` after the last one.
-    pub(crate) fn policy_alarm(&self, lc: &str, ch: u32, start: bool) {
-        let Some(p) = self.policy_of(lc, ch).filter(|p| p.mode == Mode::Alarm) else { return };
+    pub(crate) async fn policy_alarm(&self, lc: &str, ch: u32, start: bool) {
+        let Some(p) = self.policy_of(lc, ch).await.filter(|p| p.mode == Mode::Alarm) else { return };
         // An alarm whose end never comes still ends: five minutes on.
         let until = now() + p.post_seconds as i64 + if start { 300 } else { 0 };
         self.recorder.alarm_until.lock().unwrap_or_else(|e| e.into_inner()).insert((lc.to_owned(), ch), until);
@@ -134,8 +134,8 @@ impl<S: Store> Cloud<S> {
 
     /// Starts and stops recordings so that every policy holds. Run it
     /// every few seconds.
-    pub fn keep_policies(self: &Arc<Self>) {
-        let Ok(all) = self.store.record_policies() else { return };
+    pub async fn keep_policies(self: &Arc<Self>) {
+        let Ok(all) = self.store.record_policies().await else { return };
         let t = now();
         for (lc, ch, v) in all {
             let Ok(p) = serde_json::from_value::<RecordPolicy>(v) else { continue };
@@ -154,17 +154,21 @@ impl<S: Store> Cloud<S> {
                     .get(&(lc.clone(), ch))
                     .is_some_and(|u| *u > t),
             };
-            let Ok(running) = self.running_session(&lc, ch) else { continue };
+            let Ok(running) = self.running_session(&lc, ch).await else { continue };
             // The device lost the recording (restarted, reconnected
             // without it): its Keepalive names another session or none.
-            let lost = running.as_ref().is_some_and(|s| {
-                let reported = self
+            let reported = match &running {
+                Some(_) => self
                     .store
                     .device(&lc)
+                    .await
                     .ok()
                     .flatten()
                     .and_then(|d| d.channels.into_iter().find(|c| c.channel == ch))
-                    .map(|c| c.record_session);
+                    .map(|c| c.record_session),
+                None => None,
+            };
+            let lost = running.as_ref().is_some_and(|s| {
                 let settle = (self.cfg.keepalive.as_secs() as i64 * 3).max(5);
                 t - s.started_at > settle && reported.is_some_and(|r| r.as_deref() != Some(s.session_id.as_str()))
             });
@@ -186,8 +190,8 @@ impl<S: Store> Cloud<S> {
                 let r = if start {
                     if lost {
                         if let Some(s) = &running {
-                            let _ = c.store.stop_record_session(&s.session_id, now());
-                            c.event(&lc, Some(ch), "record_lost", json!({"session_id": s.session_id}));
+                            let _ = c.store.stop_record_session(&s.session_id, now()).await;
+                            c.event(&lc, Some(ch), "record_lost", json!({"session_id": s.session_id})).await;
                         }
                     }
                     let req = RecordRequest {
@@ -219,12 +223,12 @@ pub(crate) async fn put<S: Store>(
     let p: RecordPolicy =
         crate::api::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: a record policy expected"))?;
     p.check()?;
-    c.check_channel(&lc, ch)?;
+    c.check_channel(&lc, ch).await?;
     let v = serde_json::to_value(&p).map_err(|e| ApiError::internal(e.to_string()))?;
-    c.store.set_record_policy(&lc, ch, &v)?;
-    c.audit(&who, "record_policy_set", &lc, json!({"channel": ch, "policy": v}));
-    c.event(&lc, Some(ch), "record_policy", v.clone());
-    c.keep_policies();
+    c.store.set_record_policy(&lc, ch, &v).await?;
+    c.audit(&who, "record_policy_set", &lc, json!({"channel": ch, "policy": v})).await;
+    c.event(&lc, Some(ch), "record_policy", v.clone()).await;
+    c.keep_policies().await;
     Ok(Json(v))
 }
 
@@ -235,8 +239,8 @@ pub(crate) async fn get<S: Store>(
     Path((lc, ch)): Path<(String, u32)>,
 ) -> Result<Json<Value>, ApiError> {
     who.see(&lc)?;
-    c.check_channel(&lc, ch)?;
-    Ok(Json(match c.policy_of(&lc, ch) {
+    c.check_channel(&lc, ch).await?;
+    Ok(Json(match c.policy_of(&lc, ch).await {
         Some(p) => serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?,
         None => json!({"mode": "off"}),
     }))

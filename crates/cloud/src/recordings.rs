@@ -120,9 +120,9 @@ impl<S: Store> Cloud<S> {
         req: &RecordRequest,
         reason: &str,
     ) -> ApiResult<RecordSession> {
-        self.check_channel(lc, ch)?;
+        self.check_channel(lc, ch).await?;
         let quality = crate::live::LiveRequest::quality_of(req.quality.as_deref())?;
-        if let Some(s) = self.running_session(lc, ch)? {
+        if let Some(s) = self.running_session(lc, ch).await? {
             return Ok(s);
         }
         let h = self.handle_of(lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
@@ -144,7 +144,7 @@ impl<S: Store> Cloud<S> {
             started_at: now(),
             stopped_at: None,
         };
-        self.store.add_record_session(&s)?;
+        self.store.add_record_session(&s).await?;
         let r = tokio::time::timeout(self.cfg.rpc_timeout, h.call("StartCloudRecord", Some(params))).await;
         let r = match r {
             Ok(Ok(_)) => Ok(()),
@@ -152,22 +152,22 @@ impl<S: Store> Cloud<S> {
             Err(_) => Err(ApiError::timeout(format!("StartCloudRecord: no answer from {lc:?}"))),
         };
         if let Err(e) = r {
-            self.store.stop_record_session(&session_id, now())?;
-            self.event(lc, Some(ch), "record_failed", json!({"error": e.msg, "reason": reason}));
+            self.store.stop_record_session(&session_id, now()).await?;
+            self.event(lc, Some(ch), "record_failed", json!({"error": e.msg, "reason": reason})).await;
             return Err(e);
         }
-        self.event(lc, Some(ch), "record_start", json!({"session_id": session_id, "reason": reason}));
+        self.event(lc, Some(ch), "record_start", json!({"session_id": session_id, "reason": reason})).await;
         Ok(s)
     }
 
-    pub(crate) fn running_session(&self, lc: &str, ch: u32) -> ApiResult<Option<RecordSession>> {
-        Ok(self.store.running_record_session(lc, ch)?)
+    pub(crate) async fn running_session(&self, lc: &str, ch: u32) -> ApiResult<Option<RecordSession>> {
+        Ok(self.store.running_record_session(lc, ch).await?)
     }
 
     /// Stops the channel's running recording; `None` when there was none.
     pub async fn record_stop(self: &Arc<Self>, lc: &str, ch: u32, why: &str) -> ApiResult<Option<RecordSession>> {
-        let Some(s) = self.running_session(lc, ch)? else { return Ok(None) };
-        self.store.stop_record_session(&s.session_id, now())?;
+        let Some(s) = self.running_session(lc, ch).await? else { return Ok(None) };
+        self.store.stop_record_session(&s.session_id, now()).await?;
         if let Some(h) = self.handle_of(lc) {
             let p = json!({"session_id": s.session_id, "channel": ch});
             match tokio::time::timeout(self.cfg.rpc_timeout, h.call("StopCloudRecord", Some(p))).await {
@@ -180,20 +180,21 @@ impl<S: Store> Cloud<S> {
                 }
             }
         }
-        self.event(lc, Some(ch), "record_stop", json!({"session_id": s.session_id, "reason": why}));
+        self.event(lc, Some(ch), "record_stop", json!({"session_id": s.session_id, "reason": why})).await;
         Ok(Some(s))
     }
 
     /// The callback: a device describes a finished segment; the answer is
     /// where to PUT it.
-    fn segment_announced(&self, session_id: &str, d: &Value) -> ApiResult<Value> {
+    async fn segment_announced(&self, session_id: &str, d: &Value) -> ApiResult<Value> {
         let refuse = |msg: String| {
             self.recorder.refused.fetch_add(1, Ordering::Relaxed);
             ApiError::new(axum::http::StatusCode::FORBIDDEN, msg)
         };
         let s = self
             .store
-            .record_session(session_id)?
+            .record_session(session_id)
+            .await?
             .ok_or_else(|| refuse(format!("session {session_id:?}: the cloud did not ask for this recording")))?;
         let field = |k: &str| d.get(k).ok_or_else(|| ApiError::bad_request(format!("{k}: missing")));
         if field("session_id")?.as_str() != Some(session_id) {
@@ -270,7 +271,7 @@ impl<S: Store> Cloud<S> {
             bytes: n,
             path: rel.to_string_lossy().into_owned(),
         };
-        let fresh = self.store.add_segment(&row)?;
+        let fresh = self.store.add_segment(&row).await?;
         if fresh {
             self.recorder.stored.fetch_add(1, Ordering::Relaxed);
             self.recorder.stored_bytes.fetch_add(n, Ordering::Relaxed);
@@ -279,10 +280,11 @@ impl<S: Store> Cloud<S> {
     }
 
     /// Makes disk and index agree (run at start, before serving).
-    pub fn reconcile(&self) -> Result<Repair, StoreError> {
+    pub async fn reconcile(&self) -> Result<Repair, StoreError> {
         let root = self.recordings_dir();
         let mut rep = Repair::default();
-        let indexed: HashMap<String, i64> = self.store.segment_paths()?.into_iter().map(|(id, p)| (p, id)).collect();
+        let indexed: HashMap<String, i64> =
+            self.store.segment_paths().await?.into_iter().map(|(id, p)| (p, id)).collect();
         let mut on_disk = std::collections::HashSet::new();
         let mut stack = vec![root.clone()];
         while let Some(d) = stack.pop() {
@@ -305,22 +307,24 @@ impl<S: Store> Cloud<S> {
                     continue;
                 }
                 // A file stored but not indexed (a crash between the two).
-                let row = parse_segment_name(&name).and_then(|(start_ms, duration_ms, session, seq)| {
-                    let s = self.store.record_session(&session).ok()??;
-                    Some(SegmentRow {
-                        id: 0,
-                        login_code: s.login_code,
-                        channel: s.channel,
-                        session_id: session,
-                        seq,
-                        start_ms,
-                        duration_ms,
-                        bytes: e.metadata().map(|m| m.len()).unwrap_or(0),
-                        path: rel.clone(),
-                    })
+                let parsed = parse_segment_name(&name);
+                let owner = match &parsed {
+                    Some((_, _, session, _)) => self.store.record_session(session).await.ok().flatten(),
+                    None => None,
+                };
+                let row = parsed.zip(owner).map(|((start_ms, duration_ms, session, seq), s)| SegmentRow {
+                    id: 0,
+                    login_code: s.login_code,
+                    channel: s.channel,
+                    session_id: session,
+                    seq,
+                    start_ms,
+                    duration_ms,
+                    bytes: e.metadata().map(|m| m.len()).unwrap_or(0),
+                    path: rel.clone(),
                 });
                 match row {
-                    Some(r) if self.store.add_segment(&r)? => {
+                    Some(r) if self.store.add_segment(&r).await? => {
                         rep.indexed += 1;
                         on_disk.insert(rel);
                     }
@@ -333,7 +337,7 @@ impl<S: Store> Cloud<S> {
         }
         for (p, id) in indexed {
             if !on_disk.contains(&p) {
-                self.store.delete_segment(id)?;
+                self.store.delete_segment(id).await?;
                 rep.removed_rows += 1;
             }
         }
@@ -343,37 +347,37 @@ impl<S: Store> Cloud<S> {
     /// Deletes what retention says must go: segments older than their
     /// channel's `retention_days`, then the oldest of all while the total
     /// is over `--recordings-max-bytes`. Index row first, then the file.
-    pub fn sweep(&self) -> Result<u64, StoreError> {
+    pub async fn sweep(&self) -> Result<u64, StoreError> {
         let mut gone = 0u64;
-        let policies = self.store.record_policies()?;
+        let policies = self.store.record_policies().await?;
         let now_ms = now() * 1000;
         for (lc, ch, p) in policies {
             let Some(days) = p.get("retention_days").and_then(Value::as_u64).filter(|d| *d > 0) else { continue };
             let before = now_ms - days as i64 * 86_400_000;
             loop {
-                let old = self.store.segments_ended_before(&lc, ch, before, 500)?;
+                let old = self.store.segments_ended_before(&lc, ch, before, 500).await?;
                 if old.is_empty() {
                     break;
                 }
                 for s in old {
-                    self.delete_stored(&s)?;
+                    self.delete_stored(&s).await?;
                     gone += 1;
                 }
             }
         }
         if let Some(max) = self.cfg.recordings_max_bytes {
             loop {
-                let (total, _) = self.store.segment_totals()?;
+                let (total, _) = self.store.segment_totals().await?;
                 if total <= max {
                     break;
                 }
                 let mut over = total - max;
-                let old = self.store.oldest_segments(200)?;
+                let old = self.store.oldest_segments(200).await?;
                 if old.is_empty() {
                     break;
                 }
                 for s in old {
-                    self.delete_stored(&s)?;
+                    self.delete_stored(&s).await?;
                     gone += 1;
                     over = over.saturating_sub(s.bytes);
                     if over == 0 {
@@ -385,8 +389,8 @@ impl<S: Store> Cloud<S> {
         Ok(gone)
     }
 
-    fn delete_stored(&self, s: &SegmentRow) -> Result<(), StoreError> {
-        self.store.delete_segment(s.id)?;
+    async fn delete_stored(&self, s: &SegmentRow) -> Result<(), StoreError> {
+        self.store.delete_segment(s.id).await?;
         let _ = std::fs::remove_file(self.recordings_dir().join(&s.path));
         self.recorder.deleted.fetch_add(1, Ordering::Relaxed);
         self.recorder.deleted_bytes.fetch_add(s.bytes, Ordering::Relaxed);
@@ -416,7 +420,7 @@ pub(crate) async fn callback<S: Store>(
         return Err(ApiError::bad_request("the segment description is at most 4 KiB of JSON"));
     }
     let d: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    Ok(axum::Json(c.segment_announced(&session, &d)?))
+    Ok(axum::Json(c.segment_announced(&session, &d).await?))
 }
 
 /// `PUT /record/{session_id}/{seq}/{token}`: the segment's bytes.
@@ -445,14 +449,14 @@ pub(crate) async fn list<S: Store>(
     Query(q): Query<RangeQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
     who.see(&lc)?;
-    c.check_channel(&lc, ch)?;
+    c.check_channel(&lc, ch).await?;
     let to = q.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(now() * 1000 + 60_000);
     let from = q.from.as_deref().map(|t| parse_time("from", t)).transpose()?.unwrap_or(to - 86_400_000);
     if from >= to {
         return Err(ApiError::bad_request("from must be before to"));
     }
     let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
-    let mut segs = c.store.segments(&lc, ch, from, to, limit + 1)?;
+    let mut segs = c.store.segments(&lc, ch, from, to, limit + 1).await?;
     let more = segs.len() > limit as usize;
     segs.truncate(limit as usize);
     let mut spans: Vec<(i64, i64, u64)> = Vec::new();
@@ -466,15 +470,18 @@ pub(crate) async fn list<S: Store>(
         }
     }
     let gaps: Vec<Value> = spans.windows(2).map(|w| json!({"from": secs(w[0].1), "to": secs(w[1].0)})).collect();
-    let events = c.store.events(&EventFilter {
-        login_code: Some(lc.clone()),
-        channel: Some(ch),
-        kind: Some("alarm".into()),
-        since: Some(from / 1000),
-        until: Some(to / 1000),
-        limit: Some(1000),
-        login_codes: None,
-    })?;
+    let events = c
+        .store
+        .events(&EventFilter {
+            login_code: Some(lc.clone()),
+            channel: Some(ch),
+            kind: Some("alarm".into()),
+            since: Some(from / 1000),
+            until: Some(to / 1000),
+            limit: Some(1000),
+            login_codes: None,
+        })
+        .await?;
     let mut out = json!({
         "spans": spans.iter().map(|s| json!({"from": secs(s.0), "to": secs(s.1), "bytes": s.2})).collect::<Vec<_>>(),
         "gaps": gaps,
@@ -497,7 +504,7 @@ pub(crate) async fn start<S: Store>(
     who.control(&lc)?;
     let req: RecordRequest = crate::api::json_body(&body)?.unwrap_or_default();
     let s = c.record_start(&lc, ch, &req, "api").await?;
-    c.audit(&who, "recording_started", &lc, json!({"channel": ch, "session": s.session_id}));
+    c.audit(&who, "recording_started", &lc, json!({"channel": ch, "session": s.session_id})).await;
     Ok((axum::http::StatusCode::CREATED, axum::Json(json!(s))))
 }
 
@@ -507,10 +514,10 @@ pub(crate) async fn stop<S: Store>(
     Path((lc, ch)): Path<(String, u32)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     who.control(&lc)?;
-    c.check_channel(&lc, ch)?;
+    c.check_channel(&lc, ch).await?;
     match c.record_stop(&lc, ch, "api").await? {
         Some(s) => {
-            c.audit(&who, "recording_stopped", &lc, json!({"channel": ch, "session": s.session_id}));
+            c.audit(&who, "recording_stopped", &lc, json!({"channel": ch, "session": s.session_id})).await;
             Ok(axum::Json(json!({"stopped": s.session_id})))
         }
         None => Err(ApiError::not_found(format!("{lc:?} channel {ch} is not being recorded"))),
@@ -549,8 +556,8 @@ pub(crate) async fn playback<S: Store>(
     if to - from > 31 * 86_400_000 {
         return Err(ApiError::bad_request("a playback range is at most 31 days"));
     }
-    c.check_channel(&lc, ch)?;
-    let segs = c.store.segments(&lc, ch, from, to, 1)?;
+    c.check_channel(&lc, ch).await?;
+    let segs = c.store.segments(&lc, ch, from, to, 1).await?;
     if segs.is_empty() {
         return Err(ApiError::not_found(format!("nothing recorded of {lc:?} channel {ch} in that range")));
     }
@@ -584,7 +591,7 @@ pub(crate) async fn playback_hls<S: Store>(
 ) -> Result<Response, ApiError> {
     let (lc, ch, from, to) = rec_scope(&c, &t)?;
     if file == "index.m3u8" {
-        let segs = c.store.segments(&lc, ch, from, to, 100_000)?;
+        let segs = c.store.segments(&lc, ch, from, to, 100_000).await?;
         let entries: Vec<Entry> = segs
             .iter()
             .map(|s| Entry {
@@ -603,7 +610,8 @@ pub(crate) async fn playback_hls<S: Store>(
         .ok_or_else(|| ApiError::not_found(format!("{file}: not a segment of this playlist")))?;
     let s = c
         .store
-        .segment(id)?
+        .segment(id)
+        .await?
         .filter(|s| s.login_code == lc && s.channel == ch && s.start_ms < to && s.end_ms() > from)
         .ok_or_else(|| ApiError::not_found(format!("{file}: not a segment of this playlist")))?;
     let b = tokio::fs::read(c.recordings_dir().join(&s.path))
@@ -645,7 +653,7 @@ pub(crate) async fn playback_mp4<S: Store>(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let (lc, ch, from, to) = rec_scope(&c, &t)?;
-    let segs = c.store.segments(&lc, ch, from, to, 100_000)?;
+    let segs = c.store.segments(&lc, ch, from, to, 100_000).await?;
     if segs.is_empty() {
         return Err(ApiError::not_found("nothing recorded in that range (any more)"));
     }

@@ -46,6 +46,9 @@ pub struct CloudConfig {
     pub events_max_rows: u64,
     /// How long a console login lasts.
     pub session_ttl: Duration,
+    /// This node's name in a cluster (`--node-id`); the store records it
+    /// as the holder of each device session it serves.
+    pub node_id: String,
 }
 
 /// What one device session may do; past a rate the request is refused
@@ -100,6 +103,7 @@ impl CloudConfig {
             events_max_age_days: 90,
             events_max_rows: 5_000_000,
             session_ttl: Duration::from_secs(12 * 3600),
+            node_id: "local".into(),
         }
     }
 }
@@ -134,6 +138,8 @@ pub(crate) enum Login {
 
 pub(crate) struct SessionEntry {
     pub(crate) id: u64,
+    /// The store's epoch of this session.
+    pub(crate) epoch: i64,
     pub(crate) handle: RpcHandle,
     pub(crate) last_keepalive: Instant,
 }
@@ -159,7 +165,9 @@ pub struct Cloud<S: Store> {
     pub(crate) user_login_by_addr: crate::limits::Throttle,
     /// Console logins waiting for argon2 (apart from the devices' queue).
     pub(crate) user_login_queue: crate::limits::Pending,
-    feed: broadcast::Sender<Event>,
+    pub(crate) feed: broadcast::Sender<Event>,
+    /// The cluster's bus, once joined ([`Cloud::join_bus`]).
+    pub(crate) bus: std::sync::OnceLock<async_nats::Client>,
     pub(crate) next_session: AtomicU64,
     pub(crate) passwords: Passwords,
     pub(crate) counters: Counters,
@@ -194,6 +202,7 @@ impl<S: Store> Cloud<S> {
             user_login_by_addr: crate::limits::Throttle::new(30, Duration::from_secs(60), 100_000),
             user_login_queue: crate::limits::Pending::new(8, 64),
             feed: broadcast::channel(1024).0,
+            bus: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),
             counters: Counters::default(),
@@ -217,13 +226,13 @@ impl<S: Store> Cloud<S> {
             return Err(ProvisionError::Invalid("name: at most 256 characters, no control or bidi characters".into()));
         }
         let hash = self.passwords.hash(login_passwd).await?;
-        Ok(self.store.create_device(login_code, &hash, name, now())?)
+        Ok(self.store.create_device(login_code, &hash, name, now()).await?)
     }
 
     /// Whether a login is right (argon2, bounded, remembered). An unknown
     /// login_code costs what a wrong password costs.
     pub async fn check_login(&self, login_code: &str, login_passwd: &str) -> Result<bool, LoginCheckError> {
-        let stored = self.store.password_hash(login_code)?;
+        let stored = self.store.password_hash(login_code).await?;
         Ok(match stored {
             Some(h) => self.passwords.verify(login_code, login_passwd, &h).await?,
             None => self.passwords.verify_unknown(login_passwd).await?,
@@ -275,15 +284,15 @@ impl<S: Store> Cloud<S> {
 
     /// Event retention: older than `events_max_age_days`, or past
     /// `events_max_rows`, deleted (housekeeping).
-    pub fn sweep_events(&self) {
+    pub async fn sweep_events(&self) {
         let age = self.cfg.events_max_age_days;
         let before = (age > 0).then(|| now() - i64::from(age) * 86_400);
-        match self.store.trim_events(before, self.cfg.events_max_rows) {
+        match self.store.trim_events(before, self.cfg.events_max_rows).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "cloud: event retention deleted events"),
             Err(e) => tracing::error!(error = %e, "cloud: event retention failed"),
         }
-        match self.store.expire_credentials(now()) {
+        match self.store.expire_credentials(now()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(forgotten = n, "cloud: expired console logins and API tokens forgotten"),
             Err(e) => tracing::error!(error = %e, "cloud: forgetting expired logins failed"),
@@ -304,8 +313,8 @@ impl<S: Store> Cloud<S> {
     /// Marks every device offline that the store still has online: run at
     /// start, when no session can exist yet (the last run may have been
     /// killed). Each gets an `offline` event saying so.
-    pub fn reset_sessions(&self) -> Result<usize, StoreError> {
-        self.all_offline("the cloud restarted; its last run ended without closing this session")
+    pub async fn reset_sessions(&self) -> Result<usize, StoreError> {
+        self.all_offline("the cloud restarted; its last run ended without closing this session").await
     }
 
     /// Closes every device session, recording `reason` for each, and waits
@@ -322,17 +331,17 @@ impl<S: Store> Cloud<S> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Sessions that did not close in time: offline in the store anyway.
-        if let Err(e) = self.all_offline(reason) {
+        if let Err(e) = self.all_offline(reason).await {
             tracing::error!(error = %e, "cloud: devices not marked offline at shutdown");
         }
     }
 
     /// Every device the store has online set offline, with an `offline`
     /// event giving `reason`; how many.
-    fn all_offline(&self, reason: &str) -> Result<usize, StoreError> {
-        let stale = self.store.all_offline(now())?;
+    async fn all_offline(&self, reason: &str) -> Result<usize, StoreError> {
+        let stale = self.store.all_offline(now(), &self.cfg.node_id).await?;
         for lc in &stale {
-            self.event(lc, None, "offline", json!({ "reason": reason }));
+            self.event(lc, None, "offline", json!({ "reason": reason })).await;
         }
         Ok(stale.len())
     }
@@ -355,10 +364,11 @@ impl<S: Store> Cloud<S> {
         self.feed.subscribe()
     }
 
-    pub(crate) fn event(&self, login_code: &str, channel: Option<u32>, kind: &str, data: Value) -> Option<Event> {
-        match self.store.add_event(login_code, channel, kind, &data, now()) {
+    pub(crate) async fn event(&self, login_code: &str, channel: Option<u32>, kind: &str, data: Value) -> Option<Event> {
+        match self.store.add_event(login_code, channel, kind, &data, now()).await {
             Ok(e) => {
                 let _ = self.feed.send(e.clone());
+                self.bus_event(&e).await;
                 Some(e)
             }
             Err(e) => {

@@ -1,10 +1,21 @@
 //! The cloud's state: devices (with argon2-hashed passwords), their
-//! channels, and events (state changes and alarms). SQLite by default, in
-//! the data directory, with numbered migrations; behind [`Store`] so a
-//! PostgreSQL store can serve a cluster later.
+//! channels, events (state changes and alarms), firmware, recordings and
+//! (in `accounts`) people. One [`SqlStore`] over either database
+//! (`crate::sql`): SQLite in the data directory by default, PostgreSQL for
+//! a cluster (`--store postgres://…`); numbered migrations, the same list
+//! for both.
+//!
+//! What changes on every Keepalive is kept in memory: `last_seen` is
+//! written in batches ([`Store::flush_seen`], one statement per second of
+//! timestamps), and a channel row is written only when it changed, checked
+//! against the rows this node last wrote. A device's rows are fenced by its
+//! session `epoch`: a write of a session that another login (on any node)
+//! has replaced changes nothing, and says so.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::sql::{args, AnyDb, Backend, Row, Sqlite, Stmt, Val};
 use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -19,12 +30,6 @@ pub enum StoreError {
     Taken(String),
     #[error("database: {0}")]
     Db(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
-    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -52,10 +57,23 @@ pub struct Device {
     pub last_seen: Option<i64>,
     pub created_at: i64,
     pub channels: Vec<ChannelRow>,
+    /// The cloud node holding its session (a cluster's `--node-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A cloud node of a cluster, as its heartbeat last said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub id: String,
+    /// Its `--public-url`.
+    pub url: String,
+    /// Unix seconds of its last heartbeat.
+    pub seen: i64,
 }
 
 /// An event: a state change or an alarm.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: i64,
     /// Unix seconds.
@@ -83,29 +101,64 @@ pub struct EventFilter {
 /// What the cloud keeps.
 pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// A new device with its password's PHC hash (see [`crate::Passwords`]).
-    fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device>;
-    fn device(&self, login_code: &str) -> Result<Option<Device>>;
+    fn create_device(
+        &self,
+        login_code: &str,
+        passwd_hash: &str,
+        name: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Device>> + Send;
+    fn device(&self, login_code: &str) -> impl Future<Output = Result<Option<Device>>> + Send;
     /// Devices in login_code order, after `after`, at most `limit`.
-    fn devices(&self, after: Option<&str>, limit: u32) -> Result<Vec<Device>>;
-    fn delete_device(&self, login_code: &str) -> Result<bool>;
+    fn devices(&self, after: Option<&str>, limit: u32) -> impl Future<Output = Result<Vec<Device>>> + Send;
+    fn delete_device(&self, login_code: &str) -> impl Future<Output = Result<bool>> + Send;
     /// A new label; false when there is no such device.
-    fn rename_device(&self, login_code: &str, name: &str) -> Result<bool>;
+    fn rename_device(&self, login_code: &str, name: &str) -> impl Future<Output = Result<bool>> + Send;
     /// How many devices are provisioned.
-    fn device_count(&self) -> Result<u64>;
+    fn device_count(&self) -> impl Future<Output = Result<u64>> + Send;
     /// The device's password hash (PHC string), if the device exists.
-    fn password_hash(&self, login_code: &str) -> Result<Option<String>>;
-    /// A session began: models recorded, online.
-    fn logged_in(&self, login_code: &str, hardware_model: &str, firmware_model: &str, now: i64) -> Result<()>;
-    fn set_offline(&self, login_code: &str, now: i64) -> Result<()>;
-    /// Every device still online (or with a channel not offline) set
-    /// offline, channels too; the login codes that were.
-    fn all_offline(&self, now: i64) -> Result<Vec<String>>;
+    fn password_hash(&self, login_code: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// A session began on `node`: models recorded, online, owned by
+    /// `node`; the session's epoch (one more than any before it), which
+    /// fences every later write of this session.
+    fn logged_in(
+        &self,
+        login_code: &str,
+        hardware_model: &str,
+        firmware_model: &str,
+        now: i64,
+        node: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
+    /// The session of `epoch` ended: offline, channels too. False (and
+    /// nothing changed) when a later login holds the device.
+    fn set_offline(&self, login_code: &str, now: i64, epoch: i64) -> impl Future<Output = Result<bool>> + Send;
+    /// Every device that `node` (or no node) held still online, or with a
+    /// channel not offline, set offline, channels too; the login codes
+    /// that were. Run when a node starts, and when it stops.
+    fn all_offline(&self, now: i64, node: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Devices held by nodes whose heartbeat is older than `dead_before`
+    /// (a node that died) set offline; their login codes.
+    fn orphans_offline(&self, now: i64, dead_before: i64) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// A node's heartbeat.
+    fn node_alive(&self, id: &str, url: &str, now: i64) -> impl Future<Output = Result<()>> + Send;
+    fn nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
+    /// Writes the `last_seen` of Keepalives since the last flush; how many
+    /// devices.
+    fn flush_seen(&self) -> impl Future<Output = Result<usize>> + Send;
     /// Deletes events before `at` and all but the newest `keep` (0: no
     /// cap); how many went.
-    fn trim_events(&self, before: Option<i64>, keep: u64) -> Result<u64>;
-    /// A Keepalive: last_seen, and the channels; returns the channels whose
-    /// state, session or alarm changed.
-    fn keepalive(&self, login_code: &str, channels: &[ChannelRow], now: i64) -> Result<Vec<ChannelRow>>;
+    fn trim_events(&self, before: Option<i64>, keep: u64) -> impl Future<Output = Result<u64>> + Send;
+    /// A Keepalive of the session of `epoch`: last_seen (kept in memory
+    /// until [`Store::flush_seen`]), and the channels; the channels whose
+    /// state, session or alarm changed, or `None` when a later login holds
+    /// the device (nothing written).
+    fn keepalive(
+        &self,
+        login_code: &str,
+        channels: &[ChannelRow],
+        now: i64,
+        epoch: i64,
+    ) -> impl Future<Output = Result<Option<Vec<ChannelRow>>>> + Send;
     fn add_event(
         &self,
         login_code: &str,
@@ -113,36 +166,46 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
         kind: &str,
         data: &serde_json::Value,
         now: i64,
-    ) -> Result<Event>;
-    fn events(&self, f: &EventFilter) -> Result<Vec<Event>>;
-    fn event(&self, id: i64) -> Result<Option<Event>>;
+    ) -> impl Future<Output = Result<Event>> + Send;
+    fn events(&self, f: &EventFilter) -> impl Future<Output = Result<Vec<Event>>> + Send;
+    fn event(&self, id: i64) -> impl Future<Output = Result<Option<Event>>> + Send;
     /// Adds an image of `firmware_model` for `hardware_model` (replacing the one of the same models); the token of
     /// the replaced image, whose file is now unused.
-    fn add_firmware(&self, fw: &Firmware) -> Result<Option<String>>;
+    fn add_firmware(&self, fw: &Firmware) -> impl Future<Output = Result<Option<String>>> + Send;
     /// The newest image for a hardware model.
-    fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>>;
-    fn firmware_by_token(&self, token: &str) -> Result<Option<Firmware>>;
-    fn firmwares(&self) -> Result<Vec<Firmware>>;
+    fn latest_firmware(&self, hardware_model: &str) -> impl Future<Output = Result<Option<Firmware>>> + Send;
+    fn firmware_by_token(&self, token: &str) -> impl Future<Output = Result<Option<Firmware>>> + Send;
+    fn firmwares(&self) -> impl Future<Output = Result<Vec<Firmware>>> + Send;
 
     // ---------- recordings ----------
-    fn add_record_session(&self, s: &RecordSession) -> Result<()>;
+    fn add_record_session(&self, s: &RecordSession) -> impl Future<Output = Result<()>> + Send;
     /// Marks a session stopped; false if it was not running.
-    fn stop_record_session(&self, session_id: &str, now: i64) -> Result<bool>;
-    fn record_session(&self, session_id: &str) -> Result<Option<RecordSession>>;
+    fn stop_record_session(&self, session_id: &str, now: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn record_session(&self, session_id: &str) -> impl Future<Output = Result<Option<RecordSession>>> + Send;
     /// The channel's session not stopped, if any.
-    fn running_record_session(&self, login_code: &str, channel: u32) -> Result<Option<RecordSession>>;
+    fn running_record_session(
+        &self,
+        login_code: &str,
+        channel: u32,
+    ) -> impl Future<Output = Result<Option<RecordSession>>> + Send;
     /// Indexes a stored segment; false if that (session, seq) is indexed
     /// already (a re-sent upload).
-    fn add_segment(&self, s: &SegmentRow) -> Result<bool>;
+    fn add_segment(&self, s: &SegmentRow) -> impl Future<Output = Result<bool>> + Send;
     /// A channel's segments overlapping `[from_ms, to_ms)`, oldest first,
     /// at most `limit`.
-    fn segments(&self, login_code: &str, channel: u32, from_ms: i64, to_ms: i64, limit: u32)
-        -> Result<Vec<SegmentRow>>;
-    fn segment(&self, id: i64) -> Result<Option<SegmentRow>>;
+    fn segments(
+        &self,
+        login_code: &str,
+        channel: u32,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<SegmentRow>>> + Send;
+    fn segment(&self, id: i64) -> impl Future<Output = Result<Option<SegmentRow>>> + Send;
     /// Every indexed segment's id and path (reconciling with the disk).
-    fn segment_paths(&self) -> Result<Vec<(i64, String)>>;
+    fn segment_paths(&self) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
     /// The oldest segments of all channels, at most `limit`.
-    fn oldest_segments(&self, limit: u32) -> Result<Vec<SegmentRow>>;
+    fn oldest_segments(&self, limit: u32) -> impl Future<Output = Result<Vec<SegmentRow>>> + Send;
     /// A channel's segments that ended before `before_ms`, at most `limit`.
     fn segments_ended_before(
         &self,
@@ -150,35 +213,43 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
         channel: u32,
         before_ms: i64,
         limit: u32,
-    ) -> Result<Vec<SegmentRow>>;
-    fn delete_segment(&self, id: i64) -> Result<()>;
+    ) -> impl Future<Output = Result<Vec<SegmentRow>>> + Send;
+    fn delete_segment(&self, id: i64) -> impl Future<Output = Result<()>> + Send;
     /// Bytes and count of every stored segment.
-    fn segment_totals(&self) -> Result<(u64, u64)>;
-    fn set_record_policy(&self, login_code: &str, channel: u32, policy: &serde_json::Value) -> Result<()>;
-    fn record_policies(&self) -> Result<Vec<(String, u32, serde_json::Value)>>;
-    fn record_policy(&self, login_code: &str, channel: u32) -> Result<Option<serde_json::Value>>;
+    fn segment_totals(&self) -> impl Future<Output = Result<(u64, u64)>> + Send;
+    fn set_record_policy(
+        &self,
+        login_code: &str,
+        channel: u32,
+        policy: &serde_json::Value,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn record_policies(&self) -> impl Future<Output = Result<Vec<(String, u32, serde_json::Value)>>> + Send;
+    fn record_policy(
+        &self,
+        login_code: &str,
+        channel: u32,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>>> + Send;
 }
 
-fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
-    let data: String = r.get(5)?;
+fn row_to_event(r: &Row) -> Result<Event> {
     Ok(Event {
-        id: r.get(0)?,
-        at: r.get(1)?,
-        login_code: r.get(2)?,
-        channel: r.get(3)?,
-        kind: r.get(4)?,
-        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+        id: r.int(0)?,
+        at: r.int(1)?,
+        login_code: r.text(2)?,
+        channel: r.opt_int(3)?.map(|c| c as u32),
+        kind: r.text(4)?,
+        data: serde_json::from_str(&r.text(5)?).unwrap_or(serde_json::Value::Null),
     })
 }
 
-fn row_to_firmware(r: &rusqlite::Row<'_>) -> rusqlite::Result<Firmware> {
+fn row_to_firmware(r: &Row) -> Result<Firmware> {
     Ok(Firmware {
-        hardware_model: r.get(0)?,
-        firmware_model: r.get(1)?,
-        token: r.get(2)?,
-        size: r.get(3)?,
-        uploaded_at: r.get(4)?,
-        sha256: r.get(5)?,
+        hardware_model: r.text(0)?,
+        firmware_model: r.text(1)?,
+        token: r.text(2)?,
+        size: r.num(3)?,
+        uploaded_at: r.int(4)?,
+        sha256: r.opt_text(5)?,
     })
 }
 
@@ -253,6 +324,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE firmware ADD COLUMN sha256 TEXT;
     CREATE INDEX event_at ON event(at);",
     crate::accounts::MIGRATION,
+    // The cluster: which node holds a device's session, under which epoch,
+    // and each node's heartbeat.
+    "ALTER TABLE device ADD COLUMN owner TEXT;
+    ALTER TABLE device ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX device_owner ON device(owner);
+    CREATE TABLE node (id TEXT PRIMARY KEY, url TEXT NOT NULL, seen INTEGER NOT NULL);",
 ];
 
 /// A cloud recording the cloud asked a device for.
@@ -290,28 +367,28 @@ impl SegmentRow {
 
 const SEGMENT_COLS: &str = "id, login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path";
 
-fn row_to_segment(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
+fn row_to_segment(r: &Row) -> Result<SegmentRow> {
     Ok(SegmentRow {
-        id: r.get(0)?,
-        login_code: r.get(1)?,
-        channel: r.get(2)?,
-        session_id: r.get(3)?,
-        seq: r.get(4)?,
-        start_ms: r.get(5)?,
-        duration_ms: r.get(6)?,
-        bytes: r.get(7)?,
-        path: r.get(8)?,
+        id: r.int(0)?,
+        login_code: r.text(1)?,
+        channel: r.num(2)?,
+        session_id: r.text(3)?,
+        seq: r.num(4)?,
+        start_ms: r.int(5)?,
+        duration_ms: r.int(6)?,
+        bytes: r.num(7)?,
+        path: r.text(8)?,
     })
 }
 
-fn row_to_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordSession> {
+fn row_to_session(r: &Row) -> Result<RecordSession> {
     Ok(RecordSession {
-        session_id: r.get(0)?,
-        login_code: r.get(1)?,
-        channel: r.get(2)?,
-        reason: r.get(3)?,
-        started_at: r.get(4)?,
-        stopped_at: r.get(5)?,
+        session_id: r.text(0)?,
+        login_code: r.text(1)?,
+        channel: r.num(2)?,
+        reason: r.text(3)?,
+        started_at: r.int(4)?,
+        stopped_at: r.opt_int(5)?,
     })
 }
 
@@ -333,17 +410,53 @@ pub struct Firmware {
     pub sha256: Option<String>,
 }
 
-/// SQLite in one file.
-pub struct SqliteStore {
-    db: Mutex<Connection>,
+/// The store over SQLite or PostgreSQL.
+pub struct SqlStore {
+    pub(crate) db: AnyDb,
+    /// `last_seen` of Keepalives not yet written.
+    seen: Mutex<HashMap<String, i64>>,
+    /// The channel rows this node last wrote, per device it holds.
+    channels: Mutex<HashMap<String, Vec<ChannelRow>>>,
 }
 
-impl SqliteStore {
+const DEVICE_COLS: &str = "login_code, name, online, hardware_model, firmware_model, last_seen, created_at, owner";
+const CHANNEL_COLS: &str = "channel, state, record_session, alarm, changed_at";
+
+fn row_to_device(r: &Row) -> Result<Device> {
+    Ok(Device {
+        login_code: r.text(0)?,
+        name: r.text(1)?,
+        online: r.int(2)? != 0,
+        hardware_model: r.opt_text(3)?,
+        firmware_model: r.opt_text(4)?,
+        last_seen: r.opt_int(5)?,
+        created_at: r.int(6)?,
+        node: r.opt_text(7)?,
+        channels: Vec::new(),
+    })
+}
+
+/// A channel row from `CHANNEL_COLS` starting at column `at`.
+fn row_to_channel(r: &Row, at: usize) -> Result<ChannelRow> {
+    Ok(ChannelRow {
+        channel: r.num(at)?,
+        state: r.num(at + 1)?,
+        record_session: r.opt_text(at + 2)?,
+        alarm: r.num(at + 3)?,
+        changed_at: r.int(at + 4)?,
+    })
+}
+
+impl SqlStore {
+    fn new(db: AnyDb) -> SqlStore {
+        SqlStore { db, seen: Mutex::default(), channels: Mutex::default() }
+    }
+
     /// Opens (or creates) `dir/ivr.sqlite3` and runs pending migrations.
-    pub fn open(dir: &Path) -> Result<SqliteStore> {
+    pub fn open(dir: &Path) -> Result<SqlStore> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         let file = dir.join("ivr.sqlite3");
-        let db = Connection::open(&file)?;
+        let db = Sqlite::open_file(&file)?;
         // Nobody else's to read: device password hashes are in it (SQLite
         // gives its WAL and shm files the database's mode).
         #[cfg(unix)]
@@ -352,233 +465,390 @@ impl SqliteStore {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| StoreError::Db(format!("cannot make {} private (0600): {e}", file.display())))?;
         }
-        SqliteStore::init(db)
+        db.migrate_now(MIGRATIONS)?;
+        Ok(SqlStore::new(AnyDb::Sqlite(db)))
     }
 
-    pub fn in_memory() -> Result<SqliteStore> {
-        SqliteStore::init(Connection::open_in_memory()?)
+    pub fn in_memory() -> Result<SqlStore> {
+        let db = Sqlite::open_memory()?;
+        db.migrate_now(MIGRATIONS)?;
+        Ok(SqlStore::new(AnyDb::Sqlite(db)))
     }
 
-    fn init(db: Connection) -> Result<SqliteStore> {
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "foreign_keys", "ON")?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            db.execute_batch(&format!("BEGIN; {m}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
-            tracing::info!(migration = i + 1, "store: migrated");
+    /// Connects to PostgreSQL (`postgres://user[:password]@host[:port]/db`)
+    /// and runs pending migrations (one node at a time).
+    pub async fn postgres(url: &str) -> Result<SqlStore> {
+        let db = crate::pg::Postgres::connect(url).await?;
+        db.migrate(MIGRATIONS).await?;
+        Ok(SqlStore::new(AnyDb::Postgres(Box::new(db))))
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        self.db.kind()
+    }
+
+    fn seen_of(&self, login_code: &str) -> Option<i64> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(login_code).copied()
+    }
+
+    async fn channels_of(&self, login_code: &str) -> Result<Vec<ChannelRow>> {
+        let rows = self
+            .db
+            .query(
+                &format!("SELECT {CHANNEL_COLS} FROM channel WHERE login_code = $1 ORDER BY channel"),
+                args![login_code],
+            )
+            .await?;
+        rows.iter().map(|r| row_to_channel(r, 0)).collect()
+    }
+
+    fn forget_channels(&self, login_code: Option<&str>) {
+        let mut c = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        match login_code {
+            Some(lc) => {
+                c.remove(lc);
+            }
+            None => c.clear(),
         }
-        Ok(SqliteStore { db: Mutex::new(db) })
     }
 
-    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().expect("store lock")
+    async fn segment_query(&self, sql: &str, a: Vec<Val>) -> Result<Vec<SegmentRow>> {
+        let rows = self.db.query(&format!("SELECT {SEGMENT_COLS} FROM segment {sql}"), a).await?;
+        rows.iter().map(row_to_segment).collect()
     }
 
-    fn channels(db: &Connection, login_code: &str) -> Result<Vec<ChannelRow>> {
-        let mut q = db.prepare_cached(
-            "SELECT channel, state, record_session, alarm, changed_at FROM channel WHERE login_code = ?1 ORDER BY channel",
-        )?;
-        let rows = q.query_map([login_code], |r| {
-            Ok(ChannelRow {
-                channel: r.get(0)?,
-                state: r.get(1)?,
-                record_session: r.get(2)?,
-                alarm: r.get(3)?,
-                changed_at: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
-    }
-
-    /// A device row; its channels are filled in by the caller.
-    fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
-        Ok(Device {
-            login_code: r.get(0)?,
-            name: r.get(1)?,
-            online: r.get(2)?,
-            hardware_model: r.get(3)?,
-            firmware_model: r.get(4)?,
-            last_seen: r.get(5)?,
-            created_at: r.get(6)?,
-            channels: Vec::new(),
-        })
+    /// Devices matching `cond` (parameters `a`) that are online or have a
+    /// channel not offline set offline, channels too, in one transaction;
+    /// their login codes.
+    async fn offline_where(&self, now: i64, cond: &str, a: Vec<Val>) -> Result<Vec<String>> {
+        let n = a.len() as u32 + 1;
+        let mut a2 = a.clone();
+        a2.push(Val::Int(now));
+        let out = self
+            .db
+            .transaction(vec![
+                Stmt::new(
+                    format!(
+                        "SELECT login_code FROM device WHERE ({cond}) AND online != 0
+                         UNION SELECT c.login_code FROM channel c JOIN device d ON d.login_code = c.login_code
+                         WHERE ({cond}) AND c.state != 0 ORDER BY 1"
+                    ),
+                    a.clone(),
+                ),
+                // Channels first: the device's owner is still set.
+                Stmt::new(
+                    format!(
+                        "UPDATE channel SET state = 0, changed_at = ${n} WHERE state != 0 AND login_code IN
+                         (SELECT login_code FROM device WHERE ({cond}))"
+                    ),
+                    a2,
+                ),
+                Stmt::new(format!("UPDATE device SET online = 0, owner = NULL WHERE ({cond}) AND online != 0"), a),
+            ])
+            .await?;
+        self.forget_channels(None);
+        out[0].rows.iter().map(|r| r.text(0)).collect()
     }
 }
 
-const DEVICE_COLS: &str = "login_code, name, online, hardware_model, firmware_model, last_seen, created_at";
-
-impl Store for SqliteStore {
-    fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device> {
-        let db = self.db();
-        let n = db.execute(
-            "INSERT OR IGNORE INTO device (login_code, name, passwd_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![login_code, name, passwd_hash, now],
-        )?;
+impl Store for SqlStore {
+    async fn create_device(&self, login_code: &str, passwd_hash: &str, name: &str, now: i64) -> Result<Device> {
+        let n = self
+            .db
+            .execute(
+                "INSERT INTO device (login_code, name, passwd_hash, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                args![login_code, name, passwd_hash, now],
+            )
+            .await?;
         if n == 0 {
             return Err(StoreError::Exists(login_code.to_owned()));
         }
-        drop(db);
-        self.device(login_code)?.ok_or_else(|| StoreError::NoDevice(login_code.to_owned()))
+        self.device(login_code).await?.ok_or_else(|| StoreError::NoDevice(login_code.to_owned()))
     }
 
-    fn device(&self, login_code: &str) -> Result<Option<Device>> {
-        let db = self.db();
-        let d = db
-            .query_row(
-                &format!("SELECT {DEVICE_COLS} FROM device WHERE login_code = ?1"),
-                [login_code],
-                SqliteStore::row_to_device,
-            )
-            .optional()?;
-        match d {
-            Some(mut d) => {
-                d.channels = SqliteStore::channels(&db, login_code)?;
-                Ok(Some(d))
-            }
-            None => Ok(None),
+    async fn device(&self, login_code: &str) -> Result<Option<Device>> {
+        let rows = self
+            .db
+            .query(&format!("SELECT {DEVICE_COLS} FROM device WHERE login_code = $1"), args![login_code])
+            .await?;
+        let Some(r) = rows.first() else { return Ok(None) };
+        let mut d = row_to_device(r)?;
+        d.channels = self.channels_of(login_code).await?;
+        if let Some(t) = self.seen_of(login_code) {
+            d.last_seen = Some(t);
         }
+        Ok(Some(d))
     }
 
-    fn devices(&self, after: Option<&str>, limit: u32) -> Result<Vec<Device>> {
-        let db = self.db();
-        let mut q = db.prepare_cached(&format!(
-            "SELECT {DEVICE_COLS} FROM device WHERE ?1 IS NULL OR login_code > ?1 ORDER BY login_code LIMIT ?2"
-        ))?;
-        let mut devices: Vec<Device> =
-            q.query_map(params![after, limit], SqliteStore::row_to_device)?.collect::<std::result::Result<_, _>>()?;
+    async fn devices(&self, after: Option<&str>, limit: u32) -> Result<Vec<Device>> {
+        let rows = match after {
+            Some(a) => {
+                self.db
+                    .query(
+                        &format!("SELECT {DEVICE_COLS} FROM device WHERE login_code > $1 ORDER BY login_code LIMIT $2"),
+                        args![a, limit],
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .query(&format!("SELECT {DEVICE_COLS} FROM device ORDER BY login_code LIMIT $1"), args![limit])
+                    .await?
+            }
+        };
+        let mut devices: Vec<Device> = rows.iter().map(row_to_device).collect::<Result<_>>()?;
+        {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            for d in &mut devices {
+                if let Some(t) = seen.get(&d.login_code) {
+                    d.last_seen = Some(*t);
+                }
+            }
+        }
         let (Some(first), Some(last)) = (devices.first(), devices.last()) else { return Ok(devices) };
         let (first, last) = (first.login_code.clone(), last.login_code.clone());
         // The page's channels in one query (not one per device), in the same order.
-        let mut q = db.prepare_cached(
-            "SELECT login_code, channel, state, record_session, alarm, changed_at FROM channel
-             WHERE login_code >= ?1 AND login_code <= ?2 ORDER BY login_code, channel",
-        )?;
-        let rows = q.query_map([first, last], |r| {
-            let lc: String = r.get(0)?;
-            Ok((
-                lc,
-                ChannelRow {
-                    channel: r.get(1)?,
-                    state: r.get(2)?,
-                    record_session: r.get(3)?,
-                    alarm: r.get(4)?,
-                    changed_at: r.get(5)?,
-                },
-            ))
-        })?;
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "SELECT login_code, {CHANNEL_COLS} FROM channel
+                     WHERE login_code >= $1 AND login_code <= $2 ORDER BY login_code, channel"
+                ),
+                args![first, last],
+            )
+            .await?;
         let mut i = 0;
-        for row in rows {
-            let (lc, ch) = row?;
+        for r in &rows {
+            let lc = r.text(0)?;
             while i < devices.len() && devices[i].login_code < lc {
                 i += 1;
             }
             if let Some(d) = devices.get_mut(i).filter(|d| d.login_code == lc) {
-                d.channels.push(ch);
+                d.channels.push(row_to_channel(r, 1)?);
             }
         }
         Ok(devices)
     }
 
-    fn delete_device(&self, login_code: &str) -> Result<bool> {
-        Ok(self.db().execute("DELETE FROM device WHERE login_code = ?1", [login_code])? > 0)
+    async fn delete_device(&self, login_code: &str) -> Result<bool> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(login_code);
+        self.forget_channels(Some(login_code));
+        // Channels go with it (no foreign keys needed on either database).
+        let out = self
+            .db
+            .transaction(vec![
+                Stmt::new("DELETE FROM channel WHERE login_code = $1", args![login_code]),
+                Stmt::new("DELETE FROM device WHERE login_code = $1", args![login_code]),
+            ])
+            .await?;
+        Ok(out[1].changed > 0)
     }
 
-    fn rename_device(&self, login_code: &str, name: &str) -> Result<bool> {
-        Ok(self.db().execute("UPDATE device SET name = ?2 WHERE login_code = ?1", [login_code, name])? > 0)
+    async fn rename_device(&self, login_code: &str, name: &str) -> Result<bool> {
+        Ok(self.db.execute("UPDATE device SET name = $2 WHERE login_code = $1", args![login_code, name]).await? > 0)
     }
 
-    fn device_count(&self) -> Result<u64> {
-        Ok(self.db().query_row("SELECT COUNT(*) FROM device", [], |r| r.get(0))?)
+    async fn device_count(&self) -> Result<u64> {
+        let rows = self.db.query("SELECT COUNT(*) FROM device", vec![]).await?;
+        rows.first().map_or(Ok(0), |r| r.num(0))
     }
 
-    fn password_hash(&self, login_code: &str) -> Result<Option<String>> {
-        Ok(self
-            .db()
-            .query_row("SELECT passwd_hash FROM device WHERE login_code = ?1", [login_code], |r| r.get(0))
-            .optional()?)
+    async fn password_hash(&self, login_code: &str) -> Result<Option<String>> {
+        let rows = self.db.query("SELECT passwd_hash FROM device WHERE login_code = $1", args![login_code]).await?;
+        rows.first().map(|r| r.text(0)).transpose()
     }
 
-    fn logged_in(&self, login_code: &str, hardware_model: &str, firmware_model: &str, now: i64) -> Result<()> {
-        let n = self.db().execute(
-            "UPDATE device SET online = 1, hardware_model = ?2, firmware_model = ?3, last_seen = ?4 WHERE login_code = ?1",
-            params![login_code, hardware_model, firmware_model, now],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NoDevice(login_code.to_owned()));
+    async fn logged_in(
+        &self,
+        login_code: &str,
+        hardware_model: &str,
+        firmware_model: &str,
+        now: i64,
+        node: &str,
+    ) -> Result<i64> {
+        self.forget_channels(Some(login_code));
+        let rows = self
+            .db
+            .query(
+                "UPDATE device SET online = 1, hardware_model = $2, firmware_model = $3, last_seen = $4,
+                    owner = $5, epoch = epoch + 1
+                 WHERE login_code = $1 RETURNING epoch",
+                args![login_code, hardware_model, firmware_model, now, node],
+            )
+            .await?;
+        match rows.first() {
+            Some(r) => r.int(0),
+            None => Err(StoreError::NoDevice(login_code.to_owned())),
         }
+    }
+
+    async fn set_offline(&self, login_code: &str, now: i64, epoch: i64) -> Result<bool> {
+        self.forget_channels(Some(login_code));
+        let out = self
+            .db
+            .transaction(vec![
+                Stmt::new(
+                    "UPDATE device SET online = 0, owner = NULL WHERE login_code = $1 AND epoch = $2",
+                    args![login_code, epoch],
+                ),
+                Stmt::new(
+                    "UPDATE channel SET state = 0, changed_at = $3 WHERE login_code = $1 AND state != 0
+                     AND (SELECT epoch FROM device WHERE login_code = $1) = $2",
+                    args![login_code, epoch, now],
+                ),
+            ])
+            .await?;
+        Ok(out[0].changed > 0)
+    }
+
+    async fn all_offline(&self, now: i64, node: &str) -> Result<Vec<String>> {
+        self.offline_where(now, "owner = $1 OR owner IS NULL", args![node]).await
+    }
+
+    async fn orphans_offline(&self, now: i64, dead_before: i64) -> Result<Vec<String>> {
+        self.offline_where(
+            now,
+            "owner IS NOT NULL AND owner NOT IN (SELECT id FROM node WHERE seen >= $1)",
+            args![dead_before],
+        )
+        .await
+    }
+
+    async fn node_alive(&self, id: &str, url: &str, now: i64) -> Result<()> {
+        self.db
+            .execute(
+                "INSERT INTO node (id, url, seen) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, seen = excluded.seen",
+                args![id, url, now],
+            )
+            .await?;
         Ok(())
     }
 
-    fn set_offline(&self, login_code: &str, now: i64) -> Result<()> {
-        let db = self.db();
-        db.execute("UPDATE device SET online = 0 WHERE login_code = ?1", [login_code])?;
-        db.execute(
-            "UPDATE channel SET state = 0, changed_at = ?2 WHERE login_code = ?1 AND state != 0",
-            params![login_code, now],
-        )?;
-        Ok(())
+    async fn nodes(&self) -> Result<Vec<Node>> {
+        let rows = self.db.query("SELECT id, url, seen FROM node ORDER BY id", vec![]).await?;
+        rows.iter().map(|r| Ok(Node { id: r.text(0)?, url: r.text(1)?, seen: r.int(2)? })).collect()
     }
 
-    fn all_offline(&self, now: i64) -> Result<Vec<String>> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let stale: Vec<String> = tx
-            .prepare(
-                "SELECT login_code FROM device WHERE online != 0
-                 UNION SELECT login_code FROM channel WHERE state != 0 ORDER BY 1",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<std::result::Result<_, _>>()?;
-        tx.execute("UPDATE device SET online = 0 WHERE online != 0", [])?;
-        tx.execute("UPDATE channel SET state = 0, changed_at = ?1 WHERE state != 0", [now])?;
-        tx.commit()?;
-        Ok(stale)
+    async fn flush_seen(&self) -> Result<usize> {
+        let pending = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // One statement per second of timestamps (and per 500 devices):
+        // 100,000 devices at a 30 s Keepalive flushed every 5 s is about
+        // 40 statements in one transaction, not 3,300 transactions a second.
+        let mut by_time: HashMap<i64, Vec<&String>> = HashMap::new();
+        for (lc, t) in &pending {
+            by_time.entry(*t).or_default().push(lc);
+        }
+        let mut stmts = Vec::new();
+        for (t, lcs) in by_time {
+            for chunk in lcs.chunks(500) {
+                let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let mut a = vec![Val::Int(t)];
+                a.extend(chunk.iter().map(|lc| Val::from(*lc)));
+                stmts.push(Stmt::new(
+                    format!(
+                        "UPDATE device SET last_seen = $1 WHERE (last_seen IS NULL OR last_seen < $1)
+                         AND login_code IN ({})",
+                        marks.join(", ")
+                    ),
+                    a,
+                ));
+            }
+        }
+        match self.db.transaction(stmts).await {
+            Ok(_) => Ok(pending.len()),
+            Err(e) => {
+                // Kept for the next flush (newer Keepalives win).
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                for (lc, t) in pending {
+                    seen.entry(lc).or_insert(t);
+                }
+                Err(e)
+            }
+        }
     }
 
-    fn trim_events(&self, before: Option<i64>, keep: u64) -> Result<u64> {
-        let db = self.db();
+    async fn trim_events(&self, before: Option<i64>, keep: u64) -> Result<u64> {
         let mut n = 0;
         if let Some(at) = before {
-            n += db.execute("DELETE FROM event WHERE at < ?1", [at])? as u64;
+            n += self.db.execute("DELETE FROM event WHERE at < $1", args![at]).await?;
         }
         if keep > 0 {
             // The id below which events go: the newest `keep` stay.
-            let cut: Option<i64> = db
-                .query_row("SELECT id FROM event ORDER BY id DESC LIMIT 1 OFFSET ?1", [keep as i64], |r| r.get(0))
-                .optional()?;
-            if let Some(cut) = cut {
-                n += db.execute("DELETE FROM event WHERE id <= ?1", [cut])? as u64;
+            let rows = self.db.query("SELECT id FROM event ORDER BY id DESC LIMIT 1 OFFSET $1", args![keep]).await?;
+            if let Some(cut) = rows.first() {
+                n += self.db.execute("DELETE FROM event WHERE id <= $1", args![cut.int(0)?]).await?;
             }
         }
         Ok(n)
     }
 
-    fn keepalive(&self, login_code: &str, channels: &[ChannelRow], now: i64) -> Result<Vec<ChannelRow>> {
-        let mut db = self.db();
-        let before = SqliteStore::channels(&db, login_code)?;
-        let tx = db.transaction()?;
-        tx.execute("UPDATE device SET last_seen = ?2, online = 1 WHERE login_code = ?1", params![login_code, now])?;
-        let mut changed = Vec::new();
-        for c in channels {
-            let same = before
-                .iter()
-                .find(|b| b.channel == c.channel)
-                .is_some_and(|b| b.state == c.state && b.record_session == c.record_session && b.alarm == c.alarm);
-            if !same {
-                tx.execute(
-                    "INSERT INTO channel (login_code, channel, state, record_session, alarm, changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (login_code, channel) DO UPDATE SET state = ?3, record_session = ?4, alarm = ?5, changed_at = ?6",
-                    params![login_code, c.channel, c.state, c.record_session, c.alarm, now],
-                )?;
-                changed.push(ChannelRow { changed_at: now, ..c.clone() });
+    async fn keepalive(
+        &self,
+        login_code: &str,
+        channels: &[ChannelRow],
+        now: i64,
+        epoch: i64,
+    ) -> Result<Option<Vec<ChannelRow>>> {
+        let cached = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(login_code).cloned();
+        let before = match cached {
+            Some(c) => c,
+            None => self.channels_of(login_code).await?,
+        };
+        let changed: Vec<ChannelRow> = channels
+            .iter()
+            .filter(|c| {
+                !before
+                    .iter()
+                    .find(|b| b.channel == c.channel)
+                    .is_some_and(|b| b.state == c.state && b.record_session == c.record_session && b.alarm == c.alarm)
+            })
+            .map(|c| ChannelRow { changed_at: now, ..c.clone() })
+            .collect();
+        if !changed.is_empty() {
+            // The epoch check and the writes in one transaction: a session
+            // another login replaced writes nothing.
+            let mut stmts = vec![Stmt::new(
+                "SELECT epoch FROM device WHERE login_code = $1 AND epoch = $2",
+                args![login_code, epoch],
+            )];
+            for c in &changed {
+                stmts.push(Stmt::new(
+                    "INSERT INTO channel (login_code, channel, state, record_session, alarm, changed_at)
+                     SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS BIGINT), CAST($4 AS TEXT),
+                       CAST($5 AS BIGINT), CAST($6 AS BIGINT) WHERE EXISTS
+                       (SELECT 1 FROM device WHERE login_code = $1 AND epoch = $7)
+                     ON CONFLICT (login_code, channel) DO UPDATE SET state = excluded.state,
+                       record_session = excluded.record_session, alarm = excluded.alarm,
+                       changed_at = excluded.changed_at",
+                    args![login_code, c.channel, c.state, c.record_session.clone(), c.alarm, now, epoch],
+                ));
+            }
+            let out = self.db.transaction(stmts).await?;
+            if out[0].rows.is_empty() {
+                self.forget_channels(Some(login_code));
+                return Ok(None);
             }
         }
-        tx.commit()?;
-        Ok(changed)
+        let mut after = before;
+        for c in &changed {
+            match after.iter_mut().find(|b| b.channel == c.channel) {
+                Some(b) => *b = c.clone(),
+                None => after.push(c.clone()),
+            }
+        }
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(login_code.to_owned(), after);
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(login_code.to_owned(), now);
+        Ok(Some(changed))
     }
 
-    fn add_event(
+    async fn add_event(
         &self,
         login_code: &str,
         channel: Option<u32>,
@@ -586,39 +856,35 @@ impl Store for SqliteStore {
         data: &serde_json::Value,
         now: i64,
     ) -> Result<Event> {
-        let db = self.db();
-        db.execute(
-            "INSERT INTO event (at, login_code, channel, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now, login_code, channel, kind, data.to_string()],
-        )?;
-        Ok(Event {
-            id: db.last_insert_rowid(),
-            at: now,
-            login_code: login_code.to_owned(),
-            channel,
-            kind: kind.to_owned(),
-            data: data.clone(),
-        })
+        let rows = self
+            .db
+            .query(
+                "INSERT INTO event (at, login_code, channel, kind, data) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                args![now, login_code, channel, kind, data.to_string()],
+            )
+            .await?;
+        let id = rows.first().ok_or_else(|| StoreError::Db("INSERT … RETURNING gave no row".into()))?.int(0)?;
+        Ok(Event { id, at: now, login_code: login_code.to_owned(), channel, kind: kind.to_owned(), data: data.clone() })
     }
 
-    fn events(&self, f: &EventFilter) -> Result<Vec<Event>> {
-        // Only the filters given go into the SQL: `(?1 IS NULL OR …)` would
+    async fn events(&self, f: &EventFilter) -> Result<Vec<Event>> {
+        // Only the filters given go into the SQL: `($1 IS NULL OR …)` would
         // keep SQLite from the (login_code, at) index and scan every event
         // (44 ms a query at 400,000 events; 0.1 ms with the index).
-        let mut sql = String::from("SELECT id, at, login_code, channel, kind, data FROM event WHERE 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut add = |cond: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+        let mut sql = String::from("SELECT id, at, login_code, channel, kind, data FROM event WHERE TRUE");
+        let mut a: Vec<Val> = Vec::new();
+        let mut add = |cond: &str, v: Val| {
+            a.push(v);
+            sql.push_str(&format!(" AND {cond} ${}", a.len()));
         };
         if let Some(lc) = &f.login_code {
-            add("login_code =", lc.clone().into());
+            add("login_code =", lc.into());
         }
         if let Some(ch) = f.channel {
-            add("channel =", i64::from(ch).into());
+            add("channel =", ch.into());
         }
         if let Some(k) = &f.kind {
-            add("kind =", k.clone().into());
+            add("kind =", k.into());
         }
         if let Some(t) = f.since {
             add("at >=", t.into());
@@ -630,113 +896,138 @@ impl Store for SqliteStore {
             // Each as its own parameter; an empty list matches nothing.
             let mut marks = Vec::with_capacity(lcs.len());
             for lc in lcs {
-                args.push(lc.clone().into());
-                marks.push(format!("?{}", args.len()));
+                a.push(lc.into());
+                marks.push(format!("${}", a.len()));
             }
-            sql.push_str(&format!(" AND login_code IN ({})", marks.join(",")));
+            if marks.is_empty() {
+                sql.push_str(" AND FALSE");
+            } else {
+                sql.push_str(&format!(" AND login_code IN ({})", marks.join(",")));
+            }
         }
-        args.push(i64::from(f.limit.unwrap_or(100).min(10_000)).into());
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
-        let db = self.db();
-        let mut q = db.prepare_cached(&sql)?;
-        let rows = q.query_map(rusqlite::params_from_iter(args), row_to_event)?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        a.push(f.limit.unwrap_or(100).min(10_000).into());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", a.len()));
+        let rows = self.db.query(&sql, a).await?;
+        rows.iter().map(row_to_event).collect()
     }
 
-    fn event(&self, id: i64) -> Result<Option<Event>> {
-        let db = self.db();
-        let mut q = db.prepare_cached("SELECT id, at, login_code, channel, kind, data FROM event WHERE id = ?1")?;
-        Ok(q.query_row([id], row_to_event).optional()?)
+    async fn event(&self, id: i64) -> Result<Option<Event>> {
+        let rows =
+            self.db.query("SELECT id, at, login_code, channel, kind, data FROM event WHERE id = $1", args![id]).await?;
+        rows.first().map(row_to_event).transpose()
     }
 
-    fn add_firmware(&self, fw: &Firmware) -> Result<Option<String>> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let old: Option<String> = tx
-            .query_row(
-                "SELECT token FROM firmware WHERE hardware_model = ?1 AND firmware_model = ?2",
-                params![fw.hardware_model, fw.firmware_model],
-                |r| r.get(0),
+    async fn add_firmware(&self, fw: &Firmware) -> Result<Option<String>> {
+        let out = self
+            .db
+            .transaction(vec![
+                Stmt::new(
+                    "SELECT token FROM firmware WHERE hardware_model = $1 AND firmware_model = $2",
+                    args![&fw.hardware_model, &fw.firmware_model],
+                ),
+                Stmt::new(
+                    "INSERT INTO firmware (hardware_model, firmware_model, token, size, uploaded_at, sha256)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (hardware_model, firmware_model) DO UPDATE SET token = excluded.token,
+                       size = excluded.size, uploaded_at = excluded.uploaded_at, sha256 = excluded.sha256",
+                    args![
+                        &fw.hardware_model,
+                        &fw.firmware_model,
+                        &fw.token,
+                        fw.size,
+                        fw.uploaded_at,
+                        fw.sha256.clone()
+                    ],
+                ),
+            ])
+            .await?;
+        out[0].rows.first().map(|r| r.text(0)).transpose()
+    }
+
+    async fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>> {
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "SELECT {FIRMWARE_COLS} FROM firmware WHERE hardware_model = $1
+                     ORDER BY uploaded_at DESC, firmware_model DESC LIMIT 1"
+                ),
+                args![hardware_model],
             )
-            .optional()?;
-        tx.execute(
-            "INSERT INTO firmware (hardware_model, firmware_model, token, size, uploaded_at, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (hardware_model, firmware_model) DO UPDATE SET token = ?3, size = ?4, uploaded_at = ?5, sha256 = ?6",
-            params![fw.hardware_model, fw.firmware_model, fw.token, fw.size, fw.uploaded_at, fw.sha256],
-        )?;
-        tx.commit()?;
-        Ok(old)
+            .await?;
+        rows.first().map(row_to_firmware).transpose()
     }
 
-    fn latest_firmware(&self, hardware_model: &str) -> Result<Option<Firmware>> {
-        Ok(self
-            .db()
-            .query_row(
-                &format!("SELECT {FIRMWARE_COLS} FROM firmware WHERE hardware_model = ?1 ORDER BY uploaded_at DESC, rowid DESC LIMIT 1"),
-                [hardware_model],
-                row_to_firmware,
+    async fn firmware_by_token(&self, token: &str) -> Result<Option<Firmware>> {
+        let rows =
+            self.db.query(&format!("SELECT {FIRMWARE_COLS} FROM firmware WHERE token = $1"), args![token]).await?;
+        rows.first().map(row_to_firmware).transpose()
+    }
+
+    async fn firmwares(&self) -> Result<Vec<Firmware>> {
+        let rows = self
+            .db
+            .query(&format!("SELECT {FIRMWARE_COLS} FROM firmware ORDER BY hardware_model, uploaded_at"), vec![])
+            .await?;
+        rows.iter().map(row_to_firmware).collect()
+    }
+
+    async fn add_record_session(&self, s: &RecordSession) -> Result<()> {
+        self.db
+            .execute(
+                &format!("INSERT INTO record_session ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+                args![&s.session_id, &s.login_code, s.channel, &s.reason, s.started_at, s.stopped_at],
             )
-            .optional()?)
-    }
-
-    fn firmware_by_token(&self, token: &str) -> Result<Option<Firmware>> {
-        Ok(self
-            .db()
-            .query_row(&format!("SELECT {FIRMWARE_COLS} FROM firmware WHERE token = ?1"), [token], row_to_firmware)
-            .optional()?)
-    }
-
-    fn add_record_session(&self, s: &RecordSession) -> Result<()> {
-        self.db().execute(
-            "INSERT INTO record_session (session_id, login_code, channel, reason, started_at, stopped_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![s.session_id, s.login_code, s.channel, s.reason, s.started_at, s.stopped_at],
-        )?;
+            .await?;
         Ok(())
     }
 
-    fn stop_record_session(&self, session_id: &str, now: i64) -> Result<bool> {
-        Ok(self.db().execute(
-            "UPDATE record_session SET stopped_at = ?2 WHERE session_id = ?1 AND stopped_at IS NULL",
-            params![session_id, now],
-        )? == 1)
-    }
-
-    fn record_session(&self, session_id: &str) -> Result<Option<RecordSession>> {
-        Ok(self
-            .db()
-            .query_row(
-                &format!("SELECT {SESSION_COLS} FROM record_session WHERE session_id = ?1"),
-                [session_id],
-                row_to_session,
+    async fn stop_record_session(&self, session_id: &str, now: i64) -> Result<bool> {
+        let n = self
+            .db
+            .execute(
+                "UPDATE record_session SET stopped_at = $2 WHERE session_id = $1 AND stopped_at IS NULL",
+                args![session_id, now],
             )
-            .optional()?)
-    }
-
-    fn running_record_session(&self, login_code: &str, channel: u32) -> Result<Option<RecordSession>> {
-        Ok(self
-            .db()
-            .query_row(
-                &format!(
-                    "SELECT {SESSION_COLS} FROM record_session
-                     WHERE login_code = ?1 AND channel = ?2 AND stopped_at IS NULL ORDER BY started_at DESC LIMIT 1"
-                ),
-                params![login_code, channel],
-                row_to_session,
-            )
-            .optional()?)
-    }
-
-    fn add_segment(&self, s: &SegmentRow) -> Result<bool> {
-        let n = self.db().execute(
-            "INSERT INTO segment (login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-            params![s.login_code, s.channel, s.session_id, s.seq, s.start_ms, s.duration_ms, s.bytes, s.path],
-        )?;
+            .await?;
         Ok(n == 1)
     }
 
-    fn segments(
+    async fn record_session(&self, session_id: &str) -> Result<Option<RecordSession>> {
+        let rows = self
+            .db
+            .query(&format!("SELECT {SESSION_COLS} FROM record_session WHERE session_id = $1"), args![session_id])
+            .await?;
+        rows.first().map(row_to_session).transpose()
+    }
+
+    async fn running_record_session(&self, login_code: &str, channel: u32) -> Result<Option<RecordSession>> {
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "SELECT {SESSION_COLS} FROM record_session
+                     WHERE login_code = $1 AND channel = $2 AND stopped_at IS NULL ORDER BY started_at DESC LIMIT 1"
+                ),
+                args![login_code, channel],
+            )
+            .await?;
+        rows.first().map(row_to_session).transpose()
+    }
+
+    async fn add_segment(&self, s: &SegmentRow) -> Result<bool> {
+        let n = self
+            .db
+            .execute(
+                "INSERT INTO segment (login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                args![&s.login_code, s.channel, &s.session_id, s.seq, s.start_ms, s.duration_ms, s.bytes, &s.path],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn segments(
         &self,
         login_code: &str,
         channel: u32,
@@ -747,28 +1038,27 @@ impl Store for SqliteStore {
         // Segments last at most an hour: the index range starts that much
         // earlier and the end condition trims it.
         self.segment_query(
-            "WHERE login_code = ?1 AND channel = ?2 AND start_ms >= ?3 - 3600000 AND start_ms < ?4
-               AND start_ms + duration_ms > ?3 ORDER BY start_ms LIMIT ?5",
-            params![login_code, channel, from_ms, to_ms, limit],
+            "WHERE login_code = $1 AND channel = $2 AND start_ms >= $3 AND start_ms < $4
+               AND start_ms + duration_ms > $5 ORDER BY start_ms LIMIT $6",
+            args![login_code, channel, from_ms - 3_600_000, to_ms, from_ms, limit],
         )
+        .await
     }
 
-    fn segment(&self, id: i64) -> Result<Option<SegmentRow>> {
-        Ok(self.segment_query("WHERE id = ?1", [id])?.pop())
+    async fn segment(&self, id: i64) -> Result<Option<SegmentRow>> {
+        Ok(self.segment_query("WHERE id = $1", args![id]).await?.pop())
     }
 
-    fn segment_paths(&self) -> Result<Vec<(i64, String)>> {
-        let db = self.db();
-        let mut q = db.prepare("SELECT id, path FROM segment")?;
-        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    async fn segment_paths(&self) -> Result<Vec<(i64, String)>> {
+        let rows = self.db.query("SELECT id, path FROM segment", vec![]).await?;
+        rows.iter().map(|r| Ok((r.int(0)?, r.text(1)?))).collect()
     }
 
-    fn oldest_segments(&self, limit: u32) -> Result<Vec<SegmentRow>> {
-        self.segment_query("ORDER BY start_ms LIMIT ?1", [limit])
+    async fn oldest_segments(&self, limit: u32) -> Result<Vec<SegmentRow>> {
+        self.segment_query("ORDER BY start_ms LIMIT $1", args![limit]).await
     }
 
-    fn segments_ended_before(
+    async fn segments_ended_before(
         &self,
         login_code: &str,
         channel: u32,
@@ -776,69 +1066,54 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<SegmentRow>> {
         self.segment_query(
-            "WHERE login_code = ?1 AND channel = ?2 AND start_ms < ?3 AND start_ms + duration_ms <= ?3
-             ORDER BY start_ms LIMIT ?4",
-            params![login_code, channel, before_ms, limit],
+            "WHERE login_code = $1 AND channel = $2 AND start_ms < $3 AND start_ms + duration_ms <= $3
+             ORDER BY start_ms LIMIT $4",
+            args![login_code, channel, before_ms, limit],
         )
+        .await
     }
 
-    fn delete_segment(&self, id: i64) -> Result<()> {
-        self.db().execute("DELETE FROM segment WHERE id = ?1", [id])?;
+    async fn delete_segment(&self, id: i64) -> Result<()> {
+        self.db.execute("DELETE FROM segment WHERE id = $1", args![id]).await?;
         Ok(())
     }
 
-    fn segment_totals(&self) -> Result<(u64, u64)> {
-        Ok(self
-            .db()
-            .query_row("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM segment", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    async fn segment_totals(&self) -> Result<(u64, u64)> {
+        let rows =
+            self.db.query("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT), COUNT(*) FROM segment", vec![]).await?;
+        rows.first().map_or(Ok((0, 0)), |r| Ok((r.num(0)?, r.num(1)?)))
     }
 
-    fn set_record_policy(&self, login_code: &str, channel: u32, policy: &serde_json::Value) -> Result<()> {
-        self.db().execute(
-            "INSERT INTO record_policy (login_code, channel, policy) VALUES (?1, ?2, ?3)
-             ON CONFLICT (login_code, channel) DO UPDATE SET policy = ?3",
-            params![login_code, channel, policy.to_string()],
-        )?;
-        Ok(())
-    }
-
-    fn record_policies(&self) -> Result<Vec<(String, u32, serde_json::Value)>> {
-        let db = self.db();
-        let mut q = db.prepare("SELECT login_code, channel, policy FROM record_policy ORDER BY login_code, channel")?;
-        let rows = q.query_map([], |r| {
-            let p: String = r.get(2)?;
-            Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&p).unwrap_or(serde_json::Value::Null)))
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
-    }
-
-    fn record_policy(&self, login_code: &str, channel: u32) -> Result<Option<serde_json::Value>> {
-        let p: Option<String> = self
-            .db()
-            .query_row(
-                "SELECT policy FROM record_policy WHERE login_code = ?1 AND channel = ?2",
-                params![login_code, channel],
-                |r| r.get(0),
+    async fn set_record_policy(&self, login_code: &str, channel: u32, policy: &serde_json::Value) -> Result<()> {
+        self.db
+            .execute(
+                "INSERT INTO record_policy (login_code, channel, policy) VALUES ($1, $2, $3)
+                 ON CONFLICT (login_code, channel) DO UPDATE SET policy = excluded.policy",
+                args![login_code, channel, policy.to_string()],
             )
-            .optional()?;
-        Ok(p.and_then(|p| serde_json::from_str(&p).ok()))
+            .await?;
+        Ok(())
     }
 
-    fn firmwares(&self) -> Result<Vec<Firmware>> {
-        let db = self.db();
-        let mut q =
-            db.prepare(&format!("SELECT {FIRMWARE_COLS} FROM firmware ORDER BY hardware_model, uploaded_at"))?;
-        let rows = q.query_map([], row_to_firmware)?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    async fn record_policies(&self) -> Result<Vec<(String, u32, serde_json::Value)>> {
+        let rows = self
+            .db
+            .query("SELECT login_code, channel, policy FROM record_policy ORDER BY login_code, channel", vec![])
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.text(0)?, r.num(1)?, serde_json::from_str(&r.text(2)?).unwrap_or(serde_json::Value::Null))))
+            .collect()
     }
-}
 
-impl SqliteStore {
-    fn segment_query(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<SegmentRow>> {
-        let db = self.db();
-        let mut q = db.prepare_cached(&format!("SELECT {SEGMENT_COLS} FROM segment {sql}"))?;
-        let rows = q.query_map(p, row_to_segment)?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    async fn record_policy(&self, login_code: &str, channel: u32) -> Result<Option<serde_json::Value>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT policy FROM record_policy WHERE login_code = $1 AND channel = $2",
+                args![login_code, channel],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.text(0)).transpose()?.and_then(|p| serde_json::from_str(&p).ok()))
     }
 }
 
@@ -850,14 +1125,14 @@ mod tests {
         ChannelRow { channel, state, record_session: None, alarm: 0, changed_at: 0 }
     }
 
-    #[test]
-    fn a_database_of_an_earlier_release_is_migrated_in_place() {
+    #[tokio::test]
+    async fn a_database_of_an_earlier_release_is_migrated_in_place() {
         let dir = std::env::temp_dir().join(format!("ivr-store-mig-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         {
             // What release 1 left: migration 1 only, one device.
-            let db = Connection::open(dir.join("ivr.sqlite3")).unwrap();
+            let db = rusqlite::Connection::open(dir.join("ivr.sqlite3")).unwrap();
             db.execute_batch(&format!("{}; PRAGMA user_version = 1;", MIGRATIONS[0])).unwrap();
             db.execute(
                 "INSERT INTO device (login_code, name, passwd_hash, created_at) VALUES ('old', 'Old', 'x', 1)",
@@ -865,10 +1140,11 @@ mod tests {
             )
             .unwrap();
         }
-        let s = SqliteStore::open(&dir).unwrap();
-        let v: i64 = s.db().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let s = SqlStore::open(&dir).unwrap();
+        let AnyDb::Sqlite(db) = &s.db else { unreachable!() };
+        let v: i64 = db.lock().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
-        assert_eq!(s.device("old").unwrap().unwrap().name, "Old", "data kept");
+        assert_eq!(s.device("old").await.unwrap().unwrap().name, "Old", "data kept");
         s.add_firmware(&Firmware {
             hardware_model: "h".into(),
             firmware_model: "1".into(),
@@ -877,65 +1153,90 @@ mod tests {
             uploaded_at: 1,
             sha256: Some("ab".into()),
         })
+        .await
         .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn devices_passwords_channels_events_and_restart() {
-        let dir = std::env::temp_dir().join(format!("ivr-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        {
-            let s = SqliteStore::open(&dir).unwrap();
-            s.create_device("site-1", "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA", "Gate", 100).unwrap();
-            assert!(matches!(s.create_device("site-1", "x", "", 100), Err(StoreError::Exists(_))));
-            assert!(s.password_hash("site-1").unwrap().unwrap().starts_with("$argon2id$"));
-            assert_eq!(s.password_hash("nobody").unwrap(), None);
-            s.logged_in("site-1", "ivr-edge", "0.1.0", 101).unwrap();
-            assert_eq!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 102).unwrap().len(), 2);
-            assert!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 103).unwrap().is_empty(), "no change, no rows");
-            assert_eq!(
-                s.keepalive("site-1", &[ch(0, 1), ch(1, 1)], 104).unwrap(),
-                vec![ChannelRow { changed_at: 104, ..ch(1, 1) }]
-            );
-            s.add_event("site-1", Some(1), "alarm", &serde_json::json!({"type": 3}), 105).unwrap();
-        }
-        // A restart keeps everything.
-        let s = SqliteStore::open(&dir).unwrap();
-        let d = s.device("site-1").unwrap().unwrap();
+    /// What every store does, whichever database it is on.
+    pub(crate) async fn exercise(s: &SqlStore) {
+        s.create_device("site-1", "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA", "Gate", 100).await.unwrap();
+        assert!(matches!(s.create_device("site-1", "x", "", 100).await, Err(StoreError::Exists(_))));
+        assert!(s.password_hash("site-1").await.unwrap().unwrap().starts_with("$argon2id$"));
+        assert_eq!(s.password_hash("nobody").await.unwrap(), None);
+        let e1 = s.logged_in("site-1", "ivr-edge", "0.1.0", 101, "n1").await.unwrap();
+        assert_eq!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 102, e1).await.unwrap().unwrap().len(), 2);
+        assert!(s.keepalive("site-1", &[ch(0, 1), ch(1, 2)], 103, e1).await.unwrap().unwrap().is_empty(), "no change");
+        assert_eq!(
+            s.keepalive("site-1", &[ch(0, 1), ch(1, 1)], 104, e1).await.unwrap().unwrap(),
+            vec![ChannelRow { changed_at: 104, ..ch(1, 1) }]
+        );
+        // last_seen is in memory until flushed, and read through.
+        assert_eq!(s.device("site-1").await.unwrap().unwrap().last_seen, Some(104));
+        assert_eq!(s.flush_seen().await.unwrap(), 1);
+        assert_eq!(s.flush_seen().await.unwrap(), 0);
+        let d = s.device("site-1").await.unwrap().unwrap();
         assert_eq!((d.name.as_str(), d.online, d.last_seen, d.channels.len()), ("Gate", true, Some(104), 2));
-        assert_eq!(d.hardware_model.as_deref(), Some("ivr-edge"));
-        // What a start does after a kill: everything online goes offline, once.
-        {
-            let mode = std::fs::metadata(dir.join("ivr.sqlite3")).unwrap().permissions();
-            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
-            s.create_device("site-2", "x", "", 100).unwrap();
-            assert_eq!(s.all_offline(104).unwrap(), vec!["site-1".to_owned()]);
-            assert!(s.all_offline(104).unwrap().is_empty());
-            let d = s.device("site-1").unwrap().unwrap();
-            assert!(!d.online && d.channels.iter().all(|c| c.state == 0));
-            s.logged_in("site-1", "ivr-edge", "0.1.0", 101).unwrap();
-            let page = s.devices(None, 1).unwrap();
-            assert_eq!((page.len(), page[0].login_code.as_str(), page[0].channels.len()), (1, "site-1", 2));
-            let page = s.devices(Some("site-1"), 10).unwrap();
-            assert_eq!((page.len(), page[0].login_code.as_str(), page[0].channels.len()), (1, "site-2", 0));
-            s.delete_device("site-2").unwrap();
-        }
-        assert!(s.password_hash("site-1").unwrap().unwrap().ends_with("$aGFzaA"));
-        s.set_offline("site-1", 106).unwrap();
-        let d = s.device("site-1").unwrap().unwrap();
+        assert_eq!((d.hardware_model.as_deref(), d.node.as_deref()), (Some("ivr-edge"), Some("n1")));
+
+        // A second login (another node) fences the first session out.
+        let e2 = s.logged_in("site-1", "ivr-edge", "0.1.0", 105, "n2").await.unwrap();
+        assert!(e2 > e1);
+        assert_eq!(
+            s.keepalive("site-1", &[ch(0, 2)], 106, e1).await.unwrap(),
+            None,
+            "the stale session writes nothing"
+        );
+        assert!(!s.set_offline("site-1", 106, e1).await.unwrap(), "nor marks it offline");
+        let d = s.device("site-1").await.unwrap().unwrap();
+        assert!(d.online && d.channels[0].state == 1 && d.node.as_deref() == Some("n2"));
+        assert_eq!(s.keepalive("site-1", &[ch(0, 2)], 107, e2).await.unwrap().unwrap().len(), 1);
+
+        // A node that starts sets its own devices offline, not another's.
+        assert!(s.all_offline(108, "n1").await.unwrap().is_empty());
+        // A node whose heartbeat stopped: its devices go offline.
+        s.node_alive("n2", "http://n2", 100).await.unwrap();
+        s.node_alive("n3", "http://n3", 200).await.unwrap();
+        assert_eq!(s.nodes().await.unwrap().len(), 2);
+        assert!(s.orphans_offline(150, 90).await.unwrap().is_empty(), "n2 is alive at 90");
+        assert_eq!(s.orphans_offline(250, 150).await.unwrap(), vec!["site-1".to_owned()]);
+        let d = s.device("site-1").await.unwrap().unwrap();
+        assert!(!d.online && d.node.is_none() && d.channels.iter().all(|c| c.state == 0));
+
+        let e3 = s.logged_in("site-1", "ivr-edge", "0.1.0", 251, "n3").await.unwrap();
+        s.keepalive("site-1", &[ch(0, 1)], 252, e3).await.unwrap().unwrap();
+        s.create_device("site-2", "x", "", 100).await.unwrap();
+        let page = s.devices(None, 1).await.unwrap();
+        assert_eq!((page.len(), page[0].login_code.as_str(), page[0].channels.len()), (1, "site-1", 2));
+        let page = s.devices(Some("site-1"), 10).await.unwrap();
+        assert_eq!((page.len(), page[0].login_code.as_str(), page[0].channels.len()), (1, "site-2", 0));
+        assert_eq!(s.device_count().await.unwrap(), 2);
+        assert!(s.rename_device("site-2", "Back door").await.unwrap());
+        assert!(s.delete_device("site-2").await.unwrap());
+        assert!(s.set_offline("site-1", 253, e3).await.unwrap());
+        let d = s.device("site-1").await.unwrap().unwrap();
         assert!(!d.online && d.channels.iter().all(|c| c.state == 0));
-        let ev = s.events(&EventFilter { kind: Some("alarm".into()), ..Default::default() }).unwrap();
+
+        s.add_event("site-1", Some(1), "alarm", &serde_json::json!({"type": 3}), 105).await.unwrap();
+        let ev = s.events(&EventFilter { kind: Some("alarm".into()), ..Default::default() }).await.unwrap();
         assert_eq!((ev.len(), ev[0].channel, ev[0].data["type"].as_i64()), (1, Some(1), Some(3)));
-        assert!(s.events(&EventFilter { login_code: Some("other".into()), ..Default::default() }).unwrap().is_empty());
+        assert_eq!(s.event(ev[0].id).await.unwrap().unwrap(), ev[0]);
+        let none = EventFilter { login_codes: Some(vec![]), ..Default::default() };
+        assert!(s.events(&none).await.unwrap().is_empty(), "an empty grant sees nothing");
+        assert!(s
+            .events(&EventFilter { login_code: Some("other".into()), ..Default::default() })
+            .await
+            .unwrap()
+            .is_empty());
         // Retention: by age, then by count (the newest kept).
         for at in [1, 2, 3] {
-            s.add_event("site-1", None, "old", &serde_json::json!({}), at).unwrap();
+            s.add_event("site-1", None, "old", &serde_json::json!({}), at).await.unwrap();
         }
-        assert_eq!(s.trim_events(Some(3), 0).unwrap(), 2, "the two before t=3");
-        assert_eq!(s.trim_events(None, 1).unwrap(), 1);
-        let left = s.events(&EventFilter::default()).unwrap();
+        assert_eq!(s.trim_events(Some(3), 0).await.unwrap(), 2, "the two before t=3");
+        assert_eq!(s.trim_events(None, 1).await.unwrap(), 1);
+        let left = s.events(&EventFilter::default()).await.unwrap();
         assert_eq!((left.len(), left[0].kind.as_str()), (1, "old"), "the newest kept");
+
         let fw = |v: &str, t: &str, at| Firmware {
             hardware_model: "ivr-edge".into(),
             firmware_model: v.into(),
@@ -944,15 +1245,100 @@ mod tests {
             uploaded_at: at,
             sha256: None,
         };
-        assert_eq!(s.add_firmware(&fw("0.2.0", "tok-0", 100)).unwrap(), None);
-        assert_eq!(s.add_firmware(&fw("0.2.0", "tok-a", 200)).unwrap().as_deref(), Some("tok-0"), "replaced");
-        s.add_firmware(&fw("0.3.0", "tok-b", 300)).unwrap();
-        assert_eq!(s.latest_firmware("ivr-edge").unwrap().unwrap().firmware_model, "0.3.0");
-        assert_eq!(s.firmware_by_token("tok-a").unwrap().unwrap().firmware_model, "0.2.0");
-        assert!(s.latest_firmware("other").unwrap().is_none());
-        assert_eq!(s.firmwares().unwrap().len(), 2);
-        assert!(s.delete_device("site-1").unwrap());
-        assert!(s.device("site-1").unwrap().is_none());
+        assert_eq!(s.add_firmware(&fw("0.2.0", "tok-0", 100)).await.unwrap(), None);
+        assert_eq!(s.add_firmware(&fw("0.2.0", "tok-a", 200)).await.unwrap().as_deref(), Some("tok-0"), "replaced");
+        s.add_firmware(&fw("0.3.0", "tok-b", 300)).await.unwrap();
+        assert_eq!(s.latest_firmware("ivr-edge").await.unwrap().unwrap().firmware_model, "0.3.0");
+        assert_eq!(s.firmware_by_token("tok-a").await.unwrap().unwrap().firmware_model, "0.2.0");
+        assert!(s.latest_firmware("other").await.unwrap().is_none());
+        assert_eq!(s.firmwares().await.unwrap().len(), 2);
+
+        // Recordings: sessions, segments (a re-sent one indexed once), policies.
+        let rs = RecordSession {
+            session_id: "rs1".into(),
+            login_code: "site-1".into(),
+            channel: 0,
+            reason: "api".into(),
+            started_at: 10,
+            stopped_at: None,
+        };
+        s.add_record_session(&rs).await.unwrap();
+        assert_eq!(s.running_record_session("site-1", 0).await.unwrap(), Some(rs.clone()));
+        let start = 1_700_000_000_000i64;
+        for seq in 0..3u64 {
+            let seg = SegmentRow {
+                id: 0,
+                login_code: "site-1".into(),
+                channel: 0,
+                session_id: "rs1".into(),
+                seq,
+                start_ms: start + seq as i64 * 10_000,
+                duration_ms: 10_000,
+                bytes: 1000 + seq,
+                path: format!("p/{seq}.mp4"),
+            };
+            assert!(s.add_segment(&seg).await.unwrap());
+            assert!(!s.add_segment(&seg).await.unwrap(), "a re-sent segment is indexed once");
+        }
+        let found = s.segments("site-1", 0, start + 15_000, start + 100_000, 10).await.unwrap();
+        assert_eq!(found.iter().map(|x| x.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(s.segment(found[0].id).await.unwrap().unwrap(), found[0]);
+        assert_eq!(s.segment_totals().await.unwrap(), (3003, 3));
+        assert_eq!(s.oldest_segments(1).await.unwrap()[0].seq, 0);
+        assert_eq!(s.segments_ended_before("site-1", 0, start + 20_000, 10).await.unwrap().len(), 2);
+        s.delete_segment(found[0].id).await.unwrap();
+        assert_eq!(s.segment_paths().await.unwrap().len(), 2);
+        assert!(s.stop_record_session("rs1", 20).await.unwrap());
+        assert!(!s.stop_record_session("rs1", 21).await.unwrap());
+        assert_eq!(s.record_session("rs1").await.unwrap().unwrap().stopped_at, Some(20));
+        let policy = serde_json::json!({"mode": "continuous"});
+        s.set_record_policy("site-1", 0, &policy).await.unwrap();
+        s.set_record_policy("site-1", 0, &policy).await.unwrap();
+        assert_eq!(s.record_policy("site-1", 0).await.unwrap(), Some(policy));
+        assert_eq!(s.record_policies().await.unwrap().len(), 1);
+
+        crate::accounts::tests::exercise(s).await;
+        assert!(s.delete_device("site-1").await.unwrap());
+        assert!(s.device("site-1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sqlite_keeps_everything_and_a_restart_finds_it() {
+        let dir = std::env::temp_dir().join(format!("ivr-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        {
+            let s = SqlStore::open(&dir).unwrap();
+            exercise(&s).await;
+            s.create_device("kept", "h", "Kept", 1).await.unwrap();
+            let e = s.logged_in("kept", "m", "1", 2, "local").await.unwrap();
+            s.keepalive("kept", &[ch(0, 1)], 3, e).await.unwrap();
+            s.flush_seen().await.unwrap();
+        }
+        let mode = std::fs::metadata(dir.join("ivr.sqlite3")).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        // A restart keeps everything; what a start does after a kill:
+        // everything this node held goes offline, once.
+        let s = SqlStore::open(&dir).unwrap();
+        let d = s.device("kept").await.unwrap().unwrap();
+        assert_eq!((d.online, d.last_seen, d.channels.len()), (true, Some(3), 1));
+        assert_eq!(s.all_offline(4, "local").await.unwrap(), vec!["kept".to_owned()]);
+        assert!(s.all_offline(4, "local").await.unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The same migrations and the same statements on a real PostgreSQL
+    /// (Debian's, started here on a free port).
+    #[tokio::test]
+    async fn postgresql_behaves_like_sqlite() {
+        let pg = ivr_testkit::services::Postgres::start();
+        let url = pg.database("store_test");
+        let s = SqlStore::postgres(&url).await.unwrap();
+        assert_eq!(s.kind(), "postgres");
+        exercise(&s).await;
+        // Migrations run once: a second node finds nothing to do.
+        let again = SqlStore::postgres(&url).await.unwrap();
+        assert_eq!(again.device_count().await.unwrap(), 0);
+        let e = SqlStore::postgres("postgres://ivr@127.0.0.1:1/none").await.err().unwrap().to_string();
+        assert!(e.contains("cannot connect to postgres://ivr@"), "{e}");
     }
 }

@@ -147,17 +147,17 @@ async fn no_device_is_left_online_by_a_restart_or_a_stop() {
     api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "k1", "login_passwd": "12345678"}))).await;
     let h = device(addr, "k1").await;
     h.call("Keepalive", Some(json!({"state": 1, "channels": [{"channel": 0, "state": 2}]}))).await.unwrap();
-    assert!(c.store().device("k1").unwrap().unwrap().online);
+    assert!(c.store().device("k1").await.unwrap().unwrap().online);
     // "kill -9": the serving stops, nothing is closed, the store says online.
     srv.abort();
     drop(h);
     let store = c.store().clone();
     drop(c);
-    assert!(store.device("k1").unwrap().unwrap().online, "as a killed cloud leaves it");
+    assert!(store.device("k1").await.unwrap().unwrap().online, "as a killed cloud leaves it");
     drop(store);
     let (addr, c, _srv) = start_cloud_with(&dir, |c| c).await;
-    assert_eq!(c.reset_sessions().unwrap(), 1);
-    let d = c.store().device("k1").unwrap().unwrap();
+    assert_eq!(c.reset_sessions().await.unwrap(), 1);
+    let d = c.store().device("k1").await.unwrap().unwrap();
     assert!(!d.online && d.channels.iter().all(|ch| ch.state == 0), "{d:?}");
     let (_, ev) = api(addr, "GET", "/api/v1/events?login_code=k1&type=offline", None).await;
     assert!(ev[0]["data"]["reason"].as_str().unwrap().contains("restarted"), "{ev}");
@@ -167,7 +167,7 @@ async fn no_device_is_left_online_by_a_restart_or_a_stop() {
     h.call("Keepalive", Some(json!({"state": 1, "channels": [{"channel": 0, "state": 1}]}))).await.unwrap();
     c.shutdown("the cloud stopped (SIGTERM)", Duration::from_secs(3)).await;
     assert_eq!(c.sessions(), 0);
-    assert!(!c.store().device("k1").unwrap().unwrap().online);
+    assert!(!c.store().device("k1").await.unwrap().unwrap().online);
     let (_, ev) = api(addr, "GET", "/api/v1/events?login_code=k1&type=offline", None).await;
     assert_eq!(ev[0]["data"]["reason"], "the cloud stopped (SIGTERM)", "{ev}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -287,7 +287,7 @@ async fn one_device_cannot_flood_the_store() {
     let many: Vec<_> = (0..30_000).map(|i| json!({"channel": i, "state": 1})).collect();
     let e = h.call("Keepalive", Some(json!({"state": 1, "channels": many}))).await.unwrap_err();
     assert!(e.to_string().contains("at most 256"), "{e}");
-    assert!(c.store().device("f1").unwrap().unwrap().channels.is_empty());
+    assert!(c.store().device("f1").await.unwrap().unwrap().channels.is_empty());
     let (_, stats) = api(addr, "GET", "/api/v1/stats", None).await;
     assert_eq!(stats["alarms_refused"].as_u64(), Some(refused));
     assert_eq!(stats["keepalives_refused"], 1);

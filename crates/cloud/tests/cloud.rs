@@ -6,7 +6,7 @@
 mod common;
 
 use common::{api, http, raw_ivt, start_cloud, wait_until, TOKEN};
-use ivr_cloud::{serve, Cloud, CloudConfig, SqliteStore};
+use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
 use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -416,7 +416,7 @@ async fn devices_dial_wss_and_upload_over_https() {
         keepalive: Duration::from_secs(1),
         ..CloudConfig::new(TOKEN.into(), format!("https://localhost:{port}"), dir.clone())
     };
-    let c = Cloud::new(Arc::new(SqliteStore::open(&dir).unwrap()), cfg);
+    let c = Cloud::new(Arc::new(SqlStore::open(&dir).unwrap()), cfg);
     tokio::spawn(ivr_cloud::serve_tls(c.clone(), tls_l, tls));
     tokio::spawn(serve(c, plain_l));
     let new = json!({"login_code": "tls-cam", "login_passwd": "12345678"});

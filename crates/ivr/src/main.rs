@@ -32,7 +32,7 @@ enum Cmd {
     /// Everything at once: the cloud with simulated sites connected to it.
     Demo(cmds::demo::Args),
     /// The video cloud (IVC): device gateway, state, HTTP API.
-    Cloud(cmds::cloud::Args),
+    Cloud(Box<cmds::cloud::Args>),
     /// The on-site agent (IVT): connects out to the cloud and drives local channels.
     Edge(cmds::edge::Args),
     /// Media files: remux without re-encoding.
@@ -82,7 +82,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Media(m) => cmds::media::run(m).await,
             Cmd::Sim(s) => cmds::sim::run(s).await,
             Cmd::Edge(a) => cmds::edge::run(a).await,
-            Cmd::Cloud(a) => cmds::cloud::run(a).await,
+            Cmd::Cloud(a) => cmds::cloud::run(*a).await,
             Cmd::Demo(a) => cmds::demo::run(a).await,
             Cmd::Bench(b) => cmds::bench::run(b).await,
         }

@@ -21,6 +21,8 @@ pub enum ProbeError {
 
 /// `ffprobe -count_frames -show_entries ENTRIES -of json PATH`: the JSON,
 /// or what ffprobe said when it failed or complained.
+pub mod services;
+
 pub fn ffprobe(path: &Path, entries: &str) -> Result<Value, ProbeError> {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-count_packets", "-show_entries", entries, "-of", "json"])

@@ -32,7 +32,7 @@ pub(crate) async fn create<S: Store>(
         .ok_or_else(|| ApiError::bad_request("body: {\"login_code\", \"login_passwd\", \"name\"} expected"))?;
     match c.provision(&d.login_code, &d.login_passwd, &d.name).await {
         Ok(dev) => {
-            c.audit(&who, "device_created", &dev.login_code, json!({"name": dev.name}));
+            c.audit(&who, "device_created", &dev.login_code, json!({"name": dev.name})).await;
             Ok((StatusCode::CREATED, Json(dev)))
         }
         Err(ProvisionError::Invalid(msg)) => Err(ApiError::bad_request(msg)),
@@ -61,7 +61,7 @@ pub(crate) async fn list<S: Store>(
         return Err(ApiError::bad_request("limit: 1 to 10000"));
     }
     let page = match who.visible() {
-        None => c.store().devices(p.after.as_deref(), limit)?,
+        None => c.store().devices(p.after.as_deref(), limit).await?,
         // The caller's own devices, in the same order, a page at a time.
         Some(mine) => {
             let mut page = Vec::new();
@@ -69,7 +69,7 @@ pub(crate) async fn list<S: Store>(
                 if page.len() == limit as usize {
                     break;
                 }
-                if let Some(d) = c.store().device(lc)? {
+                if let Some(d) = c.store().device(lc).await? {
                     page.push(d);
                 }
             }
@@ -95,7 +95,7 @@ pub(crate) async fn get<S: Store>(
     Path(lc): Path<String>,
 ) -> ApiResult<Json<Device>> {
     who.see(&lc)?;
-    c.store().device(&lc)?.map(Json).ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))
+    c.store().device(&lc).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))
 }
 
 #[derive(Deserialize)]
@@ -117,11 +117,11 @@ pub(crate) async fn patch<S: Store>(
     if !crate::limits::plain_label(&p.name, 128) {
         return Err(ApiError::bad_request("name: at most 128 bytes, no control or bidi characters"));
     }
-    if !c.store().rename_device(&lc, &p.name)? {
+    if !c.store().rename_device(&lc, &p.name).await? {
         return Err(ApiError::not_found(format!("no device {lc:?}")));
     }
-    c.audit(&who, "device_renamed", &lc, json!({"name": p.name}));
-    c.store().device(&lc)?.map(Json).ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))
+    c.audit(&who, "device_renamed", &lc, json!({"name": p.name})).await;
+    c.store().device(&lc).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))
 }
 
 pub(crate) async fn delete<S: Store>(
@@ -129,11 +129,11 @@ pub(crate) async fn delete<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(lc): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !c.store().delete_device(&lc)? {
+    if !c.store().delete_device(&lc).await? {
         return Err(ApiError::not_found(format!("no device {lc:?}")));
     }
     c.forget_device(&lc).await;
-    c.audit(&who, "device_deleted", &lc, json!({}));
+    c.audit(&who, "device_deleted", &lc, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,16 +148,16 @@ pub(crate) async fn rpc<S: Store>(
     // Sending an unknown method would make the device close the session (rule 4).
     let params = api_params(&method, &IVT_METHODS, "IVT method", &body)?;
     let req = IvtRequest::parse(&method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if c.store().device(&lc)?.is_none() {
+    if c.store().device(&lc).await?.is_none() {
         return Err(ApiError::not_found(format!("no device {lc:?}")));
     }
     if let Some(ch) = req.channel() {
-        c.check_channel_of(&lc, ch, true)?;
+        c.check_channel_of(&lc, ch, true).await?;
     }
     let h = c.handle_of(&lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
     c.counters.rpc_calls.fetch_add(1, Ordering::Relaxed);
     if !method.starts_with("Get") {
-        c.audit(&who, "rpc", &lc, json!({"method": method, "params": params}));
+        c.audit(&who, "rpc", &lc, json!({"method": method, "params": params})).await;
     }
     match tokio::time::timeout(c.cfg.rpc_timeout, h.call(&method, params)).await {
         Ok(r) => r.map(Json).map_err(|e| ApiError::call(&method, e)),
@@ -175,18 +175,18 @@ pub(crate) async fn send_event<S: Store>(
     who.control(&lc)?;
     let params = api_params(&name, &IVT_EVENTS, "IVT event", &body)?;
     let ev = IvtEvent::parse(&name, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if c.store().device(&lc)?.is_none() {
+    if c.store().device(&lc).await?.is_none() {
         return Err(ApiError::not_found(format!("no device {lc:?}")));
     }
     if let Some(ch) = ev.channel() {
-        c.check_channel_of(&lc, ch, true)?;
+        c.check_channel_of(&lc, ch, true).await?;
     }
     // PTZ moves are not changes; everything else an operator sends is.
     let audited = (name != "CtrlPTZ").then(|| params.clone());
     match c.handle_of(&lc) {
         Some(h) if h.notify(&name, params).await => {
             if let Some(params) = audited {
-                c.audit(&who, "event_sent", &lc, json!({"event": name, "params": params}));
+                c.audit(&who, "event_sent", &lc, json!({"event": name, "params": params})).await;
             }
             Ok((StatusCode::ACCEPTED, Json(json!({"sent": name}))))
         }
@@ -200,7 +200,7 @@ pub(crate) async fn preview<S: Store>(
     Path((lc, ch)): Path<(String, u32)>,
 ) -> ApiResult<Response> {
     who.see(&lc)?;
-    if c.store().device(&lc)?.is_none() {
+    if c.store().device(&lc).await?.is_none() {
         return Err(ApiError::not_found(format!("no device {lc:?}")));
     }
     let path = crate::uploads::preview_path(&c.cfg.data_dir, &lc, ch);

@@ -41,7 +41,7 @@ pub(crate) async fn list<S: Store>(
         limit: q.limit,
         login_codes: who.visible(),
     };
-    Ok(Json(c.store().events(&f)?))
+    Ok(Json(c.store().events(&f).await?))
 }
 
 pub(crate) async fn picture<S: Store>(
@@ -50,7 +50,7 @@ pub(crate) async fn picture<S: Store>(
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
     // Another device's picture is as absent as a picture never taken.
-    if !c.store().event(id)?.is_some_and(|e| who.may_see(&e.login_code)) {
+    if !c.store().event(id).await?.is_some_and(|e| who.may_see(&e.login_code)) {
         return Err(ApiError::not_found(format!("no picture for event {id}")));
     }
     match tokio::fs::read(c.cfg.data_dir.join("pictures").join(format!("{id}.jpg"))).await {
@@ -76,7 +76,7 @@ pub(crate) async fn stream<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>
             let got = tokio::select! {
                 r = rx.recv() => r,
                 _ = recheck.tick() => {
-                    match c.refresh(&who) {
+                    match c.refresh(&who).await {
                         Ok(now) => who = now,
                         Err(e) => {
                             let end = SseEvent::default().event("end").data(e.msg);

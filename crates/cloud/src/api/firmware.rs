@@ -35,7 +35,7 @@ pub(crate) async fn put<S: Store>(
     let (size, sha256) =
         crate::uploads::store_body(body, &path, crate::uploads::Size::AtMost(MAX_FIRMWARE), None, true).await?;
     let f = Firmware { hardware_model: hw, firmware_model: fw, token: t.clone(), size, uploaded_at: now(), sha256 };
-    let replaced = match c.store().add_firmware(&f) {
+    let replaced = match c.store().add_firmware(&f).await {
         Ok(r) => r,
         Err(e) => {
             let _ = tokio::fs::remove_file(&path).await;
@@ -49,7 +49,8 @@ pub(crate) async fn put<S: Store>(
         }
     }
     let url = format!("{}/firmware/{t}", c.cfg.public_url);
-    c.audit(&who, "firmware_uploaded", &f.hardware_model, json!({"firmware_model": f.firmware_model, "size": f.size}));
+    c.audit(&who, "firmware_uploaded", &f.hardware_model, json!({"firmware_model": f.firmware_model, "size": f.size}))
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({"hardware_model": f.hardware_model, "firmware_model": f.firmware_model, "size": f.size,
@@ -62,13 +63,13 @@ fn image_path<S: Store>(c: &Cloud<S>, token: &str) -> std::path::PathBuf {
 }
 
 pub(crate) async fn list<S: Store>(_: Caller, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Vec<Firmware>>> {
-    Ok(Json(c.store().firmwares()?))
+    Ok(Json(c.store().firmwares().await?))
 }
 
 /// `GET /firmware/{token}`: the unguessable token is the authorisation
 /// (devices have no admin token). Streamed from disk in 64 KiB reads.
 pub(crate) async fn download<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> ApiResult<Response> {
-    let f = c.store().firmware_by_token(&t)?.ok_or_else(|| ApiError::not_found("no such firmware"))?;
+    let f = c.store().firmware_by_token(&t).await?.ok_or_else(|| ApiError::not_found("no such firmware"))?;
     let file = tokio::fs::File::open(image_path(&c, &f.token))
         .await
         .map_err(|e| ApiError::internal(format!("reading the image: {e}")))?;

@@ -40,7 +40,7 @@ fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> ApiResult<
 /// Counts for monitoring and benchmarks: sessions open now, devices, and
 /// counters since start.
 async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
-    let devices = c.store().device_count()?;
+    let devices = c.store().device_count().await?;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let k = &c.counters;
     let active = c.lives.active();
@@ -175,6 +175,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         // JSON bodies are small; pictures, firmware and segments are
         // streamed to disk under their own caps, never buffered.
         .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_MAX))
+        .layer(axum::middleware::from_fn_with_state(c.clone(), crate::bus::relay::<S>))
         .layer(axum::middleware::from_fn_with_state(c.clone(), api_reserve::<S>))
         .with_state(c)
 }

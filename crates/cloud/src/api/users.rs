@@ -88,7 +88,7 @@ pub(crate) async fn login<S: Store>(
             return Ok(r);
         }
     };
-    let user = if req.name.len() <= 64 { c.store.user(&req.name)? } else { None };
+    let user = if req.name.len() <= 64 { c.store.user(&req.name).await? } else { None };
     let ok = match &user {
         Some(u) => c.passwords.verify(&format!("\0user:{}", u.name), &req.password, &u.passwd_hash).await,
         None => c.passwords.verify_unknown(&req.password).await,
@@ -97,13 +97,13 @@ pub(crate) async fn login<S: Store>(
     let Some(user) = user.filter(|_| ok) else {
         c.user_login_by_name.fail(&name_key);
         c.user_login_by_addr.fail(&addr);
-        c.audit_as(&format!("user:{name_key}"), Some(peer.ip()), "login_failed", &name_key, json!({}));
+        c.audit_as(&format!("user:{name_key}"), Some(peer.ip()), "login_failed", &name_key, json!({})).await;
         return Err(ApiError::unauthorized("wrong name or password"));
     };
     let cookie = secret();
     let expires = now() + c.cfg.session_ttl.as_secs() as i64;
-    c.store.add_login_session(&LoginSession { hash: digest(&cookie), user: user.name.clone(), expires })?;
-    c.audit_as(&format!("user:{}", user.name), Some(peer.ip()), "login", &user.name, json!({}));
+    c.store.add_login_session(&LoginSession { hash: digest(&cookie), user: user.name.clone(), expires }).await?;
+    c.audit_as(&format!("user:{}", user.name), Some(peer.ip()), "login", &user.name, json!({})).await;
     let secure = if c.cfg.public_url.starts_with("https://") { "; Secure" } else { "" };
     let set = format!(
         "{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
@@ -122,8 +122,8 @@ pub(crate) async fn logout<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>
             "logout ends a console login; tokens are revoked with DELETE /api/v1/tokens/{id}",
         ));
     };
-    c.store.delete_login_session(hash)?;
-    c.audit(&who, "logout", who.user.as_deref().unwrap_or(""), json!({}));
+    c.store.delete_login_session(hash).await?;
+    c.audit(&who, "logout", who.user.as_deref().unwrap_or(""), json!({})).await;
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut()
         .insert("set-cookie", HeaderValue::from_static("ivr_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"));
@@ -166,7 +166,7 @@ pub async fn create_user<S: Store>(
     check_grants(&devices, &groups)?;
     let passwd_hash = passwords.hash(password).await.map_err(|e| ApiError::internal(e.to_string()))?;
     let u = User { name: name.into(), passwd_hash, role, devices, groups, created_at: now() };
-    store.create_user(&u)?;
+    store.create_user(&u).await?;
     Ok(u)
 }
 
@@ -180,15 +180,15 @@ pub fn demo_password() -> String {
 
 /// `ivr demo`'s admin: created, or given `password` when it exists.
 pub async fn set_demo_admin<S: Store>(c: &Cloud<S>, name: &str, password: &str) -> ApiResult<String> {
-    match c.store.user(name)? {
+    match c.store.user(name).await? {
         None => {
             create_user(&*c.store, &c.passwords, name, password, Role::Admin, Grant::All, vec![]).await?;
         }
         Some(mut u) => {
             u.passwd_hash = c.passwords.hash(password).await.map_err(|e| ApiError::internal(e.to_string()))?;
             u.role = Role::Admin;
-            c.store.update_user(&u)?;
-            c.store.delete_login_sessions_of(name)?;
+            c.store.update_user(&u).await?;
+            c.store.delete_login_sessions_of(name).await?;
         }
     }
     Ok(name.to_string())
@@ -203,20 +203,20 @@ pub(crate) async fn create<S: Store>(
         ApiError::bad_request("body: {\"name\", \"password\", \"role\", \"devices\", \"groups\"} expected")
     })?;
     let u = create_user(&*c.store, &c.passwords, &n.name, &n.password, n.role, n.devices, n.groups).await?;
-    c.audit(&who, "user_created", &u.name, json!({"role": u.role, "devices": u.devices, "groups": u.groups}));
+    c.audit(&who, "user_created", &u.name, json!({"role": u.role, "devices": u.devices, "groups": u.groups})).await;
     Ok((StatusCode::CREATED, Json(u)))
 }
 
 pub(crate) async fn list<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Vec<User>>> {
-    Ok(Json(c.store.users()?))
+    Ok(Json(c.store.users().await?))
 }
 
 /// A user: an admin reads any, a user their own.
-fn user_for<S: Store>(c: &Cloud<S>, who: &Caller, name: &str) -> ApiResult<User> {
+async fn user_for<S: Store>(c: &Cloud<S>, who: &Caller, name: &str) -> ApiResult<User> {
     if who.role < Role::Admin && who.user.as_deref() != Some(name) {
         return Err(ApiError::not_found(format!("no user {:?}", crate::limits::shown(name))));
     }
-    c.store.user(name)?.ok_or_else(|| ApiError::not_found(format!("no user {:?}", crate::limits::shown(name))))
+    c.store.user(name).await?.ok_or_else(|| ApiError::not_found(format!("no user {:?}", crate::limits::shown(name))))
 }
 
 pub(crate) async fn get<S: Store>(
@@ -224,7 +224,7 @@ pub(crate) async fn get<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<User>> {
-    user_for(&c, &who, &name).map(Json)
+    user_for(&c, &who, &name).await.map(Json)
 }
 
 #[derive(Deserialize)]
@@ -247,7 +247,7 @@ pub(crate) async fn patch<S: Store>(
 ) -> ApiResult<Json<User>> {
     let p: UserPatch = super::json_body(&body)?
         .ok_or_else(|| ApiError::bad_request("body: any of {\"password\", \"role\", \"devices\", \"groups\"}"))?;
-    let mut u = user_for(&c, &who, &name)?;
+    let mut u = user_for(&c, &who, &name).await?;
     if who.role < Role::Admin && (p.role.is_some() || p.devices.is_some() || p.groups.is_some()) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only an admin may change roles and grants"));
     }
@@ -271,18 +271,18 @@ pub(crate) async fn patch<S: Store>(
         }
         None => String::new(),
     };
-    if !c.store.update_user(&u)? {
+    if !c.store.update_user(&u).await? {
         return Err(ApiError::not_found(format!("no user {:?}", crate::limits::shown(&name))));
     }
-    c.store.delete_login_sessions_of(&u.name)?;
+    c.store.delete_login_sessions_of(&u.name).await?;
     if let (Some(hash), Some(me)) = (&who.session, &who.user) {
         if *me == u.name {
             let expires = now() + c.cfg.session_ttl.as_secs() as i64;
-            c.store.add_login_session(&LoginSession { hash: hash.clone(), user: me.clone(), expires })?;
+            c.store.add_login_session(&LoginSession { hash: hash.clone(), user: me.clone(), expires }).await?;
         }
     }
-    c.audit(&who, "user_changed", &u.name, json!({"changed": changed, "role": u.role}));
-    Ok(Json(c.store.user(&name)?.unwrap_or(u)))
+    c.audit(&who, "user_changed", &u.name, json!({"changed": changed, "role": u.role})).await;
+    Ok(Json(c.store.user(&name).await?.unwrap_or(u)))
 }
 
 pub(crate) async fn delete<S: Store>(
@@ -290,17 +290,17 @@ pub(crate) async fn delete<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !c.store.delete_user(&name)? {
+    if !c.store.delete_user(&name).await? {
         return Err(ApiError::not_found(format!("no user {:?}", crate::limits::shown(&name))));
     }
-    c.audit(&who, "user_deleted", &name, json!({}));
+    c.audit(&who, "user_deleted", &name, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/groups`: every group and its devices.
 pub(crate) async fn groups<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
     // A caller sees the groups' devices they may see (the console's tree).
-    let all = c.store.groups()?;
+    let all = c.store.groups().await?;
     let out: Vec<Value> = all
         .into_iter()
         .map(|(name, devs)| {
@@ -329,8 +329,8 @@ pub(crate) async fn put_group<S: Store>(
     let g: GroupBody =
         super::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: {\"devices\": [login_code, …]}"))?;
     check_grants(&Grant::Only(g.devices.clone()), &[])?;
-    c.store.put_group(&name, &g.devices)?;
-    c.audit(&who, "group_set", &name, json!({"devices": g.devices}));
+    c.store.put_group(&name, &g.devices).await?;
+    c.audit(&who, "group_set", &name, json!({"devices": g.devices})).await;
     Ok(Json(json!({"name": name, "devices": g.devices})))
 }
 
@@ -339,10 +339,10 @@ pub(crate) async fn delete_group<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !c.store.delete_group(&name)? {
+    if !c.store.delete_group(&name).await? {
         return Err(ApiError::not_found(format!("no group {:?}", crate::limits::shown(&name))));
     }
-    c.audit(&who, "group_deleted", &name, json!({}));
+    c.audit(&who, "group_deleted", &name, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -409,15 +409,15 @@ pub(crate) async fn create_token<S: Store>(
         created_at: now(),
         created_by: who.actor.clone(),
     };
-    c.store.add_token(&t)?;
-    c.audit(&who, "token_created", &t.id, json!({"name": t.name, "role": t.role, "expires": t.expires}));
+    c.store.add_token(&t).await?;
+    c.audit(&who, "token_created", &t.id, json!({"name": t.name, "role": t.role, "expires": t.expires})).await;
     let mut out = json!(t);
     out["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(out)))
 }
 
 pub(crate) async fn tokens<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Vec<ApiToken>>> {
-    Ok(Json(c.store.tokens()?))
+    Ok(Json(c.store.tokens().await?))
 }
 
 pub(crate) async fn revoke_token<S: Store>(
@@ -425,10 +425,10 @@ pub(crate) async fn revoke_token<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !c.store.delete_token(&id)? {
+    if !c.store.delete_token(&id).await? {
         return Err(ApiError::not_found(format!("no token {:?}", crate::limits::shown(&id))));
     }
-    c.audit(&who, "token_revoked", &id, json!({}));
+    c.audit(&who, "token_revoked", &id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -444,5 +444,5 @@ pub(crate) async fn audit<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    Ok(Json(c.store.audit(q.before, q.limit.unwrap_or(200))?))
+    Ok(Json(c.store.audit(q.before, q.limit.unwrap_or(200)).await?))
 }

@@ -2,7 +2,7 @@
 //! HTTP/1.1 client, a bare device over IVR RPC.
 #![allow(dead_code)]
 
-use ivr_cloud::{serve, Cloud, CloudConfig, SqliteStore};
+use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,10 +97,10 @@ pub async fn start_cloud(dir: &std::path::Path) -> (SocketAddr, tokio::task::Joi
 pub async fn start_cloud_with(
     dir: &std::path::Path,
     tweak: impl FnOnce(CloudConfig) -> CloudConfig,
-) -> (SocketAddr, Arc<Cloud<SqliteStore>>, tokio::task::JoinHandle<()>) {
+) -> (SocketAddr, Arc<Cloud<SqlStore>>, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let store = Arc::new(SqliteStore::open(dir).unwrap());
+    let store = Arc::new(SqlStore::open(dir).unwrap());
     let cfg = CloudConfig {
         keepalive: Duration::from_secs(1),
         rpc_timeout: Duration::from_secs(5),

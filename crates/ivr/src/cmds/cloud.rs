@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use ivr_cloud::{Cloud, CloudConfig, ConnLimits, LiveConfig, Rtmp, SqliteStore};
+use ivr_cloud::{Cloud, CloudConfig, ConnLimits, LiveConfig, Rtmp, SqlStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,6 +90,21 @@ pub struct Args {
     /// Keep at most this many events, the oldest deleted first (0: no cap).
     #[arg(long, default_value_t = 5_000_000)]
     pub events_max_rows: u64,
+    /// Where the state is kept: `sqlite` (a file in --data, the default) or
+    /// `postgres://user[:password]@host[:port]/database`, which every node
+    /// of a cluster shares.
+    #[arg(long, env = "IVR_STORE", hide_env_values = true, default_value = "sqlite")]
+    pub store: String,
+    /// The cluster's bus, `nats://host:port`: nodes hand each other
+    /// requests for the devices they hold, events and session takeovers.
+    /// Needs --store postgres://… (and every node's --data on one shared
+    /// directory, for recordings and pictures).
+    #[arg(long)]
+    pub bus: Option<String>,
+    /// This node's name in a cluster: letters, digits, `-` and `_` (default:
+    /// `local`). Each node of a cluster needs its own.
+    #[arg(long, default_value = "local")]
+    pub node_id: String,
 }
 
 /// What `ivr cloud` does besides running the cloud.
@@ -146,6 +161,9 @@ impl Args {
             idle_timeout_secs: 120,
             events_max_age_days: 90,
             events_max_rows: 5_000_000,
+            store: "sqlite".into(),
+            bus: None,
+            node_id: "local".into(),
         }
     }
 }
@@ -204,7 +222,7 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::net::TcpListener, String, bool)> {
+pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqlStore>>, tokio::net::TcpListener, String, bool)> {
     // Listen first: a start that cannot bind must not make (and lose) a token.
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -231,7 +249,22 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
     }
     let (token, new) = admin_token(&a.data, a.admin_token.clone())?;
     private_dir(&a.data)?;
-    let store = SqliteStore::open(&a.data).with_context(|| format!("opening the store in {}", a.data.display()))?;
+    if a.node_id.is_empty()
+        || a.node_id.len() > 64
+        || !a.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        anyhow::bail!("--node-id {:?}: 1 to 64 letters, digits, '-' or '_'", a.node_id);
+    }
+    let store = if a.store == "sqlite" {
+        if a.bus.is_some() {
+            anyhow::bail!("--bus joins nodes that share one database: give --store postgres://…");
+        }
+        SqlStore::open(&a.data).with_context(|| format!("opening the store in {}", a.data.display()))?
+    } else if a.store.starts_with("postgres://") || a.store.starts_with("postgresql://") {
+        SqlStore::postgres(&a.store).await.context("--store: opening the PostgreSQL store")?
+    } else {
+        anyhow::bail!("--store {:?}: `sqlite` or postgres://user[:password]@host[:port]/database", a.store);
+    };
     let rtmp = match (&rtmp_listener, &a.rtmp_url) {
         (Some(l), _) => {
             let port = l.local_addr()?.port();
@@ -263,11 +296,15 @@ pub async fn start(a: &Args) -> anyhow::Result<(Arc<Cloud<SqliteStore>>, tokio::
         },
         events_max_age_days: a.events_max_age_days,
         events_max_rows: a.events_max_rows,
+        node_id: a.node_id.clone(),
         ..CloudConfig::new(token.clone(), public_url, a.data.clone())
     };
     let cloud = Cloud::new(Arc::new(store), cfg);
+    if let Some(bus) = &a.bus {
+        cloud.join_bus(bus).await.map_err(anyhow::Error::msg)?;
+    }
     // No session survives a restart: whatever the store says is online is not.
-    let stale = cloud.reset_sessions().context("marking devices offline at start")?;
+    let stale = cloud.reset_sessions().await.context("marking devices offline at start")?;
     if stale > 0 {
         println!("{stale} device(s) were still marked online from the last run (it did not stop cleanly): now offline");
     }
@@ -297,8 +334,8 @@ fn check_rtmp_url(flag: &str, u: &str) -> anyhow::Result<String> {
 
 /// Disk and index made to agree before anything is served; says what it
 /// repaired.
-pub fn reconcile(cloud: &Cloud<SqliteStore>) -> anyhow::Result<()> {
-    let repair = cloud.reconcile().context("reconciling recordings with the index")?;
+pub async fn reconcile(cloud: &Cloud<SqlStore>) -> anyhow::Result<()> {
+    let repair = cloud.reconcile().await.context("reconciling recordings with the index")?;
     if !repair.is_empty() {
         println!(
             "recordings repaired: {} file(s) indexed, {} file(s) removed (half-written or of no session), {} index row(s) without a file removed",
@@ -308,7 +345,7 @@ pub fn reconcile(cloud: &Cloud<SqliteStore>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cloud_rtmp(c: &Cloud<SqliteStore>) -> Rtmp {
+fn cloud_rtmp(c: &Cloud<SqlStore>) -> Rtmp {
     c.config().live.rtmp.clone()
 }
 
@@ -330,7 +367,7 @@ pub async fn run(mut a: Args) -> anyhow::Result<()> {
         a.data.display(),
         fds.saturating_sub(64)
     );
-    reconcile(&cloud)?;
+    reconcile(&cloud).await?;
     match &cloud_rtmp(&cloud) {
         Rtmp::Ingest { base } => println!("live view: the cloud's RTMP ingest; devices publish to {base}/<key>"),
         Rtmp::External { url } => println!("live view: devices publish to the external RTMP server {url}"),
@@ -378,7 +415,7 @@ pub async fn stop_signal() -> anyhow::Result<&'static str> {
 }
 
 /// A clean stop: every device session closed, each marked offline with why.
-pub async fn stop(cloud: &Cloud<SqliteStore>, signal: &str) {
+pub async fn stop(cloud: &Cloud<SqlStore>, signal: &str) {
     let n = cloud.sessions();
     cloud.shutdown(&format!("the cloud stopped ({signal})"), Duration::from_secs(3)).await;
     eprintln!("ivr cloud: stopped on {signal}; {n} device session(s) closed and marked offline");

@@ -36,7 +36,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (c, listener, token, _) = cloud::start(&args).await?;
     let addr = listener.local_addr()?;
     let store = c.store().clone();
-    cloud::reconcile(&c)?;
+    cloud::reconcile(&c).await?;
     // The console's demo admin: a new random password every start.
     let demo_pw = ivr_cloud::demo_password();
     let demo_user = ivr_cloud::set_demo_admin(&c, "demo", &demo_pw).await.context("creating the demo admin")?;
@@ -45,7 +45,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let code = format!("demo-site-{i}");
         // Demo credentials are not secrets: they only open simulated sites.
         let pw = format!("demo-password-{i}");
-        if store.device(&code)?.is_none() {
+        if store.device(&code).await?.is_none() {
             c.provision(&code, &pw, &format!("Demo site {i}")).await?;
         }
         let channels = if i % 2 == 0 { 2 } else { 1 };
@@ -87,7 +87,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     .await
     .context("starting the demo's CVIP camera")?;
     let (code, pw) = ("demo-devices", "demo-password-devices");
-    if store.device(code)?.is_none() {
+    if store.device(code).await?.is_none() {
         c.provision(code, pw, "Demo site with a DVRIP NVR and a CVIP camera").await?;
     }
     let mut toml = format!(

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use ivr_cloud::{Accounts, Grant, HashCost, Passwords, Role, SqliteStore};
+use ivr_cloud::{Accounts, Grant, HashCost, Passwords, Role, SqlStore};
 use std::io::BufRead;
 use std::path::PathBuf;
 
@@ -29,15 +29,13 @@ pub enum UsersCmd {
         /// Read the password from stdin instead of asking.
         #[arg(long)]
         password_stdin: bool,
-        /// The cloud's data directory.
-        #[arg(long, default_value = "ivr-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: StoreAt,
     },
     /// Lists the console users.
     List {
-        /// The cloud's data directory.
-        #[arg(long, default_value = "ivr-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: StoreAt,
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -49,17 +47,15 @@ pub enum UsersCmd {
         /// Read the password from stdin instead of asking.
         #[arg(long)]
         password_stdin: bool,
-        /// The cloud's data directory.
-        #[arg(long, default_value = "ivr-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: StoreAt,
     },
     /// Deletes a user (their logins end at once).
     Delete {
         /// The user's name.
         name: String,
-        /// The cloud's data directory.
-        #[arg(long, default_value = "ivr-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: StoreAt,
     },
 }
 
@@ -67,14 +63,29 @@ fn list(s: &str) -> Vec<String> {
     s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect()
 }
 
-fn open(data: &std::path::Path) -> anyhow::Result<SqliteStore> {
+/// Which cloud's store.
+#[derive(clap::Args)]
+pub struct StoreAt {
+    /// The cloud's data directory (its SQLite database).
+    #[arg(long, default_value = "ivr-data")]
+    data: PathBuf,
+    /// The cloud's --store: `sqlite` (in --data) or postgres://….
+    #[arg(long, env = "IVR_STORE", hide_env_values = true, default_value = "sqlite")]
+    store: String,
+}
+
+async fn open(at: &StoreAt) -> anyhow::Result<SqlStore> {
+    if at.store != "sqlite" {
+        return SqlStore::postgres(&at.store).await.context("--store: opening the PostgreSQL store");
+    }
+    let data = &at.data;
     if !data.join("ivr.sqlite3").exists() {
         anyhow::bail!(
             "--data {}: no cloud database there (start `ivr cloud --data {0}` once, or give the right --data)",
             data.display()
         );
     }
-    SqliteStore::open(data).with_context(|| format!("opening the store in {}", data.display()))
+    SqlStore::open(data).with_context(|| format!("opening the store in {}", data.display()))
 }
 
 /// A password from the terminal (not echoed, asked twice) or stdin.
@@ -120,23 +131,25 @@ fn prompt(what: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn audit(store: &SqliteStore, action: &str, target: &str, detail: serde_json::Value) -> anyhow::Result<()> {
-    store.add_audit(&ivr_cloud::AuditEntry {
-        id: 0,
-        at: chrono::Utc::now().timestamp(),
-        actor: "cli".into(),
-        action: action.into(),
-        target: target.into(),
-        detail,
-        addr: None,
-    })?;
+async fn audit(store: &SqlStore, action: &str, target: &str, detail: serde_json::Value) -> anyhow::Result<()> {
+    store
+        .add_audit(&ivr_cloud::AuditEntry {
+            id: 0,
+            at: chrono::Utc::now().timestamp(),
+            actor: "cli".into(),
+            action: action.into(),
+            target: target.into(),
+            detail,
+            addr: None,
+        })
+        .await?;
     Ok(())
 }
 
 pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
     match cmd {
         UsersCmd::Add { name, role, devices, groups, password_stdin, data } => {
-            let store = open(&data)?;
+            let store = open(&data).await?;
             let pw = read_password(password_stdin)?;
             let devices = match devices.trim() {
                 "*" => Grant::All,
@@ -149,11 +162,11 @@ pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
             let u = ivr_cloud::create_user(&store, &passwords, &name, &pw, role, devices, list(&groups))
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.msg))?;
-            audit(&store, "user_created", &u.name, serde_json::json!({"role": u.role}))?;
+            audit(&store, "user_created", &u.name, serde_json::json!({"role": u.role})).await?;
             println!("user {:?} added ({}); they log in at the console's /login", u.name, u.role.as_str());
         }
         UsersCmd::List { data, json } => {
-            let users = open(&data)?.users()?;
+            let users = open(&data).await?.users().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
@@ -169,21 +182,21 @@ pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
             }
         }
         UsersCmd::Passwd { name, password_stdin, data } => {
-            let store = open(&data)?;
-            let mut u = store.user(&name)?.with_context(|| format!("no user {name:?}"))?;
+            let store = open(&data).await?;
+            let mut u = store.user(&name).await?.with_context(|| format!("no user {name:?}"))?;
             let pw = read_password(password_stdin)?;
             u.passwd_hash = Passwords::new(HashCost::default()).hash(&pw).await?;
-            store.update_user(&u)?;
-            store.delete_login_sessions_of(&name)?;
-            audit(&store, "user_changed", &name, serde_json::json!({"changed": ["password"]}))?;
+            store.update_user(&u).await?;
+            store.delete_login_sessions_of(&name).await?;
+            audit(&store, "user_changed", &name, serde_json::json!({"changed": ["password"]})).await?;
             println!("password of {name:?} changed; their logins ended");
         }
         UsersCmd::Delete { name, data } => {
-            let store = open(&data)?;
-            if !store.delete_user(&name)? {
+            let store = open(&data).await?;
+            if !store.delete_user(&name).await? {
                 anyhow::bail!("no user {name:?}");
             }
-            audit(&store, "user_deleted", &name, serde_json::json!({}))?;
+            audit(&store, "user_deleted", &name, serde_json::json!({})).await?;
             println!("user {name:?} deleted");
         }
     }

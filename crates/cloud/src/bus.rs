@@ -1,0 +1,370 @@
+//! The cluster's bus: NATS between the cloud nodes (`--bus nats://…`).
+//!
+//! - `ivr.takeover`: a node that took a device's session says so with the
+//!   session's epoch; the node that held it closes its own (the store's
+//!   epoch already fences it: this makes it go at once).
+//! - `ivr.events.<device>`: every event a node stores, so the event stream
+//!   of every node carries every node's events.
+//! - `ivr.node.<node>.http`: a request about a device whose session another
+//!   node holds (its RPC, events, live view, preview, recording) is handed
+//!   to that node, which serves it as if it had come in itself and answers
+//!   with its own URLs and statuses. Request and reply, never pipelined: a
+//!   relayed RPC waits in the device's session like a local one.
+//!
+//! Without a bus (one node) none of this runs.
+
+use crate::access::Caller;
+use crate::error::ApiError;
+use crate::server::{now, Cloud};
+use crate::store::{Event, Store};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// Marks a request another node handed over (it is never handed on).
+const RELAYED: &str = "x-ivr-relayed-by";
+/// The largest request or answer relayed (NATS's default payload cap is 1 MiB).
+const RELAY_MAX: usize = 900 << 10;
+/// How long a node waits for the holder's answer past the RPC timeout.
+const RELAY_MARGIN: Duration = Duration::from_secs(5);
+
+#[derive(Serialize, Deserialize)]
+struct Takeover {
+    login_code: String,
+    epoch: i64,
+    node: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BusEvent {
+    node: String,
+    event: Event,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RelayHead {
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+    peer: SocketAddr,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplyHead {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+/// A JSON head, a newline, then raw bytes.
+fn frame<T: Serialize>(head: &T, body: &[u8]) -> bytes::Bytes {
+    let mut out = serde_json::to_vec(head).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out.into()
+}
+
+fn unframe<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<(T, bytes::Bytes)> {
+    let i = b.iter().position(|&c| c == b'\n')?;
+    let head = serde_json::from_slice(&b[..i]).ok()?;
+    Some((head, bytes::Bytes::copy_from_slice(&b[i + 1..])))
+}
+
+/// A login code as one NATS subject token (no `.`, `*`, `>` or spaces).
+fn token(lc: &str) -> String {
+    crate::safe_name(lc)
+}
+
+/// The login code of a path whose answer needs the device's session:
+/// `/api/v1/devices/{lc}/rpc/…`, `…/events/…`, `…/channels/{ch}/preview`,
+/// `…/live`, `…/recording`.
+fn session_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/api/v1/devices/")?;
+    let (lc, rest) = rest.split_once('/')?;
+    let needs = rest.starts_with("rpc/")
+        || rest.starts_with("events/")
+        || rest.split_once('/').is_some_and(|(c, tail)| {
+            c == "channels"
+                && tail.split_once('/').is_some_and(|(_, what)| matches!(what, "preview" | "live" | "recording"))
+        });
+    needs.then(|| percent_decode(lc))?
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl<S: Store> Cloud<S> {
+    /// Joins the cluster's bus: takeovers, events and relayed requests
+    /// from the other nodes start arriving.
+    pub async fn join_bus(self: &Arc<Self>, url: &str) -> Result<(), String> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("ivr-cloud {}", self.cfg.node_id))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| format!("--bus {url}: cannot connect to NATS: {e}"))?;
+        let sub = |s: String| {
+            let client = client.clone();
+            async move { client.subscribe(s.clone()).await.map_err(|e| format!("--bus: cannot subscribe to {s}: {e}")) }
+        };
+        let mut takeovers = sub("ivr.takeover".into()).await?;
+        let mut events = sub("ivr.events.>".into()).await?;
+        let mut relayed = sub(format!("ivr.node.{}.http", self.cfg.node_id)).await?;
+        client.flush().await.map_err(|e| format!("--bus {url}: {e}"))?;
+        if self.bus.set(client.clone()).is_err() {
+            return Err("the cloud is on a bus already".into());
+        }
+        let c = self.clone();
+        tokio::spawn(async move {
+            while let Some(m) = takeovers.next().await {
+                let Ok(t) = serde_json::from_slice::<Takeover>(&m.payload) else { continue };
+                if t.node != c.cfg.node_id {
+                    c.close_older(&t.login_code, t.epoch, &t.node);
+                }
+            }
+        });
+        let c = self.clone();
+        tokio::spawn(async move {
+            while let Some(m) = events.next().await {
+                let Ok(e) = serde_json::from_slice::<BusEvent>(&m.payload) else { continue };
+                if e.node != c.cfg.node_id {
+                    let _ = c.feed.send(e.event);
+                }
+            }
+        });
+        let c = self.clone();
+        let app = crate::api::router(self.clone());
+        tokio::spawn(async move {
+            while let Some(m) = relayed.next().await {
+                let Some(reply) = m.reply.clone() else { continue };
+                let (app, client, node) = (app.clone(), c.bus.get().cloned(), c.cfg.node_id.clone());
+                tokio::spawn(async move {
+                    let answer = serve_relayed(app, &m.payload, &node).await;
+                    if let Some(client) = client {
+                        let _ = client.publish(reply, answer).await;
+                    }
+                });
+            }
+        });
+        tracing::info!(node = %self.cfg.node_id, bus = %url, "cloud: on the cluster's bus");
+        Ok(())
+    }
+
+    /// Says on the bus that this node holds `login_code`'s session of `epoch`.
+    pub(crate) async fn bus_takeover(&self, login_code: &str, epoch: i64) {
+        let Some(b) = self.bus.get() else { return };
+        let t = Takeover { login_code: login_code.to_owned(), epoch, node: self.cfg.node_id.clone() };
+        let payload = serde_json::to_vec(&t).unwrap_or_default();
+        if let Err(e) = b.publish("ivr.takeover", payload.into()).await {
+            tracing::warn!(error = %e, "cloud: takeover not published; the old holder stops at its next write");
+        }
+    }
+
+    /// Hands a stored event to the other nodes' event streams.
+    pub(crate) async fn bus_event(&self, e: &Event) {
+        let Some(b) = self.bus.get() else { return };
+        let m = BusEvent { node: self.cfg.node_id.clone(), event: e.clone() };
+        let payload = serde_json::to_vec(&m).unwrap_or_default();
+        if let Err(err) = b.publish(format!("ivr.events.{}", token(&e.login_code)), payload.into()).await {
+            tracing::warn!(error = %err, "cloud: event not published on the bus (it is stored)");
+        }
+    }
+
+    /// Housekeeping of a node, every second: Keepalive times written in
+    /// batches; in a cluster, this node's heartbeat and the devices of
+    /// nodes that died set offline.
+    pub(crate) async fn heartbeat(&self, tick: u64) {
+        if tick.is_multiple_of(5) {
+            if let Err(e) = self.store.flush_seen().await {
+                tracing::warn!(error = %e, "cloud: last_seen not written; kept for the next try");
+            }
+        }
+        if self.bus.get().is_none() {
+            return;
+        }
+        let ka = self.cfg.keepalive.as_secs().max(1);
+        if tick.is_multiple_of((ka / 3).max(1)) {
+            if let Err(e) = self.store.node_alive(&self.cfg.node_id, &self.cfg.public_url, now()).await {
+                tracing::warn!(error = %e, "cloud: node heartbeat not written");
+            }
+        }
+        if tick.is_multiple_of(ka) {
+            let dead_before = now() - 3 * ka as i64;
+            match self.store.orphans_offline(now(), dead_before).await {
+                Ok(lcs) => {
+                    for lc in lcs {
+                        let reason = "the cloud node that held this session stopped (no heartbeat for three Keepalive intervals)";
+                        self.event(&lc, None, "offline", json!({ "reason": reason })).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cloud: devices of dead nodes not swept"),
+            }
+        }
+    }
+
+    /// Closes this node's session of `login_code` if it is older than
+    /// `epoch` (a later login, on `by`, holds the device).
+    pub(crate) fn close_older(&self, login_code: &str, epoch: i64, by: &str) {
+        let h = {
+            let s = self.sessions.lock().expect("sessions lock");
+            s.get(login_code).filter(|e| e.epoch < epoch).map(|e| e.handle.clone())
+        };
+        if let Some(h) = h {
+            tracing::info!(login_code = %crate::limits::shown(login_code), node = %by, "cloud: the device logged in on another node; closing this session");
+            self.counters.replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move { h.close().await });
+        }
+    }
+
+    /// The node to hand a request about `lc` to: the one holding its
+    /// session, when that is not this one.
+    async fn holder(&self, lc: &str) -> Option<String> {
+        self.bus.get()?;
+        if self.handle_of(lc).is_some() {
+            return None;
+        }
+        let d = self.store.device(lc).await.ok()??;
+        d.node.filter(|n| d.online && *n != self.cfg.node_id)
+    }
+}
+
+/// Serves a request another node handed over, through this node's own
+/// router; the framed answer.
+async fn serve_relayed(app: axum::Router, payload: &[u8], node: &str) -> bytes::Bytes {
+    let fail = |status: StatusCode, msg: &str| {
+        frame(&ReplyHead { status: status.as_u16(), headers: vec![] }, json!({ "error": msg }).to_string().as_bytes())
+    };
+    let Some((head, body)) = unframe::<RelayHead>(payload) else {
+        return fail(StatusCode::BAD_REQUEST, "a relayed request this node cannot read");
+    };
+    let mut b = axum::http::Request::builder().method(head.method.as_str()).uri(head.uri.as_str());
+    for (k, v) in &head.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b = b.header(RELAYED, node);
+    let Ok(mut req) = b.body(axum::body::Body::from(body)) else {
+        return fail(StatusCode::BAD_REQUEST, "a relayed request with a bad method, path or header");
+    };
+    req.extensions_mut().insert(ConnectInfo(head.peer));
+    let Ok(res) = app.oneshot(req).await;
+    let (parts, body) = res.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, RELAY_MAX).await else {
+        return fail(StatusCode::BAD_GATEWAY, "the answer is too large to relay between nodes");
+    };
+    let headers =
+        parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
+    frame(&ReplyHead { status: parts.status.as_u16(), headers }, &body)
+}
+
+/// The router's layer: a request that needs the session of a device held
+/// by another node is authenticated here, then handed to that node.
+pub(crate) async fn relay<S: Store>(
+    State(c): State<Arc<Cloud<S>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.headers().contains_key(RELAYED) {
+        return next.run(req).await;
+    }
+    let Some(lc) = session_path(req.uri().path()) else { return next.run(req).await };
+    let Some(node) = c.holder(&lc).await else { return next.run(req).await };
+    let (mut parts, body) = req.into_parts();
+    if let Err(e) = Caller::from_request_parts(&mut parts, &c).await {
+        return e.into_response();
+    }
+    let Ok(body) = axum::body::to_bytes(body, RELAY_MAX).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body: too large to hand to another node").into_response();
+    };
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
+    let head = RelayHead {
+        method: parts.method.to_string(),
+        uri: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.to_string()),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != axum::http::header::CONTENT_LENGTH)
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        peer,
+    };
+    let Some(bus) = c.bus.get() else { return next.run(axum::extract::Request::from_parts(parts, body.into())).await };
+    let ask = async_nats::Request::new().payload(frame(&head, &body)).timeout(Some(c.cfg.rpc_timeout + RELAY_MARGIN));
+    match bus.send_request(format!("ivr.node.{node}.http"), ask).await {
+        Ok(m) => match unframe::<ReplyHead>(&m.payload) {
+            Some((h, body)) => {
+                let mut res = Response::new(axum::body::Body::from(body));
+                *res.status_mut() = StatusCode::from_u16(h.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                for (k, v) in h.headers {
+                    if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                        if k != axum::http::header::CONTENT_LENGTH {
+                            res.headers_mut().insert(k, v);
+                        }
+                    }
+                }
+                res.headers_mut()
+                    .insert("x-ivr-node", HeaderValue::try_from(node).unwrap_or(HeaderValue::from_static("?")));
+                res
+            }
+            None => ApiError::new(StatusCode::BAD_GATEWAY, format!("node {node:?} answered something unreadable"))
+                .into_response(),
+        },
+        Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut) => {
+            ApiError::timeout(format!("node {node:?}, which holds device {lc:?}, did not answer in time"))
+                .into_response()
+        }
+        // Nobody listens for that node: it died. The device is as good as
+        // offline until it logs in again (here or elsewhere).
+        Err(_) => next.run(axum::extract::Request::from_parts(parts, body.into())).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_that_need_the_session_are_handed_over() {
+        assert_eq!(session_path("/api/v1/devices/cam%2E1/rpc/GetTime").as_deref(), Some("cam.1"));
+        assert_eq!(session_path("/api/v1/devices/a/events/Reboot").as_deref(), Some("a"));
+        assert_eq!(session_path("/api/v1/devices/a/channels/0/live").as_deref(), Some("a"));
+        assert_eq!(session_path("/api/v1/devices/a/channels/0/recording").as_deref(), Some("a"));
+        assert_eq!(session_path("/api/v1/devices/a/channels/0/preview").as_deref(), Some("a"));
+        assert_eq!(session_path("/api/v1/devices/a/channels/0/recordings"), None, "the index is shared");
+        assert_eq!(session_path("/api/v1/devices/a/channels/0/playback"), None, "storage is shared");
+        assert_eq!(session_path("/api/v1/devices/a"), None);
+        assert_eq!(session_path("/api/v1/devices/%zz/rpc/x"), None);
+    }
+
+    #[test]
+    fn frames_carry_a_head_and_raw_bytes() {
+        let h = ReplyHead { status: 504, headers: vec![("a".into(), "b".into())] };
+        let f = frame(&h, b"\n\x00body");
+        let (back, body): (ReplyHead, _) = unframe(&f).unwrap();
+        assert_eq!((back.status, &body[..]), (504, &b"\n\x00body"[..]));
+        assert!(unframe::<ReplyHead>(b"no newline").is_none());
+    }
+}

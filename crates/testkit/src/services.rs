@@ -1,0 +1,177 @@
+//! PostgreSQL and NATS as real servers for the cluster's tests, each
+//! started on a free loopback port with its data in a temporary folder and
+//! stopped when dropped. PostgreSQL runs as its own user (`postgres`; it
+//! refuses root). A missing server is a failure that says how to install
+//! it, never a skip.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed() > Duration::from_secs(30) {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} did not listen on 127.0.0.1:{port} within 30 s; its log:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ivr-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&d).expect("a temporary folder");
+    d
+}
+
+/// The PostgreSQL 15 programs of Debian's `postgresql` package.
+fn pg_bin(name: &str) -> PathBuf {
+    for dir in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("PostgreSQL is not installed ({name} not found): `apt-get install postgresql` (scripts/test.sh does)");
+}
+
+/// A PostgreSQL server of its own.
+pub struct Postgres {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    /// initdb, then a server on a free port (as user `postgres` when run
+    /// as root).
+    pub fn start() -> Postgres {
+        let (initdb, pg_ctl) = (pg_bin("initdb"), pg_bin("pg_ctl"));
+        let dir = temp_dir("pg");
+        let data = dir.join("data");
+        let root = is_root();
+        if root {
+            let ok = Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir).status();
+            assert!(
+                ok.is_ok_and(|s| s.success()),
+                "chown of {} to postgres failed (is the user there?)",
+                dir.display()
+            );
+        }
+        let run = |prog: &Path, args: &[&str]| {
+            let mut c = if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(prog);
+                c
+            } else {
+                Command::new(prog)
+            };
+            c.args(args).stdin(Stdio::null());
+            c
+        };
+        let data_s = data.to_str().expect("utf-8 path").to_owned();
+        let out = run(&initdb, &["-D", &data_s, "-U", "ivr", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("initdb runs");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let log = dir.join("pg.log");
+        let opts =
+            format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", dir.display());
+        let out = run(&pg_ctl, &["-D", &data_s, "-l", log.to_str().expect("utf-8"), "-o", &opts, "-w", "start"])
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        wait_port(port, "PostgreSQL", &log);
+        Postgres { dir, port }
+    }
+
+    /// `postgres://ivr@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://ivr@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A new empty database on this server; its URL.
+    pub fn database(&self, name: &str) -> String {
+        let psql = pg_bin("psql");
+        let out = Command::new(psql)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "ivr", "-d", "postgres", "-c"])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "CREATE DATABASE {name}: {}", String::from_utf8_lossy(&out.stderr));
+        format!("postgres://ivr@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let mut c = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(pg_bin("pg_ctl"));
+            c
+        } else {
+            Command::new(pg_bin("pg_ctl"))
+        };
+        let _ = c.arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A NATS server of its own.
+pub struct Nats {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let dir = temp_dir("nats");
+        let port = free_port();
+        let log = dir.join("nats.log");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("nats-server cannot start ({e}): `apt-get install nats-server` (scripts/test.sh does)")
+            });
+        wait_port(port, "nats-server", &log);
+        Nats { child, dir, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
