@@ -14,6 +14,12 @@
 //! this exact stored hash"; a changed password has a new hash (new salt)
 //! and misses. A wrong password always pays the full argon2 cost. Nothing
 //! weaker than argon2 is ever written to disk.
+//!
+//! In a cluster the nodes share the memo's key (derived from the admin
+//! token they share, [`Passwords::share_key`]) and hand each other every
+//! memo they make over the bus, never through the database: a device that
+//! fails over to another node logs in without argon2 there, and a leaked
+//! database still holds nothing but argon2 hashes (`docs/design/scale.md`).
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -79,7 +85,7 @@ pub enum PasswordError {
 pub struct Passwords {
     cost: HashCost,
     permits: Arc<Semaphore>,
-    key: [u8; 32],
+    key: std::sync::RwLock<[u8; 32]>,
     verified: Mutex<HashMap<String, [u8; 32]>>,
     /// A hash at the configured cost that no password matches: unknown
     /// login codes are verified against it, so they cost what a wrong
@@ -95,7 +101,7 @@ impl Passwords {
         Passwords {
             cost,
             permits: Arc::new(Semaphore::new(lanes)),
-            key,
+            key: std::sync::RwLock::new(key),
             verified: Mutex::default(),
             dummy: tokio::sync::OnceCell::new(),
         }
@@ -121,9 +127,31 @@ impl Passwords {
         .map_err(|e| PasswordError::Worker(e.to_string()))?
     }
 
+    /// Uses a key every node of a cluster derives from `secret` (the admin
+    /// token they share), so their memos agree; memos made before are
+    /// forgotten.
+    pub fn share_key(&self, secret: &str) {
+        let d = Blake2b512::new().chain_update(b"ivr cluster login memo\0").chain_update(secret).finalize();
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&d[..32]);
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) = k;
+        self.verified.lock().expect("memo lock").clear();
+    }
+
+    /// Takes a memo another node made (see [`Passwords::verify_fresh`]).
+    pub fn remember(&self, login_code: &str, memo: [u8; 32]) {
+        let mut v = self.verified.lock().expect("memo lock");
+        // Bounded like the sessions it serves: a flood of memos from the
+        // bus cannot grow it past a million devices.
+        if v.len() < 1_000_000 || v.contains_key(login_code) {
+            v.insert(login_code.to_owned(), memo);
+        }
+    }
+
     fn memo_key(&self, stored: &str, password: &str) -> [u8; 32] {
+        let key = *self.key.read().unwrap_or_else(|p| p.into_inner());
         let d = Blake2b512::new()
-            .chain_update(self.key)
+            .chain_update(key)
             .chain_update((stored.len() as u64).to_le_bytes())
             .chain_update(stored)
             .chain_update(password)
@@ -136,17 +164,28 @@ impl Passwords {
     /// Whether `password` matches `stored` (a PHC string; its own
     /// parameters are used). `Err` when the stored hash is unreadable.
     pub async fn verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, PasswordError> {
+        Ok(self.verify_fresh(login_code, password, stored).await?.0)
+    }
+
+    /// As [`Passwords::verify`], and the memo when argon2 just made one
+    /// (for the other nodes of a cluster).
+    pub async fn verify_fresh(
+        &self,
+        login_code: &str,
+        password: &str,
+        stored: &str,
+    ) -> Result<(bool, Option<[u8; 32]>), PasswordError> {
         let memo = self.memo_key(stored, password);
         if let Some(m) = self.verified.lock().expect("memo lock").get(login_code) {
             if constant_eq(m, &memo) {
-                return Ok(true);
+                return Ok((true, None));
             }
         }
         let ok = self.argon2_verify(login_code, password, stored).await?;
         if ok {
             self.verified.lock().expect("memo lock").insert(login_code.to_owned(), memo);
         }
-        Ok(ok)
+        Ok((ok, ok.then_some(memo)))
     }
 
     /// argon2 verification, off the async threads, at most one per core.
@@ -208,6 +247,19 @@ mod tests {
         assert!(p.verify("a", "other-pw", &h2).await.unwrap());
         p.forget("a");
         assert!(p.verified.lock().unwrap().is_empty());
+        // Two nodes with one shared key: a memo one made works on the other.
+        let (n1, n2) =
+            (Passwords::new("m=64,t=1,p=1".parse().unwrap()), Passwords::new("m=64,t=1,p=1".parse().unwrap()));
+        n1.share_key("cluster-token");
+        n2.share_key("cluster-token");
+        let (ok, memo) = n1.verify_fresh("a", "other-pw", &h2).await.unwrap();
+        assert!(ok);
+        n2.remember("a", memo.unwrap());
+        assert_eq!(n2.verify_fresh("a", "other-pw", &h2).await.unwrap(), (true, None), "no argon2 on n2");
+        assert_eq!(n2.verify_fresh("a", "wrong", &h2).await.unwrap(), (false, None));
+        let n3 = Passwords::new("m=64,t=1,p=1".parse().unwrap());
+        n3.remember("a", memo.unwrap());
+        assert!(n3.verify_fresh("a", "other-pw", &h2).await.unwrap().1.is_some(), "another key: argon2 again");
         let e = p.verify("a", "x", "not a hash").await.unwrap_err().to_string();
         assert!(e.starts_with("the stored hash of \"a\" is unreadable"), "{e}");
     }

@@ -43,6 +43,13 @@ struct Takeover {
 }
 
 #[derive(Serialize, Deserialize)]
+struct Memo {
+    node: String,
+    login_code: String,
+    memo: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
 struct BusEvent {
     node: String,
     event: Event,
@@ -128,10 +135,19 @@ impl<S: Store> Cloud<S> {
             let client = client.clone();
             async move { client.subscribe(s.clone()).await.map_err(|e| format!("--bus: cannot subscribe to {s}: {e}")) }
         };
+        // Memos of verified logins are comparable across nodes from here on.
+        self.passwords.share_key(&self.cfg.admin_token);
         let mut takeovers = sub("ivr.takeover".into()).await?;
+        let mut memos = sub("ivr.memo".into()).await?;
         let mut events = sub("ivr.events.>".into()).await?;
         let mut relayed = sub(format!("ivr.node.{}.http", self.cfg.node_id)).await?;
         client.flush().await.map_err(|e| format!("--bus {url}: {e}"))?;
+        // The heartbeat is there before any session: a node with none yet
+        // would look dead to the others, and its first devices orphaned.
+        self.store
+            .node_alive(&self.cfg.node_id, &self.cfg.public_url, now())
+            .await
+            .map_err(|e| format!("the node's heartbeat cannot be written: {e}"))?;
         if self.bus.set(client.clone()).is_err() {
             return Err("the cloud is on a bus already".into());
         }
@@ -141,6 +157,15 @@ impl<S: Store> Cloud<S> {
                 let Ok(t) = serde_json::from_slice::<Takeover>(&m.payload) else { continue };
                 if t.node != c.cfg.node_id {
                     c.close_older(&t.login_code, t.epoch, &t.node);
+                }
+            }
+        });
+        let c = self.clone();
+        tokio::spawn(async move {
+            while let Some(m) = memos.next().await {
+                let Ok(t) = serde_json::from_slice::<Memo>(&m.payload) else { continue };
+                if t.node != c.cfg.node_id {
+                    c.passwords.remember(&t.login_code, t.memo);
                 }
             }
         });
@@ -179,6 +204,14 @@ impl<S: Store> Cloud<S> {
         if let Err(e) = b.publish("ivr.takeover", payload.into()).await {
             tracing::warn!(error = %e, "cloud: takeover not published; the old holder stops at its next write");
         }
+    }
+
+    /// Hands a login this node verified with argon2 to the other nodes, so
+    /// a failover to them costs no argon2 (see `auth`).
+    pub(crate) async fn bus_memo(&self, login_code: &str, memo: [u8; 32]) {
+        let Some(b) = self.bus.get() else { return };
+        let m = Memo { node: self.cfg.node_id.clone(), login_code: login_code.to_owned(), memo };
+        let _ = b.publish("ivr.memo", serde_json::to_vec(&m).unwrap_or_default().into()).await;
     }
 
     /// Hands a stored event to the other nodes' event streams.

@@ -234,7 +234,13 @@ impl<S: Store> Cloud<S> {
     pub async fn check_login(&self, login_code: &str, login_passwd: &str) -> Result<bool, LoginCheckError> {
         let stored = self.store.password_hash(login_code).await?;
         Ok(match stored {
-            Some(h) => self.passwords.verify(login_code, login_passwd, &h).await?,
+            Some(h) => {
+                let (ok, fresh) = self.passwords.verify_fresh(login_code, login_passwd, &h).await?;
+                if let Some(memo) = fresh {
+                    self.bus_memo(login_code, memo).await;
+                }
+                ok
+            }
             None => self.passwords.verify_unknown(login_passwd).await?,
         })
     }

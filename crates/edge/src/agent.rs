@@ -271,7 +271,7 @@ impl Edge {
     /// Checks what can be checked before dialling (the TLS trust store for
     /// a wss:// cloud), so a bad setting fails at start, not in a retry loop.
     pub fn preflight(&self) -> Result<(), crate::config::InvalidConfig> {
-        if self.cfg.cloud.url.starts_with("wss://") {
+        if self.cfg.cloud.urls.iter().any(|u| u.starts_with("wss://")) {
             self.device.dialer.tls().map_err(|e| crate::config::InvalidConfig(format!("[cloud] ca_file: {e}")))?;
         }
         Ok(())
@@ -304,17 +304,24 @@ impl Edge {
         .params()
     }
 
-    /// Runs forever: connect, serve, and on any end wait and connect again.
+    /// Runs forever: connect, serve, and on any end wait and connect again
+    /// (to the next of the cloud's URLs, when it has several).
     pub async fn run(self: Arc<Self>) {
         let c = &self.cfg.cloud;
+        let mut at = 0usize;
         loop {
+            let base = c.urls.get(at % c.urls.len().max(1)).unwrap_or(&c.url);
+            at = at.wrapping_add(1);
             // Built anew each time: an upgrade changes the firmware we announce.
             let firmware = self.device.firmware.lock().expect("device lock").clone();
-            let url = login_url(&c.url, &c.login_code, &c.login_passwd, &c.hardware_model, &firmware);
+            let url = login_url(base, &c.login_code, &c.login_passwd, &c.hardware_model, &firmware);
             match tokio::time::timeout(Duration::from_secs(10), dial(&url, &self.device.dialer)).await {
                 Ok(Ok(ws)) => {
                     self.backoff.lock().expect("backoff lock").reset();
-                    self.session(ws).await;
+                    // The same node first next time, unless it fails.
+                    at = at.wrapping_sub(1);
+                    self.session(ws, base).await;
+                    at = at.wrapping_add(1);
                 }
                 Ok(Err(e)) => {
                     let (why, at_least) = match e {
@@ -323,7 +330,7 @@ impl Edge {
                         DialError::Refused => (
                             format!(
                                 "the cloud at {} refused login_code {:?} (HTTP 401): login_code or login_passwd in [cloud] is wrong, or the device is not provisioned there",
-                                c.url, c.login_code
+                                base, c.login_code
                             ),
                             Duration::from_secs(60),
                         ),
@@ -340,7 +347,7 @@ impl Edge {
                     continue;
                 }
                 Err(_) => {
-                    let why = format!("connecting to {} timed out", c.url);
+                    let why = format!("connecting to {base} timed out");
                     tracing::warn!("edge: {why}");
                     self.status.send_modify(|s| s.last_error = Some(why));
                 }
@@ -351,7 +358,7 @@ impl Edge {
         }
     }
 
-    async fn session<S>(&self, ws: WsFrames<S>)
+    async fn session<S>(&self, ws: WsFrames<S>, url: &str)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -372,7 +379,7 @@ impl Edge {
             s.connected = true;
             s.sessions += 1;
         });
-        tracing::info!(url = %self.cfg.cloud.url, "edge: connected");
+        tracing::info!(%url, "edge: connected");
         let mut side = Vec::new();
         for cc in &self.cfg.channels {
             let Some(ch) = self.channels.iter().find(|c| c.channel() == cc.channel).cloned() else { continue };

@@ -3,6 +3,8 @@
 //! ```toml
 //! [cloud]
 //! url = "ws://127.0.0.1:8080/ivc"
+//! # or, for a cloud of several nodes, tried in turn:
+//! # urls = ["wss://ivc-1.example/ivc", "wss://ivc-2.example/ivc"]
 //! login_code = "site-1"
 //! login_passwd = "…"
 //! hardware_model = "ivr-edge"
@@ -56,8 +58,14 @@ pub struct DevicesConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
-    /// `ws://host:port/ivc` (or `wss://`).
+    /// `ws://host:port/ivc` (or `wss://`): the first of [`Self::urls`].
+    #[serde(default)]
     pub url: String,
+    /// The cloud's nodes, tried in turn: on a failed dial or a lost
+    /// session the edge moves to the next one (after a jittered pause).
+    /// `url` alone is a list of one.
+    #[serde(default)]
+    pub urls: Vec<String>,
     pub login_code: String,
     pub login_passwd: String,
     #[serde(default = "default_hardware")]
@@ -154,12 +162,22 @@ impl EdgeConfig {
 
     fn checked(text: &str) -> Result<EdgeConfig, String> {
         let mut cfg: EdgeConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        let u = &cfg.cloud.url;
-        if !(u.starts_with("ws://") || u.starts_with("wss://")) {
-            return Err(format!("cloud.url {u:?}: expected ws://… or wss://…"));
+        match (cfg.cloud.url.is_empty(), cfg.cloud.urls.is_empty()) {
+            (true, true) => return Err("[cloud]: url (or urls = [...]) is missing".into()),
+            (false, false) if cfg.cloud.urls[0] != cfg.cloud.url => {
+                return Err("[cloud]: give url or urls, not both".into());
+            }
+            (false, true) => cfg.cloud.urls = vec![cfg.cloud.url.clone()],
+            _ => cfg.cloud.url = cfg.cloud.urls[0].clone(),
         }
-        if let Err(why) = ivr_rpc::net::target(u) {
-            return Err(format!("cloud.url {u:?}: {why}"));
+        for (i, u) in cfg.cloud.urls.iter().enumerate() {
+            let field = if cfg.cloud.urls.len() == 1 { "cloud.url".to_string() } else { format!("cloud.urls[{i}]") };
+            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                return Err(format!("{field} {u:?}: expected ws://… or wss://…"));
+            }
+            if let Err(why) = ivr_rpc::net::target(u) {
+                return Err(format!("{field} {u:?}: {why}"));
+            }
         }
         if cfg.cloud.login_code.is_empty() {
             return Err("cloud.login_code: empty".into());
@@ -234,6 +252,19 @@ source = "sim"
 "#;
 
     #[test]
+    fn a_cloud_of_several_nodes_is_a_list_tried_in_turn() {
+        let c = EdgeConfig::parse(&GOOD.replace(
+            "url = \"ws://127.0.0.1:8080/ivc\"",
+            "urls = [\"ws://127.0.0.1:1/ivc\", \"wss://ivc-2.example/ivc\"]",
+        ))
+        .unwrap();
+        assert_eq!(c.cloud.url, "ws://127.0.0.1:1/ivc");
+        assert_eq!(c.cloud.urls.len(), 2);
+        let one = EdgeConfig::parse(GOOD).unwrap();
+        assert_eq!(one.cloud.urls, vec![one.cloud.url.clone()]);
+    }
+
+    #[test]
     fn the_example_with_defaults() {
         let c = EdgeConfig::parse(GOOD).unwrap();
         assert_eq!(c.cloud.keepalive_secs, 30);
@@ -289,6 +320,15 @@ source = "sim"
                 "channels[1]: the same device and user as channels[0] with another password",
             ),
             ("[cloud\nurl=1".to_string(), "line"),
+            (
+                GOOD.replace("url = \"ws://127.0.0.1:8080/ivc\"", "urls = [\"ws://a/ivc\", \"http://b/ivc\"]"),
+                "cloud.urls[1] \"http://b/ivc\": expected ws://",
+            ),
+            (GOOD.replace("url = \"ws://127.0.0.1:8080/ivc\"", "urls = []"), "url (or urls = [...]) is missing"),
+            (
+                GOOD.replace("url = \"ws://127.0.0.1:8080/ivc\"", "url = \"ws://a/ivc\"\nurls = [\"ws://b/ivc\"]"),
+                "not both",
+            ),
         ] {
             let e = EdgeConfig::parse(&text).unwrap_err();
             assert!(e.0.contains(want), "{e:?} should contain {want:?}");

@@ -1,0 +1,190 @@
+//! Three cloud nodes on one PostgreSQL and one NATS (both real, started
+//! here): any node serves any device, events cross the bus, a login on
+//! another node takes the session over, and a node that dies hands its
+//! devices to the others. Each node runs on its own runtime, so "killing"
+//! one drops every task and socket it had at once, as `kill -9` would.
+
+mod common;
+
+use common::{api, raw_ivt, wait_until, TOKEN};
+use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
+use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
+use ivr_testkit::services::{Nats, Postgres};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Node {
+    addr: SocketAddr,
+    rt: tokio::runtime::Runtime,
+}
+
+fn start_node(store: &str, bus: &str, id: &str, dir: &Path) -> Node {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (store, bus, id, dir) = (store.to_owned(), bus.to_owned(), id.to_owned(), dir.to_path_buf());
+    let h = rt.handle().clone();
+    // Blocking on the node's runtime from a thread of its own (the test's
+    // runtime cannot block).
+    let addr = std::thread::spawn(move || {
+        h.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let s = Arc::new(SqlStore::postgres(&store).await.unwrap());
+            let cfg = CloudConfig {
+                keepalive: Duration::from_secs(1),
+                rpc_timeout: Duration::from_secs(5),
+                response_timeout: Duration::from_secs(3),
+                hash_cost: "m=64,t=1,p=1".parse().unwrap(),
+                node_id: id,
+                ..CloudConfig::new(TOKEN.into(), format!("http://{addr}"), dir)
+            };
+            let c = Cloud::new(s, cfg);
+            c.join_bus(&bus).await.unwrap();
+            c.reset_sessions().await.unwrap();
+            tokio::spawn(async move { serve(c, l).await.unwrap() });
+            addr
+        })
+    })
+    .join()
+    .unwrap();
+    Node { addr, rt }
+}
+
+fn edge(urls: &[SocketAddr], code: &str, pw: &str) -> Arc<Edge> {
+    let list: Vec<String> = urls.iter().map(|a| format!("\"ws://{a}/ivc\"")).collect();
+    let cfg = EdgeConfig::parse(&format!(
+        "[cloud]\nurls = [{}]\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nkeepalive_secs = 1\n\n[[channels]]\nchannel = 0\nsource = \"sim\"\n",
+        list.join(", ")
+    ))
+    .unwrap();
+    Edge::with_backoff(
+        cfg,
+        vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>],
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(300)),
+    )
+}
+
+fn ivc(addr: SocketAddr, code: &str, pw: &str) -> String {
+    format!("ws://{addr}/ivc?login_code={code}&login_passwd={pw}&hardware_model=raw&firmware_model=1")
+}
+
+async fn device(addr: SocketAddr, lc: &str) -> Value {
+    api(addr, "GET", &format!("/api/v1/devices/{lc}"), None).await.1
+}
+
+/// Reads node `addr`'s event stream until a line has `needle`.
+async fn stream_until(addr: SocketAddr, needle: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("events in time").unwrap();
+        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let store = pg.database("cluster");
+    let dir = std::env::temp_dir().join(format!("ivr-cluster-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let n1 = start_node(&store, &nats.url(), "n1", &dir);
+    let n2 = start_node(&store, &nats.url(), "n2", &dir);
+    let n3 = start_node(&store, &nats.url(), "n3", &dir);
+    let (a1, a2, a3) = (n1.addr, n2.addr, n3.addr);
+
+    for lc in ["cam-1", "cam-2", "cam-3"] {
+        let (s, v) =
+            api(a1, "POST", "/api/v1/devices", Some(json!({"login_code": lc, "login_passwd": "pw-123456"}))).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // Provisioned through node 1, seen by node 3 (one database).
+    assert_eq!(api(a3, "GET", "/api/v1/devices", None).await.1.as_array().unwrap().len(), 3);
+
+    // An edge that knows all three nodes lands on the first.
+    let e = edge(&[a1, a2, a3], "cam-1", "pw-123456");
+    tokio::spawn(e.clone().run());
+    wait_until("cam-1 online on n1", async || {
+        let d = device(a2, "cam-1").await;
+        d["online"] == true && d["node"] == "n1"
+    })
+    .await;
+
+    // An RPC sent to node 3 reaches the device on node 1, and answers.
+    let (s, v) = api(a3, "POST", "/api/v1/devices/cam-1/rpc/GetPTZPresetList", Some(json!({"channel": 0}))).await;
+    assert_eq!((s, v[0]["token"].as_str()), (200, Some("1")), "{v}");
+    let (s, _) = api(a3, "POST", "/api/v1/devices/cam-1/rpc/NoSuchMethod", Some(json!({}))).await;
+    assert_eq!(s, 404, "the same statuses as on the holder");
+    assert_eq!(api(a3, "POST", "/api/v1/devices/nobody/rpc/GetTime", None).await.0, 404);
+
+    // cam-2 on node 1: its alarm appears in node 2's event stream.
+    let raw1 = raw_ivt(ivc(a1, "cam-2", "pw-123456")).await;
+    wait_until("cam-2 online", async || device(a3, "cam-2").await["node"] == "n1").await;
+    let watch = tokio::spawn(stream_until(a2, "\"kind\":\"alarm\""));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    raw1.call("AlarmNotify", Some(json!({"channel": 0, "type": 3, "state": "start", "desc": "across"}))).await.unwrap();
+    let line = watch.await.unwrap();
+    assert!(line.contains("cam-2") && line.contains("across"), "{line}");
+
+    // cam-2 logs in on node 2: node 1 closes its session and can no
+    // longer act for it; its requests go to node 2's session.
+    let raw2 = raw_ivt(ivc(a2, "cam-2", "pw-123456")).await;
+    wait_until("node 1's session of cam-2 closed", async || raw1.is_closed()).await;
+    let d = device(a1, "cam-2").await;
+    assert_eq!((d["online"].as_bool(), d["node"].as_str()), (Some(true), Some("n2")), "{d}");
+    let (s, _) = api(a1, "POST", "/api/v1/devices/cam-2/rpc/GetPTZPresetList", Some(json!({"channel": 0}))).await;
+    assert_eq!(s, 200, "answered by the session on node 2");
+    assert!(!raw2.is_closed());
+    // The takeover left it online: no offline event from node 1.
+    let ev = api(a3, "GET", "/api/v1/events?login_code=cam-2&type=offline", None).await.1;
+    assert_eq!(ev.as_array().unwrap().len(), 0, "{ev}");
+
+    // cam-3 on node 1 without a way back; then node 1 dies.
+    let _raw3 = raw_ivt(ivc(a1, "cam-3", "pw-123456")).await;
+    wait_until("cam-3 online", async || device(a2, "cam-3").await["node"] == "n1").await;
+    n1.rt.shutdown_background();
+    // The edge moves to the next node; cam-3 goes offline once node 1's
+    // heartbeat is three Keepalive intervals old.
+    for _ in 0..200 {
+        let d = device(a2, "cam-1").await;
+        if d["online"] == true && d["node"] != "n1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = device(a2, "cam-1").await;
+    assert!(d["online"] == true && (d["node"] == "n2" || d["node"] == "n3"), "{d}");
+    let mut gone = false;
+    for _ in 0..200 {
+        let d = device(a3, "cam-3").await;
+        if d["online"] == false && d.get("node").is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "cam-3 went offline: {}", device(a3, "cam-3").await);
+    let ev = api(a2, "GET", "/api/v1/events?login_code=cam-3&type=offline", None).await.1;
+    assert!(ev[0]["data"]["reason"].as_str().unwrap().contains("stopped"), "{ev}");
+    // Nothing is online without a session: every online device is held
+    // by a live node.
+    for d in api(a2, "GET", "/api/v1/devices", None).await.1.as_array().unwrap() {
+        assert!(d["online"] == false || d["node"] == "n2" || d["node"] == "n3", "{d}");
+    }
+    n2.rt.shutdown_background();
+    n3.rt.shutdown_background();
+    let _ = std::fs::remove_dir_all(&dir);
+}
