@@ -9,7 +9,10 @@
 #   - PyPI: python-dvr and dvrip, each in its own venv (both install a
 #     module named `dvrip`), plus dateparser/humanize for dvrip's `dvr` tool;
 #     websockets and openapi-spec-validator for the independent IVT that
-#     judges `ivr cloud`
+#     judges `ivr cloud`; nats-py, which watches the cluster's bus
+#   - Debian: postgresql and nats-server for the cluster's tests (each test
+#     starts its own on a loopback port, data in a temporary folder,
+#     PostgreSQL as its own user, and stops it)
 #   - Rust: fmt, clippy, unit/integration tests (nextest if present)
 #   - interop: the third-party clients against `ivr sim dvrip`, Python's
 #     xmlrpc.client against `ivr sim cvip`
@@ -29,6 +32,8 @@ command -v nginx >/dev/null || missing+=(nginx)
 test -e /usr/lib/nginx/modules/ngx_rtmp_module.so || missing+=(libnginx-mod-rtmp)
 command -v chromium >/dev/null || missing+=(chromium)
 test -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || missing+=(fonts-wqy-microhei)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || missing+=(nats-server)
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -50,7 +55,7 @@ venv() { # NAME IMPORT-CHECK PACKAGES...
 }
 venv pydvr "import dvrip; dvrip.DVRIPCam" python-dvr
 venv dvrip "import dvrip.io, dateparser, humanize" dvrip dateparser humanize
-venv ivt "import websockets.sync.client, openapi_spec_validator" websockets openapi-spec-validator
+venv ivt "import websockets.sync.client, websockets.asyncio.client, openapi_spec_validator, nats" websockets openapi-spec-validator nats-py
 # Playwright drives Debian's chromium (executable_path); its own browser
 # download is never used.
 venv browser "import playwright.sync_api, websockets.sync.client" playwright websockets
@@ -70,6 +75,8 @@ fi
 cargo build --locked -p ivr
 step "interop: an independent IVT (Python websockets) against ivr cloud"
 "$VENVS/ivt/bin/python" tests/interop/ivt_check.py --ivr target/debug/ivr
+step "the cluster: three ivr cloud processes on PostgreSQL + NATS, 200 devices, a node killed (websockets, nats-py)"
+PATH="$PATH:/usr/sbin" "$VENVS/ivt/bin/python" tests/interop/cluster_check.py --ivr target/debug/ivr
 step "interop: live view (ffmpeg, websockets, Chromium via Playwright) against ivr cloud + ivr edge"
 "$VENVS/browser/bin/python" tests/interop/live_check.py --ivr target/debug/ivr
 step "the web console in Chromium (Playwright): logins, roles, live, grid, PTZ, timeline, events, H.265"
