@@ -7,7 +7,8 @@ subscriber (`nats-py`) that checks events really cross the bus.
 
 Checks: an RPC sent to node 3 reaches a device on node 1; its alarm shows in
 node 2's event stream and on the bus; a login on node 2 closes node 1's
-session; `kill -9` of node 1 with 200 devices: they come back on nodes 2-3
+session; a recording started through node 2 for an `ivr edge` on node 3 is
+listed and played back through node 1 (ffprobe judges the MP4); `kill -9` of node 1 with 200 devices: they come back on nodes 2-3
 within the jittered window, nothing stays online without a session, and no
 alarm acknowledged before the kill is lost. Prints one line per check and a
 closing "N passed, N failed" line; exits non-zero on any failure."""
@@ -31,6 +32,7 @@ import urllib.parse
 import urllib.request
 
 import nats
+from common import ffprobe
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -218,7 +220,7 @@ async def main():
         bus_events.append((m.subject, json.loads(m.data)))
     await nc.subscribe("ivr.events.>", cb=on_event)
 
-    codes = ["py-1"] + [f"k-{i:03d}" for i in range(args.devices)]
+    codes = ["py-1", "rec-1"] + [f"k-{i:03d}" for i in range(args.devices)]
     for c in codes:
         s, b = await asyncio.to_thread(api, h1, "POST", "/api/v1/devices", {"login_code": c, "login_passwd": "pw-123456"})
         assert s == 201, (s, b)
@@ -284,10 +286,45 @@ async def main():
     await check("a login on node 2 closes node 1's session; node 1 hands requests to node 2", takeover())
     t1.cancel()
 
+    async def recording_across():
+        cfg = os.path.join(tmp, "edge.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[cloud]\nurls = ["ws://{h3}/ivc"]\nlogin_code = "rec-1"\nlogin_passwd = "pw-123456"\n'
+                    f'keepalive_secs = 1\n\n[[channels]]\nchannel = 0\nsource = "sim"\n')
+        procs.append(subprocess.Popen([args.ivr, "edge", "--config", cfg], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        for _ in range(100):
+            s, d = await asyncio.to_thread(api, h1, "GET", "/api/v1/devices/rec-1")
+            if d.get("online") and d.get("node") == "n3" and d["channels"]:
+                break
+            await asyncio.sleep(0.2)
+        assert d.get("node") == "n3" and d["channels"], d
+        s, j = await asyncio.to_thread(api, h2, "POST", "/api/v1/devices/rec-1/channels/0/recording", {"seg_duration": 2})
+        assert s in (200, 201), (s, j)
+        for _ in range(120):
+            s, j = await asyncio.to_thread(api, h1, "GET", "/api/v1/devices/rec-1/channels/0/recordings?from=0")
+            if s == 200 and j["spans"] and j["spans"][0]["to"] - j["spans"][0]["from"] >= 4:
+                break
+            await asyncio.sleep(0.5)
+        assert j["spans"], j
+        sp = j["spans"][0]
+        s, pb = await asyncio.to_thread(api, h1, "POST", "/api/v1/devices/rec-1/channels/0/playback",
+                                        {"from": sp["from"], "to": sp["from"] + 4})
+        assert s == 200 and pb["urls"]["mp4"].startswith(f"http://{h1}/"), (s, pb)
+        mp4 = os.path.join(tmp, "across.mp4")
+        with urllib.request.urlopen(pb["urls"]["mp4"], timeout=60) as r, open(mp4, "wb") as f:
+            f.write(r.read())
+        dur, v = ffprobe(mp4)
+        assert v["codec_name"] == "h264" and 3.0 <= dur <= 5.5, (dur, v)
+        s, j = await asyncio.to_thread(api, h1, "DELETE", "/api/v1/devices/rec-1/channels/0/recording")
+        assert s == 200, (s, j)
+    await check("a recording started through node 2 for a device on node 3 is listed and played through node 1",
+                recording_across())
+
     # 200 devices that know all three nodes, all starting on node 1.
     # They dial in batches: one address past the cloud's per-address login
     # queue is told to come back (and would go to the next node).
-    fleet = [Device(c, [h1, h2, h3]) for c in codes[1:]]
+    fleet = [Device(c, [h1, h2, h3]) for c in codes[2:]]
     tasks = []
     for i in range(0, len(fleet), 20):
         batch = fleet[i:i + 20]

@@ -30,6 +30,8 @@ use tower::ServiceExt;
 
 /// Marks a request another node handed over (it is never handed on).
 const RELAYED: &str = "x-ivr-relayed-by";
+/// Marks the answer of a node handed a request for a device it does not hold.
+const NOT_HERE: &str = "x-ivr-not-here";
 /// The largest request or answer relayed (NATS's default payload cap is 1 MiB).
 const RELAY_MAX: usize = 900 << 10;
 /// How long a node waits for the holder's answer past the RPC timeout.
@@ -155,6 +157,7 @@ impl<S: Store> Cloud<S> {
         tokio::spawn(async move {
             while let Some(m) = takeovers.next().await {
                 let Ok(t) = serde_json::from_slice::<Takeover>(&m.payload) else { continue };
+                c.held_by(&t.login_code, &t.node, t.epoch);
                 if t.node != c.cfg.node_id {
                     c.close_older(&t.login_code, t.epoch, &t.node);
                 }
@@ -270,15 +273,32 @@ impl<S: Store> Cloud<S> {
         }
     }
 
+    /// Remembers that `node` holds `lc` under `epoch` (a later epoch wins).
+    fn held_by(&self, lc: &str, node: &str, epoch: i64) {
+        let mut h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        if h.get(lc).is_none_or(|(_, e)| *e <= epoch) {
+            h.insert(lc.to_owned(), (node.to_owned(), epoch));
+        }
+    }
+
     /// The node to hand a request about `lc` to: the one holding its
-    /// session, when that is not this one.
-    async fn holder(&self, lc: &str) -> Option<String> {
+    /// session, when that is not this one. `fresh`: ask the store, not
+    /// what the bus said.
+    async fn holder(&self, lc: &str, fresh: bool) -> Option<String> {
         self.bus.get()?;
         if self.handle_of(lc).is_some() {
             return None;
         }
+        if !fresh {
+            let known = self.holders.lock().unwrap_or_else(|p| p.into_inner()).get(lc).map(|(n, _)| n.clone());
+            if let Some(n) = known {
+                return (n != self.cfg.node_id).then_some(n);
+            }
+        }
         let d = self.store.device(lc).await.ok()??;
-        d.node.filter(|n| d.online && *n != self.cfg.node_id)
+        let node = d.node.filter(|n| d.online && *n != self.cfg.node_id)?;
+        self.holders.lock().unwrap_or_else(|p| p.into_inner()).insert(lc.to_owned(), (node.clone(), 0));
+        Some(node)
     }
 }
 
@@ -317,11 +337,20 @@ pub(crate) async fn relay<S: Store>(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let Some(lc) = session_path(req.uri().path()) else { return next.run(req).await };
     if req.headers().contains_key(RELAYED) {
+        // Handed over by a node that thought we hold the device: if we do
+        // not (any more), say so, and it asks the store.
+        if c.handle_of(&lc).is_none() {
+            let mut r =
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, format!("this node does not hold device {lc:?}"))
+                    .into_response();
+            r.headers_mut().insert(NOT_HERE, HeaderValue::from_static("1"));
+            return r;
+        }
         return next.run(req).await;
     }
-    let Some(lc) = session_path(req.uri().path()) else { return next.run(req).await };
-    let Some(node) = c.holder(&lc).await else { return next.run(req).await };
+    let Some(mut node) = c.holder(&lc, false).await else { return next.run(req).await };
     let (mut parts, body) = req.into_parts();
     if let Err(e) = Caller::from_request_parts(&mut parts, &c).await {
         return e.into_response();
@@ -345,34 +374,55 @@ pub(crate) async fn relay<S: Store>(
         peer,
     };
     let Some(bus) = c.bus.get() else { return next.run(axum::extract::Request::from_parts(parts, body.into())).await };
-    let ask = async_nats::Request::new().payload(frame(&head, &body)).timeout(Some(c.cfg.rpc_timeout + RELAY_MARGIN));
-    match bus.send_request(format!("ivr.node.{node}.http"), ask).await {
-        Ok(m) => match unframe::<ReplyHead>(&m.payload) {
-            Some((h, body)) => {
-                let mut res = Response::new(axum::body::Body::from(body));
-                *res.status_mut() = StatusCode::from_u16(h.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                for (k, v) in h.headers {
-                    if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                        if k != axum::http::header::CONTENT_LENGTH {
-                            res.headers_mut().insert(k, v);
-                        }
-                    }
-                }
-                res.headers_mut()
-                    .insert("x-ivr-node", HeaderValue::try_from(node).unwrap_or(HeaderValue::from_static("?")));
-                res
+    let payload = frame(&head, &body);
+    // What the bus said first; then, if that node no longer holds the
+    // device or is gone, what the store says.
+    for attempt in 0..2 {
+        if attempt == 1 {
+            c.holders.lock().unwrap_or_else(|p| p.into_inner()).remove(&lc);
+            match c.holder(&lc, true).await {
+                Some(n) => node = n,
+                None => break,
             }
-            None => ApiError::new(StatusCode::BAD_GATEWAY, format!("node {node:?} answered something unreadable"))
-                .into_response(),
-        },
-        Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut) => {
-            ApiError::timeout(format!("node {node:?}, which holds device {lc:?}, did not answer in time"))
-                .into_response()
         }
-        // Nobody listens for that node: it died. The device is as good as
-        // offline until it logs in again (here or elsewhere).
-        Err(_) => next.run(axum::extract::Request::from_parts(parts, body.into())).await,
+        let ask = async_nats::Request::new().payload(payload.clone()).timeout(Some(c.cfg.rpc_timeout + RELAY_MARGIN));
+        match bus.send_request(format!("ivr.node.{node}.http"), ask).await {
+            Ok(m) => match unframe::<ReplyHead>(&m.payload) {
+                Some((h, _)) if h.headers.iter().any(|(k, _)| k == NOT_HERE) => continue,
+                Some((h, body)) => return relayed_answer(h, body, &node),
+                None => {
+                    return ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("node {node:?} answered something unreadable"),
+                    )
+                    .into_response()
+                }
+            },
+            Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut) => {
+                return ApiError::timeout(format!("node {node:?}, which holds device {lc:?}, did not answer in time"))
+                    .into_response()
+            }
+            // Nobody listens for that node: it died.
+            Err(_) => continue,
+        }
     }
+    // Nobody else holds it: as good as offline, which this node says.
+    next.run(axum::extract::Request::from_parts(parts, body.into())).await
+}
+
+/// The holder's answer, as this node's.
+fn relayed_answer(h: ReplyHead, body: bytes::Bytes, node: &str) -> Response {
+    let mut res = Response::new(axum::body::Body::from(body));
+    *res.status_mut() = StatusCode::from_u16(h.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (k, v) in h.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            if k != axum::http::header::CONTENT_LENGTH {
+                res.headers_mut().insert(k, v);
+            }
+        }
+    }
+    res.headers_mut().insert("x-ivr-node", HeaderValue::try_from(node).unwrap_or(HeaderValue::from_static("?")));
+    res
 }
 
 #[cfg(test)]

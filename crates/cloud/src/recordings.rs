@@ -298,6 +298,15 @@ impl<S: Store> Cloud<S> {
                 let rel = path.strip_prefix(&root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 if name.ends_with(".part") {
+                    // In a cluster another node may be writing it now: only
+                    // one untouched for ten minutes is a crash's leftover.
+                    let fresh = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < std::time::Duration::from_secs(600)));
+                    if self.bus.get().is_some() && fresh {
+                        continue;
+                    }
                     let _ = std::fs::remove_file(&path);
                     rep.removed_files += 1;
                     continue;

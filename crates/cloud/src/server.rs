@@ -168,6 +168,10 @@ pub struct Cloud<S: Store> {
     pub(crate) feed: broadcast::Sender<Event>,
     /// The cluster's bus, once joined ([`Cloud::join_bus`]).
     pub(crate) bus: std::sync::OnceLock<async_nats::Client>,
+    /// Which node holds which device (and under which epoch), as the bus's
+    /// takeovers said or the store answered: requests for a device held
+    /// elsewhere go there without a database read.
+    pub(crate) holders: Mutex<HashMap<String, (String, i64)>>,
     pub(crate) next_session: AtomicU64,
     pub(crate) passwords: Passwords,
     pub(crate) counters: Counters,
@@ -203,6 +207,7 @@ impl<S: Store> Cloud<S> {
             user_login_queue: crate::limits::Pending::new(8, 64),
             feed: broadcast::channel(1024).0,
             bus: std::sync::OnceLock::new(),
+            holders: Mutex::default(),
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),
             counters: Counters::default(),

@@ -547,8 +547,11 @@ impl SqlStore {
                 Stmt::new(format!("UPDATE device SET online = 0, owner = NULL WHERE ({cond}) AND online != 0"), a),
             ])
             .await?;
-        self.forget_channels(None);
-        out[0].rows.iter().map(|r| r.text(0)).collect()
+        let lcs: Vec<String> = out[0].rows.iter().map(|r| r.text(0)).collect::<Result<_>>()?;
+        for lc in &lcs {
+            self.forget_channels(Some(lc));
+        }
+        Ok(lcs)
     }
 }
 

@@ -15,7 +15,8 @@ pub fn login(prefix: &str, i: u32) -> (String, String) {
 /// What a fleet is.
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
-    /// The cloud's device gateway, `ws://host:port/ivc`.
+    /// The cloud's device gateway, `ws://host:port/ivc`; several nodes of
+    /// a cluster separated by commas, tried in turn.
     pub cloud_url: String,
     pub prefix: String,
     /// Index of the first device (fleets split over processes).
@@ -47,9 +48,12 @@ pub async fn start(cfg: FleetConfig) -> Result<Vec<Arc<Edge>>, crate::config::In
         if let Some(ca) = &cfg.ca_file {
             extra.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
         }
+        // Several cloud nodes (comma-separated): each device tries them in turn.
+        let urls: Vec<String> = cfg.cloud_url.split(',').map(|u| format!("{:?}", u.trim())).collect();
         let edge_cfg = EdgeConfig::parse(&format!(
-            "[cloud]\nurl = \"{}\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nhardware_model = \"ivr-sim-ivt\"\nkeepalive_secs = {}\n{extra}\n[[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 0\n",
-            cfg.cloud_url, cfg.keepalive_secs
+            "[cloud]\nurls = [{}]\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nhardware_model = \"ivr-sim-ivt\"\nkeepalive_secs = {}\n{extra}\n[[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 0\n",
+            urls.join(", "),
+            cfg.keepalive_secs
         ))?;
         let edge = Edge::new(edge_cfg, vec![Arc::new(SimChannel::new(0)) as Arc<dyn ChannelBackend>]);
         let permit = window.clone().acquire_owned().await.expect("the window is never closed");

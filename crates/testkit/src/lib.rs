@@ -1,6 +1,8 @@
 //! ffprobe and ffmpeg (Debian's) as the independent judges of the media
-//! files ivr writes, shared by the test suites of every crate. A
-//! dev-dependency only: nothing shipped links it.
+//! files ivr writes, shared by the test suites of every crate, and
+//! PostgreSQL and NATS servers of their own ([`services`]) for the
+//! cluster's tests and `ivr bench ivc --nodes`. Nothing but the tests and
+//! the benches uses it.
 
 use serde_json::Value;
 use std::path::Path;

@@ -1,8 +1,8 @@
-//! PostgreSQL and NATS as real servers for the cluster's tests, each
-//! started on a free loopback port with its data in a temporary folder and
-//! stopped when dropped. PostgreSQL runs as its own user (`postgres`; it
-//! refuses root). A missing server is a failure that says how to install
-//! it, never a skip.
+//! PostgreSQL and NATS as real servers for the cluster's tests and for
+//! `ivr bench ivc --nodes`, each started on a free loopback port with its
+//! data in a temporary folder and stopped when dropped. PostgreSQL runs as
+//! its own user (`postgres`; it refuses root). A missing server is a
+//! failure that says how to install it, never a skip.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,15 +13,16 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
-fn wait_port(port: u16, what: &str, log: &Path) {
+fn wait_port(port: u16, what: &str, log: &Path) -> Result<(), String> {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if t.elapsed() > Duration::from_secs(30) {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} did not listen on 127.0.0.1:{port} within 30 s; its log:\n{tail}");
+            return Err(format!("{what} did not listen on 127.0.0.1:{port} within 30 s; its log:\n{tail}"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 fn temp_dir(what: &str) -> PathBuf {
@@ -35,14 +36,14 @@ fn temp_dir(what: &str) -> PathBuf {
 }
 
 /// The PostgreSQL 15 programs of Debian's `postgresql` package.
-fn pg_bin(name: &str) -> PathBuf {
+fn pg_bin(name: &str) -> Result<PathBuf, String> {
     for dir in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"] {
         let p = Path::new(dir).join(name);
         if p.exists() {
-            return p;
+            return Ok(p);
         }
     }
-    panic!("PostgreSQL is not installed ({name} not found): `apt-get install postgresql` (scripts/test.sh does)");
+    Err(format!("PostgreSQL is not installed ({name} not found): `apt-get install postgresql` (scripts/test.sh does)"))
 }
 
 /// A PostgreSQL server of its own.
@@ -53,9 +54,13 @@ pub struct Postgres {
 
 impl Postgres {
     /// initdb, then a server on a free port (as user `postgres` when run
-    /// as root).
+    /// as root); panics saying what went wrong.
     pub fn start() -> Postgres {
-        let (initdb, pg_ctl) = (pg_bin("initdb"), pg_bin("pg_ctl"));
+        Postgres::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start() -> Result<Postgres, String> {
+        let (initdb, pg_ctl) = (pg_bin("initdb")?, pg_bin("pg_ctl")?);
         let dir = temp_dir("pg");
         let data = dir.join("data");
         let root = is_root();
@@ -81,23 +86,38 @@ impl Postgres {
         let data_s = data.to_str().expect("utf-8 path").to_owned();
         let out = run(&initdb, &["-D", &data_s, "-U", "ivr", "--auth=trust", "-E", "UTF8", "--no-sync"])
             .output()
-            .expect("initdb runs");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
         let port = free_port();
         let log = dir.join("pg.log");
         let opts =
             format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", dir.display());
         let out = run(&pg_ctl, &["-D", &data_s, "-l", log.to_str().expect("utf-8"), "-o", &opts, "-w", "start"])
             .output()
-            .expect("pg_ctl runs");
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        wait_port(port, "PostgreSQL", &log);
-        Postgres { dir, port }
+            .map_err(|e| format!("pg_ctl: {e}"))?;
+        // Stopped when dropped, from here on.
+        let pg = Postgres { dir, port };
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        wait_port(port, "PostgreSQL", &log)?;
+        Ok(pg)
+    }
+
+    /// Transactions committed so far, in all databases (`pg_stat_database`).
+    pub fn commits(&self) -> Result<u64, String> {
+        let out = Command::new(pg_bin("psql")?)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "ivr", "-d", "postgres", "-tAc"])
+            .arg("SELECT sum(xact_commit) FROM pg_stat_database")
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("psql said {:?}: {e}", out.stdout))
     }
 
     /// `postgres://ivr@127.0.0.1:<port>/postgres`.
@@ -107,7 +127,7 @@ impl Postgres {
 
     /// A new empty database on this server; its URL.
     pub fn database(&self, name: &str) -> String {
-        let psql = pg_bin("psql");
+        let psql = pg_bin("psql").unwrap_or_else(|e| panic!("{e}"));
         let out = Command::new(psql)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "ivr", "-d", "postgres", "-c"])
             .arg(format!("CREATE DATABASE {name}"))
@@ -123,10 +143,10 @@ impl Drop for Postgres {
         let data = self.dir.join("data");
         let mut c = if is_root() {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(pg_bin("pg_ctl"));
+            c.args(["-u", "postgres", "--"]).arg(pg_bin("pg_ctl").unwrap_or_default());
             c
         } else {
-            Command::new(pg_bin("pg_ctl"))
+            Command::new(pg_bin("pg_ctl").unwrap_or_default())
         };
         let _ = c.arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -146,21 +166,31 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start() -> Result<Nats, String> {
         let dir = temp_dir("nats");
         let port = free_port();
         let log = dir.join("nats.log");
-        let child = Command::new("nats-server")
+        // Debian puts it in /usr/sbin, which not every PATH has.
+        let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(exe)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"])
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("nats-server cannot start ({e}): `apt-get install nats-server` (scripts/test.sh does)")
-            });
-        wait_port(port, "nats-server", &log);
-        Nats { child, dir, port }
+            .map_err(|e| {
+                format!("nats-server cannot start ({e}): `apt-get install nats-server` (scripts/test.sh does)")
+            })?;
+        let n = Nats { child, dir, port };
+        wait_port(port, "nats-server", &log)?;
+        Ok(n)
     }
 
     pub fn url(&self) -> String {

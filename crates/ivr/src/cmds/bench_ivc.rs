@@ -18,42 +18,47 @@ pub struct IvcBench {
     /// Device sessions to open (one cloud process holds at most its
     /// open-file limit minus a few dozen).
     #[arg(long, default_value_t = 10_000)]
-    sessions: u32,
+    pub(super) sessions: u32,
     /// Devices per `ivr sim ivt` process (each has its own open-file limit).
     #[arg(long, default_value_t = 10_000)]
-    per_fleet: u32,
+    pub(super) per_fleet: u32,
     /// Loopback source addresses per fleet process (each gives ~28,000
     /// ephemeral ports toward the cloud).
     #[arg(long, default_value_t = 2)]
-    addrs_per_fleet: u8,
+    pub(super) addrs_per_fleet: u8,
     /// Keepalive interval of the devices (and the cloud's expectation).
     #[arg(long, default_value_t = 30)]
-    keepalive_secs: u64,
+    pub(super) keepalive_secs: u64,
     /// How long to hold every session with keep-alives flowing before the
     /// memory reading (default: two keep-alive intervals).
     #[arg(long)]
-    hold_secs: Option<u64>,
+    pub(super) hold_secs: Option<u64>,
     /// argon2id cost for the provisioned devices' passwords. The default
     /// makes provisioning and first logins cheap so the run measures
     /// sessions, not password hashing (that rate is printed separately).
     #[arg(long, default_value = "m=64,t=1,p=1")]
-    argon2: String,
+    pub(super) argon2: String,
     /// RPCs are spread over this many devices.
     #[arg(long, default_value_t = 10_000)]
-    rpc_devices: u32,
+    pub(super) rpc_devices: u32,
     /// HTTP connections making RPC calls at once.
     #[arg(long, default_value_t = 32)]
-    concurrency: u32,
+    pub(super) concurrency: u32,
     /// Seconds of RPC load.
     #[arg(long, default_value_t = 10)]
-    rpc_secs: u64,
+    pub(super) rpc_secs: u64,
     /// Logins at the default (OWASP) argon2 cost to time the cold-login
     /// rate (0: skip).
     #[arg(long, default_value_t = 200)]
-    cold_logins: u32,
+    pub(super) cold_logins: u32,
+    /// Cloud nodes: more than one runs a cluster on a PostgreSQL and a
+    /// nats-server of its own (Debian's), measures RPC through node 1 to
+    /// devices on every node, and kills the last node to time the failover.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(super) nodes: u32,
     /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// A keep-alive HTTP/1.1 connection (the load generator's; responses must
@@ -190,11 +195,27 @@ pub(super) async fn start_cloud_at(
     keepalive: u64,
     argon2: &str,
 ) -> anyhow::Result<Cloud> {
+    start_node(exe, dir, addr, keepalive, argon2, &[], "cloud.log").await
+}
+
+/// `ivr cloud` with `extra` arguments (a cluster node's), its log in
+/// `dir/log`.
+pub(super) async fn start_node(
+    exe: &Path,
+    dir: &Path,
+    addr: &str,
+    keepalive: u64,
+    argon2: &str,
+    extra: &[String],
+    log: &str,
+) -> anyhow::Result<Cloud> {
     let addr = addr.to_owned();
     let token = "bench-token-0123456789".to_owned();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("cloud.log"))?;
+    let log_path = dir.join(log);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let child = tokio::process::Command::new(exe)
         .args(["cloud", "--listen", &addr, "--admin-token", &token, "--argon2", argon2])
+        .args(extra)
         // A bench measures capacity: the cap sits just under the open-file
         // limit (the default keeps 512 descriptors in reserve).
         .args(["--max-connections", &super::raise_fd_limit().saturating_sub(100).max(64).to_string()])
@@ -215,13 +236,13 @@ pub(super) async fn start_cloud_at(
             }
         }
         if t0.elapsed() > Duration::from_secs(20) {
-            bail!("ivr cloud did not answer within 20 s (see {})", dir.join("cloud.log").display());
+            bail!("ivr cloud did not answer within 20 s (see {})", log_path.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn stats(h: &mut Http) -> anyhow::Result<Value> {
+pub(super) async fn stats(h: &mut Http) -> anyhow::Result<Value> {
     match h.json("GET", "/api/v1/stats", &Value::Null).await? {
         (200, v) => Ok(v),
         (s, v) => bail!("stats: HTTP {s}: {v}"),
@@ -229,7 +250,7 @@ async fn stats(h: &mut Http) -> anyhow::Result<Value> {
 }
 
 /// Provisions `prefix-0 … prefix-(n-1)` over `conns` connections; returns the time taken.
-async fn provision(c: &Cloud, prefix: &str, n: u32, conns: u32) -> anyhow::Result<Duration> {
+pub(super) async fn provision(c: &Cloud, prefix: &str, n: u32, conns: u32) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let next = std::rc::Rc::new(std::cell::Cell::new(0u32));
     let mut tasks = Vec::new();
@@ -263,7 +284,7 @@ async fn provision(c: &Cloud, prefix: &str, n: u32, conns: u32) -> anyhow::Resul
 /// ends when all are in); returns logins per second.
 async fn logins(exe: &Path, c: &Cloud, dir: &Path, h: &mut Http, n: u32, logins_before: u64) -> anyhow::Result<f64> {
     let t0 = Instant::now();
-    let mut fleet = spawn_fleet(exe, c, dir, "cold", 0, n, &["127.0.0.1".into()], 30)?;
+    let mut fleet = spawn_fleet(exe, &format!("ws://{}/ivc", c.addr), dir, "cold", 0, n, &["127.0.0.1".into()], 30)?;
     loop {
         let s = stats(h).await?;
         if s["sessions"].as_u64() == Some(n as u64) && s["logins"].as_u64() == Some(logins_before + n as u64) {
@@ -283,9 +304,9 @@ async fn logins(exe: &Path, c: &Cloud, dir: &Path, h: &mut Http, n: u32, logins_
 }
 
 #[allow(clippy::too_many_arguments)]
-fn spawn_fleet(
+pub(super) fn spawn_fleet(
     exe: &Path,
-    c: &Cloud,
+    cloud: &str,
     dir: &Path,
     prefix: &str,
     first: u32,
@@ -295,7 +316,7 @@ fn spawn_fleet(
 ) -> anyhow::Result<tokio::process::Child> {
     let log = std::fs::File::create(dir.join(format!("fleet-{prefix}-{first}.log")))?;
     tokio::process::Command::new(exe)
-        .args(["sim", "ivt", "--cloud", &format!("ws://{}/ivc", c.addr), "--prefix", prefix])
+        .args(["sim", "ivt", "--cloud", cloud, "--prefix", prefix])
         .args(["--first", &first.to_string(), "--count", &count.to_string()])
         .args(["--keepalive-secs", &keepalive.to_string(), "--bind", &addrs.join(","), "--window", "128"])
         .stdout(Stdio::null())
@@ -305,7 +326,7 @@ fn spawn_fleet(
         .context("starting ivr sim ivt")
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -314,6 +335,9 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 pub async fn run(b: IvcBench) -> anyhow::Result<()> {
+    if b.nodes > 1 {
+        return super::bench_cluster::run(b).await;
+    }
     let fds = super::raise_fd_limit();
     let exe = std::env::current_exe().context("finding the ivr binary")?;
     let dir: PathBuf = std::env::temp_dir().join(format!("ivr-bench-ivc-{}", std::process::id()));
@@ -367,7 +391,8 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
                 format!("127.0.{}.{}", next_addr / 250, next_addr % 250 + 2)
             })
             .collect();
-        fleets.push(spawn_fleet(&exe, &c, &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
+        let url = format!("ws://{}/ivc", c.addr);
+        fleets.push(spawn_fleet(&exe, &url, &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
         first += count;
     }
     let mut last_print = Instant::now();

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_cvip;
 pub mod bench_edge;
 pub mod bench_ivc;

@@ -22,7 +22,9 @@ pub enum SimCmd {
 
 #[derive(ClapArgs)]
 pub struct IvtSimArgs {
-    /// The cloud's device gateway, e.g. ws://127.0.0.1:8080/ivc.
+    /// The cloud's device gateway, e.g. ws://127.0.0.1:8080/ivc; the nodes
+    /// of a cluster separated by commas (each device tries them in turn,
+    /// --provision uses the first).
     #[arg(long)]
     cloud: String,
     /// Devices in the fleet.
@@ -191,12 +193,13 @@ async fn cvip(a: CvipSimArgs) -> anyhow::Result<()> {
 
 async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
     use ivr_edge::{fleet, upload};
-    let (http, rest) = if let Some(r) = a.cloud.strip_prefix("ws://") {
+    let first = a.cloud.split(',').next().unwrap_or_default().trim();
+    let (http, rest) = if let Some(r) = first.strip_prefix("ws://") {
         ("http", r)
-    } else if let Some(r) = a.cloud.strip_prefix("wss://") {
+    } else if let Some(r) = first.strip_prefix("wss://") {
         ("https", r)
     } else {
-        bail!("--cloud {:?}: expected ws://host:port/ivc or wss://…", a.cloud)
+        bail!("--cloud {first:?}: expected ws://host:port/ivc or wss://…")
     };
     let api = format!("{http}://{}/api/v1/devices", rest.split('/').next().unwrap_or_default());
     let dialer = ivr_rpc::net::Dialer::new(None, a.ca_file.clone());

@@ -1,0 +1,248 @@
+//! `ivr bench ivc --nodes N`: the cloud as a cluster. Starts a PostgreSQL
+//! and a nats-server of its own (Debian's, on loopback ports, data in a
+//! temporary folder), N `ivr cloud` nodes on them sharing one data
+//! directory, and fleets of `ivr sim ivt` (one per node it starts on, each
+//! device knowing every node). Measures sessions held with keep-alives
+//! flowing (RSS of all nodes per session), the connection rate, PostgreSQL
+//! transactions a second, RPC round trips through node 1 to devices on
+//! every node, and how long the devices of a node killed with SIGKILL take
+//! to be back online on the others.
+
+use super::bench_ivc::{free_port, percentile, provision, rss, spawn_fleet, start_node, stats, Cloud, Http, IvcBench};
+use anyhow::{bail, Context};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Sessions open on every node now (a node that does not answer counts 0).
+async fn sessions(conns: &mut [Http]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(conns.len());
+    for h in conns.iter_mut() {
+        out.push(match stats(h).await {
+            Ok(s) => s["sessions"].as_u64().unwrap_or(0),
+            Err(_) => 0,
+        });
+    }
+    out
+}
+
+pub async fn run(b: IvcBench) -> anyhow::Result<()> {
+    let fds = super::raise_fd_limit();
+    let exe = std::env::current_exe().context("finding the ivr binary")?;
+    let dir = std::env::temp_dir().join(format!("ivr-bench-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let say = |s: String| {
+        if !b.json {
+            eprintln!("{s}");
+        }
+    };
+    let n = b.nodes as usize;
+    let pg = ivr_testkit::services::Postgres::try_start().map_err(anyhow::Error::msg)?;
+    let nats = ivr_testkit::services::Nats::try_start().map_err(anyhow::Error::msg)?;
+    say(format!("PostgreSQL on :{}, nats-server on :{}", pg.port, nats.port));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let mut nodes: Vec<Cloud> = Vec::with_capacity(n);
+    for i in 0..n {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let extra = vec![
+            "--store".into(),
+            pg.url(),
+            "--bus".into(),
+            nats.url(),
+            "--node-id".into(),
+            format!("n{}", i + 1),
+            "--public-url".into(),
+            format!("http://{addr}"),
+        ];
+        nodes.push(
+            start_node(&exe, &data, &addr, b.keepalive_secs, &b.argon2, &extra, &format!("node-{}.log", i + 1)).await?,
+        );
+    }
+    let mut conns = Vec::with_capacity(n);
+    for c in &nodes {
+        conns.push(Http::connect(&c.addr, &c.token).await?);
+    }
+    let rss_of = |nodes: &[Cloud]| -> anyhow::Result<u64> { nodes.iter().map(|c| rss(c.pid)).sum() };
+    let rss_idle = rss_of(&nodes)?;
+    let t = provision(&nodes[0], "bench", b.sessions, 16).await?;
+    say(format!("provisioned {} devices through node 1 in {:.1} s (argon2 {})", b.sessions, t.as_secs_f64(), b.argon2));
+    let rss_provisioned = rss_of(&nodes)?;
+
+    // One fleet per (node, slice): a fleet starts on its node and knows
+    // the others, in order after it.
+    let per_node = b.sessions.div_ceil(b.nodes);
+    let t0 = Instant::now();
+    let mut fleets = Vec::new();
+    let mut next_addr = 2u32;
+    let mut home = Vec::new();
+    let mut first = 0;
+    while first < b.sessions {
+        let node = (first / per_node) as usize;
+        let count = b.per_fleet.min(b.sessions - first).min(per_node * (node as u32 + 1) - first);
+        let urls: Vec<String> = (0..n).map(|k| format!("ws://{}/ivc", nodes[(node + k) % n].addr)).collect();
+        let addrs: Vec<String> = (0..b.addrs_per_fleet.max(1))
+            .map(|_| {
+                next_addr += 1;
+                format!("127.0.{}.{}", next_addr / 250, next_addr % 250 + 2)
+            })
+            .collect();
+        fleets.push(spawn_fleet(&exe, &urls.join(","), &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
+        home.push((node, first, count));
+        first += count;
+    }
+    let mut last_print = Instant::now();
+    let connected_in = loop {
+        let per = sessions(&mut conns).await;
+        let total: u64 = per.iter().sum();
+        if total == b.sessions as u64 {
+            break t0.elapsed();
+        }
+        for f in &mut fleets {
+            if let Some(st) = f.try_wait()? {
+                bail!("a fleet process exited ({st}); see {}", dir.display());
+            }
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            say(format!("  {total}/{} sessions {per:?}", b.sessions));
+            last_print = Instant::now();
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            bail!("only {total} of {} sessions after 1800 s", b.sessions);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let conn_rate = b.sessions as f64 / connected_in.as_secs_f64();
+    let per = sessions(&mut conns).await;
+    say(format!(
+        "{} sessions on {n} nodes {per:?} in {:.1} s: {conn_rate:.0} connections/s",
+        b.sessions,
+        connected_in.as_secs_f64()
+    ));
+
+    let hold = Duration::from_secs(b.hold_secs.unwrap_or(2 * b.keepalive_secs));
+    let commits0 = pg.commits().map_err(anyhow::Error::msg)?;
+    tokio::time::sleep(hold).await;
+    let commits = pg.commits().map_err(anyhow::Error::msg)?.saturating_sub(commits0);
+    let tps = commits as f64 / hold.as_secs_f64();
+    let held: u64 = sessions(&mut conns).await.iter().sum();
+    let rss_held = rss_of(&nodes)?;
+    let per_session = rss_held.saturating_sub(rss_provisioned) as f64 / b.sessions as f64;
+    say(format!(
+        "held {held} sessions for {} s with keep-alives every {} s: nodes' RSS {:.1} MiB in all ({:.1} idle, {:.1} provisioned) = {:.2} KiB per session; PostgreSQL {tps:.1} transactions/s",
+        hold.as_secs(),
+        b.keepalive_secs,
+        rss_held as f64 / 1048576.0,
+        rss_idle as f64 / 1048576.0,
+        rss_provisioned as f64 / 1048576.0,
+        per_session / 1024.0
+    ));
+    let mut out = json!({
+        "nodes": n, "sessions_wanted": b.sessions, "keepalive_secs": b.keepalive_secs, "fd_limit": fds,
+        "sessions": {
+            "held": held, "per_node": per, "connect_secs": connected_in.as_secs_f64(), "connections_per_sec": conn_rate,
+            "rss_idle": rss_idle, "rss_provisioned": rss_provisioned, "rss_held": rss_held,
+            "rss_per_session": per_session, "hold_secs": hold.as_secs(),
+        },
+        "postgres": {"transactions": commits, "per_sec": tps},
+    });
+
+    // RPC round trips through node 1 to devices spread over every node.
+    let devices = b.rpc_devices.min(b.sessions).max(1);
+    let deadline = Instant::now() + Duration::from_secs(b.rpc_secs);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..b.concurrency.max(1) {
+        let mut h = Http::connect(&nodes[0].addr, &nodes[0].token).await?;
+        let stride = (b.sessions / devices).max(1);
+        tasks.push(async move {
+            let mut lat = Vec::with_capacity(65536);
+            let mut errors = 0u64;
+            let mut i = k.wrapping_mul(7919) % devices;
+            let body = br#"{"channel":0}"#;
+            while Instant::now() < deadline {
+                let path = format!("/api/v1/devices/bench-{}/rpc/GetNetConfig", i * stride);
+                let t = Instant::now();
+                let (status, _) = h.call("POST", &path, body).await?;
+                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if status != 200 {
+                    errors += 1;
+                }
+                i = (i + 104_729) % devices;
+            }
+            anyhow::Ok((lat, errors))
+        });
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for r in futures_util::future::join_all(tasks).await {
+        let (l, e) = r?;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let rps = lat.len() as f64 / elapsed;
+    let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
+    say(format!(
+        "RPC through node 1 to {devices} devices on all {n} nodes ({:.0} % elsewhere), {} connections: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors",
+        100.0 * (n - 1) as f64 / n as f64,
+        b.concurrency
+    ));
+    out["rpc"] = json!({
+        "through": "n1", "devices": devices, "concurrency": b.concurrency, "calls": lat.len(), "per_sec": rps,
+        "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "errors": errors,
+    });
+
+    // Failover: the last node killed, its devices back on the others.
+    let victim = n - 1;
+    let before = sessions(&mut conns).await;
+    let moving = before[victim];
+    let mut node = nodes.pop().context("no node")?;
+    conns.pop();
+    let t0 = Instant::now();
+    let _ = node.child.start_kill();
+    let _ = node.child.wait().await;
+    let back_in = loop {
+        let total: u64 = sessions(&mut conns).await.iter().sum();
+        if total == b.sessions as u64 {
+            break t0.elapsed();
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            say(format!("  after the kill: {total}/{} sessions", b.sessions));
+            last_print = Instant::now();
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            bail!("after killing node {}: only {total} of {} sessions after 900 s", victim + 1, b.sessions);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let logins: u64 = {
+        let mut sum = 0;
+        for h in conns.iter_mut() {
+            sum += stats(h).await?["logins"].as_u64().unwrap_or(0);
+        }
+        sum
+    };
+    say(format!(
+        "kill -9 of node {}: its {moving} devices back on the other {} nodes in {:.1} s ({} logins in all so far)",
+        victim + 1,
+        n - 1,
+        back_in.as_secs_f64(),
+        logins
+    ));
+    out["failover"] =
+        json!({"killed": format!("n{}", victim + 1), "devices": moving, "back_secs": back_in.as_secs_f64()});
+    for mut f in fleets {
+        let _ = f.kill().await;
+    }
+    for mut c in nodes {
+        let _ = c.child.kill().await;
+    }
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    drop((pg, nats, home));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
