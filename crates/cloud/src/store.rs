@@ -815,14 +815,12 @@ impl Store for SqlStore {
             .map(|c| ChannelRow { changed_at: now, ..c.clone() })
             .collect();
         if !changed.is_empty() {
-            // The epoch check and the writes in one transaction: a session
-            // another login replaced writes nothing.
-            let mut stmts = vec![Stmt::new(
-                "SELECT epoch FROM device WHERE login_code = $1 AND epoch = $2",
-                args![login_code, epoch],
-            )];
-            for c in &changed {
-                stmts.push(Stmt::new(
+            // Each write carries the epoch check (no transaction: a
+            // Keepalive must not wait for a dedicated connection). A write
+            // that changes nothing was fenced out: a later login holds the
+            // device.
+            let writes = changed.iter().map(|c| {
+                self.db.execute(
                     "INSERT INTO channel (login_code, channel, state, record_session, alarm, changed_at)
                      SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS BIGINT), CAST($4 AS TEXT),
                        CAST($5 AS BIGINT), CAST($6 AS BIGINT) WHERE EXISTS
@@ -831,10 +829,10 @@ impl Store for SqlStore {
                        record_session = excluded.record_session, alarm = excluded.alarm,
                        changed_at = excluded.changed_at",
                     args![login_code, c.channel, c.state, c.record_session.clone(), c.alarm, now, epoch],
-                ));
-            }
-            let out = self.db.transaction(stmts).await?;
-            if out[0].rows.is_empty() {
+                )
+            });
+            let written = futures_util::future::try_join_all(writes).await?;
+            if written.contains(&0) {
                 self.forget_channels(Some(login_code));
                 return Ok(None);
             }

@@ -51,6 +51,18 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// Uniform in `[0, n)` (0 when `n` is 0).
+    pub fn pick(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        if n == 0 {
+            0
+        } else {
+            ((self.rng >> 11) % n as u64) as usize
+        }
+    }
 }
 
 /// What the agent is doing, for status output and tests.
@@ -308,20 +320,22 @@ impl Edge {
     /// (to the next of the cloud's URLs, when it has several).
     pub async fn run(self: Arc<Self>) {
         let c = &self.cfg.cloud;
+        let n = c.urls.len().max(1);
         let mut at = 0usize;
         loop {
-            let base = c.urls.get(at % c.urls.len().max(1)).unwrap_or(&c.url);
-            at = at.wrapping_add(1);
+            let base = c.urls.get(at % n).unwrap_or(&c.url);
+            // Next time another node, drawn at random: when a node dies,
+            // its devices spread over all the others instead of all
+            // landing on the one after it in the list.
+            let other = (at + 1 + self.backoff.lock().expect("backoff lock").pick(n - 1)) % n;
+            at = other;
             // Built anew each time: an upgrade changes the firmware we announce.
             let firmware = self.device.firmware.lock().expect("device lock").clone();
             let url = login_url(base, &c.login_code, &c.login_passwd, &c.hardware_model, &firmware);
             match tokio::time::timeout(Duration::from_secs(10), dial(&url, &self.device.dialer)).await {
                 Ok(Ok(ws)) => {
                     self.backoff.lock().expect("backoff lock").reset();
-                    // The same node first next time, unless it fails.
-                    at = at.wrapping_sub(1);
                     self.session(ws, base).await;
-                    at = at.wrapping_add(1);
                 }
                 Ok(Err(e)) => {
                     let (why, at_least) = match e {

@@ -61,8 +61,8 @@ pub struct CloudConfig {
     /// `ws://host:port/ivc` (or `wss://`): the first of [`Self::urls`].
     #[serde(default)]
     pub url: String,
-    /// The cloud's nodes, tried in turn: on a failed dial or a lost
-    /// session the edge moves to the next one (after a jittered pause).
+    /// The cloud's nodes: the first, then on a failed dial or a lost
+    /// session another one drawn at random (after a jittered pause).
     /// `url` alone is a list of one.
     #[serde(default)]
     pub urls: Vec<String>,
