@@ -273,11 +273,13 @@ impl<S: Store> Cloud<S> {
         }
     }
 
-    /// Remembers that `node` holds `lc` under `epoch` (a later epoch wins).
+    /// A takeover: `node` holds `lc` under `epoch`. Only devices this node
+    /// has asked about are remembered (the map grows with the requests a
+    /// node relays, not with the whole cluster); a later epoch wins.
     fn held_by(&self, lc: &str, node: &str, epoch: i64) {
         let mut h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        if h.get(lc).is_none_or(|(_, e)| *e <= epoch) {
-            h.insert(lc.to_owned(), (node.to_owned(), epoch));
+        if let Some(entry) = h.get_mut(lc).filter(|(_, e)| *e <= epoch) {
+            *entry = (node.to_owned(), epoch);
         }
     }
 

@@ -168,9 +168,10 @@ pub struct Cloud<S: Store> {
     pub(crate) feed: broadcast::Sender<Event>,
     /// The cluster's bus, once joined ([`Cloud::join_bus`]).
     pub(crate) bus: std::sync::OnceLock<async_nats::Client>,
-    /// Which node holds which device (and under which epoch), as the bus's
-    /// takeovers said or the store answered: requests for a device held
-    /// elsewhere go there without a database read.
+    /// Which node holds which device (and under which epoch), for the
+    /// devices this node relayed requests for: the store's answer, kept
+    /// true by the bus's takeovers, so a request for a device held
+    /// elsewhere goes there without a database read.
     pub(crate) holders: Mutex<HashMap<String, (String, i64)>>,
     pub(crate) next_session: AtomicU64,
     pub(crate) passwords: Passwords,
