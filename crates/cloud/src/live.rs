@@ -433,18 +433,38 @@ impl<S: Store> Cloud<S> {
     /// do not list; `unreported_ok`: a device that has listed none yet may
     /// be asked about any (it answers for itself).
     pub async fn check_channel_of(&self, lc: &str, ch: u32, unreported_ok: bool) -> ApiResult<()> {
-        let d = self.store.device(lc).await?.ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))?;
-        if unreported_ok && d.channels.is_empty() {
+        // A device in session here: its channels as this node last wrote
+        // them (no database read on the RPC path).
+        let cached = match self.handle_of(lc) {
+            Some(_) => self.store.cached_channels(lc),
+            None => None,
+        };
+        let channels = match cached {
+            Some(c) => c,
+            None => {
+                let d = self.store.device(lc).await?.ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))?;
+                d.channels.iter().map(|c| c.channel).collect()
+            }
+        };
+        if unreported_ok && channels.is_empty() {
             return Ok(());
         }
-        if !d.channels.iter().any(|c| c.channel == ch) {
-            let known: Vec<String> = d.channels.iter().map(|c| c.channel.to_string()).collect();
+        if !channels.contains(&ch) {
+            let known: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
             return Err(ApiError::not_found(format!(
                 "device {lc:?} has no channel {ch} (its channels: {})",
                 if known.is_empty() { "none reported yet".into() } else { known.join(", ") }
             )));
         }
         Ok(())
+    }
+
+    /// 404 for an unknown device (one in session here exists: no read).
+    pub(crate) async fn check_device(&self, lc: &str) -> ApiResult<()> {
+        if self.handle_of(lc).is_some() || self.store.device(lc).await?.is_some() {
+            return Ok(());
+        }
+        Err(ApiError::not_found(format!("no device {lc:?}")))
     }
 
     /// A start that failed: waiters told, the entry gone, an event.

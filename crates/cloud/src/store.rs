@@ -142,6 +142,9 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// A node's heartbeat.
     fn node_alive(&self, id: &str, url: &str, now: i64) -> impl Future<Output = Result<()>> + Send;
     fn nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
+    /// The channel numbers this node last wrote for a device it holds
+    /// (`None`: not known here; ask [`Store::device`]).
+    fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>>;
     /// Writes the `last_seen` of Keepalives since the last flush; how many
     /// devices.
     fn flush_seen(&self) -> impl Future<Output = Result<usize>> + Send;
@@ -734,6 +737,11 @@ impl Store for SqlStore {
     async fn nodes(&self) -> Result<Vec<Node>> {
         let rows = self.db.query("SELECT id, url, seen FROM node ORDER BY id", vec![]).await?;
         rows.iter().map(|r| Ok(Node { id: r.text(0)?, url: r.text(1)?, seen: r.int(2)? })).collect()
+    }
+
+    fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>> {
+        let c = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(login_code).map(|rows| rows.iter().map(|r| r.channel).collect())
     }
 
     async fn flush_seen(&self) -> Result<usize> {

@@ -148,9 +148,7 @@ pub(crate) async fn rpc<S: Store>(
     // Sending an unknown method would make the device close the session (rule 4).
     let params = api_params(&method, &IVT_METHODS, "IVT method", &body)?;
     let req = IvtRequest::parse(&method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if c.store().device(&lc).await?.is_none() {
-        return Err(ApiError::not_found(format!("no device {lc:?}")));
-    }
+    c.check_device(&lc).await?;
     if let Some(ch) = req.channel() {
         c.check_channel_of(&lc, ch, true).await?;
     }
@@ -175,9 +173,7 @@ pub(crate) async fn send_event<S: Store>(
     who.control(&lc)?;
     let params = api_params(&name, &IVT_EVENTS, "IVT event", &body)?;
     let ev = IvtEvent::parse(&name, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if c.store().device(&lc).await?.is_none() {
-        return Err(ApiError::not_found(format!("no device {lc:?}")));
-    }
+    c.check_device(&lc).await?;
     if let Some(ch) = ev.channel() {
         c.check_channel_of(&lc, ch, true).await?;
     }
