@@ -175,6 +175,10 @@ impl<S: Store> Cloud<S> {
         let c = self.clone();
         tokio::spawn(async move {
             while let Some(m) = events.next().await {
+                // Nobody watches this node's stream: nothing to read.
+                if c.feed.receiver_count() == 0 {
+                    continue;
+                }
                 let Ok(e) = serde_json::from_slice::<BusEvent>(&m.payload) else { continue };
                 if e.node != c.cfg.node_id {
                     let _ = c.feed.send(e.event);
@@ -297,8 +301,10 @@ impl<S: Store> Cloud<S> {
                 return (n != self.cfg.node_id).then_some(n);
             }
         }
-        let d = self.store.device(lc).await.ok()??;
-        let node = d.node.filter(|n| d.online && *n != self.cfg.node_id)?;
+        let node = self.store.holder(lc).await.ok()??;
+        if node == self.cfg.node_id {
+            return None;
+        }
         self.holders.lock().unwrap_or_else(|p| p.into_inner()).insert(lc.to_owned(), (node.clone(), 0));
         Some(node)
     }

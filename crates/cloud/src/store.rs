@@ -142,6 +142,9 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// A node's heartbeat.
     fn node_alive(&self, id: &str, url: &str, now: i64) -> impl Future<Output = Result<()>> + Send;
     fn nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
+    /// The node holding a device's session, if it is online (one indexed
+    /// read: the relay's question).
+    fn holder(&self, login_code: &str) -> impl Future<Output = Result<Option<String>>> + Send;
     /// The channel numbers this node last wrote for a device it holds
     /// (`None`: not known here; ask [`Store::device`]).
     fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>>;
@@ -739,6 +742,12 @@ impl Store for SqlStore {
         rows.iter().map(|r| Ok(Node { id: r.text(0)?, url: r.text(1)?, seen: r.int(2)? })).collect()
     }
 
+    async fn holder(&self, login_code: &str) -> Result<Option<String>> {
+        let rows =
+            self.db.query("SELECT owner FROM device WHERE login_code = $1 AND online != 0", args![login_code]).await?;
+        Ok(rows.first().map(|r| r.opt_text(0)).transpose()?.flatten())
+    }
+
     fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>> {
         let c = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         c.get(login_code).map(|rows| rows.iter().map(|r| r.channel).collect())
@@ -1187,6 +1196,8 @@ mod tests {
         let d = s.device("site-1").await.unwrap().unwrap();
         assert_eq!((d.name.as_str(), d.online, d.last_seen, d.channels.len()), ("Gate", true, Some(104), 2));
         assert_eq!((d.hardware_model.as_deref(), d.node.as_deref()), (Some("ivr-edge"), Some("n1")));
+        assert_eq!(s.holder("site-1").await.unwrap().as_deref(), Some("n1"));
+        assert_eq!(s.holder("nobody").await.unwrap(), None);
 
         // A second login (another node) fences the first session out.
         let e2 = s.logged_in("site-1", "ivr-edge", "0.1.0", 105, "n2").await.unwrap();
@@ -1211,6 +1222,7 @@ mod tests {
         assert_eq!(s.orphans_offline(250, 150).await.unwrap(), vec!["site-1".to_owned()]);
         let d = s.device("site-1").await.unwrap().unwrap();
         assert!(!d.online && d.node.is_none() && d.channels.iter().all(|c| c.state == 0));
+        assert_eq!(s.holder("site-1").await.unwrap(), None, "offline: nobody holds it");
 
         let e3 = s.logged_in("site-1", "ivr-edge", "0.1.0", 251, "n3").await.unwrap();
         s.keepalive("site-1", &[ch(0, 1)], 252, e3).await.unwrap().unwrap();
