@@ -8,7 +8,9 @@
 //! every node, and how long the devices of a node killed with SIGKILL take
 //! to be back online on the others.
 
-use super::bench_ivc::{free_port, percentile, provision, rss, spawn_fleet, start_node, stats, Cloud, Http, IvcBench};
+use super::bench_ivc::{
+    free_port, percentile, provision, rpc_load, rss, spawn_fleet, start_node, stats, Cloud, Http, IvcBench,
+};
 use anyhow::{bail, Context};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -153,39 +155,8 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
 
     // RPC round trips through node 1 to devices spread over every node.
     let devices = b.rpc_devices.min(b.sessions).max(1);
-    let deadline = Instant::now() + Duration::from_secs(b.rpc_secs);
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..b.concurrency.max(1) {
-        let mut h = Http::connect(&nodes[0].addr, &nodes[0].token).await?;
-        let stride = (b.sessions / devices).max(1);
-        tasks.push(async move {
-            let mut lat = Vec::with_capacity(65536);
-            let mut errors = 0u64;
-            let mut i = k.wrapping_mul(7919) % devices;
-            let body = br#"{"channel":0}"#;
-            while Instant::now() < deadline {
-                let path = format!("/api/v1/devices/bench-{}/rpc/GetNetConfig", i * stride);
-                let t = Instant::now();
-                let (status, _) = h.call("POST", &path, body).await?;
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if status != 200 {
-                    errors += 1;
-                }
-                i = (i + 104_729) % devices;
-            }
-            anyhow::Ok((lat, errors))
-        });
-    }
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for r in futures_util::future::join_all(tasks).await {
-        let (l, e) = r?;
-        lat.extend(l);
-        errors += e;
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    lat.sort_unstable();
+    let stride = (b.sessions / devices).max(1);
+    let (lat, errors, elapsed) = rpc_load(&nodes[0], devices, stride, b.concurrency, b.rpc_secs).await?;
     let rps = lat.len() as f64 / elapsed;
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
     say(format!(

@@ -326,6 +326,51 @@ pub(super) fn spawn_fleet(
         .context("starting ivr sim ivt")
 }
 
+/// `GetNetConfig` RPC calls through `c`'s API from `concurrency` keep-alive
+/// connections for `secs`, spread over devices `bench-0`, `bench-stride`, …
+/// (`devices` of them); the latencies (µs, sorted), errors and seconds.
+pub(super) async fn rpc_load(
+    c: &Cloud,
+    devices: u32,
+    stride: u32,
+    concurrency: u32,
+    secs: u64,
+) -> anyhow::Result<(Vec<u32>, u64, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..concurrency.max(1) {
+        let mut h = Http::connect(&c.addr, &c.token).await?;
+        tasks.push(async move {
+            let mut lat = Vec::with_capacity(65536);
+            let mut errors = 0u64;
+            let mut i = k.wrapping_mul(7919) % devices;
+            let body = br#"{"channel":0}"#;
+            while Instant::now() < deadline {
+                let path = format!("/api/v1/devices/bench-{}/rpc/GetNetConfig", i * stride);
+                let t = Instant::now();
+                let (status, _) = h.call("POST", &path, body).await?;
+                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if status != 200 {
+                    errors += 1;
+                }
+                i = (i + 104_729) % devices;
+            }
+            anyhow::Ok((lat, errors))
+        });
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for r in futures_util::future::join_all(tasks).await {
+        let (l, e) = r?;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    Ok((lat, errors, elapsed))
+}
+
 pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -447,40 +492,9 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
 
     // RPC round trips through the API.
     let devices = b.rpc_devices.min(b.sessions).max(1);
-    let deadline = Instant::now() + Duration::from_secs(b.rpc_secs);
     let cpu0 = cpu(c.pid);
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..b.concurrency.max(1) {
-        let mut h = Http::connect(&c.addr, &c.token).await?;
-        tasks.push(async move {
-            let mut lat = Vec::with_capacity(65536);
-            let mut errors = 0u64;
-            let mut i = k.wrapping_mul(7919) % devices;
-            let body = br#"{"channel":0}"#;
-            while Instant::now() < deadline {
-                let path = format!("/api/v1/devices/bench-{i}/rpc/GetNetConfig");
-                let t = Instant::now();
-                let (status, _) = h.call("POST", &path, body).await?;
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if status != 200 {
-                    errors += 1;
-                }
-                i = (i + 104_729) % devices;
-            }
-            anyhow::Ok((lat, errors))
-        });
-    }
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for r in futures_util::future::join_all(tasks).await {
-        let (l, e) = r?;
-        lat.extend(l);
-        errors += e;
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
+    let (lat, errors, elapsed) = rpc_load(&c, devices, 1, b.concurrency, b.rpc_secs).await?;
     let cloud_cpu = cpu(c.pid).saturating_sub(cpu0);
-    lat.sort_unstable();
     let rps = lat.len() as f64 / elapsed;
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
     let max = lat.last().copied().unwrap_or(0) as f64 / 1000.0;
