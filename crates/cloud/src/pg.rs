@@ -75,6 +75,11 @@ fn to_row(r: &tokio_postgres::Row) -> Result<Row> {
     Ok(Row(vals))
 }
 
+/// A statement's parameters as tokio-postgres takes them.
+fn params(args: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+}
+
 /// One connection and the statements prepared on it.
 struct Conn {
     client: Client,
@@ -93,26 +98,23 @@ impl Conn {
 
     async fn query(&self, sql: &str, args: &[Val]) -> Result<Vec<Row>> {
         let st = self.statement(sql).await?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        let rows = self.client.query(&st, &params).await.map_err(db_error)?;
+        let rows = self.client.query(&st, &params(args)).await.map_err(db_error)?;
         rows.iter().map(to_row).collect()
     }
 
     async fn execute(&self, sql: &str, args: &[Val]) -> Result<u64> {
         let st = self.statement(sql).await?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        self.client.execute(&st, &params).await.map_err(db_error)
+        self.client.execute(&st, &params(args)).await.map_err(db_error)
     }
 
     /// A statement in a transaction: rows when it returns any, else the count.
     async fn run(&self, s: &Stmt) -> Result<Outcome> {
         let st = self.statement(&s.sql).await?;
-        let params: Vec<&(dyn ToSql + Sync)> = s.args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
         if st.columns().is_empty() {
-            let changed = self.client.execute(&st, &params).await.map_err(db_error)?;
+            let changed = self.client.execute(&st, &params(&s.args)).await.map_err(db_error)?;
             Ok(Outcome { rows: Vec::new(), changed })
         } else {
-            let rows = self.client.query(&st, &params).await.map_err(db_error)?;
+            let rows = self.client.query(&st, &params(&s.args)).await.map_err(db_error)?;
             let rows: Vec<Row> = rows.iter().map(to_row).collect::<Result<_>>()?;
             Ok(Outcome { changed: rows.len() as u64, rows })
         }

@@ -817,6 +817,7 @@ impl Store for SqlStore {
         epoch: i64,
     ) -> Result<Option<Vec<ChannelRow>>> {
         let cached = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(login_code).cloned();
+        let was_cached = cached.is_some();
         let before = match cached {
             Some(c) => c,
             None => self.channels_of(login_code).await?,
@@ -854,15 +855,25 @@ impl Store for SqlStore {
                 return Ok(None);
             }
         }
-        let mut after = before;
-        for c in &changed {
-            match after.iter_mut().find(|b| b.channel == c.channel) {
-                Some(b) => *b = c.clone(),
-                None => after.push(c.clone()),
+        // The common Keepalive (nothing changed, rows known) touches only
+        // `seen`, and allocates nothing once the device is in it.
+        if !(was_cached && changed.is_empty()) {
+            let mut after = before;
+            for c in &changed {
+                match after.iter_mut().find(|b| b.channel == c.channel) {
+                    Some(b) => *b = c.clone(),
+                    None => after.push(c.clone()),
+                }
+            }
+            self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(login_code.to_owned(), after);
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get_mut(login_code) {
+            Some(t) => *t = now,
+            None => {
+                seen.insert(login_code.to_owned(), now);
             }
         }
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(login_code.to_owned(), after);
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(login_code.to_owned(), now);
         Ok(Some(changed))
     }
 

@@ -9,7 +9,8 @@
 //! to be back online on the others.
 
 use super::bench_ivc::{
-    free_port, percentile, provision, rpc_load, rss, spawn_fleet, start_node, stats, Cloud, Http, IvcBench,
+    free_port, loopback_addrs, percentile, provision, rpc_load, rss, spawn_fleet, start_node, stats, Cloud, Http,
+    IvcBench,
 };
 use anyhow::{bail, Context};
 use serde_json::json;
@@ -77,20 +78,13 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut fleets = Vec::new();
     let mut next_addr = 2u32;
-    let mut home = Vec::new();
     let mut first = 0;
     while first < b.sessions {
         let node = (first / per_node) as usize;
         let count = b.per_fleet.min(b.sessions - first).min(per_node * (node as u32 + 1) - first);
         let urls: Vec<String> = (0..n).map(|k| format!("ws://{}/ivc", nodes[(node + k) % n].addr)).collect();
-        let addrs: Vec<String> = (0..b.addrs_per_fleet.max(1))
-            .map(|_| {
-                next_addr += 1;
-                format!("127.0.{}.{}", next_addr / 250, next_addr % 250 + 2)
-            })
-            .collect();
+        let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
         fleets.push(spawn_fleet(&exe, &urls.join(","), &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
-        home.push((node, first, count));
         first += count;
     }
     let mut last_print = Instant::now();
@@ -238,7 +232,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     if b.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
-    drop((pg, nats, home));
+    drop((pg, nats));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

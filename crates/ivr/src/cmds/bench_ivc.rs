@@ -371,6 +371,17 @@ pub(super) async fn rpc_load(
     Ok((lat, errors, elapsed))
 }
 
+/// The next `n` (at least one) loopback source addresses after `*next`
+/// (127.0.x.y), one fleet's.
+pub(super) fn loopback_addrs(next: &mut u32, n: u8) -> Vec<String> {
+    (0..n.max(1))
+        .map(|_| {
+            *next += 1;
+            format!("127.0.{}.{}", *next / 250, *next % 250 + 2)
+        })
+        .collect()
+}
+
 pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -430,12 +441,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let mut next_addr = 2u32;
     while first < b.sessions {
         let count = b.per_fleet.min(b.sessions - first);
-        let addrs: Vec<String> = (0..b.addrs_per_fleet.max(1))
-            .map(|_| {
-                next_addr += 1;
-                format!("127.0.{}.{}", next_addr / 250, next_addr % 250 + 2)
-            })
-            .collect();
+        let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
         let url = format!("ws://{}/ivc", c.addr);
         fleets.push(spawn_fleet(&exe, &url, &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
         first += count;
