@@ -22,6 +22,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Everything the tests write to a temporary folder (Rust's temp_dir() and
+# Python's tempfile both follow TMPDIR) goes under one folder of this run,
+# removed when the run ends however it ends: a machine that runs the tests
+# every day does not fill its disk with recordings and clips. It is
+# world-traversable because PostgreSQL runs as its own user inside it.
+RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ivr-test.XXXXXX")
+chmod 755 "$RUN_TMP"
+trap 'rm -rf "$RUN_TMP"' EXIT
+export TMPDIR=$RUN_TMP
+# A fresh clone gains nothing from incremental caches, and they are half of
+# a debug target's size; a developer may set CARGO_INCREMENTAL=1.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
 step() { printf '\n== %s\n' "$*"; }
 
 step "system packages"
