@@ -871,24 +871,19 @@ async fn fragment_viewer<S: Store>(
 
 /// `GET /live/{token}/stream.mp4`: fragmented MP4 over HTTP.
 pub(crate) async fn live_mp4<S: Store>(State(c): State<Arc<Cloud<S>>>, Path(t): Path<String>) -> Response {
-    let (_, init, mut sub, _hold) = match fragment_viewer(&c, &t).await {
+    let (_, init, sub, _hold) = match fragment_viewer(&c, &t).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AxBytes, std::io::Error>>(8);
-    tokio::spawn(async move {
-        // The hold moves in with the rest: the stream stays up while this runs.
-        let _hold = _hold;
-        if tx.send(Ok(init)).await.is_err() {
-            return;
-        }
-        while let Some(f) = sub.recv().await {
-            if tx.send(Ok(f.data)).await.is_err() {
-                return;
-            }
-        }
+    // The body reads the shared fragments itself: no task or channel per
+    // viewer between the hub and hyper, which writes whatever is ready in
+    // one writev (several fragments at once for a viewer that lags). The
+    // hold lives in the stream: the stream stays up while it is read.
+    let first = futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(init)));
+    let rest = futures_util::stream::unfold((sub, _hold), |(mut sub, hold)| async move {
+        sub.recv().await.map(|f| (Ok(f.data), (sub, hold)))
     });
-    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let body = Body::from_stream(futures_util::StreamExt::chain(first, rest));
     ([("content-type", "video/mp4"), ("cache-control", "no-store")], body).into_response()
 }
 

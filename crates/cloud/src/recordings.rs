@@ -56,10 +56,32 @@ pub struct Recorder {
     pub deleted_bytes: AtomicU64,
     /// When each channel's alarm recording may stop (unix s).
     pub(crate) alarm_until: Mutex<HashMap<(String, u32), i64>>,
-    /// The size of each playback MP4 asked for with a Range, by token
-    /// (a dry run of the assembly found it); bounded.
-    sizes: Mutex<HashMap<String, u64>>,
+    /// The size of each playback MP4 asked for with a Range and where its
+    /// assembly can resume, by token (a dry run of the assembly found
+    /// them); bounded.
+    plans: Mutex<HashMap<String, Arc<Plan>>>,
 }
+
+/// What a dry run of a playback MP4's assembly learnt: its size, and
+/// places where the assembly can start again and write exactly the bytes
+/// it would have written there, so a Range from the middle of an hour
+/// costs a segment or two, not a pass over everything before it.
+pub(crate) struct Plan {
+    len: u64,
+    marks: Vec<Mark>,
+}
+
+/// Before segment `seg` (its index in the range's list), `pos` bytes into
+/// the file: the muxer as it was there.
+struct Mark {
+    seg: usize,
+    pos: u64,
+    sink: Sink,
+}
+
+/// At most this many marks a file (a mark holds a muxer's state and the
+/// few audio frames it waits to write, a few hundred bytes).
+const MARKS: usize = 256;
 
 /// What reconciling disk and index found and did.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -668,26 +690,36 @@ pub(crate) async fn playback_mp4<S: Store>(
     }
     let dir = c.recordings_dir();
     let range = headers.get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let known = c.recorder.sizes.lock().unwrap_or_else(|e| e.into_inner()).get(&t).copied();
-    let (window, status, extra) = match range {
-        None => (Window::ALL, axum::http::StatusCode::OK, known.map(|n| vec![("content-length", n.to_string())])),
+    let known = c.recorder.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&t).cloned();
+    let (window, status, extra, plan) = match range {
+        None => (
+            Window::ALL,
+            axum::http::StatusCode::OK,
+            known.as_ref().map(|p| vec![("content-length", p.len.to_string())]),
+            None,
+        ),
         Some(r) => {
-            let len = match known {
-                Some(n) => n,
+            let plan = match known {
+                Some(p) => p,
                 None => {
-                    let n = assemble(&dir, segs.clone(), from, to, Window::ALL, None)
+                    let mut marks = Vec::new();
+                    let len = assemble(&dir, &segs, from, to, Window::ALL, None, Some(&mut marks), None)
                         .await
                         .map_err(|e| ApiError::internal(format!("assembling the MP4: {e}")))?;
-                    let mut m = c.recorder.sizes.lock().unwrap_or_else(|e| e.into_inner());
+                    let plan = Arc::new(Plan { len, marks });
+                    let mut m = c.recorder.plans.lock().unwrap_or_else(|e| e.into_inner());
                     if m.len() >= 256 {
                         m.clear();
                     }
-                    m.insert(t.clone(), n);
-                    n
+                    m.insert(t.clone(), plan.clone());
+                    plan
                 }
             };
+            let len = plan.len;
             match byte_range(&r, len) {
-                None => (Window::ALL, axum::http::StatusCode::OK, Some(vec![("content-length", len.to_string())])),
+                None => {
+                    (Window::ALL, axum::http::StatusCode::OK, Some(vec![("content-length", len.to_string())]), None)
+                }
                 Some(Err(())) => {
                     let mut resp = ApiError::new(
                         axum::http::StatusCode::RANGE_NOT_SATISFIABLE,
@@ -706,13 +738,16 @@ pub(crate) async fn playback_mp4<S: Store>(
                         ("content-range", format!("bytes {a}-{b}/{len}")),
                         ("content-length", (b - a + 1).to_string()),
                     ]),
+                    Some(plan),
                 ),
             }
         }
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<AxBytes, std::io::Error>>(4);
     tokio::spawn(async move {
-        if let Err(e) = assemble(&dir, segs, from, to, window, Some(&tx)).await {
+        // The last mark at or before the window's first byte.
+        let resume = plan.as_ref().and_then(|p| p.marks.iter().rev().find(|m| m.pos <= window.skip));
+        if let Err(e) = assemble(&dir, &segs, from, to, window, Some(&tx), None, resume).await {
             tracing::warn!(error = %e, "cloud: playback MP4 cut short");
             let _ = tx.send(Err(std::io::Error::other(e))).await;
         }
@@ -740,17 +775,22 @@ impl Window {
 
 /// Assembles the MP4 of `from..to`; sends the bytes of `win` to `tx`
 /// (none without one) and answers how many bytes the whole file has (as
-/// far as it was made: it stops once the window is sent).
+/// far as it was made: it stops once the window is sent). Each segment's
+/// last GOP is written when the next segment begins, so that between two
+/// segments nothing is held but a little audio: `marks` (when given)
+/// collects places to resume there, and `resume` starts at one of them.
+#[allow(clippy::too_many_arguments)]
 async fn assemble(
     dir: &FsPath,
-    segs: Vec<SegmentRow>,
+    segs: &[SegmentRow],
     from: i64,
     to: i64,
     win: Window,
     tx: Option<&tokio::sync::mpsc::Sender<Result<AxBytes, std::io::Error>>>,
+    mut marks: Option<&mut Vec<Mark>>,
+    resume: Option<&Mark>,
 ) -> Result<u64, String> {
     let end = win.skip.saturating_add(win.take);
-    let mut pos = 0u64;
     // Sends the part of `chunk` (at `pos` in the file) inside the window;
     // false once the window is done or the viewer left.
     async fn emit(
@@ -772,14 +812,22 @@ async fn assemble(
         }
         b < end
     }
-    let mut sink = Sink::new(Format::Mp4, 25);
-    let base = segs[0].start_ms.max(from);
-    let mut started = false;
+    let Some(first_seg) = segs.first() else { return Ok(0) };
+    let base = first_seg.start_ms.max(from);
+    let every = segs.len().div_ceil(MARKS).max(1);
+    let (mut sink, mut pos, start) = match resume {
+        Some(m) => (m.sink.checkpoint().ok_or("a resume mark without a muxer state")?, m.pos, m.seg),
+        None => (Sink::new(Format::Mp4, 25), 0, 0),
+    };
+    let mut started = pos > 0;
     let mut out = Vec::new();
-    for s in segs {
+    for (i, s) in segs.iter().enumerate().skip(start) {
         let data = tokio::fs::read(dir.join(&s.path)).await.map_err(|e| format!("{}: {e}", s.path))?;
         let d = demux::read(Input::Ts, &data.into(), 25).map_err(|e| format!("{}: {e}", s.path))?;
         let Some(t0) = d.frames.iter().map(|f| f.dts).min() else { continue };
+        // One timeline: milliseconds since the file's start.
+        let shift = (s.start_ms - base) * 90 - t0 as i64;
+        let at = |dts: u64| (dts as i64 + shift).max(0) as u64;
         let frames = d.frames;
         // The keyframe at or before `from` is where the file starts.
         let from_ticks = ((from - s.start_ms) * 90).max(0) as u64 + t0;
@@ -792,15 +840,35 @@ async fn assemble(
                 .or_else(|| frames.iter().position(|f| f.codec.is_video() && f.keyframe))
                 .unwrap_or(frames.len())
         };
+        let next_video = frames.iter().skip(first).find(|f| f.codec.is_video());
+        let in_range = next_video.is_some_and(|f| s.start_ms + (f.dts - t0) as i64 / 90 < to);
+        if started && next_video.is_some() && !in_range {
+            break; // the range ends before this segment's pictures
+        }
+        // The previous segment's last GOP ends where this one's video starts
+        // (a resumed assembly did that before its mark).
+        if started && in_range && (resume.is_none_or(|m| m.seg != i)) {
+            if let Some(f) = next_video {
+                sink.cut(at(f.dts), &mut out).map_err(|e| e.to_string())?;
+            }
+            if !out.is_empty() && !emit(std::mem::take(&mut out), &mut pos, win, end, tx).await {
+                return Ok(pos);
+            }
+            if let Some(marks) = marks.as_deref_mut() {
+                if i % every == 0 {
+                    if let Some(sink) = sink.checkpoint() {
+                        marks.push(Mark { seg: i, pos, sink });
+                    }
+                }
+            }
+        }
         for mut f in frames.into_iter().skip(first) {
             let at_ms = s.start_ms + (f.dts - t0) as i64 / 90;
             if at_ms >= to {
                 break;
             }
-            // One timeline: milliseconds since the file's start.
-            let shift = (s.start_ms - base) * 90 - t0 as i64;
-            f.dts = (f.dts as i64 + shift).max(0) as u64;
-            f.pts = (f.pts as i64 + shift).max(0) as u64;
+            f.dts = at(f.dts);
+            f.pts = at(f.pts);
             started = true;
             sink.push(f, &mut out).map_err(|e| e.to_string())?;
         }

@@ -350,6 +350,7 @@ pub fn sample(codec: Codec, frame: &[u8]) -> Vec<u8> {
 }
 
 /// Writes fragments; one per call, with the next sequence number.
+#[derive(Clone, Debug)]
 pub struct Fragmenter {
     codec: Codec,
     seq: u32,

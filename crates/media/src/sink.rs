@@ -10,6 +10,7 @@
 //! AAC; audio a container cannot carry is counted in `audio_left_out`.
 
 use crate::{flv, fmp4, ts, Codec, Frame};
+use bytes::Bytes;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -123,6 +124,39 @@ impl Sink {
     pub fn cut(&mut self, next_dts: u64, out: &mut Vec<u8>) -> Result<(), SinkError> {
         let next = next_dts.saturating_sub(self.mp4_t0.unwrap_or(0));
         self.flush_gop(Some(next), out)
+    }
+
+    /// MP4: a copy of this sink that goes on exactly as this one would,
+    /// so that an assembly can later resume here and write the same bytes
+    /// (a playback MP4 answering a Range from the middle). Only where
+    /// nothing of a GOP is open (after `cut`, or before the first frame);
+    /// the frames still held (audio of the next fragment's time) are
+    /// copied out of the buffers they came from, so a checkpoint does not
+    /// keep a whole segment alive. `None` for other formats or mid-GOP.
+    pub fn checkpoint(&self) -> Option<Sink> {
+        let own = |fs: &[Frame]| -> Vec<Frame> {
+            fs.iter().map(|f| Frame { data: Bytes::copy_from_slice(&f.data), ..f.clone() }).collect()
+        };
+        let mux = match &self.mux {
+            Mux::None => Mux::None,
+            Mux::Mp4(frag, gop, audio) if gop.is_empty() => Mux::Mp4(frag.clone(), Vec::new(), own(audio)),
+            _ => return None,
+        };
+        Some(Sink {
+            format: self.format,
+            fps: self.fps,
+            video: self.video,
+            audio: self.audio,
+            held: own(&self.held),
+            mux,
+            mp4_t0: self.mp4_t0,
+            init_apart: self.init_apart,
+            init: self.init.clone(),
+            dropped_before_keyframe: self.dropped_before_keyframe,
+            frames: self.frames,
+            audio_frames: self.audio_frames,
+            audio_left_out: self.audio_left_out,
+        })
     }
 
     /// Takes one frame; appends what can be written now to `out`.
