@@ -134,6 +134,9 @@ impl Sink {
     /// copied out of the buffers they came from, so a checkpoint does not
     /// keep a whole segment alive. `None` for other formats or mid-GOP.
     pub fn checkpoint(&self) -> Option<Sink> {
+        if self.format != Format::Mp4 {
+            return None;
+        }
         let own = |fs: &[Frame]| -> Vec<Frame> {
             fs.iter().map(|f| Frame { data: Bytes::copy_from_slice(&f.data), ..f.clone() }).collect()
         };
@@ -292,5 +295,76 @@ impl Sink {
             }
         }
         self.flush_gop(None, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three "segments" of the fixture clip one after another, each
+    /// starting on a keyframe, on one timeline, with AAC frames (ADTS) in
+    /// between whose last ones fall after the next segment's start (as
+    /// audio does at the end of a TS segment), so that a cut leaves some
+    /// held.
+    fn segments() -> Vec<Vec<Frame>> {
+        let clip = crate::demux::from_annexb(&Bytes::from_static(ivr_sim::clips::H264_640X360), Codec::H264, 25);
+        let span = clip.last().map(|f| f.dts + 3600).unwrap_or(0);
+        let aac = |dts: u64| {
+            let mut data = crate::audio::adts_header(&[0x12, 0x10], 12).expect("an ADTS header").to_vec();
+            data.extend_from_slice(&[0x21; 12]);
+            Frame { codec: Codec::Aac, keyframe: true, pts: dts, dts, data: Bytes::from(data) }
+        };
+        let step = 1024 * 90_000 / 44_100;
+        let mut next_audio = 0;
+        (0..3u64)
+            .map(|k| {
+                let mut seg: Vec<Frame> =
+                    clip.iter().map(|f| Frame { dts: f.dts + k * span, pts: f.pts + k * span, ..f.clone() }).collect();
+                while next_audio < (k + 1) * span + 4_500 {
+                    seg.push(aac(next_audio));
+                    next_audio += step;
+                }
+                seg.sort_by_key(|f| f.dts);
+                seg
+            })
+            .collect()
+    }
+
+    /// Writes `segs[from..]`, cutting where each segment begins; answers the
+    /// bytes and a checkpoint taken at every segment start after the first.
+    fn run(mut sink: Sink, segs: &[Vec<Frame>], from: usize) -> (Vec<u8>, Vec<(usize, Sink)>) {
+        let (mut out, mut marks) = (Vec::new(), Vec::new());
+        for (i, seg) in segs.iter().enumerate().skip(from) {
+            if i > from {
+                let video = seg.iter().find(|f| f.codec.is_video()).expect("a picture");
+                sink.cut(video.dts, &mut out).unwrap();
+                marks.push((out.len(), sink.checkpoint().expect("nothing open after a cut")));
+            }
+            for f in seg {
+                sink.push(f.clone(), &mut out).unwrap();
+            }
+        }
+        sink.finish(&mut out).unwrap();
+        (out, marks)
+    }
+
+    #[test]
+    fn a_checkpoint_goes_on_with_exactly_the_bytes_of_the_whole_run() {
+        let segs = segments();
+        let (whole, marks) = run(Sink::new(Format::Mp4, 25).with_audio(Some(Codec::Aac)), &segs, 0);
+        assert!(marks.iter().all(|(_, m)| matches!(&m.mux, Mux::Mp4(_, _, held) if !held.is_empty())));
+        assert_eq!(marks.len(), 2);
+        for (k, (at, m)) in marks.into_iter().enumerate() {
+            // Resumed where the mark was taken: after the cut, before the
+            // segment's frames.
+            let (rest, _) = run(m, &segs, k + 1);
+            assert_eq!(&whole[at..], &rest[..], "resumed at segment {}", k + 1);
+        }
+        // Mid-GOP there is no checkpoint.
+        let mut s = Sink::new(Format::Mp4, 25).with_audio(None);
+        s.push(segs[0][0].clone(), &mut Vec::new()).unwrap();
+        assert!(s.checkpoint().is_none());
+        assert!(Sink::new(Format::Ts, 25).checkpoint().is_none());
     }
 }
