@@ -821,8 +821,16 @@ async fn assemble(
     };
     let mut started = pos > 0;
     let mut out = Vec::new();
+    // The next segment is read while this one is muxed.
+    let read = |s: &SegmentRow| {
+        let path = dir.join(&s.path);
+        tokio::spawn(async move { tokio::fs::read(path).await })
+    };
+    let mut next = segs.get(start).map(read);
     for (i, s) in segs.iter().enumerate().skip(start) {
-        let data = tokio::fs::read(dir.join(&s.path)).await.map_err(|e| format!("{}: {e}", s.path))?;
+        let Some(reading) = next.take() else { break };
+        next = segs.get(i + 1).map(read);
+        let data = reading.await.map_err(|e| format!("{}: {e}", s.path))?.map_err(|e| format!("{}: {e}", s.path))?;
         let d = demux::read(Input::Ts, &data.into(), 25).map_err(|e| format!("{}: {e}", s.path))?;
         let Some(t0) = d.frames.iter().map(|f| f.dts).min() else { continue };
         // One timeline: milliseconds since the file's start.

@@ -13,7 +13,6 @@ use crate::annexb::{access_units, is_keyframe, nal_type, nal_units};
 use crate::audio::{adts_frames, adts_header};
 use crate::{ticks, Codec, Frame};
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +204,9 @@ fn ts(b: &Bytes) -> Result<Demuxed, DemuxError> {
     const F: &str = "MPEG-TS";
     let mut d = Demuxed::default();
     let mut pmt_pid: Option<u16> = None;
-    let mut streams: HashMap<u16, Pes> = HashMap::new();
+    // The PIDs carried and their PES being gathered (two or three: a
+    // list is quicker than hashing every packet's PID).
+    let mut streams: Vec<(u16, Pes)> = Vec::new();
     let mut ignored: Vec<(u16, u8)> = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -255,13 +256,11 @@ fn ts(b: &Bytes) -> Result<Demuxed, DemuxError> {
                 };
                 match codec {
                     Some(codec) => {
-                        streams.entry(epid).or_insert(Pes {
-                            codec,
-                            buf: Vec::new(),
-                            at: 0,
-                            pts: Unwrap::default(),
-                            dts: Unwrap::default(),
-                        });
+                        if !streams.iter().any(|(p, _)| *p == epid) {
+                            let pes =
+                                Pes { codec, buf: Vec::new(), at: 0, pts: Unwrap::default(), dts: Unwrap::default() };
+                            streams.push((epid, pes));
+                        }
                     }
                     None if !ignored.contains(&(epid, st)) => {
                         ignored.push((epid, st));
@@ -271,7 +270,7 @@ fn ts(b: &Bytes) -> Result<Demuxed, DemuxError> {
                 }
                 e += 5 + (((s[e + 3] as usize & 0x0f) << 8) | s[e + 4] as usize);
             }
-        } else if let Some(s) = streams.get_mut(&pid) {
+        } else if let Some((_, s)) = streams.iter_mut().find(|(p, _)| *p == pid) {
             if pusi {
                 if !s.buf.is_empty() {
                     let buf = std::mem::take(&mut s.buf);
@@ -285,7 +284,7 @@ fn ts(b: &Bytes) -> Result<Demuxed, DemuxError> {
         }
         i += 188;
     }
-    let mut rest: Vec<&mut Pes> = streams.values_mut().filter(|s| !s.buf.is_empty()).collect();
+    let mut rest: Vec<&mut Pes> = streams.iter_mut().map(|(_, s)| s).filter(|s| !s.buf.is_empty()).collect();
     rest.sort_by_key(|s| s.at);
     for s in rest {
         let buf = std::mem::take(&mut s.buf);
@@ -318,15 +317,18 @@ fn pes(s: &mut Pes, buf: Vec<u8>, d: &mut Demuxed) -> Result<(), DemuxError> {
     }
     let pts = s.pts.next(pes_time(&buf[9..14]));
     let dts = if flags & 0x40 != 0 { s.dts.next(pes_time(&buf[14..19])) } else { s.dts.next(pts & ((1 << 33) - 1)) };
-    let body = &buf[hl..];
     if s.codec == Codec::Aac {
         let mut t = pts;
-        for (h, f) in adts_frames(body) {
+        for (h, f) in adts_frames(&buf[hl..]) {
             d.frames.push(Frame { codec: Codec::Aac, keyframe: true, pts: t, dts: t, data: Bytes::copy_from_slice(f) });
             t += 1024 * 90_000 / h.rate().max(1) as u64;
         }
     } else {
-        d.frames.push(video_frame(s.codec, body.to_vec(), dts, pts, &[]));
+        // The access unit is the PES buffer itself past its header (a TS
+        // carries its parameter sets in band: nothing to put in front).
+        let data = Bytes::from(buf).slice(hl..);
+        let keyframe = is_keyframe(s.codec, &data);
+        d.frames.push(Frame { codec: s.codec, keyframe, pts, dts, data });
     }
     Ok(())
 }

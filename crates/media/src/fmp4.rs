@@ -376,8 +376,28 @@ impl Fragmenter {
     /// (ADTS, track 2, 1024 samples each at the rate of their header) that
     /// go with them; the audio's decode time comes from its first frame.
     pub fn fragment_av(&mut self, frames: &[Frame], next_dts: Option<u64>, audio: &[Frame]) -> Vec<u8> {
+        let mut o = Vec::new();
+        self.fragment_av_into(frames, next_dts, audio, &mut o);
+        o
+    }
+
+    /// As [`Fragmenter::fragment_av`], appended to `o`. Each video byte is
+    /// copied once, from the frame into `o`'s `mdat`: the samples' sizes
+    /// come from their NAL units before anything is written.
+    pub fn fragment_av_into(&mut self, frames: &[Frame], next_dts: Option<u64>, audio: &[Frame], o: &mut Vec<u8>) {
         self.seq += 1;
-        let samples: Vec<Vec<u8>> = frames.iter().map(|f| sample(self.codec, &f.data)).collect();
+        let skip: &[u8] = if self.codec == Codec::H265 { &[32, 33, 34, 35] } else { &[7, 8, 9] };
+        // Each frame's NAL units that go in its sample (no AUDs, no
+        // parameter sets: those are in the init segment).
+        let nals: Vec<Vec<&[u8]>> = frames
+            .iter()
+            .map(|f| {
+                let mut v = nal_units(&f.data);
+                v.retain(|n| !nal_type(self.codec, n).is_some_and(|t| skip.contains(&t)));
+                v
+            })
+            .collect();
+        let sizes: Vec<usize> = nals.iter().map(|v| v.iter().map(|n| 4 + n.len()).sum()).collect();
         let durations: Vec<u32> = (0..frames.len())
             .map(|i| {
                 let next = frames.get(i + 1).map(|f| f.dts).or(next_dts);
@@ -392,10 +412,12 @@ impl Fragmenter {
             })
             .collect();
         let base = frames.first().map(|f| f.dts).unwrap_or(0);
-        let video_bytes: usize = samples.iter().map(Vec::len).sum();
-        let mut o = Vec::with_capacity(video_bytes + 128 + 16 * frames.len() + 8 * aac.len());
+        let video_bytes: usize = sizes.iter().sum();
+        let audio_bytes: usize = aac.iter().map(|(raw, _)| raw.len()).sum();
+        o.reserve(video_bytes + audio_bytes + 160 + 16 * frames.len() + 8 * aac.len());
+        let start = o.len();
         let (mut offset_at, mut audio_offset_at) = (0, None);
-        bx(&mut o, b"moof", |o| {
+        bx(o, b"moof", |o| {
             full(o, b"mfhd", 0, 0, |o| u32b(o, self.seq));
             bx(o, b"traf", |o| {
                 full(o, b"tfhd", 0, 0x02_0000, |o| u32b(o, 1)); // default-base-is-moof
@@ -409,7 +431,7 @@ impl Fragmenter {
                     u32b(o, 0); // data offset, patched below
                     for (i, f) in frames.iter().enumerate() {
                         u32b(o, durations[i]);
-                        u32b(o, samples[i].len() as u32);
+                        u32b(o, sizes[i] as u32);
                         u32b(o, if f.keyframe { 0x0200_0000 } else { 0x0101_0000 });
                         if cto {
                             u32b(o, (f.pts as i64 - f.dts as i64) as i32 as u32);
@@ -434,20 +456,23 @@ impl Fragmenter {
                 });
             }
         });
-        let data_offset = (o.len() + 8) as u32;
+        // Offsets are from the moof's first byte (default-base-is-moof).
+        let data_offset = (o.len() - start + 8) as u32;
         o[offset_at..offset_at + 4].copy_from_slice(&data_offset.to_be_bytes());
         if let Some(at) = audio_offset_at {
             o[at..at + 4].copy_from_slice(&(data_offset + video_bytes as u32).to_be_bytes());
         }
-        bx(&mut o, b"mdat", |o| {
-            for s in &samples {
-                o.extend_from_slice(s);
+        bx(o, b"mdat", |o| {
+            for frame in &nals {
+                for n in frame {
+                    u32b(o, n.len() as u32);
+                    o.extend_from_slice(n);
+                }
             }
             for (raw, _) in &aac {
                 o.extend_from_slice(raw);
             }
         });
-        o
     }
 }
 

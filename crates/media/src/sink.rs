@@ -280,7 +280,7 @@ impl Sink {
         let these: Vec<Frame> = audio.drain(..n).collect();
         let gop = std::mem::take(gop);
         if let Some(fr) = frag {
-            out.extend_from_slice(&fr.fragment_av(&gop, next, &these));
+            fr.fragment_av_into(&gop, next, &these, out);
         }
         Ok(())
     }
