@@ -17,6 +17,7 @@ use ivr_rpc::Peer;
 use ivr_rpc::{codes, RpcError};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,11 +28,41 @@ use std::time::Instant;
 impl<S: Store> Cloud<S> {
     /// One device's session: registered (replacing an older one), online,
     /// served until it closes, then offline.
-    pub(crate) async fn session(self: Arc<Self>, q: LoginQuery, peer: SocketAddr, socket: WebSocket) {
+    ///
+    /// This future lives as long as the connection, and a future is as
+    /// large as everything it may hold at any await: opening and closing
+    /// (the store's futures, PostgreSQL's are kilobytes; the bus; events)
+    /// run boxed, so that a session holds only its connection while it is
+    /// served (5.5 KiB → under 2 KiB a session).
+    /// (Not an `async fn`: its arguments would stay in the future for the
+    /// whole session, beside the copy the connection holds.)
+    pub(crate) fn session(
+        self: Arc<Self>,
+        q: LoginQuery,
+        peer: SocketAddr,
+        socket: WebSocket,
+    ) -> impl Future<Output = ()> + Send {
+        let opening = Box::pin(self.clone().open_session(q, peer, socket));
+        async move {
+            let Some(Opened { login_code, id, epoch, run }) = opening.await else { return };
+            // Awaited in place: `run.await` would move it into a second
+            // slot of this future as large as the first.
+            let mut run = std::pin::pin!(run);
+            let close = run.as_mut().await;
+            Box::pin(self.close_session(login_code, id, epoch, close)).await;
+        }
+    }
+
+    /// Records the login (its epoch fences out any older session, on this
+    /// node or another), replaces an older session here, says `online`.
+    async fn open_session(
+        self: Arc<Self>,
+        q: LoginQuery,
+        peer: SocketAddr,
+        socket: WebSocket,
+    ) -> Option<Opened<impl Future<Output = Option<ivr_rpc::Close>> + Send>> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let lc = q.login_code.clone();
-        // The session's epoch: any older session of this device, on this
-        // node or another, is fenced out from here on.
         let epoch =
             match self.store.logged_in(&lc, &q.hardware_model, &q.firmware_model, now(), &self.cfg.node_id).await {
                 Ok(e) => e,
@@ -46,7 +77,7 @@ impl<S: Store> Cloud<S> {
                         })),
                     )
                     .await;
-                    return;
+                    return None;
                 }
             };
         self.bus_takeover(&lc, epoch).await;
@@ -86,7 +117,13 @@ impl<S: Store> Cloud<S> {
             json!({"hardware_model": q.hardware_model, "firmware_model": q.firmware_model, "node": self.cfg.node_id}),
         )
         .await;
-        let close = run.await;
+        Some(Opened { login_code: lc, id, epoch, run })
+    }
+
+    /// The session ended (`close`: the protocol rule that ended it): gone
+    /// from the table unless a newer one took its place, offline unless a
+    /// later login (here or on another node) holds the device.
+    async fn close_session(&self, lc: String, id: u64, epoch: i64, close: Option<ivr_rpc::Close>) {
         if close.is_some() {
             self.counters.closed_by_rule.fetch_add(1, Ordering::Relaxed);
         }
@@ -96,7 +133,6 @@ impl<S: Store> Cloud<S> {
                 s.remove(&lc);
             }
         }
-        // Offline only if no later login (here or on another node) holds it.
         match self.store.set_offline(&lc, now(), epoch).await {
             Ok(true) => {
                 let reason =
@@ -107,6 +143,15 @@ impl<S: Store> Cloud<S> {
             Err(e) => tracing::error!(login_code = %shown(&lc), error = %e, "cloud: offline not recorded"),
         }
     }
+}
+
+/// A session once its login is recorded: what closing it needs, and the
+/// connection to serve.
+struct Opened<R> {
+    login_code: String,
+    id: u64,
+    epoch: i64,
+    run: R,
 }
 
 pub(crate) struct IvcHandler<S: Store> {
