@@ -255,13 +255,11 @@ fn ts(b: &Bytes) -> Result<Demuxed, DemuxError> {
                     _ => None,
                 };
                 match codec {
-                    Some(codec) => {
-                        if !streams.iter().any(|(p, _)| *p == epid) {
-                            let pes =
-                                Pes { codec, buf: Vec::new(), at: 0, pts: Unwrap::default(), dts: Unwrap::default() };
-                            streams.push((epid, pes));
-                        }
+                    Some(codec) if !streams.iter().any(|(p, _)| *p == epid) => {
+                        let pes = Pes { codec, buf: Vec::new(), at: 0, pts: Unwrap::default(), dts: Unwrap::default() };
+                        streams.push((epid, pes));
                     }
+                    Some(_) => {}
                     None if !ignored.contains(&(epid, st)) => {
                         ignored.push((epid, st));
                         d.skipped.push(format!("stream type 0x{st:02x} on PID 0x{epid:x}: not carried"));
