@@ -7,6 +7,7 @@
 use crate::message::{Malformed, Message, RpcError};
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// The seed's 20 s response limit.
@@ -102,7 +103,9 @@ struct Queued {
 
 /// One end of a connection.
 pub struct Peer {
-    served: HashSet<String>,
+    /// The methods this end serves; shared by every peer of one kind (a
+    /// cloud holds one per device session).
+    served: Arc<HashSet<String>>,
     timeout: Duration,
     next_seq: u64,
     next_call: u64,
@@ -130,7 +133,7 @@ impl Peer {
         S: Into<String>,
     {
         Peer {
-            served: methods.into_iter().map(Into::into).collect(),
+            served: Arc::new(methods.into_iter().map(Into::into).collect()),
             timeout: RESPONSE_TIMEOUT,
             next_seq: 1,
             next_call: 0,
@@ -143,12 +146,16 @@ impl Peer {
 
     /// The IVC end (serves Keepalive, preview_server, GetFirmware, AlarmNotify).
     pub fn ivc() -> Peer {
-        Peer::new(crate::catalogue::IVC_METHODS.iter().copied())
+        static SERVED: LazyLock<Arc<HashSet<String>>> =
+            LazyLock::new(|| Arc::new(crate::catalogue::IVC_METHODS.iter().map(|m| m.to_string()).collect()));
+        Peer { served: SERVED.clone(), ..Peer::new(std::iter::empty::<String>()) }
     }
 
     /// The IVT end (serves RTMPPublish … SetRTMPPublishConfig).
     pub fn ivt() -> Peer {
-        Peer::new(crate::catalogue::IVT_METHODS.iter().copied())
+        static SERVED: LazyLock<Arc<HashSet<String>>> =
+            LazyLock::new(|| Arc::new(crate::catalogue::IVT_METHODS.iter().map(|m| m.to_string()).collect()));
+        Peer { served: SERVED.clone(), ..Peer::new(std::iter::empty::<String>()) }
     }
 
     /// Changes the response limit (tests; the seed says 20 s).
