@@ -165,6 +165,11 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// The server's process id (for its CPU time in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> Nats {
         Nats::try_start().unwrap_or_else(|e| panic!("{e}"))
     }

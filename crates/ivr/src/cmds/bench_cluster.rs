@@ -9,7 +9,7 @@
 //! to be back online on the others.
 
 use super::bench_ivc::{
-    free_port, loopback_addrs, percentile, provision, rpc_load, rss, spawn_fleet, start_node, stats, Cloud, Http,
+    cpu, free_port, loopback_addrs, percentile, provision, rpc_load, rss, spawn_fleet, start_node, stats, Cloud, Http,
     IvcBench,
 };
 use anyhow::{bail, Context};
@@ -150,17 +150,40 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     // RPC round trips through node 1 to devices spread over every node.
     let devices = b.rpc_devices.min(b.sessions).max(1);
     let stride = (b.sessions / devices).max(1);
+    // The CPU every process spends on it: what a call costs the machine.
+    let groups: Vec<(&str, Vec<u32>)> = vec![
+        ("nodes", nodes.iter().map(|c| c.pid).collect()),
+        ("nats", vec![nats.pid()]),
+        ("devices", fleets.iter().filter_map(|f| f.id()).collect()),
+        ("load", vec![std::process::id()]),
+    ];
+    let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<Duration>();
+    let cpu_before: Vec<Duration> = groups.iter().map(|(_, p)| cpu_of(p)).collect();
     let (lat, errors, elapsed) = rpc_load(&nodes[0], devices, stride, b.concurrency, b.rpc_secs).await?;
     let rps = lat.len() as f64 / elapsed;
+    let calls = lat.len().max(1) as f64;
+    let per_call: Vec<(&str, f64)> = groups
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, p), before)| (*name, cpu_of(p).saturating_sub(*before).as_secs_f64() * 1e6 / calls))
+        .collect();
+    let total_us: f64 = per_call.iter().map(|(_, us)| us).sum();
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
     say(format!(
         "RPC through node 1 to {devices} devices on all {n} nodes ({:.0} % elsewhere), {} connections: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors",
         100.0 * (n - 1) as f64 / n as f64,
         b.concurrency
     ));
+    say(format!(
+        "  CPU per call, every process: {total_us:.0} µs ({}); 20,000 calls/s at this cost take {:.1} cores",
+        per_call.iter().map(|(n, us)| format!("{n} {us:.0}")).collect::<Vec<_>>().join(", "),
+        total_us * 20_000.0 / 1e6
+    ));
     out["rpc"] = json!({
         "through": "n1", "devices": devices, "concurrency": b.concurrency, "calls": lat.len(), "per_sec": rps,
         "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "errors": errors,
+        "cpu_us_per_call": per_call.iter().map(|(n, us)| (n.to_string(), json!(us))).collect::<serde_json::Map<_, _>>(),
+        "cpu_us_per_call_total": total_us,
     });
 
     // Failover: the last node killed, its devices back on the others.
