@@ -34,6 +34,9 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ivr-bench-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    // Declared first, dropped last: the folder goes after the processes
+    // using it, however the run ends (an error, Ctrl-C).
+    let _remove = RemoveOnDrop(dir.clone());
     let say = |s: String| {
         if !b.json {
             eprintln!("{s}");
@@ -256,6 +259,14 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     drop((pg, nats));
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Removes a folder when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -392,7 +392,12 @@ pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     if b.nodes > 1 {
-        return super::bench_cluster::run(b).await;
+        // Ctrl-C drops the run: its PostgreSQL, nats-server, nodes and
+        // fleets stop with it instead of staying behind.
+        return tokio::select! {
+            r = super::bench_cluster::run(b) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; PostgreSQL, NATS, the nodes and fleets were stopped")),
+        };
     }
     let fds = super::raise_fd_limit();
     let exe = std::env::current_exe().context("finding the ivr binary")?;
