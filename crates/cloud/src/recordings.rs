@@ -819,7 +819,8 @@ async fn assemble(
         Some(m) => (m.sink.checkpoint().ok_or("a resume mark without a muxer state")?, m.pos, m.seg),
         None => (Sink::new(Format::Mp4, 25), 0, 0),
     };
-    let mut started = pos > 0;
+    // A mark is only taken once the file has begun.
+    let mut started = resume.is_some();
     let mut out = Vec::new();
     // The next segment is read while this one is muxed.
     let read = |s: &SegmentRow| {

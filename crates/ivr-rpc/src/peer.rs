@@ -132,8 +132,12 @@ impl Peer {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        Peer::serving(Arc::new(methods.into_iter().map(Into::into).collect()))
+    }
+
+    fn serving(served: Arc<HashSet<String>>) -> Peer {
         Peer {
-            served: Arc::new(methods.into_iter().map(Into::into).collect()),
+            served,
             timeout: RESPONSE_TIMEOUT,
             next_seq: 1,
             next_call: 0,
@@ -148,14 +152,14 @@ impl Peer {
     pub fn ivc() -> Peer {
         static SERVED: LazyLock<Arc<HashSet<String>>> =
             LazyLock::new(|| Arc::new(crate::catalogue::IVC_METHODS.iter().map(|m| m.to_string()).collect()));
-        Peer { served: SERVED.clone(), ..Peer::new(std::iter::empty::<String>()) }
+        Peer::serving(SERVED.clone())
     }
 
     /// The IVT end (serves RTMPPublish … SetRTMPPublishConfig).
     pub fn ivt() -> Peer {
         static SERVED: LazyLock<Arc<HashSet<String>>> =
             LazyLock::new(|| Arc::new(crate::catalogue::IVT_METHODS.iter().map(|m| m.to_string()).collect()));
-        Peer { served: SERVED.clone(), ..Peer::new(std::iter::empty::<String>()) }
+        Peer::serving(SERVED.clone())
     }
 
     /// Changes the response limit (tests; the seed says 20 s).

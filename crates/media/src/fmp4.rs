@@ -337,16 +337,21 @@ pub fn init_segment_av(sps: &Sps, params: &[Vec<u8>], audio: Option<&Adts>) -> R
 /// The sample of a frame: its NAL units length-prefixed, without AUDs and
 /// parameter sets.
 pub fn sample(codec: Codec, frame: &[u8]) -> Vec<u8> {
-    let skip: &[u8] = if codec == Codec::H265 { &[32, 33, 34, 35] } else { &[7, 8, 9] };
     let mut out = Vec::with_capacity(frame.len());
-    for n in nal_units(frame) {
-        if nal_type(codec, n).is_some_and(|t| skip.contains(&t)) {
-            continue;
-        }
+    for n in sample_nals(codec, frame) {
         u32b(&mut out, n.len() as u32);
         out.extend_from_slice(n);
     }
     out
+}
+
+/// The NAL units of a frame that go in its sample: all but AUDs and
+/// parameter sets (those are in the init segment).
+fn sample_nals(codec: Codec, frame: &[u8]) -> Vec<&[u8]> {
+    let skip: &[u8] = if codec == Codec::H265 { &[32, 33, 34, 35] } else { &[7, 8, 9] };
+    let mut nals = nal_units(frame);
+    nals.retain(|n| !nal_type(codec, n).is_some_and(|t| skip.contains(&t)));
+    nals
 }
 
 /// Writes fragments; one per call, with the next sequence number.
@@ -386,17 +391,7 @@ impl Fragmenter {
     /// come from their NAL units before anything is written.
     pub fn fragment_av_into(&mut self, frames: &[Frame], next_dts: Option<u64>, audio: &[Frame], o: &mut Vec<u8>) {
         self.seq += 1;
-        let skip: &[u8] = if self.codec == Codec::H265 { &[32, 33, 34, 35] } else { &[7, 8, 9] };
-        // Each frame's NAL units that go in its sample (no AUDs, no
-        // parameter sets: those are in the init segment).
-        let nals: Vec<Vec<&[u8]>> = frames
-            .iter()
-            .map(|f| {
-                let mut v = nal_units(&f.data);
-                v.retain(|n| !nal_type(self.codec, n).is_some_and(|t| skip.contains(&t)));
-                v
-            })
-            .collect();
+        let nals: Vec<Vec<&[u8]>> = frames.iter().map(|f| sample_nals(self.codec, &f.data)).collect();
         let sizes: Vec<usize> = nals.iter().map(|v| v.iter().map(|n| 4 + n.len()).sum()).collect();
         let durations: Vec<u32> = (0..frames.len())
             .map(|i| {
