@@ -296,10 +296,10 @@ fn spawn_uploader(
 
 /// A segment as MPEG-TS, frame by frame: each call muxes the next frame
 /// into `out`; nothing added means the segment is done. The same frames
-/// always give the same bytes, so a segment is measured in one pass and
-/// sent in another without ever being held as TS: a 2 MB buffer per
-/// segment came fresh from the OS each time, and zeroing its pages was a
-/// quarter of an edge's CPU.
+/// always give the same bytes, so a segment is measured (counted by the
+/// muxer's `measure`, nothing copied) and then sent without ever being
+/// held as TS: a 2 MB buffer per segment came fresh from the OS each time,
+/// and zeroing its pages was a quarter of an edge's CPU.
 pub struct TsPieces<'a> {
     muxer: ivr_media::ts::Muxer,
     frames: std::slice::Iter<'a, Frame>,
@@ -318,17 +318,10 @@ impl<'a> TsPieces<'a> {
         Ok(())
     }
 
-    /// The whole segment's size as TS.
+    /// The whole segment's size as TS, counted without muxing it.
     pub fn size(segment: &Segment) -> Result<usize, ivr_media::ts::TsError> {
         let mut p = TsPieces::new(segment)?;
-        let mut buf = Vec::with_capacity(256 * 1024);
-        let mut n = 0;
-        for _ in 0..segment.frames.len() {
-            buf.clear();
-            p.next_into(&mut buf)?;
-            n += buf.len();
-        }
-        Ok(n)
+        p.frames.try_fold(0, |n, f| Ok(n + p.muxer.measure(f)?))
     }
 }
 

@@ -54,14 +54,17 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // A device tool is one client: a single-threaded runtime hands packets
-    // between its tasks without cross-thread wake-ups. Servers use all cores.
+    // between its tasks without cross-thread wake-ups; so does the edge
+    // unless told otherwise (`--threads`). Servers use all cores.
     let rt = match &cli.cmd {
         Cmd::Dvrip(_) | Cmd::Cvip(_) | Cmd::Media(_) | Cmd::Bench(_) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
         }
-        Cmd::Sim(_) | Cmd::Edge(_) | Cmd::Cloud(_) | Cmd::Demo(_) => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        Cmd::Edge(a) if a.threads == 1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Cmd::Edge(a) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.into()).enable_all().build()
         }
+        Cmd::Sim(_) | Cmd::Cloud(_) | Cmd::Demo(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     };
     let rt = match rt {
         Ok(rt) => rt,

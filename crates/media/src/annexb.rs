@@ -8,17 +8,59 @@ use bytes::Bytes;
 /// `00 00 00 01`. Scans for the `01` bytes with memchr (SIMD) and looks
 /// back, so payload bytes cost almost nothing.
 pub fn nal_starts(data: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut last_end = 0;
-    for i in memchr::memchr_iter(1, data) {
-        if i < 2 || i < last_end + 2 || data[i - 1] != 0 || data[i - 2] != 0 {
-            continue;
-        }
-        let sc = if i >= 3 && i - 3 >= last_end && data[i - 3] == 0 { i - 3 } else { i - 2 };
-        out.push((sc, i + 1));
-        last_end = i + 1;
+    NalStarts::new(data).collect()
+}
+
+/// [`nal_starts`] one at a time: a caller that stops early (at the first
+/// picture NAL unit, say) leaves the rest of the frame unread.
+pub struct NalStarts<'a> {
+    data: &'a [u8],
+    ones: memchr::Memchr<'a>,
+    last_end: usize,
+}
+
+impl<'a> NalStarts<'a> {
+    pub fn new(data: &'a [u8]) -> NalStarts<'a> {
+        NalStarts { data, ones: memchr::memchr_iter(1, data), last_end: 0 }
     }
-    out
+}
+
+impl Iterator for NalStarts<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let data = self.data;
+        for i in self.ones.by_ref() {
+            if i < 2 || i < self.last_end + 2 || data[i - 1] != 0 || data[i - 2] != 0 {
+                continue;
+            }
+            let sc = if i >= 3 && i - 3 >= self.last_end && data[i - 3] == 0 { i - 3 } else { i - 2 };
+            self.last_end = i + 1;
+            return Some((sc, i + 1));
+        }
+        None
+    }
+}
+
+/// The NAL units in front of an access unit's first picture (slice) NAL
+/// unit: AUD, parameter sets, SEI. Stops where the picture starts, so the
+/// picture's bytes — nearly all of a frame — are never scanned.
+pub fn leading_nals(codec: Codec, data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut starts = NalStarts::new(data);
+    let mut cur = starts.next();
+    std::iter::from_fn(move || loop {
+        let (_, nal) = cur?;
+        if nal_type(codec, &data[nal..]).is_some_and(|t| vcl(codec, t).0) {
+            cur = None;
+            return None;
+        }
+        let next = starts.next();
+        let end = next.map_or(data.len(), |x| x.0);
+        cur = next;
+        if end > nal {
+            return Some(&data[nal..end]);
+        }
+    })
 }
 
 /// The NAL units of `data`, start codes removed.
@@ -129,6 +171,22 @@ mod tests {
         assert!(u[0].keyframe && !u[1].keyframe && !u[2].keyframe);
         assert_eq!(u.iter().map(|x| x.data.len()).sum::<usize>(), s.len());
         assert_eq!(nal_units(&u[2].data).len(), 2);
+    }
+
+    #[test]
+    fn leading_nals_stop_at_the_picture() {
+        // AUD SPS PPS SEI | IDR slice | filler: only the first four.
+        let f = [
+            0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 1, 0x06, 5, 1, 0x80, //
+            0, 0, 1, 0x65, 0x88, 7, 0, 0, 1, 0x0c, 0xff, 0x80,
+        ];
+        let lead: Vec<&[u8]> = leading_nals(Codec::H264, &f).collect();
+        assert_eq!(lead, [&[0x09, 0xf0][..], &[0x67, 1, 2], &[0x68, 3], &[0x06, 5, 1, 0x80]]);
+        assert_eq!(leading_nals(Codec::H264, &f[25..]).count(), 0, "a bare picture has nothing in front");
+        // H.265: VPS SPS PPS then a CRA slice (type 21).
+        let h = [0, 0, 1, 0x40, 1, 9, 0, 0, 1, 0x42, 1, 9, 0, 0, 1, 0x44, 1, 9, 0, 0, 1, 0x2a, 1, 0xaf, 9];
+        assert_eq!(leading_nals(Codec::H265, &h).count(), 3);
+        assert_eq!(leading_nals(Codec::H264, &[]).count(), 0);
     }
 
     /// The scan this replaced, as the reference.

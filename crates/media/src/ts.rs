@@ -9,7 +9,7 @@
 //! AAC goes as ADTS (stream type 0x0F) on PID 0x101 when the muxer is made
 //! `with_audio`; G.711 has no MPEG-TS stream type and is not carried.
 
-use crate::annexb::{nal_type, nal_units};
+use crate::annexb::{leading_nals, nal_type};
 use crate::{Codec, Frame};
 
 pub const PACKET: usize = 188;
@@ -139,21 +139,78 @@ impl Muxer {
 
     /// What goes in front of the access unit in the PES: an AUD if it
     /// lacks one, and the last parameter sets if it is a keyframe without
-    /// them (one scan of the frame; the frame itself is not copied here).
+    /// them. Only the NAL units before the picture are read: the picture
+    /// itself, nearly all of the frame, is neither scanned nor copied here.
     fn prefix(&mut self, f: &Frame) -> (bool, bool) {
         let (aud_type, param_types): (u8, &[u8]) = match self.codec {
             Codec::H265 => (35, &[32, 33, 34]),
             _ => (9, &[7, 8]),
         };
-        let nals = nal_units(&f.data);
-        let first = nals.first().and_then(|n| nal_type(self.codec, n));
         let codec = self.codec;
-        let is_param = |n: &[u8]| nal_type(codec, n).is_some_and(|t| param_types.contains(&t));
-        let has_params = nals.iter().any(|n| is_param(n));
-        if has_params {
-            self.params = nals.iter().filter(|n| is_param(n)).map(|n| n.to_vec()).collect();
+        let mut first = None;
+        let mut params: Vec<&[u8]> = Vec::new();
+        for n in leading_nals(codec, &f.data) {
+            let t = nal_type(codec, n);
+            first = first.or(t);
+            if t.is_some_and(|t| param_types.contains(&t)) {
+                params.push(n);
+            }
         }
-        (first != Some(aud_type), f.keyframe && !has_params)
+        if !params.is_empty() {
+            self.params = params.iter().map(|n| n.to_vec()).collect();
+        }
+        (first != Some(aud_type), f.keyframe && params.is_empty())
+    }
+
+    /// The decisions `write` makes for a video frame, with the muxer's
+    /// state moved on: (PAT/PMT first, add an AUD, add the parameter sets).
+    fn plan(&mut self, f: &Frame) -> Result<(bool, bool, bool), TsError> {
+        if f.codec != self.codec {
+            return Err(TsError::Mixed { want: self.codec, got: f.codec });
+        }
+        let tables = f.keyframe || self.last_tables.is_none_or(|t| f.dts.saturating_sub(t) >= 9000);
+        if tables {
+            self.last_tables = Some(f.dts);
+        }
+        let (aud, params) = self.prefix(f);
+        Ok((tables, aud, params))
+    }
+
+    /// How many bytes `write` would append for `f`, moving the muxer on
+    /// exactly as `write` does (continuity counters included) without
+    /// copying the frame: a recording is measured before it is sent.
+    pub fn measure(&mut self, f: &Frame) -> Result<usize, TsError> {
+        let mut n = 0;
+        if !f.codec.is_video() {
+            if self.audio != Some(f.codec) {
+                return Err(TsError::Mixed { want: self.audio.unwrap_or(self.codec), got: f.codec });
+            }
+            if self.last_tables.is_none() {
+                n += self.skip_tables();
+                self.last_tables = Some(f.dts);
+            }
+            return Ok(n + count_packets(&mut self.cc[3], 14 + f.data.len(), 0) * PACKET);
+        }
+        let (tables, aud, params) = self.plan(f)?;
+        if tables {
+            n += self.skip_tables();
+        }
+        let head = if f.pts != f.dts { 19 } else { 14 };
+        let aud_len = match (aud, self.codec) {
+            (false, _) => 0,
+            (true, Codec::H265) => 7,
+            (true, _) => 6,
+        };
+        let params_len = if params { self.params.iter().map(|p| 4 + p.len()).sum() } else { 0 };
+        let pes = head + aud_len + params_len + f.data.len();
+        Ok(n + count_packets(&mut self.cc[2], pes, VIDEO_AF) * PACKET)
+    }
+
+    /// PAT and PMT as `tables` counts them, without writing.
+    fn skip_tables(&mut self) -> usize {
+        self.cc[0] = self.cc[0].wrapping_add(1);
+        self.cc[1] = self.cc[1].wrapping_add(1);
+        2 * PACKET
     }
 
     /// Appends the TS packets of one frame to `out`.
@@ -161,14 +218,10 @@ impl Muxer {
         if !f.codec.is_video() {
             return self.write_audio(f, out);
         }
-        if f.codec != self.codec {
-            return Err(TsError::Mixed { want: self.codec, got: f.codec });
-        }
-        if f.keyframe || self.last_tables.is_none_or(|t| f.dts.saturating_sub(t) >= 9000) {
+        let (tables, add_aud, add_params) = self.plan(f)?;
+        if tables {
             self.tables(out);
-            self.last_tables = Some(f.dts);
         }
-        let (add_aud, add_params) = self.prefix(f);
         let mut head = [0u8; 19];
         head[..6].copy_from_slice(&[0, 0, 1, 0xe0, 0, 0]); // length 0: unbounded (video)
         let head_len = if f.pts != f.dts {
@@ -197,7 +250,7 @@ impl Muxer {
         }
         parts.push(&f.data);
         let pcr = f.dts.saturating_sub(9000) & ((1 << 33) - 1);
-        let af = vec![
+        let af: Vec<u8> = vec![
             if f.keyframe { 0x50 } else { 0x10 },
             (pcr >> 25) as u8,
             (pcr >> 17) as u8,
@@ -206,6 +259,7 @@ impl Muxer {
             ((pcr & 1) as u8) << 7 | 0x7e,
             0,
         ];
+        debug_assert_eq!(af.len(), VIDEO_AF);
         packetize(VIDEO_PID, &mut self.cc[2], &parts, af, out);
         Ok(())
     }
@@ -229,6 +283,23 @@ impl Muxer {
         packetize(AUDIO_PID, &mut self.cc[3], &[&head, &f.data], Vec::new(), out);
         Ok(())
     }
+}
+
+/// Bytes of the adaptation field on a video frame's first packet (flags
+/// and PCR).
+const VIDEO_AF: usize = 7;
+
+/// The packets `packetize` cuts a PES of `len` bytes into (with `af` bytes
+/// of adaptation field on the first), moving the continuity counter on.
+fn count_packets(cc: &mut u8, len: usize, af: usize) -> usize {
+    let room = PACKET - 4 - if af == 0 { 0 } else { 1 + af };
+    let n = match len {
+        0 => 0,
+        l if l <= room => 1,
+        l => 1 + (l - room).div_ceil(PACKET - 4),
+    };
+    *cc = cc.wrapping_add(n as u8);
+    n
 }
 
 /// Copies `n` bytes from the front of `parts` (advancing it) into `out`.
@@ -341,5 +412,62 @@ mod tests {
             Err(TsError::Mixed { .. })
         ));
         assert!(Muxer::new(Codec::G711A).is_err());
+    }
+
+    /// `measure` says what `write` appends, frame by frame, and leaves the
+    /// muxer where `write` leaves it: a recording's announced size is the
+    /// size it sends.
+    #[test]
+    fn measure_is_what_write_appends() {
+        let nal = |t: u8, n: usize| {
+            let mut v = vec![0, 0, 0, 1, t, 0x88];
+            v.resize(n, 0x11);
+            v
+        };
+        let mut frames = Vec::new();
+        let mut pts = 90_000u64;
+        for n in [1usize, 160, 161, 162, 170, 171, 172, 176, 177, 183, 184, 185, 360, 361, 5000] {
+            for (key, lead) in [
+                (true, [nal(0x67, 12), nal(0x68, 6)].concat()), // SPS PPS: kept
+                (false, nal(0x09, 6)),                          // AUD present
+                (true, nal(0x06, 40)),                          // keyframe without parameter sets
+                (false, Vec::new()),                            // a bare slice
+            ] {
+                let mut data = lead;
+                data.extend(nal(if key { 0x65 } else { 0x41 }, n + 6));
+                let dts = pts;
+                pts += 3600;
+                let b_frame = n % 2 == 1;
+                frames.push(Frame {
+                    codec: Codec::H264,
+                    keyframe: key,
+                    pts: if b_frame { dts + 7200 } else { dts },
+                    dts,
+                    data: Bytes::from(data),
+                });
+                frames.push(Frame {
+                    codec: Codec::Aac,
+                    keyframe: true,
+                    pts: dts,
+                    dts,
+                    data: Bytes::from(vec![0xaa; n]),
+                });
+            }
+        }
+        let (mut w, mut m) =
+            (Muxer::with_audio(Codec::H264, Codec::Aac).unwrap(), Muxer::with_audio(Codec::H264, Codec::Aac).unwrap());
+        let mut out = Vec::new();
+        for f in &frames {
+            let before = out.len();
+            w.write(f, &mut out).unwrap();
+            assert_eq!(m.measure(f).unwrap(), out.len() - before, "frame of {} bytes", f.data.len());
+        }
+        // Same continuity counters and tables state: the next frame is byte-identical.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let last = &frames[frames.len() - 2];
+        w.write(last, &mut a).unwrap();
+        m.write(last, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert!(m.measure(&Frame { codec: Codec::G711A, keyframe: true, pts: 0, dts: 0, data: Bytes::new() }).is_err());
     }
 }

@@ -14,6 +14,12 @@ pub struct Args {
     /// The agent's configuration (see docs/edge.md for the format).
     #[arg(long, default_value = "edge.toml")]
     config: PathBuf,
+    /// Worker threads. One carries a 64-camera site at a fraction of a core
+    /// and hands frames between the device, RTMP and upload tasks without
+    /// cross-thread wake-ups (docs/BENCHMARKS.md); more only for very large
+    /// sites on a many-core box.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
     #[command(subcommand)]
     cmd: Option<EdgeCmd>,
 }

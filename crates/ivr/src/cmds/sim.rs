@@ -141,7 +141,7 @@ pub struct DvripSimArgs {
     /// Send live streams as fast as the client reads (for benchmarks).
     #[arg(long)]
     unpaced_live: bool,
-    /// Main-stream bitrate in bit/s (the clip padded with SEI filler, as a
+    /// Main-stream bitrate in bit/s (the clip padded with filler data, as a
     /// camera of that bitrate sends); 0: the bare clip.
     #[arg(long, default_value_t = 0)]
     bitrate: u64,

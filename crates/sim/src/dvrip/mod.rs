@@ -64,7 +64,7 @@ pub struct SimConfig {
     pub record_length: Span,
     /// Live streams as fast as the socket takes them (benchmarks only).
     pub live_unpaced: bool,
-    /// The main stream padded to this many bit/s (SEI filler, keyframes 5×
+    /// The main stream padded to this many bit/s (filler data after each picture, keyframes 5×
     /// the others), as a camera of that bitrate sends; `None`: the bare clip.
     pub main_bitrate: Option<u64>,
 }
