@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod bus;
 mod console;
+mod diskfile;
 mod error;
 mod gateway;
 mod limits;
