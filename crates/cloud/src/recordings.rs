@@ -822,16 +822,29 @@ async fn assemble(
     // A mark is only taken once the file has begun.
     let mut started = resume.is_some();
     let mut out = Vec::new();
-    // The next segment is read while this one is muxed.
+    // The next segments are read while this one is muxed: stored segments
+    // are written around the page cache, so a playback reads them from the
+    // disk, and several reads in flight keep it busy. Reads left when the
+    // range ends are cancelled (dropping an `Ahead` aborts its task).
+    struct Ahead(tokio::task::JoinHandle<std::io::Result<Vec<u8>>>);
+    impl Drop for Ahead {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    const READ_AHEAD: usize = 4;
     let read = |s: &SegmentRow| {
         let path = dir.join(&s.path);
-        tokio::spawn(async move { tokio::fs::read(path).await })
+        Ahead(tokio::spawn(async move { tokio::fs::read(path).await }))
     };
-    let mut next = segs.get(start).map(read);
+    let mut ahead: std::collections::VecDeque<Ahead> = segs.iter().skip(start).take(READ_AHEAD).map(read).collect();
     for (i, s) in segs.iter().enumerate().skip(start) {
-        let Some(reading) = next.take() else { break };
-        next = segs.get(i + 1).map(read);
-        let data = reading.await.map_err(|e| format!("{}: {e}", s.path))?.map_err(|e| format!("{}: {e}", s.path))?;
+        let Some(mut reading) = ahead.pop_front() else { break };
+        if let Some(n) = segs.get(i + READ_AHEAD) {
+            ahead.push_back(read(n));
+        }
+        let data =
+            (&mut reading.0).await.map_err(|e| format!("{}: {e}", s.path))?.map_err(|e| format!("{}: {e}", s.path))?;
         let d = demux::read(Input::Ts, &data.into(), 25).map_err(|e| format!("{}: {e}", s.path))?;
         let Some(t0) = d.frames.iter().map(|f| f.dts).min() else { continue };
         // One timeline: milliseconds since the file's start.

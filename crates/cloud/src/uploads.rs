@@ -119,9 +119,9 @@ pub(crate) async fn store_body(
         ApiError::new(status, format!("storing the upload ({what}): {e}"))
     };
     tokio::fs::create_dir_all(dir).await.map_err(|e| disk("creating its directory", e))?;
-    // The body's small chunks are gathered into 256 KiB direct writes (a
+    // The body's small chunks are gathered into 1 MiB direct writes (a
     // trip to a blocking thread each; see diskfile.rs).
-    let mut f = DiskFile::create(&part).await.map_err(|e| disk("creating the file", e))?;
+    let mut f = DiskFile::new(&part);
     let mut sha = digest.then(|| ring::digest::Context::new(&ring::digest::SHA256));
     let mut n = 0u64;
     let mut stream = body.into_data_stream();
@@ -155,17 +155,13 @@ pub(crate) async fn store_body(
                 return Err(ApiError::bad_request(format!("{n} bytes, {want} announced")));
             }
         }
-        f.finish().await.map_err(|e| disk("writing and fsync", e))?;
+        f.finish_as(path).await.map_err(|e| disk("writing, fsync and rename", e))?;
         Ok(())
     }
     .await;
     if let Err(e) = r {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(e);
-    }
-    tokio::fs::rename(&part, path).await.map_err(|e| disk("rename", e))?;
-    if let Ok(d) = tokio::fs::File::open(dir).await {
-        let _ = d.sync_all().await;
     }
     let hex = sha.map(|s| s.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect());
     Ok((n, hex))

@@ -262,8 +262,9 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes a folder when dropped.
-struct RemoveOnDrop(std::path::PathBuf);
+/// Removes a folder when dropped: a bench that fails or is stopped
+/// leaves nothing behind (a recording bench writes tens of GB).
+pub(super) struct RemoveOnDrop(pub(super) std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

@@ -162,6 +162,7 @@ pub async fn run(b: EdgeBench) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("ivr-bench-edge-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let _cleanup = super::bench_cluster::RemoveOnDrop(dir.clone());
     let n = b.cameras;
     // nginx (RTMP).
     let rport = free_port()?;
@@ -326,7 +327,6 @@ pub async fn run(b: EdgeBench) -> anyhow::Result<()> {
         "nvr_sim_cpu_percent": nvr_cpu * 100.0,
     });
     let _ = nginx.start_kill();
-    let _ = std::fs::remove_dir_all(&dir);
     if b.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

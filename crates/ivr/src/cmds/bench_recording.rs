@@ -132,6 +132,7 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("ivr-bench-recording-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let _cleanup = super::bench_cluster::RemoveOnDrop(dir.clone());
     let addr = format!("127.0.0.1:{}", free_port()?);
     let say = |s: &str| {
         if !b.json {
@@ -394,6 +395,5 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
     }
     drop(cams);
     let _ = cloud.child.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
