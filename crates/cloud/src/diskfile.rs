@@ -50,7 +50,7 @@ impl DiskFile {
     /// A file to be written at `path` (created, or emptied, when the first
     /// bytes go out).
     pub(crate) fn new(path: &Path) -> DiskFile {
-        let buf = vec![0u8; BLOCK + ALIGN];
+        let buf = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(|| vec![0u8; BLOCK + ALIGN]);
         let off = buf.as_ptr().align_offset(ALIGN);
         DiskFile { path: path.to_owned(), file: None, direct: true, buf, off, held: 0, written: 0 }
     }
@@ -106,26 +106,53 @@ impl DiskFile {
         self.buf[at..self.off + n].fill(0);
         let mut w = Writer { path: self.path.clone(), file: self.file.take(), direct: self.direct };
         let (buf, off, written, to) = (std::mem::take(&mut self.buf), self.off, self.written, to.to_owned());
-        tokio::task::spawn_blocking(move || {
-            if n > 0 || w.file.is_none() {
-                w.write_at(&buf[off..off + n], written)?;
-            }
-            let file = w.file.take().ok_or_else(|| io::Error::other("the file was not opened"))?;
-            if file.metadata()?.len() != len {
-                file.set_len(len)?;
-            }
-            file.sync_all()?;
-            drop(file);
-            std::fs::rename(&w.path, &to)?;
-            if let Some(dir) = to.parent() {
-                // Best effort: some file systems refuse to fsync a directory.
-                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-            }
-            Ok::<_, io::Error>(())
+        let (buf, r) = tokio::task::spawn_blocking(move || {
+            let r = (|| {
+                if n > 0 || w.file.is_none() {
+                    w.write_at(&buf[off..off + n], written)?;
+                }
+                let file = w.file.take().ok_or_else(|| io::Error::other("the file was not opened"))?;
+                if file.metadata()?.len() != len {
+                    file.set_len(len)?;
+                }
+                file.sync_all()?;
+                drop(file);
+                std::fs::rename(&w.path, &to)?;
+                if let Some(dir) = to.parent() {
+                    // Best effort: some file systems refuse to fsync a directory.
+                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                }
+                Ok::<_, io::Error>(())
+            })();
+            (buf, r)
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)?;
+        self.buf = buf;
+        r?;
         Ok(len)
+    }
+}
+
+/// Buffers of files already written, for the next ones: a fresh 1 MiB
+/// buffer per upload was memory new to the process each time, and the
+/// kernel zeroing its pages was a quarter of the cloud's CPU while it
+/// recorded 16 cameras.
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers the pool keeps: as many uploads at once as this reuse memory
+/// (cameras tend to finish their segments together, so a burst is the
+/// usual case); beyond it an upload allocates and frees its own. At most
+/// 64 MiB kept, and only after that many uploads were in flight at once.
+const POOL_MAX: usize = 64;
+
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        if self.buf.len() == BLOCK + ALIGN {
+            let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < POOL_MAX {
+                pool.push(std::mem::take(&mut self.buf));
+            }
+        }
     }
 }
 
