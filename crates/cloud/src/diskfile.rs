@@ -24,10 +24,8 @@ const ALIGN: usize = 4096;
 pub(crate) const BLOCK: usize = 1 << 20;
 
 pub(crate) struct DiskFile {
-    path: PathBuf,
-    /// Opened by the first write that reaches the disk.
-    file: Option<std::fs::File>,
-    direct: bool,
+    /// The file's blocking side; `None` only while a blocking thread has it.
+    w: Option<Writer>,
     /// `BLOCK + ALIGN` bytes; the aligned window is `buf[off..off + BLOCK]`.
     buf: Vec<u8>,
     off: usize,
@@ -37,15 +35,19 @@ pub(crate) struct DiskFile {
     written: u64,
 }
 
-/// Direct: created or emptied. Not direct: the same file reopened to go on
-/// writing it through the page cache (nothing truncated).
-fn open(path: &Path, direct: bool) -> io::Result<std::fs::File> {
+/// Direct: with `O_DIRECT`. Fresh: created or emptied (otherwise the same
+/// file reopened to go on writing it, nothing truncated).
+fn open(path: &Path, direct: bool, fresh: bool) -> io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true);
+    o.write(true).create(true).truncate(fresh);
     if direct {
-        o.truncate(true).custom_flags(libc::O_DIRECT);
+        o.custom_flags(libc::O_DIRECT);
     }
     o.open(path)
+}
+
+fn busy() -> io::Error {
+    io::Error::other("an earlier write to this file failed")
 }
 
 impl DiskFile {
@@ -54,13 +56,14 @@ impl DiskFile {
     pub(crate) fn new(path: &Path) -> DiskFile {
         let buf = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(|| vec![0u8; BLOCK + ALIGN]);
         let off = buf.as_ptr().align_offset(ALIGN);
-        DiskFile { path: path.to_owned(), file: None, direct: true, buf, off, held: 0, written: 0 }
+        let w = Writer { path: path.to_owned(), file: None, direct: true };
+        DiskFile { w: Some(w), buf, off, held: 0, written: 0 }
     }
 
     /// Whether the file is being written around the page cache.
     #[cfg(test)]
     pub(crate) fn is_direct(&self) -> bool {
-        self.direct
+        self.w.as_ref().is_some_and(|w| w.direct)
     }
 
     pub(crate) async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -80,7 +83,7 @@ impl DiskFile {
     /// Writes the first `n` bytes of the window (a multiple of `ALIGN`, or
     /// anything once the file is no longer direct) at the file's end.
     async fn put(&mut self, n: usize) -> io::Result<()> {
-        let mut w = Writer { path: self.path.clone(), file: self.file.take(), direct: self.direct };
+        let mut w = self.w.take().ok_or_else(busy)?;
         let buf = std::mem::take(&mut self.buf);
         let (off, at) = (self.off, self.written);
         let (w, buf, r) = tokio::task::spawn_blocking(move || {
@@ -89,7 +92,7 @@ impl DiskFile {
         })
         .await
         .map_err(io::Error::other)?;
-        (self.file, self.direct, self.buf) = (w.file, w.direct, buf);
+        (self.w, self.buf) = (Some(w), buf);
         r?;
         self.written += n as u64;
         self.held = 0;
@@ -102,19 +105,21 @@ impl DiskFile {
     /// direct file goes out padded to the alignment, and the file is then
     /// cut to its exact length. The file's length.
     pub(crate) async fn finish_as(mut self, to: &Path) -> io::Result<u64> {
+        let mut w = self.w.take().ok_or_else(busy)?;
         let len = self.written + self.held as u64;
-        let n = if self.direct { self.held.next_multiple_of(ALIGN) } else { self.held };
+        let n = if w.direct { self.held.next_multiple_of(ALIGN) } else { self.held };
         let at = self.off + self.held;
         self.buf[at..self.off + n].fill(0);
-        let mut w = Writer { path: self.path.clone(), file: self.file.take(), direct: self.direct };
         let (buf, off, written, to) = (std::mem::take(&mut self.buf), self.off, self.written, to.to_owned());
         let (buf, r) = tokio::task::spawn_blocking(move || {
             let r = (|| {
                 if n > 0 || w.file.is_none() {
                     w.write_at(&buf[off..off + n], written)?;
                 }
-                let file = w.file.take().ok_or_else(|| io::Error::other("the file was not opened"))?;
-                if file.metadata()?.len() != len {
+                let file = w.file.take().ok_or_else(busy)?;
+                // Padding is the only way the file can be longer (a file is
+                // emptied when it is opened).
+                if written + n as u64 != len {
                     file.set_len(len)?;
                 }
                 file.sync_all()?;
@@ -169,21 +174,21 @@ struct Writer {
 impl Writer {
     fn write_at(&mut self, data: &[u8], at: u64) -> io::Result<()> {
         if self.file.is_none() {
-            self.file = Some(match open(&self.path, true) {
+            self.file = Some(match open(&self.path, true, true) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     self.direct = false;
-                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&self.path)?
+                    open(&self.path, false, true)?
                 }
                 r => r?,
             });
         }
-        let Some(file) = &self.file else { return Err(io::Error::other("the file was not opened")) };
+        let file = self.file.as_ref().ok_or_else(busy)?;
         match file.write_all_at(data, at) {
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 // This file system wants another alignment: carry on through
                 // the page cache.
                 tracing::debug!(path = %self.path.display(), "cloud: O_DIRECT refused at write; writing buffered");
-                let f = open(&self.path, false)?;
+                let f = open(&self.path, false, false)?;
                 self.direct = false;
                 let r = f.write_all_at(data, at);
                 self.file = Some(f);

@@ -182,12 +182,8 @@ impl Muxer {
     pub fn measure(&mut self, f: &Frame) -> Result<usize, TsError> {
         let mut n = 0;
         if !f.codec.is_video() {
-            if self.audio != Some(f.codec) {
-                return Err(TsError::Mixed { want: self.audio.unwrap_or(self.codec), got: f.codec });
-            }
-            if self.last_tables.is_none() {
+            if self.plan_audio(f)? {
                 n += self.skip_tables();
-                self.last_tables = Some(f.dts);
             }
             return Ok(n + count_packets(&mut self.cc[3], 14 + f.data.len(), 0) * PACKET);
         }
@@ -196,14 +192,32 @@ impl Muxer {
             n += self.skip_tables();
         }
         let head = if f.pts != f.dts { 19 } else { 14 };
-        let aud_len = match (aud, self.codec) {
-            (false, _) => 0,
-            (true, Codec::H265) => 7,
-            (true, _) => 6,
-        };
+        let aud_len = if aud { self.aud().len() } else { 0 };
         let params_len = if params { self.params.iter().map(|p| 4 + p.len()).sum() } else { 0 };
         let pes = head + aud_len + params_len + f.data.len();
         Ok(n + count_packets(&mut self.cc[2], pes, VIDEO_AF) * PACKET)
+    }
+
+    /// The decision `write_audio` makes for an audio frame, with the
+    /// muxer's state moved on: whether PAT/PMT go first.
+    fn plan_audio(&mut self, f: &Frame) -> Result<bool, TsError> {
+        if self.audio != Some(f.codec) {
+            return Err(TsError::Mixed { want: self.audio.unwrap_or(self.codec), got: f.codec });
+        }
+        let tables = self.last_tables.is_none();
+        if tables {
+            self.last_tables = Some(f.dts);
+        }
+        Ok(tables)
+    }
+
+    /// The access unit delimiter added to a frame that lacks one.
+    fn aud(&self) -> &'static [u8] {
+        if self.codec == Codec::H265 {
+            &[0, 0, 0, 1, 0x46, 0x01, 0x50]
+        } else {
+            &[0, 0, 0, 1, 0x09, 0xf0]
+        }
     }
 
     /// PAT and PMT as `tables` counts them, without writing.
@@ -235,8 +249,7 @@ impl Muxer {
             14
         };
         const SC: &[u8] = &[0, 0, 0, 1];
-        let aud: &[u8] =
-            if self.codec == Codec::H265 { &[0, 0, 0, 1, 0x46, 0x01, 0x50] } else { &[0, 0, 0, 1, 0x09, 0xf0] };
+        let aud = self.aud();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(4 + 2 * self.params.len());
         parts.push(&head[..head_len]);
         if add_aud {
@@ -267,12 +280,8 @@ impl Muxer {
     /// Appends an audio frame (AAC as ADTS: one PES, PTS only) to `out`.
     /// Other audio has no stream type here and is refused.
     pub fn write_audio(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), TsError> {
-        if self.audio != Some(f.codec) {
-            return Err(TsError::Mixed { want: self.audio.unwrap_or(self.codec), got: f.codec });
-        }
-        if self.last_tables.is_none() {
+        if self.plan_audio(f)? {
             self.tables(out);
-            self.last_tables = Some(f.dts);
         }
         let len = 8 + f.data.len();
         let mut head = [0u8; 14];
