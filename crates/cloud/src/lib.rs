@@ -15,6 +15,7 @@ mod gateway;
 mod limits;
 mod listen;
 mod live;
+mod lowat;
 mod pg;
 mod policy;
 mod recordings;

@@ -11,12 +11,14 @@
 //! `api_reserve` places are kept for the admin API.
 
 use crate::api::router;
+use crate::lowat::ConnSocket;
 use crate::server::Cloud;
 use crate::store::Store;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -230,8 +232,9 @@ pub async fn serve<S: Store>(c: Arc<Cloud<S>>, listener: tokio::net::TcpListener
     loop {
         let Some((tcp, peer)) = accept(&listener, "HTTP").await else { continue };
         let Some(ticket) = c.gate.enter("HTTP", peer) else { continue };
+        let sock = ConnSocket(tcp.as_raw_fd());
         let io = IdleIo::new(tcp, c.idle_timeout(), ticket);
-        tokio::spawn(serve_conn(app.clone(), io, peer, c.cfg.limits.header_timeout));
+        tokio::spawn(serve_conn(app.clone(), io, peer, sock, c.cfg.limits.header_timeout));
     }
 }
 
@@ -249,11 +252,12 @@ pub async fn serve_tls<S: Store>(
     loop {
         let Some((tcp, peer)) = accept(&listener, "HTTPS").await else { continue };
         let Some(ticket) = c.gate.enter("HTTPS", peer) else { continue };
+        let sock = ConnSocket(tcp.as_raw_fd());
         let io = IdleIo::new(tcp, c.idle_timeout(), ticket);
         let (acceptor, app, deadline) = (acceptor.clone(), app.clone(), c.cfg.limits.header_timeout);
         tokio::spawn(async move {
             match tokio::time::timeout(deadline, acceptor.accept(io)).await {
-                Ok(Ok(s)) => serve_conn(app, s, peer, deadline).await,
+                Ok(Ok(s)) => serve_conn(app, s, peer, sock, deadline).await,
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "cloud: TLS handshake failed"),
                 Err(_) => tracing::info!(%peer, "cloud: TLS handshake timed out"),
             }
@@ -278,13 +282,20 @@ async fn accept(listener: &tokio::net::TcpListener, what: &str) -> Option<(tokio
 }
 
 /// HTTP/1.1 on one connection (WebSocket upgrades included), the peer's
-/// address given to handlers as `ConnectInfo`.
-async fn serve_conn<I>(app: axum::Router, io: I, peer: SocketAddr, header_timeout: Duration)
-where
+/// address given to handlers as `ConnectInfo`, its socket as `ConnSocket`
+/// (for long uploads, see lowat.rs).
+pub(crate) async fn serve_conn<I>(
+    app: axum::Router,
+    io: I,
+    peer: SocketAddr,
+    sock: ConnSocket,
+    header_timeout: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(sock);
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     let mut b = hyper::server::conn::http1::Builder::new();

@@ -262,7 +262,7 @@ impl<S: Store> Cloud<S> {
     }
 
     /// The PUT: the bytes to disk (crash-safe), then the index.
-    async fn segment_upload(&self, t: &str, body: Body) -> ApiResult<bool> {
+    async fn segment_upload(&self, t: &str, body: Body, sock: Option<crate::lowat::ConnSocket>) -> ApiResult<bool> {
         let p = self
             .recorder
             .pending
@@ -276,8 +276,9 @@ impl<S: Store> Cloud<S> {
             .join(day(p.start_ms))
             .join(format!("{}-{}-{}-{}.ts", p.start_ms, p.duration_ms, s.session_id, p.seq));
         let path = self.recordings_dir().join(&rel);
-        let (n, _) =
-            crate::uploads::store_body(body, &path, Size::Exactly(p.size), None, false).await.inspect_err(|e| {
+        let (n, _) = crate::uploads::store_body(body, &path, Size::Exactly(p.size), None, false, sock)
+            .await
+            .inspect_err(|e| {
                 if e.status.is_server_error() {
                     self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -458,9 +459,10 @@ pub(crate) async fn callback<S: Store>(
 pub(crate) async fn put_segment<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path((_, _, t)): Path<(String, u64, String)>,
+    sock: Option<axum::Extension<crate::lowat::ConnSocket>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let fresh = c.segment_upload(&t, body).await?;
+    let fresh = c.segment_upload(&t, body, sock.map(|s| s.0)).await?;
     let status = if fresh { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK };
     Ok(status.into_response())
 }

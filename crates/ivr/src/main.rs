@@ -64,7 +64,14 @@ fn main() -> std::process::ExitCode {
         Cmd::Edge(a) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.into()).enable_all().build()
         }
-        Cmd::Sim(_) | Cmd::Cloud(_) | Cmd::Demo(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        // Blocking threads (file writes, fsync) idle for a minute before
+        // they exit, not tokio's 10 s: cameras finish a segment every 10 s,
+        // and a thread started again each time costs a fresh stack and heap
+        // (the kernel zeroing a 2 MiB page for it).
+        Cmd::Sim(_) | Cmd::Cloud(_) | Cmd::Demo(_) => tokio::runtime::Builder::new_multi_thread()
+            .thread_keep_alive(std::time::Duration::from_secs(60))
+            .enable_all()
+            .build(),
     };
     let rt = match rt {
         Ok(rt) => rt,

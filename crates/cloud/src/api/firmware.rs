@@ -33,7 +33,7 @@ pub(crate) async fn put<S: Store>(
     let t = token();
     let path = image_path(&c, &t);
     let (size, sha256) =
-        crate::uploads::store_body(body, &path, crate::uploads::Size::AtMost(MAX_FIRMWARE), None, true).await?;
+        crate::uploads::store_body(body, &path, crate::uploads::Size::AtMost(MAX_FIRMWARE), None, true, None).await?;
     let f = Firmware { hardware_model: hw, firmware_model: fw, token: t.clone(), size, uploaded_at: now(), sha256 };
     let replaced = match c.store().add_firmware(&f).await {
         Ok(r) => r,

@@ -41,6 +41,11 @@ pub struct RecordingBench {
     /// Segment length, seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=60))]
     seg: u32,
+    /// Each camera site's uplink, Mbit/s: a segment's PUT is sent at this
+    /// rate, in 16 KiB writes, as it would cross the internet (0: as fast
+    /// as loopback takes it). Real-time ingest only.
+    #[arg(long, default_value_t = 0.0)]
+    uplink: f64,
     /// Minutes of recording the playback MP4 spans.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1440))]
     playback_minutes: u32,
@@ -86,14 +91,31 @@ fn segment(bitrate: u64, secs: u32) -> anyhow::Result<Vec<u8>> {
 }
 
 /// An HTTP/1.1 request on a fresh connection: status and body.
-async fn request(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+/// `uplink`: the body's rate in bit/s (0: at once).
+async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+    uplink: f64,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
+    if uplink > 0.0 {
+        let t0 = tokio::time::Instant::now();
+        for (i, piece) in body.chunks(16 << 10).enumerate() {
+            let due = t0 + Duration::from_secs_f64((i * (16 << 10)) as f64 * 8.0 / uplink);
+            tokio::time::sleep_until(due).await;
+            s.write_all(piece).await?;
+        }
+    } else {
+        s.write_all(body).await?;
+    }
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await?;
     let end = resp.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP head")?;
@@ -103,25 +125,27 @@ async fn request(addr: &str, method: &str, path: &str, headers: &str, body: &[u8
 
 /// Uploads one segment the way the edge does: describe it at the callback
 /// URL, PUT its bytes to the URL the cloud answers.
+/// `(cbk, sid)`: the callback URL and the recording session.
 async fn upload(
     addr: &str,
-    cbk: &str,
-    sid: &str,
+    (cbk, sid): (&str, &str),
     seq: u64,
     start_ms: i64,
     secs: u32,
     data: &[u8],
+    uplink: f64,
 ) -> anyhow::Result<()> {
     let path = cbk.split_once(addr).map(|x| x.1).context("cbk_url on another host")?;
     let d = json!({"session_id": sid, "channel": 0, "seq": seq, "size": data.len(), "duration": secs, "start_ms": start_ms});
-    let (s, b) = request(addr, "POST", path, "Content-Type: application/json\r\n", d.to_string().as_bytes()).await?;
+    let (s, b) =
+        request(addr, "POST", path, "Content-Type: application/json\r\n", d.to_string().as_bytes(), 0.0).await?;
     if s != 200 {
         bail!("callback: HTTP {s}: {}", String::from_utf8_lossy(&b));
     }
     let url: Value = serde_json::from_slice(&b)?;
     let put = url["url"].as_str().context("no upload url")?;
     let put = put.split_once(addr).map(|x| x.1).context("upload url on another host")?;
-    let (s, b) = request(addr, "PUT", put, "", data).await?;
+    let (s, b) = request(addr, "PUT", put, "", data, uplink).await?;
     if s != 201 && s != 200 {
         bail!("upload: HTTP {s}: {}", String::from_utf8_lossy(&b));
     }
@@ -195,18 +219,26 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
         for (i, (cbk, sid, _, _)) in cams.iter().enumerate() {
             let (cbk, sid, addr, seg, seqs) = (cbk.clone(), sid.clone(), addr.clone(), seg.clone(), seqs.clone());
             let segsecs = b.seg;
+            let uplink = if paced { b.uplink * 1e6 } else { 0.0 };
             tasks.push(tokio::spawn(async move {
                 let until = Instant::now() + Duration::from_secs(secs);
-                let mut tick = tokio::time::interval(Duration::from_secs(segsecs as u64));
-                // Spread the cameras over the interval, as real ones are.
-                tokio::time::sleep(Duration::from_millis(i as u64 * 997 % (segsecs as u64 * 1000))).await;
-                while Instant::now() < until {
+                // Spread the cameras over the interval, as real ones are, and
+                // keep each on its own phase: a camera finishes a segment
+                // every `seg` s, so the window holds `secs / seg` of each.
+                let mut next = Instant::now() + Duration::from_millis(i as u64 * 997 % (segsecs as u64 * 1000));
+                loop {
                     if paced {
-                        tick.tick().await;
+                        if next >= until {
+                            break;
+                        }
+                        tokio::time::sleep_until(next.into()).await;
+                        next += Duration::from_secs(segsecs as u64);
+                    } else if Instant::now() >= until {
+                        break;
                     }
                     let seq = seqs[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let start = t_start + seq as i64 * segsecs as i64 * 1000;
-                    if let Err(e) = upload(&addr, &cbk, &sid, seq, start, segsecs, &seg).await {
+                    if let Err(e) = upload(&addr, (&cbk, &sid), seq, start, segsecs, &seg, uplink).await {
                         eprintln!("camera {i}: {e:#}");
                         return;
                     }
@@ -216,9 +248,11 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
         tasks
     };
 
-    // 0. The cloud with these sessions and nothing recorded: its own floor.
+    // 0. The cloud with these sessions and nothing recorded: its own floor
+    // (after the provisioning's work has settled).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let (c0, t0) = (cpu(pid), Instant::now());
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let idle_pct = (cpu(pid) - c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
     say(&format!("idle (sessions, Keepalives, housekeeping; no uploads): {idle_pct:.2} % of a core"));
 
@@ -308,7 +342,7 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
     }
     for seq in have..want {
         let start = t_start + seq as i64 * b.seg as i64 * 1000;
-        upload(&addr, cbk, sid, seq, start, b.seg, &seg).await?;
+        upload(&addr, (cbk, sid), seq, start, b.seg, &seg, 0.0).await?;
         pb.inc(1);
     }
     pb.finish_and_clear();
