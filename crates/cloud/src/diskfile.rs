@@ -36,14 +36,25 @@ pub(crate) struct DiskFile {
 }
 
 /// Direct: with `O_DIRECT`. Fresh: created or emptied (otherwise the same
-/// file reopened to go on writing it, nothing truncated).
+/// file reopened to go on writing it, nothing truncated); its directories
+/// are made when missing (on this trip to a blocking thread, not one of
+/// their own: most uploads land in a directory that exists).
 fn open(path: &Path, direct: bool, fresh: bool) -> io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(fresh);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(path)
+    match o.open(path) {
+        Err(e) if fresh && e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+            }
+            o.open(path)
+        }
+        r => r,
+    }
 }
 
 fn busy() -> io::Error {
@@ -225,6 +236,12 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), data, "{len} bytes");
             assert!(!part.exists());
         }
+        // Missing directories are made on the way.
+        let deep = dir.join("a").join("b");
+        let mut f = DiskFile::new(&deep.join("h.part"));
+        f.write(b"deep").await.unwrap();
+        assert_eq!(f.finish_as(&deep.join("h")).await.unwrap(), 4);
+        assert_eq!(std::fs::read(deep.join("h")).unwrap(), b"deep");
         // An existing longer file is replaced, not overwritten in part.
         let (part, path) = (dir.join("g.part"), dir.join("g"));
         std::fs::write(&part, vec![9u8; 3 * BLOCK]).unwrap();

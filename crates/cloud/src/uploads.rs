@@ -108,7 +108,6 @@ pub(crate) async fn store_body(
     let max = match size {
         Size::AtMost(m) | Size::Exactly(m) => m,
     };
-    let dir = path.parent().unwrap_or(FsPath::new("."));
     let part = path.with_extension("part");
     let disk = |what: &str, e: std::io::Error| {
         let status = if e.raw_os_error() == Some(28) {
@@ -119,7 +118,6 @@ pub(crate) async fn store_body(
         tracing::error!(path = %path.display(), error = %e, "cloud: an upload was not stored ({what})");
         ApiError::new(status, format!("storing the upload ({what}): {e}"))
     };
-    tokio::fs::create_dir_all(dir).await.map_err(|e| disk("creating its directory", e))?;
     // The body's small chunks are gathered into 1 MiB direct writes (a
     // trip to a blocking thread each; see diskfile.rs).
     let mut f = DiskFile::new(&part);
