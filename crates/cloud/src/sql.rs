@@ -223,6 +223,11 @@ impl Sqlite {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
+        // Every statement the store runs stays prepared: rusqlite keeps 16
+        // by default, fewer than the store has, so the housekeeping's and
+        // the recorder's queries pushed each other out and were parsed
+        // again on every run.
+        db.set_prepared_statement_cache_capacity(256);
         Ok(Sqlite { db: Mutex::new(db) })
     }
 
