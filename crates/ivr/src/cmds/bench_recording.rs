@@ -44,7 +44,7 @@ pub struct RecordingBench {
     /// Each camera site's uplink, Mbit/s: a segment's PUT is sent at this
     /// rate, in 16 KiB writes, as it would cross the internet (0: as fast
     /// as loopback takes it). Real-time ingest only.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = uplink_rate)]
     uplink: f64,
     /// Minutes of recording the playback MP4 spans.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1440))]
@@ -52,6 +52,14 @@ pub struct RecordingBench {
     /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     json: bool,
+}
+
+/// `--uplink`: a rate in Mbit/s, 0 or more (0: no limit).
+fn uplink_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a rate in Mbit/s (a number, 0 or more; 0 for no limit)")),
+    }
 }
 
 /// The device: answers StartCloudRecord by noting where to upload.
@@ -170,8 +178,9 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
     let (pid, token) = (cloud.pid, cloud.token.clone());
     let token = token.as_str();
     let seg = Arc::new(segment(b.bitrate, b.seg)?);
+    let uplink = if b.uplink > 0.0 { format!(", sent over {} Mbit/s uplinks", b.uplink) } else { String::new() };
     say(&format!(
-        "{} cameras at {:.1} Mbit/s, {} s segments of {} bytes",
+        "{} cameras at {:.1} Mbit/s, {} s segments of {} bytes{uplink}",
         b.cameras,
         b.bitrate as f64 / 1e6,
         b.seg,
@@ -416,7 +425,8 @@ pub async fn run(b: RecordingBench) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({
-                "cameras": b.cameras, "bitrate": b.bitrate, "segment_bytes": seg.len(),
+                "cameras": b.cameras, "bitrate": b.bitrate, "segment_bytes": seg.len(), "segment_secs": b.seg,
+                "uplink_mbit_s": b.uplink,
                 "ingest": {"idle_cpu_pct": idle_pct, "cpu_pct": cpu_pct, "cpu_pct_per_camera": per_cam, "stored_mbit_s": rt_mbit},
                 "throughput": {"cloud_mb_s": cloud_mb_s, "cloud_cpu_pct": fast_cpu, "dd_mb_s": dd_mb_s,
                                "dd_direct_mb_s": direct_mb_s, "ratio": cloud_mb_s / disk_mb_s,
