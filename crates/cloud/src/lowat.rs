@@ -111,6 +111,22 @@ impl Lowat {
     }
 }
 
+/// The next item of a body's stream; a raised mark is dropped if it does
+/// not come within `STALL` (and the wait goes on without it).
+pub(crate) async fn next<S: futures_util::Stream + Unpin>(lw: Option<&mut Lowat>, s: &mut S) -> Option<S::Item> {
+    use futures_util::StreamExt;
+    match lw.filter(|l| l.raised()) {
+        Some(l) => match tokio::time::timeout(STALL, s.next()).await {
+            Ok(item) => item,
+            Err(_) => {
+                l.stalled();
+                s.next().await
+            }
+        },
+        None => s.next().await,
+    }
+}
+
 impl Drop for Lowat {
     fn drop(&mut self) {
         if self.set != 1 {

@@ -11,7 +11,6 @@ use crate::store::Store;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use std::path::Path as FsPath;
 use std::sync::atomic::Ordering;
@@ -126,26 +125,17 @@ pub(crate) async fn store_body(
     let mut stream = body.into_data_stream();
     // A body of known length wakes this task once a mebibyte has arrived
     // rather than for every piece the network delivers (see lowat.rs).
-    let mut lowat = match size {
-        Size::Exactly(want) => crate::lowat::Lowat::new(sock).map(|mut l| {
-            l.left(want);
-            l
-        }),
+    let exact = match size {
+        Size::Exactly(want) => Some(want),
         Size::AtMost(_) => None,
     };
+    let mut lowat = exact.and_then(|want| {
+        let mut l = crate::lowat::Lowat::new(sock)?;
+        l.left(want);
+        Some(l)
+    });
     let r: ApiResult<()> = async {
-        loop {
-            let next = match lowat.as_mut().filter(|l| l.raised()) {
-                Some(l) => match tokio::time::timeout(crate::lowat::STALL, stream.next()).await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        l.stalled();
-                        stream.next().await
-                    }
-                },
-                None => stream.next().await,
-            };
-            let Some(chunk) = next else { break };
+        while let Some(chunk) = crate::lowat::next(lowat.as_mut(), &mut stream).await {
             let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
             if n == 0 && !chunk.is_empty() {
                 if let Some(check) = check {
@@ -164,7 +154,7 @@ pub(crate) async fn store_body(
             if let Some(sha) = sha.as_mut() {
                 sha.update(&chunk);
             }
-            if let (Some(l), Size::Exactly(want)) = (lowat.as_mut(), size) {
+            if let (Some(l), Some(want)) = (lowat.as_mut(), exact) {
                 l.left(want.saturating_sub(n));
             }
             f.write(&chunk).await.map_err(|e| disk("writing", e))?;
@@ -173,7 +163,7 @@ pub(crate) async fn store_body(
         if n == 0 {
             return Err(ApiError::bad_request("the body is empty"));
         }
-        if let Size::Exactly(want) = size {
+        if let Some(want) = exact {
             if n != want {
                 return Err(ApiError::bad_request(format!("{n} bytes, {want} announced")));
             }
