@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -122,6 +123,79 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Which node holds which device, and under which epoch, as the bus's
+/// takeovers (and, for a device no takeover was heard of, the store) said:
+/// a request for a device held elsewhere goes there without a database
+/// read. Kept for every device of the cluster, compactly: a 64-bit keyed
+/// hash of the login code and a node number, 24 bytes a device. A wrong
+/// answer (a collision, or a node that let the device go) costs one
+/// misdirected hop: that node answers "not here" and the store is asked.
+pub(crate) struct Holders {
+    keys: std::hash::RandomState,
+    inner: std::sync::Mutex<HoldersInner>,
+}
+
+#[derive(Default)]
+struct HoldersInner {
+    nodes: Vec<Arc<str>>,
+    by_device: std::collections::HashMap<u64, (i64, u16)>,
+}
+
+/// More node names than this on the bus are not remembered (a bound on
+/// what a misbehaving peer can make a node keep; real clusters are far
+/// smaller).
+const MAX_NODES: usize = 4096;
+
+impl Default for Holders {
+    fn default() -> Holders {
+        Holders { keys: std::hash::RandomState::new(), inner: std::sync::Mutex::default() }
+    }
+}
+
+impl Holders {
+    fn key(&self, lc: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, lc)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HoldersInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `node` holds `lc` under `epoch`; a later epoch wins (ties too: the
+    /// store's answer, epoch 0, gives way to any takeover).
+    pub(crate) fn learn(&self, lc: &str, node: &str, epoch: i64) {
+        let key = self.key(lc);
+        let mut h = self.lock();
+        let n = match h.nodes.iter().position(|n| **n == *node) {
+            Some(n) => n,
+            None if h.nodes.len() < MAX_NODES => {
+                h.nodes.push(node.into());
+                h.nodes.len() - 1
+            }
+            None => return,
+        };
+        let n = n as u16;
+        h.by_device.entry(key).and_modify(|e| *e = if e.0 <= epoch { (epoch, n) } else { *e }).or_insert((epoch, n));
+    }
+
+    /// The node said to hold `lc`.
+    pub(crate) fn get(&self, lc: &str) -> Option<Arc<str>> {
+        let key = self.key(lc);
+        let h = self.lock();
+        h.by_device.get(&key).and_then(|&(_, n)| h.nodes.get(usize::from(n)).cloned())
+    }
+
+    pub(crate) fn forget(&self, lc: &str) {
+        let key = self.key(lc);
+        self.lock().by_device.remove(&key);
+    }
+
+    /// Devices remembered.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().by_device.len()
+    }
+}
+
 impl<S: Store> Cloud<S> {
     /// Joins the cluster's bus: takeovers, events and relayed requests
     /// from the other nodes start arriving.
@@ -157,7 +231,7 @@ impl<S: Store> Cloud<S> {
         tokio::spawn(async move {
             while let Some(m) = takeovers.next().await {
                 let Ok(t) = serde_json::from_slice::<Takeover>(&m.payload) else { continue };
-                c.held_by(&t.login_code, &t.node, t.epoch);
+                c.holders.learn(&t.login_code, &t.node, t.epoch);
                 if t.node != c.cfg.node_id {
                     c.close_older(&t.login_code, t.epoch, &t.node);
                 }
@@ -190,6 +264,7 @@ impl<S: Store> Cloud<S> {
         tokio::spawn(async move {
             while let Some(m) = relayed.next().await {
                 let Some(reply) = m.reply.clone() else { continue };
+                c.counters.relayed_in.fetch_add(1, Ordering::Relaxed);
                 let (app, client, node) = (app.clone(), c.bus.get().cloned(), c.cfg.node_id.clone());
                 tokio::spawn(async move {
                     let answer = serve_relayed(app, &m.payload, &node).await;
@@ -277,36 +352,26 @@ impl<S: Store> Cloud<S> {
         }
     }
 
-    /// A takeover: `node` holds `lc` under `epoch`. Only devices this node
-    /// has asked about are remembered (the map grows with the requests a
-    /// node relays, not with the whole cluster); a later epoch wins.
-    fn held_by(&self, lc: &str, node: &str, epoch: i64) {
-        let mut h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = h.get_mut(lc).filter(|(_, e)| *e <= epoch) {
-            *entry = (node.to_owned(), epoch);
-        }
-    }
-
     /// The node to hand a request about `lc` to: the one holding its
     /// session, when that is not this one. `fresh`: ask the store, not
     /// what the bus said.
-    async fn holder(&self, lc: &str, fresh: bool) -> Option<String> {
+    async fn holder(&self, lc: &str, fresh: bool) -> Option<Arc<str>> {
         self.bus.get()?;
         if self.handle_of(lc).is_some() {
             return None;
         }
         if !fresh {
-            let known = self.holders.lock().unwrap_or_else(|p| p.into_inner()).get(lc).map(|(n, _)| n.clone());
-            if let Some(n) = known {
-                return (n != self.cfg.node_id).then_some(n);
+            if let Some(n) = self.holders.get(lc) {
+                return (*n != *self.cfg.node_id).then_some(n);
             }
         }
         let node = self.store.holder(lc).await.ok()??;
         if node == self.cfg.node_id {
             return None;
         }
-        self.holders.lock().unwrap_or_else(|p| p.into_inner()).insert(lc.to_owned(), (node.clone(), 0));
-        Some(node)
+        // Epoch 0: the next takeover the bus carries for it wins.
+        self.holders.learn(lc, &node, 0);
+        self.holders.get(lc)
     }
 }
 
@@ -387,16 +452,20 @@ pub(crate) async fn relay<S: Store>(
     // device or is gone, what the store says.
     for attempt in 0..2 {
         if attempt == 1 {
-            c.holders.lock().unwrap_or_else(|p| p.into_inner()).remove(&lc);
+            c.holders.forget(&lc);
             match c.holder(&lc, true).await {
                 Some(n) => node = n,
                 None => break,
             }
         }
         let ask = async_nats::Request::new().payload(payload.clone()).timeout(Some(c.cfg.rpc_timeout + RELAY_MARGIN));
+        c.counters.relayed_out.fetch_add(1, Ordering::Relaxed);
         match bus.send_request(format!("ivr.node.{node}.http"), ask).await {
             Ok(m) => match unframe::<ReplyHead>(&m.payload) {
-                Some((h, _)) if h.headers.iter().any(|(k, _)| k == NOT_HERE) => continue,
+                Some((h, _)) if h.headers.iter().any(|(k, _)| k == NOT_HERE) => {
+                    c.counters.relays_misdirected.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 Some((h, body)) => return relayed_answer(h, body, &node),
                 None => {
                     return ApiError::new(
@@ -448,6 +517,34 @@ mod tests {
         assert_eq!(session_path("/api/v1/devices/a/channels/0/playback"), None, "storage is shared");
         assert_eq!(session_path("/api/v1/devices/a"), None);
         assert_eq!(session_path("/api/v1/devices/%zz/rpc/x"), None);
+    }
+
+    #[test]
+    fn the_latest_takeover_says_who_holds_a_device() {
+        let h = Holders::default();
+        assert!(h.get("cam-1").is_none());
+        h.learn("cam-1", "n1", 5);
+        h.learn("cam-2", "n2", 1);
+        assert_eq!(h.get("cam-1").as_deref(), Some("n1"));
+        h.learn("cam-1", "n3", 4);
+        assert_eq!(h.get("cam-1").as_deref(), Some("n1"), "an older takeover arriving late changes nothing");
+        h.learn("cam-1", "n3", 7);
+        assert_eq!(h.get("cam-1").as_deref(), Some("n3"));
+        assert_eq!(h.get("cam-2").as_deref(), Some("n2"));
+        // The store's answer (epoch 0) gives way to the next takeover.
+        h.forget("cam-2");
+        assert!(h.get("cam-2").is_none());
+        h.learn("cam-2", "n1", 0);
+        h.learn("cam-2", "n2", 0);
+        assert_eq!(h.get("cam-2").as_deref(), Some("n2"));
+        assert_eq!(h.len(), 2);
+        // Node names are kept once each, and only so many.
+        for i in 0..MAX_NODES + 10 {
+            h.learn(&format!("d{i}"), &format!("node-{i}"), 1);
+        }
+        assert_eq!(h.lock().nodes.len(), MAX_NODES);
+        assert!(h.get(&format!("d{}", MAX_NODES + 5)).is_none(), "a name past the cap is not remembered");
+        assert_eq!(h.get("d7").as_deref(), Some("node-7"));
     }
 
     #[test]

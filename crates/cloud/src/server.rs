@@ -122,6 +122,11 @@ pub(crate) struct Counters {
     pub(crate) previews_dropped: AtomicU64,
     pub(crate) keepalives_refused: AtomicU64,
     pub(crate) uploads_refused: AtomicU64,
+    /// Requests handed to the node holding the device, served for another
+    /// node, and handed to a node that no longer held it.
+    pub(crate) relayed_out: AtomicU64,
+    pub(crate) relayed_in: AtomicU64,
+    pub(crate) relays_misdirected: AtomicU64,
 }
 
 /// How a login check ended.
@@ -168,11 +173,8 @@ pub struct Cloud<S: Store> {
     pub(crate) feed: broadcast::Sender<Event>,
     /// The cluster's bus, once joined ([`Cloud::join_bus`]).
     pub(crate) bus: std::sync::OnceLock<async_nats::Client>,
-    /// Which node holds which device (and under which epoch), for the
-    /// devices this node relayed requests for: the store's answer, kept
-    /// true by the bus's takeovers, so a request for a device held
-    /// elsewhere goes there without a database read.
-    pub(crate) holders: Mutex<HashMap<String, (String, i64)>>,
+    /// Which node holds which device (see [`crate::bus::Holders`]).
+    pub(crate) holders: crate::bus::Holders,
     pub(crate) next_session: AtomicU64,
     pub(crate) passwords: Passwords,
     pub(crate) counters: Counters,
@@ -208,7 +210,7 @@ impl<S: Store> Cloud<S> {
             user_login_queue: crate::limits::Pending::new(8, 64),
             feed: broadcast::channel(1024).0,
             bus: std::sync::OnceLock::new(),
-            holders: Mutex::default(),
+            holders: crate::bus::Holders::default(),
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),
             counters: Counters::default(),

@@ -129,6 +129,13 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     let (s, _) = api(a3, "POST", "/api/v1/devices/cam-1/rpc/NoSuchMethod", Some(json!({}))).await;
     assert_eq!(s, 404, "the same statuses as on the holder");
     assert_eq!(api(a3, "POST", "/api/v1/devices/nobody/rpc/GetTime", None).await.0, 404);
+    // Node 3 knew where cam-1 was from the bus's takeover (no database
+    // read), handed the call to node 1, and node 1 served it.
+    let k3 = api(a3, "GET", "/api/v1/stats", None).await.1["cluster"].clone();
+    assert!(k3["holders_known"].as_u64() >= Some(1) && k3["relayed_out"].as_u64() >= Some(2), "{k3}");
+    assert_eq!((k3["node"].as_str(), k3["on_bus"].as_bool()), (Some("n3"), Some(true)), "{k3}");
+    let k1 = api(a1, "GET", "/api/v1/stats", None).await.1["cluster"].clone();
+    assert!(k1["relayed_in"].as_u64() >= Some(2), "{k1}");
 
     // cam-2 on node 1: its alarm appears in node 2's event stream.
     let raw1 = raw_ivt(ivc(a1, "cam-2", "pw-123456")).await;

@@ -120,6 +120,28 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("psql said {:?}: {e}", out.stdout))
     }
 
+    /// The server's processes now: the postmaster and its children (one
+    /// backend per connection, and the background workers).
+    pub fn pids(&self) -> Vec<u32> {
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let Some(main) =
+            std::fs::read_to_string(pid_file).ok().and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![main];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let parent = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if parent == Some(main) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     /// `postgres://ivr@127.0.0.1:<port>/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://ivr@127.0.0.1:{}/postgres", self.port)

@@ -65,6 +65,14 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
             "refused": n(&c.gate.refused),
             "refused_for_api_reserve": n(&c.gate.reserved_refused),
         },
+        "cluster": {
+            "node": c.cfg.node_id,
+            "on_bus": c.bus.get().is_some(),
+            "holders_known": c.holders.len(),
+            "relayed_out": n(&k.relayed_out),
+            "relayed_in": n(&k.relayed_in),
+            "relays_misdirected": n(&k.relays_misdirected),
+        },
         "recordings": {
             "stored": n(&c.recorder.stored),
             "stored_bytes": n(&c.recorder.stored_bytes),

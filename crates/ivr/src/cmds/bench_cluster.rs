@@ -157,6 +157,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let groups: Vec<(&str, Vec<u32>)> = vec![
         ("nodes", nodes.iter().map(|c| c.pid).collect()),
         ("nats", vec![nats.pid()]),
+        ("postgres", pg.pids()),
         ("devices", fleets.iter().filter_map(|f| f.id()).collect()),
         ("load", vec![std::process::id()]),
     ];
