@@ -150,6 +150,10 @@ impl<S: Store> Cloud<S> {
     }
 
     async fn caller_of(&self, parts: &Parts) -> ApiResult<Caller> {
+        // Authenticated by the node that relayed it (see `bus`).
+        if let Some(crate::bus::Relayed(who)) = parts.extensions.get() {
+            return Ok(who.clone());
+        }
         let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let bearer =
             parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));

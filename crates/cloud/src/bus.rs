@@ -9,11 +9,18 @@
 //!   node holds (its RPC, events, live view, preview, recording) is handed
 //!   to that node, which serves it as if it had come in itself and answers
 //!   with its own URLs and statuses. Request and reply, never pipelined: a
-//!   relayed RPC waits in the device's session like a local one.
+//!   relayed RPC waits in the device's session like a local one. The
+//!   relaying node authenticates the caller; what crosses the bus is who
+//!   they are (never their token or cookie), signed with a key every node
+//!   derives from the admin token and dated, so a peer on the bus without
+//!   that secret cannot make a node act, and a copy replayed later than
+//!   [`RELAY_FRESH`] is refused. An RPC is served straight from the relayed
+//!   head; anything else goes through the node's router.
 //!
 //! Without a bus (one node) none of this runs.
 
-use crate::access::Caller;
+use crate::access::{Caller, Scope};
+use crate::accounts::Role;
 use crate::error::ApiError;
 use crate::server::{now, Cloud};
 use crate::store::{Event, Store};
@@ -29,14 +36,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
-/// Marks a request another node handed over (it is never handed on).
-const RELAYED: &str = "x-ivr-relayed-by";
 /// Marks the answer of a node handed a request for a device it does not hold.
 const NOT_HERE: &str = "x-ivr-not-here";
 /// The largest request or answer relayed (NATS's default payload cap is 1 MiB).
 const RELAY_MAX: usize = 900 << 10;
 /// How long a node waits for the holder's answer past the RPC timeout.
 const RELAY_MARGIN: Duration = Duration::from_secs(5);
+/// How far a relayed request's date may be from the holder's clock.
+pub(crate) const RELAY_FRESH: Duration = Duration::from_secs(30);
+/// Request headers that stay on the relaying node: credentials (the
+/// caller crosses as an identity) and the framing of the original body.
+const KEPT_HERE: [&str; 3] = ["authorization", "cookie", "content-length"];
 
 #[derive(Serialize, Deserialize)]
 struct Takeover {
@@ -58,12 +68,76 @@ struct BusEvent {
     event: Event,
 }
 
+/// The caller of a relayed request, as the relaying node authenticated
+/// them; on the holder they see only the device the request is about.
+#[derive(Serialize, Deserialize)]
+struct RelayedCaller {
+    actor: String,
+    role: Role,
+    user: Option<String>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct RelayHead {
     method: String,
     uri: String,
     headers: Vec<(String, String)>,
     peer: SocketAddr,
+    /// The device the request is about (decoded from the path).
+    lc: String,
+    caller: RelayedCaller,
+    /// When it was sent, Unix milliseconds.
+    sent_ms: i64,
+}
+
+/// A request that came over the bus (set by the holder, never by a client:
+/// a request extension, not a header).
+#[derive(Clone)]
+pub(crate) struct Relayed(pub(crate) Caller);
+
+/// The key relayed requests are signed with: every node of a cluster
+/// shares the admin token, and nothing else on the bus knows it.
+fn relay_key(secret: &str) -> [u8; 32] {
+    use blake2::Digest;
+    let d = blake2::Blake2b512::new().chain_update(b"ivr cluster relay\0").chain_update(secret).finalize();
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&d[..32]);
+    k
+}
+
+/// BLAKE2b keyed by prefix (BLAKE2 has no length extension) over the frame.
+fn relay_mac(key: &[u8; 32], frame: &[u8]) -> [u8; 32] {
+    use blake2::Digest;
+    let d = blake2::Blake2b512::new().chain_update(key).chain_update(frame).finalize();
+    let mut m = [0u8; 32];
+    m.copy_from_slice(&d[..32]);
+    m
+}
+
+/// A signed relayed request: the MAC, then the frame.
+fn sign(key: &[u8; 32], frame: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(32 + frame.len());
+    out.extend_from_slice(&relay_mac(key, frame));
+    out.extend_from_slice(frame);
+    out.into()
+}
+
+/// The frame of a signed request, when its MAC is this cluster's.
+fn verified<'a>(key: &[u8; 32], signed: &'a [u8]) -> Option<&'a [u8]> {
+    let (mac, frame) = (signed.get(..32)?, signed.get(32..)?);
+    crate::auth::constant_eq(mac, &relay_mac(key, frame)).then_some(frame)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `/api/v1/devices/{lc}/rpc/{method}` → the method, decoded.
+fn rpc_method(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/api/v1/devices/")?;
+    let (_, rest) = rest.split_once('/')?;
+    let m = rest.strip_prefix("rpc/")?;
+    (!m.is_empty() && !m.contains('/')).then(|| percent_decode(m))?
 }
 
 #[derive(Serialize, Deserialize)]
@@ -265,10 +339,10 @@ impl<S: Store> Cloud<S> {
             while let Some(m) = relayed.next().await {
                 let Some(reply) = m.reply.clone() else { continue };
                 c.counters.relayed_in.fetch_add(1, Ordering::Relaxed);
-                let (app, client, node) = (app.clone(), c.bus.get().cloned(), c.cfg.node_id.clone());
+                let (app, c) = (app.clone(), c.clone());
                 tokio::spawn(async move {
-                    let answer = serve_relayed(app, &m.payload, &node).await;
-                    if let Some(client) = client {
+                    let answer = c.serve_relayed(app, &m.payload).await;
+                    if let Some(client) = c.bus.get() {
                         let _ = client.publish(reply, answer).await;
                     }
                 });
@@ -375,25 +449,8 @@ impl<S: Store> Cloud<S> {
     }
 }
 
-/// Serves a request another node handed over, through this node's own
-/// router; the framed answer.
-async fn serve_relayed(app: axum::Router, payload: &[u8], node: &str) -> bytes::Bytes {
-    let fail = |status: StatusCode, msg: &str| {
-        frame(&ReplyHead { status: status.as_u16(), headers: vec![] }, json!({ "error": msg }).to_string().as_bytes())
-    };
-    let Some((head, body)) = unframe::<RelayHead>(payload) else {
-        return fail(StatusCode::BAD_REQUEST, "a relayed request this node cannot read");
-    };
-    let mut b = axum::http::Request::builder().method(head.method.as_str()).uri(head.uri.as_str());
-    for (k, v) in &head.headers {
-        b = b.header(k.as_str(), v.as_str());
-    }
-    b = b.header(RELAYED, node);
-    let Ok(mut req) = b.body(axum::body::Body::from(body)) else {
-        return fail(StatusCode::BAD_REQUEST, "a relayed request with a bad method, path or header");
-    };
-    req.extensions_mut().insert(ConnectInfo(head.peer));
-    let Ok(res) = app.oneshot(req).await;
+/// A response as a framed answer for the relaying node.
+async fn framed(res: Response) -> bytes::Bytes {
     let (parts, body) = res.into_parts();
     let Ok(body) = axum::body::to_bytes(body, RELAY_MAX).await else {
         return fail(StatusCode::BAD_GATEWAY, "the answer is too large to relay between nodes");
@@ -401,6 +458,77 @@ async fn serve_relayed(app: axum::Router, payload: &[u8], node: &str) -> bytes::
     let headers =
         parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
     frame(&ReplyHead { status: parts.status.as_u16(), headers }, &body)
+}
+
+fn fail(status: StatusCode, msg: &str) -> bytes::Bytes {
+    frame(&ReplyHead { status: status.as_u16(), headers: vec![] }, json!({ "error": msg }).to_string().as_bytes())
+}
+
+fn not_here(lc: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::MISDIRECTED_REQUEST, format!("this node does not hold device {lc:?}"))
+        .into_response();
+    r.headers_mut().insert(NOT_HERE, HeaderValue::from_static("1"));
+    r
+}
+
+impl<S: Store> Cloud<S> {
+    /// Serves a request another node handed over: an RPC straight to the
+    /// device's session, anything else through this node's router; the
+    /// framed answer.
+    async fn serve_relayed(self: &Arc<Self>, app: axum::Router, payload: &[u8]) -> bytes::Bytes {
+        let key = relay_key(&self.cfg.admin_token);
+        let Some(signed) = verified(&key, payload) else {
+            tracing::warn!(
+                "cloud: a relayed request not signed with this cluster's key (another admin token?) was refused"
+            );
+            return fail(
+                StatusCode::FORBIDDEN,
+                "a relayed request not signed with this cluster's key (do the nodes share --admin-token?)",
+            );
+        };
+        let Some((head, body)) = unframe::<RelayHead>(signed) else {
+            return fail(StatusCode::BAD_REQUEST, "a relayed request this node cannot read");
+        };
+        if (now_ms() - head.sent_ms).unsigned_abs() > RELAY_FRESH.as_millis() as u64 {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "a relayed request dated more than 30 s from this node's clock (a replay, or clocks apart)",
+            );
+        }
+        // Handed over by a node that thought this one holds the device: if
+        // it does not (any more), say so, and that node asks the store.
+        if self.handle_of(&head.lc).is_none() {
+            return framed(not_here(&head.lc)).await;
+        }
+        let who = Caller {
+            actor: head.caller.actor,
+            role: head.caller.role,
+            scope: Scope::Only([head.lc.clone()].into()),
+            addr: Some(head.peer.ip()),
+            user: head.caller.user,
+            session: None,
+            token: None,
+        };
+        let path = head.uri.split('?').next().unwrap_or_default();
+        if let (true, Some(method)) = (head.method == "POST", rpc_method(path)) {
+            let res = match crate::api::devices::call(self, &who, &head.lc, &method, &body).await {
+                Ok(v) => axum::Json(v).into_response(),
+                Err(e) => e.into_response(),
+            };
+            return framed(res).await;
+        }
+        let mut b = axum::http::Request::builder().method(head.method.as_str()).uri(head.uri.as_str());
+        for (k, v) in &head.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let Ok(mut req) = b.body(axum::body::Body::from(body)) else {
+            return fail(StatusCode::BAD_REQUEST, "a relayed request with a bad method, path or header");
+        };
+        req.extensions_mut().insert(ConnectInfo(head.peer));
+        req.extensions_mut().insert(Relayed(who));
+        let Ok(res) = app.oneshot(req).await;
+        framed(res).await
+    }
 }
 
 /// The router's layer: a request that needs the session of a device held
@@ -411,21 +539,18 @@ pub(crate) async fn relay<S: Store>(
     next: axum::middleware::Next,
 ) -> Response {
     let Some(lc) = session_path(req.uri().path()) else { return next.run(req).await };
-    if req.headers().contains_key(RELAYED) {
-        // Handed over by a node that thought we hold the device: if we do
-        // not (any more), say so, and it asks the store.
-        if c.handle_of(&lc).is_none() {
-            let mut r =
-                ApiError::new(StatusCode::MISDIRECTED_REQUEST, format!("this node does not hold device {lc:?}"))
-                    .into_response();
-            r.headers_mut().insert(NOT_HERE, HeaderValue::from_static("1"));
-            return r;
-        }
+    if req.extensions().get::<Relayed>().is_some() {
+        // Handed over already (and checked to be held here): never on.
         return next.run(req).await;
     }
     let Some(mut node) = c.holder(&lc, false).await else { return next.run(req).await };
     let (mut parts, body) = req.into_parts();
-    if let Err(e) = Caller::from_request_parts(&mut parts, &c).await {
+    let who = match Caller::from_request_parts(&mut parts, &c).await {
+        Ok(who) => who,
+        Err(e) => return e.into_response(),
+    };
+    // What the holder would say to a caller who does not see the device.
+    if let Err(e) = who.see(&lc) {
         return e.into_response();
     }
     let Ok(body) = axum::body::to_bytes(body, RELAY_MAX).await else {
@@ -441,13 +566,16 @@ pub(crate) async fn relay<S: Store>(
         headers: parts
             .headers
             .iter()
-            .filter(|(k, _)| *k != axum::http::header::CONTENT_LENGTH)
+            .filter(|(k, _)| !KEPT_HERE.contains(&k.as_str()))
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect(),
         peer,
+        lc: lc.clone(),
+        caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
+        sent_ms: now_ms(),
     };
     let Some(bus) = c.bus.get() else { return next.run(axum::extract::Request::from_parts(parts, body.into())).await };
-    let payload = frame(&head, &body);
+    let payload = sign(&relay_key(&c.cfg.admin_token), &frame(&head, &body));
     // What the bus said first; then, if that node no longer holds the
     // device or is gone, what the store says.
     for attempt in 0..2 {
@@ -545,6 +673,29 @@ mod tests {
         assert_eq!(h.lock().nodes.len(), MAX_NODES);
         assert!(h.get(&format!("d{}", MAX_NODES + 5)).is_none(), "a name past the cap is not remembered");
         assert_eq!(h.get("d7").as_deref(), Some("node-7"));
+    }
+
+    #[test]
+    fn relayed_requests_are_signed_with_the_clusters_key() {
+        let key = relay_key("admin-secret");
+        let signed = sign(&key, b"{\"a\":1}\nbody");
+        assert_eq!(verified(&key, &signed), Some(&b"{\"a\":1}\nbody"[..]));
+        assert_eq!(verified(&relay_key("another"), &signed), None, "another cluster's key");
+        let mut altered = signed.to_vec();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(verified(&key, &altered), None, "one byte changed");
+        assert_eq!(verified(&key, &signed[..20]), None, "shorter than a MAC");
+        assert_ne!(relay_key("admin-secret"), crate::bus::relay_key("admin-secreT"));
+    }
+
+    #[test]
+    fn an_rpc_is_known_by_its_path() {
+        assert_eq!(rpc_method("/api/v1/devices/cam%2E1/rpc/GetTime").as_deref(), Some("GetTime"));
+        assert_eq!(rpc_method("/api/v1/devices/a/rpc/Get%54ime").as_deref(), Some("GetTime"));
+        assert_eq!(rpc_method("/api/v1/devices/a/rpc/"), None);
+        assert_eq!(rpc_method("/api/v1/devices/a/rpc/x/y"), None);
+        assert_eq!(rpc_method("/api/v1/devices/a/events/Reboot"), None);
+        assert_eq!(rpc_method("/api/v1/devices/a/channels/0/live"), None);
     }
 
     #[test]

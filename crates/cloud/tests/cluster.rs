@@ -7,6 +7,7 @@
 mod common;
 
 use common::{api, raw_ivt, wait_until, TOKEN};
+use futures_util::StreamExt;
 use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
 use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
 use ivr_testkit::services::{Nats, Postgres};
@@ -123,9 +124,38 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     })
     .await;
 
-    // An RPC sent to node 3 reaches the device on node 1, and answers.
+    // An RPC sent to node 3 reaches the device on node 1, and answers;
+    // what crosses the bus names the caller but never carries the token.
+    let bus = async_nats::connect(nats.url()).await.unwrap();
+    let mut overheard = bus.subscribe("ivr.node.>").await.unwrap();
+    bus.flush().await.unwrap();
     let (s, v) = api(a3, "POST", "/api/v1/devices/cam-1/rpc/GetPTZPresetList", Some(json!({"channel": 0}))).await;
     assert_eq!((s, v[0]["token"].as_str()), (200, Some("1")), "{v}");
+    let relayed = tokio::time::timeout(Duration::from_secs(5), overheard.next()).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&relayed.payload).into_owned();
+    assert!(text.contains("admin-token") && !text.contains(TOKEN), "{text}");
+    // The bus alone cannot make a node act: a copy altered in one byte, or
+    // a request signed without the admin token, is refused.
+    let mut altered = relayed.payload.to_vec();
+    let at = altered.len() - 3;
+    altered[at] ^= 1;
+    for forged in [altered, [vec![0u8; 32], relayed.payload[32..].to_vec()].concat()] {
+        let answer = bus.request("ivr.node.n1.http", forged.into()).await.unwrap();
+        let head = String::from_utf8_lossy(&answer.payload).into_owned();
+        assert!(head.starts_with("{\"status\":403"), "{head}");
+    }
+    // The caller's rights cross with them: a viewer's token reaches the
+    // device's node and is refused there as it would be locally.
+    let (s, t) =
+        api(a1, "POST", "/api/v1/tokens", Some(json!({"name": "watcher", "role": "viewer", "devices": ["cam-1"]})))
+            .await;
+    assert_eq!(s, 201, "{t}");
+    let viewer = t["token"].as_str().unwrap().to_owned();
+    let path = "/api/v1/devices/cam-1/rpc/GetPTZPresetList";
+    let (s, body) = common::http(a3, "POST", path, Some(&viewer), Some(br#"{"channel":0}"#)).await;
+    assert_eq!(s, 403, "{}", String::from_utf8_lossy(&body));
+    let (s, _) = common::http(a3, "POST", "/api/v1/devices/cam-2/rpc/GetTime", Some(&viewer), None).await;
+    assert_eq!(s, 404, "a device outside the viewer's grant is not found, on any node");
     let (s, _) = api(a3, "POST", "/api/v1/devices/cam-1/rpc/NoSuchMethod", Some(json!({}))).await;
     assert_eq!(s, 404, "the same statuses as on the holder");
     assert_eq!(api(a3, "POST", "/api/v1/devices/nobody/rpc/GetTime", None).await.0, 404);

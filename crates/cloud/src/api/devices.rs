@@ -144,21 +144,33 @@ pub(crate) async fn rpc<S: Store>(
     Path((lc, method)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    who.control(&lc)?;
+    call(&c, &who, &lc, &method, &body).await.map(Json)
+}
+
+/// An RPC to a device in session here, for `who`: what `POST …/rpc/{method}`
+/// does, here or for another node (see `bus`).
+pub(crate) async fn call<S: Store>(
+    c: &Arc<Cloud<S>>,
+    who: &Caller,
+    lc: &str,
+    method: &str,
+    body: &[u8],
+) -> ApiResult<Value> {
+    who.control(lc)?;
     // Sending an unknown method would make the device close the session (rule 4).
-    let params = api_params(&method, &IVT_METHODS, "IVT method", &body)?;
-    let req = IvtRequest::parse(&method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    c.check_device(&lc).await?;
+    let params = api_params(method, &IVT_METHODS, "IVT method", body)?;
+    let req = IvtRequest::parse(method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    c.check_device(lc).await?;
     if let Some(ch) = req.channel() {
-        c.check_channel_of(&lc, ch, true).await?;
+        c.check_channel_of(lc, ch, true).await?;
     }
-    let h = c.handle_of(&lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
+    let h = c.handle_of(lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
     c.counters.rpc_calls.fetch_add(1, Ordering::Relaxed);
     if !method.starts_with("Get") {
-        c.audit(&who, "rpc", &lc, json!({"method": method, "params": params})).await;
+        c.audit(who, "rpc", lc, json!({"method": method, "params": params})).await;
     }
-    match tokio::time::timeout(c.cfg.rpc_timeout, h.call(&method, params)).await {
-        Ok(r) => r.map(Json).map_err(|e| ApiError::call(&method, e)),
+    match tokio::time::timeout(c.cfg.rpc_timeout, h.call(method, params)).await {
+        Ok(r) => r.map_err(|e| ApiError::call(method, e)),
         Err(_) => Err(ApiError::timeout(format!("{method}: no answer from {lc:?} within {:?}", c.cfg.rpc_timeout))),
     }
 }
