@@ -161,6 +161,19 @@ impl Passwords {
         out
     }
 
+    /// Whether a login of `login_code` was verified with argon2 before
+    /// (on this node or, in a cluster, another).
+    pub fn has_memo(&self, login_code: &str) -> bool {
+        self.verified.lock().expect("memo lock").contains_key(login_code)
+    }
+
+    /// Whether `password` is the one verified before for `login_code`
+    /// against `stored`: a keyed hash, no argon2.
+    pub fn remembered(&self, login_code: &str, password: &str, stored: &str) -> bool {
+        let memo = self.memo_key(stored, password);
+        self.verified.lock().expect("memo lock").get(login_code).is_some_and(|m| constant_eq(m, &memo))
+    }
+
     /// Whether `password` matches `stored` (a PHC string; its own
     /// parameters are used). `Err` when the stored hash is unreadable.
     pub async fn verify(&self, login_code: &str, password: &str, stored: &str) -> Result<bool, PasswordError> {

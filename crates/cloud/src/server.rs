@@ -265,6 +265,19 @@ impl<S: Store> Cloud<S> {
             self.counters.logins_throttled.fetch_add(1, Ordering::Relaxed);
             return Login::Throttled(d, what);
         }
+        // A login verified with argon2 before (on this node or, in a
+        // cluster, another: the memos) costs a database read and a keyed
+        // hash, so it does not wait for a place among the argon2 work: a
+        // fleet behind one address (a NAT) that fails over from a dead node
+        // is not let in 32 at a time. Only devices with a memo get here
+        // before the queue; anything else, and a wrong password, queues.
+        if self.passwords.has_memo(login_code) {
+            if let Ok(Some(stored)) = self.store.password_hash(login_code).await {
+                if self.passwords.remembered(login_code, login_passwd, &stored) {
+                    return Login::Ok;
+                }
+            }
+        }
         let queued = match self.login_queue.enter(peer) {
             Ok(g) => g,
             Err(why) => {
@@ -445,4 +458,35 @@ pub enum LoginCheckError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Password(#[from] crate::auth::PasswordError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_login_verified_before_does_not_wait_behind_the_argon2_queue() {
+        let dir = std::env::temp_dir().join(format!("ivr-login-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(crate::store::SqlStore::open(&dir).unwrap());
+        let cfg = CloudConfig {
+            hash_cost: "m=64,t=1,p=1".parse().unwrap(),
+            ..CloudConfig::new("t".repeat(24), "http://127.0.0.1:1".into(), dir.clone())
+        };
+        let c = Cloud::new(store, cfg);
+        c.provision("cam-1", "pw-123456", "one").await.unwrap();
+        c.provision("cam-2", "pw-123456", "two").await.unwrap();
+        let nat: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(matches!(c.login("cam-1", "pw-123456", nat).await, Login::Ok), "argon2, the first time");
+        // Every place for this address taken by logins still checking.
+        let held: Vec<_> = (0..32).map(|_| c.login_queue.enter(nat).unwrap()).collect();
+        assert!(matches!(c.login("cam-1", "pw-123456", nat).await, Login::Ok), "remembered: no place needed");
+        assert!(matches!(c.login("cam-2", "pw-123456", nat).await, Login::Busy(_)), "never verified: it queues");
+        assert!(matches!(c.login("cam-1", "wrong-pass", nat).await, Login::Busy(_)), "a wrong password queues");
+        drop(held);
+        assert!(matches!(c.login("cam-1", "wrong-pass", nat).await, Login::Wrong));
+        assert!(matches!(c.login("cam-2", "pw-123456", nat).await, Login::Ok));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
