@@ -111,6 +111,9 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     fn device(&self, login_code: &str) -> impl Future<Output = Result<Option<Device>>> + Send;
     /// Devices in login_code order, after `after`, at most `limit`.
     fn devices(&self, after: Option<&str>, limit: u32) -> impl Future<Output = Result<Vec<Device>>> + Send;
+    /// The devices of `codes` (sorted, no duplicates) that exist, in that
+    /// order: a scoped caller's page, a few statements for any number.
+    fn devices_of(&self, codes: &[String]) -> impl Future<Output = Result<Vec<Device>>> + Send;
     fn delete_device(&self, login_code: &str) -> impl Future<Output = Result<bool>> + Send;
     /// A new label; false when there is no such device.
     fn rename_device(&self, login_code: &str, name: &str) -> impl Future<Output = Result<bool>> + Send;
@@ -443,6 +446,22 @@ fn row_to_device(r: &Row) -> Result<Device> {
 }
 
 /// A channel row from `CHANNEL_COLS` starting at column `at`.
+/// Channel rows (`login_code`, then the channel's columns), in login_code
+/// order, onto the devices they belong to (in the same order).
+fn attach_channels(devices: &mut [Device], rows: &[Row]) -> Result<()> {
+    let mut i = 0;
+    for r in rows {
+        let lc = r.text(0)?;
+        while i < devices.len() && devices[i].login_code < lc {
+            i += 1;
+        }
+        if let Some(d) = devices.get_mut(i).filter(|d| d.login_code == lc) {
+            d.channels.push(row_to_channel(r, 1)?);
+        }
+    }
+    Ok(())
+}
+
 fn row_to_channel(r: &Row, at: usize) -> Result<ChannelRow> {
     Ok(ChannelRow {
         channel: r.num(at)?,
@@ -629,17 +648,41 @@ impl Store for SqlStore {
                 args![first, last],
             )
             .await?;
-        let mut i = 0;
-        for r in &rows {
-            let lc = r.text(0)?;
-            while i < devices.len() && devices[i].login_code < lc {
-                i += 1;
+        attach_channels(&mut devices, &rows)?;
+        Ok(devices)
+    }
+
+    async fn devices_of(&self, codes: &[String]) -> Result<Vec<Device>> {
+        // Fixed-size IN lists (the last code repeated to fill one), so
+        // there are two statements to prepare, whatever the count.
+        const CHUNK: usize = 64;
+        let marks = (1..=CHUNK).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let devices_sql = format!("SELECT {DEVICE_COLS} FROM device WHERE login_code IN ({marks}) ORDER BY login_code");
+        let channels_sql = format!(
+            "SELECT login_code, {CHANNEL_COLS} FROM channel WHERE login_code IN ({marks}) ORDER BY login_code, channel"
+        );
+        let mut out = Vec::with_capacity(codes.len());
+        for chunk in codes.chunks(CHUNK) {
+            let args = || -> Vec<Val> {
+                let pad = chunk.last().map_or("", String::as_str);
+                chunk.iter().map(String::as_str).chain(std::iter::repeat(pad)).take(CHUNK).map(Val::from).collect()
+            };
+            let rows = self.db.query(&devices_sql, args()).await?;
+            let mut devices: Vec<Device> = rows.iter().map(row_to_device).collect::<Result<_>>()?;
+            if devices.is_empty() {
+                continue;
             }
-            if let Some(d) = devices.get_mut(i).filter(|d| d.login_code == lc) {
-                d.channels.push(row_to_channel(r, 1)?);
+            let rows = self.db.query(&channels_sql, args()).await?;
+            attach_channels(&mut devices, &rows)?;
+            out.extend(devices);
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &mut out {
+            if let Some(t) = seen.get(&d.login_code) {
+                d.last_seen = Some(*t);
             }
         }
-        Ok(devices)
+        Ok(out)
     }
 
     async fn delete_device(&self, login_code: &str) -> Result<bool> {
@@ -1243,6 +1286,24 @@ mod tests {
         let page = s.devices(Some("site-1"), 10).await.unwrap();
         assert_eq!((page.len(), page[0].login_code.as_str(), page[0].channels.len()), (1, "site-2", 0));
         assert_eq!(s.device_count().await.unwrap(), 2);
+        // A scoped caller's devices: more names than one statement takes,
+        // half of them gone, in order, with their channels.
+        let mut grant: Vec<String> = (0..150).map(|i| format!("grant-{i:03}")).collect();
+        for lc in grant.iter().step_by(2) {
+            s.create_device(lc, "x", "", 100).await.unwrap();
+        }
+        grant.extend(["site-1".to_owned(), "site-2".to_owned()]);
+        let mine = s.devices_of(&grant).await.unwrap();
+        let got: Vec<&str> = mine.iter().map(|d| d.login_code.as_str()).collect();
+        let want: Vec<String> =
+            (0..150).step_by(2).map(|i| format!("grant-{i:03}")).chain(["site-1".into(), "site-2".into()]).collect();
+        assert_eq!(got, want);
+        assert_eq!(mine[75].channels.len(), 2, "site-1's channels");
+        assert!(s.devices_of(&[]).await.unwrap().is_empty());
+        assert!(s.devices_of(&["nobody".to_owned()]).await.unwrap().is_empty());
+        for lc in grant.iter().step_by(2).take(75) {
+            assert!(s.delete_device(lc).await.unwrap());
+        }
         assert!(s.rename_device("site-2", "Back door").await.unwrap());
         assert!(s.delete_device("site-2").await.unwrap());
         assert!(s.set_offline("site-1", 253, e3).await.unwrap());

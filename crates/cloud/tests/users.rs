@@ -113,6 +113,10 @@ async fn roles_scopes_tokens_logins_and_the_audit_log() {
         list.as_array().unwrap().iter().map(|d| d["login_code"].as_str().unwrap()).collect::<Vec<_>>(),
         ["cam-a"]
     );
+    let (_, page) = call(addr, "GET", "/api/v1/devices?limit=1", &v, None).await;
+    assert_eq!(page.as_array().map(Vec::len), Some(1));
+    let (s, rest) = call(addr, "GET", "/api/v1/devices?after=cam-a", &v, None).await;
+    assert_eq!((s, rest.as_array().map(Vec::len)), (200, Some(0)), "{rest}");
     assert_eq!(call(addr, "GET", "/api/v1/devices/cam-b", &v, None).await.0, 404);
     assert_eq!(call(addr, "POST", "/api/v1/devices/cam-b/channels/0/live", &v, None).await.0, 404);
     assert_eq!(call(addr, "GET", "/api/v1/devices/cam-b/channels/0/preview", &v, None).await.0, 404);

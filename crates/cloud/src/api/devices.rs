@@ -64,14 +64,15 @@ pub(crate) async fn list<S: Store>(
         None => c.store().devices(p.after.as_deref(), limit).await?,
         // The caller's own devices, in the same order, a page at a time.
         Some(mine) => {
-            let mut page = Vec::new();
-            for lc in mine.iter().filter(|lc| p.after.as_deref().is_none_or(|a| lc.as_str() > a)) {
-                if page.len() == limit as usize {
-                    break;
-                }
-                if let Some(d) = c.store().device(lc).await? {
-                    page.push(d);
-                }
+            let after = p.after.as_deref();
+            let rest: Vec<String> = mine.into_iter().filter(|lc| after.is_none_or(|a| lc.as_str() > a)).collect();
+            // A grant may name devices deleted since: a batch can come back
+            // short, and the next names fill the page.
+            let (mut page, mut at) = (Vec::new(), 0);
+            while page.len() < limit as usize && at < rest.len() {
+                let n = (limit as usize - page.len()).min(rest.len() - at);
+                page.extend(c.store().devices_of(&rest[at..at + n]).await?);
+                at += n;
             }
             page
         }
