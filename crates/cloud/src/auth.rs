@@ -131,9 +131,7 @@ impl Passwords {
     /// token they share), so their memos agree; memos made before are
     /// forgotten.
     pub fn share_key(&self, secret: &str) {
-        let d = Blake2b512::new().chain_update(b"ivr cluster login memo\0").chain_update(secret).finalize();
-        let mut k = [0u8; 32];
-        k.copy_from_slice(&d[..32]);
+        let k = digest32(&[b"ivr cluster login memo\0", secret.as_bytes()]);
         *self.key.write().unwrap_or_else(|p| p.into_inner()) = k;
         self.verified.lock().expect("memo lock").clear();
     }
@@ -150,15 +148,7 @@ impl Passwords {
 
     fn memo_key(&self, stored: &str, password: &str) -> [u8; 32] {
         let key = *self.key.read().unwrap_or_else(|p| p.into_inner());
-        let d = Blake2b512::new()
-            .chain_update(key)
-            .chain_update((stored.len() as u64).to_le_bytes())
-            .chain_update(stored)
-            .chain_update(password)
-            .finalize();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&d[..32]);
-        out
+        digest32(&[&key, &(stored.len() as u64).to_le_bytes(), stored.as_bytes(), password.as_bytes()])
     }
 
     /// Whether a login of `login_code` was verified with argon2 before
@@ -188,17 +178,15 @@ impl Passwords {
         password: &str,
         stored: &str,
     ) -> Result<(bool, Option<[u8; 32]>), PasswordError> {
-        let memo = self.memo_key(stored, password);
-        if let Some(m) = self.verified.lock().expect("memo lock").get(login_code) {
-            if constant_eq(m, &memo) {
-                return Ok((true, None));
-            }
+        if self.remembered(login_code, password, stored) {
+            return Ok((true, None));
         }
         let ok = self.argon2_verify(login_code, password, stored).await?;
-        if ok {
-            self.verified.lock().expect("memo lock").insert(login_code.to_owned(), memo);
+        let memo = ok.then(|| self.memo_key(stored, password));
+        if let Some(m) = memo {
+            self.verified.lock().expect("memo lock").insert(login_code.to_owned(), m);
         }
-        Ok((ok, ok.then_some(memo)))
+        Ok((ok, memo))
     }
 
     /// argon2 verification, off the async threads, at most one per core.
@@ -225,6 +213,15 @@ impl Passwords {
     pub fn forget(&self, login_code: &str) {
         self.verified.lock().expect("memo lock").remove(login_code);
     }
+}
+
+/// BLAKE2b over `parts` in turn, its first 32 bytes: the keys, memos and
+/// MACs of a cluster (keyed by prefix; BLAKE2 has no length extension).
+pub(crate) fn digest32(parts: &[&[u8]]) -> [u8; 32] {
+    let d = parts.iter().fold(Blake2b512::new(), |h, p| h.chain_update(p)).finalize();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&d[..32]);
+    out
 }
 
 pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {

@@ -97,21 +97,12 @@ pub(crate) struct Relayed(pub(crate) Caller);
 
 /// The key relayed requests are signed with: every node of a cluster
 /// shares the admin token, and nothing else on the bus knows it.
-fn relay_key(secret: &str) -> [u8; 32] {
-    use blake2::Digest;
-    let d = blake2::Blake2b512::new().chain_update(b"ivr cluster relay\0").chain_update(secret).finalize();
-    let mut k = [0u8; 32];
-    k.copy_from_slice(&d[..32]);
-    k
+pub(crate) fn relay_key(secret: &str) -> [u8; 32] {
+    crate::auth::digest32(&[b"ivr cluster relay\0", secret.as_bytes()])
 }
 
-/// BLAKE2b keyed by prefix (BLAKE2 has no length extension) over the frame.
 fn relay_mac(key: &[u8; 32], frame: &[u8]) -> [u8; 32] {
-    use blake2::Digest;
-    let d = blake2::Blake2b512::new().chain_update(key).chain_update(frame).finalize();
-    let mut m = [0u8; 32];
-    m.copy_from_slice(&d[..32]);
-    m
+    crate::auth::digest32(&[key, frame])
 }
 
 /// A signed relayed request: the MAC, then the frame.
@@ -476,8 +467,7 @@ impl<S: Store> Cloud<S> {
     /// device's session, anything else through this node's router; the
     /// framed answer.
     async fn serve_relayed(self: &Arc<Self>, app: axum::Router, payload: &[u8]) -> bytes::Bytes {
-        let key = relay_key(&self.cfg.admin_token);
-        let Some(signed) = verified(&key, payload) else {
+        let Some(signed) = verified(&self.relay_key, payload) else {
             tracing::warn!(
                 "cloud: a relayed request not signed with this cluster's key (another admin token?) was refused"
             );
@@ -575,7 +565,7 @@ pub(crate) async fn relay<S: Store>(
         sent_ms: now_ms(),
     };
     let Some(bus) = c.bus.get() else { return next.run(axum::extract::Request::from_parts(parts, body.into())).await };
-    let payload = sign(&relay_key(&c.cfg.admin_token), &frame(&head, &body));
+    let payload = sign(&c.relay_key, &frame(&head, &body));
     // What the bus said first; then, if that node no longer holds the
     // device or is gone, what the store says.
     for attempt in 0..2 {

@@ -175,6 +175,9 @@ pub struct Cloud<S: Store> {
     pub(crate) bus: std::sync::OnceLock<async_nats::Client>,
     /// Which node holds which device (see [`crate::bus::Holders`]).
     pub(crate) holders: crate::bus::Holders,
+    /// What requests relayed between nodes are signed with (from the admin
+    /// token, see `bus`).
+    pub(crate) relay_key: [u8; 32],
     pub(crate) next_session: AtomicU64,
     pub(crate) passwords: Passwords,
     pub(crate) counters: Counters,
@@ -211,6 +214,7 @@ impl<S: Store> Cloud<S> {
             feed: broadcast::channel(1024).0,
             bus: std::sync::OnceLock::new(),
             holders: crate::bus::Holders::default(),
+            relay_key: crate::bus::relay_key(&cfg.admin_token),
             next_session: AtomicU64::new(1),
             passwords: Passwords::new(cfg.hash_cost),
             counters: Counters::default(),

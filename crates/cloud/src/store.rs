@@ -445,7 +445,6 @@ fn row_to_device(r: &Row) -> Result<Device> {
     })
 }
 
-/// A channel row from `CHANNEL_COLS` starting at column `at`.
 /// Channel rows (`login_code`, then the channel's columns), in login_code
 /// order, onto the devices they belong to (in the same order).
 fn attach_channels(devices: &mut [Device], rows: &[Row]) -> Result<()> {
@@ -462,6 +461,7 @@ fn attach_channels(devices: &mut [Device], rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
+/// A channel row from `CHANNEL_COLS` starting at column `at`.
 fn row_to_channel(r: &Row, at: usize) -> Result<ChannelRow> {
     Ok(ChannelRow {
         channel: r.num(at)?,
@@ -515,6 +515,16 @@ impl SqlStore {
 
     fn seen_of(&self, login_code: &str) -> Option<i64> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(login_code).copied()
+    }
+
+    /// The Keepalive times not yet flushed, over what the rows said.
+    fn overlay_seen(&self, devices: &mut [Device]) {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for d in devices {
+            if let Some(t) = seen.get(&d.login_code) {
+                d.last_seen = Some(*t);
+            }
+        }
     }
 
     async fn channels_of(&self, login_code: &str) -> Result<Vec<ChannelRow>> {
@@ -627,14 +637,7 @@ impl Store for SqlStore {
             }
         };
         let mut devices: Vec<Device> = rows.iter().map(row_to_device).collect::<Result<_>>()?;
-        {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            for d in &mut devices {
-                if let Some(t) = seen.get(&d.login_code) {
-                    d.last_seen = Some(*t);
-                }
-            }
-        }
+        self.overlay_seen(&mut devices);
         let (Some(first), Some(last)) = (devices.first(), devices.last()) else { return Ok(devices) };
         let (first, last) = (first.login_code.clone(), last.login_code.clone());
         // The page's channels in one query (not one per device), in the same order.
@@ -676,12 +679,7 @@ impl Store for SqlStore {
             attach_channels(&mut devices, &rows)?;
             out.extend(devices);
         }
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        for d in &mut out {
-            if let Some(t) = seen.get(&d.login_code) {
-                d.last_seen = Some(*t);
-            }
-        }
+        self.overlay_seen(&mut out);
         Ok(out)
     }
 
