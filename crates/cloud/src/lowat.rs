@@ -41,6 +41,8 @@ const MAX: u64 = 1 << 20;
 /// hyper's read buffer and the chunk in its body channel (each at most
 /// about twice `max_buf_size`, 64 KiB), TLS records in flight.
 const MARGIN: u64 = 256 << 10;
+/// A falling mark below this is 1: the tail is read as it comes.
+const FLOOR: u64 = 64 << 10;
 /// A chunk slower than this drops the mark for the rest of the body.
 pub(crate) const STALL: Duration = Duration::from_secs(1);
 
@@ -53,11 +55,16 @@ pub(crate) struct Lowat {
     fd: RawFd,
     set: u64,
     off: bool,
+    /// The stall watch: one timer for the whole body, pushed on only when
+    /// it fires (see `next`).
+    watch: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// When the wait for the current chunk began.
+    last: tokio::time::Instant,
 }
 
 impl Lowat {
     pub(crate) fn new(sock: Option<ConnSocket>) -> Option<Lowat> {
-        sock.map(|s| Lowat { fd: s.0, set: 1, off: false })
+        sock.map(|s| Lowat { fd: s.0, set: 1, off: false, watch: None, last: tokio::time::Instant::now() })
     }
 
     /// Whether the mark is above 1 (a stalled chunk then turns it off).
@@ -66,15 +73,19 @@ impl Lowat {
     }
 
     /// `left`: the body's bytes the handler has not had yet. The mark is
-    /// raised on the first call, then only falls, following the tail;
-    /// once at 1 it stays there for this body.
+    /// raised on the first call, then only falls, following the tail in
+    /// halves (a few `setsockopt` calls for the last mebibyte, not one per
+    /// chunk; lower than needed only wakes the reader sooner); below
+    /// `FLOOR` it is 1, and once at 1 it stays there for this body.
     pub(crate) fn left(&mut self, left: u64) {
         if self.off {
             return;
         }
         let want = left.saturating_sub(MARGIN).clamp(1, MAX);
-        if want < self.set || (self.set == 1 && want > 1) {
+        if self.set == 1 && want > 1 {
             self.apply(want);
+        } else if want < self.set {
+            self.apply(if want / 2 >= FLOOR { want / 2 } else { 1 });
         }
         if self.set == 1 {
             self.off = true;
@@ -111,19 +122,36 @@ impl Lowat {
     }
 }
 
-/// The next item of a body's stream; a raised mark is dropped if it does
-/// not come within `STALL` (and the wait goes on without it).
+/// The next item of a body's stream; a raised mark is dropped if no chunk
+/// comes within `STALL` (and the wait goes on without it).
+///
+/// The watch is one timer per body, not one per chunk: a timer set sooner
+/// than the runtime's next wake-up makes the runtime wake its driver
+/// thread to take it in (an `eventfd` write and two context switches),
+/// and a fresh `timeout` per chunk did that for every 64 KiB of a
+/// recording. The timer keeps its deadline while chunks come; when it
+/// fires it is pushed to `STALL` after the current wait began, or drops the mark
+/// if the wait began `STALL` ago.
 pub(crate) async fn next<S: futures_util::Stream + Unpin>(lw: Option<&mut Lowat>, s: &mut S) -> Option<S::Item> {
     use futures_util::StreamExt;
-    match lw.filter(|l| l.raised()) {
-        Some(l) => match tokio::time::timeout(STALL, s.next()).await {
-            Ok(item) => item,
-            Err(_) => {
-                l.stalled();
-                s.next().await
+    let Some(l) = lw.filter(|l| l.raised()) else {
+        return s.next().await;
+    };
+    l.last = tokio::time::Instant::now();
+    loop {
+        let watch = l.watch.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(l.last + STALL)));
+        tokio::select! {
+            biased;
+            item = s.next() => return item,
+            () = watch.as_mut() => {
+                let due = l.last + STALL;
+                if tokio::time::Instant::now() >= due {
+                    l.stalled();
+                    return s.next().await;
+                }
+                watch.as_mut().reset(due);
             }
-        },
-        None => s.next().await,
+        }
     }
 }
 
@@ -194,8 +222,12 @@ mod tests {
         assert_eq!(got, 1 << 20);
         let _tx = rest.await.unwrap();
         // The tail (within the margin) and the end: back to 1.
+        lw.left(MARGIN + MAX - 1);
+        assert_eq!(mark(fd), (MAX - 1) as i32 / 2, "falls in halves");
+        lw.left(MARGIN + MAX / 2 + 1);
+        assert_eq!(mark(fd), (MAX - 1) as i32 / 2, "not for every chunk");
         lw.left(MARGIN + 1000);
-        assert_eq!(mark(fd), 1000);
+        assert_eq!(mark(fd), 1);
         lw.left(MARGIN);
         assert_eq!(mark(fd), 1);
         assert!(!lw.raised());
@@ -223,5 +255,38 @@ mod tests {
         assert_eq!(mark(fd), MAX as i32);
         drop(lw);
         assert_eq!(mark(fd), 1);
+    }
+
+    /// The watch drops the mark when a chunk is `STALL` late, and only
+    /// then: chunks that keep coming, each well within `STALL`, for much
+    /// longer than `STALL` in all leave it raised.
+    #[tokio::test(start_paused = true)]
+    async fn the_watch_drops_the_mark_for_a_late_chunk_only() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _tx = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (rx, _) = l.accept().await.unwrap();
+        let fd = rx.as_raw_fd();
+        let (send, recv) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let mut chunks = Box::pin(futures_util::stream::unfold(recv, |mut r| async { r.recv().await.map(|v| (v, r)) }));
+        let mut lw = Lowat::new(Some(ConnSocket(fd))).unwrap();
+        lw.left(10_000_000);
+        let feeder = tokio::spawn(async move {
+            for i in 0..10 {
+                tokio::time::sleep(STALL * 4 / 10).await;
+                send.send(i).unwrap();
+            }
+            tokio::time::sleep(STALL * 3 / 2).await;
+            send.send(10).unwrap();
+            send
+        });
+        for i in 0..10 {
+            assert_eq!(next(Some(&mut lw), &mut chunks).await, Some(i));
+            assert!(lw.raised(), "chunk {i} came in time, yet the mark was dropped");
+        }
+        assert_eq!(mark(fd), MAX as i32);
+        assert_eq!(next(Some(&mut lw), &mut chunks).await, Some(10));
+        assert!(!lw.raised(), "a chunk 1.5 × STALL late left the mark raised");
+        assert_eq!(mark(fd), 1);
+        drop(feeder.await.unwrap());
     }
 }
