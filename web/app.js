@@ -5,7 +5,7 @@
 
 import { api, allDevices } from "./api.js";
 import { h, table } from "./dom.js";
-import { t, when, switchLang } from "./i18n.js";
+import { t, when, switchLang, lang } from "./i18n.js";
 import { LivePlayer } from "./player.js";
 import { Timeline } from "./timeline.js";
 
@@ -334,22 +334,91 @@ function detectBox(lc, ch, status) {
     form("AlarmMoveDetectConfig", t("motion"), false), form("AlarmRectIntrusionDetectConfig", t("intrusion"), true));
 }
 
+/** The policy's weekdays, 1 (Monday) … 7, in the reader's language. */
+function dayNames() {
+  const f = new Intl.DateTimeFormat(lang === "zh" ? "zh-CN" : undefined, { weekday: "short", timeZone: "UTC" });
+  // 2024-01-01 was a Monday.
+  return [1, 2, 3, 4, 5, 6, 7].map((d) => f.format(new Date(Date.UTC(2024, 0, d))));
+}
+
+/** One schedule window: days, from, to, and a button that removes it. */
+function windowRow(w) {
+  const names = dayNames();
+  const row = h("div", { class: "row window" },
+    h("span", { class: "days" }, names.map((n, i) => h("label", { class: "day" },
+      h("input", { type: "checkbox", value: String(i + 1), checked: w.days.includes(i + 1) }), n))),
+    h("label", {}, t("win_from"), h("input", { type: "time", name: "from", value: w.from, required: true })),
+    h("label", {}, t("win_to"), h("input", { type: "time", name: "to", value: w.to, required: true })));
+  row.append(h("button", { type: "button", class: "ghost", onclick: () => row.remove() }, t("remove")));
+  return row;
+}
+
+function readWindow(row) {
+  return {
+    days: [...row.querySelectorAll("input[type=checkbox]:checked")].map((x) => Number(x.value)),
+    from: row.querySelector("input[name=from]").value,
+    to: row.querySelector("input[name=to]").value,
+  };
+}
+
 function recordBox(lc, ch, d, status) {
   const c = d.channels.find((x) => x.channel === ch);
   const path = `/api/v1/devices/${enc(lc)}/channels/${ch}`;
-  const mode = h("select", { "aria-label": t("mode") }, ["off", "continuous", "alarm"].map((m) => h("option", { value: m }, m)));
-  const pre = h("input", { type: "number", min: 0, max: 60, value: 0, "aria-label": t("prerecord") });
+  // What the cloud has, fields this form does not show included (a save
+  // sends them back unchanged: a PUT replaces the whole policy).
+  let policy = { mode: "off" };
+  const modes = ["off", "continuous", "alarm", "schedule"];
+  const mode = h("select", { "aria-label": t("mode") }, modes.map((m) => h("option", { value: m }, t(`mode_${m}`))));
+  const pre = h("input", { type: "number", min: 0, max: 300, value: 0, "aria-label": t("prerecord") });
+  const post = h("input", { type: "number", min: 0, max: 3600, value: 30, "aria-label": t("post") });
+  const keep = h("input", { type: "number", min: 0, placeholder: "∞", "aria-label": t("retention") });
+  const here = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const zones = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
+  const tzList = h("datalist", { id: `tz-${ch}` }, ["UTC", ...zones].map((z) => h("option", { value: z })));
+  const tz = h("input", { type: "text", list: `tz-${ch}`, value: here, size: 18, "aria-label": t("timezone") });
+  const windows = h("div", { class: "windows" });
+  const postLabel = h("label", {}, t("post"), post);
+  const sched = h("div", { class: "schedule" }, windows,
+    h("div", { class: "row" },
+      h("button", { type: "button", onclick: () => windows.append(windowRow({ days: [1, 2, 3, 4, 5], from: "08:00", to: "18:00" })) }, t("add_window")),
+      h("label", {}, t("timezone"), tz, tzList)));
+  const show = () => {
+    sched.hidden = mode.value !== "schedule";
+    postLabel.hidden = mode.value !== "alarm";
+    if (mode.value === "schedule" && !windows.children.length) {
+      windows.append(windowRow({ days: [1, 2, 3, 4, 5], from: "08:00", to: "18:00" }));
+    }
+  };
+  mode.addEventListener("change", show);
   api("GET", `${path}/record-policy`).then((p) => {
-    if (["off", "continuous", "alarm"].includes(p.mode)) mode.value = p.mode;
+    policy = p;
+    if (modes.includes(p.mode)) mode.value = p.mode;
     pre.value = p.prerecord_seconds || 0;
-  }).catch(() => {});
-  return h("fieldset", {}, h("legend", {}, t("recording")),
+    if (p.post_seconds != null) post.value = p.post_seconds;
+    keep.value = p.retention_days || "";
+    if (p.timezone) tz.value = p.timezone;
+    windows.replaceChildren(...(p.schedule || []).map(windowRow));
+    show();
+  }).catch(() => show());
+  const save = () => act(status, async () => {
+    const body = {
+      ...policy, mode: mode.value, prerecord_seconds: Number(pre.value), post_seconds: Number(post.value),
+      retention_days: keep.value === "" ? null : Number(keep.value),
+      schedule: [...windows.querySelectorAll(".window")].map(readWindow),
+    };
+    if (tz.value.trim()) body.timezone = tz.value.trim(); else delete body.timezone;
+    policy = await api("PUT", `${path}/record-policy`, body);
+  });
+  show();
+  return h("fieldset", { class: "policy" }, h("legend", {}, t("recording")),
     h("div", { class: "row" },
       h("button", { onclick: () => act(status, () => api("POST", `${path}/recording`, {})) }, t("record_start")),
       h("button", { onclick: () => act(status, () => api("DELETE", `${path}/recording`)) }, t("record_stop")),
       c && c.record_session ? h("span", { class: "rec" }, "● REC") : null),
-    h("div", { class: "row" }, h("label", {}, t("policy"), mode), h("label", {}, t("prerecord"), pre),
-      h("button", { onclick: () => act(status, () => api("PUT", `${path}/record-policy`, { mode: mode.value, prerecord_seconds: Number(pre.value) })) }, t("save"))));
+    h("div", { class: "row" }, h("label", {}, t("policy"), mode), h("label", {}, t("prerecord"), pre), postLabel,
+      h("label", {}, t("retention"), keep)),
+    sched,
+    h("div", { class: "row" }, h("button", { class: "save-policy", onclick: save }, t("save"))));
 }
 
 async function livePage() {

@@ -28,6 +28,9 @@ const en = {
   tours: "Preset tours", no_tours: "No tours.", detection: "Detection", motion: "Motion", intrusion: "Intrusion area",
   enable: "Enabled", sensitivity: "Sensitivity", delay: "Hold (s)", area: "Margin (%)",
   tl_summary: "{0} recorded span(s) · {1} gap(s) · {2} alarm(s); click to play, drag to pick a range",
+  mode_off: "Off", mode_continuous: "Always", mode_alarm: "On alarm", mode_schedule: "On a schedule",
+  post: "Keep after alarm (s)", retention: "Keep (days)", timezone: "Time zone", add_window: "Add a time window",
+  win_from: "From", win_to: "To", remove: "Remove",
 };
 
 const zh = {
@@ -52,6 +55,8 @@ const zh = {
   save: "保存", saved: "已保存。", rename: "重命名", upgrade: "升级到 {0}", confirm_upgrade: "将设备固件升级到 {0}？设备会重启。",
   tours: "巡航", no_tours: "没有巡航。", detection: "侦测", motion: "移动侦测", intrusion: "区域入侵", enable: "启用",
   sensitivity: "灵敏度", delay: "持续 (秒)", area: "边距 (%)", tl_summary: "{0} 段录像 · {1} 处中断 · {2} 次告警；单击回放，拖动选择时段",
+  mode_off: "关闭", mode_continuous: "全天录像", mode_alarm: "告警录像", mode_schedule: "定时录像",
+  post: "告警后延录 (秒)", retention: "保留 (天)", timezone: "时区", add_window: "添加时间段", win_from: "从", win_to: "至", remove: "移除",
 };
 
 const tables = { en, zh };

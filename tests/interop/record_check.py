@@ -115,6 +115,11 @@ def main():
             assert s == 400 and "sometimes" in j["error"], (s, j)
             s, j = api("PUT", "/api/v1/devices/site-rec/channels/9/record-policy", {"mode": "continuous"})
             assert s == 404, (s, j)
+            s, j = api("PUT", "/api/v1/devices/site-rec/channels/0/record-policy",
+                       {"mode": "continuous", "timezone": "Mars/Olympus_Mons"})
+            assert s == 400 and "timezone" in j["error"] and "Mars/Olympus_Mons" in j["error"], (s, j)
+            s, j = api("GET", "/api/v1/devices/site-rec/channels/0/record-policy")
+            assert s == 200 and j.get("retention_days") == 30 and "timezone" not in j, ("refused, so unchanged", s, j)
             j = wait_for("a span of 8 s", lambda: (lambda r: r if r["spans"] and
                                                    r["spans"][0]["to"] - r["spans"][0]["from"] >= 8 else None)(spans()), 40)
             assert len(j["spans"]) == 1 and j["gaps"] == [], j

@@ -1,5 +1,6 @@
 //! Record policies: what the cloud keeps true by itself for a channel —
-//! recording always, on a weekly schedule (UTC), or around alarms — across
+//! recording always, on a weekly schedule (in the site's time zone), or
+//! around alarms — across
 //! device reconnects and cloud restarts, and how long to keep it.
 
 use crate::api::Caller;
@@ -25,8 +26,8 @@ pub enum Mode {
     Schedule,
 }
 
-/// A weekly window: ISO days (1 Monday … 7 Sunday), `HH:MM` UTC; `to`
-/// before `from` runs past midnight.
+/// A weekly window: ISO days (1 Monday … 7 Sunday), `HH:MM` on the clock
+/// of the policy's `timezone`; `to` before `from` runs past midnight.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
@@ -48,6 +49,12 @@ pub struct RecordPolicy {
     pub post_seconds: u32,
     #[serde(default)]
     pub schedule: Vec<Window>,
+    /// The time zone the schedule's days and times are read in: a name
+    /// from the IANA database (`Europe/Paris`); absent: UTC. Summer time
+    /// follows the zone's rules (a window 08:00–18:00 stays 08:00–18:00 on
+    /// the wall clock all year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
     /// Delete this channel's segments older than this (0/absent: only
     /// the global byte limit applies).
     #[serde(default)]
@@ -70,8 +77,20 @@ fn minutes(field: &str, s: &str) -> ApiResult<u32> {
     Ok(h * 60 + m)
 }
 
+/// A time zone by its IANA name.
+fn zone(name: &str) -> ApiResult<chrono_tz::Tz> {
+    name.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "timezone: {name:?} is not a time zone name from the IANA database (such as \"Europe/Paris\", \"America/New_York\" or \"UTC\")"
+        ))
+    })
+}
+
 impl RecordPolicy {
     pub fn check(&self) -> ApiResult<()> {
+        if let Some(tz) = &self.timezone {
+            zone(tz)?;
+        }
         crate::live::LiveRequest::quality_of(self.quality.as_deref())?;
         if self.prerecord_seconds > 300 {
             return Err(ApiError::bad_request("prerecord_seconds: at most 300"));
@@ -95,9 +114,18 @@ impl RecordPolicy {
         Ok(())
     }
 
-    /// Whether the schedule covers Unix second `t` (UTC).
+    /// Whether the schedule covers Unix second `t`, read on the clock of
+    /// the policy's time zone.
     pub fn scheduled(&self, t: i64) -> bool {
-        let Some(dt) = chrono::DateTime::from_timestamp(t, 0) else { return false };
+        let Some(utc) = chrono::DateTime::from_timestamp(t, 0) else { return false };
+        let tz = match self.timezone.as_deref().map(zone) {
+            None => chrono_tz::UTC,
+            Some(Ok(tz)) => tz,
+            // Checked when the policy was set; a name a later tz database
+            // dropped records nothing rather than at the wrong hours.
+            Some(Err(_)) => return false,
+        };
+        let dt = utc.with_timezone(&tz);
         let day = dt.weekday().number_from_monday() as u8;
         let prev = if day == 1 { 7 } else { day - 1 };
         let m = dt.hour() * 60 + dt.minute();
@@ -270,5 +298,41 @@ mod tests {
             serde_json::from_value(json!({"mode": "schedule", "schedule": [{"days": [8], "from": "8", "to": "9:00"}]}))
                 .unwrap();
         assert!(bad.check().unwrap_err().msg.contains("schedule[0].days"));
+    }
+
+    /// A schedule in a time zone holds on that zone's wall clock, summer
+    /// and winter; a name outside the IANA database is refused by name.
+    #[test]
+    fn schedules_read_in_their_time_zone_follow_its_summer_time() {
+        let p: RecordPolicy = serde_json::from_value(json!({
+            "mode": "schedule", "timezone": "Europe/Paris",
+            "schedule": [{"days": [1], "from": "08:00", "to": "18:00"}]
+        }))
+        .unwrap();
+        p.check().unwrap();
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp();
+        // Monday 2026-11-30, winter: Paris is UTC+1.
+        assert!(!p.scheduled(at("2026-11-30T06:30:00Z")), "07:30 in Paris");
+        assert!(p.scheduled(at("2026-11-30T07:30:00Z")), "08:30 in Paris");
+        assert!(p.scheduled(at("2026-11-30T16:30:00Z")), "17:30 in Paris");
+        assert!(!p.scheduled(at("2026-11-30T17:30:00Z")), "18:30 in Paris");
+        // Monday 2026-07-06, summer: UTC+2.
+        assert!(p.scheduled(at("2026-07-06T06:30:00Z")), "08:30 in Paris in July");
+        assert!(!p.scheduled(at("2026-07-06T16:30:00Z")), "18:30 in Paris in July");
+        // The day is the zone's too: Sunday 23:30 UTC is Monday 08:30 in
+        // Tokyo, and Monday 04:30 UTC still Sunday 23:30 in New York.
+        let tokyo: RecordPolicy = serde_json::from_value(json!({
+            "mode": "schedule", "timezone": "Asia/Tokyo",
+            "schedule": [{"days": [1], "from": "00:00", "to": "12:00"}]
+        }))
+        .unwrap();
+        assert!(tokyo.scheduled(at("2026-11-29T23:30:00Z")));
+        let ny = RecordPolicy { timezone: Some("America/New_York".into()), ..tokyo.clone() };
+        assert!(!ny.scheduled(at("2026-11-30T04:30:00Z")), "Sunday 23:30 in New York");
+        assert!(ny.scheduled(at("2026-11-30T05:30:00Z")), "Monday 00:30 in New York");
+        let bad = RecordPolicy { timezone: Some("Mars/Olympus_Mons".into()), ..tokyo };
+        let e = bad.check().unwrap_err();
+        assert!(e.msg.contains("timezone") && e.msg.contains("Mars/Olympus_Mons"), "{}", e.msg);
+        assert!(!bad.scheduled(at("2026-11-30T01:00:00Z")), "an unknown zone records nothing");
     }
 }
