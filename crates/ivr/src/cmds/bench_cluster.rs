@@ -28,6 +28,21 @@ async fn sessions(conns: &mut [Http]) -> Vec<u64> {
     out
 }
 
+/// Sessions per node: `last` on the last one (the node killed for the
+/// failover) and the rest spread evenly, or all even.
+fn shares(sessions: u32, nodes: usize, last: Option<u32>) -> anyhow::Result<Vec<u32>> {
+    let n = nodes as u32;
+    let (rest, last) = match last {
+        None => (sessions - sessions / n, sessions / n),
+        Some(v) if v > sessions => bail!("--failover-sessions {v} is more than --sessions {sessions}"),
+        Some(v) => (sessions - v, v),
+    };
+    let others = n - 1;
+    let mut out: Vec<u32> = (0..others).map(|i| rest / others + u32::from(i < rest % others)).collect();
+    out.push(last);
+    Ok(out)
+}
+
 pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let fds = super::raise_fd_limit();
     let exe = std::env::current_exe().context("finding the ivr binary")?;
@@ -77,18 +92,20 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
 
     // One fleet per (node, slice): a fleet starts on its node and knows
     // the others, in order after it.
-    let per_node = b.sessions.div_ceil(b.nodes);
+    let shares = shares(b.sessions, n, b.failover_sessions)?;
     let t0 = Instant::now();
     let mut fleets = Vec::new();
     let mut next_addr = 2u32;
     let mut first = 0;
-    while first < b.sessions {
-        let node = (first / per_node) as usize;
-        let count = b.per_fleet.min(b.sessions - first).min(per_node * (node as u32 + 1) - first);
-        let urls: Vec<String> = (0..n).map(|k| format!("ws://{}/ivc", nodes[(node + k) % n].addr)).collect();
-        let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
-        fleets.push(spawn_fleet(&exe, &urls.join(","), &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
-        first += count;
+    for (node, &share) in shares.iter().enumerate() {
+        let end = first + share;
+        while first < end {
+            let count = b.per_fleet.min(end - first);
+            let urls: Vec<String> = (0..n).map(|k| format!("ws://{}/ivc", nodes[(node + k) % n].addr)).collect();
+            let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
+            fleets.push(spawn_fleet(&exe, &urls.join(","), &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
+            first += count;
+        }
     }
     let mut last_print = Instant::now();
     let connected_in = loop {
@@ -270,5 +287,20 @@ pub(super) struct RemoveOnDrop(pub(super) std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares;
+
+    #[test]
+    fn shares_spread_the_rest_evenly_and_give_the_last_node_its_own() {
+        assert_eq!(shares(99_000, 6, None).unwrap(), vec![16_500; 6]);
+        assert_eq!(shares(10, 3, None).unwrap(), vec![4, 3, 3]);
+        assert_eq!(shares(69_900, 6, Some(19_900)).unwrap(), vec![10_000, 10_000, 10_000, 10_000, 10_000, 19_900]);
+        assert_eq!(shares(7, 3, Some(4)).unwrap(), vec![2, 1, 4]);
+        let e = shares(10, 2, Some(11)).unwrap_err().to_string();
+        assert!(e.contains("--failover-sessions 11"), "{e}");
     }
 }

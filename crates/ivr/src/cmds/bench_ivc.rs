@@ -56,6 +56,13 @@ pub struct IvcBench {
     /// devices on every node, and kills the last node to time the failover.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub(super) nodes: u32,
+    /// With nodes: the sessions the last node holds (the one killed to
+    /// time the failover), the rest spread evenly over the others; default
+    /// an even share. Lets the failover of a full node (up to one
+    /// process's open-file limit) be timed while the survivors have room
+    /// for its devices.
+    #[arg(long)]
+    pub(super) failover_sessions: Option<u32>,
     /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     pub(super) json: bool,
