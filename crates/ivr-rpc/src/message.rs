@@ -67,11 +67,19 @@ fn seq_of(m: &Map<String, Value>) -> Result<u64, Malformed> {
     }
 }
 
-fn params_of(m: &Map<String, Value>) -> Result<Option<Value>, Malformed> {
+/// `params`, when there: an object or an array.
+fn check_params(m: &Map<String, Value>) -> Result<(), Malformed> {
     match m.get("params") {
-        None => Ok(None),
-        Some(v @ (Value::Object(_) | Value::Array(_))) => Ok(Some(v.clone())),
+        None | Some(Value::Object(_) | Value::Array(_)) => Ok(()),
         Some(other) => Err(bad(format!("params is {other}; an object or array, or absent when there are none"))),
+    }
+}
+
+/// The string at `key`, taken out of the document (checked before).
+fn take_string(m: &mut Map<String, Value>, key: &str) -> String {
+    match m.remove(key) {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 
@@ -86,16 +94,25 @@ impl Message {
     /// Parses one text frame.
     pub fn parse(text: &str) -> Result<Message, Malformed> {
         let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let Value::Object(m) = v else { return Err(bad("not a JSON object")) };
+        let Value::Object(mut m) = v else { return Err(bad("not a JSON object")) };
+        // Checked in place, then taken out of the document: `params` and
+        // `resp` can be large, and are moved, never copied.
         if let Some(req) = m.get("req") {
             only(&m, &["req", "params", "seq"], "request")?;
-            let method = req.as_str().filter(|s| !s.is_empty()).ok_or_else(|| bad("req is not a method name"))?;
-            return Ok(Message::Request { method: method.to_owned(), params: params_of(&m)?, seq: seq_of(&m)? });
+            if req.as_str().is_none_or(str::is_empty) {
+                return Err(bad("req is not a method name"));
+            }
+            check_params(&m)?;
+            let seq = seq_of(&m)?;
+            return Ok(Message::Request { method: take_string(&mut m, "req"), params: m.remove("params"), seq });
         }
         if let Some(ev) = m.get("event") {
             only(&m, &["event", "params"], "event")?;
-            let name = ev.as_str().filter(|s| !s.is_empty()).ok_or_else(|| bad("event is not a name"))?;
-            return Ok(Message::Event { name: name.to_owned(), params: params_of(&m)? });
+            if ev.as_str().is_none_or(str::is_empty) {
+                return Err(bad("event is not a name"));
+            }
+            check_params(&m)?;
+            return Ok(Message::Event { name: take_string(&mut m, "event"), params: m.remove("params") });
         }
         match (m.get("resp"), m.get("err")) {
             (Some(_), Some(_)) => Err(bad("both resp and err")),
@@ -104,7 +121,8 @@ impl Message {
                 if !matches!(resp, Value::Object(_) | Value::Array(_)) {
                     return Err(bad(format!("resp is {resp}, not an object or array")));
                 }
-                Ok(Message::Success { seq: seq_of(&m)?, resp: resp.clone() })
+                let seq = seq_of(&m)?;
+                Ok(Message::Success { seq, resp: m.remove("resp").unwrap_or(Value::Null) })
             }
             (None, Some(err)) => {
                 only(&m, &["seq", "err"], "response")?;
@@ -118,36 +136,34 @@ impl Message {
         }
     }
 
-    /// The text frame.
+    /// The text frame: compact JSON, keys in the order above, written
+    /// straight from the packet (its `params` or `resp` are not copied).
     pub fn to_text(&self) -> String {
-        let mut m = Map::new();
-        match self {
-            Message::Request { method, params, seq } => {
-                m.insert("req".into(), Value::String(method.clone()));
-                if let Some(p) = params {
-                    m.insert("params".into(), p.clone());
-                }
-                m.insert("seq".into(), Value::from(*seq));
-            }
-            Message::Success { seq, resp } => {
-                m.insert("seq".into(), Value::from(*seq));
-                m.insert("resp".into(), resp.clone());
-            }
-            Message::Failure { seq, err } => {
-                m.insert("seq".into(), Value::from(*seq));
-                let mut e = Map::new();
-                e.insert("code".into(), Value::from(err.code));
-                e.insert("msg".into(), Value::String(err.msg.clone()));
-                m.insert("err".into(), Value::Object(e));
-            }
-            Message::Event { name, params } => {
-                m.insert("event".into(), Value::String(name.clone()));
-                if let Some(p) = params {
-                    m.insert("params".into(), p.clone());
-                }
+        use std::fmt::Write;
+        // A JSON string literal, escaped as serde_json escapes it.
+        struct Str<'a>(&'a str);
+        impl std::fmt::Display for Str<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = Vec::with_capacity(self.0.len() + 2);
+                serde_json::to_writer(&mut out, self.0).map_err(|_| std::fmt::Error)?;
+                f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
             }
         }
-        Value::Object(m).to_string()
+        let mut s = String::with_capacity(96);
+        // Writing into a String cannot fail.
+        let _ = match self {
+            Message::Request { method, params: Some(p), seq } => {
+                write!(s, "{{\"req\":{},\"params\":{p},\"seq\":{seq}}}", Str(method))
+            }
+            Message::Request { method, params: None, seq } => write!(s, "{{\"req\":{},\"seq\":{seq}}}", Str(method)),
+            Message::Success { seq, resp } => write!(s, "{{\"seq\":{seq},\"resp\":{resp}}}"),
+            Message::Failure { seq, err } => {
+                write!(s, "{{\"seq\":{seq},\"err\":{{\"code\":{},\"msg\":{}}}}}", err.code, Str(&err.msg))
+            }
+            Message::Event { name, params: Some(p) } => write!(s, "{{\"event\":{},\"params\":{p}}}", Str(name)),
+            Message::Event { name, params: None } => write!(s, "{{\"event\":{}}}", Str(name)),
+        };
+        s
     }
 }
 
@@ -194,6 +210,33 @@ mod tests {
         ] {
             let e = Message::parse(text).unwrap_err();
             assert!(e.0.contains(why), "{text}: {e}");
+        }
+    }
+
+    /// The frame is what serde_json writes for the same document (keys in
+    /// the packet's order), escapes included.
+    #[test]
+    fn frames_are_the_documents_serde_json_writes() {
+        let odd = "a\"b\\c\n\u{1}é😀";
+        for (m, doc) in [
+            (
+                Message::Request { method: odd.into(), params: Some(json!({"x": [1, "y"]})), seq: 7 },
+                json!({"req": odd, "params": {"x": [1, "y"]}, "seq": 7}),
+            ),
+            (
+                Message::Request { method: "GetFirmware".into(), params: None, seq: 0 },
+                json!({"req": "GetFirmware", "seq": 0}),
+            ),
+            (Message::Success { seq: u64::MAX, resp: json!([]) }, json!({"seq": u64::MAX, "resp": []})),
+            (
+                Message::Failure { seq: 3, err: RpcError::new(-5, odd) },
+                json!({"seq": 3, "err": {"code": -5, "msg": odd}}),
+            ),
+            (Message::Event { name: odd.into(), params: Some(json!({})) }, json!({"event": odd, "params": {}})),
+            (Message::Event { name: "UpgradeFirmware".into(), params: None }, json!({"event": "UpgradeFirmware"})),
+        ] {
+            assert_eq!(m.to_text(), doc.to_string());
+            assert_eq!(Message::parse(&m.to_text()).unwrap(), m);
         }
     }
 }
