@@ -341,6 +341,9 @@ function dayNames() {
   return [1, 2, 3, 4, 5, 6, 7].map((d) => f.format(new Date(Date.UTC(2024, 0, d))));
 }
 
+/** The window a new schedule starts with. */
+const WORKDAY = { days: [1, 2, 3, 4, 5], from: "08:00", to: "18:00" };
+
 /** One schedule window: days, from, to, and a button that removes it. */
 function windowRow(w) {
   const names = dayNames();
@@ -380,13 +383,13 @@ function recordBox(lc, ch, d, status) {
   const postLabel = h("label", {}, t("post"), post);
   const sched = h("div", { class: "schedule" }, windows,
     h("div", { class: "row" },
-      h("button", { type: "button", onclick: () => windows.append(windowRow({ days: [1, 2, 3, 4, 5], from: "08:00", to: "18:00" })) }, t("add_window")),
+      h("button", { type: "button", onclick: () => windows.append(windowRow(WORKDAY)) }, t("add_window")),
       h("label", {}, t("timezone"), tz, tzList)));
   const show = () => {
     sched.hidden = mode.value !== "schedule";
     postLabel.hidden = mode.value !== "alarm";
     if (mode.value === "schedule" && !windows.children.length) {
-      windows.append(windowRow({ days: [1, 2, 3, 4, 5], from: "08:00", to: "18:00" }));
+      windows.append(windowRow(WORKDAY));
     }
   };
   mode.addEventListener("change", show);
