@@ -343,12 +343,21 @@ async def main():
 
     acked = []
 
+    why_not = []
+
     async def alarm_of(d):
-        r = await d.call("AlarmNotify", {"channel": 0, "type": 3, "state": "start", "desc": f"before the kill {d.code}"})
+        try:
+            r = await d.call("AlarmNotify", {"channel": 0, "type": 3, "state": "start", "desc": f"before the kill {d.code}"})
+        except Exception as e:  # noqa: BLE001 - reported below, with the device
+            why_not.append(f"{d.code}: {type(e).__name__} {e}")
+            return
         if "resp" in r:
             acked.append(d.code)
-    await asyncio.gather(*(alarm_of(d) for d in fleet), return_exceptions=True)
-    record(f"{len(acked)} alarms acknowledged before the kill", len(acked) == len(fleet), f"{len(acked)} of {len(fleet)}")
+        else:
+            why_not.append(f"{d.code}: {r}")
+    await asyncio.gather(*(alarm_of(d) for d in fleet))
+    record(f"{len(acked)} alarms acknowledged before the kill", len(acked) == len(fleet),
+           f"{len(acked)} of {len(fleet)}; {why_not[:5]}")
 
     t0 = time.time()
     p1.send_signal(signal.SIGKILL)
