@@ -12,7 +12,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::server::{now, token, Cloud};
-use crate::store::{EventFilter, RecordSession, SegmentRow, Store, StoreError};
+use crate::store::{EventFilter, HoldRow, RecordSession, SegmentRow, Store, StoreError};
 use crate::uploads::Size;
 use axum::body::{Body, Bytes as AxBytes};
 use axum::extract::{Path, Query, State};
@@ -54,6 +54,9 @@ pub struct Recorder {
     pub disk_errors: AtomicU64,
     pub deleted: AtomicU64,
     pub deleted_bytes: AtomicU64,
+    /// Bytes over `--recordings-max-bytes` that holds keep (at the last
+    /// sweep).
+    pub held_over_quota: AtomicU64,
     /// When each channel's alarm recording may stop (unix s).
     pub(crate) alarm_until: Mutex<HashMap<(String, u32), i64>>,
     /// The size of each playback MP4 asked for with a Range and where its
@@ -379,6 +382,9 @@ impl<S: Store> Cloud<S> {
     /// Deletes what retention says must go: segments older than their
     /// channel's `retention_days`, then the oldest of all while the total
     /// is over `--recordings-max-bytes`. Index row first, then the file.
+    /// Segments a hold covers stay: when only those are left over the
+    /// quota, the excess is counted (`held_over_quota_bytes` in the stats)
+    /// and said once, not deleted.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         let mut gone = 0u64;
         let policies = self.store.record_policies().await?;
@@ -391,9 +397,15 @@ impl<S: Store> Cloud<S> {
                 if old.is_empty() {
                     break;
                 }
+                let mut any = false;
                 for s in old {
-                    self.delete_stored(&s).await?;
-                    gone += 1;
+                    if self.delete_stored(&s).await? {
+                        gone += 1;
+                        any = true;
+                    }
+                }
+                if !any {
+                    break; // held since they were listed
                 }
             }
         }
@@ -406,27 +418,41 @@ impl<S: Store> Cloud<S> {
                 let mut over = total - max;
                 let old = self.store.oldest_segments(200).await?;
                 if old.is_empty() {
-                    break;
+                    let before = self.recorder.held_over_quota.swap(over, Ordering::Relaxed);
+                    if before == 0 {
+                        tracing::warn!(
+                            over_bytes = over,
+                            "cloud: recordings are over --recordings-max-bytes, and holds keep all that is \
+                             left; release a hold (DELETE …/holds/{{id}}) or raise the quota"
+                        );
+                    }
+                    return Ok(gone);
                 }
                 for s in old {
-                    self.delete_stored(&s).await?;
-                    gone += 1;
-                    over = over.saturating_sub(s.bytes);
+                    if self.delete_stored(&s).await? {
+                        gone += 1;
+                        over = over.saturating_sub(s.bytes);
+                    }
                     if over == 0 {
                         break;
                     }
                 }
             }
         }
+        self.recorder.held_over_quota.store(0, Ordering::Relaxed);
         Ok(gone)
     }
 
-    async fn delete_stored(&self, s: &SegmentRow) -> Result<(), StoreError> {
-        self.store.delete_segment(s.id).await?;
+    /// Deletes a segment retention chose, unless a hold made since covers
+    /// it: row first, then the file. Whether it went.
+    async fn delete_stored(&self, s: &SegmentRow) -> Result<bool, StoreError> {
+        if !self.store.delete_unheld_segment(s.id).await? {
+            return Ok(false);
+        }
         let _ = std::fs::remove_file(self.recordings_dir().join(&s.path));
         self.recorder.deleted.fetch_add(1, Ordering::Relaxed);
         self.recorder.deleted_bytes.fetch_add(s.bytes, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -515,10 +541,12 @@ pub(crate) async fn list<S: Store>(
             login_codes: None,
         })
         .await?;
+    let holds = c.store.holds(&lc, ch, from, to).await?;
     let mut out = json!({
         "spans": spans.iter().map(|s| json!({"from": secs(s.0), "to": secs(s.1), "bytes": s.2})).collect::<Vec<_>>(),
         "gaps": gaps,
         "events": events,
+        "holds": holds.iter().map(hold_json).collect::<Vec<_>>(),
         "segments": segs.len(),
     });
     if more {
@@ -555,6 +583,105 @@ pub(crate) async fn stop<S: Store>(
         }
         None => Err(ApiError::not_found(format!("{lc:?} channel {ch} is not being recorded"))),
     }
+}
+
+/// A hold as the API shows it (times in Unix seconds, as spans are).
+fn hold_json(h: &HoldRow) -> Value {
+    json!({
+        "id": h.id, "from": secs(h.from_ms), "to": secs(h.to_ms), "note": h.note,
+        "created_by": h.created_by, "created_at": h.created_at,
+    })
+}
+
+/// At most this many holds a channel (each is a condition retention checks).
+const MAX_HOLDS: usize = 1000;
+/// A hold's note: at most this many characters.
+const MAX_NOTE: usize = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    from: Value,
+    to: Value,
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST …/holds {from, to, note}`: keeps that range of the channel's
+/// recording from retention (days and byte quota) until released.
+pub(crate) async fn add_hold<S: Store>(
+    who: crate::api::Caller,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+    body: AxBytes,
+) -> Result<(axum::http::StatusCode, axum::Json<Value>), ApiError> {
+    who.control(&lc)?;
+    c.check_channel(&lc, ch).await?;
+    let r: HoldRequest = crate::api::json_body(&body)?
+        .ok_or_else(|| ApiError::bad_request("body: {\"from\", \"to\", \"note\"} expected"))?;
+    let (from, to) = (time_value("from", &r.from)?, time_value("to", &r.to)?);
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    let note = r.note.trim();
+    if note.chars().count() > MAX_NOTE {
+        return Err(ApiError::bad_request(format!("note: at most {MAX_NOTE} characters")));
+    }
+    if note.chars().any(|ch| ch.is_control() && ch != '\n') {
+        return Err(ApiError::bad_request("note: control characters other than line breaks are not allowed"));
+    }
+    if c.store.holds(&lc, ch, 0, i64::MAX).await?.len() >= MAX_HOLDS {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            format!("{lc:?} channel {ch} has {MAX_HOLDS} holds already; release some first"),
+        ));
+    }
+    let mut h = HoldRow {
+        id: 0,
+        login_code: lc.clone(),
+        channel: ch,
+        from_ms: from,
+        to_ms: to,
+        note: note.to_owned(),
+        created_by: who.actor.clone(),
+        created_at: now(),
+    };
+    h.id = c.store.add_hold(&h).await?;
+    c.audit(&who, "hold_created", &lc, json!({"channel": ch, "hold": h.id, "from": secs(from), "to": secs(to)})).await;
+    // What it keeps now (more, if the range reaches into the future).
+    let segs = c.store.segments(&lc, ch, from, to, 100_000).await?;
+    let mut out = hold_json(&h);
+    out["segments"] = json!(segs.len());
+    out["bytes"] = json!(segs.iter().map(|s| s.bytes).sum::<u64>());
+    Ok((axum::http::StatusCode::CREATED, axum::Json(out)))
+}
+
+/// `GET …/holds`: every hold of the channel, oldest range first.
+pub(crate) async fn holds<S: Store>(
+    who: crate::api::Caller,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    who.see(&lc)?;
+    c.check_channel(&lc, ch).await?;
+    let holds = c.store.holds(&lc, ch, 0, i64::MAX).await?;
+    Ok(axum::Json(json!({"holds": holds.iter().map(hold_json).collect::<Vec<_>>()})))
+}
+
+/// `DELETE …/holds/{id}`: releases a hold; retention may then delete
+/// what it kept (at its next sweep, if the segments are due).
+pub(crate) async fn release_hold<S: Store>(
+    who: crate::api::Caller,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch, id)): Path<(String, u32, i64)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    who.control(&lc)?;
+    c.check_channel(&lc, ch).await?;
+    if !c.store.delete_hold(&lc, ch, id).await? {
+        return Err(ApiError::not_found(format!("{lc:?} channel {ch} has no hold {id}")));
+    }
+    c.audit(&who, "hold_released", &lc, json!({"channel": ch, "hold": id})).await;
+    Ok(axum::Json(json!({"released": id})))
 }
 
 #[derive(Deserialize)]

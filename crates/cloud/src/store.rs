@@ -224,6 +224,24 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<SegmentRow>>> + Send;
     fn delete_segment(&self, id: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a segment's row unless a hold covers it (checked in the
+    /// same statement, so a hold made while retention runs still keeps
+    /// what it covers); whether the row went.
+    fn delete_unheld_segment(&self, id: i64) -> impl Future<Output = Result<bool>> + Send;
+    /// Keeps a range of a channel's recording from retention; its id.
+    fn add_hold(&self, h: &HoldRow) -> impl Future<Output = Result<i64>> + Send;
+    /// A channel's holds overlapping `[from_ms, to_ms)`, oldest range first.
+    fn holds(
+        &self,
+        login_code: &str,
+        channel: u32,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<Vec<HoldRow>>> + Send;
+    /// Releases a hold; false if the channel has no hold of that id.
+    fn delete_hold(&self, login_code: &str, channel: u32, id: i64) -> impl Future<Output = Result<bool>> + Send;
+    /// Bytes and count of the stored segments some hold covers.
+    fn held_totals(&self) -> impl Future<Output = Result<(u64, u64)>> + Send;
     /// Bytes and count of every stored segment.
     fn segment_totals(&self) -> impl Future<Output = Result<(u64, u64)>> + Send;
     fn set_record_policy(
@@ -339,7 +357,57 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE device ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX device_owner ON device(owner);
     CREATE TABLE node (id TEXT PRIMARY KEY, url TEXT NOT NULL, seen INTEGER NOT NULL);",
+    // Holds: ranges of a channel's recording that retention keeps.
+    "CREATE TABLE record_hold (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        login_code TEXT NOT NULL,
+        channel INTEGER NOT NULL,
+        from_ms INTEGER NOT NULL,
+        to_ms INTEGER NOT NULL,
+        note TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX record_hold_channel ON record_hold(login_code, channel, from_ms);",
 ];
+
+/// The condition (on a `segment` row) that no hold covers it.
+const UNHELD: &str = "NOT EXISTS (SELECT 1 FROM record_hold h WHERE h.login_code = segment.login_code
+    AND h.channel = segment.channel AND h.from_ms < segment.start_ms + segment.duration_ms
+    AND h.to_ms > segment.start_ms)";
+
+/// A range of a channel's recording that retention keeps (an evidence
+/// hold): segments overlapping it are deleted neither for their age nor
+/// for the byte quota until it is released. It may reach into the future
+/// (what will be recorded then is kept too).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HoldRow {
+    pub id: i64,
+    pub login_code: String,
+    pub channel: u32,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub note: String,
+    /// Who made it (as the audit log names callers).
+    pub created_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+const HOLD_COLS: &str = "id, login_code, channel, from_ms, to_ms, note, created_by, created_at";
+
+fn row_to_hold(r: &Row) -> Result<HoldRow> {
+    Ok(HoldRow {
+        id: r.int(0)?,
+        login_code: r.text(1)?,
+        channel: r.num(2)?,
+        from_ms: r.int(3)?,
+        to_ms: r.int(4)?,
+        note: r.text(5)?,
+        created_by: r.text(6)?,
+        created_at: r.int(7)?,
+    })
+}
 
 /// A cloud recording the cloud asked a device for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -1125,7 +1193,7 @@ impl Store for SqlStore {
     }
 
     async fn oldest_segments(&self, limit: u32) -> Result<Vec<SegmentRow>> {
-        self.segment_query("ORDER BY start_ms LIMIT $1", args![limit]).await
+        self.segment_query(&format!("WHERE {UNHELD} ORDER BY start_ms LIMIT $1"), args![limit]).await
     }
 
     async fn segments_ended_before(
@@ -1136,8 +1204,10 @@ impl Store for SqlStore {
         limit: u32,
     ) -> Result<Vec<SegmentRow>> {
         self.segment_query(
-            "WHERE login_code = $1 AND channel = $2 AND start_ms < $3 AND start_ms + duration_ms <= $3
-             ORDER BY start_ms LIMIT $4",
+            &format!(
+                "WHERE login_code = $1 AND channel = $2 AND start_ms < $3 AND start_ms + duration_ms <= $3
+                 AND {UNHELD} ORDER BY start_ms LIMIT $4"
+            ),
             args![login_code, channel, before_ms, limit],
         )
         .await
@@ -1146,6 +1216,65 @@ impl Store for SqlStore {
     async fn delete_segment(&self, id: i64) -> Result<()> {
         self.db.execute("DELETE FROM segment WHERE id = $1", args![id]).await?;
         Ok(())
+    }
+
+    async fn delete_unheld_segment(&self, id: i64) -> Result<bool> {
+        let n = self.db.execute(&format!("DELETE FROM segment WHERE id = $1 AND {UNHELD}"), args![id]).await?;
+        Ok(n == 1)
+    }
+
+    async fn add_hold(&self, h: &HoldRow) -> Result<i64> {
+        let rows = self
+            .db
+            .query(
+                "INSERT INTO record_hold (login_code, channel, from_ms, to_ms, note, created_by, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                args![h.login_code.as_str(), h.channel, h.from_ms, h.to_ms, h.note.as_str(), h.created_by.as_str(), h.created_at],
+            )
+            .await?;
+        rows.first().ok_or_else(|| StoreError::Db("INSERT … RETURNING gave no row".into()))?.int(0)
+    }
+
+    async fn holds(&self, login_code: &str, channel: u32, from_ms: i64, to_ms: i64) -> Result<Vec<HoldRow>> {
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "SELECT {HOLD_COLS} FROM record_hold WHERE login_code = $1 AND channel = $2
+                     AND from_ms < $3 AND to_ms > $4 ORDER BY from_ms, id"
+                ),
+                args![login_code, channel, to_ms, from_ms],
+            )
+            .await?;
+        rows.iter().map(row_to_hold).collect()
+    }
+
+    async fn delete_hold(&self, login_code: &str, channel: u32, id: i64) -> Result<bool> {
+        let n = self
+            .db
+            .execute(
+                "DELETE FROM record_hold WHERE id = $1 AND login_code = $2 AND channel = $3",
+                args![id, login_code, channel],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn held_totals(&self) -> Result<(u64, u64)> {
+        let rows = self
+            .db
+            .query(
+                // From the holds (few) through the channel index, not a
+                // pass over every segment; `IN` counts a segment two holds
+                // cover once.
+                "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT), COUNT(*) FROM segment WHERE id IN (
+                    SELECT s.id FROM record_hold h JOIN segment s ON s.login_code = h.login_code
+                     AND s.channel = h.channel AND s.start_ms >= h.from_ms - 3600000 AND s.start_ms < h.to_ms
+                     AND s.start_ms + s.duration_ms > h.from_ms)",
+                vec![],
+            )
+            .await?;
+        rows.first().map_or(Ok((0, 0)), |r| Ok((r.num(0)?, r.num(1)?)))
     }
 
     async fn segment_totals(&self) -> Result<(u64, u64)> {
@@ -1377,7 +1506,34 @@ mod tests {
         assert_eq!(s.segment_totals().await.unwrap(), (3003, 3));
         assert_eq!(s.oldest_segments(1).await.unwrap()[0].seq, 0);
         assert_eq!(s.segments_ended_before("site-1", 0, start + 20_000, 10).await.unwrap().len(), 2);
-        s.delete_segment(found[0].id).await.unwrap();
+        // A hold over the second segment: retention's queries pass it by,
+        // and it cannot be deleted as unheld until the hold is released.
+        let hold = HoldRow {
+            id: 0,
+            login_code: "site-1".into(),
+            channel: 0,
+            from_ms: start + 12_000,
+            to_ms: start + 13_000,
+            note: "break-in".into(),
+            created_by: "user:ann".into(),
+            created_at: 5,
+        };
+        let hid = s.add_hold(&hold).await.unwrap();
+        assert_eq!(s.holds("site-1", 0, start, start + 100_000).await.unwrap(), [HoldRow { id: hid, ..hold.clone() }]);
+        assert!(s.holds("site-1", 0, start + 13_000, start + 100_000).await.unwrap().is_empty(), "ends where it ends");
+        assert!(s.holds("site-1", 1, start, start + 100_000).await.unwrap().is_empty(), "another channel");
+        assert_eq!(s.held_totals().await.unwrap(), (1001, 1));
+        let oldest: Vec<u64> = s.oldest_segments(10).await.unwrap().iter().map(|x| x.seq).collect();
+        assert_eq!(oldest, [0, 2], "the held one is not retention's");
+        let ended: Vec<u64> =
+            s.segments_ended_before("site-1", 0, start + 30_000, 10).await.unwrap().iter().map(|x| x.seq).collect();
+        assert_eq!(ended, [0, 2]);
+        assert!(!s.delete_unheld_segment(found[0].id).await.unwrap(), "held");
+        assert!(!s.delete_hold("site-1", 1, hid).await.unwrap(), "not that channel's");
+        assert!(s.delete_hold("site-1", 0, hid).await.unwrap());
+        assert!(!s.delete_hold("site-1", 0, hid).await.unwrap(), "released once");
+        assert_eq!(s.held_totals().await.unwrap(), (0, 0));
+        assert!(s.delete_unheld_segment(found[0].id).await.unwrap());
         assert_eq!(s.segment_paths().await.unwrap().len(), 2);
         assert!(s.stop_record_session("rs1", 20).await.unwrap());
         assert!(!s.stop_record_session("rs1", 21).await.unwrap());

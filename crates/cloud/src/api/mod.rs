@@ -41,6 +41,7 @@ fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> ApiResult<
 /// counters since start.
 async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
     let devices = c.store().device_count().await?;
+    let (held_bytes, held_segments) = c.store().held_totals().await?;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let k = &c.counters;
     let active = c.lives.active();
@@ -80,6 +81,9 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
             "disk_errors": n(&c.recorder.disk_errors),
             "deleted": n(&c.recorder.deleted),
             "deleted_bytes": n(&c.recorder.deleted_bytes),
+            "held_bytes": held_bytes,
+            "held_segments": held_segments,
+            "held_over_quota_bytes": n(&c.recorder.held_over_quota),
         },
         "live": {
             "channels": active.len(),
@@ -166,6 +170,14 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         )
         .route("/api/v1/devices/{login_code}/channels/{channel}/recordings", get(recordings::list::<S>))
         .route("/api/v1/devices/{login_code}/channels/{channel}/playback", post(recordings::playback::<S>))
+        .route(
+            "/api/v1/devices/{login_code}/channels/{channel}/holds",
+            post(recordings::add_hold::<S>).get(recordings::holds::<S>),
+        )
+        .route(
+            "/api/v1/devices/{login_code}/channels/{channel}/holds/{id}",
+            axum::routing::delete(recordings::release_hold::<S>),
+        )
         .route("/api/v1/events", get(events::list::<S>))
         .route("/api/v1/events/{id}/picture", get(events::picture::<S>))
         .route("/api/v1/firmware/{hardware_model}/{firmware_model}", put(firmware::put::<S>))
