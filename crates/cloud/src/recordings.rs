@@ -428,14 +428,19 @@ impl<S: Store> Cloud<S> {
                     }
                     return Ok(gone);
                 }
+                let mut any = false;
                 for s in old {
                     if self.delete_stored(&s).await? {
                         gone += 1;
+                        any = true;
                         over = over.saturating_sub(s.bytes);
                     }
                     if over == 0 {
                         break;
                     }
+                }
+                if !any {
+                    break; // held since they were listed: the next sweep sees it
                 }
             }
         }

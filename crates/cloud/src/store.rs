@@ -1229,7 +1229,15 @@ impl Store for SqlStore {
             .query(
                 "INSERT INTO record_hold (login_code, channel, from_ms, to_ms, note, created_by, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                args![h.login_code.as_str(), h.channel, h.from_ms, h.to_ms, h.note.as_str(), h.created_by.as_str(), h.created_at],
+                args![
+                    h.login_code.as_str(),
+                    h.channel,
+                    h.from_ms,
+                    h.to_ms,
+                    h.note.as_str(),
+                    h.created_by.as_str(),
+                    h.created_at
+                ],
             )
             .await?;
         rows.first().ok_or_else(|| StoreError::Db("INSERT … RETURNING gave no row".into()))?.int(0)

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{api, http, raw_ivt, start_cloud, wait_until, TOKEN};
+use common::{api, edge, http, raw_ivt, start_cloud, wait_until, TOKEN};
 use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
 use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
 use serde_json::{json, Value};
@@ -13,20 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn edge(addr: SocketAddr, code: &str, pw: &str) -> (Arc<Edge>, Arc<SimChannel>) {
-    let cfg = EdgeConfig::parse(&format!(
-        "[cloud]\nurl = \"ws://{addr}/ivc\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nkeepalive_secs = 1\n\n[[channels]]\nchannel = 0\nsource = \"sim\"\n"
-    ))
-    .unwrap();
-    let ch = Arc::new(SimChannel::new(0));
-    let e = Edge::with_backoff(
-        cfg,
-        vec![ch.clone() as Arc<dyn ChannelBackend>],
-        Backoff::new(Duration::from_millis(50), Duration::from_millis(300)),
-    );
-    (e, ch)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_online_rpc_events_alarms_and_restart() {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
+use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,22 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const TOKEN: &str = "test-admin-token";
+
+/// The edge agent as a device with one simulated channel (0), retrying
+/// fast.
+pub fn edge(addr: SocketAddr, code: &str, pw: &str) -> (Arc<Edge>, Arc<SimChannel>) {
+    let cfg = EdgeConfig::parse(&format!(
+        "[cloud]\nurl = \"ws://{addr}/ivc\"\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nkeepalive_secs = 1\n\n[[channels]]\nchannel = 0\nsource = \"sim\"\n"
+    ))
+    .unwrap();
+    let ch = Arc::new(SimChannel::new(0));
+    let e = Edge::with_backoff(
+        cfg,
+        vec![ch.clone() as Arc<dyn ChannelBackend>],
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(300)),
+    );
+    (e, ch)
+}
 
 /// A bare IVT over ivr-rpc that answers every call with `{}` (for calling
 /// the cloud's methods directly, as a device would).
