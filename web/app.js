@@ -239,6 +239,10 @@ async function channelPage(lc, ch) {
       const r = await playback(from, to);
       return r && r.urls.mp4;
     },
+    ...(canControl() ? {
+      keep: (from, to, note) => api("POST", `/api/v1/devices/${enc(lc)}/channels/${ch}/holds`, { from, to, note }),
+      release: (id) => api("DELETE", `/api/v1/devices/${enc(lc)}/channels/${ch}/holds/${id}`),
+    } : {}),
   });
   show(`${d.name || lc} · ${t("channel")} ${ch}`, h("p", {}, deviceLink(lc), " ", back, " ", playbackNote),
     h("div", { class: "split" }, tile, side), status, h("h2", {}, t("timeline")), tl.el);

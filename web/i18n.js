@@ -31,6 +31,8 @@ const en = {
   mode_off: "Off", mode_continuous: "Always", mode_alarm: "On alarm", mode_schedule: "On a schedule",
   post: "Keep after alarm (s)", retention: "Keep (days)", timezone: "Time zone", add_window: "Add a time window",
   win_from: "From", win_to: "To", remove: "Remove",
+  keep: "Keep this range", keep_why: "Why keep it? (optional)", kept: "Kept from retention: {0} segment(s), {1} MB so far.",
+  holds: "Kept ranges (retention does not delete them)", kept_range: "Kept", release: "Release",
 };
 
 const zh = {
@@ -57,6 +59,8 @@ const zh = {
   sensitivity: "灵敏度", delay: "持续 (秒)", area: "边距 (%)", tl_summary: "{0} 段录像 · {1} 处中断 · {2} 次告警；单击回放，拖动选择时段",
   mode_off: "关闭", mode_continuous: "全天录像", mode_alarm: "告警录像", mode_schedule: "定时录像",
   post: "告警后延录 (秒)", retention: "保留 (天)", timezone: "时区", add_window: "添加时间段", win_from: "从", win_to: "至", remove: "移除",
+  keep: "保留此时段", keep_why: "保留原因（可选）", kept: "已免于自动清理：目前 {0} 段，{1} MB。",
+  holds: "保留的时段（不会被自动清理）", kept_range: "保留", release: "解除保留",
 };
 
 const tables = { en, zh };

@@ -1,6 +1,7 @@
 // A channel's recordings on a time axis: recorded spans, the gaps
 // between them and alarms, zoomable from a month to a minute. A click
-// plays back from that instant; a drag selects a range to download.
+// plays back from that instant; a drag selects a range to download or,
+// for operators, to keep from retention (a hold, shown as an amber band).
 
 import { api } from "./api.js";
 import { h } from "./dom.js";
@@ -15,7 +16,10 @@ const LEVELS = [
 ];
 
 export class Timeline {
-  /** `on.play(secs)`: play from an instant; `on.range(from, to)`: a URL of that range as MP4. */
+  /**
+   * `on.play(secs)`: play from an instant; `on.range(from, to)`: a URL of that range as MP4;
+   * `on.keep(from, to, note)` and `on.release(id)` (operators only): make and release holds.
+   */
   constructor(lc, ch, on) {
     this.lc = lc;
     this.ch = ch;
@@ -27,6 +31,10 @@ export class Timeline {
     this.label = h("span", { class: "muted" });
     this.dl = h("a", { class: "tl-dl", hidden: true, download: `${lc}-${ch}.mp4` }, t("download"));
     this.note = h("span", { class: "muted" });
+    this.keepNote = h("input", { class: "tl-keep-note", placeholder: t("keep_why"), maxlength: 500, "aria-label": t("keep_why") });
+    this.keepBtn = h("button", { class: "tl-keep", onclick: () => this.keep() }, t("keep"));
+    this.keepBox = h("span", { class: "row", hidden: true }, this.keepNote, this.keepBtn);
+    this.holdList = h("div", { class: "tl-holds" });
     const zoom = LEVELS.map(([name], i) => h("button", { dataset: { level: i }, onclick: () => this.zoom(i) }, name));
     this.zoomButtons = zoom;
     this.el = h("div", { class: "timeline" },
@@ -35,7 +43,7 @@ export class Timeline {
         h("button", { onclick: () => this.shift(0.75), "aria-label": "later" }, t("next")),
         h("button", { onclick: () => { this.toNow(); this.load(); } }, t("now")),
         zoom, this.label),
-      this.bar, this.axis, h("div", { class: "row" }, this.note, this.dl));
+      this.bar, this.axis, h("div", { class: "row" }, this.note, this.dl, on.keep ? this.keepBox : ""), this.holdList);
     this.drag();
   }
 
@@ -95,6 +103,8 @@ export class Timeline {
       this.sel = h("div", { class: "tl-sel" });
       this.place(this.sel, a, b);
       this.bar.append(this.sel);
+      this.picked = [a, b];
+      this.keepBox.hidden = false;
       const url = await this.on.range(a, b);
       if (url) {
         this.dl.href = url;
@@ -114,6 +124,48 @@ export class Timeline {
       if (e.key === "+") this.zoom(this.level + 1);
       if (e.key === "-") this.zoom(this.level - 1);
     });
+  }
+
+  /** Keeps the picked range from retention. */
+  async keep() {
+    if (!this.picked) return;
+    const [from, to] = this.picked;
+    this.keepBtn.disabled = true;
+    try {
+      const r = await this.on.keep(from, to, this.keepNote.value);
+      this.keepNote.value = "";
+      this.keepBox.hidden = true;
+      await this.load();
+      this.note.textContent = t("kept", r.segments, (r.bytes / 1e6).toFixed(1));
+    } catch (e) {
+      this.note.textContent = e.message;
+    } finally {
+      this.keepBtn.disabled = false;
+    }
+  }
+
+  /** The holds overlapping the view: a list, each with its release button for operators. */
+  showHolds(holds, fmt) {
+    if (!holds.length) {
+      this.holdList.replaceChildren();
+      return;
+    }
+    const rows = holds.map((k) => h("div", { class: "row tl-hold-row", dataset: { hold: k.id } },
+      h("span", { class: "tl-hold-mark" }),
+      h("span", {}, `${fmt(k.from)} — ${fmt(k.to)}`),
+      k.note ? h("b", {}, k.note) : "",
+      h("span", { class: "muted" }, k.created_by),
+      this.on.release ? h("button", { onclick: async (e) => {
+        e.target.disabled = true;
+        try {
+          await this.on.release(k.id);
+          await this.load();
+        } catch (err) {
+          this.note.textContent = err.message;
+          e.target.disabled = false;
+        }
+      } }, t("release")) : ""));
+    this.holdList.replaceChildren(h("h3", {}, t("holds")), ...rows);
   }
 
   place(el, a, b) {
@@ -139,10 +191,13 @@ export class Timeline {
     const fmt = (s, o) => new Date(s * 1000).toLocaleString(lang === "zh" ? "zh-CN" : undefined, o);
     this.label.textContent = `${fmt(from)} — ${fmt(to)}`;
     this.dl.hidden = true;
+    this.keepBox.hidden = true;
+    this.picked = null;
     const seq = (this.seq = (this.seq || 0) + 1);
     let spans = [];
     let events = [];
     let gaps = [];
+    const holds = new Map();
     try {
       // Long ranges come in pages (`next`); a month of one-minute segments is a few.
       let at = from;
@@ -150,6 +205,7 @@ export class Timeline {
         const r = await api("GET", `/api/v1/devices/${encodeURIComponent(this.lc)}/channels/${this.ch}/recordings?from=${at.toFixed(3)}&to=${to.toFixed(3)}`);
         spans = spans.concat(r.spans);
         gaps = gaps.concat(r.gaps);
+        for (const k of r.holds || []) holds.set(k.id, k);
         if (page === 0) events = r.events;
         if (r.next == null) break;
         at = r.next;
@@ -170,7 +226,14 @@ export class Timeline {
       this.place(el, ev.at, ev.at);
       parts.push(el);
     }
+    for (const k of holds.values()) {
+      const el = h("div", { class: "tl-hold", title: `${t("kept_range")}: ${fmt(k.from)} — ${fmt(k.to)}${k.note ? ` · ${k.note}` : ""}` });
+      this.place(el, k.from, k.to);
+      parts.push(el);
+    }
     this.bar.replaceChildren(...parts);
+    this.bar.dataset.holds = String(holds.size);
+    this.showHolds([...holds.values()], fmt);
     this.bar.dataset.spans = String(spans.length);
     this.note.textContent = spans.length ? t("tl_summary", spans.length, gaps.length, events.length) : t("nothing_recorded");
     this.ticks(from, to);

@@ -257,6 +257,34 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         shot(admin, "06-channel-playback")
     check("the timeline shows a recorded span and a click plays it back", timeline_playback)
 
+    def hold():
+        ready(admin, "/devices/site-1/channels/0")
+        admin.click("button[data-level='3']")
+        admin.wait_for_selector(".tl-span", timeout=15000)
+        box = admin.locator(".tl-span").last.bounding_box()
+        y = box["y"] + box["height"] / 2
+        admin.mouse.move(box["x"] + box["width"] * 0.2, y)
+        admin.mouse.down()
+        admin.mouse.move(box["x"] + box["width"] * 0.8, y, steps=5)
+        admin.mouse.up()
+        admin.wait_for_selector(".tl-keep", state="visible", timeout=10000)
+        admin.fill(".tl-keep-note", "case 7: the ladder")
+        admin.click(".tl-keep")
+        admin.wait_for_selector(".tl-hold", timeout=10000)
+        row = admin.inner_text(".tl-hold-row")
+        assert "case 7: the ladder" in row and "user:root" in row, row
+        assert "Kept from retention" in admin.inner_text(".timeline"), admin.inner_text(".timeline")
+        s, j = api("GET", "/api/v1/devices/site-1/channels/0/holds")
+        assert s == 200 and len(j["holds"]) == 1, (s, j)
+        k = j["holds"][0]
+        assert k["note"] == "case 7: the ladder" and k["created_by"] == "user:root" and k["to"] > k["from"], k
+        shot(admin, "06c-timeline-hold")
+        admin.click(".tl-hold-row button")
+        admin.wait_for_function("() => document.querySelectorAll('.tl-hold').length === 0", timeout=10000)
+        s, j = api("GET", "/api/v1/devices/site-1/channels/0/holds")
+        assert s == 200 and j["holds"] == [], (s, j)
+    check("an operator drags a range on the timeline and keeps it from retention (a hold), then releases it", hold)
+
     def schedule_policy():
         # Set through the API first: what the form does not show
         # (seg_duration) must survive a save from the console.
@@ -381,6 +409,7 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         ready(v, "/devices/site-2/channels/0")
         plays(v, "#player")
         assert v.locator("button.ptz").count() == 0, "a viewer has PTZ buttons"
+        assert v.locator(".tl-keep").count() == 0, "a viewer may keep ranges"
         shot(v, "16-viewer-channel-phone")
         _, evs = api("GET", "/api/v1/events?login_code=site-1&type=alarm&limit=1")
         other = evs[0]["id"]
