@@ -560,6 +560,66 @@ pub(crate) async fn list<S: Store>(
     Ok(axum::Json(out))
 }
 
+/// `DELETE …/recordings?from=&to=` (admins): erases what was recorded
+/// in the range, every segment that overlaps it (so a little more than the
+/// range at its ends, said in the answer). Refused (409, naming them)
+/// while a hold overlaps the range: evidence is released first, on
+/// purpose. Row first, then file, as retention deletes.
+pub(crate) async fn erase<S: Store>(
+    who: crate::api::Caller,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+    Query(q): Query<RangeQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    who.see(&lc)?;
+    who.admin()?;
+    c.check_channel(&lc, ch).await?;
+    let (Some(from), Some(to)) = (q.from.as_deref(), q.to.as_deref()) else {
+        return Err(ApiError::bad_request("from and to are both needed: what to erase is never implied"));
+    };
+    let (from, to) = (parse_time("from", from)?, parse_time("to", to)?);
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    let holds = c.store.holds(&lc, ch, from, to).await?;
+    if !holds.is_empty() {
+        let ids: Vec<String> = holds.iter().map(|h| h.id.to_string()).collect();
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            format!("holds {} keep part of that range; release them first (DELETE …/holds/{{id}})", ids.join(", ")),
+        ));
+    }
+    let (mut n, mut bytes, mut kept) = (0u64, 0u64, 0u64);
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    let mut after = from;
+    loop {
+        let segs = c.store.segments(&lc, ch, after, to, 500).await?;
+        let Some(end) = segs.last().map(SegmentRow::end_ms) else { break };
+        for s in &segs {
+            if c.delete_stored(s).await? {
+                n += 1;
+                bytes += s.bytes;
+                first = first.min(s.start_ms);
+                last = last.max(s.end_ms());
+            } else {
+                kept += 1; // held since the check above
+            }
+        }
+        if segs.len() < 500 || end >= to {
+            break;
+        }
+        after = end;
+    }
+    c.audit(&who, "recordings_erased", &lc, json!({"channel": ch, "from": secs(from), "to": secs(to), "segments": n}))
+        .await;
+    let mut out = json!({"segments": n, "bytes": bytes, "kept_by_holds": kept});
+    if n > 0 {
+        out["from"] = json!(secs(first));
+        out["to"] = json!(secs(last));
+    }
+    Ok(axum::Json(out))
+}
+
 /// `POST`/`DELETE …/recording`.
 pub(crate) async fn start<S: Store>(
     who: crate::api::Caller,

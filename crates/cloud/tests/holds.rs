@@ -1,6 +1,7 @@
 //! Holds over HTTP: an operator keeps a range of a channel's recording, and
 //! retention (the byte quota and a channel's days) deletes around it until
-//! the hold is released; what viewers and bad requests get.
+//! the hold is released; erasing a range is refused while a hold covers
+//! it; what viewers and bad requests get.
 
 mod common;
 
@@ -155,11 +156,37 @@ async fn holds_keep_their_range_from_retention_until_released() {
     cloud.sweep().await.unwrap();
     assert!(seqs(store.as_ref()).await.is_empty() && !on_disk(&dir, 1));
 
+    // Erasing a range (admins): refused while a hold overlaps it, then
+    // every overlapping segment goes, row and file.
+    let p = json!({"mode": "off"}); // kept forever: only the erasure deletes
+    assert_eq!(api(addr, "PUT", "/api/v1/devices/site-h/channels/0/record-policy", Some(p)).await.0, 200);
+    let at = base + 1_000_000;
+    for seq in 20..23 {
+        segment(store.as_ref(), &dir, seq, at + (seq as i64 - 20) * 10_000).await;
+    }
+    let (s, k) = api(addr, "POST", holds, Some(json!({"from": secs(at + 12_000), "to": secs(at + 13_000)}))).await;
+    assert_eq!(s, 201, "{k}");
+    let erase =
+        format!("/api/v1/devices/site-h/channels/0/recordings?from={}&to={}", secs(at + 5_000), secs(at + 25_000));
+    let (s, e) = api(addr, "DELETE", &erase, None).await;
+    assert_eq!(s, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains(&k["id"].to_string()), "{e}");
+    assert_eq!(http(addr, "DELETE", &erase, Some(&viewer), None).await.0, 403);
+    let (s, e) = api(addr, "DELETE", "/api/v1/devices/site-h/channels/0/recordings", None).await;
+    assert!(s == 400 && e["error"].as_str().unwrap().contains("from and to"), "{s} {e}");
+    assert_eq!(api(addr, "DELETE", &format!("{holds}/{}", k["id"]), None).await.0, 200);
+    let (s, e) = api(addr, "DELETE", &erase, None).await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!((e["segments"].as_u64(), e["bytes"].as_u64()), (Some(3), Some(3 * SEG)), "{e}");
+    assert_eq!((e["from"].as_f64(), e["to"].as_f64()), (Some(secs(at)), Some(secs(at + 30_000))), "{e}");
+    assert!(seqs(store.as_ref()).await.is_empty() && !(20..23).any(|q| on_disk(&dir, q)));
+
     // The audit log names who made and released holds.
     let (_, audit) = api(addr, "GET", "/api/v1/audit", None).await;
     let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|a| a["action"].as_str()).collect();
-    assert_eq!(actions.iter().filter(|a| **a == "hold_created").count(), 2, "{audit}");
-    assert_eq!(actions.iter().filter(|a| **a == "hold_released").count(), 2, "{audit}");
+    assert_eq!(actions.iter().filter(|a| **a == "hold_created").count(), 3, "{audit}");
+    assert_eq!(actions.iter().filter(|a| **a == "hold_released").count(), 3, "{audit}");
+    assert_eq!(actions.iter().filter(|a| **a == "recordings_erased").count(), 1, "{audit}");
     run.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }

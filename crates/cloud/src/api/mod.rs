@@ -168,7 +168,10 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
             "/api/v1/devices/{login_code}/channels/{channel}/record-policy",
             put(policy::put::<S>).get(policy::get::<S>),
         )
-        .route("/api/v1/devices/{login_code}/channels/{channel}/recordings", get(recordings::list::<S>))
+        .route(
+            "/api/v1/devices/{login_code}/channels/{channel}/recordings",
+            get(recordings::list::<S>).delete(recordings::erase::<S>),
+        )
         .route("/api/v1/devices/{login_code}/channels/{channel}/playback", post(recordings::playback::<S>))
         .route(
             "/api/v1/devices/{login_code}/channels/{channel}/holds",
