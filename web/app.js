@@ -243,6 +243,9 @@ async function channelPage(lc, ch) {
       keep: (from, to, note) => api("POST", `/api/v1/devices/${enc(lc)}/channels/${ch}/holds`, { from, to, note }),
       release: (id) => api("DELETE", `/api/v1/devices/${enc(lc)}/channels/${ch}/holds/${id}`),
     } : {}),
+    ...(isAdmin() ? {
+      erase: (from, to) => api("DELETE", `/api/v1/devices/${enc(lc)}/channels/${ch}/recordings?from=${from.toFixed(3)}&to=${to.toFixed(3)}`),
+    } : {}),
   });
   show(`${d.name || lc} · ${t("channel")} ${ch}`, h("p", {}, deviceLink(lc), " ", back, " ", playbackNote),
     h("div", { class: "split" }, tile, side), status, h("h2", {}, t("timeline")), tl.el);

@@ -33,6 +33,7 @@ const en = {
   win_from: "From", win_to: "To", remove: "Remove",
   keep: "Keep this range", keep_why: "Why keep it? (optional)", kept: "Kept from retention: {0} segment(s), {1} MB so far.",
   holds: "Kept ranges (retention does not delete them)", kept_range: "Kept", release: "Release",
+  erase: "Delete this range…", erase_sure: "Really delete this recording? It cannot be undone", erased: "Deleted {0} segment(s), {1} MB.",
 };
 
 const zh = {
@@ -61,6 +62,7 @@ const zh = {
   post: "告警后延录 (秒)", retention: "保留 (天)", timezone: "时区", add_window: "添加时间段", win_from: "从", win_to: "至", remove: "移除",
   keep: "保留此时段", keep_why: "保留原因（可选）", kept: "已免于自动清理：目前 {0} 段，{1} MB。",
   holds: "保留的时段（不会被自动清理）", kept_range: "保留", release: "解除保留",
+  erase: "删除此时段…", erase_sure: "确定删除这段录像？删除后无法恢复", erased: "已删除 {0} 段，{1} MB。",
 };
 
 const tables = { en, zh };

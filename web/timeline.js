@@ -18,7 +18,8 @@ const LEVELS = [
 export class Timeline {
   /**
    * `on.play(secs)`: play from an instant; `on.range(from, to)`: a URL of that range as MP4;
-   * `on.keep(from, to, note)` and `on.release(id)` (operators only): make and release holds.
+   * `on.keep(from, to, note)` and `on.release(id)` (operators only): make and release holds;
+   * `on.erase(from, to)` (admins only): delete what was recorded in a range.
    */
   constructor(lc, ch, on) {
     this.lc = lc;
@@ -34,6 +35,7 @@ export class Timeline {
     this.keepNote = h("input", { class: "tl-keep-note", placeholder: t("keep_why"), maxlength: 500, "aria-label": t("keep_why") });
     this.keepBtn = h("button", { class: "tl-keep", onclick: () => this.keep() }, t("keep"));
     this.keepBox = h("span", { class: "row", hidden: true }, this.keepNote, this.keepBtn);
+    this.eraseBtn = h("button", { class: "danger tl-erase", hidden: true, onclick: () => this.erase() }, t("erase"));
     this.holdList = h("div", { class: "tl-holds" });
     const zoom = LEVELS.map(([name], i) => h("button", { dataset: { level: i }, onclick: () => this.zoom(i) }, name));
     this.zoomButtons = zoom;
@@ -43,7 +45,7 @@ export class Timeline {
         h("button", { onclick: () => this.shift(0.75), "aria-label": "later" }, t("next")),
         h("button", { onclick: () => { this.toNow(); this.load(); } }, t("now")),
         zoom, this.label),
-      this.bar, this.axis, h("div", { class: "row" }, this.note, this.dl, on.keep ? this.keepBox : ""), this.holdList);
+      this.bar, this.axis, h("div", { class: "row" }, this.note, this.dl, on.keep ? this.keepBox : "", on.erase ? this.eraseBtn : ""), this.holdList);
     this.drag();
   }
 
@@ -105,6 +107,9 @@ export class Timeline {
       this.bar.append(this.sel);
       this.picked = [a, b];
       this.keepBox.hidden = false;
+      this.eraseBtn.hidden = false;
+      this.eraseBtn.textContent = t("erase");
+      this.eraseArmed = false;
       const url = await this.on.range(a, b);
       if (url) {
         this.dl.href = url;
@@ -141,6 +146,35 @@ export class Timeline {
       this.note.textContent = e.message;
     } finally {
       this.keepBtn.disabled = false;
+    }
+  }
+
+  /** Deletes the picked range's recording: a first click asks, a second (within 5 s) does it. */
+  async erase() {
+    if (!this.picked) return;
+    if (!this.eraseArmed) {
+      this.eraseArmed = true;
+      this.eraseBtn.textContent = t("erase_sure");
+      setTimeout(() => {
+        if (this.eraseArmed) {
+          this.eraseArmed = false;
+          this.eraseBtn.textContent = t("erase");
+        }
+      }, 5000);
+      return;
+    }
+    this.eraseArmed = false;
+    const [from, to] = this.picked;
+    this.eraseBtn.disabled = true;
+    try {
+      const r = await this.on.erase(from, to);
+      await this.load();
+      this.note.textContent = t("erased", r.segments, (r.bytes / 1e6).toFixed(1));
+    } catch (e) {
+      this.note.textContent = e.message;
+      this.eraseBtn.textContent = t("erase");
+    } finally {
+      this.eraseBtn.disabled = false;
     }
   }
 
@@ -192,6 +226,7 @@ export class Timeline {
     this.label.textContent = `${fmt(from)} — ${fmt(to)}`;
     this.dl.hidden = true;
     this.keepBox.hidden = true;
+    this.eraseBtn.hidden = true;
     this.picked = null;
     const seq = (this.seq = (this.seq || 0) + 1);
     let spans = [];

@@ -263,11 +263,22 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         admin.wait_for_selector(".tl-span", timeout=15000)
         box = admin.locator(".tl-span").last.bounding_box()
         y = box["y"] + box["height"] / 2
-        admin.mouse.move(box["x"] + box["width"] * 0.2, y)
-        admin.mouse.down()
-        admin.mouse.move(box["x"] + box["width"] * 0.8, y, steps=5)
-        admin.mouse.up()
-        admin.wait_for_selector(".tl-keep", state="visible", timeout=10000)
+
+        def pick():
+            admin.mouse.move(box["x"] + box["width"] * 0.2, y)
+            admin.mouse.down()
+            admin.mouse.move(box["x"] + box["width"] * 0.8, y, steps=5)
+            admin.mouse.up()
+            admin.wait_for_selector(".tl-keep", state="visible", timeout=10000)
+
+        def erase(expect):
+            pick()
+            admin.click(".tl-erase")
+            assert "cannot be undone" in admin.inner_text(".tl-erase"), admin.inner_text(".tl-erase")
+            admin.click(".tl-erase")
+            admin.wait_for_function(f"() => document.querySelector('.timeline').innerText.includes({json.dumps(expect)})",
+                                    timeout=10000)
+        pick()
         admin.fill(".tl-keep-note", "case 7: the ladder")
         admin.click(".tl-keep")
         admin.wait_for_selector(".tl-hold", timeout=10000)
@@ -279,11 +290,16 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         k = j["holds"][0]
         assert k["note"] == "case 7: the ladder" and k["created_by"] == "user:root" and k["to"] > k["from"], k
         shot(admin, "06c-timeline-hold")
+        erase("release them first")  # the hold refuses the erasure
         admin.click(".tl-hold-row button")
         admin.wait_for_function("() => document.querySelectorAll('.tl-hold').length === 0", timeout=10000)
         s, j = api("GET", "/api/v1/devices/site-1/channels/0/holds")
         assert s == 200 and j["holds"] == [], (s, j)
-    check("an operator drags a range on the timeline and keeps it from retention (a hold), then releases it", hold)
+        erase("Deleted")
+        _, audit = api("GET", "/api/v1/audit")
+        assert [a for a in audit if a["action"] == "recordings_erased" and a["actor"] == "user:root"], audit[:5]
+    check("an operator drags a range on the timeline and keeps it from retention (a hold), which refuses an "
+          "erasure until released; then the admin erases it", hold)
 
     def schedule_policy():
         # Set through the API first: what the form does not show
