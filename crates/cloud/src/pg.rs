@@ -222,7 +222,8 @@ impl Backend for Postgres {
             c.client.batch_execute("BEGIN").await.map_err(db_error)?;
             let mut out = Vec::with_capacity(stmts.len());
             for s in &stmts {
-                out.push(c.run(s).await?);
+                let o = if s.due(&out) { c.run(s).await? } else { Outcome::default() };
+                out.push(o);
             }
             c.client.batch_execute("COMMIT").await.map_err(db_error)?;
             Ok(out)

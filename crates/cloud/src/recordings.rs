@@ -372,8 +372,11 @@ impl<S: Store> Cloud<S> {
         }
         for (p, id) in indexed {
             if !on_disk.contains(&p) {
-                self.store.delete_segment(id).await?;
-                rep.removed_rows += 1;
+                if let Some(row) = self.store.segment(id).await? {
+                    if self.store.delete_segment(&row).await? {
+                        rep.removed_rows += 1;
+                    }
+                }
             }
         }
         Ok(rep)
@@ -399,9 +402,13 @@ impl<S: Store> Cloud<S> {
                 }
                 let mut any = false;
                 for s in old {
-                    if self.delete_stored(&s).await? {
-                        gone += 1;
-                        any = true;
+                    match self.delete_stored(&s).await? {
+                        Deleted::Now => {
+                            gone += 1;
+                            any = true;
+                        }
+                        Deleted::Gone => any = true,
+                        Deleted::Held => {}
                     }
                 }
                 if !any {
@@ -430,10 +437,20 @@ impl<S: Store> Cloud<S> {
                 }
                 let mut any = false;
                 for s in old {
-                    if self.delete_stored(&s).await? {
-                        gone += 1;
-                        any = true;
-                        over = over.saturating_sub(s.bytes);
+                    // Gone either way (another node's sweep may have taken
+                    // it): it counts against the excess, or two nodes
+                    // sweeping at once would each delete the excess.
+                    match self.delete_stored(&s).await? {
+                        Deleted::Now => {
+                            gone += 1;
+                            any = true;
+                            over = over.saturating_sub(s.bytes);
+                        }
+                        Deleted::Gone => {
+                            any = true;
+                            over = over.saturating_sub(s.bytes);
+                        }
+                        Deleted::Held => {}
                     }
                     if over == 0 {
                         break;
@@ -448,17 +465,30 @@ impl<S: Store> Cloud<S> {
         Ok(gone)
     }
 
-    /// Deletes a segment retention chose, unless a hold made since covers
-    /// it: row first, then the file. Whether it went.
-    async fn delete_stored(&self, s: &SegmentRow) -> Result<bool, StoreError> {
-        if !self.store.delete_unheld_segment(s.id).await? {
-            return Ok(false);
+    /// Deletes a segment retention (or an erasure) chose, unless a hold
+    /// made since covers it: row first, then the file.
+    async fn delete_stored(&self, s: &SegmentRow) -> Result<Deleted, StoreError> {
+        if !self.store.delete_unheld_segment(s).await? {
+            // Held, or another node's sweep took it first (every node
+            // sweeps): only the first is still there.
+            return Ok(if self.store.segment(s.id).await?.is_some() { Deleted::Held } else { Deleted::Gone });
         }
         let _ = std::fs::remove_file(self.recordings_dir().join(&s.path));
         self.recorder.deleted.fetch_add(1, Ordering::Relaxed);
         self.recorder.deleted_bytes.fetch_add(s.bytes, Ordering::Relaxed);
-        Ok(true)
+        Ok(Deleted::Now)
     }
+}
+
+/// What became of a segment retention or an erasure chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deleted {
+    /// Deleted now, row and file.
+    Now,
+    /// Deleted already (by another node).
+    Gone,
+    /// A hold keeps it.
+    Held,
 }
 
 /// `<start_ms>-<duration_ms>-<session>-<seq>.ts`
@@ -596,13 +626,15 @@ pub(crate) async fn erase<S: Store>(
         let segs = c.store.segments(&lc, ch, after, to, 500).await?;
         let Some(end) = segs.last().map(SegmentRow::end_ms) else { break };
         for s in &segs {
-            if c.delete_stored(s).await? {
-                n += 1;
-                bytes += s.bytes;
-                first = first.min(s.start_ms);
-                last = last.max(s.end_ms());
-            } else {
-                kept += 1; // held since the check above
+            match c.delete_stored(s).await? {
+                Deleted::Now => {
+                    n += 1;
+                    bytes += s.bytes;
+                    first = first.min(s.start_ms);
+                    last = last.max(s.end_ms());
+                }
+                Deleted::Held => kept += 1, // held since the check above
+                Deleted::Gone => {}
             }
         }
         if segs.len() < 500 || end >= to {

@@ -120,11 +120,26 @@ impl Row {
 pub(crate) struct Stmt {
     pub(crate) sql: String,
     pub(crate) args: Vec<Val>,
+    /// Runs only if the statement at this index (earlier in the same
+    /// transaction) changed a row; otherwise its outcome is empty.
+    pub(crate) when: Option<usize>,
 }
 
 impl Stmt {
     pub(crate) fn new(sql: impl Into<String>, args: Vec<Val>) -> Stmt {
-        Stmt { sql: sql.into(), args }
+        Stmt { sql: sql.into(), args, when: None }
+    }
+
+    /// Only if statement `k` of the transaction changed a row (a counter
+    /// that follows an `INSERT … ON CONFLICT DO NOTHING`, say).
+    pub(crate) fn if_changed(mut self, k: usize) -> Stmt {
+        self.when = Some(k);
+        self
+    }
+
+    /// Whether to run, given the outcomes so far.
+    pub(crate) fn due(&self, so_far: &[Outcome]) -> bool {
+        self.when.is_none_or(|k| so_far.get(k).is_some_and(|o| o.changed > 0))
     }
 }
 
@@ -254,6 +269,10 @@ impl Backend for Sqlite {
         let tx = db.transaction()?;
         let mut out = Vec::with_capacity(stmts.len());
         for s in &stmts {
+            if !s.due(&out) {
+                out.push(Outcome::default());
+                continue;
+            }
             let mut st = tx.prepare_cached(&sqlite_sql(&s.sql))?;
             if st.column_count() > 0 {
                 let rows = sqlite_rows(&mut st, &s.args)?;

@@ -223,11 +223,13 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
         before_ms: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<SegmentRow>>> + Send;
-    fn delete_segment(&self, id: i64) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes a segment's row unless a hold covers it (checked in the
-    /// same statement, so a hold made while retention runs still keeps
+    /// Deletes a segment's row (and takes it off its channel's totals);
+    /// whether it was there.
+    fn delete_segment(&self, s: &SegmentRow) -> impl Future<Output = Result<bool>> + Send;
+    /// As [`Store::delete_segment`] unless a hold covers it (checked in
+    /// the same statement, so a hold made while retention runs still keeps
     /// what it covers); whether the row went.
-    fn delete_unheld_segment(&self, id: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn delete_unheld_segment(&self, s: &SegmentRow) -> impl Future<Output = Result<bool>> + Send;
     /// Keeps a range of a channel's recording from retention; its id.
     fn add_hold(&self, h: &HoldRow) -> impl Future<Output = Result<i64>> + Send;
     /// A channel's holds overlapping `[from_ms, to_ms)`, oldest range first.
@@ -369,6 +371,19 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX record_hold_channel ON record_hold(login_code, channel, from_ms);",
+    // Retention without passes over every segment: bytes and count kept
+    // per channel as segments come and go (the quota's check read a SUM
+    // over the whole table every 10 s), and the oldest found by an index.
+    "CREATE TABLE segment_total (
+        login_code TEXT NOT NULL,
+        channel INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (login_code, channel)
+    );
+    INSERT INTO segment_total (login_code, channel, bytes, count)
+        SELECT login_code, channel, SUM(bytes), COUNT(*) FROM segment GROUP BY login_code, channel;
+    CREATE INDEX segment_start ON segment(start_ms);",
 ];
 
 /// The condition (on a `segment` row) that no hold covers it.
@@ -614,6 +629,24 @@ impl SqlStore {
             }
             None => c.clear(),
         }
+    }
+
+    /// Deletes `s`'s row when `cond` (more SQL on the row) holds, and
+    /// takes it off its channel's totals in the same transaction.
+    async fn delete_counted(&self, s: &SegmentRow, cond: &str) -> Result<bool> {
+        let out = self
+            .db
+            .transaction(vec![
+                Stmt::new(format!("DELETE FROM segment WHERE id = $1 {cond}"), args![s.id]),
+                Stmt::new(
+                    "UPDATE segment_total SET bytes = bytes - $1, count = count - 1
+                     WHERE login_code = $2 AND channel = $3",
+                    args![s.bytes, &s.login_code, s.channel],
+                )
+                .if_changed(0),
+            ])
+            .await?;
+        Ok(out[0].changed == 1)
     }
 
     async fn segment_query(&self, sql: &str, a: Vec<Val>) -> Result<Vec<SegmentRow>> {
@@ -1154,15 +1187,25 @@ impl Store for SqlStore {
     }
 
     async fn add_segment(&self, s: &SegmentRow) -> Result<bool> {
-        let n = self
+        let out = self
             .db
-            .execute(
-                "INSERT INTO segment (login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                args![&s.login_code, s.channel, &s.session_id, s.seq, s.start_ms, s.duration_ms, s.bytes, &s.path],
-            )
+            .transaction(vec![
+                Stmt::new(
+                    "INSERT INTO segment (login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    args![&s.login_code, s.channel, &s.session_id, s.seq, s.start_ms, s.duration_ms, s.bytes, &s.path],
+                ),
+                // Counted once: a re-sent segment inserts nothing.
+                Stmt::new(
+                    "INSERT INTO segment_total (login_code, channel, bytes, count) VALUES ($1, $2, $3, 1)
+                     ON CONFLICT (login_code, channel) DO UPDATE
+                     SET bytes = segment_total.bytes + excluded.bytes, count = segment_total.count + 1",
+                    args![&s.login_code, s.channel, s.bytes],
+                )
+                .if_changed(0),
+            ])
             .await?;
-        Ok(n == 1)
+        Ok(out[0].changed == 1)
     }
 
     async fn segments(
@@ -1213,14 +1256,12 @@ impl Store for SqlStore {
         .await
     }
 
-    async fn delete_segment(&self, id: i64) -> Result<()> {
-        self.db.execute("DELETE FROM segment WHERE id = $1", args![id]).await?;
-        Ok(())
+    async fn delete_segment(&self, s: &SegmentRow) -> Result<bool> {
+        self.delete_counted(s, "").await
     }
 
-    async fn delete_unheld_segment(&self, id: i64) -> Result<bool> {
-        let n = self.db.execute(&format!("DELETE FROM segment WHERE id = $1 AND {UNHELD}"), args![id]).await?;
-        Ok(n == 1)
+    async fn delete_unheld_segment(&self, s: &SegmentRow) -> Result<bool> {
+        self.delete_counted(s, &format!("AND {UNHELD}")).await
     }
 
     async fn add_hold(&self, h: &HoldRow) -> Result<i64> {
@@ -1286,8 +1327,14 @@ impl Store for SqlStore {
     }
 
     async fn segment_totals(&self) -> Result<(u64, u64)> {
-        let rows =
-            self.db.query("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT), COUNT(*) FROM segment", vec![]).await?;
+        let rows = self
+            .db
+            .query(
+                "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT), CAST(COALESCE(SUM(count), 0) AS BIGINT)
+                 FROM segment_total",
+                vec![],
+            )
+            .await?;
         rows.first().map_or(Ok((0, 0)), |r| Ok((r.num(0)?, r.num(1)?)))
     }
 
@@ -1362,6 +1409,35 @@ mod tests {
         })
         .await
         .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_totals_of_a_database_with_recordings_are_counted_when_it_is_migrated() {
+        let dir = std::env::temp_dir().join(format!("ivr-store-tot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let before = MIGRATIONS.len() - 1; // the release before the totals
+        {
+            let db = rusqlite::Connection::open(dir.join("ivr.sqlite3")).unwrap();
+            for m in &MIGRATIONS[..before] {
+                db.execute_batch(m).unwrap();
+            }
+            db.execute_batch(&format!("PRAGMA user_version = {before};")).unwrap();
+            for (i, (lc, ch, bytes)) in [("a", 0, 10), ("a", 0, 20), ("a", 1, 5), ("b", 0, 7)].into_iter().enumerate() {
+                db.execute(
+                    "INSERT INTO segment (login_code, channel, session_id, seq, start_ms, duration_ms, bytes, path)
+                     VALUES (?1, ?2, 's', ?3, ?3, 1000, ?4, ?5)",
+                    rusqlite::params![lc, ch, i as i64, bytes, format!("{i}.ts")],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqlStore::open(&dir).unwrap();
+        assert_eq!(s.segment_totals().await.unwrap(), (42, 4));
+        let a0 = s.segments("a", 0, 0, 10_000, 10).await.unwrap();
+        assert!(s.delete_segment(&a0[0]).await.unwrap());
+        assert_eq!(s.segment_totals().await.unwrap(), (32, 3));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1536,13 +1612,15 @@ mod tests {
         let ended: Vec<u64> =
             s.segments_ended_before("site-1", 0, start + 30_000, 10).await.unwrap().iter().map(|x| x.seq).collect();
         assert_eq!(ended, [0, 2]);
-        assert!(!s.delete_unheld_segment(found[0].id).await.unwrap(), "held");
+        assert!(!s.delete_unheld_segment(&found[0]).await.unwrap(), "held");
         assert!(!s.delete_hold("site-1", 1, hid).await.unwrap(), "not that channel's");
         assert!(s.delete_hold("site-1", 0, hid).await.unwrap());
         assert!(!s.delete_hold("site-1", 0, hid).await.unwrap(), "released once");
         assert_eq!(s.held_totals().await.unwrap(), (0, 0));
-        assert!(s.delete_unheld_segment(found[0].id).await.unwrap());
+        assert!(s.delete_unheld_segment(&found[0]).await.unwrap());
+        assert!(!s.delete_segment(&found[0]).await.unwrap(), "gone already");
         assert_eq!(s.segment_paths().await.unwrap().len(), 2);
+        assert_eq!(s.segment_totals().await.unwrap(), (2002, 2), "the totals follow deletions, counted once");
         assert!(s.stop_record_session("rs1", 20).await.unwrap());
         assert!(!s.stop_record_session("rs1", 21).await.unwrap());
         assert_eq!(s.record_session("rs1").await.unwrap().unwrap().stopped_at, Some(20));
