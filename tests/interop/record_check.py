@@ -9,7 +9,8 @@ restart: the index and the disk agree, planted half-written and orphan
 files are repaired and reported, every span plays, and the segments the
 edge buffered meanwhile arrive (no gap); an alarm policy records around an
 alarm; an upload for a session the cloud never asked for is refused;
-retention under a small byte quota deletes the oldest first.
+retention under a small byte quota deletes the oldest first, except what a
+hold keeps.
 
 Usage: record_check.py --ivr target/debug/ivr"""
 import argparse
@@ -259,6 +260,10 @@ def main():
             _, st = api("GET", "/api/v1/stats")
             total = st["recordings"]["stored_bytes"]
             oldest = spans()["spans"][0]["from"]
+            # A hold over the first seconds: evidence the quota must not take.
+            s, hold = api("POST", "/api/v1/devices/site-rec/channels/0/holds",
+                          {"from": oldest + 0.5, "to": oldest + 3.5, "note": "incident 9"})
+            assert s == 201 and hold["segments"] >= 1 and hold["bytes"] > 0, (s, hold)
             procs["cloud"].terminate()
             procs["cloud"].wait()
             quota = 3 << 20
@@ -270,9 +275,26 @@ def main():
             st = wait_for("the sweeper", swept, 30)
             files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(data, "recordings")) for f in fs]
             size = sum(os.path.getsize(f) for f in files)
-            assert size <= quota + (2 << 20), (size, quota, total)
-            assert spans()["spans"][0]["from"] > oldest, "the oldest were not the ones deleted"
-        check("retention under a small byte quota deletes the oldest first", retention)
+            assert size <= quota + hold["bytes"] + (2 << 20), (size, quota, hold["bytes"], total)
+            j = spans()
+            assert j["spans"][0]["from"] == oldest and j["spans"][0]["to"] <= oldest + 10, \
+                ("the held range is the first span left", oldest, j["spans"][:3])
+            assert len(j["spans"]) >= 2 and j["spans"][1]["from"] > j["spans"][0]["to"] + 1, \
+                ("what followed the held range was deleted", j["spans"][:3])
+            assert [k["note"] for k in j["holds"]] == ["incident 9"], j["holds"]
+            s, pb = api("POST", "/api/v1/devices/site-rec/channels/0/playback", {"from": oldest, "to": oldest + 4})
+            assert s == 200, (s, pb)
+            kept = os.path.join(out, "held.mp4")
+            fetch(pb["urls"]["mp4"], kept)
+            dur, v = ffprobe(kept)
+            assert v["codec_name"] == "h264" and dur >= 1.5, (dur, v)
+            decodes_clean(kept)
+            # Released: the next sweep takes it, oldest first as before.
+            s, r = api("DELETE", f"/api/v1/devices/site-rec/channels/0/holds/{hold['id']}")
+            assert s == 200, (s, r)
+            wait_for("the released range deleted", lambda: spans()["spans"][0]["from"] > oldest, 30)
+        check("retention under a small byte quota deletes the oldest first, except a held range, which still "
+              "plays, until it is released", retention)
     finally:
         for p in procs.values():
             p.kill()
