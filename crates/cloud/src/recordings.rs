@@ -402,14 +402,9 @@ impl<S: Store> Cloud<S> {
                 }
                 let mut any = false;
                 for s in old {
-                    match self.delete_stored(&s).await? {
-                        Deleted::Now => {
-                            gone += 1;
-                            any = true;
-                        }
-                        Deleted::Gone => any = true,
-                        Deleted::Held => {}
-                    }
+                    let d = self.delete_stored(&s).await?;
+                    gone += u64::from(d == Deleted::Now);
+                    any |= d != Deleted::Held;
                 }
                 if !any {
                     break; // held since they were listed
@@ -440,17 +435,11 @@ impl<S: Store> Cloud<S> {
                     // Gone either way (another node's sweep may have taken
                     // it): it counts against the excess, or two nodes
                     // sweeping at once would each delete the excess.
-                    match self.delete_stored(&s).await? {
-                        Deleted::Now => {
-                            gone += 1;
-                            any = true;
-                            over = over.saturating_sub(s.bytes);
-                        }
-                        Deleted::Gone => {
-                            any = true;
-                            over = over.saturating_sub(s.bytes);
-                        }
-                        Deleted::Held => {}
+                    let d = self.delete_stored(&s).await?;
+                    gone += u64::from(d == Deleted::Now);
+                    if d != Deleted::Held {
+                        any = true;
+                        over = over.saturating_sub(s.bytes);
                     }
                     if over == 0 {
                         break;
