@@ -91,6 +91,26 @@ impl DiskFile {
         Ok(())
     }
 
+    /// The free part of the current block, for bytes read straight into
+    /// it (then [`filled`](Self::filled)); an error after a failed write.
+    pub(crate) fn spare(&mut self) -> io::Result<&mut [u8]> {
+        if self.buf.is_empty() {
+            return Err(busy());
+        }
+        let (at, end) = (self.off + self.held, self.off + BLOCK);
+        Ok(&mut self.buf[at..end])
+    }
+
+    /// `n` bytes were put at the start of [`spare`](Self::spare); a full
+    /// block goes to the disk.
+    pub(crate) async fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.held = (self.held + n).min(BLOCK);
+        if self.held == BLOCK {
+            self.put(BLOCK).await?;
+        }
+        Ok(())
+    }
+
     /// Writes the first `n` bytes of the window (a multiple of `ALIGN`, or
     /// anything once the file is no longer direct) at the file's end.
     async fn put(&mut self, n: usize) -> io::Result<()> {

@@ -12,6 +12,7 @@ mod console;
 mod diskfile;
 mod error;
 mod gateway;
+mod ingest;
 mod limits;
 mod listen;
 mod live;

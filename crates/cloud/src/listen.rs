@@ -232,9 +232,26 @@ pub async fn serve<S: Store>(c: Arc<Cloud<S>>, listener: tokio::net::TcpListener
     loop {
         let Some((tcp, peer)) = accept(&listener, "HTTP").await else { continue };
         let Some(ticket) = c.gate.enter("HTTP", peer) else { continue };
-        let sock = ConnSocket(tcp.as_raw_fd());
-        let io = IdleIo::new(tcp, c.idle_timeout(), ticket);
-        tokio::spawn(serve_conn(app.clone(), io, peer, sock, c.cfg.limits.header_timeout));
+        let (c, app) = (c.clone(), app.clone());
+        tokio::spawn(async move {
+            let header = c.cfg.limits.header_timeout;
+            // Recording segments are read by the ingest's own loop (see
+            // ingest.rs); the rest, and what it hands back, by hyper.
+            match crate::ingest::is_segment_put(&tcp, header).await {
+                None => return,
+                Some(false) => {}
+                Some(true) => match Box::pin(crate::ingest::serve(&c, tcp, peer, ticket)).await {
+                    crate::ingest::Served::Done => return,
+                    crate::ingest::Served::Hyper(tcp, ticket, head) => {
+                        let sock = ConnSocket(tcp.as_raw_fd());
+                        let io = crate::ingest::Rewind::new(head, IdleIo::new(tcp, c.idle_timeout(), ticket));
+                        return Box::pin(serve_conn(app, io, peer, sock, header)).await;
+                    }
+                },
+            }
+            let sock = ConnSocket(tcp.as_raw_fd());
+            serve_conn(app, IdleIo::new(tcp, c.idle_timeout(), ticket), peer, sock, header).await
+        });
     }
 }
 

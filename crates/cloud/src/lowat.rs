@@ -92,6 +92,15 @@ impl Lowat {
         }
     }
 
+    /// The mark at exactly `v` (at least 1) bytes, for a reader that knows
+    /// what is still to come; nothing once a stall turned it off.
+    pub(crate) fn exactly(&mut self, v: usize) {
+        let v = (v as u64).clamp(1, MAX);
+        if !self.off && v != self.set {
+            self.apply(v);
+        }
+    }
+
     /// A chunk stalled: the mark stays at 1 for the rest of this body.
     pub(crate) fn stalled(&mut self) {
         STALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

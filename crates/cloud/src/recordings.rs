@@ -44,6 +44,15 @@ struct Pending {
     made: Instant,
 }
 
+/// A segment upload claimed by its token: its exact size, and where it is
+/// stored (`path`, under the recordings directory as `rel`).
+pub(crate) struct SegmentPut {
+    p: Pending,
+    rel: PathBuf,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+}
+
 /// Counters and upload URLs.
 #[derive(Default)]
 pub struct Recorder {
@@ -266,6 +275,15 @@ impl<S: Store> Cloud<S> {
 
     /// The PUT: the bytes to disk (crash-safe), then the index.
     async fn segment_upload(&self, t: &str, body: Body, sock: Option<crate::lowat::ConnSocket>) -> ApiResult<bool> {
+        let put = self.claim_segment(t)?;
+        let stored = crate::uploads::store_body(body, &put.path, Size::Exactly(put.size), None, false, sock).await;
+        let (n, _) = stored.inspect_err(|e| self.count_disk_error(e))?;
+        self.index_segment(put, n).await
+    }
+
+    /// The upload URL's token taken (a URL is good for one PUT): what the
+    /// segment is and where it goes.
+    pub(crate) fn claim_segment(&self, t: &str) -> ApiResult<SegmentPut> {
         let p = self
             .recorder
             .pending
@@ -279,13 +297,21 @@ impl<S: Store> Cloud<S> {
             .join(day(p.start_ms))
             .join(format!("{}-{}-{}-{}.ts", p.start_ms, p.duration_ms, s.session_id, p.seq));
         let path = self.recordings_dir().join(&rel);
-        let (n, _) = crate::uploads::store_body(body, &path, Size::Exactly(p.size), None, false, sock)
-            .await
-            .inspect_err(|e| {
-                if e.status.is_server_error() {
-                    self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            })?;
+        Ok(SegmentPut { size: p.size, path, rel, p })
+    }
+
+    /// A storing error that is the disk's (not the uploader's) is counted.
+    pub(crate) fn count_disk_error(&self, e: &ApiError) {
+        if e.status.is_server_error() {
+            self.recorder.disk_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The stored segment (`n` bytes, durable at `put.path`) indexed;
+    /// whether it is new (an upload repeated after a lost answer is not).
+    pub(crate) async fn index_segment(&self, put: SegmentPut, n: u64) -> ApiResult<bool> {
+        let (p, rel) = (put.p, put.rel);
+        let s = &p.session;
         let row = SegmentRow {
             id: 0,
             login_code: s.login_code.clone(),

@@ -92,6 +92,16 @@ pub(crate) enum Size {
     Exactly(u64),
 }
 
+/// A file that could not be written, as the answer: a full disk is 507,
+/// anything else 500 (and logged: it is the cloud's problem, not the
+/// uploader's).
+pub(crate) fn disk_error(path: &FsPath, what: &str, e: std::io::Error) -> ApiError {
+    let status =
+        if e.raw_os_error() == Some(28) { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::INTERNAL_SERVER_ERROR };
+    tracing::error!(path = %path.display(), error = %e, "cloud: an upload was not stored ({what})");
+    ApiError::new(status, format!("storing the upload ({what}): {e}"))
+}
+
 /// Streams `body` into `path` (through a `.part` file, fsynced with its
 /// directory, renamed, so a crash leaves the old file or the new one and at
 /// worst a `.part`), its size checked against `size`, the first chunk by
@@ -108,15 +118,7 @@ pub(crate) async fn store_body(
         Size::AtMost(m) | Size::Exactly(m) => m,
     };
     let part = path.with_extension("part");
-    let disk = |what: &str, e: std::io::Error| {
-        let status = if e.raw_os_error() == Some(28) {
-            StatusCode::INSUFFICIENT_STORAGE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        tracing::error!(path = %path.display(), error = %e, "cloud: an upload was not stored ({what})");
-        ApiError::new(status, format!("storing the upload ({what}): {e}"))
-    };
+    let disk = |what: &str, e: std::io::Error| disk_error(path, what, e);
     // The body's small chunks are gathered into 1 MiB direct writes (a
     // trip to a blocking thread each; see diskfile.rs).
     let mut f = DiskFile::new(&part);
