@@ -362,3 +362,72 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(13) ^ (i >> 9) as u8).collect()
+    }
+
+    /// A connected pair on loopback: (the cloud's side, the sender's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tx = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, tx)
+    }
+
+    /// Sends `body` in uneven pieces, with one pause longer than `STALL`
+    /// (the mark is dropped and the read goes on), or only `cut` bytes of
+    /// it before closing.
+    async fn send(mut tx: TcpStream, body: Vec<u8>, cut: Option<usize>) {
+        let end = cut.unwrap_or(body.len());
+        for (i, piece) in body[..end].chunks(200_003).enumerate() {
+            tx.write_all(piece).await.unwrap();
+            if i == 3 {
+                tokio::time::sleep(STALL + Duration::from_millis(200)).await;
+            }
+        }
+        if cut.is_some() {
+            drop(tx);
+        } else {
+            // Held open until the reader is done (it closes first).
+            let _ = tx.read(&mut [0u8; 1]).await;
+        }
+    }
+
+    /// The reader stores exactly the body (its first bytes having come with
+    /// the head), goes on after a stall, and leaves nothing of a body that
+    /// broke off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_body_is_stored_exactly_and_nothing_of_a_broken_one() {
+        let dir = std::env::temp_dir().join(format!("ivr-ingest-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = data(2 * (1 << 20) + 4321);
+        let idle = Duration::from_secs(10);
+        for cut in [None, Some(1_500_000)] {
+            let (rx, tx) = pair().await;
+            let path = dir.join(format!("s-{cut:?}.ts"));
+            let (first, rest) = body.split_at(1000);
+            let sender = tokio::spawn(send(tx, rest.to_vec(), cut.map(|c| c - 1000)));
+            let len = body.len() as u64;
+            let mut rx = rx;
+            let r = receive(&mut rx, first, &path, len, idle).await;
+            sender.abort();
+            match cut {
+                None => {
+                    assert_eq!(r.map_err(|(e, _)| e.msg).unwrap(), len);
+                    assert!(std::fs::read(&path).unwrap() == body, "bytes differ");
+                }
+                Some(c) => {
+                    let (e, read) = r.expect_err("a broken body");
+                    assert_eq!(read, c as u64);
+                    assert!(e.msg.contains(&format!("after {c} of its {len} bytes")), "{}", e.msg);
+                    assert!(!path.exists() && !path.with_extension("part").exists());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
