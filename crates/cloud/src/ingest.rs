@@ -36,7 +36,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -181,14 +180,7 @@ async fn put<S: Store>(
     let before = |e: ApiError| (e.into_response(), 0);
     if c.gate.tight() {
         // As the router's reserve layer answers devices then.
-        c.gate.reserved_refused.fetch_add(1, Ordering::Relaxed);
-        let mut r = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the cloud is at its connection cap; the last places are kept for the admin API",
-        )
-        .into_response();
-        r.headers_mut().insert("retry-after", 5.into());
-        return Err((r, 0));
+        return Err((crate::api::reserve_refused(&c.gate), 0));
     }
     let put = c.claim_segment(&head.token).map_err(before)?;
     if head.len > put.size {

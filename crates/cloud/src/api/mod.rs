@@ -214,14 +214,19 @@ async fn api_reserve<S: Store>(
     next: axum::middleware::Next,
 ) -> Response {
     if c.gate.tight() && !req.uri().path().starts_with("/api/") {
-        c.gate.reserved_refused.fetch_add(1, Ordering::Relaxed);
-        let mut r = ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "the cloud is at its connection cap; the last places are kept for the admin API",
-        )
-        .into_response();
-        r.headers_mut().insert("retry-after", 5.into());
-        return r;
+        return reserve_refused(&c.gate);
     }
     next.run(req).await
+}
+
+/// What a device or viewer is told while the reserve is in use (counted).
+pub(crate) fn reserve_refused(gate: &crate::listen::Gate) -> Response {
+    gate.reserved_refused.fetch_add(1, Ordering::Relaxed);
+    let mut r = ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the cloud is at its connection cap; the last places are kept for the admin API",
+    )
+    .into_response();
+    r.headers_mut().insert("retry-after", 5.into());
+    r
 }
