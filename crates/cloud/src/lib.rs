@@ -19,6 +19,7 @@ mod live;
 mod lowat;
 mod pg;
 mod policy;
+mod reconcile;
 mod recordings;
 mod server;
 mod sql;
@@ -35,7 +36,7 @@ pub use limits::{check_login_code, shown, NameError};
 pub use listen::{default_max_connections, serve, serve_tls, ConnLimits};
 pub use live::{serve_rtmp, LiveConfig, Rtmp};
 pub use policy::{Mode as RecordMode, RecordPolicy, Window as RecordWindow};
-pub use recordings::Repair;
+pub use reconcile::{Checked, Repair};
 pub use server::{Cloud, CloudConfig, DeviceLimits, LoginCheckError, ProvisionError};
 pub use store::{
     ChannelRow, Device, Event, EventFilter, Firmware, HoldRow, Node, RecordSession, SegmentRow, SqlStore, Store,
@@ -57,6 +58,37 @@ pub fn safe_name(s: &str) -> String {
     out
 }
 
+/// The login_code a [`safe_name`] was made from; `None` for a name it
+/// never makes.
+pub(crate) fn unsafe_name(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'_' => {
+                // Two lowercase hex digits of a byte `safe_name` escapes.
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                if !hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+                    return None;
+                }
+                let v = u8::from_str_radix(hex, 16).ok()?;
+                if v.is_ascii_alphanumeric() || v == b'-' {
+                    return None;
+                }
+                out.push(v);
+                i += 3;
+            }
+            c if c.is_ascii_alphanumeric() || c == b'-' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -65,5 +97,11 @@ mod tests {
         assert_eq!(super::safe_name("cam.x"), "cam_2ex");
         assert_eq!(super::safe_name("cam_x"), "cam_5fx");
         assert_eq!(super::safe_name("../é"), "_2e_2e_2f_c3_a9");
+        for lc in ["cam-01", "cam.x", "cam_x", "../é", "", "a b"] {
+            assert_eq!(super::unsafe_name(&super::safe_name(lc)).as_deref(), Some(lc));
+        }
+        for bad in ["cam.x", "_2", "_zz", "_41", "_2E", "_+1", "_ff"] {
+            assert_eq!(super::unsafe_name(bad), None, "{bad}");
+        }
     }
 }

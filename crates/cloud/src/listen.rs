@@ -344,6 +344,9 @@ fn spawn_housekeeping<S: Store>(c: &Arc<Cloud<S>>) {
                 }
                 expiry.sweep_events().await;
             }
+            if tick.is_multiple_of(600) {
+                expiry.mark_reconciled();
+            }
         }
     });
 }

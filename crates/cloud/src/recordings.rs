@@ -72,6 +72,9 @@ pub struct Recorder {
     /// assembly can resume, by token (a dry run of the assembly found
     /// them); bounded.
     plans: Mutex<HashMap<String, Arc<Plan>>>,
+    /// Disk and index were made to agree since this process started
+    /// (`reconcile`), so it may write down that they agree.
+    pub(crate) reconciled: std::sync::atomic::AtomicBool,
 }
 
 /// What a dry run of a playback MP4's assembly learnt: its size, and
@@ -94,23 +97,6 @@ struct Mark {
 /// At most this many marks a file (a mark holds a muxer's state and the
 /// few audio frames it waits to write, a few hundred bytes).
 const MARKS: usize = 256;
-
-/// What reconciling disk and index found and did.
-#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Repair {
-    /// Files on disk the index did not have, now indexed.
-    pub indexed: u64,
-    /// Files removed: half-written (`.part`) or of no known session.
-    pub removed_files: u64,
-    /// Index rows whose file was gone, removed.
-    pub removed_rows: u64,
-}
-
-impl Repair {
-    pub fn is_empty(&self) -> bool {
-        *self == Repair::default()
-    }
-}
 
 /// The body of `POST …/recording`.
 #[derive(Deserialize, Default, Clone, Debug)]
@@ -331,83 +317,6 @@ impl<S: Store> Cloud<S> {
         Ok(fresh)
     }
 
-    /// Makes disk and index agree (run at start, before serving).
-    pub async fn reconcile(&self) -> Result<Repair, StoreError> {
-        let root = self.recordings_dir();
-        let mut rep = Repair::default();
-        let indexed: HashMap<String, i64> =
-            self.store.segment_paths().await?.into_iter().map(|(id, p)| (p, id)).collect();
-        let mut on_disk = std::collections::HashSet::new();
-        let mut stack = vec![root.clone()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let rel = path.strip_prefix(&root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                if name.ends_with(".part") {
-                    // In a cluster another node may be writing it now: only
-                    // one untouched for ten minutes is a crash's leftover.
-                    let fresh = e
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < std::time::Duration::from_secs(600)));
-                    if self.bus.get().is_some() && fresh {
-                        continue;
-                    }
-                    let _ = std::fs::remove_file(&path);
-                    rep.removed_files += 1;
-                    continue;
-                }
-                if indexed.contains_key(&rel) {
-                    on_disk.insert(rel);
-                    continue;
-                }
-                // A file stored but not indexed (a crash between the two).
-                let parsed = parse_segment_name(&name);
-                let owner = match &parsed {
-                    Some((_, _, session, _)) => self.store.record_session(session).await.ok().flatten(),
-                    None => None,
-                };
-                let row = parsed.zip(owner).map(|((start_ms, duration_ms, session, seq), s)| SegmentRow {
-                    id: 0,
-                    login_code: s.login_code,
-                    channel: s.channel,
-                    session_id: session,
-                    seq,
-                    start_ms,
-                    duration_ms,
-                    bytes: e.metadata().map(|m| m.len()).unwrap_or(0),
-                    path: rel.clone(),
-                });
-                match row {
-                    Some(r) if self.store.add_segment(&r).await? => {
-                        rep.indexed += 1;
-                        on_disk.insert(rel);
-                    }
-                    _ => {
-                        let _ = std::fs::remove_file(&path);
-                        rep.removed_files += 1;
-                    }
-                }
-            }
-        }
-        for (p, id) in indexed {
-            if !on_disk.contains(&p) {
-                if let Some(row) = self.store.segment(id).await? {
-                    if self.store.delete_segment(&row).await? {
-                        rep.removed_rows += 1;
-                    }
-                }
-            }
-        }
-        Ok(rep)
-    }
-
     /// Deletes what retention says must go: segments older than their
     /// channel's `retention_days`, then the oldest of all while the total
     /// is over `--recordings-max-bytes`. Index row first, then the file.
@@ -507,7 +416,7 @@ enum Deleted {
 }
 
 /// `<start_ms>-<duration_ms>-<session>-<seq>.ts`
-fn parse_segment_name(name: &str) -> Option<(i64, i64, String, u64)> {
+pub(crate) fn parse_segment_name(name: &str) -> Option<(i64, i64, String, u64)> {
     let stem = name.strip_suffix(".ts")?;
     let mut it = stem.splitn(3, '-');
     let start = it.next()?.parse().ok()?;

@@ -211,8 +211,9 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<SegmentRow>>> + Send;
     fn segment(&self, id: i64) -> impl Future<Output = Result<Option<SegmentRow>>> + Send;
-    /// Every indexed segment's id and path (reconciling with the disk).
-    fn segment_paths(&self) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
+    /// Indexed segments' ids and paths, by id, after `after`: at most
+    /// `limit` (reconciling with the disk, a page at a time).
+    fn segment_paths_after(&self, after: i64, limit: u32) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
     /// The oldest segments of all channels, at most `limit`.
     fn oldest_segments(&self, limit: u32) -> impl Future<Output = Result<Vec<SegmentRow>>> + Send;
     /// A channel's segments that ended before `before_ms`, at most `limit`.
@@ -1230,8 +1231,11 @@ impl Store for SqlStore {
         Ok(self.segment_query("WHERE id = $1", args![id]).await?.pop())
     }
 
-    async fn segment_paths(&self) -> Result<Vec<(i64, String)>> {
-        let rows = self.db.query("SELECT id, path FROM segment", vec![]).await?;
+    async fn segment_paths_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
+        let rows = self
+            .db
+            .query("SELECT id, path FROM segment WHERE id > $1 ORDER BY id LIMIT $2", args![after, limit])
+            .await?;
         rows.iter().map(|r| Ok((r.int(0)?, r.text(1)?))).collect()
     }
 
@@ -1619,7 +1623,11 @@ mod tests {
         assert_eq!(s.held_totals().await.unwrap(), (0, 0));
         assert!(s.delete_unheld_segment(&found[0]).await.unwrap());
         assert!(!s.delete_segment(&found[0]).await.unwrap(), "gone already");
-        assert_eq!(s.segment_paths().await.unwrap().len(), 2);
+        let paths = s.segment_paths_after(0, 10).await.unwrap();
+        assert_eq!(paths.len(), 2);
+        assert_eq!(s.segment_paths_after(paths[0].0, 10).await.unwrap(), paths[1..], "a page after the first");
+        assert!(s.segment_paths_after(paths[1].0, 10).await.unwrap().is_empty());
+        assert_eq!(s.segment_paths_after(0, 1).await.unwrap(), paths[..1]);
         assert_eq!(s.segment_totals().await.unwrap(), (2002, 2), "the totals follow deletions, counted once");
         assert!(s.stop_record_session("rs1", 20).await.unwrap());
         assert!(!s.stop_record_session("rs1", 21).await.unwrap());

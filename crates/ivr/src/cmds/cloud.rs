@@ -105,6 +105,19 @@ pub struct Args {
     /// `local`). Each node of a cluster needs its own.
     #[arg(long, default_value = "local")]
     pub node_id: String,
+    /// Which recordings the start compares with the index: `recent`, the day
+    /// folders changed since the last check (what a crash can have left),
+    /// or `full`, every file and every row (after restoring a backup of the
+    /// disk or the index, or changing files by hand).
+    #[arg(long, value_enum, default_value_t = Reconcile::Recent)]
+    pub reconcile: Reconcile,
+}
+
+/// `--reconcile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reconcile {
+    Recent,
+    Full,
 }
 
 /// What `ivr cloud` does besides running the cloud.
@@ -164,6 +177,7 @@ impl Args {
             store: "sqlite".into(),
             bus: None,
             node_id: "local".into(),
+            reconcile: Reconcile::Recent,
         }
     }
 }
@@ -334,8 +348,20 @@ fn check_rtmp_url(flag: &str, u: &str) -> anyhow::Result<String> {
 
 /// Disk and index made to agree before anything is served; says what it
 /// repaired.
-pub async fn reconcile(cloud: &Cloud<SqlStore>) -> anyhow::Result<()> {
-    let repair = cloud.reconcile().await.context("reconciling recordings with the index")?;
+pub async fn reconcile(cloud: &Cloud<SqlStore>, how: Reconcile) -> anyhow::Result<()> {
+    let (repair, seen) =
+        cloud.reconcile(how == Reconcile::Full).await.context("reconciling recordings with the index")?;
+    if seen.secs >= 1.0 || seen.full && seen.days > 0 {
+        println!(
+            "recordings checked{}: {} of {} day folder(s), {} file(s), {} row(s) on their own, in {:.1} s",
+            if seen.full { " (all)" } else { " (changed since the last check)" },
+            seen.days_checked,
+            seen.days,
+            seen.files,
+            seen.rows,
+            seen.secs
+        );
+    }
     if !repair.is_empty() {
         println!(
             "recordings repaired: {} file(s) indexed, {} file(s) removed (half-written or of no session), {} index row(s) without a file removed",
@@ -367,7 +393,7 @@ pub async fn run(mut a: Args) -> anyhow::Result<()> {
         a.data.display(),
         fds.saturating_sub(64)
     );
-    reconcile(&cloud).await?;
+    reconcile(&cloud, a.reconcile).await?;
     match &cloud_rtmp(&cloud) {
         Rtmp::Ingest { base } => println!("live view: the cloud's RTMP ingest; devices publish to {base}/<key>"),
         Rtmp::External { url } => println!("live view: devices publish to the external RTMP server {url}"),

@@ -36,7 +36,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (c, listener, token, _) = cloud::start(&args).await?;
     let addr = listener.local_addr()?;
     let store = c.store().clone();
-    cloud::reconcile(&c).await?;
+    cloud::reconcile(&c, cloud::Reconcile::Recent).await?;
     // The console's demo admin: a new random password every start.
     let demo_pw = ivr_cloud::demo_password();
     let demo_user = ivr_cloud::set_demo_admin(&c, "demo", &demo_pw).await.context("creating the demo admin")?;
