@@ -114,9 +114,9 @@ fn sign(key: &[u8; 32], frame: &[u8]) -> bytes::Bytes {
 }
 
 /// The frame of a signed request, when its MAC is this cluster's.
-fn verified<'a>(key: &[u8; 32], signed: &'a [u8]) -> Option<&'a [u8]> {
+fn verified(key: &[u8; 32], signed: &bytes::Bytes) -> Option<bytes::Bytes> {
     let (mac, frame) = (signed.get(..32)?, signed.get(32..)?);
-    crate::auth::constant_eq(mac, &relay_mac(key, frame)).then_some(frame)
+    crate::auth::constant_eq(mac, &relay_mac(key, frame)).then(|| signed.slice(32..))
 }
 
 fn now_ms() -> i64 {
@@ -145,10 +145,11 @@ fn frame<T: Serialize>(head: &T, body: &[u8]) -> bytes::Bytes {
     out.into()
 }
 
-fn unframe<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<(T, bytes::Bytes)> {
+/// The head and the body (a view of `b`, not a copy).
+fn unframe<T: for<'de> Deserialize<'de>>(b: &bytes::Bytes) -> Option<(T, bytes::Bytes)> {
     let i = b.iter().position(|&c| c == b'\n')?;
     let head = serde_json::from_slice(&b[..i]).ok()?;
-    Some((head, bytes::Bytes::copy_from_slice(&b[i + 1..])))
+    Some((head, b.slice(i + 1..)))
 }
 
 /// A login code as one NATS subject token (no `.`, `*`, `>` or spaces).
@@ -466,7 +467,7 @@ impl<S: Store> Cloud<S> {
     /// Serves a request another node handed over: an RPC straight to the
     /// device's session, anything else through this node's router; the
     /// framed answer.
-    async fn serve_relayed(self: &Arc<Self>, app: axum::Router, payload: &[u8]) -> bytes::Bytes {
+    async fn serve_relayed(self: &Arc<Self>, app: axum::Router, payload: &bytes::Bytes) -> bytes::Bytes {
         let Some(signed) = verified(&self.relay_key, payload) else {
             tracing::warn!(
                 "cloud: a relayed request not signed with this cluster's key (another admin token?) was refused"
@@ -476,7 +477,7 @@ impl<S: Store> Cloud<S> {
                 "a relayed request not signed with this cluster's key (do the nodes share --admin-token?)",
             );
         };
-        let Some((head, body)) = unframe::<RelayHead>(signed) else {
+        let Some((head, body)) = unframe::<RelayHead>(&signed) else {
             return fail(StatusCode::BAD_REQUEST, "a relayed request this node cannot read");
         };
         if (now_ms() - head.sent_ms).unsigned_abs() > RELAY_FRESH.as_millis() as u64 {
@@ -501,11 +502,18 @@ impl<S: Store> Cloud<S> {
         };
         let path = head.uri.split('?').next().unwrap_or_default();
         if let (true, Some(method)) = (head.method == "POST", rpc_method(path)) {
-            let res = match crate::api::devices::call(self, &who, &head.lc, &method, &body).await {
-                Ok(v) => axum::Json(v).into_response(),
-                Err(e) => e.into_response(),
+            return match crate::api::devices::call(self, &who, &head.lc, &method, &body).await {
+                // What `Json` would answer, framed without a response
+                // built and read back.
+                Ok(v) => match serde_json::to_vec(&v) {
+                    Ok(json) => frame(
+                        &ReplyHead { status: 200, headers: vec![("content-type".into(), "application/json".into())] },
+                        &json,
+                    ),
+                    Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, &format!("the answer cannot be written: {e}")),
+                },
+                Err(e) => framed(e.into_response()).await,
             };
-            return framed(res).await;
         }
         let mut b = axum::http::Request::builder().method(head.method.as_str()).uri(head.uri.as_str());
         for (k, v) in &head.headers {
@@ -550,15 +558,22 @@ pub(crate) async fn relay<S: Store>(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
+    // An RPC is served from the head alone (see `serve_relayed`): its
+    // headers would cross the bus for nothing.
+    let rpc = parts.method == axum::http::Method::POST && rpc_method(parts.uri.path()).is_some();
     let head = RelayHead {
         method: parts.method.to_string(),
         uri: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.to_string()),
-        headers: parts
-            .headers
-            .iter()
-            .filter(|(k, _)| !KEPT_HERE.contains(&k.as_str()))
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
+        headers: if rpc {
+            Vec::new()
+        } else {
+            parts
+                .headers
+                .iter()
+                .filter(|(k, _)| !KEPT_HERE.contains(&k.as_str()))
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect()
+        },
         peer,
         lc: lc.clone(),
         caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
@@ -669,12 +684,12 @@ mod tests {
     fn relayed_requests_are_signed_with_the_clusters_key() {
         let key = relay_key("admin-secret");
         let signed = sign(&key, b"{\"a\":1}\nbody");
-        assert_eq!(verified(&key, &signed), Some(&b"{\"a\":1}\nbody"[..]));
+        assert_eq!(verified(&key, &signed).as_deref(), Some(&b"{\"a\":1}\nbody"[..]));
         assert_eq!(verified(&relay_key("another"), &signed), None, "another cluster's key");
         let mut altered = signed.to_vec();
         *altered.last_mut().unwrap() ^= 1;
-        assert_eq!(verified(&key, &altered), None, "one byte changed");
-        assert_eq!(verified(&key, &signed[..20]), None, "shorter than a MAC");
+        assert_eq!(verified(&key, &altered.into()), None, "one byte changed");
+        assert_eq!(verified(&key, &signed.slice(..20)), None, "shorter than a MAC");
         assert_ne!(relay_key("admin-secret"), crate::bus::relay_key("admin-secreT"));
     }
 
@@ -694,6 +709,6 @@ mod tests {
         let f = frame(&h, b"\n\x00body");
         let (back, body): (ReplyHead, _) = unframe(&f).unwrap();
         assert_eq!((back.status, &body[..]), (504, &b"\n\x00body"[..]));
-        assert!(unframe::<ReplyHead>(b"no newline").is_none());
+        assert!(unframe::<ReplyHead>(&bytes::Bytes::from_static(b"no newline")).is_none());
     }
 }
