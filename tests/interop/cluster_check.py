@@ -341,6 +341,16 @@ async def main():
         raise AssertionError(f"{len(on1)} of {len(fleet)} on node 1")
     await check(f"{len(fleet)} devices online on node 1", fleet_on_node1())
 
+    async def nodes_listed():
+        s, j = await asyncio.to_thread(api, h3, "GET", "/api/v1/nodes")
+        assert s == 200, (s, j)
+        by_id = {n["id"]: n for n in j["nodes"]}
+        assert sorted(by_id) == ["n1", "n2", "n3"] and all(n["alive"] for n in by_id.values()), j
+        assert j["node"] == "n3" and by_id["n3"]["this"] and not by_id["n1"]["this"], j
+        assert by_id["n1"]["devices_online"] >= len(fleet), j
+        assert by_id["n1"]["url"] == f"http://{h1}", j
+    await check("every node lists the cluster's nodes, alive, with the devices each holds", nodes_listed())
+
     acked = []
 
     why_not = []
@@ -386,6 +396,16 @@ async def main():
         online = {d["login_code"] for d in page if d["online"] and d["login_code"].startswith("k-")}
         assert online == held, (len(online), len(held))
     await check("nothing is online without a session", nobody_online_without_session())
+
+    async def dead_node_listed():
+        s, j = await asyncio.to_thread(api, h2, "GET", "/api/v1/nodes")
+        assert s == 200, (s, j)
+        by_id = {n["id"]: n for n in j["nodes"]}
+        assert not by_id["n1"]["alive"] and by_id["n1"]["devices_online"] == 0, j
+        assert by_id["n2"]["alive"] and by_id["n3"]["alive"], j
+        held = sum(n["devices_online"] for n in j["nodes"])
+        assert by_id["n2"]["devices_online"] + by_id["n3"]["devices_online"] == held >= len(fleet), j
+    await check("the killed node is listed dead, holding nothing", dead_node_listed())
 
     async def no_acked_alarm_lost():
         s, ev = await asyncio.to_thread(api, h3, "GET", "/api/v1/events?type=alarm&limit=10000")

@@ -145,6 +145,8 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// A node's heartbeat.
     fn node_alive(&self, id: &str, url: &str, now: i64) -> impl Future<Output = Result<()>> + Send;
     fn nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
+    /// Devices online, by the node holding their session.
+    fn online_by_node(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
     /// The node holding a device's session, if it is online (one indexed
     /// read: the relay's question).
     fn holder(&self, login_code: &str) -> impl Future<Output = Result<Option<String>>> + Send;
@@ -885,6 +887,17 @@ impl Store for SqlStore {
         rows.iter().map(|r| Ok(Node { id: r.text(0)?, url: r.text(1)?, seen: r.int(2)? })).collect()
     }
 
+    async fn online_by_node(&self) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT owner, COUNT(*) FROM device WHERE online != 0 AND owner IS NOT NULL GROUP BY owner ORDER BY owner",
+                vec![],
+            )
+            .await?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.int(1)?))).collect()
+    }
+
     async fn holder(&self, login_code: &str) -> Result<Option<String>> {
         let rows =
             self.db.query("SELECT owner FROM device WHERE login_code = $1 AND online != 0", args![login_code]).await?;
@@ -1487,11 +1500,14 @@ mod tests {
         s.node_alive("n2", "http://n2", 100).await.unwrap();
         s.node_alive("n3", "http://n3", 200).await.unwrap();
         assert_eq!(s.nodes().await.unwrap().len(), 2);
+        let by_node = s.online_by_node().await.unwrap();
+        assert!(by_node.contains(&("n2".into(), 1)) && !by_node.iter().any(|(n, _)| n == "n1"), "{by_node:?}");
         assert!(s.orphans_offline(150, 90).await.unwrap().is_empty(), "n2 is alive at 90");
         assert_eq!(s.orphans_offline(250, 150).await.unwrap(), vec!["site-1".to_owned()]);
         let d = s.device("site-1").await.unwrap().unwrap();
         assert!(!d.online && d.node.is_none() && d.channels.iter().all(|c| c.state == 0));
         assert_eq!(s.holder("site-1").await.unwrap(), None, "offline: nobody holds it");
+        assert!(!s.online_by_node().await.unwrap().iter().any(|(n, _)| n == "n2"), "n2 holds nothing now");
 
         let e3 = s.logged_in("site-1", "ivr-edge", "0.1.0", 251, "n3").await.unwrap();
         s.keepalive("site-1", &[ch(0, 1)], 252, e3).await.unwrap().unwrap();

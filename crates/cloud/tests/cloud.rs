@@ -206,6 +206,7 @@ async fn console_shell_and_the_event_stream() {
     assert_eq!((s, doc["openapi"].as_str()), (200, Some("3.0.3")));
     for p in [
         "/api/v1/stats",
+        "/api/v1/nodes",
         "/api/v1/devices",
         "/api/v1/devices/{login_code}",
         "/api/v1/devices/{login_code}/rpc/{method}",
@@ -240,6 +241,18 @@ async fn console_shell_and_the_event_stream() {
     })
     .await;
     assert!(found.is_ok(), "{}", String::from_utf8_lossy(&seen));
+    // One node without a bus lists itself, holding the device online.
+    let (s, nodes) = api(addr, "GET", "/api/v1/nodes", None).await;
+    assert_eq!(s, 200, "{nodes}");
+    assert_eq!(nodes["node"], "local");
+    let list = nodes["nodes"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{nodes}");
+    assert_eq!(
+        (&list[0]["id"], &list[0]["alive"], &list[0]["this"], &list[0]["devices_online"]),
+        (&json!("local"), &json!(true), &json!(true), &json!(1)),
+        "{nodes}"
+    );
+    assert_eq!(http(addr, "GET", "/api/v1/nodes", None, None).await.0, 401);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -37,6 +37,37 @@ fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> ApiResult<
     json_body(body)
 }
 
+/// `GET /api/v1/nodes`: the cluster's nodes as their heartbeats say (a
+/// node is alive while its last heartbeat is within three Keepalive
+/// intervals, the window after which its devices are set offline), and
+/// how many devices each holds online. One node without a bus writes no
+/// heartbeat: it lists itself.
+async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
+    let ka = c.cfg.keepalive.as_secs().max(1) as i64;
+    let now = crate::server::now();
+    let me = &c.cfg.node_id;
+    let mut rows = c.store().nodes().await?;
+    let online: std::collections::HashMap<String, i64> = c.store().online_by_node().await?.into_iter().collect();
+    if !rows.iter().any(|n| n.id == *me) {
+        rows.push(crate::store::Node { id: me.clone(), url: c.cfg.public_url.clone(), seen: now });
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "url": n.url,
+                "seen": n.seen,
+                "alive": n.id == *me || n.seen >= now - 3 * ka,
+                "this": n.id == *me,
+                "devices_online": online.get(&n.id).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "node": me, "keepalive_secs": ka, "nodes": list })))
+}
+
 /// Counts for monitoring and benchmarks: sessions open now, devices, and
 /// counters since start.
 async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
@@ -141,6 +172,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/ivc", get(gateway::gateway::<S>))
         .route("/api/v1/stream", get(events::stream::<S>))
         .route("/api/v1/stats", get(stats::<S>))
+        .route("/api/v1/nodes", get(nodes::<S>))
         .route("/api/v1/login", post(users::login::<S>))
         .route("/api/v1/logout", post(users::logout::<S>))
         .route("/api/v1/me", get(users::me))
