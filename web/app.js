@@ -75,7 +75,9 @@ async function loginPage() {
 }
 
 async function dashboard() {
-  const [devices, alarms] = await Promise.all([allDevices(), api("GET", "/api/v1/events?type=alarm&limit=8")]);
+  const [devices, alarms, cluster] = await Promise.all([
+    allDevices(), api("GET", "/api/v1/events?type=alarm&limit=8"),
+    isAdmin() ? api("GET", "/api/v1/nodes") : null]);
   const on = devices.filter((d) => d.online).length;
   const chans = devices.flatMap((d) => d.channels);
   const card = (n, label, cls) => h("div", { class: "card " + (cls || "") }, h("b", {}, String(n)), h("span", {}, label));
@@ -91,7 +93,22 @@ async function dashboard() {
         h("div", {}, h("b", {}, ev.data.desc ?? ev.kind), h("br"),
           ev.channel != null ? channelLink(ev.login_code, ev.channel) : deviceLink(ev.login_code), h("br"),
           h("span", { class: "muted" }, when(ev.at))))))
-      : h("p", { class: "muted" }, t("no_alarms")));
+      : h("p", { class: "muted" }, t("no_alarms")),
+    cluster ? nodesTable(cluster.nodes) : "");
+}
+
+/** The cluster's nodes (admins): which run, which stopped, who holds how many devices. */
+function nodesTable(nodes) {
+  const up = nodes.filter((n) => n.alive).length;
+  return h("section", { class: "nodes" },
+    h("h2", {}, t("nodes_up", up, nodes.length)),
+    table([t("node"), t("address"), t("devices_online"), t("heartbeat"), t("state")], nodes, (n) => [
+      [h("b", {}, n.id), n.this ? h("span", { class: "muted" }, " · " + t("node_this")) : ""],
+      h("code", {}, n.url),
+      String(n.devices_online),
+      when(n.seen),
+      [dot(n.alive), " ", t(n.alive ? "node_up" : "node_down")],
+    ]));
 }
 
 async function devicesPage() {

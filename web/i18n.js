@@ -34,6 +34,8 @@ const en = {
   keep: "Keep this range", keep_why: "Why keep it? (optional)", kept: "Kept from retention: {0} segment(s), {1} MB so far.",
   holds: "Kept ranges (retention does not delete them)", kept_range: "Kept", release: "Release",
   erase: "Delete this range…", erase_sure: "Really delete this recording? It cannot be undone", erased: "Deleted {0} segment(s), {1} MB.",
+  nodes_up: "Cloud nodes: {0} of {1} running", node: "Node", address: "Address", devices_online: "Devices online",
+  heartbeat: "Last heartbeat", node_this: "this one", node_up: "running", node_down: "stopped (no heartbeat)",
 };
 
 const zh = {
@@ -63,6 +65,8 @@ const zh = {
   keep: "保留此时段", keep_why: "保留原因（可选）", kept: "已免于自动清理：目前 {0} 段，{1} MB。",
   holds: "保留的时段（不会被自动清理）", kept_range: "保留", release: "解除保留",
   erase: "删除此时段…", erase_sure: "确定删除这段录像？删除后无法恢复", erased: "已删除 {0} 段，{1} MB。",
+  nodes_up: "云端节点：{0}/{1} 运行中", node: "节点", address: "地址", devices_online: "在线设备",
+  heartbeat: "最近心跳", node_this: "本节点", node_up: "运行中", node_down: "已停止（无心跳）",
 };
 
 const tables = { en, zh };

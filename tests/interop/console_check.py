@@ -185,6 +185,11 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         login(admin, "root", "root-password-1")
         admin.wait_for_url(base + "/", timeout=10000)
         admin.wait_for_selector("body[data-ready='1'] .cards", timeout=20000)
+        # The cloud's nodes: this one, running, holding the devices online.
+        row = admin.inner_text("section.nodes tbody tr")
+        _, nodes = api("GET", "/api/v1/nodes")
+        held = nodes["nodes"][0]["devices_online"]
+        assert "local" in row and "this one" in row and "running" in row and f"\t{held}\t" in row and held >= 2, (row, nodes)
         shot(admin, "02-dashboard")
         ready(admin, "/devices")
         for lc in ["site-1", "site-2", "xss-1"]:
@@ -418,6 +423,8 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         v = new_page({"width": 390, "height": 844})  # a phone
         login(v, "vera", "vera-password")
         v.wait_for_url(base + "/", timeout=10000)
+        v.wait_for_selector("body[data-ready='1'] .cards", timeout=20000)
+        assert v.locator("section.nodes").count() == 0, "a viewer sees the cloud's nodes"
         ready(v, "/devices")
         codes = v.evaluate("() => [...document.querySelectorAll('li[data-code]')].map(l => l.dataset.code)")
         assert codes == ["site-2"], codes
