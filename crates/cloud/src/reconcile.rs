@@ -124,6 +124,16 @@ impl<S: Store> Cloud<S> {
     /// folders changed since the last mark, or everything when `full` or
     /// when there is no mark. Says what it repaired and what it looked at.
     pub async fn reconcile(&self, full: bool) -> Result<(Repair, Checked), StoreError> {
+        self.reconcile_showing(full, &|_| {}).await
+    }
+
+    /// [`Self::reconcile`], telling `progress` what it has looked at after
+    /// each day folder (and each page of rows).
+    pub async fn reconcile_showing(
+        &self,
+        full: bool,
+        progress: &(dyn Fn(&Checked) + Send + Sync),
+    ) -> Result<(Repair, Checked), StoreError> {
         let began = Instant::now();
         let root = self.recordings_dir();
         let since = if full { None } else { self.last_reconciled().map(|t| t - IN_FLIGHT_MAX) };
@@ -144,6 +154,7 @@ impl<S: Store> Cloud<S> {
                     seen.days_checked += 1;
                     self.reconcile_day(&dir, &lc, &ch, &day, &mut rep, &mut seen).await?;
                     walked.insert(format!("{lc}/{ch}/{day}"));
+                    progress(&seen);
                     if said.elapsed() > Duration::from_secs(5) {
                         said = Instant::now();
                         tracing::info!(
@@ -176,6 +187,7 @@ impl<S: Store> Cloud<S> {
                         }
                     }
                 }
+                progress(&seen);
             }
         }
         self.recorder.reconciled.store(true, Ordering::Relaxed);

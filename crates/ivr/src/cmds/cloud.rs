@@ -349,8 +349,29 @@ fn check_rtmp_url(flag: &str, u: &str) -> anyhow::Result<String> {
 /// Disk and index made to agree before anything is served; says what it
 /// repaired.
 pub async fn reconcile(cloud: &Cloud<SqlStore>, how: Reconcile) -> anyhow::Result<()> {
-    let (repair, seen) =
-        cloud.reconcile(how == Reconcile::Full).await.context("reconciling recordings with the index")?;
+    // A spinner on a terminal once the pass has taken a second (a full
+    // pass over millions of segments takes minutes).
+    let began = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} reconciling recordings: {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let shown = std::sync::atomic::AtomicBool::new(false);
+    let progress = |c: &ivr_cloud::Checked| {
+        if !shown.load(std::sync::atomic::Ordering::Relaxed) {
+            if began.elapsed() < std::time::Duration::from_secs(1) {
+                return;
+            }
+            shown.store(true, std::sync::atomic::Ordering::Relaxed);
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        bar.set_message(format!("{}/{} day folders, {} files, {} rows", c.days_checked, c.days, c.files, c.rows));
+        bar.tick();
+    };
+    let checked = cloud.reconcile_showing(how == Reconcile::Full, &progress).await;
+    bar.finish_and_clear();
+    let (repair, seen) = checked.context("reconciling recordings with the index")?;
     if seen.secs >= 1.0 || seen.full && seen.days > 0 {
         println!(
             "recordings checked{}: {} of {} day folder(s), {} file(s), {} row(s) on their own, in {:.1} s",
