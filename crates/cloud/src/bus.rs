@@ -391,8 +391,7 @@ impl<S: Store> Cloud<S> {
             }
         }
         if tick.is_multiple_of(ka) {
-            let dead_before = now() - 3 * ka as i64;
-            match self.store.orphans_offline(now(), dead_before).await {
+            match self.store.orphans_offline(now(), self.dead_before(now())).await {
                 Ok(lcs) => {
                     for lc in lcs {
                         let reason = "the cloud node that held this session stopped (no heartbeat for three Keepalive intervals)";
@@ -402,6 +401,13 @@ impl<S: Store> Cloud<S> {
                 Err(e) => tracing::warn!(error = %e, "cloud: devices of dead nodes not swept"),
             }
         }
+    }
+
+    /// A node whose last heartbeat is older than this (Unix seconds, at
+    /// `now`) is dead: three Keepalive intervals, after which its devices
+    /// are set offline.
+    pub(crate) fn dead_before(&self, now: i64) -> i64 {
+        now - 3 * self.cfg.keepalive.as_secs().max(1) as i64
     }
 
     /// Closes this node's session of `login_code` if it is older than

@@ -153,7 +153,10 @@ impl<S: Store> Cloud<S> {
                     }
                     seen.days_checked += 1;
                     self.reconcile_day(&dir, &lc, &ch, &day, &mut rep, &mut seen).await?;
-                    walked.insert(format!("{lc}/{ch}/{day}"));
+                    if seen.full {
+                        // For the rows of folders not found (below).
+                        walked.insert(format!("{lc}/{ch}/{day}"));
+                    }
                     progress(&seen);
                     if said.elapsed() > Duration::from_secs(5) {
                         said = Instant::now();

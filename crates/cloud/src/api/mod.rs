@@ -59,7 +59,7 @@ async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
                 "id": n.id,
                 "url": n.url,
                 "seen": n.seen,
-                "alive": n.id == *me || n.seen >= now - 3 * ka,
+                "alive": n.id == *me || n.seen >= c.dead_before(now),
                 "this": n.id == *me,
                 "devices_online": online.get(&n.id).copied().unwrap_or(0),
             })
