@@ -7,6 +7,7 @@ import { api, allDevices } from "./api.js";
 import { h, table } from "./dom.js";
 import { t, when, switchLang, lang } from "./i18n.js";
 import { LivePlayer } from "./player.js";
+import { RecordingPlayer } from "./playback.js";
 import { Timeline } from "./timeline.js";
 
 const main = document.getElementById("main");
@@ -228,30 +229,32 @@ async function channelPage(lc, ch) {
   const tile = h("div", { class: "tile big", id: "player" });
   const side = h("div", { class: "side" });
   const at = new URLSearchParams(location.search).get("t");
-  const back = h("button", { hidden: true, onclick: () => { back.hidden = true; playbackNote.textContent = ""; player = new LivePlayer(tile, lc, ch, narrow()); } }, t("back_live"));
+  const back = h("button", { hidden: true, onclick: () => { back.hidden = true; playbackNote.textContent = ""; if (player) player.close(); player = new LivePlayer(tile, lc, ch, narrow()); } }, t("back_live"));
   const playbackNote = h("span", { class: "muted" });
   let player = null;
+  // Without `to`, playback goes on through what was recorded after `from`.
   const playback = async (from, to) => {
     if (player) player.close();
-    player = null;
-    try {
-      const r = await api("POST", `/api/v1/devices/${enc(lc)}/channels/${ch}/playback`, { from, to });
-      const v = h("video", { controls: true, autoplay: true, muted: true, playsInline: true, src: r.urls.mp4 });
-      v.muted = true;
-      tile.replaceChildren(v);
-      tile.ivrPlayback = v;
-      back.hidden = false;
-      playbackNote.textContent = t("playing_from", when(from));
-      return r;
-    } catch (e) {
-      flash(status, e.message, true);
-      return null;
-    }
+    tile.replaceChildren();
+    delete tile.ivrPlayback;
+    const p = new RecordingPlayer(tile, lc, ch, {
+      time: (s) => {
+        if (player !== p) return;
+        playbackNote.textContent = t("playing_at", when(s));
+        tile.dataset.playingAt = s.toFixed(3);
+        tl.mark(s);
+      },
+      end: () => { if (player === p) playbackNote.textContent = t("playback_end"); },
+      error: (m) => { if (player === p) flash(status, m, true); },
+    });
+    player = p;
+    back.hidden = false;
+    return p.play(from, to);
   };
   if (canControl()) side.append(ptzPad(lc, ch, status), await presets(lc, ch, status), await tours(lc, ch, status), recordBox(lc, ch, d, status), detectBox(lc, ch, status));
   else side.append(h("p", { class: "muted" }, t("viewer_only")));
   const tl = new Timeline(lc, ch, {
-    play: (from) => playback(from, from + 3600),
+    play: (from) => playback(from),
     range: async (from, to) => {
       const r = await playback(from, to);
       return r && r.urls.mp4;
@@ -269,7 +272,7 @@ async function channelPage(lc, ch) {
   if (at) {
     const s = Number(at);
     tl.centre(s);
-    playback(s - 5, s + 3600);
+    playback(s - 5);
   } else {
     player = new LivePlayer(tile, lc, ch, narrow());
   }

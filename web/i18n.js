@@ -13,7 +13,7 @@ const en = {
   done: "Done.", ptz: "PTZ", speed: "Speed", zoom: "Zoom", focus: "Focus", iris: "Iris", presets: "Presets",
   go: "Go", no_presets: "No presets.", record_start: "Start recording", record_stop: "Stop recording",
   policy: "Record policy", timeline: "Timeline", day: "Day", hour: "Hour", month: "Month", prev: "◀", next: "▶",
-  now: "Now", download: "Download this range (MP4)", playing_from: "Playing back from {0}", back_live: "Back to live",
+  now: "Now", download: "Download this range (MP4)", playing_at: "Playing back: {0}", playback_end: "Played to the end of what is recorded.", back_live: "Back to live",
   nothing_recorded: "Nothing recorded here.", cannot_decode:
     "This browser cannot decode {0}. ", try_sub: "Play the sub-stream instead", try_h264: "Play an H.264 rendition (made by the cloud)", grid: "Grid",
   choose: "— choose a channel —", type: "Type", since: "Since", all: "All", filter: "Filter", picture: "Picture",
@@ -48,7 +48,7 @@ const zh = {
   ptz: "云台", speed: "速度", zoom: "变倍", focus: "聚焦", iris: "光圈", presets: "预置位", go: "前往",
   no_presets: "没有预置位。", record_start: "开始录像", record_stop: "停止录像", policy: "录像计划",
   timeline: "时间轴", day: "天", hour: "小时", month: "月", prev: "◀", next: "▶", now: "现在",
-  download: "下载此时段 (MP4)", playing_from: "从 {0} 开始回放", back_live: "返回实时",
+  download: "下载此时段 (MP4)", playing_at: "回放中：{0}", playback_end: "已播放到录像的末尾。", back_live: "返回实时",
   nothing_recorded: "此处没有录像。", cannot_decode: "此浏览器无法解码 {0}。", try_sub: "改为播放子码流", try_h264: "播放云端转码的 H.264 版本",
   grid: "分屏", choose: "— 选择通道 —", type: "类型", since: "起始", all: "全部", filter: "筛选",
   picture: "图片", play_at: "播放录像", role: "角色", groups: "分组", add: "添加", delete: "删除",

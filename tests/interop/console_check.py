@@ -262,6 +262,34 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         shot(admin, "06-channel-playback")
     check("the timeline shows a recorded span and a click plays it back", timeline_playback)
 
+    def playback_goes_on():
+        # Files of 6 s instead of 10 min, so that the recording made during
+        # this test spans several: playback must go on from one to the next.
+        time.sleep(max(0, rec_started + 30 - time.time()))
+        ready(admin, "/devices/site-1/channels/0")
+        admin.evaluate("import('/ui/playback.js').then((m) => { m.settings.window = 6; m.settings.ahead = 4; })")
+        admin.click("button[data-level='3']")
+        admin.wait_for_selector(".tl-span", timeout=15000)
+        box = admin.locator(".tl-span").last.bounding_box()
+        admin.mouse.click(box["x"] + 4, box["y"] + box["height"] / 2)
+        admin.wait_for_function("() => document.querySelector('#player').dataset.playingAt", timeout=10000)
+        first = admin.evaluate("() => [Number(document.querySelector('#player').dataset.playingAt), "
+                               "document.querySelector('#player').ivrPlayback.src]")
+        try:
+            admin.wait_for_function(
+                f"() => {{ const t = document.querySelector('#player'); const v = t.ivrPlayback;"
+                f" return v && v.src !== {json.dumps(first[1])} && Number(t.dataset.playingAt) > {first[0] + 9}"
+                f" && v.getVideoPlaybackQuality().totalVideoFrames > 0; }}", timeout=30000)
+        except Exception:
+            now = admin.evaluate("() => [document.querySelector('#player').dataset.playingAt, document.querySelector('#player').ivrPlayback.src]")
+            raise AssertionError(f"playback stopped at {now} (began at {first}); the page says {admin.inner_text('main')[:300]!r}")
+        note = admin.inner_text("main p")
+        assert "Playing back:" in note, note
+        # Only the file on screen and at most the next one are loaded.
+        n = admin.evaluate("() => document.querySelectorAll('#player video').length")
+        assert n <= 2, n
+    check("playback goes on from one file to the next and shows the recorded moment", playback_goes_on)
+
     def hold():
         ready(admin, "/devices/site-1/channels/0")
         admin.click("button[data-level='3']")

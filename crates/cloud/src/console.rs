@@ -15,6 +15,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("dom.js", "text/javascript; charset=utf-8", include_str!("../../../web/dom.js")),
     ("i18n.js", "text/javascript; charset=utf-8", include_str!("../../../web/i18n.js")),
     ("player.js", "text/javascript; charset=utf-8", include_str!("../../../web/player.js")),
+    ("playback.js", "text/javascript; charset=utf-8", include_str!("../../../web/playback.js")),
     ("timeline.js", "text/javascript; charset=utf-8", include_str!("../../../web/timeline.js")),
     ("app.css", "text/css; charset=utf-8", include_str!("../../../web/app.css")),
     ("icon.svg", "image/svg+xml", include_str!("../../../web/icon.svg")),

@@ -745,8 +745,11 @@ pub(crate) async fn playback<S: Store>(
     let exp = now() + c.lives.config().token_ttl.as_secs() as i64;
     let t = c.lives.viewer_token(&lc, ch, &format!("rec:{from}:{to}"), exp);
     let base = format!("{}/recordings/{t}", c.cfg.public_url);
+    // The MP4's time 0 (`assemble`'s base): a player adds its current time
+    // to this to show the recorded moment.
+    let start = segs.first().map_or(from, |s| s.start_ms.max(from));
     Ok(axum::Json(json!({
-        "from": secs(from), "to": secs(to),
+        "from": secs(from), "to": secs(to), "start": secs(start),
         "urls": {"mp4": format!("{base}/play.mp4"), "hls": format!("{base}/index.m3u8")},
         "expires": exp,
     })))
