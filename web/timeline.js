@@ -229,6 +229,7 @@ export class Timeline {
     this.eraseBtn.hidden = true;
     this.picked = null;
     const seq = (this.seq = (this.seq || 0) + 1);
+    const level = this.level;
     let spans = [];
     let events = [];
     let gaps = [];
@@ -267,6 +268,8 @@ export class Timeline {
       parts.push(el);
     }
     this.bar.replaceChildren(...parts);
+    // Which zoom level the bar shows (set once drawn, for scripts and tests).
+    this.bar.dataset.level = String(level);
     this.bar.dataset.holds = String(holds.size);
     this.showHolds([...holds.values()], fmt);
     this.bar.dataset.spans = String(spans.length);

@@ -169,6 +169,16 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         note = page.evaluate(f"() => (document.querySelector({json.dumps(sel)}) || {{}}).innerText")
         raise AssertionError(f"{sel} did not play: first {first}, tile says {note!r}")
 
+    def ten_minutes(page):
+        """The timeline zoomed to ten minutes across and drawn: its last recorded span's box.
+        (Waiting for any span would find the hour's, which the zoom then replaces.)"""
+        page.click("button[data-level='3']")
+        sel = ".tl-bar[data-level='3'] .tl-span"
+        page.wait_for_selector(sel, timeout=15000)
+        box = page.locator(sel).last.bounding_box()
+        assert box, page.inner_text(".timeline")
+        return box
+
     admin = new_page()
 
     def wrong_password():
@@ -249,9 +259,7 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
     def timeline_playback():
         time.sleep(max(0, rec_started + 8 - time.time()))
         ready(admin, "/devices/site-1/channels/0")
-        admin.click("button[data-level='3']")  # ten minutes across
-        admin.wait_for_selector(".tl-span", timeout=15000)
-        box = admin.locator(".tl-span").last.bounding_box()
+        box = ten_minutes(admin)
         # Into the span, a little before its end (what was recorded seconds ago).
         admin.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
         try:
@@ -268,9 +276,7 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         time.sleep(max(0, rec_started + 30 - time.time()))
         ready(admin, "/devices/site-1/channels/0")
         admin.evaluate("import('/ui/playback.js').then((m) => { m.settings.window = 6; m.settings.ahead = 4; })")
-        admin.click("button[data-level='3']")
-        admin.wait_for_selector(".tl-span", timeout=15000)
-        box = admin.locator(".tl-span").last.bounding_box()
+        box = ten_minutes(admin)
         admin.mouse.click(box["x"] + 4, box["y"] + box["height"] / 2)
         admin.wait_for_function("() => document.querySelector('#player').dataset.playingAt", timeout=10000)
         first = admin.evaluate("() => [Number(document.querySelector('#player').dataset.playingAt), "
@@ -292,9 +298,7 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
 
     def hold():
         ready(admin, "/devices/site-1/channels/0")
-        admin.click("button[data-level='3']")
-        admin.wait_for_selector(".tl-span", timeout=15000)
-        box = admin.locator(".tl-span").last.bounding_box()
+        box = ten_minutes(admin)
         y = box["y"] + box["height"] / 2
 
         def pick():
