@@ -28,19 +28,25 @@ export class RecordingPlayer {
     this.on = on;
     this.cur = null;
     this.next = null;
+    this.last = null;
     this.closed = false;
   }
 
   /** Plays from `from`; with `to`, stops there, else goes on. Answers the first file's playback (or null). */
   async play(from, to = null) {
     this.last = to;
-    const f = await this.open(from, to ?? from + settings.window).catch((e) => {
-      this.on.error(e.message);
-      return null;
-    });
+    const f = await this.tryOpen(from, to ?? from + settings.window);
     if (!f || this.closed) return null;
     this.show(f);
     return f.r;
+  }
+
+  /** `open`, a failure said and answered as null. */
+  tryOpen(from, to) {
+    return this.open(from, to).catch((e) => {
+      this.on.error(e.message);
+      return null;
+    });
   }
 
   /** Asks for the file of `from..to` and starts loading it in a hidden `<video>`. */
@@ -94,12 +100,12 @@ export class RecordingPlayer {
     if (this.last != null && end >= this.last - 1) return this.on.end();
     let n = this.next ? await this.next : null;
     this.next = null;
-    if (this.closed) return n && this.drop(n);
-    if (!n || n.from > end + 1) {
+    if (!this.closed && (!n || n.from > end + 1)) {
       if (n) this.drop(n);
       n = await this.after(end);
     }
-    if (this.closed || !n) return n ? this.drop(n) : this.on.end();
+    if (this.closed) return n && this.drop(n);
+    if (!n) return this.on.end();
     this.show(n);
   }
 
@@ -125,15 +131,12 @@ export class RecordingPlayer {
     const s = spans.find((x) => x.to > end + 1);
     if (!s) return null;
     const from = Math.max(s.from, end);
-    return this.open(from, this.last ?? from + settings.window).catch((e) => {
-      this.on.error(e.message);
-      return null;
-    });
+    return this.tryOpen(from, this.last ?? from + settings.window);
   }
 
   close() {
     this.closed = true;
-    for (const f of [this.cur]) if (f) this.drop(f);
+    if (this.cur) this.drop(this.cur);
     if (this.next) this.next.then((n) => n && this.drop(n));
     this.cur = this.next = null;
   }
