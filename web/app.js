@@ -95,18 +95,25 @@ async function dashboard() {
           ev.channel != null ? channelLink(ev.login_code, ev.channel) : deviceLink(ev.login_code), h("br"),
           h("span", { class: "muted" }, when(ev.at))))))
       : h("p", { class: "muted" }, t("no_alarms")),
-    cluster ? nodesTable(cluster.nodes) : "");
+    cluster ? nodesTable(cluster) : "");
 }
 
-/** The cluster's nodes (admins): which run, which stopped, who holds how many devices. */
-function nodesTable(nodes) {
+/** The cluster's nodes (admins): which run, which stopped, who holds how
+ * many devices, which version each runs (and a word while they differ). */
+function nodesTable(cluster) {
+  const nodes = cluster.nodes;
   const up = nodes.filter((n) => n.alive).length;
+  const version = (v) => v || t("version_older");
   return h("section", { class: "nodes" },
     h("h2", {}, t("nodes_up", up, nodes.length)),
-    table([t("node"), t("address"), t("devices_online"), t("heartbeat"), t("state")], nodes, (n) => [
+    cluster.mixed_versions
+      ? h("p", { class: "note warn", dataset: { mixed: "1" } }, t("mixed_versions", cluster.mixed_versions.map(version).join(", ")))
+      : "",
+    table([t("node"), t("address"), t("devices_online"), t("version"), t("heartbeat"), t("state")], nodes, (n) => [
       [h("b", {}, n.id), n.this ? h("span", { class: "muted" }, " · " + t("node_this")) : ""],
       h("code", {}, n.url),
       String(n.devices_online),
+      version(n.version),
       when(n.seen),
       [dot(n.alive), " ", t(n.alive ? "node_up" : "node_down")],
     ]));

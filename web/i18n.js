@@ -36,6 +36,8 @@ const en = {
   erase: "Delete this range…", erase_sure: "Really delete this recording? It cannot be undone", erased: "Deleted {0} segment(s), {1} MB.",
   nodes_up: "Cloud nodes: {0} of {1} running", node: "Node", address: "Address", devices_online: "Devices online",
   heartbeat: "Last heartbeat", node_this: "this one", node_up: "running", node_down: "stopped (no heartbeat)",
+  version: "Version", version_older: "not said (an older build)",
+  mixed_versions: "The running nodes run different versions ({0}): an upgrade under way? Upgrade the rest one at a time.",
 };
 
 const zh = {
@@ -67,6 +69,8 @@ const zh = {
   erase: "删除此时段…", erase_sure: "确定删除这段录像？删除后无法恢复", erased: "已删除 {0} 段，{1} MB。",
   nodes_up: "云端节点：{0}/{1} 运行中", node: "节点", address: "地址", devices_online: "在线设备",
   heartbeat: "最近心跳", node_this: "本节点", node_up: "运行中", node_down: "已停止（无心跳）",
+  version: "版本", version_older: "未报告（旧版本）",
+  mixed_versions: "运行中的节点版本不一致（{0}）：正在升级？请逐个升级其余节点。",
 };
 
 const tables = { en, zh };

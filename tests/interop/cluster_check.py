@@ -349,6 +349,9 @@ async def main():
         assert j["node"] == "n3" and by_id["n3"]["this"] and not by_id["n1"]["this"], j
         assert by_id["n1"]["devices_online"] >= len(fleet), j
         assert by_id["n1"]["url"] == f"http://{h1}", j
+        # One build on every node: the same version and protocol, not mixed.
+        assert len({(n["version"], n["protocol"]) for n in by_id.values()}) == 1 and j["mixed_versions"] is None, j
+        assert by_id["n1"]["version"] == j["version"] and j["protocol"] >= 1, j
     await check("every node lists the cluster's nodes, alive, with the devices each holds", nodes_listed())
 
     acked = []

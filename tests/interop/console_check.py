@@ -200,6 +200,9 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         _, nodes = api("GET", "/api/v1/nodes")
         held = nodes["nodes"][0]["devices_online"]
         assert "local" in row and "this one" in row and "running" in row and f"\t{held}\t" in row and held >= 2, (row, nodes)
+        # The version it runs, and no word of mixed versions on one node.
+        assert nodes["nodes"][0]["version"] and f"\t{nodes['version']}\t" in row, (row, nodes)
+        assert admin.locator("section.nodes [data-mixed]").count() == 0
         shot(admin, "02-dashboard")
         ready(admin, "/devices")
         for lc in ["site-1", "site-2", "xss-1"]:

@@ -18,6 +18,15 @@
 //!   head; anything else goes through the node's router.
 //!
 //! Without a bus (one node) none of this runs.
+//!
+//! Upgrades go one node at a time, so nodes of two versions share a bus
+//! for a while: every message is JSON whose new fields have defaults (an
+//! older node ignores what it does not know, a newer one fills in what an
+//! older one did not send), and a relayed request says the cluster
+//! protocol ([`PROTOCOL`]) it was written in. A node handed a request in
+//! a protocol newer than its own refuses it in words that name both
+//! (never by misreading it); every node's heartbeat carries its version
+//! and protocol for `GET /api/v1/nodes`.
 
 use crate::access::{Caller, Scope};
 use crate::accounts::Role;
@@ -44,6 +53,11 @@ const RELAY_MAX: usize = 900 << 10;
 const RELAY_MARGIN: Duration = Duration::from_secs(5);
 /// How far a relayed request's date may be from the holder's clock.
 pub(crate) const RELAY_FRESH: Duration = Duration::from_secs(30);
+/// The cluster protocol this node speaks on the bus. Raised only by a
+/// change an older node would misread; added fields do not raise it.
+pub(crate) const PROTOCOL: u32 = 1;
+/// The ivr version this node runs (in its heartbeat).
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Request headers that stay on the relaying node: credentials (the
 /// caller crosses as an identity) and the framing of the original body.
 const KEPT_HERE: [&str; 3] = ["authorization", "cookie", "content-length"];
@@ -88,6 +102,10 @@ struct RelayHead {
     caller: RelayedCaller,
     /// When it was sent, Unix milliseconds.
     sent_ms: i64,
+    /// The cluster protocol it is written in (0: a node from before the
+    /// protocol was said, which wrote what protocol 1 reads).
+    #[serde(default)]
+    bus: u32,
 }
 
 /// A request that came over the bus (set by the holder, never by a client:
@@ -287,7 +305,7 @@ impl<S: Store> Cloud<S> {
         // The heartbeat is there before any session: a node with none yet
         // would look dead to the others, and its first devices orphaned.
         self.store
-            .node_alive(&self.cfg.node_id, &self.cfg.public_url, now())
+            .node_alive(&self.cfg.node_id, &self.cfg.public_url, VERSION, PROTOCOL, now())
             .await
             .map_err(|e| format!("the node's heartbeat cannot be written: {e}"))?;
         if self.bus.set(client.clone()).is_err() {
@@ -386,7 +404,9 @@ impl<S: Store> Cloud<S> {
         }
         let ka = self.cfg.keepalive.as_secs().max(1);
         if tick.is_multiple_of((ka / 3).max(1)) {
-            if let Err(e) = self.store.node_alive(&self.cfg.node_id, &self.cfg.public_url, now()).await {
+            if let Err(e) =
+                self.store.node_alive(&self.cfg.node_id, &self.cfg.public_url, VERSION, PROTOCOL, now()).await
+            {
                 tracing::warn!(error = %e, "cloud: node heartbeat not written");
             }
         }
@@ -447,6 +467,24 @@ impl<S: Store> Cloud<S> {
     }
 }
 
+/// When node `node` cannot read a relayed request of protocol `bus`: the
+/// answer that says so (the relaying node hands it on to the caller).
+fn newer_protocol(node: &str, bus: u32) -> Option<bytes::Bytes> {
+    if bus <= PROTOCOL {
+        return None;
+    }
+    tracing::warn!(
+        protocol = bus,
+        "cloud: a relayed request in a newer cluster protocol was refused; upgrade this node"
+    );
+    Some(fail(
+        StatusCode::BAD_GATEWAY,
+        &format!(
+            "node {node:?} runs ivr {VERSION} (cluster protocol {PROTOCOL}) and cannot serve a request in cluster protocol {bus}: upgrade it like the others"
+        ),
+    ))
+}
+
 /// A response as a framed answer for the relaying node.
 async fn framed(res: Response) -> bytes::Bytes {
     let (parts, body) = res.into_parts();
@@ -486,6 +524,9 @@ impl<S: Store> Cloud<S> {
         let Some((head, body)) = unframe::<RelayHead>(&signed) else {
             return fail(StatusCode::BAD_REQUEST, "a relayed request this node cannot read");
         };
+        if let Some(refused) = newer_protocol(&self.cfg.node_id, head.bus) {
+            return refused;
+        }
         if (now_ms() - head.sent_ms).unsigned_abs() > RELAY_FRESH.as_millis() as u64 {
             return fail(
                 StatusCode::BAD_REQUEST,
@@ -584,6 +625,7 @@ pub(crate) async fn relay<S: Store>(
         lc: lc.clone(),
         caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
         sent_ms: now_ms(),
+        bus: PROTOCOL,
     };
     let Some(bus) = c.bus.get() else { return next.run(axum::extract::Request::from_parts(parts, body.into())).await };
     let payload = sign(&c.relay_key, &frame(&head, &body));
@@ -707,6 +749,42 @@ mod tests {
         assert_eq!(rpc_method("/api/v1/devices/a/rpc/x/y"), None);
         assert_eq!(rpc_method("/api/v1/devices/a/events/Reboot"), None);
         assert_eq!(rpc_method("/api/v1/devices/a/channels/0/live"), None);
+    }
+
+    #[test]
+    fn nodes_of_two_versions_read_each_others_relays() {
+        // From a node before the protocol was said: no `bus`, read as 0.
+        let older = br#"{"method":"POST","uri":"/api/v1/devices/a/rpc/GetTime","headers":[],"peer":"127.0.0.1:5","lc":"a","caller":{"actor":"admin-token","role":"admin","user":null},"sent_ms":1}"#;
+        let (head, body): (RelayHead, _) = unframe(&frame_raw(older, b"{}")).unwrap();
+        assert_eq!((head.bus, head.lc.as_str(), &body[..]), (0, "a", &b"{}"[..]));
+        assert!(newer_protocol("n1", head.bus).is_none(), "served");
+        // From a newer node with a field this one does not know: read.
+        let newer = br#"{"method":"POST","uri":"/x","headers":[],"peer":"127.0.0.1:5","lc":"a","caller":{"actor":"t","role":"viewer","user":"v"},"sent_ms":1,"bus":1,"trace":"abc"}"#;
+        let (head, _): (RelayHead, _) = unframe(&frame_raw(newer, b"")).unwrap();
+        assert!(newer_protocol("n1", head.bus).is_none());
+        // A protocol this node does not speak: refused, saying why.
+        let answer = newer_protocol("n1", PROTOCOL + 1).expect("refused");
+        let (h, body): (ReplyHead, _) = unframe(&answer).unwrap();
+        let msg: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let msg = msg["error"].as_str().unwrap_or_default();
+        assert_eq!(h.status, 502);
+        assert!(msg.contains("\"n1\"") && msg.contains(&format!("cluster protocol {}", PROTOCOL + 1)), "{msg}");
+        // What this node sends says its protocol.
+        let mine = RelayHead {
+            method: "GET".into(),
+            uri: "/".into(),
+            headers: vec![],
+            peer: "127.0.0.1:1".parse().unwrap(),
+            lc: "a".into(),
+            caller: RelayedCaller { actor: "x".into(), role: Role::Admin, user: None },
+            sent_ms: 0,
+            bus: PROTOCOL,
+        };
+        assert!(String::from_utf8_lossy(&frame(&mine, b"")).contains(&format!("\"bus\":{PROTOCOL}")));
+    }
+
+    fn frame_raw(head: &[u8], body: &[u8]) -> bytes::Bytes {
+        [head, b"\n", body].concat().into()
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Node {
     pub url: String,
     /// Unix seconds of its last heartbeat.
     pub seen: i64,
+    /// The ivr version it runs ("" for a node older than this column).
+    pub version: String,
+    /// The cluster protocol it speaks on the bus (0: before it was said).
+    pub bus: i64,
 }
 
 /// An event: a state change or an alarm.
@@ -142,8 +146,16 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// Devices held by nodes whose heartbeat is older than `dead_before`
     /// (a node that died) set offline; their login codes.
     fn orphans_offline(&self, now: i64, dead_before: i64) -> impl Future<Output = Result<Vec<String>>> + Send;
-    /// A node's heartbeat.
-    fn node_alive(&self, id: &str, url: &str, now: i64) -> impl Future<Output = Result<()>> + Send;
+    /// A node's heartbeat, with the ivr version it runs and the cluster
+    /// protocol it speaks (what an upgrade one node at a time shows).
+    fn node_alive(
+        &self,
+        id: &str,
+        url: &str,
+        version: &str,
+        bus: u32,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
     /// Devices online, by the node holding their session.
     fn online_by_node(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
@@ -387,6 +399,11 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO segment_total (login_code, channel, bytes, count)
         SELECT login_code, channel, SUM(bytes), COUNT(*) FROM segment GROUP BY login_code, channel;
     CREATE INDEX segment_start ON segment(start_ms);",
+    // Rolling upgrades: what each node runs. Columns with defaults, so
+    // that nodes of the version before (which write neither) keep working
+    // beside upgraded ones.
+    "ALTER TABLE node ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE node ADD COLUMN bus INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The condition (on a `segment` row) that no hold covers it.
@@ -871,20 +888,23 @@ impl Store for SqlStore {
         .await
     }
 
-    async fn node_alive(&self, id: &str, url: &str, now: i64) -> Result<()> {
+    async fn node_alive(&self, id: &str, url: &str, version: &str, bus: u32, now: i64) -> Result<()> {
         self.db
             .execute(
-                "INSERT INTO node (id, url, seen) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, seen = excluded.seen",
-                args![id, url, now],
+                "INSERT INTO node (id, url, seen, version, bus) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, seen = excluded.seen,
+                     version = excluded.version, bus = excluded.bus",
+                args![id, url, now, version, i64::from(bus)],
             )
             .await?;
         Ok(())
     }
 
     async fn nodes(&self) -> Result<Vec<Node>> {
-        let rows = self.db.query("SELECT id, url, seen FROM node ORDER BY id", vec![]).await?;
-        rows.iter().map(|r| Ok(Node { id: r.text(0)?, url: r.text(1)?, seen: r.int(2)? })).collect()
+        let rows = self.db.query("SELECT id, url, seen, version, bus FROM node ORDER BY id", vec![]).await?;
+        rows.iter()
+            .map(|r| Ok(Node { id: r.text(0)?, url: r.text(1)?, seen: r.int(2)?, version: r.text(3)?, bus: r.int(4)? }))
+            .collect()
     }
 
     async fn online_by_node(&self) -> Result<Vec<(String, i64)>> {
@@ -1434,7 +1454,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ivr-store-tot-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let before = MIGRATIONS.len() - 1; // the release before the totals
+        // The release before the totals.
+        let before = MIGRATIONS.iter().position(|m| m.contains("CREATE TABLE segment_total")).unwrap();
         {
             let db = rusqlite::Connection::open(dir.join("ivr.sqlite3")).unwrap();
             for m in &MIGRATIONS[..before] {
@@ -1497,9 +1518,12 @@ mod tests {
         // A node that starts sets its own devices offline, not another's.
         assert!(s.all_offline(108, "n1").await.unwrap().is_empty());
         // A node whose heartbeat stopped: its devices go offline.
-        s.node_alive("n2", "http://n2", 100).await.unwrap();
-        s.node_alive("n3", "http://n3", 200).await.unwrap();
-        assert_eq!(s.nodes().await.unwrap().len(), 2);
+        s.node_alive("n2", "http://n2", "0.1.0", 1, 100).await.unwrap();
+        s.node_alive("n3", "http://n3", "0.1.0", 1, 200).await.unwrap();
+        s.node_alive("n3", "http://n3", "0.2.0", 2, 200).await.unwrap();
+        let nodes = s.nodes().await.unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!((nodes[1].version.as_str(), nodes[1].bus), ("0.2.0", 2), "the last heartbeat says the version");
         let by_node = s.online_by_node().await.unwrap();
         assert!(by_node.contains(&("n2".into(), 1)) && !by_node.iter().any(|(n, _)| n == "n1"), "{by_node:?}");
         assert!(s.orphans_offline(150, 90).await.unwrap().is_empty(), "n2 is alive at 90");

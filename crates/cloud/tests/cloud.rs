@@ -252,6 +252,9 @@ async fn console_shell_and_the_event_stream() {
         (&json!("local"), &json!(true), &json!(true), &json!(1)),
         "{nodes}"
     );
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!((&list[0]["version"], &list[0]["protocol"]), (&json!(version), &json!(1)), "{nodes}");
+    assert_eq!((&nodes["version"], &nodes["mixed_versions"]), (&json!(version), &Value::Null), "{nodes}");
     assert_eq!(http(addr, "GET", "/api/v1/nodes", None, None).await.0, 401);
     let _ = std::fs::remove_dir_all(&dir);
 }

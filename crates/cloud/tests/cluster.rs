@@ -8,7 +8,7 @@ mod common;
 
 use common::{api, raw_ivt, wait_until, TOKEN};
 use futures_util::StreamExt;
-use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
+use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore, Store};
 use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
 use ivr_testkit::services::{Nats, Postgres};
 use serde_json::{json, Value};
@@ -115,6 +115,29 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     // Provisioned through node 1, seen by node 3 (one database).
     assert_eq!(api(a3, "GET", "/api/v1/devices", None).await.1.as_array().unwrap().len(), 3);
 
+    // Every node's heartbeat says what it runs; all alike, nothing mixed.
+    let (_, nodes) = api(a2, "GET", "/api/v1/nodes", None).await;
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        (&nodes["version"], &nodes["protocol"], &nodes["mixed_versions"]),
+        (&json!(version), &json!(1), &Value::Null)
+    );
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!((&n["version"], &n["protocol"]), (&json!(version), &json!(1)), "{nodes}");
+    }
+    // A node of the release before (its heartbeat writes no version) joins
+    // mid-upgrade: the list says the versions differ, and which.
+    let old = SqlStore::postgres(&store).await.unwrap();
+    old.node_alive("n0", "http://old.example", "", 0, chrono::Utc::now().timestamp()).await.unwrap();
+    let (_, nodes) = api(a3, "GET", "/api/v1/nodes", None).await;
+    assert_eq!(nodes["mixed_versions"], json!(["", version]), "{nodes}");
+    let n0 = nodes["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "n0").cloned().unwrap();
+    assert_eq!((&n0["version"], &n0["protocol"], &n0["alive"]), (&json!(""), &json!(0), &json!(true)), "{nodes}");
+    // It stops (or is upgraded away): once its heartbeat is stale, the
+    // running nodes agree again.
+    old.node_alive("n0", "http://old.example", "", 0, 0).await.unwrap();
+    assert_eq!(api(a3, "GET", "/api/v1/nodes", None).await.1["mixed_versions"], Value::Null);
+
     // An edge that knows all three nodes lands on the first.
     let e = edge(&[a1, a2, a3], "cam-1", "pw-123456");
     tokio::spawn(e.clone().run());
@@ -134,6 +157,7 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     let relayed = tokio::time::timeout(Duration::from_secs(5), overheard.next()).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&relayed.payload).into_owned();
     assert!(text.contains("admin-token") && !text.contains(TOKEN), "{text}");
+    assert!(text.contains("\"bus\":1"), "a relayed request says its cluster protocol: {text}");
     // The bus alone cannot make a node act: a copy altered in one byte, or
     // a request signed without the admin token, is refused.
     let mut altered = relayed.payload.to_vec();

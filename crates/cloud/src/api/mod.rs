@@ -39,8 +39,9 @@ fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> ApiResult<
 
 /// `GET /api/v1/nodes`: the cluster's nodes as their heartbeats say (a
 /// node is alive while its last heartbeat is within three Keepalive
-/// intervals, the window after which its devices are set offline), and
-/// how many devices each holds online. One node without a bus writes no
+/// intervals, the window after which its devices are set offline), how
+/// many devices each holds online, and the version each runs (with the
+/// running nodes' versions under `mixed_versions` while they differ). One node without a bus writes no
 /// heartbeat: it lists itself.
 async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
     let ka = c.cfg.keepalive.as_secs().max(1) as i64;
@@ -49,7 +50,13 @@ async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
     let mut rows = c.store().nodes().await?;
     let online: std::collections::HashMap<String, i64> = c.store().online_by_node().await?.into_iter().collect();
     if !rows.iter().any(|n| n.id == *me) {
-        rows.push(crate::store::Node { id: me.clone(), url: c.cfg.public_url.clone(), seen: now });
+        rows.push(crate::store::Node {
+            id: me.clone(),
+            url: c.cfg.public_url.clone(),
+            seen: now,
+            version: crate::bus::VERSION.into(),
+            bus: crate::bus::PROTOCOL.into(),
+        });
         rows.sort_by(|a, b| a.id.cmp(&b.id));
     }
     let list: Vec<Value> = rows
@@ -62,10 +69,22 @@ async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
                 "alive": n.id == *me || n.seen >= c.dead_before(now),
                 "this": n.id == *me,
                 "devices_online": online.get(&n.id).copied().unwrap_or(0),
+                "version": n.version,
+                "protocol": n.bus,
             })
         })
         .collect();
-    Ok(Json(json!({ "node": me, "keepalive_secs": ka, "nodes": list })))
+    // An upgrade under way (or one left half done): the running nodes'
+    // versions, when they differ.
+    let mut running: Vec<&str> =
+        rows.iter().filter(|n| n.id == *me || n.seen >= c.dead_before(now)).map(|n| n.version.as_str()).collect();
+    running.sort_unstable();
+    running.dedup();
+    let mixed = (running.len() > 1).then_some(running);
+    Ok(Json(json!({
+        "node": me, "version": crate::bus::VERSION, "protocol": crate::bus::PROTOCOL,
+        "keepalive_secs": ka, "mixed_versions": mixed, "nodes": list,
+    })))
 }
 
 /// Counts for monitoring and benchmarks: sessions open now, devices, and
