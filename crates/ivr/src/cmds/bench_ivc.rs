@@ -47,6 +47,12 @@ pub struct IvcBench {
     /// Seconds of RPC load.
     #[arg(long, default_value_t = 10)]
     pub(super) rpc_secs: u64,
+    /// Who makes the RPC calls: `admin` (the admin token, checked in
+    /// memory) or `token` (an operator API token granted every device, as
+    /// a script holds one: the cloud looks it up in its store on every
+    /// request, so a revoked one fails at once).
+    #[arg(long, default_value = "admin", value_parser = ["admin", "token"])]
+    pub(super) rpc_as: String,
     /// Logins at the default (OWASP) argon2 cost to time the cold-login
     /// rate (0: skip).
     #[arg(long, default_value_t = 200)]
@@ -333,11 +339,28 @@ pub(super) fn spawn_fleet(
         .context("starting ivr sim ivt")
 }
 
+/// The bearer the RPC load calls with (`--rpc-as`): the admin token, or
+/// a new operator API token for every device made with it.
+pub(super) async fn rpc_caller(c: &Cloud, rpc_as: &str) -> anyhow::Result<String> {
+    if rpc_as != "token" {
+        return Ok(c.token.clone());
+    }
+    let mut h = Http::connect(&c.addr, &c.token).await?;
+    let body = json!({"name": "bench-rpc", "role": "operator", "devices": "*"}).to_string();
+    let (status, reply) = h.call("POST", "/api/v1/tokens", body.as_bytes()).await?;
+    if status != 201 {
+        bail!("creating the bench's API token: HTTP {status}: {}", String::from_utf8_lossy(&reply));
+    }
+    let v: Value = serde_json::from_slice(&reply).context("the new API token's answer is not JSON")?;
+    v["token"].as_str().map(str::to_owned).context("the new API token's answer has no \"token\"")
+}
+
 /// `GetNetConfig` RPC calls through `c`'s API from `concurrency` keep-alive
 /// connections for `secs`, spread over devices `bench-0`, `bench-stride`, …
 /// (`devices` of them); the latencies (µs, sorted), errors and seconds.
 pub(super) async fn rpc_load(
     c: &Cloud,
+    auth: &str,
     devices: u32,
     stride: u32,
     concurrency: u32,
@@ -347,7 +370,7 @@ pub(super) async fn rpc_load(
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..concurrency.max(1) {
-        let mut h = Http::connect(&c.addr, &c.token).await?;
+        let mut h = Http::connect(&c.addr, auth).await?;
         tasks.push(async move {
             let mut lat = Vec::with_capacity(65536);
             let mut errors = 0u64;
@@ -510,19 +533,21 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
 
     // RPC round trips through the API.
     let devices = b.rpc_devices.min(b.sessions).max(1);
+    let auth = rpc_caller(&c, &b.rpc_as).await?;
     let cpu0 = cpu(c.pid);
-    let (lat, errors, elapsed) = rpc_load(&c, devices, 1, b.concurrency, b.rpc_secs).await?;
+    let (lat, errors, elapsed) = rpc_load(&c, &auth, devices, 1, b.concurrency, b.rpc_secs).await?;
     let cloud_cpu = cpu(c.pid).saturating_sub(cpu0);
     let rps = lat.len() as f64 / elapsed;
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
     let max = lat.last().copied().unwrap_or(0) as f64 / 1000.0;
     let cpu_per = cloud_cpu.as_secs_f64() * 1e6 / lat.len().max(1) as f64;
     say(format!(
-        "RPC GetNetConfig over {devices} devices, {} connections: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.1} ms, {errors} errors; cloud CPU {cpu_per:.0} µs per call",
-        b.concurrency
+        "RPC GetNetConfig over {devices} devices, {} connections, as {}: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.1} ms, {errors} errors; cloud CPU {cpu_per:.0} µs per call",
+        b.concurrency,
+        if b.rpc_as == "token" { "an API token" } else { "the admin token" }
     ));
     out["rpc"] = json!({
-        "devices": devices, "concurrency": b.concurrency, "calls": lat.len(), "per_sec": rps,
+        "as": b.rpc_as, "devices": devices, "concurrency": b.concurrency, "calls": lat.len(), "per_sec": rps,
         "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "max_ms": max, "errors": errors, "cloud_cpu_us_per_call": cpu_per,
     });
     let final_stats = stats(&mut h).await?;
