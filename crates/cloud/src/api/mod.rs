@@ -41,8 +41,8 @@ fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> ApiResult<
 /// node is alive while its last heartbeat is within three Keepalive
 /// intervals, the window after which its devices are set offline), how
 /// many devices each holds online, and the version each runs (with the
-/// running nodes' versions under `mixed_versions` while they differ). One node without a bus writes no
-/// heartbeat: it lists itself.
+/// running nodes' versions under `mixed_versions` while they differ).
+/// One node without a bus writes no heartbeat: it lists itself.
 async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<Json<Value>> {
     let ka = c.cfg.keepalive.as_secs().max(1) as i64;
     let now = crate::server::now();
@@ -59,6 +59,7 @@ async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
         });
         rows.sort_by(|a, b| a.id.cmp(&b.id));
     }
+    let alive = |n: &crate::store::Node| n.id == *me || n.seen >= c.dead_before(now);
     let list: Vec<Value> = rows
         .iter()
         .map(|n| {
@@ -66,7 +67,7 @@ async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
                 "id": n.id,
                 "url": n.url,
                 "seen": n.seen,
-                "alive": n.id == *me || n.seen >= c.dead_before(now),
+                "alive": alive(n),
                 "this": n.id == *me,
                 "devices_online": online.get(&n.id).copied().unwrap_or(0),
                 "version": n.version,
@@ -76,8 +77,7 @@ async fn nodes<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
         .collect();
     // An upgrade under way (or one left half done): the running nodes'
     // versions, when they differ.
-    let mut running: Vec<&str> =
-        rows.iter().filter(|n| n.id == *me || n.seen >= c.dead_before(now)).map(|n| n.version.as_str()).collect();
+    let mut running: Vec<&str> = rows.iter().filter(|n| alive(n)).map(|n| n.version.as_str()).collect();
     running.sort_unstable();
     running.dedup();
     let mixed = (running.len() > 1).then_some(running);

@@ -195,7 +195,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         "RPC through node 1 to {devices} devices on all {n} nodes ({:.0} % elsewhere), {} connections, as {}: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors",
         100.0 * (n - 1) as f64 / n as f64,
         b.concurrency,
-        if b.rpc_as == "token" { "an API token" } else { "the admin token" }
+        b.rpc_as_said()
     ));
     say(format!(
         "  CPU per call, every process: {total_us:.0} µs ({}); 20,000 calls/s at this cost take {:.1} cores",

@@ -339,6 +339,17 @@ pub(super) fn spawn_fleet(
         .context("starting ivr sim ivt")
 }
 
+impl IvcBench {
+    /// Who the RPC load calls as, in words (`--rpc-as`).
+    pub(super) fn rpc_as_said(&self) -> &'static str {
+        if self.rpc_as == "token" {
+            "an API token"
+        } else {
+            "the admin token"
+        }
+    }
+}
+
 /// The bearer the RPC load calls with (`--rpc-as`): the admin token, or
 /// a new operator API token for every device made with it.
 pub(super) async fn rpc_caller(c: &Cloud, rpc_as: &str) -> anyhow::Result<String> {
@@ -544,7 +555,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     say(format!(
         "RPC GetNetConfig over {devices} devices, {} connections, as {}: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.1} ms, {errors} errors; cloud CPU {cpu_per:.0} µs per call",
         b.concurrency,
-        if b.rpc_as == "token" { "an API token" } else { "the admin token" }
+        b.rpc_as_said()
     ));
     out["rpc"] = json!({
         "as": b.rpc_as, "devices": devices, "concurrency": b.concurrency, "calls": lat.len(), "per_sec": rps,
