@@ -14,6 +14,7 @@ use crate::accounts::{Grant, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::server::{now, Cloud};
 use crate::store::Store;
+use crate::trust::Kind;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
@@ -187,15 +188,22 @@ impl<S: Store> Cloud<S> {
         Err(ApiError::unauthorized("log in, or send Authorization: Bearer <admin or API token>"))
     }
 
-    /// The caller of an API token (by its SHA-256), as the store says now.
+    /// The caller of an API token (by its SHA-256), as the store says (a
+    /// copy verified within [`crate::trust::TRUST`], or read now).
     async fn token_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
+        if let Some(who) = self.verified.get(Kind::Token, hash, now()) {
+            return Ok(Caller { addr, ..who });
+        }
+        let ticket = self.verified.ticket();
         let Some(t) = self.store.token_by_hash(hash).await? else {
+            self.verified.forget(Kind::Token, hash);
             return Err(ApiError::unauthorized("unknown or revoked API token"));
         };
         if t.expires.is_some_and(|e| e < now()) {
+            self.verified.forget(Kind::Token, hash);
             return Err(ApiError::unauthorized(format!("API token {} expired", t.id)));
         }
-        Ok(Caller {
+        let who = Caller {
             actor: format!("token:{}", t.id),
             scope: self.scope_of(t.role, &t.devices, &t.groups).await?,
             role: t.role,
@@ -203,21 +211,29 @@ impl<S: Store> Cloud<S> {
             user: None,
             session: None,
             token: Some(hash.to_owned()),
-        })
+        };
+        self.verified.put(ticket, Kind::Token, hash, &who, t.expires);
+        Ok(who)
     }
 
     /// The caller of a console login (by its cookie's SHA-256), as the
-    /// store says now.
+    /// store says (a copy verified within [`crate::trust::TRUST`], or read
+    /// now).
     async fn session_caller(&self, hash: &str, addr: Option<IpAddr>) -> ApiResult<Caller> {
+        if let Some(who) = self.verified.get(Kind::Login, hash, now()) {
+            return Ok(Caller { addr, ..who });
+        }
+        let ticket = self.verified.ticket();
         let s = self.store.login_session(hash).await?.filter(|s| s.expires >= now());
-        let u = match s {
-            Some(s) => self.store.user(&s.user).await?,
-            None => None,
+        let (u, expires) = match s {
+            Some(s) => (self.store.user(&s.user).await?, s.expires),
+            None => (None, 0),
         };
         let Some(u) = u else {
+            self.verified.forget(Kind::Login, hash);
             return Err(ApiError::unauthorized("your login has ended; log in again"));
         };
-        Ok(Caller {
+        let who = Caller {
             actor: format!("user:{}", u.name),
             scope: self.scope_of(u.role, &u.devices, &u.groups).await?,
             role: u.role,
@@ -225,12 +241,28 @@ impl<S: Store> Cloud<S> {
             user: Some(u.name),
             session: Some(hash.to_owned()),
             token: None,
-        })
+        };
+        self.verified.put(ticket, Kind::Login, hash, &who, Some(expires));
+        Ok(who)
     }
 
-    /// The caller again, as the store says now: a long-lived response (the
-    /// event stream) asks this every few seconds, so a logout, a revoked
-    /// token or a changed grant reaches it too. The admin token stays
+    /// After a change to accounts (a token revoked, a user changed or
+    /// deleted, a group changed, a logout): this node forgets what it
+    /// verified, and where other nodes share the store, the answer waits
+    /// until their copies from before the change have run out (see
+    /// `trust`), so that what was revoked is refused everywhere once the
+    /// change has answered.
+    pub(crate) async fn accounts_changed(&self) {
+        self.verified.forget_all();
+        if self.store.shared() {
+            tokio::time::sleep(crate::trust::TRUST).await;
+        }
+    }
+
+    /// The caller again, as the store says now (or said within
+    /// [`crate::trust::TRUST`]): a long-lived response (the event stream)
+    /// asks this every few seconds, so a logout, a revoked token or a
+    /// changed grant reaches it too. The admin token stays
     /// valid while the cloud runs.
     pub(crate) async fn refresh(&self, who: &Caller) -> ApiResult<Caller> {
         match (&who.session, &who.token) {

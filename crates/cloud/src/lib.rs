@@ -24,6 +24,7 @@ mod recordings;
 mod server;
 mod sql;
 mod store;
+mod trust;
 mod uploads;
 
 // The public API: what is re-exported here (the modules are private).

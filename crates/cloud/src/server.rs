@@ -182,6 +182,8 @@ pub struct Cloud<S: Store> {
     pub(crate) passwords: Passwords,
     pub(crate) counters: Counters,
     pub(crate) started: Instant,
+    /// API tokens and console logins verified lately (see `trust`).
+    pub(crate) verified: crate::trust::Verified,
 }
 
 pub(crate) fn now() -> i64 {
@@ -219,6 +221,7 @@ impl<S: Store> Cloud<S> {
             passwords: Passwords::new(cfg.hash_cost),
             counters: Counters::default(),
             started: Instant::now(),
+            verified: Default::default(),
             lives: crate::live::Lives::new(cfg.live.clone()),
             recorder: Default::default(),
             keeper: Default::default(),

@@ -165,6 +165,10 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// The channel numbers this node last wrote for a device it holds
     /// (`None`: not known here; ask [`Store::device`]).
     fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>>;
+    /// Whether other nodes serve from this store too (PostgreSQL), so a
+    /// change made here reaches what they verified only as their copies
+    /// run out (see `trust`).
+    fn shared(&self) -> bool;
     /// Writes the `last_seen` of Keepalives since the last flush; how many
     /// devices.
     fn flush_seen(&self) -> impl Future<Output = Result<usize>> + Send;
@@ -927,6 +931,10 @@ impl Store for SqlStore {
     fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>> {
         let c = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         c.get(login_code).map(|rows| rows.iter().map(|r| r.channel).collect())
+    }
+
+    fn shared(&self) -> bool {
+        self.kind() == "postgres"
     }
 
     async fn flush_seen(&self) -> Result<usize> {

@@ -180,6 +180,18 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     assert_eq!(s, 403, "{}", String::from_utf8_lossy(&body));
     let (s, _) = common::http(a3, "POST", "/api/v1/devices/cam-2/rpc/GetTime", Some(&viewer), None).await;
     assert_eq!(s, 404, "a device outside the viewer's grant is not found, on any node");
+    // Node 3 now trusts a copy of the viewer's token; revoked through
+    // node 1, it is refused on node 3 as soon as the revocation answers
+    // (node 1 answers once every copy from before has run out).
+    let id = t["id"].as_str().unwrap();
+    let (s, _) = common::http(a3, "GET", "/api/v1/devices", Some(&viewer), None).await;
+    assert_eq!(s, 200);
+    assert!(api(a3, "GET", "/api/v1/stats", None).await.1["credentials"]["trusted"].as_u64() >= Some(1));
+    let t0 = std::time::Instant::now();
+    assert_eq!(api(a1, "DELETE", &format!("/api/v1/tokens/{id}"), None).await.0, 204);
+    assert!(t0.elapsed() >= Duration::from_secs(1), "answered before the other nodes' copies ran out");
+    let (s, _) = common::http(a3, "GET", "/api/v1/devices", Some(&viewer), None).await;
+    assert_eq!(s, 401, "a token revoked on node 1 still works on node 3");
     let (s, _) = api(a3, "POST", "/api/v1/devices/cam-1/rpc/NoSuchMethod", Some(json!({}))).await;
     assert_eq!(s, 404, "the same statuses as on the holder");
     assert_eq!(api(a3, "POST", "/api/v1/devices/nobody/rpc/GetTime", None).await.0, 404);

@@ -302,3 +302,73 @@ async fn console_logins_waiting_for_argon2_are_bounded_per_address() {
     assert!(busy >= 1 && wrong >= 8, "eight wait for argon2, the rest are told to come back: {got:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_credentials_are_trusted_for_a_second_and_forgotten_on_a_change() {
+    use ivr_cloud::Accounts;
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-users3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, c, _server) =
+        start_cloud_with(&dir, |c| ivr_cloud::CloudConfig { hash_cost: "m=64,t=1,p=1".parse().unwrap(), ..c }).await;
+    let admin = format!("Bearer {TOKEN}");
+    let admin = [("Authorization", admin.as_str())];
+    for lc in ["cam-a", "cam-b"] {
+        let (s, _) =
+            api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": lc, "login_passwd": "12345678"}))).await;
+        assert_eq!(s, 201);
+    }
+    let (s, _) = call(addr, "PUT", "/api/v1/groups/site", &admin, Some(json!({"devices": ["cam-a"]}))).await;
+    assert_eq!(s, 200);
+    let (s, t) = call(
+        addr,
+        "POST",
+        "/api/v1/tokens",
+        &admin,
+        Some(json!({"name": "script", "role": "viewer", "groups": ["site"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let bearer = format!("Bearer {}", t["token"].as_str().unwrap());
+    let tk = [("Authorization", bearer.as_str())];
+    let seen = async || -> Vec<String> {
+        let (s, list) = call(addr, "GET", "/api/v1/devices", &tk, None).await;
+        assert_eq!(s, 200, "{list}");
+        list.as_array().unwrap().iter().map(|d| d["login_code"].as_str().unwrap().to_owned()).collect()
+    };
+    let creds = async || call(addr, "GET", "/api/v1/stats", &admin, None).await.1["credentials"].clone();
+    let before = creds().await;
+
+    // Many requests, few reads: the token, its groups, once a second.
+    let t0 = std::time::Instant::now();
+    for _ in 0..40 {
+        assert_eq!(seen().await, ["cam-a"]);
+    }
+    let secs = t0.elapsed().as_secs() + 1;
+    let after = creds().await;
+    let read = after["read"].as_u64().unwrap() - before["read"].as_u64().unwrap();
+    let copies = after["from_copy"].as_u64().unwrap() - before["from_copy"].as_u64().unwrap();
+    assert!(read <= secs + 1 && copies >= 40 - read, "{read} reads and {copies} copies in {secs} s: {after}");
+    assert_eq!(after["trusted"], 1, "{after}");
+
+    // A change through the API is seen by the next request.
+    let (s, _) = call(addr, "PUT", "/api/v1/groups/site", &admin, Some(json!({"devices": ["cam-b"]}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(seen().await, ["cam-b"], "a changed group reaches a token's copy at once");
+
+    // A change made on the database directly (as `ivr cloud users` does)
+    // reaches the running cloud when the copy runs out, within a second.
+    let id = t["id"].as_str().unwrap();
+    assert!(c.store().delete_token(id).await.unwrap());
+    let t0 = std::time::Instant::now();
+    loop {
+        let (s, _) = call(addr, "GET", "/api/v1/devices", &tk, None).await;
+        if s == 401 {
+            break;
+        }
+        assert_eq!(s, 200);
+        assert!(t0.elapsed() < Duration::from_secs(3), "a token deleted on the database still works after 3 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(creds().await["trusted"], 0, "a token the store no longer has is not kept");
+    let _ = std::fs::remove_dir_all(&dir);
+}

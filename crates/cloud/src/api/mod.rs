@@ -110,6 +110,11 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
         "previews_refused": n(&k.previews_dropped),
         "keepalives_refused": n(&k.keepalives_refused),
         "uploads_refused": n(&k.uploads_refused),
+        "credentials": {
+            "trusted": c.verified.len(),
+            "from_copy": n(&c.verified.from_copy),
+            "read": n(&c.verified.read),
+        },
         "connections": {
             "open": c.gate.open(),
             "max": c.gate.max(),

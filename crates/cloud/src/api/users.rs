@@ -123,6 +123,7 @@ pub(crate) async fn logout<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>
         ));
     };
     c.store.delete_login_session(hash).await?;
+    c.accounts_changed().await;
     c.audit(&who, "logout", who.user.as_deref().unwrap_or(""), json!({})).await;
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut()
@@ -189,6 +190,7 @@ pub async fn set_demo_admin<S: Store>(c: &Cloud<S>, name: &str, password: &str) 
             u.role = Role::Admin;
             c.store.update_user(&u).await?;
             c.store.delete_login_sessions_of(name).await?;
+            c.accounts_changed().await;
         }
     }
     Ok(name.to_string())
@@ -281,6 +283,7 @@ pub(crate) async fn patch<S: Store>(
             c.store.add_login_session(&LoginSession { hash: hash.clone(), user: me.clone(), expires }).await?;
         }
     }
+    c.accounts_changed().await;
     c.audit(&who, "user_changed", &u.name, json!({"changed": changed, "role": u.role})).await;
     Ok(Json(c.store.user(&name).await?.unwrap_or(u)))
 }
@@ -293,6 +296,7 @@ pub(crate) async fn delete<S: Store>(
     if !c.store.delete_user(&name).await? {
         return Err(ApiError::not_found(format!("no user {:?}", crate::limits::shown(&name))));
     }
+    c.accounts_changed().await;
     c.audit(&who, "user_deleted", &name, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -330,6 +334,7 @@ pub(crate) async fn put_group<S: Store>(
         super::json_body(&body)?.ok_or_else(|| ApiError::bad_request("body: {\"devices\": [login_code, …]}"))?;
     check_grants(&Grant::Only(g.devices.clone()), &[])?;
     c.store.put_group(&name, &g.devices).await?;
+    c.accounts_changed().await;
     c.audit(&who, "group_set", &name, json!({"devices": g.devices})).await;
     Ok(Json(json!({"name": name, "devices": g.devices})))
 }
@@ -342,6 +347,7 @@ pub(crate) async fn delete_group<S: Store>(
     if !c.store.delete_group(&name).await? {
         return Err(ApiError::not_found(format!("no group {:?}", crate::limits::shown(&name))));
     }
+    c.accounts_changed().await;
     c.audit(&who, "group_deleted", &name, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -428,6 +434,7 @@ pub(crate) async fn revoke_token<S: Store>(
     if !c.store.delete_token(&id).await? {
         return Err(ApiError::not_found(format!("no token {:?}", crate::limits::shown(&id))));
     }
+    c.accounts_changed().await;
     c.audit(&who, "token_revoked", &id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,8 @@
 //! `ivr cloud users …`: console accounts kept in the cloud's data
 //! directory, for the first admin (before anyone can log in) and for
-//! scripts. The running cloud sees changes at once (same database).
+//! scripts. A running cloud sees changes within a second (same database;
+//! what it verified a moment ago it trusts for up to a second, see
+//! docs/security.md).
 
 use anyhow::Context;
 use clap::Subcommand;
