@@ -96,7 +96,14 @@ impl Caller {
 /// The SHA-256 of a secret, in hex (what the store keeps of tokens and
 /// login cookies).
 pub(crate) fn digest(secret: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// 256 random bits in hex.
@@ -344,6 +351,11 @@ mod tests {
         assert!(same_site(&p));
         let p = parts(Method::POST, &[("host", "h"), ("origin", "null")]);
         assert!(!same_site(&p));
+    }
+
+    #[test]
+    fn digests_are_sha256_in_lowercase_hex() {
+        assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

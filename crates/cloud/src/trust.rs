@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 /// How long a verified credential is trusted without asking the store.
 pub(crate) const TRUST: Duration = Duration::from_secs(1);
-/// Credentials kept at most (tokens and console logins in use at once).
+/// Credentials of each kind kept at most (in use at once).
 const MAX: usize = 10_000;
 
 /// Which kind of credential a digest is of.
@@ -48,7 +48,17 @@ struct Copy {
 #[derive(Default)]
 struct Inner {
     generation: u64,
-    map: HashMap<(Kind, String), Copy>,
+    tokens: HashMap<String, Copy>,
+    logins: HashMap<String, Copy>,
+}
+
+impl Inner {
+    fn of(&mut self, kind: Kind) -> &mut HashMap<String, Copy> {
+        match kind {
+            Kind::Token => &mut self.tokens,
+            Kind::Login => &mut self.logins,
+        }
+    }
 }
 
 /// What a node remembers of credentials it verified.
@@ -86,8 +96,8 @@ impl Verified {
     /// The caller of a credential verified less than the trust ago and not
     /// expired at `now` (Unix seconds).
     pub(crate) fn get(&self, kind: Kind, digest: &str, now: i64) -> Option<Caller> {
-        let inner = self.lock();
-        let c = inner.map.get(&(kind, digest.to_owned()))?;
+        let mut inner = self.lock();
+        let c = inner.of(kind).get(digest)?;
         let fresh = c.read_at.elapsed() < self.trust && c.expires.is_none_or(|e| e >= now);
         let out = fresh.then(|| c.caller.clone());
         if out.is_some() {
@@ -109,31 +119,34 @@ impl Verified {
         if inner.generation != t.generation {
             return;
         }
-        if inner.map.len() >= MAX {
-            let trust = self.trust;
-            inner.map.retain(|_, c| c.read_at.elapsed() < trust);
-            if inner.map.len() >= MAX {
-                inner.map.clear();
+        let trust = self.trust;
+        let map = inner.of(kind);
+        if map.len() >= MAX {
+            map.retain(|_, c| c.read_at.elapsed() < trust);
+            if map.len() >= MAX {
+                map.clear();
             }
         }
         let caller = Caller { addr: None, ..caller.clone() };
-        inner.map.insert((kind, digest.to_owned()), Copy { caller, expires, read_at: t.at });
+        map.insert(digest.to_owned(), Copy { caller, expires, read_at: t.at });
     }
 
     /// Forgets the copy of one credential (the store no longer has it).
     pub(crate) fn forget(&self, kind: Kind, digest: &str) {
-        self.lock().map.remove(&(kind, digest.to_owned()));
+        self.lock().of(kind).remove(digest);
     }
 
     /// Forgets every copy, and any read begun before now.
     pub(crate) fn forget_all(&self) {
         let mut inner = self.lock();
         inner.generation += 1;
-        inner.map.clear();
+        inner.tokens.clear();
+        inner.logins.clear();
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().map.len()
+        let inner = self.lock();
+        inner.tokens.len() + inner.logins.len()
     }
 }
 

@@ -378,6 +378,7 @@ async fn a_fleet_of_fifty_simulated_ivts_comes_online() {
         bind: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
         window: 8,
         ca_file: None,
+        spread: false,
     })
     .await
     .unwrap();

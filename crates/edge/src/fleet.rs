@@ -31,6 +31,10 @@ pub struct FleetConfig {
     pub window: usize,
     /// For a wss:// cloud: the CA to trust (default: the system's roots).
     pub ca_file: Option<std::path::PathBuf>,
+    /// With several cloud URLs: device `i` tries them starting at the
+    /// `i`-th (one fleet spread evenly over a cluster's nodes) instead of
+    /// every device starting at the first.
+    pub spread: bool,
 }
 
 /// Starts the fleet: devices dial in turn, at most `window` at a time; the
@@ -49,7 +53,11 @@ pub async fn start(cfg: FleetConfig) -> Result<Vec<Arc<Edge>>, crate::config::In
             extra.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
         }
         // Several cloud nodes (comma-separated): each device tries them in turn.
-        let urls: Vec<String> = cfg.cloud_url.split(',').map(|u| format!("{:?}", u.trim())).collect();
+        let mut urls: Vec<String> = cfg.cloud_url.split(',').map(|u| format!("{:?}", u.trim())).collect();
+        if cfg.spread {
+            let k = i as usize % urls.len();
+            urls.rotate_left(k);
+        }
         let edge_cfg = EdgeConfig::parse(&format!(
             "[cloud]\nurls = [{}]\nlogin_code = \"{code}\"\nlogin_passwd = \"{pw}\"\nhardware_model = \"ivr-sim-ivt\"\nkeepalive_secs = {}\n{extra}\n[[channels]]\nchannel = 0\nsource = \"sim\"\npreview_every_secs = 0\n",
             urls.join(", "),

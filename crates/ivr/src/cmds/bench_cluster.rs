@@ -90,20 +90,53 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     say(format!("provisioned {} devices through node 1 in {:.1} s (argon2 {})", b.sessions, t.as_secs_f64(), b.argon2));
     let rss_provisioned = rss_of(&nodes)?;
 
-    // One fleet per (node, slice): a fleet starts on its node and knows
-    // the others, in order after it.
+    // Even shares: fleets of --per-fleet devices, each spread over every
+    // node (device i starts on node i mod N), so the simulation takes as
+    // few processes as it can (the devices share the cloud's 2 cores
+    // here, as they would not in a deployment). A share of its own for
+    // the last node: one fleet per (node, slice), starting on its node
+    // and knowing the others, in order after it.
     let shares = shares(b.sessions, n, b.failover_sessions)?;
     let t0 = Instant::now();
     let mut fleets = Vec::new();
     let mut next_addr = 2u32;
     let mut first = 0;
-    for (node, &share) in shares.iter().enumerate() {
+    let every: Vec<String> = nodes.iter().map(|c| format!("ws://{}/ivc", c.addr)).collect();
+    if b.failover_sessions.is_none() {
+        while first < b.sessions {
+            let count = b.per_fleet.min(b.sessions - first);
+            let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
+            fleets.push(spawn_fleet(
+                &exe,
+                &every.join(","),
+                &dir,
+                "bench",
+                first,
+                count,
+                &addrs,
+                b.keepalive_secs,
+                true,
+            )?);
+            first += count;
+        }
+    }
+    for (node, &share) in shares.iter().enumerate().filter(|_| b.failover_sessions.is_some()) {
         let end = first + share;
         while first < end {
             let count = b.per_fleet.min(end - first);
-            let urls: Vec<String> = (0..n).map(|k| format!("ws://{}/ivc", nodes[(node + k) % n].addr)).collect();
+            let urls: Vec<String> = (0..n).map(|k| every[(node + k) % n].clone()).collect();
             let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
-            fleets.push(spawn_fleet(&exe, &urls.join(","), &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
+            fleets.push(spawn_fleet(
+                &exe,
+                &urls.join(","),
+                &dir,
+                "bench",
+                first,
+                count,
+                &addrs,
+                b.keepalive_secs,
+                false,
+            )?);
             first += count;
         }
     }

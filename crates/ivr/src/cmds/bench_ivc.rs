@@ -297,7 +297,8 @@ pub(super) async fn provision(c: &Cloud, prefix: &str, n: u32, conns: u32) -> an
 /// ends when all are in); returns logins per second.
 async fn logins(exe: &Path, c: &Cloud, dir: &Path, h: &mut Http, n: u32, logins_before: u64) -> anyhow::Result<f64> {
     let t0 = Instant::now();
-    let mut fleet = spawn_fleet(exe, &format!("ws://{}/ivc", c.addr), dir, "cold", 0, n, &["127.0.0.1".into()], 30)?;
+    let mut fleet =
+        spawn_fleet(exe, &format!("ws://{}/ivc", c.addr), dir, "cold", 0, n, &["127.0.0.1".into()], 30, false)?;
     loop {
         let s = stats(h).await?;
         if s["sessions"].as_u64() == Some(n as u64) && s["logins"].as_u64() == Some(logins_before + n as u64) {
@@ -326,12 +327,14 @@ pub(super) fn spawn_fleet(
     count: u32,
     addrs: &[String],
     keepalive: u64,
+    spread: bool,
 ) -> anyhow::Result<tokio::process::Child> {
     let log = std::fs::File::create(dir.join(format!("fleet-{prefix}-{first}.log")))?;
     tokio::process::Command::new(exe)
         .args(["sim", "ivt", "--cloud", cloud, "--prefix", prefix])
         .args(["--first", &first.to_string(), "--count", &count.to_string()])
         .args(["--keepalive-secs", &keepalive.to_string(), "--bind", &addrs.join(","), "--window", "128"])
+        .args(spread.then_some("--spread"))
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -489,7 +492,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         let count = b.per_fleet.min(b.sessions - first);
         let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
         let url = format!("ws://{}/ivc", c.addr);
-        fleets.push(spawn_fleet(&exe, &url, &dir, "bench", first, count, &addrs, b.keepalive_secs)?);
+        fleets.push(spawn_fleet(&exe, &url, &dir, "bench", first, count, &addrs, b.keepalive_secs, false)?);
         first += count;
     }
     let mut last_print = Instant::now();

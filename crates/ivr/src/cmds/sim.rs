@@ -55,6 +55,11 @@ pub struct IvtSimArgs {
     /// For a wss:// cloud: trust only the certificates in this PEM file.
     #[arg(long)]
     ca_file: Option<std::path::PathBuf>,
+    /// With several --cloud URLs: spread the fleet over them (device i
+    /// starts at the i-th URL, then tries the rest in turn) instead of
+    /// every device starting at the first.
+    #[arg(long)]
+    spread: bool,
 }
 
 #[derive(ClapArgs)]
@@ -240,6 +245,7 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
         bind: a.bind.clone(),
         window: a.window,
         ca_file: a.ca_file.clone(),
+        spread: a.spread,
     };
     println!("ivr sim ivt: {} device(s) dialling {}", a.count, a.cloud);
     let fleet = fleet::start(cfg).await.map_err(anyhow::Error::msg)?;
