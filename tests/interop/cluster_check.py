@@ -8,7 +8,10 @@ subscriber (`nats-py`) that checks events really cross the bus.
 Checks: an RPC sent to node 3 reaches a device on node 1; its alarm shows in
 node 2's event stream and on the bus; a login on node 2 closes node 1's
 session; a recording started through node 2 for an `ivr edge` on node 3 is
-listed and played back through node 1 (ffprobe judges the MP4); `kill -9` of node 1 with 200 devices: they come back on nodes 2-3
+listed and played back through node 1 (ffprobe judges the MP4); an API
+token revoked through node 1 is refused by nodes 2 and 3 as soon as the
+revocation answers (each node trusts what it verified for a second);
+`kill -9` of node 1 with 200 devices: they come back on nodes 2-3
 within the jittered window, nothing stays online without a session, and no
 alarm acknowledged before the kill is lost. Prints one line per check and a
 closing "N passed, N failed" line; exits non-zero on any failure."""
@@ -320,6 +323,27 @@ async def main():
         assert s == 200, (s, j)
     await check("a recording started through node 2 for a device on node 3 is listed and played through node 1",
                 recording_across())
+
+    def as_token(host, token, path):
+        req = urllib.request.Request(f"http://{host}{path}", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    async def revoked_everywhere():
+        s, t = await asyncio.to_thread(api, h1, "POST", "/api/v1/tokens", {"name": "script", "role": "viewer", "devices": "*"})
+        assert s == 201, (s, t)
+        # Node 3 and node 2 verify it (and keep what they verified for a second).
+        for h in (h3, h2, h3):
+            assert await asyncio.to_thread(as_token, h, t["token"], "/api/v1/devices") == 200
+        s, _ = await asyncio.to_thread(api, h1, "DELETE", f"/api/v1/tokens/{t['id']}")
+        assert s == 204, s
+        got = [await asyncio.to_thread(as_token, h, t["token"], "/api/v1/devices") for h in (h3, h2, h1)]
+        assert got == [401, 401, 401], f"after the revocation answered, nodes 3, 2, 1 said {got}"
+    await check("a token revoked through node 1 is refused by every node once the revocation has answered",
+                revoked_everywhere())
 
     # 200 devices that know all three nodes, all starting on node 1.
     # They dial in batches: one address past the cloud's per-address login
