@@ -40,19 +40,28 @@ async fn alarm(addr: SocketAddr, h: &ivr_rpc::conn::RpcHandle, desc: &str) {
     assert_eq!(http_with(addr, "POST", &path, &[], Some(b"\xff\xd8\xff\xe0jpeg\xff\xd9")).await.0, 204);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_scopes_tokens_logins_and_the_audit_log() {
-    let dir = std::env::temp_dir().join(format!("ivr-cloud-users-{}", std::process::id()));
+/// A cloud (cheap argon2) in a fresh folder with devices cam-a and cam-b.
+async fn cloud_with_two_cameras(
+    name: &str,
+) -> (std::path::PathBuf, SocketAddr, std::sync::Arc<ivr_cloud::Cloud<ivr_cloud::SqlStore>>, tokio::task::JoinHandle<()>)
+{
+    let dir = std::env::temp_dir().join(format!("ivr-cloud-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (addr, _c, _server) =
+    let (addr, c, server) =
         start_cloud_with(&dir, |c| ivr_cloud::CloudConfig { hash_cost: "m=64,t=1,p=1".parse().unwrap(), ..c }).await;
-    let admin = format!("Bearer {TOKEN}");
-    let admin = [("Authorization", admin.as_str())];
     for lc in ["cam-a", "cam-b"] {
         let (s, _) =
             api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": lc, "login_passwd": "12345678"}))).await;
         assert_eq!(s, 201);
     }
+    (dir, addr, c, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_scopes_tokens_logins_and_the_audit_log() {
+    let (dir, addr, _c, _server) = cloud_with_two_cameras("users").await;
+    let admin = format!("Bearer {TOKEN}");
+    let admin = [("Authorization", admin.as_str())];
     let dev =
         |lc: &str| format!("ws://{addr}/ivc?login_code={lc}&login_passwd=12345678&hardware_model=t&firmware_model=1");
     let (a, b) = (raw_ivt(dev("cam-a")).await, raw_ivt(dev("cam-b")).await);
@@ -306,17 +315,9 @@ async fn console_logins_waiting_for_argon2_are_bounded_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_credentials_are_trusted_for_a_second_and_forgotten_on_a_change() {
     use ivr_cloud::Accounts;
-    let dir = std::env::temp_dir().join(format!("ivr-cloud-users3-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (addr, c, _server) =
-        start_cloud_with(&dir, |c| ivr_cloud::CloudConfig { hash_cost: "m=64,t=1,p=1".parse().unwrap(), ..c }).await;
+    let (dir, addr, c, _server) = cloud_with_two_cameras("users3").await;
     let admin = format!("Bearer {TOKEN}");
     let admin = [("Authorization", admin.as_str())];
-    for lc in ["cam-a", "cam-b"] {
-        let (s, _) =
-            api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": lc, "login_passwd": "12345678"}))).await;
-        assert_eq!(s, 201);
-    }
     let (s, _) = call(addr, "PUT", "/api/v1/groups/site", &admin, Some(json!({"devices": ["cam-a"]}))).await;
     assert_eq!(s, 200);
     let (s, t) = call(

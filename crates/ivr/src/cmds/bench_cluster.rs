@@ -102,41 +102,24 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let mut next_addr = 2u32;
     let mut first = 0;
     let every: Vec<String> = nodes.iter().map(|c| format!("ws://{}/ivc", c.addr)).collect();
-    if b.failover_sessions.is_none() {
-        while first < b.sessions {
-            let count = b.per_fleet.min(b.sessions - first);
-            let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
-            fleets.push(spawn_fleet(
-                &exe,
-                &every.join(","),
-                &dir,
-                "bench",
-                first,
-                count,
-                &addrs,
-                b.keepalive_secs,
-                true,
-            )?);
-            first += count;
-        }
-    }
-    for (node, &share) in shares.iter().enumerate().filter(|_| b.failover_sessions.is_some()) {
-        let end = first + share;
+    // (the fleets' URLs, spread or not, up to which device)
+    let plan: Vec<(String, bool, u32)> = match b.failover_sessions {
+        None => vec![(every.join(","), true, b.sessions)],
+        Some(_) => shares
+            .iter()
+            .enumerate()
+            .scan(0, |end, (node, &share)| {
+                *end += share;
+                let urls: Vec<&str> = (0..n).map(|k| every[(node + k) % n].as_str()).collect();
+                Some((urls.join(","), false, *end))
+            })
+            .collect(),
+    };
+    for (urls, spread, end) in plan {
         while first < end {
             let count = b.per_fleet.min(end - first);
-            let urls: Vec<String> = (0..n).map(|k| every[(node + k) % n].clone()).collect();
             let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
-            fleets.push(spawn_fleet(
-                &exe,
-                &urls.join(","),
-                &dir,
-                "bench",
-                first,
-                count,
-                &addrs,
-                b.keepalive_secs,
-                false,
-            )?);
+            fleets.push(spawn_fleet(&exe, &urls, &dir, "bench", first, count, &addrs, b.keepalive_secs, spread)?);
             first += count;
         }
     }
