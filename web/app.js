@@ -258,7 +258,7 @@ async function channelPage(lc, ch) {
     back.hidden = false;
     return p.play(from, to);
   };
-  if (canControl()) side.append(ptzPad(lc, ch, status), await presets(lc, ch, status), await tours(lc, ch, status), recordBox(lc, ch, d, status), detectBox(lc, ch, status));
+  if (canControl()) side.append(ptzPad(lc, ch, status), await presets(lc, ch, status), await tours(lc, ch, status), recordBox(lc, ch, d, status), await detectBox(lc, ch, status));
   else side.append(h("p", { class: "muted" }, t("viewer_only")));
   const tl = new Timeline(lc, ch, {
     play: (from) => playback(from),
@@ -343,29 +343,103 @@ async function tours(lc, ch, status) {
   return box;
 }
 
-/** Motion detection and the trip-wire/intrusion area: sent to the device (it keeps them). */
-function detectBox(lc, ch, status) {
+/** Seconds after midnight as `HH:MM` (86400, the end of the day, as 00:00). */
+function hhmm(secs) {
+  const m = Math.floor((secs % 86400) / 60);
+  return `${String(Math.floor(m / 60)).padStart(2, "0")}:${String(m % 60).padStart(2, "0")}`;
+}
+
+/** `HH:MM` as seconds after midnight. */
+function secsOf(v) {
+  const [hh, mm] = (v || "00:00").split(":").map(Number);
+  return (hh * 60 + mm) * 60;
+}
+
+/** The intrusion area: drawn on the channel's latest picture with the
+ * mouse (or a finger), or typed as left/top/right/bottom percentages. */
+function areaPicker(lc, ch, rect) {
+  const pct = (label, v) => h("input", { type: "number", min: 0, max: 100, value: v, "aria-label": label, dataset: { edge: label } });
+  const r = rect || { ulx: 10, uly: 10, drx: 90, dry: 90 };
+  const edges = [pct("left", r.ulx), pct("top", r.uly), pct("right", r.drx), pct("bottom", r.dry)];
+  const box = h("div", { class: "rect" });
+  const img = h("img", { alt: "", draggable: false, src: `/api/v1/devices/${enc(lc)}/channels/${ch}/preview` });
+  img.addEventListener("error", () => img.remove());
+  const pad = h("div", { class: "area", title: t("draw_area") }, img, box);
+  const read = () => {
+    const [l, tp, rt, b] = edges.map((e) => Math.max(0, Math.min(100, Math.round(Number(e.value) || 0))));
+    return { l: Math.min(l, rt), t: Math.min(tp, b), r: Math.max(l, rt), b: Math.max(tp, b) };
+  };
+  const draw = () => {
+    const a = read();
+    Object.assign(box.style, { left: a.l + "%", top: a.t + "%", width: a.r - a.l + "%", height: a.b - a.t + "%" });
+  };
+  edges.forEach((e) => e.addEventListener("input", draw));
+  let from = null;
+  const at = (e) => {
+    const b = pad.getBoundingClientRect();
+    return [
+      Math.max(0, Math.min(100, Math.round(((e.clientX - b.left) / b.width) * 100))),
+      Math.max(0, Math.min(100, Math.round(((e.clientY - b.top) / b.height) * 100))),
+    ];
+  };
+  const set = (p, q) => {
+    [edges[0].value, edges[1].value, edges[2].value, edges[3].value] = [Math.min(p[0], q[0]), Math.min(p[1], q[1]), Math.max(p[0], q[0]), Math.max(p[1], q[1])];
+    draw();
+  };
+  pad.addEventListener("pointerdown", (e) => { e.preventDefault(); from = at(e); pad.setPointerCapture(e.pointerId); set(from, from); });
+  pad.addEventListener("pointermove", (e) => { if (from) set(from, at(e)); });
+  pad.addEventListener("pointerup", (e) => { if (from) set(from, at(e)); from = null; });
+  draw();
+  return {
+    el: h("div", {}, h("p", { class: "muted" }, t("draw_area")), pad, h("div", { class: "edges" }, edges.map((e) => h("label", {}, t("edge_" + e.dataset.edge), e)))),
+    rect: () => {
+      const a = read();
+      return { ulx: a.l, uly: a.t, urx: a.r, ury: a.t, dlx: a.l, dly: a.b, drx: a.r, dry: a.b };
+    },
+  };
+}
+
+/** Motion detection and the intrusion area: sent to the device, which
+ * keeps them; IVR RPC cannot read them back, so the forms show what was
+ * last applied through the cloud (by whom, when). */
+async function detectBox(lc, ch, status) {
+  const last = await api("GET", `/api/v1/devices/${enc(lc)}/channels/${ch}/detection`).catch(() => ({}));
   const num = (label, v, min, max) => h("label", {}, label, h("input", { type: "number", value: v, min, max, "aria-label": label }));
-  const form = (method, title, withRect) => {
-    const on = h("input", { type: "checkbox", "aria-label": t("enable") });
-    const sens = num(t("sensitivity"), 50, 0, 100);
-    const delay = num(t("delay"), 5, 0, 3600);
-    const rect = withRect ? num(t("area"), 10, 0, 50) : null;
-    const f = h("form", {}, h("label", {}, on, t("enable")), sens, delay, rect, h("button", { type: "submit" }, t("save")));
+  const form = (kind, method, title, withRect) => {
+    const was = last[kind];
+    const c = (was && was.config) || {};
+    const on = h("input", { type: "checkbox", "aria-label": t("enable"), checked: !!c.enable });
+    const sens = num(t("sensitivity"), c.sensitivity ?? 50, 0, 100);
+    const delay = num(t("delay"), c.delay ?? 5, 0, 86400);
+    const from = h("input", { type: "time", value: hhmm(c.start ?? 0), "aria-label": t("armed_from") });
+    const to = h("input", { type: "time", value: hhmm(c.end ?? 86400), "aria-label": t("armed_to") });
+    // All day unless a window was set: two times of 00:00 read as nothing.
+    const allDay = h("input", { type: "checkbox", "aria-label": t("all_day"), checked: (c.start ?? 0) === 0 && (c.end ?? 86400) === 86400 });
+    const hours = h("span", { class: "row" }, from, "–", to);
+    const showHours = () => { hours.hidden = allDay.checked; };
+    allDay.addEventListener("change", showHours);
+    showHours();
+    const area = withRect ? areaPicker(lc, ch, c.rect) : null;
+    const note = h("p", { class: "muted" }, was ? t("applied_by", was.set_by, when(was.set_at)) : t("never_applied"));
+    const f = h("form", { dataset: { kind } }, note, h("label", {}, on, t("enable")), sens, delay,
+      h("div", { class: "armed" }, t("armed"), h("span", { class: "row" }, h("label", {}, allDay, t("all_day")), hours)), area && area.el, h("button", { type: "submit" }, t("apply")));
     f.addEventListener("submit", (e) => {
       e.preventDefault();
-      const p = { channel: ch, enable: on.checked, sensitivity: Number(sens.lastChild.value), delay: Number(delay.lastChild.value) };
-      if (withRect) {
-        // A centred rectangle `margin` percent from each edge.
-        const m = Number(rect.lastChild.value);
-        p.rect = { ulx: m, uly: m, urx: 100 - m, ury: m, dlx: m, dly: 100 - m, drx: 100 - m, dry: 100 - m };
-      }
-      act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/rpc/${method}`, p));
+      // A window that ends at midnight ends at the day's end (86400).
+      const start = allDay.checked ? 0 : secsOf(from.value);
+      const end = allDay.checked ? 86400 : secsOf(to.value) || 86400;
+      const p = { channel: ch, enable: on.checked, sensitivity: Number(sens.lastChild.value), delay: Number(delay.lastChild.value), start, end };
+      if (area) p.rect = area.rect();
+      act(status, async () => {
+        await api("POST", `/api/v1/devices/${enc(lc)}/rpc/${method}`, p);
+        const now = (await api("GET", `/api/v1/devices/${enc(lc)}/channels/${ch}/detection`))[kind];
+        if (now) note.textContent = t("applied_by", now.set_by, when(now.set_at));
+      });
     });
-    return h("details", {}, h("summary", {}, title), f);
+    return h("details", { open: !!(was && c.enable) }, h("summary", {}, title, " ", h("span", { class: "muted" }, was ? (c.enable ? t("on") : t("off")) : "")), f);
   };
   return h("fieldset", { class: "detect" }, h("legend", {}, t("detection")),
-    form("AlarmMoveDetectConfig", t("motion"), false), form("AlarmRectIntrusionDetectConfig", t("intrusion"), true));
+    form("motion", "AlarmMoveDetectConfig", t("motion"), false), form("intrusion", "AlarmRectIntrusionDetectConfig", t("intrusion"), true));
 }
 
 /** The policy's weekdays, 1 (Monday) … 7, in the reader's language. */

@@ -117,7 +117,7 @@ def main():
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium",
                                         args=["--autoplay-policy=no-user-gesture-required"])
-            run_checks(browser, base, api, ivr, ptz_cam, out, rec_started)
+            run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started)
             browser.close()
     except Exception as e:  # noqa: BLE001 — reported as a failure by name
         check("the console's setup (sims, cloud, edges)", lambda: (_ for _ in ()).throw(e))
@@ -128,7 +128,7 @@ def main():
     return summary("console (Chromium + Playwright)")
 
 
-def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
+def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started):
     dialogs = []
 
     def new_page(viewport=None, timezone=None):
@@ -234,13 +234,69 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         api("PATCH", "/api/v1/devices/xss-1", {"name": XSS})
         ready(admin, "/devices/site-1/channels/1")
         admin.click(".detect details summary")
-        admin.check(".detect details[open] input[type=checkbox]")
+        admin.check(".detect details[open] input[aria-label=Enabled]")
         admin.click(".detect details[open] button[type=submit]")
         admin.wait_for_selector("p.ok", timeout=10000)
         _, log = api("GET", "/api/v1/audit")
         assert any(e["action"] == "rpc" and e["detail"]["method"] == "AlarmMoveDetectConfig"
                    and e["detail"]["params"]["enable"] is True and e["actor"] == "user:root" for e in log), log[:3]
     check("the console renames a device and sets motion detection (audited)", rename_and_motion)
+
+    def motion_form_shows_what_was_applied():
+        # IVR RPC cannot read detection settings back: the page shows what
+        # was last applied through the cloud, and by whom.
+        api("POST", "/api/v1/devices/site-1/rpc/AlarmMoveDetectConfig",
+            {"channel": 1, "enable": True, "sensitivity": 73, "delay": 12, "start": 8 * 3600, "end": 18 * 3600})
+        status, d = api("GET", "/api/v1/devices/site-1/channels/1/detection")
+        assert status == 200 and d["motion"]["config"]["sensitivity"] == 73 and d["intrusion"] is None, d
+        assert d["motion"]["set_by"] == "admin-token", d
+        ready(admin, "/devices/site-1/channels/1")
+        form = admin.locator(".detect form[data-kind=motion]")
+        assert form.is_visible(), "applied and enabled: the motion form opens by itself"
+        assert form.locator("input[type=number]").first.input_value() == "73"
+        assert [form.locator("input[type=time]").nth(i).input_value() for i in (0, 1)] == ["08:00", "18:00"]
+        assert not form.get_by_label("all day", exact=True).is_checked(), "an armed window shows as hours"
+        assert "Last applied by admin-token" in form.inner_text(), form.inner_text()
+        assert api("GET", "/api/v1/devices/site-1/channels/9/detection")[0] == 404
+    check("the motion form shows the settings last applied, by whom (GET …/detection)", motion_form_shows_what_was_applied)
+
+    def intrusion_area_drawn_on_the_picture():
+        ready(admin, "/devices/site-1/channels/3")
+        admin.click(".detect details:has(form[data-kind=intrusion]) summary")
+        form = admin.locator(".detect form[data-kind=intrusion]")
+        form.get_by_label("Enabled", exact=True).check()
+        pad = form.locator(".area")
+        pad.scroll_into_view_if_needed()
+        b = pad.bounding_box()
+        admin.mouse.move(b["x"] + b["width"] * 0.6, b["y"] + b["height"] * 0.55)
+        admin.mouse.down()
+        admin.mouse.move(b["x"] + b["width"] * 0.75, b["y"] + b["height"] * 0.7, steps=5)
+        admin.mouse.move(b["x"] + b["width"] * 0.9, b["y"] + b["height"] * 0.85, steps=5)
+        admin.mouse.up()
+        edges = [int(form.locator(f"input[data-edge={e}]").input_value()) for e in ("left", "top", "right", "bottom")]
+        assert 55 <= edges[0] <= 65 and 50 <= edges[1] <= 60 and 85 <= edges[2] <= 95 and 80 <= edges[3] <= 90, edges
+        shot(admin, "05c-intrusion-area")
+        form.locator("button[type=submit]").click()
+        admin.wait_for_selector("p.ok", timeout=15000)
+        # The camera itself (a DVRIP simulator behind the edge) now has that
+        # area as its motion region: read it with ivr dvrip.
+        r = subprocess.run([ivr, "dvrip", "--host", "127.0.0.1", "--port", cam265, "--password", "cam-pw", "--json",
+                            "config", "get", "Detect.MotionDetect.[0]"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        region = [int(x, 16) for x in got["Region"]]
+        assert got["Enable"] is True, got
+        l, t, rt, bt = edges
+        c0, c1 = l * 22 // 100, -(-rt * 22 // 100)
+        r0, r1 = t * 18 // 100, -(-bt * 18 // 100)
+        mask = sum(1 << c for c in range(c0, c1))
+        assert region == [mask if r0 <= row < r1 else 0 for row in range(18)], (edges, got["Region"])
+        status, d = api("GET", "/api/v1/devices/site-1/channels/3/detection")
+        assert d["intrusion"]["config"]["rect"] == {"ulx": l, "uly": t, "urx": rt, "ury": t, "dlx": l, "dly": bt,
+                                                    "drx": rt, "dry": bt}, d
+        assert d["intrusion"]["set_by"] == "user:root", d
+    check("an intrusion area drawn on the picture becomes the camera's motion region (read back with ivr dvrip)",
+          intrusion_area_drawn_on_the_picture)
 
     def chinese():
         ready(admin, "/devices")
@@ -494,6 +550,40 @@ def run_checks(browser, base, api, ivr, ptz_cam, out, rec_started):
         status, body = api("GET", "/api/v1/devices", bearer=t["token"])
         assert status == 401, (status, body)
     check("a revoked token stops working at once", revoked_token)
+
+    def firmware_upgrade():
+        # An image for the edges' hardware in the catalogue: the device page
+        # offers it, the button (confirmed) sends UpgradeFirmware, and the
+        # site's agent downloads it and comes back running it.
+        image = os.urandom(200_000)
+        req = urllib.request.Request(f"{base}/api/v1/firmware/ivr-edge/9.9.9-console", method="PUT", data=image,
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 201, r.status
+        asked = []
+        up = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US").new_page()
+        up.on("dialog", lambda d: (asked.append(d.message), d.accept()))
+        login(up, "root", "root-password-1")
+        up.wait_for_url(base + "/", timeout=10000)
+        ready(up, "/devices/site-2")
+        button = up.get_by_role("button", name="Upgrade to 9.9.9-console")
+        assert button.count() == 1, up.inner_text("main")
+        shot(up, "04c-device-upgrade")
+        button.click()
+        assert asked and "9.9.9-console" in asked[0], asked
+        up.wait_for_selector("p.ok", timeout=10000)
+        for _ in range(300):
+            d = api("GET", "/api/v1/devices/site-2")[1]
+            if d["firmware_model"] == "9.9.9-console" and d["online"]:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"site-2 did not come back running the new image: {d}")
+        ready(up, "/devices/site-2")
+        assert up.get_by_role("button", name="Upgrade to 9.9.9-console").count() == 0, "offered what already runs"
+        up.context.close()
+    check("the device page offers the catalogue's newer image; the button upgrades the site (it comes back running it)",
+          firmware_upgrade)
     assert not dialogs, f"a page opened a dialog: {dialogs}"
 
 

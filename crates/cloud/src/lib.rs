@@ -40,8 +40,8 @@ pub use policy::{Mode as RecordMode, RecordPolicy, Window as RecordWindow};
 pub use reconcile::{Checked, Repair};
 pub use server::{Cloud, CloudConfig, DeviceLimits, LoginCheckError, ProvisionError};
 pub use store::{
-    ChannelRow, Device, Event, EventFilter, Firmware, HoldRow, Node, RecordSession, SegmentRow, SqlStore, Store,
-    StoreError,
+    ChannelRow, Detection, Device, Event, EventFilter, Firmware, HoldRow, Node, RecordSession, SegmentRow, SqlStore,
+    Store, StoreError,
 };
 
 /// A login_code as a file name, one-to-one: ASCII letters, digits and `-`

@@ -277,6 +277,11 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
         login_code: &str,
         channel: u32,
     ) -> impl Future<Output = Result<Option<serde_json::Value>>> + Send;
+    /// Keeps the detection settings just applied to a channel (one per
+    /// kind, replacing the last): IVR RPC can set them but not read them.
+    fn set_detection(&self, login_code: &str, channel: u32, d: &Detection) -> impl Future<Output = Result<()>> + Send;
+    /// The detection settings last applied to a channel, by kind.
+    fn detections(&self, login_code: &str, channel: u32) -> impl Future<Output = Result<Vec<Detection>>> + Send;
 }
 
 fn row_to_event(r: &Row) -> Result<Event> {
@@ -408,6 +413,18 @@ const MIGRATIONS: &[&str] = &[
     // beside upgraded ones.
     "ALTER TABLE node ADD COLUMN version TEXT NOT NULL DEFAULT '';
     ALTER TABLE node ADD COLUMN bus INTEGER NOT NULL DEFAULT 0;",
+    // Detection settings as last applied (the protocol cannot read them
+    // back from a device). A node of the version before never reads or
+    // writes this table.
+    "CREATE TABLE detect_config (
+        login_code TEXT NOT NULL,
+        channel INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        config TEXT NOT NULL,
+        set_by TEXT NOT NULL,
+        set_at INTEGER NOT NULL,
+        PRIMARY KEY (login_code, channel, kind)
+    );",
 ];
 
 /// The condition (on a `segment` row) that no hold covers it.
@@ -509,6 +526,19 @@ fn row_to_session(r: &Row) -> Result<RecordSession> {
 }
 
 const SESSION_COLS: &str = "session_id, login_code, channel, reason, started_at, stopped_at";
+
+/// Detection settings applied to a channel through the API: what was
+/// sent (the params of `AlarmMoveDetectConfig` or
+/// `AlarmRectIntrusionDetectConfig`), by whom and when.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Detection {
+    /// `motion` or `intrusion`.
+    pub kind: String,
+    pub config: serde_json::Value,
+    /// The caller, as the audit log names callers.
+    pub set_by: String,
+    pub set_at: i64,
+}
 
 /// A firmware image in the catalogue (the bytes are in `DATA/firmware/<token>.bin`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -817,6 +847,7 @@ impl Store for SqlStore {
             .transaction(vec![
                 Stmt::new("DELETE FROM channel WHERE login_code = $1", args![login_code]),
                 Stmt::new("DELETE FROM device WHERE login_code = $1", args![login_code]),
+                Stmt::new("DELETE FROM detect_config WHERE login_code = $1", args![login_code]),
             ])
             .await?;
         Ok(out[1].changed > 0)
@@ -1414,6 +1445,40 @@ impl Store for SqlStore {
             .await?;
         Ok(rows.first().map(|r| r.text(0)).transpose()?.and_then(|p| serde_json::from_str(&p).ok()))
     }
+
+    async fn set_detection(&self, login_code: &str, channel: u32, d: &Detection) -> Result<()> {
+        self.db
+            .execute(
+                "INSERT INTO detect_config (login_code, channel, kind, config, set_by, set_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (login_code, channel, kind) DO UPDATE SET config = excluded.config,
+                     set_by = excluded.set_by, set_at = excluded.set_at",
+                args![login_code, channel, &d.kind, d.config.to_string(), &d.set_by, d.set_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn detections(&self, login_code: &str, channel: u32) -> Result<Vec<Detection>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT kind, config, set_by, set_at FROM detect_config
+                 WHERE login_code = $1 AND channel = $2 ORDER BY kind",
+                args![login_code, channel],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Detection {
+                    kind: r.text(0)?,
+                    config: serde_json::from_str(&r.text(1)?).unwrap_or(serde_json::Value::Null),
+                    set_by: r.text(2)?,
+                    set_at: r.int(3)?,
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1685,10 +1750,22 @@ mod tests {
         s.set_record_policy("site-1", 0, &policy).await.unwrap();
         assert_eq!(s.record_policy("site-1", 0).await.unwrap(), Some(policy));
         assert_eq!(s.record_policies().await.unwrap().len(), 1);
+        let motion = |sens: u8, by: &str, at: i64| Detection {
+            kind: "motion".into(),
+            config: serde_json::json!({"channel": 0, "enable": true, "sensitivity": sens, "delay": 5}),
+            set_by: by.into(),
+            set_at: at,
+        };
+        assert!(s.detections("site-1", 0).await.unwrap().is_empty());
+        s.set_detection("site-1", 0, &motion(40, "user:a", 10)).await.unwrap();
+        s.set_detection("site-1", 0, &motion(80, "user:b", 11)).await.unwrap();
+        assert_eq!(s.detections("site-1", 0).await.unwrap(), vec![motion(80, "user:b", 11)], "the last one kept");
+        assert!(s.detections("site-1", 1).await.unwrap().is_empty(), "per channel");
 
         crate::accounts::tests::exercise(s).await;
         assert!(s.delete_device("site-1").await.unwrap());
         assert!(s.device("site-1").await.unwrap().is_none());
+        assert!(s.detections("site-1", 0).await.unwrap().is_empty(), "gone with the device");
     }
 
     #[tokio::test]

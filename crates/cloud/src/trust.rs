@@ -32,7 +32,7 @@ pub(crate) const TRUST: Duration = Duration::from_secs(1);
 const MAX: usize = 10_000;
 
 /// Which kind of credential a digest is of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Kind {
     Token,
     Login,

@@ -3,7 +3,7 @@
 use super::{api_params, Admin, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::server::{Cloud, ProvisionError};
-use crate::store::{Device, Store};
+use crate::store::{Detection, Device, Store};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -170,10 +170,46 @@ pub(crate) async fn call<S: Store>(
     if !method.starts_with("Get") {
         c.audit(who, "rpc", lc, json!({"method": method, "params": params})).await;
     }
-    match tokio::time::timeout(c.cfg.rpc_timeout, h.call(method, params)).await {
-        Ok(r) => r.map_err(|e| ApiError::call(method, e)),
-        Err(_) => Err(ApiError::timeout(format!("{method}: no answer from {lc:?} within {:?}", c.cfg.rpc_timeout))),
+    // Detection settings cannot be read back from a device: what it
+    // accepted is kept, for the console's form and `GET …/detection`.
+    let kept = match &req {
+        IvtRequest::AlarmMoveDetectConfig(d) => Some(("motion", d.channel, params.clone())),
+        IvtRequest::AlarmRectIntrusionDetectConfig(d) => Some(("intrusion", d.channel, params.clone())),
+        _ => None,
+    };
+    let answer = match tokio::time::timeout(c.cfg.rpc_timeout, h.call(method, params)).await {
+        Ok(r) => r.map_err(|e| ApiError::call(method, e))?,
+        Err(_) => {
+            return Err(ApiError::timeout(format!("{method}: no answer from {lc:?} within {:?}", c.cfg.rpc_timeout)))
+        }
+    };
+    if let Some((kind, ch, Some(config))) = kept {
+        let d = Detection { kind: kind.into(), config, set_by: who.actor.clone(), set_at: crate::server::now() };
+        // The device took them; a database that cannot keep the copy
+        // does not make that a failure (the audit log has them too).
+        if let Err(e) = c.store().set_detection(lc, ch, &d).await {
+            tracing::warn!(error = %e, device = lc, "cloud: applied detection settings not kept");
+        }
     }
+    Ok(answer)
+}
+
+/// `GET …/channels/{channel}/detection`: the motion and intrusion settings
+/// last applied through the API (IVR RPC cannot read them from the
+/// device), each with who applied them and when; `null` for a kind never
+/// applied here.
+pub(crate) async fn detection<S: Store>(
+    who: Caller,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((lc, ch)): Path<(String, u32)>,
+) -> ApiResult<Json<Value>> {
+    who.see(&lc)?;
+    c.check_channel(&lc, ch).await?;
+    let mut out = json!({"motion": null, "intrusion": null});
+    for d in c.store().detections(&lc, ch).await? {
+        out[d.kind.as_str()] = json!({"config": d.config, "set_by": d.set_by, "set_at": d.set_at});
+    }
+    Ok(Json(out))
 }
 
 /// `POST …/events/{event}`: any IVT event.

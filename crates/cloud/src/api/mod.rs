@@ -216,6 +216,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/api/v1/devices/{login_code}/events/{event}", post(devices::send_event::<S>))
         .route("/api/v1/devices/{login_code}/channels/{channel}/preview", get(devices::preview::<S>))
         .route("/api/v1/devices/{login_code}/channels/{channel}/live", post(start_live::<S>))
+        .route("/api/v1/devices/{login_code}/channels/{channel}/detection", get(devices::detection::<S>))
         .route(
             "/api/v1/devices/{login_code}/channels/{channel}/recording",
             post(recordings::start::<S>).delete(recordings::stop::<S>),
