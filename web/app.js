@@ -696,11 +696,97 @@ async function auditPage() {
 
 // ---------- the frame ----------
 
+/** An image PUT with the login cookie, reporting its progress (fetch
+ * cannot report an upload's). */
+function putWithProgress(path, file, bar) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open("PUT", path);
+    x.upload.addEventListener("progress", (e) => { if (e.lengthComputable) { bar.max = e.total; bar.value = e.loaded; } });
+    x.addEventListener("load", () => {
+      let data = null;
+      try { data = JSON.parse(x.responseText); } catch { data = null; }
+      if (x.status >= 200 && x.status < 300) resolve(data);
+      else reject(new Error((data && data.error) || `${x.status} ${x.statusText}`));
+    });
+    x.addEventListener("error", () => reject(new Error(t("upload_failed"))));
+    x.send(file);
+  });
+}
+
+/** Admins: the firmware catalogue, what the devices of each model run,
+ * uploads (with progress) and deletions. */
+async function firmwarePage(note) {
+  const [images, devices] = await Promise.all([api("GET", "/api/v1/firmware"), allDevices()]);
+  const status = h("div");
+  const byModel = new Map();
+  for (const d of devices) {
+    if (!d.hardware_model) continue;
+    const m = byModel.get(d.hardware_model) || new Map();
+    m.set(d.firmware_model || "?", (m.get(d.firmware_model || "?") || 0) + 1);
+    byModel.set(d.hardware_model, m);
+  }
+  const newest = new Map();
+  for (const f of images) {
+    const n = newest.get(f.hardware_model);
+    if (!n || f.uploaded_at >= n.uploaded_at) newest.set(f.hardware_model, f);
+  }
+  const running = (f) => {
+    const m = byModel.get(f.hardware_model);
+    const on = (m && m.get(f.firmware_model)) || 0;
+    const all = m ? [...m.values()].reduce((a, b) => a + b, 0) : 0;
+    return t("fw_running", on, all);
+  };
+  const list = images.length ? table(
+    [t("model"), t("firmware"), t("size"), "SHA-256", t("uploaded"), t("fw_devices"), ""],
+    images,
+    (f) => [
+      f.hardware_model,
+      h("span", {}, f.firmware_model, newest.get(f.hardware_model) === f ? h("span", { class: "muted" }, " · " + t("fw_offered")) : null),
+      `${(f.size / 1e6).toFixed(2)} MB`,
+      h("code", { title: f.sha256 || "" }, f.sha256 ? f.sha256.slice(0, 12) + "…" : "—"),
+      when(f.uploaded_at),
+      running(f),
+      h("button", { class: "danger", onclick: async () => {
+        if (!confirm(t("fw_confirm_delete", f.firmware_model, f.hardware_model))) return;
+        try {
+          await api("DELETE", `/api/v1/firmware/${enc(f.hardware_model)}/${enc(f.firmware_model)}`);
+          await firmwarePage(t("done"));
+        } catch (err) {
+          flash(status, err.message, true);
+        }
+      } }, t("delete")),
+    ]) : h("p", { class: "muted" }, t("fw_none"));
+  const models = h("datalist", { id: "hw-models" }, [...byModel.keys()].sort().map((m) => h("option", { value: m })));
+  const hw = h("input", { name: "hardware_model", required: true, maxlength: 128, list: "hw-models", "aria-label": t("fw_hw") });
+  const fw = h("input", { name: "firmware_model", required: true, maxlength: 128, "aria-label": t("fw_version") });
+  const file = h("input", { type: "file", name: "image", required: true, "aria-label": t("fw_image") });
+  const bar = h("progress", { value: 0, max: 1, hidden: true });
+  const form = h("form", { class: "login" }, models,
+    h("label", {}, t("fw_hw"), hw), h("label", {}, t("fw_version"), fw), h("label", {}, t("fw_image"), file),
+    h("button", { type: "submit" }, t("fw_upload")), bar);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!file.files.length) return;
+    bar.hidden = false;
+    bar.value = 0;
+    try {
+      await putWithProgress(`/api/v1/firmware/${enc(hw.value)}/${enc(fw.value)}`, file.files[0], bar);
+      await firmwarePage(t("fw_uploaded", fw.value));
+    } catch (err) {
+      bar.hidden = true;
+      flash(status, err.message, true);
+    }
+  });
+  show(t("firmware"), h("p", { class: "muted" }, t("fw_about")), status, list, h("h2", {}, t("fw_upload")), form);
+  if (note) flash(status, note);
+}
+
 function nav() {
   const here = location.pathname;
   const link = (href, label) => h("a", { href, class: (href === "/" ? here === "/" : here.startsWith(href)) ? "here" : "" }, label);
   const items = [link("/", t("dashboard")), link("/devices", t("devices")), link("/live", t("live")), link("/events", t("events"))];
-  if (isAdmin()) items.push(link("/users", t("users")), link("/tokens", t("tokens")), link("/audit", t("audit")));
+  if (isAdmin()) items.push(link("/users", t("users")), link("/tokens", t("tokens")), link("/firmware", t("firmware")), link("/audit", t("audit")));
   document.getElementById("nav").replaceChildren(...items);
   const out = h("button", { class: "link", onclick: async () => {
     await api("POST", "/api/v1/logout").catch(() => {});
@@ -722,6 +808,7 @@ const routes = [
   [/^\/users$/, usersPage],
   [/^\/tokens$/, tokensPage],
   [/^\/audit$/, auditPage],
+  [/^\/firmware$/, () => firmwarePage()],
 ];
 
 async function boot() {

@@ -40,6 +40,11 @@ const en = {
   nodes_up: "Cloud nodes: {0} of {1} running", node: "Node", address: "Address", devices_online: "Devices online",
   heartbeat: "Last heartbeat", node_this: "this one", node_up: "running", node_down: "stopped (no heartbeat)",
   version: "Version", version_older: "not said (an older build)",
+  fw_running: "{0} of {1} device(s) of this model run it", fw_devices: "Devices", fw_offered: "offered (newest)",
+  fw_confirm_delete: "Delete firmware {0} for {1}? Devices are offered the newest image left.", fw_none: "No images in the catalogue.",
+  fw_image: "Image file", fw_upload: "Upload an image", fw_uploaded: "Uploaded {0}.", upload_failed: "The upload failed (connection lost).",
+  fw_about: "Devices ask for the newest image of their hardware model (GetFirmware); a device page's Upgrade button sends them to fetch it.",
+  size: "Size", uploaded: "Uploaded", fw_hw: "Hardware model (as devices report it)", fw_version: "Firmware version",
   mixed_versions: "The running nodes run different versions ({0}): an upgrade under way? Upgrade the rest one at a time.",
 };
 
@@ -76,6 +81,11 @@ const zh = {
   nodes_up: "云端节点：{0}/{1} 运行中", node: "节点", address: "地址", devices_online: "在线设备",
   heartbeat: "最近心跳", node_this: "本节点", node_up: "运行中", node_down: "已停止（无心跳）",
   version: "版本", version_older: "未报告（旧版本）",
+  fw_running: "此型号 {1} 台设备中 {0} 台运行此版本", fw_devices: "设备", fw_offered: "当前提供（最新）",
+  fw_confirm_delete: "删除 {1} 的固件 {0}？设备将获得剩余的最新固件。", fw_none: "固件库为空。",
+  fw_image: "固件文件", fw_upload: "上传固件", fw_uploaded: "已上传 {0}。", upload_failed: "上传失败（连接中断）。",
+  fw_about: "设备按硬件型号获取最新固件（GetFirmware）；设备页面的升级按钮会让设备去获取。",
+  size: "大小", uploaded: "上传时间", fw_hw: "硬件型号（与设备上报一致）", fw_version: "固件版本",
   mixed_versions: "运行中的节点版本不一致（{0}）：正在升级？请逐个升级其余节点。",
 };
 

@@ -18,6 +18,7 @@ Screenshots of every page go to the --out folder, for a person to look at.
 Usage: console_check.py --ivr target/debug/ivr [--out DIR]
 (run with a Python that has playwright)."""
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -584,6 +585,41 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
         up.context.close()
     check("the device page offers the catalogue's newer image; the button upgrades the site (it comes back running it)",
           firmware_upgrade)
+
+    def firmware_page():
+        asked = []
+        fp = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US").new_page()
+        fp.on("dialog", lambda d: (asked.append(d.message), d.accept()))
+        login(fp, "root", "root-password-1")
+        fp.wait_for_url(base + "/", timeout=10000)
+        ready(fp, "/firmware")
+        row = fp.locator("tr", has_text="9.9.9-console")
+        assert "1 of 2 device(s)" in row.inner_text() and "offered" in row.inner_text(), row.inner_text()
+        image = os.urandom(3_000_000)
+        path = os.path.join(out, "..", "ivr-console-firmware.bin")
+        with open(path, "wb") as f:
+            f.write(image)
+        fp.fill("input[name=hardware_model]", "ivr-edge")
+        fp.fill("input[name=firmware_model]", "10.0.0-page")
+        fp.set_input_files("input[name=image]", path)
+        fp.click("form.login button[type=submit]")
+        fp.wait_for_selector("p.ok:has-text('Uploaded 10.0.0-page')", timeout=30000)
+        os.remove(path)
+        listed = {f["firmware_model"]: f for f in api("GET", "/api/v1/firmware")[1]}
+        got = listed["10.0.0-page"]
+        assert got["size"] == len(image) and got["sha256"] == hashlib.sha256(image).hexdigest(), got
+        assert "offered" in fp.locator("tr", has_text="10.0.0-page").inner_text()
+        assert "offered" not in fp.locator("tr", has_text="9.9.9-console").inner_text()
+        shot(fp, "14b-firmware")
+        fp.locator("tr", has_text="10.0.0-page").get_by_role("button", name="Delete").click()
+        fp.wait_for_selector("p.ok", timeout=10000)
+        assert asked and "10.0.0-page" in asked[-1], asked
+        assert "10.0.0-page" not in [f["firmware_model"] for f in api("GET", "/api/v1/firmware")[1]]
+        assert fp.locator("tr", has_text="10.0.0-page").count() == 0
+        assert api("DELETE", "/api/v1/firmware/ivr-edge/10.0.0-page")[0] == 404
+        assert any(e["action"] == "firmware_deleted" and e["actor"] == "user:root" for e in api("GET", "/api/v1/audit")[1])
+        fp.context.close()
+    check("the firmware page lists the catalogue with what devices run, uploads an image and deletes one", firmware_page)
     assert not dialogs, f"a page opened a dialog: {dialogs}"
 
 

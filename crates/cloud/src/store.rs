@@ -203,6 +203,13 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     fn latest_firmware(&self, hardware_model: &str) -> impl Future<Output = Result<Option<Firmware>>> + Send;
     fn firmware_by_token(&self, token: &str) -> impl Future<Output = Result<Option<Firmware>>> + Send;
     fn firmwares(&self) -> impl Future<Output = Result<Vec<Firmware>>> + Send;
+    /// Removes an image from the catalogue; its token (whose file is now
+    /// unused), or `None` when there was no such image.
+    fn delete_firmware(
+        &self,
+        hardware_model: &str,
+        firmware_model: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
 
     // ---------- recordings ----------
     fn add_record_session(&self, s: &RecordSession) -> impl Future<Output = Result<()>> + Send;
@@ -1216,6 +1223,17 @@ impl Store for SqlStore {
         rows.iter().map(row_to_firmware).collect()
     }
 
+    async fn delete_firmware(&self, hardware_model: &str, firmware_model: &str) -> Result<Option<String>> {
+        let rows = self
+            .db
+            .query(
+                "DELETE FROM firmware WHERE hardware_model = $1 AND firmware_model = $2 RETURNING token",
+                args![hardware_model, firmware_model],
+            )
+            .await?;
+        rows.first().map(|r| r.text(0)).transpose()
+    }
+
     async fn add_record_session(&self, s: &RecordSession) -> Result<()> {
         self.db
             .execute(
@@ -1673,6 +1691,9 @@ mod tests {
         assert_eq!(s.firmware_by_token("tok-a").await.unwrap().unwrap().firmware_model, "0.2.0");
         assert!(s.latest_firmware("other").await.unwrap().is_none());
         assert_eq!(s.firmwares().await.unwrap().len(), 2);
+        assert_eq!(s.delete_firmware("ivr-edge", "0.3.0").await.unwrap().as_deref(), Some("tok-b"));
+        assert_eq!(s.delete_firmware("ivr-edge", "0.3.0").await.unwrap(), None, "gone");
+        assert_eq!(s.latest_firmware("ivr-edge").await.unwrap().unwrap().firmware_model, "0.2.0");
 
         // Recordings: sessions, segments (a re-sent one indexed once), policies.
         let rs = RecordSession {

@@ -186,7 +186,7 @@ async fn console_shell_and_the_event_stream() {
     let _ = std::fs::remove_dir_all(&dir);
     let (addr, _server) = start_cloud(&dir).await;
     // Every console route is the shell, under a strict CSP with no inline script.
-    for path in ["/", "/login", "/devices/cam%201/channels/0", "/live", "/audit"] {
+    for path in ["/", "/login", "/devices/cam%201/channels/0", "/live", "/audit", "/firmware"] {
         let (s, head, page) = common::http_with(addr, "GET", path, &[], None).await;
         assert_eq!(s, 200, "{path}");
         let page = String::from_utf8_lossy(&page);

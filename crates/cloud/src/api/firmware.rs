@@ -58,6 +58,24 @@ pub(crate) async fn put<S: Store>(
     ))
 }
 
+/// `DELETE /api/v1/firmware/{hardware_model}/{firmware_model}` (admins):
+/// the image leaves the catalogue (GetFirmware offers the newest one left)
+/// and its file is deleted; a download already under way ends with it.
+pub(crate) async fn delete<S: Store>(
+    Admin(who): Admin,
+    State(c): State<Arc<Cloud<S>>>,
+    Path((hw, fw)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let Some(t) = c.store().delete_firmware(&hw, &fw).await? else {
+        return Err(ApiError::not_found(format!("no firmware {fw:?} for hardware model {hw:?} in the catalogue")));
+    };
+    if let Err(e) = tokio::fs::remove_file(image_path(&c, &t)).await {
+        tracing::warn!(error = %e, "cloud: the deleted firmware image's file was not removed");
+    }
+    c.audit(&who, "firmware_deleted", &hw, json!({"firmware_model": fw})).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn image_path<S: Store>(c: &Cloud<S>, token: &str) -> std::path::PathBuf {
     c.cfg.data_dir.join("firmware").join(format!("{token}.bin"))
 }

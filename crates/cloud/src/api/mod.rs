@@ -191,6 +191,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         .route("/users", get(crate::console::page))
         .route("/tokens", get(crate::console::page))
         .route("/audit", get(crate::console::page))
+        .route("/firmware", get(crate::console::page))
         .route("/ui/{file}", get(crate::console::file))
         .route("/api/openapi.json", get(openapi))
         .route("/ivc", get(gateway::gateway::<S>))
@@ -240,7 +241,10 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
         )
         .route("/api/v1/events", get(events::list::<S>))
         .route("/api/v1/events/{id}/picture", get(events::picture::<S>))
-        .route("/api/v1/firmware/{hardware_model}/{firmware_model}", put(firmware::put::<S>))
+        .route(
+            "/api/v1/firmware/{hardware_model}/{firmware_model}",
+            put(firmware::put::<S>).delete(firmware::delete::<S>),
+        )
         .route("/api/v1/firmware", get(firmware::list::<S>))
         .route("/firmware/{token}", get(firmware::download::<S>))
         .route("/upload/{token}", post(uploads::upload::<S>))
