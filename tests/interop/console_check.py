@@ -552,6 +552,15 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
         assert status == 401, (status, body)
     check("a revoked token stops working at once", revoked_token)
 
+    def root_saying_yes():
+        """The admin in a page of their own that accepts every confirm()."""
+        asked = []
+        page = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US").new_page()
+        page.on("dialog", lambda d: (asked.append(d.message), d.accept()))
+        login(page, "root", "root-password-1")
+        page.wait_for_url(base + "/", timeout=10000)
+        return page, asked
+
     def firmware_upgrade():
         # An image for the edges' hardware in the catalogue: the device page
         # offers it, the button (confirmed) sends UpgradeFirmware, and the
@@ -561,11 +570,7 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
                                      headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 201, r.status
-        asked = []
-        up = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US").new_page()
-        up.on("dialog", lambda d: (asked.append(d.message), d.accept()))
-        login(up, "root", "root-password-1")
-        up.wait_for_url(base + "/", timeout=10000)
+        up, asked = root_saying_yes()
         ready(up, "/devices/site-2")
         button = up.get_by_role("button", name="Upgrade to 9.9.9-console")
         assert button.count() == 1, up.inner_text("main")
@@ -587,18 +592,14 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
           firmware_upgrade)
 
     def firmware_page():
-        asked = []
-        fp = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US").new_page()
-        fp.on("dialog", lambda d: (asked.append(d.message), d.accept()))
-        login(fp, "root", "root-password-1")
-        fp.wait_for_url(base + "/", timeout=10000)
+        fp, asked = root_saying_yes()
         ready(fp, "/firmware")
         row = fp.locator("tr", has_text="9.9.9-console")
         assert "1 of 2 device(s)" in row.inner_text() and "offered" in row.inner_text(), row.inner_text()
         image = os.urandom(3_000_000)
-        path = os.path.join(out, "..", "ivr-console-firmware.bin")
-        with open(path, "wb") as f:
+        with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
             f.write(image)
+            path = f.name
         fp.fill("input[name=hardware_model]", "ivr-edge")
         fp.fill("input[name=firmware_model]", "10.0.0-page")
         fp.set_input_files("input[name=image]", path)
