@@ -192,7 +192,7 @@ async function devicePage(lc) {
       h("button", { onclick: () => act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/SyncTime`, { datetime: localIso(), offset: 0 })) }, t("sync_time")));
     // The catalogue's newest image for this hardware, when it is not what runs.
     const fw = await api("GET", "/api/v1/firmware").catch(() => []);
-    const newest = fw.filter((f) => f.hardware_model === d.hardware_model).sort((a, b) => b.uploaded_at - a.uploaded_at)[0];
+    const newest = offered(fw).get(d.hardware_model);
     if (newest && newest.firmware_model !== d.firmware_model) {
       actions.append(h("button", { onclick: () => {
         if (confirm(t("confirm_upgrade", newest.firmware_model))) act(status, () => api("POST", `/api/v1/devices/${enc(lc)}/events/UpgradeFirmware`));
@@ -696,6 +696,17 @@ async function auditPage() {
 
 // ---------- the frame ----------
 
+/** The image GetFirmware offers each hardware model: the newest upload,
+ * the greater version on a tie (the store's order). */
+function offered(images) {
+  const out = new Map();
+  for (const f of images) {
+    const n = out.get(f.hardware_model);
+    if (!n || f.uploaded_at > n.uploaded_at || (f.uploaded_at === n.uploaded_at && f.firmware_model > n.firmware_model)) out.set(f.hardware_model, f);
+  }
+  return out;
+}
+
 /** An image PUT with the login cookie, reporting its progress (fetch
  * cannot report an upload's). */
 function putWithProgress(path, file, bar) {
@@ -726,11 +737,7 @@ async function firmwarePage(note) {
     m.set(d.firmware_model || "?", (m.get(d.firmware_model || "?") || 0) + 1);
     byModel.set(d.hardware_model, m);
   }
-  const newest = new Map();
-  for (const f of images) {
-    const n = newest.get(f.hardware_model);
-    if (!n || f.uploaded_at >= n.uploaded_at) newest.set(f.hardware_model, f);
-  }
+  const newest = offered(images);
   const running = (f) => {
     const m = byModel.get(f.hardware_model);
     const on = (m && m.get(f.firmware_model)) || 0;
