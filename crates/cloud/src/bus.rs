@@ -3,6 +3,10 @@
 //! - `ivr.takeover`: a node that took a device's session says so with the
 //!   session's epoch; the node that held it closes its own (the store's
 //!   epoch already fences it: this makes it go at once).
+//! - `ivr.released`: devices the node that held them can no longer hold
+//!   (it stopped heartbeating and they were set offline): every node
+//!   forgets where they were, so a request for one asks the store instead
+//!   of waiting on a node that does not answer.
 //! - `ivr.events.<device>`: every event a node stores, so the event stream
 //!   of every node carries every node's events.
 //! - `ivr.node.<node>.http`: a request about a device whose session another
@@ -30,6 +34,8 @@
 
 use crate::access::{Caller, Scope};
 use crate::accounts::Role;
+use crate::api::batch::{Call, Outcome};
+use crate::api::devices::percent_encode;
 use crate::error::ApiError;
 use crate::server::{now, Cloud};
 use crate::store::{Event, Store};
@@ -39,6 +45,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -77,6 +84,11 @@ struct Memo {
 }
 
 #[derive(Serialize, Deserialize)]
+struct Released {
+    login_codes: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct BusEvent {
     node: String,
     event: Event,
@@ -106,6 +118,18 @@ struct RelayHead {
     /// protocol was said, which wrote what protocol 1 reads).
     #[serde(default)]
     bus: u32,
+}
+
+/// Calls of a batch (`POST /api/v1/rpc`) for the devices one node holds,
+/// handed to it as one message on `ivr.node.<node>.rpc`; signed and dated
+/// like a [`RelayHead`].
+#[derive(Serialize, Deserialize)]
+struct BatchHead<C> {
+    caller: RelayedCaller,
+    peer: SocketAddr,
+    sent_ms: i64,
+    bus: u32,
+    calls: Vec<C>,
 }
 
 /// A request that came over the bus (set by the holder, never by a client:
@@ -299,8 +323,10 @@ impl<S: Store> Cloud<S> {
         self.passwords.share_key(&self.cfg.admin_token);
         let mut takeovers = sub("ivr.takeover".into()).await?;
         let mut memos = sub("ivr.memo".into()).await?;
+        let mut released = sub("ivr.released".into()).await?;
         let mut events = sub("ivr.events.>".into()).await?;
         let mut relayed = sub(format!("ivr.node.{}.http", self.cfg.node_id)).await?;
+        let mut batches = sub(format!("ivr.node.{}.rpc", self.cfg.node_id)).await?;
         client.flush().await.map_err(|e| format!("--bus {url}: {e}"))?;
         // The heartbeat is there before any session: a node with none yet
         // would look dead to the others, and its first devices orphaned.
@@ -332,6 +358,15 @@ impl<S: Store> Cloud<S> {
         });
         let c = self.clone();
         tokio::spawn(async move {
+            while let Some(m) = released.next().await {
+                let Ok(r) = serde_json::from_slice::<Released>(&m.payload) else { continue };
+                for lc in &r.login_codes {
+                    c.holders.forget(lc);
+                }
+            }
+        });
+        let c = self.clone();
+        tokio::spawn(async move {
             while let Some(m) = events.next().await {
                 // Nobody watches this node's stream: nothing to read.
                 if c.feed.receiver_count() == 0 {
@@ -352,6 +387,20 @@ impl<S: Store> Cloud<S> {
                 let (app, c) = (app.clone(), c.clone());
                 tokio::spawn(async move {
                     let answer = c.serve_relayed(app, &m.payload).await;
+                    if let Some(client) = c.bus.get() {
+                        let _ = client.publish(reply, answer).await;
+                    }
+                });
+            }
+        });
+        let c = self.clone();
+        tokio::spawn(async move {
+            while let Some(m) = batches.next().await {
+                let Some(reply) = m.reply.clone() else { continue };
+                c.counters.relayed_in.fetch_add(1, Ordering::Relaxed);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let answer = c.serve_batch(&m.payload).await;
                     if let Some(client) = c.bus.get() {
                         let _ = client.publish(reply, answer).await;
                     }
@@ -413,6 +462,15 @@ impl<S: Store> Cloud<S> {
         if tick.is_multiple_of(ka) {
             match self.store.orphans_offline(now(), self.dead_before(now())).await {
                 Ok(lcs) => {
+                    if !lcs.is_empty() {
+                        for lc in &lcs {
+                            self.holders.forget(lc);
+                        }
+                        let r = Released { login_codes: lcs.clone() };
+                        if let Some(b) = self.bus.get() {
+                            let _ = b.publish("ivr.released", serde_json::to_vec(&r).unwrap_or_default().into()).await;
+                        }
+                    }
                     for lc in lcs {
                         let reason = "the cloud node that held this session stopped (no heartbeat for three Keepalive intervals)";
                         self.event(&lc, None, "offline", json!({ "reason": reason })).await;
@@ -447,7 +505,7 @@ impl<S: Store> Cloud<S> {
     /// The node to hand a request about `lc` to: the one holding its
     /// session, when that is not this one. `fresh`: ask the store, not
     /// what the bus said.
-    async fn holder(&self, lc: &str, fresh: bool) -> Option<Arc<str>> {
+    pub(crate) async fn holder(&self, lc: &str, fresh: bool) -> Option<Arc<str>> {
         self.bus.get()?;
         if self.handle_of(lc).is_some() {
             return None;
@@ -512,26 +570,12 @@ impl<S: Store> Cloud<S> {
     /// device's session, anything else through this node's router; the
     /// framed answer.
     async fn serve_relayed(self: &Arc<Self>, app: axum::Router, payload: &bytes::Bytes) -> bytes::Bytes {
-        let Some(signed) = verified(&self.relay_key, payload) else {
-            tracing::warn!(
-                "cloud: a relayed request not signed with this cluster's key (another admin token?) was refused"
-            );
-            return fail(
-                StatusCode::FORBIDDEN,
-                "a relayed request not signed with this cluster's key (do the nodes share --admin-token?)",
-            );
+        let (head, body) = match self.opened::<RelayHead>(payload) {
+            Ok(opened) => opened,
+            Err(refused) => return refused,
         };
-        let Some((head, body)) = unframe::<RelayHead>(&signed) else {
-            return fail(StatusCode::BAD_REQUEST, "a relayed request this node cannot read");
-        };
-        if let Some(refused) = newer_protocol(&self.cfg.node_id, head.bus) {
+        if let Some(refused) = self.refused(head.bus, head.sent_ms) {
             return refused;
-        }
-        if (now_ms() - head.sent_ms).unsigned_abs() > RELAY_FRESH.as_millis() as u64 {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "a relayed request dated more than 30 s from this node's clock (a replay, or clocks apart)",
-            );
         }
         // Handed over by a node that thought this one holds the device: if
         // it does not (any more), say so, and that node asks the store.
@@ -576,6 +620,229 @@ impl<S: Store> Cloud<S> {
     }
 }
 
+impl<S: Store> Cloud<S> {
+    /// The head and body of a relayed request signed with this cluster's
+    /// key; the framed refusal otherwise.
+    fn opened<T: for<'de> Deserialize<'de>>(&self, payload: &bytes::Bytes) -> Result<(T, bytes::Bytes), bytes::Bytes> {
+        let Some(signed) = verified(&self.relay_key, payload) else {
+            tracing::warn!(
+                "cloud: a relayed request not signed with this cluster's key (another admin token?) was refused"
+            );
+            return Err(fail(
+                StatusCode::FORBIDDEN,
+                "a relayed request not signed with this cluster's key (do the nodes share --admin-token?)",
+            ));
+        };
+        unframe::<T>(&signed).ok_or_else(|| fail(StatusCode::BAD_REQUEST, "a relayed request this node cannot read"))
+    }
+
+    /// The refusal of a relayed request written in cluster protocol `bus`
+    /// and sent at `sent_ms`, when this node cannot read it or it is stale.
+    fn refused(&self, bus: u32, sent_ms: i64) -> Option<bytes::Bytes> {
+        if let Some(refused) = newer_protocol(&self.cfg.node_id, bus) {
+            return Some(refused);
+        }
+        ((now_ms() - sent_ms).unsigned_abs() > RELAY_FRESH.as_millis() as u64).then(|| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "a relayed request dated more than 30 s from this node's clock (a replay, or clocks apart)",
+            )
+        })
+    }
+
+    /// Serves a batch's calls another node handed over (see
+    /// `api::batch`): each device's calls in order, devices at once; the
+    /// outcomes in the calls' order as [`encode_outcomes`] writes them. A
+    /// device this node does not hold gets `421` for each of its calls
+    /// (the relaying node asks the store and tries again).
+    async fn serve_batch(self: &Arc<Self>, payload: &bytes::Bytes) -> bytes::Bytes {
+        let head = match self.opened::<BatchHead<Call>>(payload) {
+            Ok((head, _)) => head,
+            Err(refused) => return refused,
+        };
+        if let Some(refused) = self.refused(head.bus, head.sent_ms) {
+            return refused;
+        }
+        let calls = head.calls;
+        let who = Caller {
+            actor: head.caller.actor,
+            role: head.caller.role,
+            scope: Scope::Only(calls.iter().map(|c| c.device.clone()).collect()),
+            addr: Some(head.peer.ip()),
+            user: head.caller.user,
+            session: None,
+            token: None,
+        };
+        let groups = crate::api::batch::by_device(&calls);
+        let runs = groups.iter().map(|(lc, idx)| {
+            let (who, calls) = (&who, &calls);
+            async move {
+                if self.handle_of(lc).is_none() {
+                    let o = Outcome::error(ApiError::new(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        format!("this node does not hold device {lc:?}"),
+                    ));
+                    return idx.iter().map(|&i| (i, o.clone())).collect();
+                }
+                crate::api::batch::run_here(self, who, lc, idx, calls).await
+            }
+        });
+        let mut out: Vec<Option<Outcome>> = vec![None; calls.len()];
+        for (i, o) in futures_util::future::join_all(runs).await.into_iter().flatten() {
+            out[i] = Some(o);
+        }
+        let outcomes: Vec<Outcome> = out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::error(ApiError::internal("the call was not made"))))
+            .collect();
+        frame(&ReplyHead { status: 200, headers: vec![] }, &encode_outcomes(&outcomes))
+    }
+
+    /// Hands the calls of `groups` (devices `node` holds, each with its
+    /// calls' indices into `calls`) to `node` as one message; (index,
+    /// outcome) for each. Calls the node turns away as not held there, and
+    /// every call when it cannot take a batch (gone, or a version from
+    /// before batches), go one by one as `POST …/rpc/{method}` would.
+    pub(crate) async fn relay_calls(
+        self: &Arc<Self>,
+        who: &Caller,
+        node: Arc<str>,
+        groups: Vec<(&str, &[usize])>,
+        calls: &[Call],
+    ) -> Vec<(usize, Outcome)> {
+        let order: Vec<usize> = groups.iter().flat_map(|(_, idx)| idx.iter().copied()).collect();
+        let head = BatchHead {
+            caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
+            peer: SocketAddr::new(who.addr.unwrap_or([127, 0, 0, 1].into()), 0),
+            sent_ms: now_ms(),
+            bus: PROTOCOL,
+            calls: order.iter().map(|&i| &calls[i]).collect::<Vec<&Call>>(),
+        };
+        let payload = sign(&self.relay_key, &frame(&head, b""));
+        // The longest run of one device's calls bounds how long it takes.
+        let longest = groups.iter().map(|(_, idx)| idx.len()).max().unwrap_or(1) as u32;
+        let answer = match self.bus.get() {
+            Some(bus) if payload.len() <= RELAY_MAX => {
+                self.counters.relayed_out.fetch_add(1, Ordering::Relaxed);
+                let ask = async_nats::Request::new()
+                    .payload(payload)
+                    .timeout(Some(self.cfg.rpc_timeout * longest + RELAY_MARGIN));
+                Some(bus.send_request(format!("ivr.node.{node}.rpc"), ask).await)
+            }
+            _ => None,
+        };
+        let outcomes = match answer {
+            Some(Ok(m)) => match unframe::<ReplyHead>(&m.payload) {
+                Some((h, body)) if h.status == 200 => match decode_outcomes(&body, order.len()) {
+                    Some(o) => o,
+                    None => vec![Outcome::error(unreadable(&node)); order.len()],
+                },
+                // The node refused the whole batch (say, a newer protocol).
+                Some((h, body)) => vec![Outcome { status: h.status, body }; order.len()],
+                None => vec![Outcome::error(unreadable(&node)); order.len()],
+            },
+            Some(Err(e)) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut) => {
+                for (lc, _) in &groups {
+                    self.holders.forget(lc);
+                }
+                let e = ApiError::timeout(format!("node {node:?}, which holds the devices, did not answer in time"));
+                vec![Outcome::error(e); order.len()]
+            }
+            // Too large for one message, or nobody took it: one by one.
+            _ => {
+                let misdirected = ApiError::new(StatusCode::MISDIRECTED_REQUEST, "");
+                vec![Outcome::error(misdirected); order.len()]
+            }
+        };
+        let mut done: HashMap<usize, Outcome> = order.iter().copied().zip(outcomes).collect();
+        // Devices the node does not hold (all of a device's calls are
+        // turned away together, before any is made): again, one by one,
+        // after the store says where they are.
+        let again = groups.iter().filter(|(_, idx)| {
+            idx.iter().any(|i| done.get(i).is_some_and(|o| o.status == StatusCode::MISDIRECTED_REQUEST.as_u16()))
+        });
+        let retried = futures_util::future::join_all(again.map(|(lc, idx)| async move {
+            self.counters.relays_misdirected.fetch_add(1, Ordering::Relaxed);
+            self.holders.forget(lc);
+            let mut out = Vec::with_capacity(idx.len());
+            for &i in *idx {
+                out.push((i, self.rpc_anywhere(who, lc, &calls[i]).await));
+            }
+            out
+        }))
+        .await;
+        done.extend(retried.into_iter().flatten());
+        done.into_iter().collect()
+    }
+
+    /// One call of a batch, as `POST …/rpc/{method}` would make it: handed
+    /// to the node holding the device, or made here.
+    async fn rpc_anywhere(self: &Arc<Self>, who: &Caller, lc: &str, call: &Call) -> Outcome {
+        let here = || crate::api::devices::call_with(self, who, lc, &call.method, call.params.clone());
+        let Some(node) = self.holder(lc, false).await else { return Outcome::of(here().await) };
+        let head = RelayHead {
+            method: "POST".into(),
+            uri: format!("/api/v1/devices/{}/rpc/{}", percent_encode(lc), percent_encode(&call.method)),
+            headers: Vec::new(),
+            peer: SocketAddr::new(who.addr.unwrap_or([127, 0, 0, 1].into()), 0),
+            lc: lc.to_owned(),
+            caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
+            sent_ms: now_ms(),
+            bus: PROTOCOL,
+        };
+        let body = call.params.as_ref().map(|p| p.to_string()).unwrap_or_default();
+        match self.ask_holder(lc, node, sign(&self.relay_key, &frame(&head, body.as_bytes()))).await {
+            Asked::Answered(h, body, _) => Outcome { status: h.status, body },
+            Asked::Failed(e) => Outcome::error(e),
+            Asked::Nobody => Outcome::of(here().await),
+        }
+    }
+}
+
+fn unreadable(node: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, format!("node {node:?} answered something unreadable"))
+}
+
+/// A batch's outcomes for the bus: each as its status (2 bytes) and the
+/// length of its body (4 bytes, big-endian), then the body. A node
+/// answers at most [`RELAY_MAX`]: answers past that are replaced by a 502
+/// that says so (the call was made; its answer did not fit).
+fn encode_outcomes(outcomes: &[Outcome]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(outcomes.iter().map(|o| 6 + o.body.len()).sum());
+    for (n, o) in outcomes.iter().enumerate() {
+        let room = RELAY_MAX.saturating_sub(out.len() + 256 * (outcomes.len() - n));
+        let too_large;
+        let o = if o.body.len() > room {
+            too_large = Outcome::error(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the device answered, but this batch's answers are more than one message between nodes carries: make fewer calls at once",
+            ));
+            &too_large
+        } else {
+            o
+        };
+        out.extend_from_slice(&o.status.to_be_bytes());
+        out.extend_from_slice(&(o.body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&o.body);
+    }
+    out
+}
+
+/// What [`encode_outcomes`] wrote, when it holds exactly `n` (views of
+/// `b`, not copies).
+fn decode_outcomes(b: &bytes::Bytes, n: usize) -> Option<Vec<Outcome>> {
+    let mut out = Vec::with_capacity(n);
+    let mut at = 0;
+    while at < b.len() {
+        let status = u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?);
+        let len = u32::from_be_bytes(b.get(at + 2..at + 6)?.try_into().ok()?) as usize;
+        let end = (at + 6).checked_add(len).filter(|&e| e <= b.len())?;
+        out.push(Outcome { status, body: b.slice(at + 6..end) });
+        at = end;
+    }
+    (out.len() == n).then_some(out)
+}
+
 /// The router's layer: a request that needs the session of a device held
 /// by another node is authenticated here, then handed to that node.
 pub(crate) async fn relay<S: Store>(
@@ -588,7 +855,7 @@ pub(crate) async fn relay<S: Store>(
         // Handed over already (and checked to be held here): never on.
         return next.run(req).await;
     }
-    let Some(mut node) = c.holder(&lc, false).await else { return next.run(req).await };
+    let Some(node) = c.holder(&lc, false).await else { return next.run(req).await };
     let (mut parts, body) = req.into_parts();
     let who = match Caller::from_request_parts(&mut parts, &c).await {
         Ok(who) => who,
@@ -627,45 +894,72 @@ pub(crate) async fn relay<S: Store>(
         sent_ms: now_ms(),
         bus: PROTOCOL,
     };
-    let Some(bus) = c.bus.get() else { return next.run(axum::extract::Request::from_parts(parts, body.into())).await };
-    let payload = sign(&c.relay_key, &frame(&head, &body));
-    // What the bus said first; then, if that node no longer holds the
-    // device or is gone, what the store says.
-    for attempt in 0..2 {
-        if attempt == 1 {
-            c.holders.forget(&lc);
-            match c.holder(&lc, true).await {
-                Some(n) => node = n,
-                None => break,
-            }
-        }
-        let ask = async_nats::Request::new().payload(payload.clone()).timeout(Some(c.cfg.rpc_timeout + RELAY_MARGIN));
-        c.counters.relayed_out.fetch_add(1, Ordering::Relaxed);
-        match bus.send_request(format!("ivr.node.{node}.http"), ask).await {
-            Ok(m) => match unframe::<ReplyHead>(&m.payload) {
-                Some((h, _)) if h.headers.iter().any(|(k, _)| k == NOT_HERE) => {
-                    c.counters.relays_misdirected.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Some((h, body)) => return relayed_answer(h, body, &node),
-                None => {
-                    return ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("node {node:?} answered something unreadable"),
-                    )
-                    .into_response()
-                }
-            },
-            Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut) => {
-                return ApiError::timeout(format!("node {node:?}, which holds device {lc:?}, did not answer in time"))
-                    .into_response()
-            }
-            // Nobody listens for that node: it died.
-            Err(_) => continue,
-        }
+    if c.bus.get().is_none() {
+        return next.run(axum::extract::Request::from_parts(parts, body.into())).await;
     }
-    // Nobody else holds it: as good as offline, which this node says.
-    next.run(axum::extract::Request::from_parts(parts, body.into())).await
+    let payload = sign(&c.relay_key, &frame(&head, &body));
+    match c.ask_holder(&lc, node, payload).await {
+        Asked::Answered(h, body, node) => relayed_answer(h, body, &node),
+        Asked::Failed(e) => e.into_response(),
+        // Nobody else holds it: as good as offline, which this node says.
+        Asked::Nobody => next.run(axum::extract::Request::from_parts(parts, body.into())).await,
+    }
+}
+
+/// What the node holding a device answered to a relayed request.
+enum Asked {
+    /// Its answer, and which node gave it.
+    Answered(ReplyHead, bytes::Bytes, Arc<str>),
+    /// No answer in time, or one that cannot be read.
+    Failed(ApiError),
+    /// No other node holds the device (any more): this one answers.
+    Nobody,
+}
+
+impl<S: Store> Cloud<S> {
+    /// Hands a signed relayed request about `lc` to `node`, which the bus
+    /// said holds it; when that node no longer does or is gone, to the
+    /// one the store names.
+    async fn ask_holder(&self, lc: &str, mut node: Arc<str>, payload: bytes::Bytes) -> Asked {
+        let Some(bus) = self.bus.get() else { return Asked::Nobody };
+        for attempt in 0..2 {
+            if attempt == 1 {
+                self.holders.forget(lc);
+                match self.holder(lc, true).await {
+                    Some(n) => node = n,
+                    None => break,
+                }
+            }
+            let ask =
+                async_nats::Request::new().payload(payload.clone()).timeout(Some(self.cfg.rpc_timeout + RELAY_MARGIN));
+            self.counters.relayed_out.fetch_add(1, Ordering::Relaxed);
+            match bus.send_request(format!("ivr.node.{node}.http"), ask).await {
+                Ok(m) => match unframe::<ReplyHead>(&m.payload) {
+                    Some((h, _)) if h.headers.iter().any(|(k, _)| k == NOT_HERE) => {
+                        self.counters.relays_misdirected.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Some((h, body)) => return Asked::Answered(h, body, node),
+                    None => {
+                        return Asked::Failed(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!("node {node:?} answered something unreadable"),
+                        ))
+                    }
+                },
+                Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut) => {
+                    // Slow, hung or gone: the next request asks the store.
+                    self.holders.forget(lc);
+                    return Asked::Failed(ApiError::timeout(format!(
+                        "node {node:?}, which holds device {lc:?}, did not answer in time"
+                    )));
+                }
+                // Nobody listens for that node: it died.
+                Err(_) => continue,
+            }
+        }
+        Asked::Nobody
+    }
 }
 
 /// The holder's answer, as this node's.
@@ -794,5 +1088,33 @@ mod tests {
         let (back, body): (ReplyHead, _) = unframe(&f).unwrap();
         assert_eq!((back.status, &body[..]), (504, &b"\n\x00body"[..]));
         assert!(unframe::<ReplyHead>(&bytes::Bytes::from_static(b"no newline")).is_none());
+    }
+
+    #[test]
+    fn a_batchs_outcomes_cross_the_bus_as_they_were() {
+        let outcomes = vec![
+            Outcome { status: 200, body: bytes::Bytes::from_static(b"[{\"token\":\"1\"}]") },
+            Outcome { status: 409, body: bytes::Bytes::from_static(b"{\"error\":\"offline\"}") },
+            Outcome { status: 200, body: bytes::Bytes::new() },
+        ];
+        let b: bytes::Bytes = encode_outcomes(&outcomes).into();
+        let back = decode_outcomes(&b, 3).unwrap();
+        for (a, z) in outcomes.iter().zip(&back) {
+            assert_eq!((a.status, &a.body), (z.status, &z.body));
+        }
+        // Another count, or bytes cut anywhere: refused, never misread.
+        assert!(decode_outcomes(&b, 2).is_none());
+        for cut in 1..b.len() {
+            let part = b.slice(..cut);
+            assert!(decode_outcomes(&part, 3).is_none(), "cut at {cut}");
+        }
+        // Answers past what one message carries are replaced by a 502 that
+        // says so; the others arrive.
+        let big = Outcome { status: 200, body: vec![b'1'; RELAY_MAX / 2].into() };
+        let b: bytes::Bytes = encode_outcomes(&[big.clone(), big.clone(), big]).into();
+        assert!(b.len() <= RELAY_MAX);
+        let back = decode_outcomes(&b, 3).unwrap();
+        assert_eq!(back.iter().map(|o| o.status).collect::<Vec<_>>(), [200, 502, 502]);
+        assert!(String::from_utf8_lossy(&back[1].body).contains("fewer calls"));
     }
 }

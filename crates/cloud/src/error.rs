@@ -79,12 +79,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body it is answered with.
+    pub fn body(self) -> Value {
         let mut body = json!({"error": self.msg});
         if let (Some(Value::Object(extra)), Value::Object(b)) = (self.extra, &mut body) {
             b.extend(extra);
         }
-        (self.status, Json(body)).into_response()
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        (status, Json(self.body())).into_response()
     }
 }

@@ -95,6 +95,46 @@ async fn devices_online_rpc_events_alarms_and_restart() {
         api(addr, "POST", "/api/v1/devices/site-1/events/CtrlPTZ", Some(json!({"channel": 7, "op": "up"}))).await;
     assert_eq!(s, 404);
 
+    // Many calls in one request: one device's in the order given (each
+    // Get sees the Set before it), every call with the status it would
+    // have had alone.
+    let set = |url: &str| {
+        json!({"device": "site-1", "method": "SetRTMPPublishConfig",
+               "params": [{"enable": true, "channel": 0, "quality": "ld", "url": url}]})
+    };
+    let get = json!({"device": "site-1", "method": "GetRTMPPublishConfig"});
+    let calls = json!({"calls": [
+        set("rtmp://127.0.0.1/live/first"), get, set("rtmp://127.0.0.1/live/second"), get,
+        {"device": "site-1", "method": "FormatDisk"},
+        {"device": "nobody", "method": "GetNetConfig", "params": {"channel": 0}},
+        {"device": "site-1", "method": "RebootChannel", "params": {"channel": 7}},
+        {"device": "site-1", "method": "RTMPPublish", "params": {"channel": 0, "quality": "fhd", "url": "rtmp://x", "stream_id": "b", "max_bitrate": 1000}},
+    ]});
+    let (s, v) = api(addr, "POST", "/api/v1/rpc", Some(calls)).await;
+    assert_eq!((s, &v["ok"], &v["failed"]), (200, &json!(4), &json!(4)), "{v}");
+    let r = &v["results"];
+    assert_eq!(r[1]["answer"][0]["url"], "rtmp://127.0.0.1/live/first", "{v}");
+    assert_eq!(r[3]["answer"][0]["url"], "rtmp://127.0.0.1/live/second", "{v}");
+    assert_eq!(
+        (&r[3]["device"], &r[3]["method"], &r[3]["status"]),
+        (&json!("site-1"), &json!("GetRTMPPublishConfig"), &json!(200))
+    );
+    assert_eq!(r[4]["status"], 404, "an unknown method, not sent: {v}");
+    assert_eq!(r[5]["status"], 404, "an unknown device: {v}");
+    assert!(r[6]["error"].as_str().unwrap().contains("no channel 7"), "{v}");
+    assert_eq!((&r[7]["status"], &r[7]["code"]), (&json!(502), &json!(11)), "the device's own error: {v}");
+    // What is wrong with the request itself is said, and nothing is sent.
+    let (s, v) = api(addr, "POST", "/api/v1/rpc", Some(json!({"calls": [get, {"device": "site-1"}]}))).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("calls[1]: missing field `method`"), "{v}");
+    let (s, v) = api(addr, "POST", "/api/v1/rpc", Some(json!({"calls": []}))).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api(addr, "POST", "/api/v1/rpc", Some(json!({"calls": vec![get.clone(); 1001]}))).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("1 to 1000"), "{v}");
+    let (s, _) = common::http(addr, "POST", "/api/v1/rpc", None, Some(br#"{"calls":[]}"#)).await;
+    assert_eq!(s, 401);
+
     // Events through the API.
     let (s, _) = api(
         addr,

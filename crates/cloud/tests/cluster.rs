@@ -225,6 +225,25 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     let ev = api(a3, "GET", "/api/v1/events?login_code=cam-2&type=offline", None).await.1;
     assert_eq!(ev.as_array().unwrap().len(), 0, "{ev}");
 
+    // A batch through node 3 for devices on nodes 1 and 2: one bus message
+    // to each, every call answered by its holder with its own status.
+    let out_before = api(a3, "GET", "/api/v1/stats", None).await.1["cluster"]["relayed_out"].as_u64().unwrap();
+    let list = |lc: &str| json!({"device": lc, "method": "GetPTZPresetList", "params": {"channel": 0}});
+    let batch = json!({"calls": [
+        list("cam-1"), list("cam-2"), list("cam-1"),
+        {"device": "cam-2", "method": "NoSuchMethod"},
+        {"device": "cam-3", "method": "GetNetConfig", "params": {"channel": 0}},
+        {"device": "nobody", "method": "GetNetConfig", "params": {"channel": 0}},
+    ]});
+    let (s, v) = api(a3, "POST", "/api/v1/rpc", Some(batch)).await;
+    assert_eq!((s, &v["ok"]), (200, &json!(3)), "{v}");
+    let statuses: Vec<u64> = v["results"].as_array().unwrap().iter().filter_map(|r| r["status"].as_u64()).collect();
+    assert_eq!(statuses, [200, 200, 200, 404, 409, 404], "{v}");
+    assert_eq!(v["results"][2]["answer"][0]["token"], "1", "{v}");
+    assert!(v["results"][4]["error"].as_str().unwrap().contains("offline"), "{v}");
+    let out_after = api(a3, "GET", "/api/v1/stats", None).await.1["cluster"]["relayed_out"].as_u64().unwrap();
+    assert_eq!(out_after - out_before, 2, "one message to each holder, not one a call");
+
     // cam-3 on node 1 without a way back; then node 1 dies.
     let _raw3 = raw_ivt(ivc(a1, "cam-3", "pw-123456")).await;
     wait_until("cam-3 online", async || device(a2, "cam-3").await["node"] == "n1").await;
@@ -250,6 +269,15 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "cam-3 went offline: {}", device(a3, "cam-3").await);
+    // A batch for a device of the dead node (the bus last named node 1,
+    // which nobody answers for any more): that call fails alone, as
+    // offline, and the moved device answers from its new node.
+    let batch = json!({"calls": [
+        {"device": "cam-3", "method": "GetNetConfig", "params": {"channel": 0}},
+        {"device": "cam-1", "method": "GetPTZPresetList", "params": {"channel": 0}},
+    ]});
+    let (s, v) = api(a3, "POST", "/api/v1/rpc", Some(batch)).await;
+    assert_eq!((s, &v["results"][0]["status"], &v["results"][1]["status"]), (200, &json!(409), &json!(200)), "{v}");
     let ev = api(a2, "GET", "/api/v1/events?login_code=cam-3&type=offline", None).await.1;
     assert!(ev[0]["data"]["reason"].as_str().unwrap().contains("stopped"), "{ev}");
     // Nothing is online without a session: every online device is held

@@ -143,6 +143,14 @@ async fn roles_scopes_tokens_logins_and_the_audit_log() {
     // Watching is allowed, controlling is not.
     let (s, e) = call(addr, "POST", "/api/v1/devices/cam-a/rpc/RebootChannel", &v, Some(json!({"channel": 0}))).await;
     assert_eq!(s, 403, "{e}");
+    // In a batch too, call by call: refused for the device the viewer
+    // watches, "not found" for the one they do not see.
+    let both = json!({"calls": [
+        {"device": "cam-a", "method": "GetNetConfig", "params": {"channel": 0}},
+        {"device": "cam-b", "method": "GetNetConfig", "params": {"channel": 0}},
+    ]});
+    let (s, r) = call(addr, "POST", "/api/v1/rpc", &v, Some(both.clone())).await;
+    assert_eq!((s, &r["results"][0]["status"], &r["results"][1]["status"]), (200, &json!(403), &json!(404)), "{r}");
     assert_eq!(call(addr, "GET", "/api/v1/users", &v, None).await.0, 403);
     assert_eq!(call(addr, "GET", "/api/v1/audit", &v, None).await.0, 403);
     assert_eq!(call(addr, "GET", "/api/v1/users/otto", &v, None).await.0, 404);
@@ -191,6 +199,8 @@ async fn roles_scopes_tokens_logins_and_the_audit_log() {
         call(addr, "POST", "/api/v1/devices/cam-a/rpc/RebootChannel", &o, Some(json!({"channel": 0}))).await.0,
         404
     );
+    let (s, r) = call(addr, "POST", "/api/v1/rpc", &o, Some(both)).await;
+    assert_eq!((s, &r["results"][0]["status"], &r["results"][1]["status"]), (200, &json!(404), &json!(200)), "{r}");
     let (_, log) = call(addr, "GET", "/api/v1/audit", &admin, None).await;
     let rpc = log.as_array().unwrap().iter().find(|e| e["action"] == "rpc").unwrap();
     assert_eq!((rpc["actor"].as_str(), rpc["target"].as_str()), (Some("user:otto"), Some("cam-b")));

@@ -160,6 +160,21 @@ pub(crate) async fn call<S: Store>(
     who.control(lc)?;
     // Sending an unknown method would make the device close the session (rule 4).
     let params = api_params(method, &IVT_METHODS, "IVT method", body)?;
+    call_with(c, who, lc, method, params).await
+}
+
+/// [`call`] with the params parsed already (a batch's, see `batch`).
+pub(crate) async fn call_with<S: Store>(
+    c: &Arc<Cloud<S>>,
+    who: &Caller,
+    lc: &str,
+    method: &str,
+    params: Option<Value>,
+) -> ApiResult<Value> {
+    who.control(lc)?;
+    if !IVT_METHODS.contains(&method) {
+        return Err(ApiError::not_found(format!("{method:?} is not an IVT method; one of {}", IVT_METHODS.join(", "))));
+    }
     let req = IvtRequest::parse(method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     c.check_device(lc).await?;
     if let Some(ch) = req.channel() {
@@ -255,9 +270,9 @@ pub(crate) async fn preview<S: Store>(
     }
 }
 
-/// `s` for a URL's query: unreserved characters kept, every other byte as
-/// `%XX`.
-fn percent_encode(s: &str) -> String {
+/// `s` for a URL's query or path segment: unreserved characters kept,
+/// every other byte as `%XX`.
+pub(crate) fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),

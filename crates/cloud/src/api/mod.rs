@@ -2,6 +2,7 @@
 //! the console routes, and the router that puts every module's handlers
 //! together. Every handler answers errors as [`ApiError`].
 
+pub(crate) mod batch;
 pub(crate) mod devices;
 pub(crate) mod events;
 pub(crate) mod firmware;
@@ -213,6 +214,7 @@ pub fn router<S: Store>(c: Arc<Cloud<S>>) -> Router {
             "/api/v1/devices/{login_code}",
             get(devices::get::<S>).patch(devices::patch::<S>).delete(devices::delete::<S>),
         )
+        .route("/api/v1/rpc", post(batch::rpc::<S>))
         .route("/api/v1/devices/{login_code}/rpc/{method}", post(devices::rpc::<S>))
         .route("/api/v1/devices/{login_code}/events/{event}", post(devices::send_event::<S>))
         .route("/api/v1/devices/{login_code}/channels/{channel}/preview", get(devices::preview::<S>))

@@ -197,7 +197,8 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<Duration>();
     let auth = rpc_caller(&nodes[0], &b.rpc_as).await?;
     let cpu_before: Vec<Duration> = groups.iter().map(|(_, p)| cpu_of(p)).collect();
-    let (lat, errors, elapsed) = rpc_load(&nodes[0], &auth, devices, stride, b.concurrency, b.rpc_secs).await?;
+    let (lat, errors, elapsed) =
+        rpc_load(&nodes[0], &auth, devices, stride, b.concurrency, b.batch, b.rpc_secs).await?;
     let rps = lat.len() as f64 / elapsed;
     let calls = lat.len().max(1) as f64;
     let per_call: Vec<(&str, f64)> = groups
@@ -208,9 +209,10 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let total_us: f64 = per_call.iter().map(|(_, us)| us).sum();
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
     say(format!(
-        "RPC through node 1 to {devices} devices on all {n} nodes ({:.0} % elsewhere), {} connections, as {}: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors",
+        "RPC through node 1 to {devices} devices on all {n} nodes ({:.0} % elsewhere), {} connections, {}, as {}: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors",
         100.0 * (n - 1) as f64 / n as f64,
         b.concurrency,
+        b.batch_said(),
         b.rpc_as_said()
     ));
     say(format!(
@@ -219,7 +221,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         total_us * 20_000.0 / 1e6
     ));
     out["rpc"] = json!({
-        "through": "n1", "as": b.rpc_as, "devices": devices, "concurrency": b.concurrency, "calls": lat.len(), "per_sec": rps,
+        "through": "n1", "as": b.rpc_as, "devices": devices, "concurrency": b.concurrency, "batch": b.batch, "calls": lat.len(), "per_sec": rps,
         "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "errors": errors,
         "cpu_us_per_call": per_call.iter().map(|(n, us)| (n.to_string(), json!(us))).collect::<serde_json::Map<_, _>>(),
         "cpu_us_per_call_total": total_us,

@@ -44,6 +44,11 @@ pub struct IvcBench {
     /// HTTP connections making RPC calls at once.
     #[arg(long, default_value_t = 32)]
     pub(super) concurrency: u32,
+    /// Calls per request: 1 sends each as `POST /api/v1/devices/{lc}/rpc/…`;
+    /// more sends them in batches through `POST /api/v1/rpc`, each to a
+    /// different device (latencies are then the batch's, for each call).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(super) batch: u32,
     /// Seconds of RPC load.
     #[arg(long, default_value_t = 10)]
     pub(super) rpc_secs: u64,
@@ -343,6 +348,15 @@ pub(super) fn spawn_fleet(
 }
 
 impl IvcBench {
+    /// How the RPC load sends its calls, in words (`--batch`).
+    pub(super) fn batch_said(&self) -> String {
+        if self.batch <= 1 {
+            "one call a request".into()
+        } else {
+            format!("{} calls a request (POST /api/v1/rpc)", self.batch)
+        }
+    }
+
     /// Who the RPC load calls as, in words (`--rpc-as`).
     pub(super) fn rpc_as_said(&self) -> &'static str {
         if self.rpc_as == "token" {
@@ -371,13 +385,16 @@ pub(super) async fn rpc_caller(c: &Cloud, rpc_as: &str) -> anyhow::Result<String
 
 /// `GetNetConfig` RPC calls through `c`'s API from `concurrency` keep-alive
 /// connections for `secs`, spread over devices `bench-0`, `bench-stride`, …
-/// (`devices` of them); the latencies (µs, sorted), errors and seconds.
+/// (`devices` of them), `batch` to a request (more than one: through
+/// `POST /api/v1/rpc`); the latencies (µs, sorted, one per call: its
+/// request's), the calls that failed, and seconds.
 pub(super) async fn rpc_load(
     c: &Cloud,
     auth: &str,
     devices: u32,
     stride: u32,
     concurrency: u32,
+    batch: u32,
     secs: u64,
 ) -> anyhow::Result<(Vec<u32>, u64, f64)> {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -389,16 +406,36 @@ pub(super) async fn rpc_load(
             let mut lat = Vec::with_capacity(65536);
             let mut errors = 0u64;
             let mut i = k.wrapping_mul(7919) % devices;
-            let body = br#"{"channel":0}"#;
-            while Instant::now() < deadline {
-                let path = format!("/api/v1/devices/bench-{}/rpc/GetNetConfig", i * stride);
-                let t = Instant::now();
-                let (status, _) = h.call("POST", &path, body).await?;
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if status != 200 {
-                    errors += 1;
-                }
+            let mut next = || {
+                let d = i * stride;
                 i = (i + 104_729) % devices;
+                d
+            };
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if batch <= 1 {
+                    let path = format!("/api/v1/devices/bench-{}/rpc/GetNetConfig", next());
+                    let (status, _) = h.call("POST", &path, br#"{"channel":0}"#).await?;
+                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    errors += u64::from(status != 200);
+                    continue;
+                }
+                let calls: Vec<String> = (0..batch)
+                    .map(|_| {
+                        format!(r#"{{"device":"bench-{}","method":"GetNetConfig","params":{{"channel":0}}}}"#, next())
+                    })
+                    .collect();
+                let body = format!(r#"{{"calls":[{}]}}"#, calls.join(","));
+                let (status, answer) = h.call("POST", "/api/v1/rpc", body.as_bytes()).await?;
+                let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                lat.extend(std::iter::repeat_n(us, batch as usize));
+                let v: Value = serde_json::from_slice(&answer).unwrap_or_default();
+                match v["results"].as_array() {
+                    Some(r) if status == 200 && r.len() == batch as usize => {
+                        errors += r.iter().filter(|r| r["status"] != 200).count() as u64
+                    }
+                    _ => errors += u64::from(batch),
+                }
             }
             anyhow::Ok((lat, errors))
         });
@@ -549,19 +586,20 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let devices = b.rpc_devices.min(b.sessions).max(1);
     let auth = rpc_caller(&c, &b.rpc_as).await?;
     let cpu0 = cpu(c.pid);
-    let (lat, errors, elapsed) = rpc_load(&c, &auth, devices, 1, b.concurrency, b.rpc_secs).await?;
+    let (lat, errors, elapsed) = rpc_load(&c, &auth, devices, 1, b.concurrency, b.batch, b.rpc_secs).await?;
     let cloud_cpu = cpu(c.pid).saturating_sub(cpu0);
     let rps = lat.len() as f64 / elapsed;
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
     let max = lat.last().copied().unwrap_or(0) as f64 / 1000.0;
     let cpu_per = cloud_cpu.as_secs_f64() * 1e6 / lat.len().max(1) as f64;
     say(format!(
-        "RPC GetNetConfig over {devices} devices, {} connections, as {}: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.1} ms, {errors} errors; cloud CPU {cpu_per:.0} µs per call",
+        "RPC GetNetConfig over {devices} devices, {} connections, {}, as {}: {rps:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.1} ms, {errors} errors; cloud CPU {cpu_per:.0} µs per call",
         b.concurrency,
+        b.batch_said(),
         b.rpc_as_said()
     ));
     out["rpc"] = json!({
-        "as": b.rpc_as, "devices": devices, "concurrency": b.concurrency, "calls": lat.len(), "per_sec": rps,
+        "as": b.rpc_as, "devices": devices, "concurrency": b.concurrency, "batch": b.batch, "calls": lat.len(), "per_sec": rps,
         "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "max_ms": max, "errors": errors, "cloud_cpu_us_per_call": cpu_per,
     });
     let final_stats = stats(&mut h).await?;

@@ -1,0 +1,234 @@
+//! `POST /api/v1/rpc`: many RPCs in one request, to one device or to many
+//! (a setting pushed to a site's cameras, a status read from a fleet).
+//!
+//! Each call is what `POST /api/v1/devices/{lc}/rpc/{method}` does, with
+//! its own status in the answer: the caller's rights, an unknown device or
+//! method, an offline device, the device's own error and a timeout fail
+//! that call, never the others. One device's calls run one after another in
+//! the order given (the seed's order per direction holds, as for separate
+//! requests); different devices' calls run at once. In a cluster the calls
+//! for devices another node holds cross the bus as one message per node
+//! (see `bus`), not one per call: that, and one HTTP exchange for many
+//! calls, is what makes a batch cheaper than the calls one by one.
+
+use super::{devices, json_body, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::server::Cloud;
+use crate::store::Store;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The most calls one request carries.
+pub(crate) const BATCH_MAX: usize = 1000;
+
+/// One call of a batch.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Call {
+    /// The device's login code.
+    pub(crate) device: String,
+    /// An IVT method.
+    pub(crate) method: String,
+    /// Its params (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) params: Option<Value>,
+}
+
+/// How one call ended: the HTTP status the call alone would have had, and
+/// its JSON body (the device's answer, or `{"error": …}`).
+#[derive(Clone, Debug)]
+pub(crate) struct Outcome {
+    pub(crate) status: u16,
+    pub(crate) body: bytes::Bytes,
+}
+
+impl Outcome {
+    pub(crate) fn of(r: ApiResult<Value>) -> Outcome {
+        match r {
+            Ok(v) => Outcome { status: 200, body: v.to_string().into() },
+            Err(e) => Outcome::error(e),
+        }
+    }
+
+    pub(crate) fn error(e: ApiError) -> Outcome {
+        Outcome { status: e.status.as_u16(), body: e.body().to_string().into() }
+    }
+}
+
+/// The calls' indices grouped by device, devices in the order they first
+/// appear, each device's calls in theirs.
+pub(crate) fn by_device(calls: &[Call]) -> Vec<(&str, Vec<usize>)> {
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, c) in calls.iter().enumerate() {
+        match at.get(c.device.as_str()) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                at.insert(&c.device, groups.len());
+                groups.push((&c.device, vec![i]));
+            }
+        }
+    }
+    groups
+}
+
+/// Makes one device's calls here, in order: (index, outcome) each.
+pub(crate) async fn run_here<S: Store>(
+    c: &Arc<Cloud<S>>,
+    who: &Caller,
+    lc: &str,
+    idx: &[usize],
+    calls: &[Call],
+) -> Vec<(usize, Outcome)> {
+    let mut out = Vec::with_capacity(idx.len());
+    for &i in idx {
+        let call = &calls[i];
+        out.push((i, Outcome::of(devices::call_with(c, who, lc, &call.method, call.params.clone()).await)));
+    }
+    out
+}
+
+/// Makes `calls` for `who`, wherever their devices are held: the
+/// outcomes in the calls' order.
+pub(crate) async fn run<S: Store>(c: &Arc<Cloud<S>>, who: &Caller, calls: &[Call]) -> Vec<Outcome> {
+    let groups = by_device(calls);
+    let mut out: Vec<Option<Outcome>> = vec![None; calls.len()];
+    let mut here: Vec<(&str, &[usize])> = Vec::new();
+    let mut elsewhere: HashMap<Arc<str>, Vec<(&str, &[usize])>> = HashMap::new();
+    for (lc, idx) in &groups {
+        // A device the caller may not control is refused here, without
+        // asking the node that holds it.
+        if let Err(e) = who.control(lc) {
+            let o = Outcome::error(e);
+            for &i in idx {
+                out[i] = Some(o.clone());
+            }
+            continue;
+        }
+        match c.holder(lc, false).await {
+            Some(node) => elsewhere.entry(node).or_default().push((lc, idx)),
+            None => here.push((lc, idx)),
+        }
+    }
+    let local = futures_util::future::join_all(here.iter().map(|(lc, idx)| run_here(c, who, lc, idx, calls)));
+    let remote =
+        futures_util::future::join_all(elsewhere.into_iter().map(|(node, gs)| c.relay_calls(who, node, gs, calls)));
+    let (local, remote) = tokio::join!(local, remote);
+    for (i, o) in local.into_iter().chain(remote).flatten() {
+        out[i] = Some(o);
+    }
+    out.into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| Outcome::error(ApiError::internal("the call was not made (a bug: please report it)")))
+        })
+        .collect()
+}
+
+/// `POST /api/v1/rpc {"calls": [{"device", "method", "params"}, …]}`:
+/// `{"results": [{"device", "method", "status", "answer" | "error", …}, …],
+/// "ok", "failed"}`, the results in the calls' order.
+pub(crate) async fn rpc<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>, body: Bytes) -> ApiResult<Response> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Batch {
+        calls: Vec<Value>,
+    }
+    let b: Batch = json_body(&body)?.ok_or_else(|| {
+        ApiError::bad_request("body: {\"calls\": [{\"device\", \"method\", \"params\"}, …]} expected")
+    })?;
+    if b.calls.is_empty() || b.calls.len() > BATCH_MAX {
+        return Err(ApiError::bad_request(format!("calls: 1 to {BATCH_MAX} in one request, not {}", b.calls.len())));
+    }
+    let calls = b
+        .calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| serde_json::from_value::<Call>(v).map_err(|e| ApiError::bad_request(format!("calls[{i}]: {e}"))))
+        .collect::<ApiResult<Vec<Call>>>()?;
+    let outcomes = run(&c, &who, &calls).await;
+    let mut r = (StatusCode::OK, results(&calls, &outcomes)).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// The answer's JSON, written around the devices' answers as they came
+/// (never parsed again).
+fn results(calls: &[Call], outcomes: &[Outcome]) -> Vec<u8> {
+    let ok = outcomes.iter().filter(|o| o.status == 200).count();
+    let mut out = Vec::with_capacity(64 + outcomes.iter().map(|o| o.body.len() + 96).sum::<usize>());
+    out.extend_from_slice(b"{\"results\":[");
+    for (n, (call, o)) in calls.iter().zip(outcomes).enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let mut item = serde_json::json!({"device": call.device, "method": call.method, "status": o.status});
+        if o.status == 200 && serde_json::from_slice::<serde::de::IgnoredAny>(&o.body).is_ok() {
+            let mut head = item.to_string().into_bytes();
+            head.pop();
+            out.extend_from_slice(&head);
+            out.extend_from_slice(b",\"answer\":");
+            out.extend_from_slice(&o.body);
+            out.push(b'}');
+            continue;
+        }
+        // An error's fields (`error`, and `code`/`msg` of a device's error).
+        match serde_json::from_slice::<Value>(&o.body) {
+            Ok(Value::Object(fields)) => {
+                if let Some(m) = item.as_object_mut() {
+                    m.extend(fields);
+                }
+            }
+            _ => item["error"] = Value::String(String::from_utf8_lossy(&o.body).into_owned()),
+        }
+        if o.status == 200 {
+            item["status"] = 502.into();
+            item["error"] = "the device's answer is not JSON".into();
+        }
+        out.extend_from_slice(item.to_string().as_bytes());
+    }
+    out.extend_from_slice(format!("],\"ok\":{ok},\"failed\":{}}}", outcomes.len() - ok).as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(device: &str, method: &str) -> Call {
+        Call { device: device.into(), method: method.into(), params: None }
+    }
+
+    #[test]
+    fn calls_are_grouped_by_device_in_order() {
+        let calls = [call("a", "m1"), call("b", "m1"), call("a", "m2"), call("c", "m1"), call("b", "m2")];
+        let g = by_device(&calls);
+        assert_eq!(g, vec![("a", vec![0, 2]), ("b", vec![1, 4]), ("c", vec![3])]);
+    }
+
+    #[test]
+    fn results_carry_answers_as_they_came_and_errors_with_their_fields() {
+        let calls = [call("a", "GetNetConfig"), call("b", "GetNetConfig"), call("c", "Reboot")];
+        let outcomes = [
+            Outcome { status: 200, body: r#"{"ip":"10.0.0.2"}"#.into() },
+            Outcome::error(ApiError::conflict("device \"b\" is offline")),
+            Outcome::error(ApiError::device("Reboot", 107, "busy")),
+        ];
+        let v: Value = serde_json::from_slice(&results(&calls, &outcomes)).unwrap();
+        assert_eq!(v["ok"], 1);
+        assert_eq!(v["failed"], 2);
+        assert_eq!(
+            v["results"][0],
+            serde_json::json!({"device": "a", "method": "GetNetConfig", "status": 200, "answer": {"ip": "10.0.0.2"}})
+        );
+        assert_eq!(v["results"][1]["status"], 409);
+        assert_eq!(v["results"][1]["error"], "device \"b\" is offline");
+        assert_eq!(v["results"][2]["status"], 502);
+        assert_eq!(v["results"][2]["code"], 107);
+    }
+}
