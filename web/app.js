@@ -151,7 +151,13 @@ async function devicesPage() {
     const q = search.value.trim().toLowerCase();
     for (const list of rows.values()) for (const r of list) r.hidden = q !== "" && !r.search.includes(q);
   });
-  show(`${t("devices")} (${devices.length})`, search, devices.length ? tree : h("p", { class: "muted" }, t("no_devices")));
+  const tools = h("div", { class: "row" }, search);
+  const inventory = h("section", { class: "inventory" });
+  if (canControl() && devices.length) {
+    const shown = () => devices.filter((d) => d.online && (rows.get(d.login_code) || []).some((r) => !r.hidden));
+    tools.append(h("button", { onclick: (e) => netInventory(shown(), inventory, e.target) }, t("net_settings")));
+  }
+  show(`${t("devices")} (${devices.length})`, tools, inventory, devices.length ? tree : h("p", { class: "muted" }, t("no_devices")));
   // Live status: the event stream flips the dots.
   const es = new EventSource("/api/v1/stream");
   const flip = (online) => (m) => {
@@ -160,6 +166,55 @@ async function devicesPage() {
   };
   es.addEventListener("online", flip(true));
   es.addEventListener("offline", flip(false));
+}
+
+/** The network settings of every channel of `devices` (online ones), read
+ * with GetNetConfig in batches of calls (`POST /api/v1/rpc`): a table of
+ * the cameras' addresses, and the same as CSV. */
+async function netInventory(devices, out, button) {
+  const calls = devices.flatMap((d) => d.channels.map((c) => ({ device: d.login_code, method: "GetNetConfig", params: { channel: c.channel } })));
+  out.replaceChildren();
+  if (!calls.length) {
+    out.append(h("p", { class: "muted" }, t("net_none")));
+    return;
+  }
+  const bar = h("progress", { value: 0, max: calls.length });
+  const said = h("span", { class: "muted" });
+  out.append(h("h2", {}, t("net_settings")), h("div", { class: "row" }, bar, said));
+  button.disabled = true;
+  const results = [];
+  try {
+    for (let i = 0; i < calls.length; i += 200) {
+      said.textContent = t("net_reading", Math.min(i + 200, calls.length), calls.length);
+      const r = await api("POST", "/api/v1/rpc", { calls: calls.slice(i, i + 200) });
+      results.push(...r.results.map((x, k) => ({ ...x, channel: calls[i + k].params.channel })));
+      bar.value = results.length;
+    }
+  } catch (e) {
+    out.append(h("p", { class: "error" }, e.message));
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  // One row per interface a camera reports (most report one).
+  const lines = results.flatMap((r) => {
+    const nics = r.status === 200 && Array.isArray(r.answer) && r.answer.length ? r.answer : [null];
+    return nics.map((n) => ({ r, n: n || {} }));
+  });
+  const cols = ["device", "channel", "iface", "ip", "netmask", "gateway", "dhcp", "mac"];
+  const cells = ({ r, n }) => [r.device, r.channel, n.name || "", n.ip || "", n.netmask || "", n.gateway || "",
+    r.status === 200 ? (n.dhcp ? t("on") : t("off")) : "", n.mac || ""];
+  const failed = results.filter((r) => r.status !== 200).length;
+  said.textContent = t("net_read", results.length - failed, failed);
+  const csv = [[...cols, "error"], ...lines.map((l) => [...cells(l), l.r.status === 200 ? "" : l.r.error])]
+    .map((row) => row.map((v) => `"${String(v).replaceAll('"', '""')}"`).join(",")).join("\r\n");
+  const link = h("a", { href: URL.createObjectURL(new Blob([csv + "\r\n"], { type: "text/csv" })), download: "network.csv" }, t("csv"));
+  out.append(link, table(cols.map((c) => t(c)), lines, (l) => {
+    const c = cells(l);
+    c[0] = deviceLink(l.r.device, l.r.device);
+    if (l.r.status !== 200) c[3] = h("span", { class: "error" }, l.r.error || String(l.r.status));
+    return c;
+  }));
 }
 
 async function devicePage(lc) {

@@ -226,6 +226,34 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
         shot(admin, "04-device")
     check("the device page lists its four channels", device_page)
 
+    def network_inventory():
+        ready(admin, "/devices")
+        admin.get_by_role("button", name="Network settings").click()
+        admin.wait_for_selector("section.inventory span:has-text('channels read')", timeout=30000)
+        said = admin.inner_text("section.inventory .row span")
+        assert said.startswith("5 channels read, 0 failed"), said
+        rows = [r.split("\t") for r in admin.locator("section.inventory tbody tr").all_inner_texts()]
+        by = {(r[0], r[1]): r for r in rows}
+        # The built-in channel's settings, as the edge reports them.
+        assert by[("site-1", "0")][3:] == ["192.168.1.64", "255.255.255.0", "192.168.1.1", "off", "02:00:00:00:00:00"], rows
+        # The real cameras behind channels 2 (CVIP) and 3 (DVRIP) answer with theirs.
+        for ch in ["2", "3"]:
+            assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", by[("site-1", ch)][3]), rows
+        assert ("site-2", "0") in by and not any(r[0] == "xss-1" for r in rows), rows
+        shot(admin, "03b-network")
+        with admin.expect_download() as dl:
+            admin.click("section.inventory a:has-text('Download CSV')")
+        with open(dl.value.path(), encoding="utf-8") as f:
+            csv = f.read().splitlines()
+        assert csv[0] == '"device","channel","iface","ip","netmask","gateway","dhcp","mac","error"', csv[0]
+        assert any(line.startswith('"site-1","0",') and '"192.168.1.64"' in line for line in csv), csv
+        # Only the devices the search shows.
+        admin.fill("input[type=search]", "back yard")
+        admin.get_by_role("button", name="Network settings").click()
+        admin.wait_for_selector("section.inventory span:has-text('1 channels read')", timeout=30000)
+        assert admin.locator("section.inventory tbody tr").count() == 1
+    check("the devices page reads every shown camera's network settings in batches, as a table and CSV", network_inventory)
+
     def rename_and_motion():
         ready(admin, "/devices/xss-1")
         admin.fill("input[name=name]", "Side door")
@@ -520,6 +548,7 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
         ready(v, "/devices")
         codes = v.evaluate("() => [...document.querySelectorAll('li[data-code]')].map(l => l.dataset.code)")
         assert codes == ["site-2"], codes
+        assert v.get_by_role("button", name="Network settings").count() == 0, "a viewer may read network settings"
         shot(v, "15-viewer-devices-phone")
         ready(v, "/devices/site-2/channels/0")
         plays(v, "#player")
