@@ -434,6 +434,42 @@ async def main():
         assert by_id["n2"]["devices_online"] + by_id["n3"]["devices_online"] == held >= len(fleet), j
     await check("the killed node is listed dead, holding nothing", dead_node_listed())
 
+    async def batch_across():
+        # A fifth of the fleet moves on to node 3 (their next URL); then one
+        # request to node 2 for every fleet device: each answered by the
+        # device itself through the node holding it, and what crosses the
+        # bus (nats-py) is one message, to node 3.
+        movers = fleet[::5]
+        for d in movers:
+            await d.ws.close()
+        for _ in range(100):
+            s, page = await asyncio.to_thread(api, h2, "GET", "/api/v1/devices?limit=1000")
+            node_of = {d["login_code"]: d.get("node") for d in page if d["online"]}
+            if all(node_of.get(d.code) == "n3" for d in movers) and all(node_of.get(d.code) for d in fleet):
+                break
+            await asyncio.sleep(0.1)
+        assert all(node_of.get(d.code) == "n3" for d in movers), [node_of.get(d.code) for d in movers]
+        crossed = []
+
+        async def on_batch(m):
+            crossed.append(m.subject)
+        sub = await nc.subscribe("ivr.node.*.rpc", cb=on_batch)
+        await nc.flush()
+        calls = [{"device": d.code, "method": "GetNetConfig", "params": {"channel": 0}} for d in fleet]
+        calls.append({"device": "nobody", "method": "GetNetConfig", "params": {"channel": 0}})
+        s, r = await asyncio.to_thread(api, h2, "POST", "/api/v1/rpc", {"calls": calls})
+        assert s == 200 and r["ok"] == len(fleet) and r["failed"] == 1, (s, r.get("ok"), r.get("failed"))
+        host = {"n2": h2, "n3": h3}
+        for d, res in zip(fleet, r["results"]):
+            assert res["device"] == d.code and res["status"] == 200, res
+            assert res["answer"] == {"answered_by": d.code, "via": host[node_of[d.code]]}, (res, node_of[d.code])
+        assert r["results"][-1]["status"] == 404, r["results"][-1]
+        await asyncio.sleep(0.3)
+        await sub.unsubscribe()
+        assert crossed == ["ivr.node.n3.rpc"], crossed
+    await check("a batch of calls through node 2 reaches every device on nodes 2-3, one bus message to node 3 (nats-py)",
+                batch_across())
+
     async def no_acked_alarm_lost():
         s, ev = await asyncio.to_thread(api, h3, "GET", "/api/v1/events?type=alarm&limit=10000")
         stored = {e["login_code"] for e in ev if e["data"].get("desc", "").startswith("before the kill")}
