@@ -152,6 +152,34 @@ try:
         assert status == 502 and body["code"] == 1 and body["msg"] == "busy" and "busy" in body["error"], out
     check("the cloud calls the device (seq from 1, errors relayed)", cloud_calls_us)
 
+    def cli_call():
+        # `ivr cloud call`: the method on several devices through the batch
+        # API; this IVT answers its part, an unknown device fails alone.
+        env = dict(os.environ, IVR_TOKEN=TOKEN)
+        cmd = [args.ivr, "cloud", "call", "GetPTZPresetList", '{"channel": 0}', "--url", f"http://{HOST}",
+               "--device", "py-1,nobody", "--json"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        req = recv_json(ws, timeout=15)
+        assert req["req"] == "GetPTZPresetList" and req["params"] == {"channel": 0}, req
+        ws.send(json.dumps({"seq": req["seq"], "resp": [{"name": "from the cli", "token": "9"}]}))
+        out, err = p.communicate(timeout=30)
+        got = json.loads(out)
+        assert p.returncode == 1 and "1 of 2 calls failed" in err, (p.returncode, err)
+        assert (got["ok"], got["failed"]) == (1, 1), got
+        assert got["results"][0] == {"device": "py-1", "method": "GetPTZPresetList", "status": 200,
+                                     "answer": [{"name": "from the cli", "token": "9"}]}, got
+        assert got["results"][1]["device"] == "nobody" and got["results"][1]["status"] == 404, got
+        # Bad params are refused before anything is sent, naming the field.
+        r = subprocess.run([args.ivr, "cloud", "call", "RebootChannel", "{}", "--url", f"http://{HOST}", "--device", "py-1"],
+                           capture_output=True, text=True, env=env, timeout=30)
+        assert r.returncode != 0 and "params.channel" in r.stderr, (r.returncode, r.stderr)
+        try:
+            sent = ws.recv(timeout=0.5)
+        except TimeoutError:
+            sent = None
+        assert sent is None, sent
+    check("ivr cloud call runs a method on several devices through the batch API (this IVT answers)", cli_call)
+
     def events():
         status, _ = api("POST", "/api/v1/devices/py-1/events/SyncTime", {"datetime": "2016-12-05T02:15:32", "offset": 5})
         assert status == 202, status

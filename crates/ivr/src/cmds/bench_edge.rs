@@ -44,7 +44,7 @@ pub struct EdgeBench {
 const NGINX_CONF: &str = include_str!("../../../../tests/interop/nginx-rtmp.conf");
 
 /// A progress bar on stderr (hidden with --json).
-fn bar(len: u64, what: &str, json: bool) -> indicatif::ProgressBar {
+pub(super) fn bar(len: u64, what: &str, json: bool) -> indicatif::ProgressBar {
     if json {
         return indicatif::ProgressBar::hidden();
     }

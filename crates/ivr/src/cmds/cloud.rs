@@ -126,6 +126,10 @@ pub enum CloudCmd {
     /// Console users: add the first admin, list, change passwords, delete.
     #[command(subcommand)]
     Users(super::users::UsersCmd),
+    /// Calls an IVT method on many devices of a running cloud through its
+    /// API (`POST /api/v1/rpc`, in batches), with a progress bar; exits 1
+    /// when any call failed.
+    Call(super::cloud_call::CallArgs),
 }
 
 /// `1000`, `20K`, `20M`, `500G`, `2T` (powers of 1024).
@@ -397,8 +401,10 @@ fn cloud_rtmp(c: &Cloud<SqlStore>) -> Rtmp {
 }
 
 pub async fn run(mut a: Args) -> anyhow::Result<()> {
-    if let Some(CloudCmd::Users(u)) = a.cmd.take() {
-        return super::users::run(u).await;
+    match a.cmd.take() {
+        Some(CloudCmd::Users(u)) => return super::users::run(u).await,
+        Some(CloudCmd::Call(c)) => return super::cloud_call::run(c).await,
+        None => {}
     }
     let fds = super::raise_fd_limit();
     // Read the certificate first: a bad file is an error before anything listens.

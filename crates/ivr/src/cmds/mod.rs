@@ -9,6 +9,7 @@ pub mod bench_recording;
 pub mod bench_soak;
 pub mod bench_streams;
 pub mod cloud;
+pub mod cloud_call;
 pub mod cvip;
 pub mod demo;
 pub mod dvrip;
