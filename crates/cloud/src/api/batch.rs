@@ -26,6 +26,10 @@ use std::sync::Arc;
 
 /// The most calls one request carries.
 pub(crate) const BATCH_MAX: usize = 1000;
+/// The most bytes of device answers one batch answers with; answers past
+/// it are replaced by a 502 that says so (each device's is at most 1 MiB,
+/// IVR RPC's message cap, so 1,000 of them could otherwise make 1 GiB).
+pub(crate) const ANSWERS_MAX: usize = 32 << 20;
 
 /// One call of a batch.
 #[derive(Debug, Deserialize, Serialize)]
@@ -123,9 +127,25 @@ pub(crate) async fn run<S: Store>(c: &Arc<Cloud<S>>, who: &Caller, calls: &[Call
     for (i, o) in local.into_iter().chain(remote).flatten() {
         out[i] = Some(o);
     }
-    out.into_iter()
+    let made = out.into_iter().map(|o| {
+        o.unwrap_or_else(|| Outcome::error(ApiError::internal("the call was not made (a bug: please report it)")))
+    });
+    capped(made, ANSWERS_MAX)
+}
+
+/// The outcomes with every answer past `room` bytes in all replaced by a
+/// 502 that says so.
+fn capped(outcomes: impl Iterator<Item = Outcome>, mut room: usize) -> Vec<Outcome> {
+    outcomes
         .map(|o| {
-            o.unwrap_or_else(|| Outcome::error(ApiError::internal("the call was not made (a bug: please report it)")))
+            if o.body.len() > room {
+                return Outcome::error(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the device answered, but this batch's answers passed 32 MiB: make fewer calls at once",
+                ));
+            }
+            room -= o.body.len();
+            o
         })
         .collect()
 }
@@ -209,6 +229,14 @@ mod tests {
         let calls = [call("a", "m1"), call("b", "m1"), call("a", "m2"), call("c", "m1"), call("b", "m2")];
         let g = by_device(&calls);
         assert_eq!(g, vec![("a", vec![0, 2]), ("b", vec![1, 4]), ("c", vec![3])]);
+    }
+
+    #[test]
+    fn answers_past_the_cap_say_so() {
+        let o = |n: usize| Outcome { status: 200, body: vec![b'1'; n].into() };
+        let got = capped([o(6), o(5), o(3)].into_iter(), 10);
+        assert_eq!(got.iter().map(|o| o.status).collect::<Vec<_>>(), [200, 502, 200]);
+        assert!(String::from_utf8_lossy(&got[1].body).contains("fewer calls"));
     }
 
     #[test]
