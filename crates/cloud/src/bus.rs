@@ -103,6 +103,30 @@ struct RelayedCaller {
     user: Option<String>,
 }
 
+impl RelayedCaller {
+    fn of(who: &Caller) -> RelayedCaller {
+        RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() }
+    }
+
+    /// The caller on the holder: seeing only `devices`, from `peer`.
+    fn caller(self, devices: std::collections::BTreeSet<String>, peer: SocketAddr) -> Caller {
+        Caller {
+            actor: self.actor,
+            role: self.role,
+            scope: Scope::Only(devices),
+            addr: Some(peer.ip()),
+            user: self.user,
+            session: None,
+            token: None,
+        }
+    }
+}
+
+/// The caller's address as a relayed request carries it.
+fn peer_of(who: &Caller) -> SocketAddr {
+    SocketAddr::new(who.addr.unwrap_or([127, 0, 0, 1].into()), 0)
+}
+
 #[derive(Serialize, Deserialize)]
 struct RelayHead {
     method: String,
@@ -582,15 +606,7 @@ impl<S: Store> Cloud<S> {
         if self.handle_of(&head.lc).is_none() {
             return framed(not_here(&head.lc)).await;
         }
-        let who = Caller {
-            actor: head.caller.actor,
-            role: head.caller.role,
-            scope: Scope::Only([head.lc.clone()].into()),
-            addr: Some(head.peer.ip()),
-            user: head.caller.user,
-            session: None,
-            token: None,
-        };
+        let who = head.caller.caller([head.lc.clone()].into(), head.peer);
         let path = head.uri.split('?').next().unwrap_or_default();
         if let (true, Some(method)) = (head.method == "POST", rpc_method(path)) {
             return match crate::api::devices::call(self, &who, &head.lc, &method, &body).await {
@@ -664,15 +680,7 @@ impl<S: Store> Cloud<S> {
             return refused;
         }
         let calls = head.calls;
-        let who = Caller {
-            actor: head.caller.actor,
-            role: head.caller.role,
-            scope: Scope::Only(calls.iter().map(|c| c.device.clone()).collect()),
-            addr: Some(head.peer.ip()),
-            user: head.caller.user,
-            session: None,
-            token: None,
-        };
+        let who = head.caller.caller(calls.iter().map(|c| c.device.clone()).collect(), head.peer);
         let groups = crate::api::batch::by_device(&calls);
         let runs = groups.iter().map(|(lc, idx)| {
             let (who, calls) = (&who, &calls);
@@ -712,8 +720,8 @@ impl<S: Store> Cloud<S> {
     ) -> Vec<(usize, Outcome)> {
         let order: Vec<usize> = groups.iter().flat_map(|(_, idx)| idx.iter().copied()).collect();
         let head = BatchHead {
-            caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
-            peer: SocketAddr::new(who.addr.unwrap_or([127, 0, 0, 1].into()), 0),
+            caller: RelayedCaller::of(who),
+            peer: peer_of(who),
             sent_ms: now_ms(),
             bus: PROTOCOL,
             calls: order.iter().map(|&i| &calls[i]).collect::<Vec<&Call>>(),
@@ -784,9 +792,9 @@ impl<S: Store> Cloud<S> {
             method: "POST".into(),
             uri: format!("/api/v1/devices/{}/rpc/{}", percent_encode(lc), percent_encode(&call.method)),
             headers: Vec::new(),
-            peer: SocketAddr::new(who.addr.unwrap_or([127, 0, 0, 1].into()), 0),
+            peer: peer_of(who),
             lc: lc.to_owned(),
-            caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
+            caller: RelayedCaller::of(who),
             sent_ms: now_ms(),
             bus: PROTOCOL,
         };
@@ -890,7 +898,7 @@ pub(crate) async fn relay<S: Store>(
         },
         peer,
         lc: lc.clone(),
-        caller: RelayedCaller { actor: who.actor.clone(), role: who.role, user: who.user.clone() },
+        caller: RelayedCaller::of(&who),
         sent_ms: now_ms(),
         bus: PROTOCOL,
     };
@@ -940,12 +948,7 @@ impl<S: Store> Cloud<S> {
                         continue;
                     }
                     Some((h, body)) => return Asked::Answered(h, body, node),
-                    None => {
-                        return Asked::Failed(ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            format!("node {node:?} answered something unreadable"),
-                        ))
-                    }
+                    None => return Asked::Failed(unreadable(&node)),
                 },
                 Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut) => {
                     // Slow, hung or gone: the next request asks the store.

@@ -160,7 +160,7 @@ pub(crate) async fn call<S: Store>(
     who.control(lc)?;
     // Sending an unknown method would make the device close the session (rule 4).
     let params = api_params(method, &IVT_METHODS, "IVT method", body)?;
-    call_with(c, who, lc, method, params).await
+    send(c, who, lc, method, params).await
 }
 
 /// [`call`] with the params parsed already (a batch's, see `batch`).
@@ -172,9 +172,18 @@ pub(crate) async fn call_with<S: Store>(
     params: Option<Value>,
 ) -> ApiResult<Value> {
     who.control(lc)?;
-    if !IVT_METHODS.contains(&method) {
-        return Err(ApiError::not_found(format!("{method:?} is not an IVT method; one of {}", IVT_METHODS.join(", "))));
-    }
+    super::known_name(method, &IVT_METHODS, "IVT method")?;
+    send(c, who, lc, method, params).await
+}
+
+/// The call, once `who` may control `lc` and `method` is an IVT method.
+async fn send<S: Store>(
+    c: &Arc<Cloud<S>>,
+    who: &Caller,
+    lc: &str,
+    method: &str,
+    params: Option<Value>,
+) -> ApiResult<Value> {
     let req = IvtRequest::parse(method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     c.check_device(lc).await?;
     if let Some(ch) = req.channel() {

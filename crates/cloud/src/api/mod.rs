@@ -32,10 +32,16 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResul
 /// Checks that `name` is one of `known` (404 otherwise) and parses the body
 /// as its params (absent when the body is empty; 400 when not JSON).
 fn api_params(name: &str, known: &[&str], what: &str, body: &[u8]) -> ApiResult<Option<Value>> {
+    known_name(name, known, what)?;
+    json_body(body)
+}
+
+/// 404 unless `name` is one of `known` (an IVT method or event).
+fn known_name(name: &str, known: &[&str], what: &str) -> ApiResult<()> {
     if !known.contains(&name) {
         return Err(ApiError::not_found(format!("{name:?} is not an {what}; one of {}", known.join(", "))));
     }
-    json_body(body)
+    Ok(())
 }
 
 /// `GET /api/v1/nodes`: the cluster's nodes as their heartbeats say (a
