@@ -539,6 +539,7 @@ impl<S: Store> Cloud<S> {
                 return (*n != *self.cfg.node_id).then_some(n);
             }
         }
+        self.counters.holder_reads.fetch_add(1, Ordering::Relaxed);
         let node = self.store.holder(lc).await.ok()??;
         if node == self.cfg.node_id {
             return None;
@@ -546,6 +547,48 @@ impl<S: Store> Cloud<S> {
         // Epoch 0: the next takeover the bus carries for it wins.
         self.holders.learn(lc, &node, 0);
         Some(node.into())
+    }
+
+    /// [`Cloud::holder`] for many devices (a batch's): the node for each
+    /// one another node holds; those held here, or nowhere, are absent.
+    /// What the bus has not named is read from the store at once, not a
+    /// read per device.
+    pub(crate) async fn holders_of<'a>(&self, lcs: &[&'a str]) -> HashMap<&'a str, Arc<str>> {
+        let mut found = HashMap::new();
+        if self.bus.get().is_none() {
+            return found;
+        }
+        let mut unknown = Vec::new();
+        for &lc in lcs {
+            if self.handle_of(lc).is_some() {
+                continue;
+            }
+            match self.holders.get(lc) {
+                Some(n) if *n != *self.cfg.node_id => drop(found.insert(lc, n)),
+                Some(_) => {}
+                None => unknown.push(lc),
+            }
+        }
+        if unknown.is_empty() {
+            return found;
+        }
+        self.counters.holder_reads.fetch_add(1, Ordering::Relaxed);
+        let rows = match self.store.holders(&unknown).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cloud: where a batch's devices are held could not be read");
+                return found;
+            }
+        };
+        let asked: std::collections::HashSet<&'a str> = unknown.into_iter().collect();
+        for (lc, node) in rows {
+            let Some(&lc) = asked.get(lc.as_str()) else { continue };
+            if node != self.cfg.node_id {
+                self.holders.learn(lc, &node, 0);
+                found.insert(lc, node.into());
+            }
+        }
+        found
     }
 }
 
@@ -682,8 +725,11 @@ impl<S: Store> Cloud<S> {
         let calls = head.calls;
         let who = head.caller.caller(calls.iter().map(|c| c.device.clone()).collect(), head.peer);
         let groups = crate::api::batch::by_device(&calls);
+        // Answers are dropped as they arrive once they could not be sent
+        // back in one message anyway (see `encode_outcomes`).
+        let room = crate::api::batch::Room::new(RELAY_MAX.saturating_sub(256 * calls.len()), TOO_LARGE_FOR_BUS);
         let runs = groups.iter().map(|(lc, idx)| {
-            let (who, calls) = (&who, &calls);
+            let (who, calls, room) = (&who, &calls, &room);
             async move {
                 if self.handle_of(lc).is_none() {
                     let o = Outcome::error(ApiError::new(
@@ -692,7 +738,7 @@ impl<S: Store> Cloud<S> {
                     ));
                     return idx.iter().map(|&i| (i, o.clone())).collect();
                 }
-                crate::api::batch::run_here(self, who, lc, idx, calls).await
+                crate::api::batch::run_here(self, who, lc, idx, calls, room).await
             }
         });
         let mut out: Vec<Option<Outcome>> = vec![None; calls.len()];
@@ -811,6 +857,9 @@ fn unreadable(node: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_GATEWAY, format!("node {node:?} answered something unreadable"))
 }
 
+/// The error of a batch's answer that does not fit in the message back.
+const TOO_LARGE_FOR_BUS: &str = "the device answered, but this batch's answers are more than one message between nodes carries: make fewer calls at once";
+
 /// A batch's outcomes for the bus: each as its status (2 bytes) and the
 /// length of its body (4 bytes, big-endian), then the body. A node
 /// answers at most [`RELAY_MAX`]: answers past that are replaced by a 502
@@ -821,10 +870,7 @@ fn encode_outcomes(outcomes: &[Outcome]) -> Vec<u8> {
         let room = RELAY_MAX.saturating_sub(out.len() + 256 * (outcomes.len() - n));
         let too_large;
         let o = if o.body.len() > room {
-            too_large = Outcome::error(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "the device answered, but this batch's answers are more than one message between nodes carries: make fewer calls at once",
-            ));
+            too_large = Outcome::error(ApiError::new(StatusCode::BAD_GATEWAY, TOO_LARGE_FOR_BUS));
             &too_large
         } else {
             o

@@ -127,6 +127,8 @@ pub(crate) struct Counters {
     pub(crate) relayed_out: AtomicU64,
     pub(crate) relayed_in: AtomicU64,
     pub(crate) relays_misdirected: AtomicU64,
+    /// Store reads to find which node holds a device (one a batch).
+    pub(crate) holder_reads: AtomicU64,
 }
 
 /// How a login check ended.

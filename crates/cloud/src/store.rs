@@ -162,6 +162,9 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     /// The node holding a device's session, if it is online (one indexed
     /// read: the relay's question).
     fn holder(&self, login_code: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// [`Store::holder`] for many devices at once (a batch's): (login
+    /// code, node) for those online, in no particular order.
+    fn holders(&self, codes: &[&str]) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
     /// The channel numbers this node last wrote for a device it holds
     /// (`None`: not known here; ask [`Store::device`]).
     fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>>;
@@ -966,6 +969,24 @@ impl Store for SqlStore {
         Ok(rows.first().map(|r| r.opt_text(0)).transpose()?.flatten())
     }
 
+    async fn holders(&self, codes: &[&str]) -> Result<Vec<(String, String)>> {
+        // Fixed-size IN lists, as in `devices_of`: one statement to prepare.
+        const CHUNK: usize = 64;
+        let marks = (1..=CHUNK).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("SELECT login_code, owner FROM device WHERE login_code IN ({marks}) AND online != 0");
+        let mut out = Vec::with_capacity(codes.len());
+        for chunk in codes.chunks(CHUNK) {
+            let pad = chunk.last().copied().unwrap_or("");
+            let args = chunk.iter().copied().chain(std::iter::repeat(pad)).take(CHUNK).map(Val::from).collect();
+            for r in self.db.query(&sql, args).await? {
+                if let Some(node) = r.opt_text(1)? {
+                    out.push((r.text(0)?, node));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn cached_channels(&self, login_code: &str) -> Option<Vec<u32>> {
         let c = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         c.get(login_code).map(|rows| rows.iter().map(|r| r.channel).collect())
@@ -1592,6 +1613,12 @@ mod tests {
         assert_eq!((d.hardware_model.as_deref(), d.node.as_deref()), (Some("ivr-edge"), Some("n1")));
         assert_eq!(s.holder("site-1").await.unwrap().as_deref(), Some("n1"));
         assert_eq!(s.holder("nobody").await.unwrap(), None);
+        // Many at once: only those online; past one IN list (64 codes).
+        let mut many: Vec<String> = (0..70).map(|i| format!("none-{i}")).collect();
+        many.push("site-1".into());
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(s.holders(&many).await.unwrap(), vec![("site-1".to_owned(), "n1".to_owned())]);
+        assert_eq!(s.holders(&["site-1", "site-1"]).await.unwrap().len(), 1, "asked twice, one answer");
 
         // A second login (another node) fences the first session out.
         let e2 = s.logged_in("site-1", "ivr-edge", "0.1.0", 105, "n2").await.unwrap();

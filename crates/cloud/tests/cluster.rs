@@ -227,7 +227,8 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
 
     // A batch through node 3 for devices on nodes 1 and 2: one bus message
     // to each, every call answered by its holder with its own status.
-    let out_before = api(a3, "GET", "/api/v1/stats", None).await.1["cluster"]["relayed_out"].as_u64().unwrap();
+    let k_before = api(a3, "GET", "/api/v1/stats", None).await.1["cluster"].clone();
+    let out_before = k_before["relayed_out"].as_u64().unwrap();
     let list = |lc: &str| json!({"device": lc, "method": "GetPTZPresetList", "params": {"channel": 0}});
     let batch = json!({"calls": [
         list("cam-1"), list("cam-2"), list("cam-1"),
@@ -241,8 +242,13 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     assert_eq!(statuses, [200, 200, 200, 404, 409, 404], "{v}");
     assert_eq!(v["results"][2]["answer"][0]["token"], "1", "{v}");
     assert!(v["results"][4]["error"].as_str().unwrap().contains("offline"), "{v}");
-    let out_after = api(a3, "GET", "/api/v1/stats", None).await.1["cluster"]["relayed_out"].as_u64().unwrap();
+    let k_after = api(a3, "GET", "/api/v1/stats", None).await.1["cluster"].clone();
+    let out_after = k_after["relayed_out"].as_u64().unwrap();
     assert_eq!(out_after - out_before, 2, "one message to each holder, not one a call");
+    // cam-3 (offline) and "nobody" were never named by the bus: where
+    // they are is one read of the store for both, not one each.
+    let reads = k_after["holder_reads"].as_u64().unwrap() - k_before["holder_reads"].as_u64().unwrap();
+    assert_eq!(reads, 1, "{k_before} -> {k_after}");
 
     // cam-3 on node 1 without a way back; then node 1 dies.
     let _raw3 = raw_ivt(ivc(a1, "cam-3", "pw-123456")).await;

@@ -82,6 +82,32 @@ pub(crate) fn by_device(calls: &[Call]) -> Vec<(&str, Vec<usize>)> {
     groups
 }
 
+/// What is left of a batch's room for answers, taken as they arrive: an
+/// answer that does not fit is dropped at once and replaced by a 502 that
+/// says so, so a batch never holds more than its room of answers (the
+/// call was made; only its answer is lost).
+pub(crate) struct Room {
+    left: std::sync::atomic::AtomicUsize,
+    full: &'static str,
+}
+
+impl Room {
+    /// `bytes` of answers; `full`: the error of an answer past them.
+    pub(crate) fn new(bytes: usize, full: &'static str) -> Room {
+        Room { left: bytes.into(), full }
+    }
+
+    /// `o`, or the error that replaces it when its answer does not fit.
+    pub(crate) fn take(&self, o: Outcome) -> Outcome {
+        use std::sync::atomic::Ordering;
+        let n = o.body.len();
+        match self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)) {
+            Ok(_) => o,
+            Err(_) => Outcome::error(ApiError::new(StatusCode::BAD_GATEWAY, self.full)),
+        }
+    }
+}
+
 /// Makes one device's calls here, in order: (index, outcome) each.
 pub(crate) async fn run_here<S: Store>(
     c: &Arc<Cloud<S>>,
@@ -89,11 +115,13 @@ pub(crate) async fn run_here<S: Store>(
     lc: &str,
     idx: &[usize],
     calls: &[Call],
+    room: &Room,
 ) -> Vec<(usize, Outcome)> {
     let mut out = Vec::with_capacity(idx.len());
     for &i in idx {
         let call = &calls[i];
-        out.push((i, Outcome::of(devices::call_with(c, who, lc, &call.method, call.params.clone()).await)));
+        let o = Outcome::of(devices::call_with(c, who, lc, &call.method, call.params.clone()).await);
+        out.push((i, room.take(o)));
     }
     out
 }
@@ -103,49 +131,44 @@ pub(crate) async fn run_here<S: Store>(
 pub(crate) async fn run<S: Store>(c: &Arc<Cloud<S>>, who: &Caller, calls: &[Call]) -> Vec<Outcome> {
     let groups = by_device(calls);
     let mut out: Vec<Option<Outcome>> = vec![None; calls.len()];
-    let mut here: Vec<(&str, &[usize])> = Vec::new();
-    let mut elsewhere: HashMap<Arc<str>, Vec<(&str, &[usize])>> = HashMap::new();
+    let mut allowed: Vec<(&str, &[usize])> = Vec::with_capacity(groups.len());
     for (lc, idx) in &groups {
         // A device the caller may not control is refused here, without
         // asking the node that holds it.
-        if let Err(e) = who.control(lc) {
-            let o = Outcome::error(e);
-            for &i in idx {
-                out[i] = Some(o.clone());
+        match who.control(lc) {
+            Ok(()) => allowed.push((lc, idx)),
+            Err(e) => {
+                let o = Outcome::error(e);
+                for &i in idx {
+                    out[i] = Some(o.clone());
+                }
             }
-            continue;
         }
-        match c.holder(lc, false).await {
-            Some(node) => elsewhere.entry(node).or_default().push((lc, idx)),
+    }
+    let held = c.holders_of(&allowed.iter().map(|(lc, _)| *lc).collect::<Vec<_>>()).await;
+    let mut here: Vec<(&str, &[usize])> = Vec::new();
+    let mut elsewhere: HashMap<Arc<str>, Vec<(&str, &[usize])>> = HashMap::new();
+    for (lc, idx) in allowed {
+        match held.get(lc) {
+            Some(node) => elsewhere.entry(node.clone()).or_default().push((lc, idx)),
             None => here.push((lc, idx)),
         }
     }
-    let local = futures_util::future::join_all(here.iter().map(|(lc, idx)| run_here(c, who, lc, idx, calls)));
-    let remote =
-        futures_util::future::join_all(elsewhere.into_iter().map(|(node, gs)| c.relay_calls(who, node, gs, calls)));
+    let room =
+        Room::new(ANSWERS_MAX, "the device answered, but this batch's answers passed 32 MiB: make fewer calls at once");
+    let room = &room;
+    let local = futures_util::future::join_all(here.iter().map(|(lc, idx)| run_here(c, who, lc, idx, calls, room)));
+    let remote = futures_util::future::join_all(elsewhere.into_iter().map(|(node, gs)| async move {
+        let got = c.relay_calls(who, node, gs, calls).await;
+        got.into_iter().map(|(i, o)| (i, room.take(o))).collect::<Vec<_>>()
+    }));
     let (local, remote) = tokio::join!(local, remote);
     for (i, o) in local.into_iter().chain(remote).flatten() {
         out[i] = Some(o);
     }
-    let made = out.into_iter().map(|o| {
-        o.unwrap_or_else(|| Outcome::error(ApiError::internal("the call was not made (a bug: please report it)")))
-    });
-    capped(made, ANSWERS_MAX)
-}
-
-/// The outcomes with every answer past `room` bytes in all replaced by a
-/// 502 that says so.
-fn capped(outcomes: impl Iterator<Item = Outcome>, mut room: usize) -> Vec<Outcome> {
-    outcomes
+    out.into_iter()
         .map(|o| {
-            if o.body.len() > room {
-                return Outcome::error(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "the device answered, but this batch's answers passed 32 MiB: make fewer calls at once",
-                ));
-            }
-            room -= o.body.len();
-            o
+            o.unwrap_or_else(|| Outcome::error(ApiError::internal("the call was not made (a bug: please report it)")))
         })
         .collect()
 }
@@ -232,11 +255,13 @@ mod tests {
     }
 
     #[test]
-    fn answers_past_the_cap_say_so() {
+    fn answers_past_the_room_say_so() {
         let o = |n: usize| Outcome { status: 200, body: vec![b'1'; n].into() };
-        let got = capped([o(6), o(5), o(3)].into_iter(), 10);
-        assert_eq!(got.iter().map(|o| o.status).collect::<Vec<_>>(), [200, 502, 200]);
+        let room = Room::new(10, "full: make fewer calls");
+        let got: Vec<Outcome> = [o(6), o(5), o(3), o(2)].into_iter().map(|x| room.take(x)).collect();
+        assert_eq!(got.iter().map(|o| o.status).collect::<Vec<_>>(), [200, 502, 200, 502]);
         assert!(String::from_utf8_lossy(&got[1].body).contains("fewer calls"));
+        assert_eq!(got[2].body.len(), 3, "an answer that fits is kept whole");
     }
 
     #[test]

@@ -135,6 +135,7 @@ async fn stats<S: Store>(_: Admin, State(c): State<Arc<Cloud<S>>>) -> ApiResult<
             "relayed_out": n(&k.relayed_out),
             "relayed_in": n(&k.relayed_in),
             "relays_misdirected": n(&k.relays_misdirected),
+            "holder_reads": n(&k.holder_reads),
         },
         "recordings": {
             "stored": n(&c.recorder.stored),
