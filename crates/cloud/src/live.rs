@@ -31,6 +31,7 @@ use ivr_media::ingest::{self, Event as IngestEvent};
 use ivr_media::params::find_sps;
 use ivr_media::sink::{Format, Sink};
 use ivr_media::{hls, Codec, Frame};
+use ivr_rpc::conn::RpcHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
@@ -442,29 +443,33 @@ impl<S: Store> Cloud<S> {
         let channels = match cached {
             Some(c) => c,
             None => {
-                let d = self.store.device(lc).await?.ok_or_else(|| ApiError::not_found(format!("no device {lc:?}")))?;
+                let d = self.store.device(lc).await?.ok_or_else(|| no_device(lc))?;
                 d.channels.iter().map(|c| c.channel).collect()
             }
         };
-        if unreported_ok && channels.is_empty() {
-            return Ok(());
-        }
-        if !channels.contains(&ch) {
-            let known: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
-            return Err(ApiError::not_found(format!(
-                "device {lc:?} has no channel {ch} (its channels: {})",
-                if known.is_empty() { "none reported yet".into() } else { known.join(", ") }
-            )));
-        }
-        Ok(())
+        channel_in(lc, ch, &channels, unreported_ok)
     }
 
-    /// 404 for an unknown device (one in session here exists: no read).
-    pub(crate) async fn check_device(&self, lc: &str) -> ApiResult<()> {
-        if self.handle_of(lc).is_some() || self.store.device(lc).await?.is_some() {
-            return Ok(());
+    /// The session an RPC or event for `lc` (about channel `ch`, when it
+    /// names one) goes through: 404 for an unknown device or a channel it
+    /// does not list (one it has listed none of yet may be asked), 409 when
+    /// it is offline. One look at the sessions for a device held here, and
+    /// no database read unless its channels are not known to this node.
+    pub(crate) async fn session_for(&self, lc: &str, ch: Option<u32>) -> ApiResult<RpcHandle> {
+        if let Some(h) = self.handle_of(lc) {
+            if let Some(ch) = ch {
+                match self.store.cached_channels(lc) {
+                    Some(channels) => channel_in(lc, ch, &channels, true)?,
+                    None => self.check_channel_of(lc, ch, true).await?,
+                }
+            }
+            return Ok(h);
         }
-        Err(ApiError::not_found(format!("no device {lc:?}")))
+        let d = self.store.device(lc).await?.ok_or_else(|| no_device(lc))?;
+        if let Some(ch) = ch {
+            channel_in(lc, ch, &d.channels.iter().map(|c| c.channel).collect::<Vec<_>>(), true)?;
+        }
+        Err(ApiError::conflict(format!("device {lc:?} is offline")))
     }
 
     /// A start that failed: waiters told, the entry gone, an event.
@@ -1081,4 +1086,21 @@ pub(crate) async fn live_hls<S: Store>(
         }
         None => ApiError::not_found(format!("{file}: not in the live window (any more)")).into_response(),
     }
+}
+
+fn no_device(lc: &str) -> ApiError {
+    ApiError::not_found(format!("no device {lc:?}"))
+}
+
+/// 404 unless `ch` is one of `channels` (or none is listed yet and
+/// `unreported_ok`).
+fn channel_in(lc: &str, ch: u32, channels: &[u32], unreported_ok: bool) -> ApiResult<()> {
+    if (unreported_ok && channels.is_empty()) || channels.contains(&ch) {
+        return Ok(());
+    }
+    let known: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+    Err(ApiError::not_found(format!(
+        "device {lc:?} has no channel {ch} (its channels: {})",
+        if known.is_empty() { "none reported yet".into() } else { known.join(", ") }
+    )))
 }

@@ -59,27 +59,129 @@ fn bad(why: impl Into<String>) -> Malformed {
     Malformed(why.into())
 }
 
-fn seq_of(m: &Map<String, Value>) -> Result<u64, Malformed> {
-    match m.get("seq") {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| bad(format!("seq {n} is not a non-negative integer"))),
-        Some(other) => Err(bad(format!("seq is {other}, not an integer"))),
-        None => Err(bad("seq is missing")),
+/// The keys a packet may have, in the order of [`Fields::at`].
+const KEYS: [&str; 6] = ["req", "event", "params", "seq", "resp", "err"];
+
+/// A document's top-level keys, read in one pass: the values of the known
+/// ones (the last of a repeated key, as serde_json's own map keeps), where
+/// each first appeared, and the first unknown key. No map of the whole
+/// document is built: `params` and `resp` are the only values of any size,
+/// and they are parsed once, in place.
+#[derive(Default)]
+struct Fields {
+    values: [Option<Value>; 6],
+    at: [Option<u32>; 6],
+    unknown: Option<(u32, String)>,
+}
+
+const REQ: usize = 0;
+const EVENT: usize = 1;
+const PARAMS: usize = 2;
+const SEQ: usize = 3;
+const RESP: usize = 4;
+const ERR: usize = 5;
+
+/// One top-level key: a known one's index, or an unknown one (kept only
+/// if it is the first).
+enum Key {
+    Known(usize),
+    Unknown(String),
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Key, E> {
+                Ok(KEYS.iter().position(|&known| known == k).map_or_else(|| Key::Unknown(k.to_owned()), Key::Known))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
-/// `params`, when there: an object or an array.
-fn check_params(m: &Map<String, Value>) -> Result<(), Malformed> {
-    match m.get("params") {
-        None | Some(Value::Object(_) | Value::Array(_)) => Ok(()),
-        Some(other) => Err(bad(format!("params is {other}; an object or array, or absent when there are none"))),
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut f = Fields::default();
+                let mut n = 0u32;
+                while let Some(key) = map.next_key::<Key>()? {
+                    let value: Value = map.next_value()?;
+                    match key {
+                        Key::Known(i) => {
+                            f.at[i].get_or_insert(n);
+                            f.values[i] = Some(value);
+                        }
+                        Key::Unknown(k) => {
+                            if f.unknown.is_none() {
+                                f.unknown = Some((n, k));
+                            }
+                        }
+                    }
+                    n += 1;
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
-/// The string at `key`, taken out of the document (checked before).
-fn take_string(m: &mut Map<String, Value>, key: &str) -> String {
-    match m.remove(key) {
-        Some(Value::String(s)) => s,
-        _ => String::new(),
+impl Fields {
+    fn get(&self, i: usize) -> Option<&Value> {
+        self.values[i].as_ref()
+    }
+
+    fn take(&mut self, i: usize) -> Option<Value> {
+        self.values[i].take()
+    }
+
+    /// Refuses the first key, in the document's order, that is not one
+    /// of `allowed` in a `what`.
+    fn only(&self, allowed: &[usize], what: &str) -> Result<(), Malformed> {
+        let stray = (0..KEYS.len())
+            .filter(|i| !allowed.contains(i))
+            .filter_map(|i| Some((self.at[i]?, KEYS[i])))
+            .chain(self.unknown.as_ref().map(|(at, k)| (*at, k.as_str())))
+            .min_by_key(|(at, _)| *at);
+        match stray {
+            Some((_, k)) => Err(bad(format!("unknown key {k:?} in a {what}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn seq(&self) -> Result<u64, Malformed> {
+        match self.get(SEQ) {
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| bad(format!("seq {n} is not a non-negative integer"))),
+            Some(other) => Err(bad(format!("seq is {other}, not an integer"))),
+            None => Err(bad("seq is missing")),
+        }
+    }
+
+    /// `params`, when there: an object or an array.
+    fn params(&mut self) -> Result<Option<Value>, Malformed> {
+        match self.take(PARAMS) {
+            p @ (None | Some(Value::Object(_) | Value::Array(_))) => Ok(p),
+            Some(other) => Err(bad(format!("params is {other}; an object or array, or absent when there are none"))),
+        }
+    }
+
+    /// The name at `i` (`req` or `event`): a string, not empty.
+    fn name(&mut self, i: usize) -> Option<String> {
+        match self.take(i) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        }
     }
 }
 
@@ -93,44 +195,37 @@ fn only(m: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<(), Malf
 impl Message {
     /// Parses one text frame.
     pub fn parse(text: &str) -> Result<Message, Malformed> {
-        let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let Value::Object(mut m) = v else { return Err(bad("not a JSON object")) };
-        // Checked in place, then taken out of the document: `params` and
-        // `resp` can be large, and are moved, never copied.
-        if let Some(req) = m.get("req") {
-            only(&m, &["req", "params", "seq"], "request")?;
-            if req.as_str().is_none_or(str::is_empty) {
-                return Err(bad("req is not a method name"));
-            }
-            check_params(&m)?;
-            let seq = seq_of(&m)?;
-            return Ok(Message::Request { method: take_string(&mut m, "req"), params: m.remove("params"), seq });
+        let mut f: Fields = serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => bad("not a JSON object"),
+            _ => bad(format!("not JSON: {e}")),
+        })?;
+        if f.get(REQ).is_some() {
+            f.only(&[REQ, PARAMS, SEQ], "request")?;
+            let method = f.name(REQ).ok_or_else(|| bad("req is not a method name"))?;
+            let params = f.params()?;
+            return Ok(Message::Request { method, params, seq: f.seq()? });
         }
-        if let Some(ev) = m.get("event") {
-            only(&m, &["event", "params"], "event")?;
-            if ev.as_str().is_none_or(str::is_empty) {
-                return Err(bad("event is not a name"));
-            }
-            check_params(&m)?;
-            return Ok(Message::Event { name: take_string(&mut m, "event"), params: m.remove("params") });
+        if f.get(EVENT).is_some() {
+            f.only(&[EVENT, PARAMS], "event")?;
+            let name = f.name(EVENT).ok_or_else(|| bad("event is not a name"))?;
+            return Ok(Message::Event { name, params: f.params()? });
         }
-        match (m.get("resp"), m.get("err")) {
+        match (f.take(RESP), f.get(ERR)) {
             (Some(_), Some(_)) => Err(bad("both resp and err")),
             (Some(resp), None) => {
-                only(&m, &["seq", "resp"], "response")?;
+                f.only(&[SEQ, RESP], "response")?;
                 if !matches!(resp, Value::Object(_) | Value::Array(_)) {
                     return Err(bad(format!("resp is {resp}, not an object or array")));
                 }
-                let seq = seq_of(&m)?;
-                Ok(Message::Success { seq, resp: m.remove("resp").unwrap_or(Value::Null) })
+                Ok(Message::Success { seq: f.seq()?, resp })
             }
             (None, Some(err)) => {
-                only(&m, &["seq", "err"], "response")?;
+                f.only(&[SEQ, ERR], "response")?;
                 let Value::Object(e) = err else { return Err(bad("err is not an object")) };
                 only(e, &["code", "msg"], "err")?;
                 let code = e.get("code").and_then(Value::as_i64).ok_or_else(|| bad("err.code is not an integer"))?;
                 let msg = e.get("msg").and_then(Value::as_str).ok_or_else(|| bad("err.msg is not a string"))?;
-                Ok(Message::Failure { seq: seq_of(&m)?, err: RpcError::new(code, msg) })
+                Ok(Message::Failure { seq: f.seq()?, err: RpcError::new(code, msg) })
             }
             (None, None) => Err(bad("neither req, resp, err nor event")),
         }
@@ -207,10 +302,72 @@ mod tests {
             (r#"{"seq": 1, "resp": 5}"#, "not an object or array"),
             (r#"{"seq": 1, "err": {"code": "1", "msg": "x"}}"#, "err.code"),
             (r#"{"event": "", "params": {}}"#, "not a name"),
+            // The first stray key in the document's order is named.
+            (r#"{"seq": 1, "params": {}, "resp": {}}"#, "unknown key \"params\" in a response"),
+            (r#"{"a": 1, "req": "X", "seq": 1, "b": 2}"#, "unknown key \"a\" in a request"),
+            (r#"{"req": "X", "seq": 1, "b": 2, "resp": {}}"#, "unknown key \"b\" in a request"),
+            ("5", "not a JSON object"),
+            (r#"{"req": "X", "seq": 1} x"#, "not JSON"),
+            (r#"{"req": "X", "seq": 1"#, "not JSON"),
         ] {
             let e = Message::parse(text).unwrap_err();
             assert!(e.0.contains(why), "{text}: {e}");
         }
+    }
+
+    /// What `parse` did before it read the keys in one pass: the whole
+    /// document as a `Value`, then the same rules.
+    fn reference(text: &str) -> Option<Message> {
+        let Value::Object(m) = serde_json::from_str::<Value>(text).ok()? else { return None };
+        let keys = |allowed: &[&str]| m.keys().all(|k| allowed.contains(&k.as_str()));
+        let seq = || m.get("seq")?.as_u64();
+        let params = || match m.get("params") {
+            None => Some(None),
+            Some(p @ (Value::Object(_) | Value::Array(_))) => Some(Some(p.clone())),
+            Some(_) => None,
+        };
+        let name = |k: &str| m.get(k)?.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        if m.contains_key("req") {
+            keys(&["req", "params", "seq"]).then_some(())?;
+            return Some(Message::Request { method: name("req")?, params: params()?, seq: seq()? });
+        }
+        if m.contains_key("event") {
+            keys(&["event", "params"]).then_some(())?;
+            return Some(Message::Event { name: name("event")?, params: params()? });
+        }
+        match (m.get("resp"), m.get("err")) {
+            (Some(r @ (Value::Object(_) | Value::Array(_))), None) if keys(&["seq", "resp"]) => {
+                Some(Message::Success { seq: seq()?, resp: r.clone() })
+            }
+            (None, Some(Value::Object(e))) if keys(&["seq", "err"]) && e.keys().all(|k| k == "code" || k == "msg") => {
+                let err = RpcError::new(e.get("code")?.as_i64()?, e.get("msg")?.as_str()?);
+                Some(Message::Failure { seq: seq()?, err })
+            }
+            _ => None,
+        }
+    }
+
+    proptest::proptest! {
+        /// Any object of the packets' keys (and a stray one) with values
+        /// of every kind is read as the whole-document parse reads it.
+        #[test]
+        fn one_pass_reads_what_the_whole_document_says(
+            fields in proptest::collection::vec((0usize..7, 0usize..9), 0..6)
+        ) {
+            const K: [&str; 7] = ["req", "event", "params", "seq", "resp", "err", "x"];
+            const V: [&str; 9] = [
+                "\"Get\"", "\"\"", "3", "-1", "null", "{}", "[1]", "{\"code\": 2, \"msg\": \"m\"}", "{\"code\": 2}",
+            ];
+            let body: Vec<String> = fields.iter().map(|&(k, v)| format!("\"{}\": {}", K[k], V[v])).collect();
+            let text = format!("{{{}}}", body.join(", "));
+            proptest::prop_assert_eq!(Message::parse(&text).ok(), reference(&text), "{}", text);
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value_as_serde_json_does() {
+        let m = Message::parse(r#"{"req": "A", "seq": 1, "req": "B", "params": {"x": 1}}"#).unwrap();
+        assert_eq!(m, Message::Request { method: "B".into(), params: Some(json!({"x": 1})), seq: 1 });
     }
 
     /// The frame is what serde_json writes for the same document (keys in

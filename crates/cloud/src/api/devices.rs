@@ -185,11 +185,7 @@ async fn send<S: Store>(
     params: Option<Value>,
 ) -> ApiResult<Value> {
     let req = IvtRequest::parse(method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    c.check_device(lc).await?;
-    if let Some(ch) = req.channel() {
-        c.check_channel_of(lc, ch, true).await?;
-    }
-    let h = c.handle_of(lc).ok_or_else(|| ApiError::conflict(format!("device {lc:?} is offline")))?;
+    let h = c.session_for(lc, req.channel()).await?;
     c.counters.rpc_calls.fetch_add(1, Ordering::Relaxed);
     if !method.starts_with("Get") {
         c.audit(who, "rpc", lc, json!({"method": method, "params": params})).await;
@@ -246,20 +242,17 @@ pub(crate) async fn send_event<S: Store>(
     who.control(&lc)?;
     let params = api_params(&name, &IVT_EVENTS, "IVT event", &body)?;
     let ev = IvtEvent::parse(&name, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    c.check_device(&lc).await?;
-    if let Some(ch) = ev.channel() {
-        c.check_channel_of(&lc, ch, true).await?;
-    }
+    let h = c.session_for(&lc, ev.channel()).await?;
     // PTZ moves are not changes; everything else an operator sends is.
     let audited = (name != "CtrlPTZ").then(|| params.clone());
-    match c.handle_of(&lc) {
-        Some(h) if h.notify(&name, params).await => {
+    match h.notify(&name, params).await {
+        true => {
             if let Some(params) = audited {
                 c.audit(&who, "event_sent", &lc, json!({"event": name, "params": params})).await;
             }
             Ok((StatusCode::ACCEPTED, Json(json!({"sent": name}))))
         }
-        _ => Err(ApiError::conflict(format!("device {lc:?} is offline"))),
+        false => Err(ApiError::conflict(format!("device {lc:?} is offline"))),
     }
 }
 
