@@ -10,16 +10,16 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use ivr_rpc::Message;
+use ivr_rpc::{Message, Resp};
 use serde_json::json;
 
 fn packets() -> Vec<(&'static str, String)> {
     let net = Message::Success {
         seq: 812,
-        resp: json!([{
+        resp: Resp::of(&json!([{
             "name": "eth0", "ip": "192.168.1.64", "gateway": "192.168.1.1", "netmask": "255.255.255.0",
             "dns1": "192.168.1.1", "dns2": "8.8.8.8", "mac": "02:00:00:00:00:07", "dhcp": false,
-        }]),
+        }])),
     };
     let keepalive = Message::Request {
         method: "Keepalive".into(),

@@ -3,7 +3,7 @@
 //! requests to a [`Handler`] one at a time, and gives the application a
 //! [`RpcHandle`] to call and notify.
 
-use crate::message::RpcError;
+use crate::message::{Resp, RpcError};
 use crate::peer::{Action, CallId, Close, Peer};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
@@ -43,7 +43,7 @@ pub enum CallError {
 }
 
 enum Cmd {
-    Call { method: String, params: Option<Value>, reply: oneshot::Sender<Result<Value, CallError>> },
+    Call { method: String, params: Option<Value>, reply: oneshot::Sender<Result<Resp, CallError>> },
     Notify { name: String, params: Option<Value> },
     Close,
 }
@@ -60,6 +60,12 @@ impl RpcHandle {
     /// Calls `method`. Calls wait their turn (one outstanding per
     /// direction), so this may wait for earlier ones.
     pub async fn call(&self, method: &str, params: Option<Value>) -> Result<Value, CallError> {
+        self.call_raw(method, params).await.map(|r| r.value())
+    }
+
+    /// [`RpcHandle::call`], the answer as the JSON text that came (for a
+    /// caller that passes it on unread).
+    pub async fn call_raw(&self, method: &str, params: Option<Value>) -> Result<Resp, CallError> {
         let (reply, rx) = oneshot::channel();
         let closed = || CallError::Closed { method: method.to_owned(), close: None };
         self.tx.send(Box::new(Cmd::Call { method: method.to_owned(), params, reply })).await.map_err(|_| closed())?;
@@ -115,7 +121,7 @@ where
     S: Stream<Item = Frame> + Sink<Frame> + Send + Unpin + 'static,
     H: Handler,
 {
-    let mut waiting: HashMap<CallId, oneshot::Sender<Result<Value, CallError>>> = HashMap::new();
+    let mut waiting: HashMap<CallId, oneshot::Sender<Result<Resp, CallError>>> = HashMap::new();
     // The request being handled (at most one: rule 2 guarantees it).
     let mut handling: Option<BoxFut<(u64, Result<Value, RpcError>)>> = None;
     let mut cmds_open = true;
@@ -201,7 +207,7 @@ where
 }
 
 fn settle(
-    waiting: &mut HashMap<CallId, oneshot::Sender<Result<Value, CallError>>>,
+    waiting: &mut HashMap<CallId, oneshot::Sender<Result<Resp, CallError>>>,
     out: Vec<Action>,
     close: Option<Close>,
 ) {

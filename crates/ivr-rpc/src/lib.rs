@@ -2,7 +2,8 @@
 //! and IVC (the video cloud). The protocol in English with ivr's decisions
 //! is in `docs/design/protocols.md`.
 //!
-//! The sans-IO core: [`Message`] (the four packets) with [`RpcError`] and
+//! The sans-IO core: [`Message`] (the four packets) with [`Resp`] (an
+//! answer kept as its JSON text), [`RpcError`] and
 //! its [`codes`], [`Peer`] (one end of a connection, enforcing the five
 //! disconnect rules, [`Rule`]) and [`catalogue`]
 //! (every method and event, typed and validated). The tokio layer: [`conn`]
@@ -17,5 +18,5 @@ pub mod net;
 mod peer;
 pub mod ws;
 
-pub use message::{codes, Message, RpcError};
+pub use message::{codes, Message, Resp, RpcError};
 pub use peer::{Action, CallId, Close, Peer, Rule, RESPONSE_TIMEOUT};

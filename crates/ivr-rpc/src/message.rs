@@ -11,6 +11,7 @@
 //! rule 5. `params` and `resp` may be objects or arrays (SetRTMPPublishConfig
 //! takes an array; list answers are arrays).
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Common error codes of the seed.
@@ -41,11 +42,50 @@ impl std::fmt::Display for RpcError {
     }
 }
 
+/// A success's `resp`: its JSON text as it came, checked to be an object
+/// or an array but not parsed into a tree. An answer the caller passes on
+/// unread (a cloud relaying it to an API client, or to another node) is
+/// never taken apart and written again; [`Resp::value`] reads it when
+/// the caller needs its fields.
+#[derive(Clone, Debug)]
+pub struct Resp(Box<RawValue>);
+
+impl Resp {
+    /// The answer `v` (an object or array, as the seed wants).
+    pub fn of(v: &Value) -> Resp {
+        // Writing a `Value` cannot fail: its keys are strings.
+        Resp(serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("JSON")))
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON text, owned.
+    pub fn into_text(self) -> Box<str> {
+        self.0.into()
+    }
+
+    /// The answer as a tree.
+    pub fn value(&self) -> Value {
+        // It was read as JSON already; the same text reads again.
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+/// The same answer, however it was spaced.
+impl PartialEq for Resp {
+    fn eq(&self, other: &Resp) -> bool {
+        self.text() == other.text() || self.value() == other.value()
+    }
+}
+
 /// One packet.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     Request { method: String, params: Option<Value>, seq: u64 },
-    Success { seq: u64, resp: Value },
+    Success { seq: u64, resp: Resp },
     Failure { seq: u64, err: RpcError },
     Event { name: String, params: Option<Value> },
 }
@@ -70,6 +110,8 @@ const KEYS: [&str; 6] = ["req", "event", "params", "seq", "resp", "err"];
 #[derive(Default)]
 struct Fields {
     values: [Option<Value>; 6],
+    /// `resp`, which is kept as text (see [`Resp`]).
+    resp: Option<Box<RawValue>>,
     at: [Option<u32>; 6],
     unknown: Option<(u32, String)>,
 }
@@ -116,13 +158,17 @@ impl<'de> serde::Deserialize<'de> for Fields {
                 let mut f = Fields::default();
                 let mut n = 0u32;
                 while let Some(key) = map.next_key::<Key>()? {
-                    let value: Value = map.next_value()?;
                     match key {
+                        Key::Known(RESP) => {
+                            f.at[RESP].get_or_insert(n);
+                            f.resp = Some(map.next_value()?);
+                        }
                         Key::Known(i) => {
                             f.at[i].get_or_insert(n);
-                            f.values[i] = Some(value);
+                            f.values[i] = Some(map.next_value()?);
                         }
                         Key::Unknown(k) => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
                             if f.unknown.is_none() {
                                 f.unknown = Some((n, k));
                             }
@@ -210,14 +256,14 @@ impl Message {
             let name = f.name(EVENT).ok_or_else(|| bad("event is not a name"))?;
             return Ok(Message::Event { name, params: f.params()? });
         }
-        match (f.take(RESP), f.get(ERR)) {
+        match (f.resp.take(), f.get(ERR)) {
             (Some(_), Some(_)) => Err(bad("both resp and err")),
             (Some(resp), None) => {
                 f.only(&[SEQ, RESP], "response")?;
-                if !matches!(resp, Value::Object(_) | Value::Array(_)) {
-                    return Err(bad(format!("resp is {resp}, not an object or array")));
+                if !resp.get().starts_with(['{', '[']) {
+                    return Err(bad(format!("resp is {}, not an object or array", resp.get())));
                 }
-                Ok(Message::Success { seq: f.seq()?, resp })
+                Ok(Message::Success { seq: f.seq()?, resp: Resp(resp) })
             }
             (None, Some(err)) => {
                 f.only(&[SEQ, ERR], "response")?;
@@ -251,7 +297,7 @@ impl Message {
                 write!(s, "{{\"req\":{},\"params\":{p},\"seq\":{seq}}}", Str(method))
             }
             Message::Request { method, params: None, seq } => write!(s, "{{\"req\":{},\"seq\":{seq}}}", Str(method)),
-            Message::Success { seq, resp } => write!(s, "{{\"seq\":{seq},\"resp\":{resp}}}"),
+            Message::Success { seq, resp } => write!(s, "{{\"seq\":{seq},\"resp\":{}}}", resp.text()),
             Message::Failure { seq, err } => {
                 write!(s, "{{\"seq\":{seq},\"err\":{{\"code\":{},\"msg\":{}}}}}", err.code, Str(&err.msg))
             }
@@ -272,8 +318,8 @@ mod tests {
         let all = [
             Message::Request { method: "Keepalive".into(), params: Some(json!({"state": 1, "channels": []})), seq: 1 },
             Message::Request { method: "GetFirmware".into(), params: None, seq: 2 },
-            Message::Success { seq: 1, resp: json!({}) },
-            Message::Success { seq: 3, resp: json!([{"name": "door", "token": "1"}]) },
+            Message::Success { seq: 1, resp: Resp::of(&json!({})) },
+            Message::Success { seq: 3, resp: Resp::of(&json!([{"name": "door", "token": "1"}])) },
             Message::Failure { seq: 4, err: RpcError::new(codes::BITRATE_TOO_LARGE, "4096000 > 2000000") },
             Message::Event { name: "UpgradeFirmware".into(), params: None },
             Message::Event {
@@ -337,7 +383,7 @@ mod tests {
         }
         match (m.get("resp"), m.get("err")) {
             (Some(r @ (Value::Object(_) | Value::Array(_))), None) if keys(&["seq", "resp"]) => {
-                Some(Message::Success { seq: seq()?, resp: r.clone() })
+                Some(Message::Success { seq: seq()?, resp: Resp::of(r) })
             }
             (None, Some(Value::Object(e))) if keys(&["seq", "err"]) && e.keys().all(|k| k == "code" || k == "msg") => {
                 let err = RpcError::new(e.get("code")?.as_i64()?, e.get("msg")?.as_str()?);
@@ -365,6 +411,18 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_kept_as_the_text_that_came() {
+        let text = r#"{"seq": 4, "resp": [ {"ip" : "10.0.0.2", "dhcp": false} ]}"#;
+        let Message::Success { seq: 4, resp } = Message::parse(text).unwrap() else { panic!("not a success") };
+        assert_eq!(resp.text(), r#"[ {"ip" : "10.0.0.2", "dhcp": false} ]"#);
+        assert_eq!(resp.value(), json!([{"ip": "10.0.0.2", "dhcp": false}]));
+        assert_eq!(resp, Resp::of(&json!([{"ip": "10.0.0.2", "dhcp": false}])), "the same answer, spaced otherwise");
+        assert_ne!(resp, Resp::of(&json!([{"ip": "10.0.0.3", "dhcp": false}])));
+        // Still checked as JSON, whole.
+        assert!(Message::parse(r#"{"seq": 4, "resp": [1, }"#).is_err());
+    }
+
+    #[test]
     fn a_repeated_key_keeps_its_last_value_as_serde_json_does() {
         let m = Message::parse(r#"{"req": "A", "seq": 1, "req": "B", "params": {"x": 1}}"#).unwrap();
         assert_eq!(m, Message::Request { method: "B".into(), params: Some(json!({"x": 1})), seq: 1 });
@@ -384,7 +442,7 @@ mod tests {
                 Message::Request { method: "GetFirmware".into(), params: None, seq: 0 },
                 json!({"req": "GetFirmware", "seq": 0}),
             ),
-            (Message::Success { seq: u64::MAX, resp: json!([]) }, json!({"seq": u64::MAX, "resp": []})),
+            (Message::Success { seq: u64::MAX, resp: Resp::of(&json!([])) }, json!({"seq": u64::MAX, "resp": []})),
             (
                 Message::Failure { seq: 3, err: RpcError::new(-5, odd) },
                 json!({"seq": 3, "err": {"code": -5, "msg": odd}}),

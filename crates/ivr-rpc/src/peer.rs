@@ -4,7 +4,7 @@
 //! a local queue while one is outstanding), and hands the peer's requests
 //! to the application one at a time, in arrival order.
 
-use crate::message::{Malformed, Message, RpcError};
+use crate::message::{Malformed, Message, Resp, RpcError};
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
@@ -81,7 +81,7 @@ pub enum Action {
     /// The peer sent an event (no answer).
     Event { name: String, params: Option<Value> },
     /// Our call got its answer.
-    Response { call: CallId, method: String, result: Result<Value, RpcError> },
+    Response { call: CallId, method: String, result: Result<Resp, RpcError> },
     /// Our call will never be answered: the connection closed first.
     Abandoned { call: CallId, method: String },
     /// Close the connection (and say why in the close frame).
@@ -213,11 +213,12 @@ impl Peer {
             return Err(AnswerError::NotOwed(seq));
         }
         self.owed = None;
-        let m = match result {
-            Ok(resp) => Message::Success { seq, resp },
-            Err(err) => Message::Failure { seq, err },
+        let text = match result {
+            // Written straight from the tree, not through a `Resp` copy.
+            Ok(resp) => format!("{{\"seq\":{seq},\"resp\":{resp}}}"),
+            Err(err) => Message::Failure { seq, err }.to_text(),
         };
-        Ok(vec![Action::Send(m.to_text())])
+        Ok(vec![Action::Send(text)])
     }
 
     /// Feeds one received text frame.
@@ -268,7 +269,7 @@ impl Peer {
         out
     }
 
-    fn response(&mut self, seq: u64, result: Result<Value, RpcError>, now: Instant, out: &mut Vec<Action>) {
+    fn response(&mut self, seq: u64, result: Result<Resp, RpcError>, now: Instant, out: &mut Vec<Action>) {
         match self.outstanding.take() {
             Some(o) if o.seq == seq => {
                 out.push(Action::Response { call: o.call, method: o.method, result });
@@ -351,7 +352,7 @@ mod tests {
         assert!(out.is_empty(), "queued behind the outstanding call");
         assert_eq!(ivt.queued(), 1);
         let out = ivt.receive(r#"{"seq": 1, "resp": {}}"#, t);
-        assert_eq!(out[0], Action::Response { call: a, method: "Keepalive".into(), result: Ok(json!({})) });
+        assert_eq!(out[0], Action::Response { call: a, method: "Keepalive".into(), result: Ok(Resp::of(&json!({}))) });
         assert_eq!(sent(&out), [Message::Request { method: "GetFirmware".into(), params: None, seq: 2 }]);
         let out = ivt.receive(r#"{"seq": 2, "err": {"code": 1, "msg": "no firmware"}}"#, t);
         assert_eq!(
@@ -368,7 +369,7 @@ mod tests {
         assert!(matches!(&out[..], [Action::Request { seq: 7, method, .. }] if method == "Keepalive"));
         assert_eq!(ivc.answer(8, Ok(json!({}))), Err(AnswerError::NotOwed(8)));
         let out = ivc.answer(7, Ok(json!({}))).unwrap();
-        assert_eq!(sent(&out), [Message::Success { seq: 7, resp: json!({}) }]);
+        assert_eq!(sent(&out), [Message::Success { seq: 7, resp: Resp::of(&json!({})) }]);
         // Each direction has its own counter: our own calls start at 1.
         let mut ivc2 = Peer::ivt();
         let (_, out) = ivc2.call("x", None, t);

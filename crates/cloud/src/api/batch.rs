@@ -53,9 +53,9 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn of(r: ApiResult<Value>) -> Outcome {
+    pub(crate) fn of(r: ApiResult<ivr_rpc::Resp>) -> Outcome {
         match r {
-            Ok(v) => Outcome { status: 200, body: v.to_string().into() },
+            Ok(v) => Outcome { status: 200, body: bytes::Bytes::from(v.into_text().into_boxed_bytes()) },
             Err(e) => Outcome::error(e),
         }
     }

@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ivr_rpc::catalogue::{IvtEvent, IvtRequest, IVT_EVENTS, IVT_METHODS};
+use ivr_rpc::Resp;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -144,8 +145,13 @@ pub(crate) async fn rpc<S: Store>(
     State(c): State<Arc<Cloud<S>>>,
     Path((lc, method)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
-    call(&c, &who, &lc, &method, &body).await.map(Json)
+) -> ApiResult<Response> {
+    let answer = call(&c, &who, &lc, &method, &body).await?;
+    // The device's JSON as it came: checked, never taken apart and
+    // written again.
+    let mut r = String::from(answer.into_text()).into_response();
+    r.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
 }
 
 /// An RPC to a device in session here, for `who`: what `POST …/rpc/{method}`
@@ -156,7 +162,7 @@ pub(crate) async fn call<S: Store>(
     lc: &str,
     method: &str,
     body: &[u8],
-) -> ApiResult<Value> {
+) -> ApiResult<Resp> {
     who.control(lc)?;
     // Sending an unknown method would make the device close the session (rule 4).
     let params = api_params(method, &IVT_METHODS, "IVT method", body)?;
@@ -170,7 +176,7 @@ pub(crate) async fn call_with<S: Store>(
     lc: &str,
     method: &str,
     params: Option<Value>,
-) -> ApiResult<Value> {
+) -> ApiResult<Resp> {
     who.control(lc)?;
     super::known_name(method, &IVT_METHODS, "IVT method")?;
     send(c, who, lc, method, params).await
@@ -183,7 +189,7 @@ async fn send<S: Store>(
     lc: &str,
     method: &str,
     params: Option<Value>,
-) -> ApiResult<Value> {
+) -> ApiResult<Resp> {
     let req = IvtRequest::parse(method, params.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let h = c.session_for(lc, req.channel()).await?;
     c.counters.rpc_calls.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +203,7 @@ async fn send<S: Store>(
         IvtRequest::AlarmRectIntrusionDetectConfig(d) => Some(("intrusion", d.channel, params.clone())),
         _ => None,
     };
-    let answer = match tokio::time::timeout(c.cfg.rpc_timeout, h.call(method, params)).await {
+    let answer = match tokio::time::timeout(c.cfg.rpc_timeout, h.call_raw(method, params)).await {
         Ok(r) => r.map_err(|e| ApiError::call(method, e))?,
         Err(_) => {
             return Err(ApiError::timeout(format!("{method}: no answer from {lc:?} within {:?}", c.cfg.rpc_timeout)))
