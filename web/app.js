@@ -126,7 +126,7 @@ async function devicesPage() {
   const row = (d) => {
     const r = h("li", { dataset: { code: d.login_code } }, dot(d.online), " ", deviceLink(d.login_code, d.name || d.login_code),
       " ", h("span", { class: "muted" }, d.name ? d.login_code : ""), " ",
-      h("span", { class: "muted" }, `${d.channels.length} ${t("channels")}`));
+      h("span", { class: "muted" }, d.channels.length === 1 ? t("one_channel") : t("n_channels", d.channels.length)));
     r.search = `${d.login_code} ${d.name}`.toLowerCase();
     (rows.get(d.login_code) || rows.set(d.login_code, []).get(d.login_code)).push(r);
     return r;
@@ -201,17 +201,21 @@ async function netInventory(devices, out, button) {
     const nics = r.status === 200 && Array.isArray(r.answer) && r.answer.length ? r.answer : [null];
     return nics.map((n) => ({ r, n: n || {} }));
   });
+  const names = new Map(devices.map((d) => [d.login_code, d.name || ""]));
   const cols = ["device", "channel", "iface", "ip", "netmask", "gateway", "dhcp", "mac"];
   const cells = ({ r, n }) => [r.device, r.channel, n.name || "", n.ip || "", n.netmask || "", n.gateway || "",
     r.status === 200 ? (n.dhcp ? t("on") : t("off")) : "", n.mac || ""];
   const failed = results.filter((r) => r.status !== 200).length;
-  said.textContent = t("net_read", results.length - failed, failed);
-  const csv = [[...cols, "error"], ...lines.map((l) => [...cells(l), l.r.status === 200 ? "" : l.r.error])]
+  said.textContent = t(results.length - failed === 1 ? "net_read_one" : "net_read", results.length - failed, failed);
+  // The CSV keeps the login code in the first column (what scripts key
+  // on) and adds the name the console shows.
+  const csv = [[...cols, "error", "name"], ...lines.map((l) => [...cells(l), l.r.status === 200 ? "" : l.r.error, names.get(l.r.device)])]
     .map((row) => row.map((v) => `"${String(v).replaceAll('"', '""')}"`).join(",")).join("\r\n");
   const link = h("a", { href: URL.createObjectURL(new Blob([csv + "\r\n"], { type: "text/csv" })), download: "network.csv" }, t("csv"));
   out.append(link, table(cols.map((c) => t(c)), lines, (l) => {
     const c = cells(l);
-    c[0] = deviceLink(l.r.device, l.r.device);
+    const name = names.get(l.r.device);
+    c[0] = h("span", {}, deviceLink(l.r.device, name || l.r.device), name ? h("span", { class: "muted" }, ` ${l.r.device}`) : "");
     if (l.r.status !== 200) c[3] = h("span", { class: "error" }, l.r.error || String(l.r.status));
     return c;
   }));

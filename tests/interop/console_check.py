@@ -233,6 +233,12 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
         said = admin.inner_text("section.inventory .row span")
         assert said.startswith("5 channels read, 0 failed"), said
         rows = [r.split("\t") for r in admin.locator("section.inventory tbody tr").all_inner_texts()]
+        # A named camera's row shows its name, then its login code.
+        assert [r[0] for r in rows if r[0].endswith("site-2")] == ["Back yard site-2"], rows
+        # Counts read as words do: "4 channels", "1 channel".
+        counts = {lc: admin.locator(f"li[data-code='{lc}'] span.muted").last.inner_text() for lc in ["site-1", "site-2"]}
+        assert counts == {"site-1": "4 channels", "site-2": "1 channel"}, counts
+        rows = [[r[0].split()[-1], *r[1:]] for r in rows]
         by = {(r[0], r[1]): r for r in rows}
         # The built-in channel's settings, as the edge reports them.
         assert by[("site-1", "0")][3:] == ["192.168.1.64", "255.255.255.0", "192.168.1.1", "off", "02:00:00:00:00:00"], rows
@@ -245,12 +251,12 @@ def run_checks(browser, base, api, token, ivr, ptz_cam, cam265, out, rec_started
             admin.click("section.inventory a:has-text('Download CSV')")
         with open(dl.value.path(), encoding="utf-8") as f:
             csv = f.read().splitlines()
-        assert csv[0] == '"device","channel","iface","ip","netmask","gateway","dhcp","mac","error"', csv[0]
+        assert csv[0] == '"device","channel","iface","ip","netmask","gateway","dhcp","mac","error","name"', csv[0]
         assert any(line.startswith('"site-1","0",') and '"192.168.1.64"' in line for line in csv), csv
         # Only the devices the search shows.
         admin.fill("input[type=search]", "back yard")
         admin.get_by_role("button", name="Network settings").click()
-        admin.wait_for_selector("section.inventory span:has-text('1 channels read')", timeout=30000)
+        admin.wait_for_selector("section.inventory span:has-text('1 channel read')", timeout=30000)
         assert admin.locator("section.inventory tbody tr").count() == 1
     check("the devices page reads every shown camera's network settings in batches, as a table and CSV", network_inventory)
 
