@@ -442,12 +442,16 @@ impl<S: Store> Cloud<S> {
         };
         let channels = match cached {
             Some(c) => c,
-            None => {
-                let d = self.store.device(lc).await?.ok_or_else(|| no_device(lc))?;
-                d.channels.iter().map(|c| c.channel).collect()
-            }
+            None => self.stored_channels(lc).await?,
         };
         channel_in(lc, ch, &channels, unreported_ok)
+    }
+
+    /// The channels `lc`'s Keepalives list, as the store has them (404 for
+    /// an unknown device).
+    async fn stored_channels(&self, lc: &str) -> ApiResult<Vec<u32>> {
+        let d = self.store.device(lc).await?.ok_or_else(|| no_device(lc))?;
+        Ok(d.channels.iter().map(|c| c.channel).collect())
     }
 
     /// The session an RPC or event for `lc` (about channel `ch`, when it
@@ -458,16 +462,18 @@ impl<S: Store> Cloud<S> {
     pub(crate) async fn session_for(&self, lc: &str, ch: Option<u32>) -> ApiResult<RpcHandle> {
         if let Some(h) = self.handle_of(lc) {
             if let Some(ch) = ch {
-                match self.store.cached_channels(lc) {
-                    Some(channels) => channel_in(lc, ch, &channels, true)?,
-                    None => self.check_channel_of(lc, ch, true).await?,
-                }
+                let channels = match self.store.cached_channels(lc) {
+                    Some(channels) => channels,
+                    None => self.stored_channels(lc).await?,
+                };
+                channel_in(lc, ch, &channels, true)?;
             }
             return Ok(h);
         }
-        let d = self.store.device(lc).await?.ok_or_else(|| no_device(lc))?;
+        // Not here: 404 for an unknown device or channel, before 409.
+        let channels = self.stored_channels(lc).await?;
         if let Some(ch) = ch {
-            channel_in(lc, ch, &d.channels.iter().map(|c| c.channel).collect::<Vec<_>>(), true)?;
+            channel_in(lc, ch, &channels, true)?;
         }
         Err(ApiError::conflict(format!("device {lc:?} is offline")))
     }
