@@ -179,25 +179,40 @@ pub(crate) async fn run<S: Store>(c: &Arc<Cloud<S>>, who: &Caller, calls: &[Call
 pub(crate) async fn rpc<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>, body: Bytes) -> ApiResult<Response> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct Batch {
-        calls: Vec<Value>,
+    struct Batch<T> {
+        calls: Vec<T>,
     }
-    let b: Batch = json_body(&body)?.ok_or_else(|| {
-        ApiError::bad_request("body: {\"calls\": [{\"device\", \"method\", \"params\"}, …]} expected")
-    })?;
-    if b.calls.is_empty() || b.calls.len() > BATCH_MAX {
-        return Err(ApiError::bad_request(format!("calls: 1 to {BATCH_MAX} in one request, not {}", b.calls.len())));
-    }
-    let calls = b
-        .calls
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| serde_json::from_value::<Call>(v).map_err(|e| ApiError::bad_request(format!("calls[{i}]: {e}"))))
-        .collect::<ApiResult<Vec<Call>>>()?;
+    // Read straight into calls; only a batch that does not read is read
+    // again, call by call, to say which call is wrong.
+    let calls = match serde_json::from_slice::<Batch<Call>>(&body) {
+        Ok(b) => b.calls,
+        Err(_) => {
+            let b: Batch<Value> = json_body(&body)?.ok_or_else(|| {
+                ApiError::bad_request("body: {\"calls\": [{\"device\", \"method\", \"params\"}, …]} expected")
+            })?;
+            check_count(b.calls.len())?;
+            b.calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::from_value::<Call>(v).map_err(|e| ApiError::bad_request(format!("calls[{i}]: {e}")))
+                })
+                .collect::<ApiResult<Vec<Call>>>()?
+        }
+    };
+    check_count(calls.len())?;
     let outcomes = run(&c, &who, &calls).await;
     let mut r = (StatusCode::OK, results(&calls, &outcomes)).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+/// 400 unless a batch has 1 to [`BATCH_MAX`] calls.
+fn check_count(n: usize) -> ApiResult<()> {
+    if n == 0 || n > BATCH_MAX {
+        return Err(ApiError::bad_request(format!("calls: 1 to {BATCH_MAX} in one request, not {n}")));
+    }
+    Ok(())
 }
 
 /// The answer's JSON, written around the devices' answers as they came
@@ -210,16 +225,19 @@ fn results(calls: &[Call], outcomes: &[Outcome]) -> Vec<u8> {
         if n > 0 {
             out.push(b',');
         }
-        let mut item = serde_json::json!({"device": call.device, "method": call.method, "status": o.status});
         if o.status == 200 && serde_json::from_slice::<serde::de::IgnoredAny>(&o.body).is_ok() {
-            let mut head = item.to_string().into_bytes();
-            head.pop();
-            out.extend_from_slice(&head);
-            out.extend_from_slice(b",\"answer\":");
+            // `{"device", "method", "status", "answer"}`, the names as
+            // serde_json escapes them, the answer as it came.
+            out.extend_from_slice(b"{\"device\":");
+            let _ = serde_json::to_writer(&mut out, &call.device);
+            out.extend_from_slice(b",\"method\":");
+            let _ = serde_json::to_writer(&mut out, &call.method);
+            out.extend_from_slice(b",\"status\":200,\"answer\":");
             out.extend_from_slice(&o.body);
             out.push(b'}');
             continue;
         }
+        let mut item = serde_json::json!({"device": call.device, "method": call.method, "status": o.status});
         // An error's fields (`error`, and `code`/`msg` of a device's error).
         match serde_json::from_slice::<Value>(&o.body) {
             Ok(Value::Object(fields)) => {
@@ -262,6 +280,18 @@ mod tests {
         assert_eq!(got.iter().map(|o| o.status).collect::<Vec<_>>(), [200, 502, 200, 502]);
         assert!(String::from_utf8_lossy(&got[1].body).contains("fewer calls"));
         assert_eq!(got[2].body.len(), 3, "an answer that fits is kept whole");
+    }
+
+    #[test]
+    fn an_answers_head_is_escaped_as_serde_json_escapes_it() {
+        let odd = "a\"b\\c\n\u{1}é";
+        let calls = [call(odd, odd)];
+        let outcomes = [Outcome { status: 200, body: r#"[1, {"x": "y"}]"#.into() }];
+        let v: Value = serde_json::from_slice(&results(&calls, &outcomes)).unwrap();
+        assert_eq!(
+            v["results"][0],
+            serde_json::json!({"device": odd, "method": odd, "status": 200, "answer": [1, {"x": "y"}]})
+        );
     }
 
     #[test]
