@@ -297,7 +297,7 @@ impl Message {
                 write!(s, "{{\"req\":{},\"params\":{p},\"seq\":{seq}}}", Str(method))
             }
             Message::Request { method, params: None, seq } => write!(s, "{{\"req\":{},\"seq\":{seq}}}", Str(method)),
-            Message::Success { seq, resp } => write!(s, "{{\"seq\":{seq},\"resp\":{}}}", resp.text()),
+            Message::Success { seq, resp } => return success_text(*seq, resp.text()),
             Message::Failure { seq, err } => {
                 write!(s, "{{\"seq\":{seq},\"err\":{{\"code\":{},\"msg\":{}}}}}", err.code, Str(&err.msg))
             }
@@ -306,6 +306,12 @@ impl Message {
         };
         s
     }
+}
+
+/// A success's text frame, `resp` written by its `Display` (a `Value`'s
+/// compact JSON, or a [`Resp`]'s text).
+pub(crate) fn success_text(seq: u64, resp: impl std::fmt::Display) -> String {
+    format!("{{\"seq\":{seq},\"resp\":{resp}}}")
 }
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ impl Peer {
         self.owed = None;
         let text = match result {
             // Written straight from the tree, not through a `Resp` copy.
-            Ok(resp) => format!("{{\"seq\":{seq},\"resp\":{resp}}}"),
+            Ok(resp) => crate::message::success_text(seq, resp),
             Err(err) => Message::Failure { seq, err }.to_text(),
         };
         Ok(vec![Action::Send(text)])

@@ -17,8 +17,8 @@ use crate::server::Cloud;
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -202,9 +202,7 @@ pub(crate) async fn rpc<S: Store>(who: Caller, State(c): State<Arc<Cloud<S>>>, b
     };
     check_count(calls.len())?;
     let outcomes = run(&c, &who, &calls).await;
-    let mut r = (StatusCode::OK, results(&calls, &outcomes)).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
+    Ok(super::json_written(results(&calls, &outcomes)))
 }
 
 /// 400 unless a batch has 1 to [`BATCH_MAX`] calls.

@@ -147,11 +147,7 @@ pub(crate) async fn rpc<S: Store>(
     body: Bytes,
 ) -> ApiResult<Response> {
     let answer = call(&c, &who, &lc, &method, &body).await?;
-    // The device's JSON as it came: checked, never taken apart and
-    // written again.
-    let mut r = String::from(answer.into_text()).into_response();
-    r.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
+    Ok(super::json_written(String::from(answer.into_text())))
 }
 
 /// An RPC to a device in session here, for `who`: what `POST …/rpc/{method}`

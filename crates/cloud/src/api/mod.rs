@@ -21,6 +21,12 @@ use std::sync::Arc;
 
 pub(crate) use crate::access::{Admin, Caller};
 
+/// A 200 whose body is JSON written already (a device's answer as it
+/// came, a batch's results), sent without a tree built and written again.
+fn json_written(body: impl Into<axum::body::Body>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body.into()).into_response()
+}
+
 /// A JSON body: `None` when empty, 400 naming the problem otherwise.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<Option<T>> {
     if body.iter().all(u8::is_ascii_whitespace) {
