@@ -76,10 +76,13 @@ fn main() -> std::process::ExitCode {
         // they exit, not tokio's 10 s: cameras finish a segment every 10 s,
         // and a thread started again each time costs a fresh stack and heap
         // (the kernel zeroing a 2 MiB page for it).
-        Cmd::Sim(_) | Cmd::Cloud(_) | Cmd::Demo(_) => tokio::runtime::Builder::new_multi_thread()
-            .thread_keep_alive(std::time::Duration::from_secs(60))
-            .enable_all()
-            .build(),
+        Cmd::Sim(_) | Cmd::Cloud(_) | Cmd::Demo(_) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = worker_threads(&cli.cmd) {
+                b.worker_threads(n.into());
+            }
+            b.thread_keep_alive(std::time::Duration::from_secs(60)).enable_all().build()
+        }
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -122,6 +125,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `--threads` of a server command that takes it (`None`: one a core).
+fn worker_threads(cmd: &Cmd) -> Option<u16> {
+    match cmd {
+        Cmd::Cloud(a) => a.threads,
+        Cmd::Sim(cmds::sim::SimCmd::Ivt(a)) => a.threads,
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -152,5 +164,21 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "{} without help:\n{}", missing.len(), missing.join("\n"));
+    }
+
+    /// `--threads` reaches the runtime of a cloud node and of a fleet; 0
+    /// is refused by name.
+    #[test]
+    fn threads_are_taken_by_a_node_and_a_fleet() {
+        use clap::Parser;
+        let threads = |args: &[&str]| super::Cli::try_parse_from(args).map(|c| super::worker_threads(&c.cmd));
+        assert_eq!(threads(&["ivr", "cloud", "--threads", "1"]).unwrap(), Some(1));
+        assert_eq!(threads(&["ivr", "cloud"]).unwrap(), None);
+        assert_eq!(
+            threads(&["ivr", "sim", "ivt", "--cloud", "ws://127.0.0.1:1/ivc", "--threads", "3"]).unwrap(),
+            Some(3)
+        );
+        let e = threads(&["ivr", "cloud", "--threads", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--threads") && e.contains("'0'"), "{e}");
     }
 }

@@ -64,6 +64,10 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     let mut nodes: Vec<Cloud> = Vec::with_capacity(n);
+    let threads = b.threads_for(b.nodes + b.fleets());
+    if let Some(t) = threads {
+        say(format!("{n} nodes and {} fleet processes, {t} worker thread(s) each (--threads)", b.fleets()));
+    }
     for i in 0..n {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let extra = vec![
@@ -75,7 +79,10 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
             format!("n{}", i + 1),
             "--public-url".into(),
             format!("http://{addr}"),
-        ];
+        ]
+        .into_iter()
+        .chain(threads.map(|t| ["--threads".to_owned(), t.to_string()]).into_iter().flatten())
+        .collect::<Vec<String>>();
         nodes.push(
             start_node(&exe, &data, &addr, b.keepalive_secs, &b.argon2, &extra, &format!("node-{}.log", i + 1)).await?,
         );
@@ -119,7 +126,18 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         while first < end {
             let count = b.per_fleet.min(end - first);
             let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
-            fleets.push(spawn_fleet(&exe, &urls, &dir, "bench", first, count, &addrs, b.keepalive_secs, spread)?);
+            fleets.push(spawn_fleet(
+                &exe,
+                &urls,
+                &dir,
+                "bench",
+                first,
+                count,
+                &addrs,
+                b.keepalive_secs,
+                spread,
+                threads,
+            )?);
             first += count;
         }
     }
@@ -155,12 +173,33 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     // PostgreSQL's rate is read over the second half of the hold: every
     // device has sent a Keepalive since it logged in by then (the first
     // one writes its channel rows), so what is left is the steady state.
+    // The CPU every process spends: what a Keepalive costs the machine
+    // here (over the same half of the hold), what a call costs below.
+    let groups: Vec<(&str, Vec<u32>)> = vec![
+        ("nodes", nodes.iter().map(|c| c.pid).collect()),
+        ("nats", vec![nats.pid()]),
+        ("postgres", pg.pids()),
+        ("devices", fleets.iter().filter_map(|f| f.id()).collect()),
+    ];
+    let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<Duration>();
+    let cpu_now = || groups.iter().map(|(_, p)| cpu_of(p)).collect::<Vec<_>>();
     let hold = Duration::from_secs(b.hold_secs.unwrap_or(2 * b.keepalive_secs));
     tokio::time::sleep(hold / 2).await;
     let commits0 = pg.commits().map_err(anyhow::Error::msg)?;
+    let (idle_cpu0, idle_t0) = (cpu_now(), Instant::now());
     tokio::time::sleep(hold - hold / 2).await;
     let commits = pg.commits().map_err(anyhow::Error::msg)?.saturating_sub(commits0);
     let tps = commits as f64 / (hold - hold / 2).as_secs_f64();
+    let idle_secs = idle_t0.elapsed().as_secs_f64();
+    let keepalives = b.sessions as f64 / b.keepalive_secs.max(1) as f64;
+    let per_keepalive: Vec<(&str, f64)> = groups
+        .iter()
+        .zip(cpu_now().iter().zip(&idle_cpu0))
+        .map(|((name, _), (now, before))| {
+            (*name, now.saturating_sub(*before).as_secs_f64() * 1e6 / (keepalives * idle_secs).max(1.0))
+        })
+        .collect();
+    let keepalive_us: f64 = per_keepalive.iter().map(|(_, us)| us).sum();
     let held: u64 = sessions(&mut conns).await.iter().sum();
     let rss_held = rss_of(&nodes)?;
     let per_session = rss_held.saturating_sub(rss_provisioned) as f64 / b.sessions as f64;
@@ -173,28 +212,32 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         rss_provisioned as f64 / 1048576.0,
         per_session / 1024.0
     ));
+    say(format!(
+        "  CPU per Keepalive ({keepalives:.0} a second, nothing else flowing), every process: {keepalive_us:.0} µs ({}); {:.0} % of a core",
+        per_keepalive.iter().map(|(n, us)| format!("{n} {us:.0}")).collect::<Vec<_>>().join(", "),
+        keepalive_us * keepalives / 1e4
+    ));
     let mut out = json!({
         "nodes": n, "sessions_wanted": b.sessions, "keepalive_secs": b.keepalive_secs, "fd_limit": fds,
+        "threads_per_process": threads,
         "sessions": {
             "held": held, "per_node": per, "connect_secs": connected_in.as_secs_f64(), "connections_per_sec": conn_rate,
             "rss_idle": rss_idle, "rss_provisioned": rss_provisioned, "rss_held": rss_held,
             "rss_per_session": per_session, "hold_secs": hold.as_secs(),
         },
         "postgres": {"transactions": commits, "per_sec": tps},
+        "keepalive": {
+            "per_sec": keepalives,
+            "cpu_us": per_keepalive.iter().map(|(n, us)| (n.to_string(), json!(us))).collect::<serde_json::Map<_, _>>(),
+            "cpu_us_total": keepalive_us,
+        },
     });
 
     // RPC round trips through node 1 to devices spread over every node.
     let devices = b.rpc_devices.min(b.sessions).max(1);
     let stride = (b.sessions / devices).max(1);
     // The CPU every process spends on it: what a call costs the machine.
-    let groups: Vec<(&str, Vec<u32>)> = vec![
-        ("nodes", nodes.iter().map(|c| c.pid).collect()),
-        ("nats", vec![nats.pid()]),
-        ("postgres", pg.pids()),
-        ("devices", fleets.iter().filter_map(|f| f.id()).collect()),
-        ("load", vec![std::process::id()]),
-    ];
-    let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<Duration>();
+    let groups: Vec<(&str, Vec<u32>)> = groups.into_iter().chain([("load", vec![std::process::id()])]).collect();
     let auth = rpc_caller(&nodes[0], &b.rpc_as).await?;
     let cpu_before: Vec<Duration> = groups.iter().map(|(_, p)| cpu_of(p)).collect();
     // Node 1's share apart: what receiving the calls costs (HTTP in, the

@@ -74,9 +74,34 @@ pub struct IvcBench {
     /// for its devices.
     #[arg(long)]
     pub(super) failover_sessions: Option<u32>,
+    /// Worker threads of each cloud node and fleet process (0: one a
+    /// core each, the default of one node). With --nodes the default gives
+    /// each one thread when the run starts more of them than this machine
+    /// has cores: six nodes and six fleets on two cores otherwise keep 24
+    /// threads waking each other.
+    #[arg(long)]
+    pub(super) threads: Option<u16>,
     /// The results as one JSON object on stdout (progress and notes go to stderr).
     #[arg(long)]
     pub(super) json: bool,
+}
+
+impl IvcBench {
+    /// `--threads` for each of `processes` nodes and fleets (`None`: the
+    /// process's default, a thread a core).
+    pub(super) fn threads_for(&self, processes: u32) -> Option<u16> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        match self.threads {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => (self.nodes > 1 && processes > cores).then_some(1),
+        }
+    }
+
+    /// How many fleet processes the run starts.
+    pub(super) fn fleets(&self) -> u32 {
+        self.sessions.div_ceil(self.per_fleet.max(1))
+    }
 }
 
 /// A keep-alive HTTP/1.1 connection (the load generator's; responses must
@@ -303,7 +328,7 @@ pub(super) async fn provision(c: &Cloud, prefix: &str, n: u32, conns: u32) -> an
 async fn logins(exe: &Path, c: &Cloud, dir: &Path, h: &mut Http, n: u32, logins_before: u64) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let mut fleet =
-        spawn_fleet(exe, &format!("ws://{}/ivc", c.addr), dir, "cold", 0, n, &["127.0.0.1".into()], 30, false)?;
+        spawn_fleet(exe, &format!("ws://{}/ivc", c.addr), dir, "cold", 0, n, &["127.0.0.1".into()], 30, false, None)?;
     loop {
         let s = stats(h).await?;
         if s["sessions"].as_u64() == Some(n as u64) && s["logins"].as_u64() == Some(logins_before + n as u64) {
@@ -333,6 +358,7 @@ pub(super) fn spawn_fleet(
     addrs: &[String],
     keepalive: u64,
     spread: bool,
+    threads: Option<u16>,
 ) -> anyhow::Result<tokio::process::Child> {
     let log = std::fs::File::create(dir.join(format!("fleet-{prefix}-{first}.log")))?;
     tokio::process::Command::new(exe)
@@ -340,6 +366,7 @@ pub(super) fn spawn_fleet(
         .args(["--first", &first.to_string(), "--count", &count.to_string()])
         .args(["--keepalive-secs", &keepalive.to_string(), "--bind", &addrs.join(","), "--window", "128"])
         .args(spread.then_some("--spread"))
+        .args(threads.map(|n| ["--threads".to_owned(), n.to_string()]).into_iter().flatten())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -529,7 +556,8 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         let count = b.per_fleet.min(b.sessions - first);
         let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
         let url = format!("ws://{}/ivc", c.addr);
-        fleets.push(spawn_fleet(&exe, &url, &dir, "bench", first, count, &addrs, b.keepalive_secs, false)?);
+        let threads = b.threads_for(1 + b.fleets());
+        fleets.push(spawn_fleet(&exe, &url, &dir, "bench", first, count, &addrs, b.keepalive_secs, false, threads)?);
         first += count;
     }
     let mut last_print = Instant::now();

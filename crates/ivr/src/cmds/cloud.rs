@@ -111,6 +111,11 @@ pub struct Args {
     /// disk or the index, or changing files by hand).
     #[arg(long, value_enum, default_value_t = Reconcile::Recent)]
     pub reconcile: Reconcile,
+    /// Worker threads (default: one a core). Fewer when the node shares
+    /// the machine: several nodes on a few cores spend less waking each
+    /// other's threads with one each (docs/BENCHMARKS.md, cluster).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 /// `--reconcile`.
@@ -182,6 +187,7 @@ impl Args {
             bus: None,
             node_id: "local".into(),
             reconcile: Reconcile::Recent,
+            threads: None,
         }
     }
 }

@@ -60,6 +60,10 @@ pub struct IvtSimArgs {
     /// every device starting at the first.
     #[arg(long)]
     spread: bool,
+    /// Worker threads (default: one a core); one when several fleets share
+    /// a few cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 #[derive(ClapArgs)]
