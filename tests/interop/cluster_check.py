@@ -155,13 +155,19 @@ class Device:
         self.ws = None
         self.stop = False
         self.sessions = 0
+        self.turn = asyncio.Lock()
 
     async def call(self, method, params):
-        self.seq += 1
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting[self.seq] = fut
-        await self.ws.send(json.dumps({"req": method, "params": params, "seq": self.seq}))
-        return await asyncio.wait_for(fut, 10)
+        # One request outstanding at a time (the seed's rule 2: the cloud
+        # closes a session that sends a request before the previous one
+        # is answered). The Keepalive loop and a check's call take turns.
+        async with self.turn:
+            ws = self.ws
+            self.seq += 1
+            fut = asyncio.get_running_loop().create_future()
+            self.waiting[self.seq] = fut
+            await ws.send(json.dumps({"req": method, "params": params, "seq": self.seq}))
+            return await asyncio.wait_for(fut, 10)
 
     async def run(self):
         while not self.stop:
@@ -182,6 +188,12 @@ class Device:
                                 self.waiting.pop(m["seq"]).set_result(m)
                     finally:
                         ka.cancel()
+                        # Calls on the lost session fail now, not after
+                        # their 10 s (and free the turn for the next one).
+                        for fut in self.waiting.values():
+                            if not fut.done():
+                                fut.set_exception(ConnectionError(f"session on {host} closed"))
+                        self.waiting.clear()
             except (OSError, ConnectionClosed, asyncio.TimeoutError, Exception):
                 pass
             self.connected.clear()

@@ -1858,7 +1858,8 @@ mod tests {
         let again = SqlStore::postgres(&url).await.unwrap();
         assert_eq!(again.device_count().await.unwrap(), 0);
         // The PostgreSQL-only migration ran: device pages keep room.
-        let rows = s.db.query("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'device'", args![]).await;
+        let rows =
+            s.db.query("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'device'", args![]).await;
         assert_eq!(rows.unwrap()[0].text(0).unwrap(), "fillfactor=70");
         let e = SqlStore::postgres("postgres://ivr@127.0.0.1:1/none").await.err().unwrap().to_string();
         assert!(e.contains("cannot connect to postgres://ivr@"), "{e}");
