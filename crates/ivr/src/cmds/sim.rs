@@ -255,8 +255,12 @@ async fn ivt(a: IvtSimArgs) -> anyhow::Result<()> {
     let fleet = fleet::start(cfg).await.map_err(anyhow::Error::msg)?;
     let mut last = usize::MAX;
     loop {
+        // Counting reads every device's status: every 2 s while they come
+        // and go, every 10 s once all are in (at 16,500 devices the count
+        // was ~5 % of an idle fleet's CPU).
+        let every = if last == fleet.len() { 10 } else { 2 };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+            _ = tokio::time::sleep(Duration::from_secs(every)) => {
                 let n = fleet::connected(&fleet);
                 if n != last {
                     println!("{n}/{} connected", fleet.len());
