@@ -10,7 +10,7 @@
 
 use super::bench_ivc::{
     cpu, free_port, loopback_addrs, percentile, provision, rpc_caller, rpc_load, rss, spawn_fleet, start_node, stats,
-    Cloud, Http, IvcBench,
+    threads_args, Cloud, Http, IvcBench,
 };
 use anyhow::{bail, Context};
 use serde_json::json;
@@ -81,7 +81,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
             format!("http://{addr}"),
         ]
         .into_iter()
-        .chain(threads.map(|t| ["--threads".to_owned(), t.to_string()]).into_iter().flatten())
+        .chain(threads_args(threads))
         .collect::<Vec<String>>();
         nodes.push(
             start_node(&exe, &data, &addr, b.keepalive_secs, &b.argon2, &extra, &format!("node-{}.log", i + 1)).await?,
@@ -182,23 +182,25 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         ("devices", fleets.iter().filter_map(|f| f.id()).collect()),
     ];
     let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<Duration>();
-    let cpu_now = || groups.iter().map(|(_, p)| cpu_of(p)).collect::<Vec<_>>();
+    let cpu_now = |groups: &[(&str, Vec<u32>)]| groups.iter().map(|(_, p)| cpu_of(p)).collect::<Vec<_>>();
+    // Each group's CPU since `before`, in µs for each of `count` units of work.
+    let cpu_each = |groups: &[(&'static str, Vec<u32>)], before: &[Duration], count: f64| -> Vec<(&'static str, f64)> {
+        groups
+            .iter()
+            .zip(cpu_now(groups).iter().zip(before))
+            .map(|((name, _), (now, before))| (*name, now.saturating_sub(*before).as_secs_f64() * 1e6 / count.max(1.0)))
+            .collect()
+    };
     let hold = Duration::from_secs(b.hold_secs.unwrap_or(2 * b.keepalive_secs));
     tokio::time::sleep(hold / 2).await;
     let commits0 = pg.commits().map_err(anyhow::Error::msg)?;
-    let (idle_cpu0, idle_t0) = (cpu_now(), Instant::now());
+    let (idle_cpu0, idle_t0) = (cpu_now(&groups), Instant::now());
     tokio::time::sleep(hold - hold / 2).await;
     let commits = pg.commits().map_err(anyhow::Error::msg)?.saturating_sub(commits0);
     let tps = commits as f64 / (hold - hold / 2).as_secs_f64();
     let idle_secs = idle_t0.elapsed().as_secs_f64();
     let keepalives = b.sessions as f64 / b.keepalive_secs.max(1) as f64;
-    let per_keepalive: Vec<(&str, f64)> = groups
-        .iter()
-        .zip(cpu_now().iter().zip(&idle_cpu0))
-        .map(|((name, _), (now, before))| {
-            (*name, now.saturating_sub(*before).as_secs_f64() * 1e6 / (keepalives * idle_secs).max(1.0))
-        })
-        .collect();
+    let per_keepalive = cpu_each(&groups, &idle_cpu0, keepalives * idle_secs);
     let keepalive_us: f64 = per_keepalive.iter().map(|(_, us)| us).sum();
     let held: u64 = sessions(&mut conns).await.iter().sum();
     let rss_held = rss_of(&nodes)?;
@@ -239,7 +241,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     // The CPU every process spends on it: what a call costs the machine.
     let groups: Vec<(&str, Vec<u32>)> = groups.into_iter().chain([("load", vec![std::process::id()])]).collect();
     let auth = rpc_caller(&nodes[0], &b.rpc_as).await?;
-    let cpu_before: Vec<Duration> = groups.iter().map(|(_, p)| cpu_of(p)).collect();
+    let cpu_before = cpu_now(&groups);
     // Node 1's share apart: what receiving the calls costs (HTTP in, the
     // bus out), against what holding the devices costs the others.
     let first_before = cpu(nodes[0].pid);
@@ -247,11 +249,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         rpc_load(&nodes[0], &auth, devices, stride, b.concurrency, b.batch, b.rpc_secs).await?;
     let rps = lat.len() as f64 / elapsed;
     let calls = lat.len().max(1) as f64;
-    let per_call: Vec<(&str, f64)> = groups
-        .iter()
-        .zip(&cpu_before)
-        .map(|((name, p), before)| (*name, cpu_of(p).saturating_sub(*before).as_secs_f64() * 1e6 / calls))
-        .collect();
+    let per_call = cpu_each(&groups, &cpu_before, calls);
     let total_us: f64 = per_call.iter().map(|(_, us)| us).sum();
     let first_us = cpu(nodes[0].pid).saturating_sub(first_before).as_secs_f64() * 1e6 / calls;
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));

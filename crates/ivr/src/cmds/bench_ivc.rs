@@ -104,6 +104,11 @@ impl IvcBench {
     }
 }
 
+/// The `--threads N` arguments of a node or fleet (none: its default).
+pub(super) fn threads_args(threads: Option<u16>) -> Vec<String> {
+    threads.map(|n| vec!["--threads".to_owned(), n.to_string()]).unwrap_or_default()
+}
+
 /// A keep-alive HTTP/1.1 connection (the load generator's; responses must
 /// carry Content-Length, as the cloud's JSON answers do).
 pub(super) struct Http {
@@ -225,8 +230,8 @@ pub(super) struct Cloud {
     pub(super) token: String,
 }
 
-async fn start_cloud(exe: &Path, dir: &Path, keepalive: u64, argon2: &str) -> anyhow::Result<Cloud> {
-    start_cloud_at(exe, dir, &format!("127.0.0.1:{}", free_port()?), keepalive, argon2).await
+async fn start_cloud(exe: &Path, dir: &Path, keepalive: u64, argon2: &str, extra: &[String]) -> anyhow::Result<Cloud> {
+    start_node(exe, dir, &format!("127.0.0.1:{}", free_port()?), keepalive, argon2, extra, "cloud.log").await
 }
 
 /// `ivr cloud` on `addr` with data in `dir` (its log appended to
@@ -366,7 +371,7 @@ pub(super) fn spawn_fleet(
         .args(["--first", &first.to_string(), "--count", &count.to_string()])
         .args(["--keepalive-secs", &keepalive.to_string(), "--bind", &addrs.join(","), "--window", "128"])
         .args(spread.then_some("--spread"))
-        .args(threads.map(|n| ["--threads".to_owned(), n.to_string()]).into_iter().flatten())
+        .args(threads_args(threads))
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -523,7 +528,7 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     if b.cold_logins > 0 {
         let cdir = dir.join("cold");
         std::fs::create_dir_all(&cdir)?;
-        let c = start_cloud(&exe, &cdir, 30, "m=19456,t=2,p=1").await?;
+        let c = start_cloud(&exe, &cdir, 30, "m=19456,t=2,p=1", &[]).await?;
         let n = b.cold_logins;
         let t = provision(&c, "cold", n, 8).await?;
         let provision_rate = n as f64 / t.as_secs_f64();
@@ -539,7 +544,9 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         let _ = child.kill().await;
     }
 
-    let c = start_cloud(&exe, &dir, b.keepalive_secs, &b.argon2).await?;
+    // Explicit --threads reach the node and its fleets alike.
+    let threads = b.threads_for(1 + b.fleets());
+    let c = start_cloud(&exe, &dir, b.keepalive_secs, &b.argon2, &threads_args(threads)).await?;
     let mut h = Http::connect(&c.addr, &c.token).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss(c.pid)?;
@@ -556,7 +563,6 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
         let count = b.per_fleet.min(b.sessions - first);
         let addrs = loopback_addrs(&mut next_addr, b.addrs_per_fleet);
         let url = format!("ws://{}/ivc", c.addr);
-        let threads = b.threads_for(1 + b.fleets());
         fleets.push(spawn_fleet(&exe, &url, &dir, "bench", first, count, &addrs, b.keepalive_secs, false, threads)?);
         first += count;
     }
