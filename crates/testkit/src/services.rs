@@ -197,6 +197,12 @@ impl Nats {
     }
 
     pub fn try_start() -> Result<Nats, String> {
+        Nats::try_start_with(None)
+    }
+
+    /// [`Nats::try_start`] with the Go runtime's threads capped at
+    /// `threads` (`GOMAXPROCS`; `None`: one a core, Go's default).
+    pub fn try_start_with(threads: Option<u16>) -> Result<Nats, String> {
         let dir = temp_dir("nats");
         let port = free_port();
         let log = dir.join("nats.log");
@@ -205,7 +211,11 @@ impl Nats {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("nats-server");
-        let child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        if let Some(n) = threads {
+            cmd.env("GOMAXPROCS", n.to_string());
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"])
             .arg(&log)
             .stdin(Stdio::null())

@@ -52,21 +52,26 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     // Declared first, dropped last: the folder goes after the processes
     // using it, however the run ends (an error, Ctrl-C).
     let _remove = RemoveOnDrop(dir.clone());
-    let say = |s: String| {
-        if !b.json {
-            eprintln!("{s}");
-        }
-    };
+    // Progress and notes on stderr, with --json too (the help says so):
+    // a long run is followed as it goes, stdout keeps only the result.
+    let say = |s: String| eprintln!("{s}");
     let n = b.nodes as usize;
     let pg = ivr_testkit::services::Postgres::try_start().map_err(anyhow::Error::msg)?;
-    let nats = ivr_testkit::services::Nats::try_start().map_err(anyhow::Error::msg)?;
+    // nats-server gets the nodes' and fleets' thread count (Go's
+    // GOMAXPROCS): with one thread it hands a message from the publisher's
+    // connection to the subscriber's without waking a second thread, 20-30 %
+    // less of its CPU a call on this machine (docs/BENCHMARKS.md).
+    let threads = b.threads_for(b.nodes + b.fleets());
+    let nats = ivr_testkit::services::Nats::try_start_with(threads).map_err(anyhow::Error::msg)?;
     say(format!("PostgreSQL on :{}, nats-server on :{}", pg.port, nats.port));
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     let mut nodes: Vec<Cloud> = Vec::with_capacity(n);
-    let threads = b.threads_for(b.nodes + b.fleets());
     if let Some(t) = threads {
-        say(format!("{n} nodes and {} fleet processes, {t} worker thread(s) each (--threads)", b.fleets()));
+        say(format!(
+            "{n} nodes, {} fleet processes and nats-server, {t} worker thread(s) each (--threads; GOMAXPROCS for nats-server)",
+            b.fleets()
+        ));
     }
     for i in 0..n {
         let addr = format!("127.0.0.1:{}", free_port()?);

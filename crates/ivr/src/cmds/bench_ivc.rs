@@ -78,7 +78,8 @@ pub struct IvcBench {
     /// core each, the default of one node). With --nodes the default gives
     /// each one thread when the run starts more of them than this machine
     /// has cores: six nodes and six fleets on two cores otherwise keep 24
-    /// threads waking each other.
+    /// threads waking each other. With --nodes, nats-server's GOMAXPROCS
+    /// too.
     #[arg(long)]
     pub(super) threads: Option<u16>,
     /// The results as one JSON object on stdout (progress and notes go to stderr).
@@ -517,11 +518,9 @@ pub async fn run(b: IvcBench) -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("ivr-bench-ivc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let say = |s: String| {
-        if !b.json {
-            eprintln!("{s}");
-        }
-    };
+    // Progress and notes on stderr, with --json too (the help says so):
+    // a long run is followed as it goes, stdout keeps only the result.
+    let say = |s: String| eprintln!("{s}");
     let mut out = json!({"sessions_wanted": b.sessions, "keepalive_secs": b.keepalive_secs, "fd_limit": fds});
 
     // Logins at the OWASP cost, on a cloud of their own.
