@@ -351,7 +351,7 @@ impl<S: Store> Cloud<S> {
         let mut events = sub("ivr.events.>".into()).await?;
         let mut relayed = sub(format!("ivr.node.{}.http", self.cfg.node_id)).await?;
         let mut batches = sub(format!("ivr.node.{}.rpc", self.cfg.node_id)).await?;
-        client.flush().await.map_err(|e| format!("--bus {url}: {e}"))?;
+        subscribed(&client).await.map_err(|e| format!("--bus {url}: {e}"))?;
         // The heartbeat is there before any session: a node with none yet
         // would look dead to the others, and its first devices orphaned.
         self.store
@@ -954,6 +954,22 @@ pub(crate) async fn relay<S: Store>(
         Asked::Failed(e) => e.into_response(),
         // Nobody else holds it: as good as offline, which this node says.
         Asked::Nobody => next.run(axum::extract::Request::from_parts(parts, body.into())).await,
+    }
+}
+
+/// Returns once the server has taken every subscription `client` made
+/// before: a flush only writes them out, and a takeover published by
+/// another node in between would pass this one by. The server handles a
+/// connection's messages in order, so this connection's own message on
+/// an inbox of its own coming back means the earlier ones were taken.
+async fn subscribed(client: &async_nats::Client) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| format!("cannot subscribe to {inbox}: {e}"))?;
+    client.publish(inbox, bytes::Bytes::new()).await.map_err(|e| format!("cannot publish: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the connection closed while subscribing".into()),
+        Err(_) => Err("the server did not confirm the subscriptions within 10 s".into()),
     }
 }
 

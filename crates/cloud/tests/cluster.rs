@@ -151,7 +151,12 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     // what crosses the bus names the caller but never carries the token.
     let bus = async_nats::connect(nats.url()).await.unwrap();
     let mut overheard = bus.subscribe("ivr.node.>").await.unwrap();
-    bus.flush().await.unwrap();
+    // A flush only writes the subscription out; the server has taken it
+    // once this connection's own message, sent after it, comes back
+    // (nobody else answers on that subject).
+    bus.publish("ivr.node.listening", "".into()).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), overheard.next()).await.unwrap().unwrap();
+    assert_eq!(echo.subject.as_str(), "ivr.node.listening");
     let (s, v) = api(a3, "POST", "/api/v1/devices/cam-1/rpc/GetPTZPresetList", Some(json!({"channel": 0}))).await;
     assert_eq!((s, v[0]["token"].as_str()), (200, Some("1")), "{v}");
     let relayed = tokio::time::timeout(Duration::from_secs(5), overheard.next()).await.unwrap().unwrap();
