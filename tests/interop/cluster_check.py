@@ -212,18 +212,25 @@ class Device:
 
 
 async def sse_until(host, needle, timeout=10):
-    """Node `host`'s event stream, read until a line has `needle`."""
-    def read():
+    """Node `host`'s event stream, opened: awaiting this returns once the
+    node has answered its head (it subscribes first, so every event from
+    then on is on it), with a task that reads until a line has `needle`."""
+    def open_():
         c = http.client.HTTPConnection(host, timeout=timeout)
         c.request("GET", "/api/v1/stream", headers={"Authorization": f"Bearer {TOKEN}"})
         r = c.getresponse()
+        assert r.status == 200, r.status
+        return r
+
+    def read(r):
         end = time.time() + timeout
         while time.time() < end:
             line = r.readline().decode()
             if needle in line:
                 return line
         raise AssertionError(f"{needle!r} not in node {host}'s stream")
-    return await asyncio.to_thread(read)
+    r = await asyncio.to_thread(open_)
+    return asyncio.create_task(asyncio.to_thread(read, r))
 
 
 async def main():
@@ -265,8 +272,7 @@ async def main():
     await check("an RPC sent to node 3 reaches the device on node 1", rpc_across())
 
     async def alarm_across():
-        watch = asyncio.create_task(sse_until(h2, "crossing the bus"))
-        await asyncio.sleep(0.5)
+        watch = await sse_until(h2, "crossing the bus")
         r = await d1.call("AlarmNotify", {"channel": 0, "type": 3, "state": "start", "desc": "crossing the bus"})
         assert "resp" in r, r
         line = await watch

@@ -258,16 +258,10 @@ async fn console_shell_and_the_event_stream() {
     }
     assert_eq!(http(addr, "GET", "/api/v1/stream", None, None).await.0, 401);
     // Follow the stream while a device comes online.
-    let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sse.write_all(
-        format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let (mut sse, mut seen) = common::open_stream(addr, &format!("Authorization: Bearer {TOKEN}")).await;
     api(addr, "POST", "/api/v1/devices", Some(json!({"login_code": "s-1", "login_passwd": "12345678"}))).await;
     let (e, _) = edge(addr, "s-1", "12345678");
     tokio::spawn(e.run());
-    let mut seen = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 4096];
         loop {

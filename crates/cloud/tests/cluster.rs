@@ -77,20 +77,17 @@ async fn device(addr: SocketAddr, lc: &str) -> Value {
 }
 
 /// Reads node `addr`'s event stream until a line has `needle`.
-async fn stream_until(addr: SocketAddr, needle: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
+async fn stream_until(open: (tokio::net::TcpStream, Vec<u8>), needle: &str) -> String {
+    let (mut s, mut seen) = open;
     let mut buf = [0u8; 4096];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("events in time").unwrap();
-        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&seen);
         if let Some(line) = text.lines().find(|l| l.contains(needle)) {
             return line.to_owned();
         }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("events in time").unwrap();
+        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -211,8 +208,8 @@ async fn three_nodes_serve_any_device_and_take_over_a_dead_ones() {
     // cam-2 on node 1: its alarm appears in node 2's event stream.
     let raw1 = raw_ivt(ivc(a1, "cam-2", "pw-123456")).await;
     wait_until("cam-2 online", async || device(a3, "cam-2").await["node"] == "n1").await;
-    let watch = tokio::spawn(stream_until(a2, "\"kind\":\"alarm\""));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let open = common::open_stream(a2, &format!("Authorization: Bearer {TOKEN}")).await;
+    let watch = tokio::spawn(stream_until(open, "\"kind\":\"alarm\""));
     raw1.call("AlarmNotify", Some(json!({"channel": 0, "type": 3, "state": "start", "desc": "across"}))).await.unwrap();
     let line = watch.await.unwrap();
     assert!(line.contains("cam-2") && line.contains("across"), "{line}");

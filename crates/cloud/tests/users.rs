@@ -158,14 +158,8 @@ async fn roles_scopes_tokens_logins_and_the_audit_log() {
     assert_eq!((s, me["role"].as_str(), &me["devices"]), (200, Some("viewer"), &json!(["cam-a"])));
 
     // The event stream carries only the viewer's devices.
-    let mut sse = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sse.write_all(format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nCookie: {vera}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut got = Vec::new();
+    let (mut sse, mut got) = common::open_stream(addr, &format!("Cookie: {vera}")).await;
     let mut buf = [0u8; 4096];
-    let n = sse.read(&mut buf).await.unwrap();
-    got.extend_from_slice(&buf[..n]);
     alarm(addr, &b, "second at B").await;
     alarm(addr, &a, "second at A").await;
     let seen = tokio::time::timeout(Duration::from_secs(5), async {

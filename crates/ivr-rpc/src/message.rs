@@ -53,8 +53,9 @@ pub struct Resp(Box<RawValue>);
 impl Resp {
     /// The answer `v` (an object or array, as the seed wants).
     pub fn of(v: &Value) -> Resp {
-        // Writing a `Value` cannot fail: its keys are strings.
-        Resp(serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("JSON")))
+        // Writing a `Value` cannot fail (its keys are strings); were it
+        // to, `null` says nothing was answered rather than a panic.
+        Resp(serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned()))
     }
 
     /// The JSON text.

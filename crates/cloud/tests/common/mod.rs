@@ -138,3 +138,22 @@ pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
     panic!("timed out waiting until {what}");
 }
+
+/// An open `GET /api/v1/stream` with `auth` (a header line, without its
+/// CRLF), returned once the response's head has come: the node answers
+/// only after it has subscribed, so every event from then on is on it.
+/// Also returns what came with the head.
+pub async fn open_stream(addr: SocketAddr, auth: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("a head in time").unwrap();
+        assert!(n > 0, "the stream closed before its head: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    (s, seen)
+}
