@@ -7,7 +7,7 @@ use common::{api, http_with, raw_ivt, start_cloud_with, TOKEN};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 async fn call(
     addr: SocketAddr,
