@@ -962,14 +962,22 @@ pub(crate) async fn relay<S: Store>(
 /// another node in between would pass this one by. The server handles a
 /// connection's messages in order, so this connection's own message on
 /// an inbox of its own coming back means the earlier ones were taken.
+/// A server not reachable yet is waited for (the client retries), as the
+/// flush did, with a warning every 10 s.
 async fn subscribed(client: &async_nats::Client) -> Result<(), String> {
     let inbox = client.new_inbox();
     let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| format!("cannot subscribe to {inbox}: {e}"))?;
     client.publish(inbox, bytes::Bytes::new()).await.map_err(|e| format!("cannot publish: {e}"))?;
-    match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("the connection closed while subscribing".into()),
-        Err(_) => Err("the server did not confirm the subscriptions within 10 s".into()),
+    let mut waited = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => return Err("the connection closed while subscribing".into()),
+            Err(_) => {
+                waited += 10;
+                tracing::warn!("cloud: --bus: no answer from nats-server for {waited} s; still waiting");
+            }
+        }
     }
 }
 
