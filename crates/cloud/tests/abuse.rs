@@ -339,7 +339,8 @@ async fn names_are_one_to_one_and_checked() {
 async fn upload_urls_expire_pictures_are_nosniff_and_devices_are_paged() {
     let dir = tmp("misc");
     let (addr, _c, _srv) = start_cloud_with(&dir, |cfg| ivr_cloud::CloudConfig {
-        device_limits: DeviceLimits { upload_url_ttl: Duration::from_millis(300), ..DeviceLimits::default() },
+        // Long enough that a fresh URL is used in time on a loaded machine.
+        device_limits: DeviceLimits { upload_url_ttl: Duration::from_millis(1000), ..DeviceLimits::default() },
         ..cfg
     })
     .await;
@@ -353,7 +354,7 @@ async fn upload_urls_expire_pictures_are_nosniff_and_devices_are_paged() {
         url.split_once(&addr.to_string()).unwrap().1.to_owned()
     };
     let stale = upload_path().await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(http(addr, "POST", &stale, None, Some(b"\xff\xd8\xff\xe0")).await.0, 404, "expired");
     let fresh = upload_path().await;
     assert_eq!(http(addr, "POST", &fresh, None, Some(b"\xff\xd8\xff\xe0")).await.0, 204);
