@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{api, http, raw_ivt, start_cloud_with, wait_until, TOKEN};
+use common::{api, http, raw_ivt, start_cloud_with, TOKEN};
 use ivr_cloud::{ConnLimits, DeviceLimits, Store};
+use ivr_testkit::wait_until;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::{api, edge, http, raw_ivt, start_cloud, wait_until, TOKEN};
+use common::{api, edge, http, raw_ivt, start_cloud, TOKEN};
 use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore};
 use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
+use ivr_testkit::wait_until;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,11 +6,12 @@
 
 mod common;
 
-use common::{api, raw_ivt, wait_until, TOKEN};
+use common::{api, raw_ivt, TOKEN};
 use futures_util::StreamExt;
 use ivr_cloud::{serve, Cloud, CloudConfig, SqlStore, Store};
 use ivr_edge::{Backoff, ChannelBackend, Edge, EdgeConfig, SimChannel};
 use ivr_testkit::services::{Nats, Postgres};
+use ivr_testkit::wait_until;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::{api, edge, http, start_cloud_with, wait_until};
+use common::{api, edge, http, start_cloud_with};
 use ivr_cloud::{CloudConfig, SegmentRow, Store};
+use ivr_testkit::wait_until;
 use serde_json::{json, Value};
 use std::path::Path;
 

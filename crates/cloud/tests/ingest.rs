@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use ivr_rpc::conn::Handler;
+use ivr_testkit::wait_until;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

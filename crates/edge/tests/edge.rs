@@ -12,24 +12,13 @@ use ivr_rpc::catalogue::{ChannelState, IvcRequest};
 use ivr_rpc::conn::{self, Handler, RpcHandle};
 use ivr_rpc::ws::WsFrames;
 use ivr_rpc::{Peer, RpcError};
+use ivr_testkit::wait_until;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-/// Waits (up to 5 s) until `ok`: what a test expects to happen soon,
-/// without betting on how soon a loaded machine gets there.
-async fn eventually(what: &str, ok: impl Fn() -> bool) {
-    for _ in 0..250 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 #[derive(Default)]
 struct Cloud {
@@ -121,7 +110,7 @@ async fn answers_every_method_with_the_seeds_semantics() {
     let rec = json!({"session_id": "0123456789abcdefghijkl", "channel": 1, "quality": "sd", "max_bitrate": 0, "seg_duration": 10,
                      "seg_max_size": 4000000, "seg_max_count": 6, "prerecord_seconds": 5, "start_ts": 0, "cbk_url": "http://127.0.0.1/cb"});
     ivc.call("StartCloudRecord", Some(rec)).await.unwrap();
-    eventually("a Keepalive with the recording", || {
+    wait_until("a Keepalive with the recording", async || {
         cloud_state.keepalives.lock().unwrap().last().is_some_and(|k| k["channels"][1]["state"] == 2)
     })
     .await;
@@ -171,7 +160,7 @@ async fn answers_every_method_with_the_seeds_semantics() {
     ivc.notify("CtrlPTZPresetTour", Some(json!({"channel": 1, "token": "t1", "op": "start"}))).await;
     ivc.notify("SyncTime", Some(json!({"datetime": "2030-01-02T03:04:05", "offset": 2}))).await;
     // Each event is handled in a task of its own, in any order.
-    eventually("the four events handled", || {
+    wait_until("the four events handled", async || {
         ch0.ptz().moving.is_some()
             && ch1.ptz().at_preset.is_some()
             && ch1.ptz().touring.is_some()
@@ -184,12 +173,12 @@ async fn answers_every_method_with_the_seeds_semantics() {
     assert_eq!(ch1.ptz().touring.as_deref(), Some("t1"));
     assert!(ch0.clock().format("%Y").to_string() == "2030" && ch1.clock().format("%Y").to_string() == "2030");
     ivc.notify("CtrlPTZ", Some(json!({"channel": 0, "op": "stop"}))).await;
-    eventually("the camera stopped", || ch0.ptz().moving.is_none()).await;
+    wait_until("the camera stopped", async || ch0.ptz().moving.is_none()).await;
 
     // Reboot: offline in the Keepalive, then back.
     ivc.call("RebootChannel", Some(json!({"channel": 0}))).await.unwrap();
     assert_eq!(ch0.state(), ChannelState::Offline);
-    eventually("the channel back after its reboot", || ch0.state() == ChannelState::Online).await;
+    wait_until("the channel back after its reboot", async || ch0.state() == ChannelState::Online).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,12 +189,12 @@ async fn reconnects_when_the_cloud_drops_it() {
     let status = edge.status();
     tokio::spawn(edge.run());
     let first = tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.unwrap().unwrap();
-    eventually("a Keepalive right after connecting", || !cloud_state.keepalives.lock().unwrap().is_empty()).await;
+    wait_until("a Keepalive right after connecting", async || !cloud_state.keepalives.lock().unwrap().is_empty()).await;
     assert_eq!(cloud_state.keepalives.lock().unwrap().len(), 1, "one Keepalive, the next 30 s later");
     first.ivc.close().await;
     let second = tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.unwrap().unwrap();
     assert!(second.uri.contains("login_code=site-1"));
-    eventually("the second session counted", || status.borrow().sessions == 2).await;
+    wait_until("the second session counted", async || status.borrow().sessions == 2).await;
     assert!(status.borrow().connected);
 }
 
@@ -248,7 +237,7 @@ async fn provoke(rule: u8) {
     }
     let reason = reason.unwrap_or_default();
     assert!(reason.starts_with(&format!("IVR RPC rule {rule}")), "rule {rule}: close reason {reason:?}");
-    eventually("the status says why", || {
+    wait_until("the status says why", async || {
         status.borrow().last_error.as_deref().is_some_and(|e| e.contains(&format!("rule {rule}")))
     })
     .await;

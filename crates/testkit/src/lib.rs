@@ -25,6 +25,19 @@ pub enum ProbeError {
 /// or what ffprobe said when it failed or complained.
 pub mod services;
 
+/// Waits (up to 5 s, asking every 50 ms) until `f` says yes: what a test
+/// expects to happen soon, without betting on how soon a loaded machine
+/// gets there. Panics naming `what` when it does not.
+pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
 pub fn ffprobe(path: &Path, entries: &str) -> Result<Value, ProbeError> {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-count_packets", "-show_entries", entries, "-of", "json"])

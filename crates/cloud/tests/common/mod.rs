@@ -129,16 +129,6 @@ pub async fn start_cloud_with(
     (addr, c, tokio::spawn(async move { serve(c2, l).await.unwrap() }))
 }
 
-pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 /// An open `GET /api/v1/stream` with `auth` (a header line, without its
 /// CRLF), returned once the response's head has come: the node answers
 /// only after it has subscribed, so every event from then on is on it.
