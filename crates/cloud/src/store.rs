@@ -1048,10 +1048,18 @@ impl Store for SqlStore {
             n += self.db.execute("DELETE FROM event WHERE at < $1", args![at]).await?;
         }
         if keep > 0 {
-            // The id below which events go: the newest `keep` stay.
-            let rows = self.db.query("SELECT id FROM event ORDER BY id DESC LIMIT 1 OFFSET $1", args![keep]).await?;
-            if let Some(cut) = rows.first() {
-                n += self.db.execute("DELETE FROM event WHERE id <= $1", args![cut.int(0)?]).await?;
+            // Ids count up by one an event (AUTOINCREMENT, a sequence), so
+            // the newest `keep` are those above max(id) − keep: one end of
+            // the primary key, where `ORDER BY id DESC OFFSET keep` walked
+            // every row kept (5,000,000 by default) every 10 s on every
+            // node. An insert that failed leaves a gap, and one fewer kept.
+            let rows = self.db.query("SELECT max(id) FROM event", args![]).await?;
+            let newest = match rows.first() {
+                Some(r) => r.opt_int(0)?,
+                None => None,
+            };
+            if let Some(cut) = newest.and_then(|m| m.checked_sub(i64::try_from(keep).unwrap_or(i64::MAX))) {
+                n += self.db.execute("DELETE FROM event WHERE id <= $1", args![cut]).await?;
             }
         }
         Ok(n)
@@ -1704,9 +1712,11 @@ mod tests {
             s.add_event("site-1", None, "old", &serde_json::json!({}), at).await.unwrap();
         }
         assert_eq!(s.trim_events(Some(3), 0).await.unwrap(), 2, "the two before t=3");
+        assert_eq!(s.trim_events(None, 5).await.unwrap(), 0, "two left, fewer than the cap");
         assert_eq!(s.trim_events(None, 1).await.unwrap(), 1);
         let left = s.events(&EventFilter::default()).await.unwrap();
-        assert_eq!((left.len(), left[0].kind.as_str()), (1, "old"), "the newest kept");
+        assert_eq!((left.len(), left[0].kind.as_str(), left[0].at), (1, "old", 3), "the newest kept");
+        assert_eq!(s.trim_events(None, 1).await.unwrap(), 0, "at the cap: nothing more goes");
 
         let fw = |v: &str, t: &str, at| Firmware {
             hardware_model: "ivr-edge".into(),
