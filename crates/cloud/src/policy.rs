@@ -160,10 +160,11 @@ impl<S: Store> Cloud<S> {
         self.recorder.alarm_until.lock().unwrap_or_else(|e| e.into_inner()).insert((lc.to_owned(), ch), until);
     }
 
-    /// Starts and stops recordings so that every policy holds. Run it
-    /// every few seconds.
+    /// Starts and stops recordings so that every policy of the devices
+    /// this node holds is kept. Run it every few seconds (on every node:
+    /// each reads only its own devices' policies).
     pub async fn keep_policies(self: &Arc<Self>) {
-        let Ok(all) = self.store.record_policies().await else { return };
+        let Ok(all) = self.store.record_policies_held(&self.cfg.node_id).await else { return };
         let t = now();
         for (lc, ch, v) in all {
             let Ok(p) = serde_json::from_value::<RecordPolicy>(v) else { continue };

@@ -282,6 +282,12 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
         policy: &serde_json::Value,
     ) -> impl Future<Output = Result<()>> + Send;
     fn record_policies(&self) -> impl Future<Output = Result<Vec<(String, u32, serde_json::Value)>>> + Send;
+    /// The policies of the devices `node` holds (the device's owner): what
+    /// that node keeps, read through the owner index, not every policy.
+    fn record_policies_held(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Vec<(String, u32, serde_json::Value)>>> + Send;
     fn record_policy(
         &self,
         login_code: &str,
@@ -292,6 +298,14 @@ pub trait Store: crate::accounts::Accounts + Send + Sync + 'static {
     fn set_detection(&self, login_code: &str, channel: u32, d: &Detection) -> impl Future<Output = Result<()>> + Send;
     /// The detection settings last applied to a channel, by kind.
     fn detections(&self, login_code: &str, channel: u32) -> impl Future<Output = Result<Vec<Detection>>> + Send;
+}
+
+/// `(login_code, channel, policy)` rows; a policy that is not JSON reads
+/// as `null` (and is skipped by whoever reads it).
+fn policy_rows(rows: &[Row]) -> Result<Vec<(String, u32, serde_json::Value)>> {
+    rows.iter()
+        .map(|r| Ok((r.text(0)?, r.num(1)?, serde_json::from_str(&r.text(2)?).unwrap_or(serde_json::Value::Null))))
+        .collect()
 }
 
 fn row_to_event(r: &Row) -> Result<Event> {
@@ -1486,9 +1500,20 @@ impl Store for SqlStore {
             .db
             .query("SELECT login_code, channel, policy FROM record_policy ORDER BY login_code, channel", vec![])
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.text(0)?, r.num(1)?, serde_json::from_str(&r.text(2)?).unwrap_or(serde_json::Value::Null))))
-            .collect()
+        policy_rows(&rows)
+    }
+
+    async fn record_policies_held(&self, node: &str) -> Result<Vec<(String, u32, serde_json::Value)>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT p.login_code, p.channel, p.policy FROM record_policy p
+                 JOIN device d ON d.login_code = p.login_code
+                 WHERE d.owner = $1 ORDER BY p.login_code, p.channel",
+                args![node],
+            )
+            .await?;
+        policy_rows(&rows)
     }
 
     async fn record_policy(&self, login_code: &str, channel: u32) -> Result<Option<serde_json::Value>> {
@@ -1817,6 +1842,12 @@ mod tests {
         s.set_record_policy("site-1", 0, &policy).await.unwrap();
         assert_eq!(s.record_policy("site-1", 0).await.unwrap(), Some(policy));
         assert_eq!(s.record_policies().await.unwrap().len(), 1);
+        // A node reads the policies of the devices it holds, only.
+        assert!(s.record_policies_held("n4").await.unwrap().is_empty(), "offline: nobody holds it");
+        s.logged_in("site-1", "ivr-edge", "0.1.0", 400, "n4").await.unwrap();
+        let held = s.record_policies_held("n4").await.unwrap();
+        assert_eq!((held.len(), held[0].0.as_str(), held[0].1), (1, "site-1", 0));
+        assert!(s.record_policies_held("n3").await.unwrap().is_empty(), "another node's devices");
         let motion = |sens: u8, by: &str, at: i64| Detection {
             kind: "motion".into(),
             config: serde_json::json!({"channel": 0, "enable": true, "sensitivity": sens, "delay": 5}),
