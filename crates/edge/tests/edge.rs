@@ -111,7 +111,9 @@ async fn answers_every_method_with_the_seeds_semantics() {
                      "seg_max_size": 4000000, "seg_max_count": 6, "prerecord_seconds": 5, "start_ts": 0, "cbk_url": "http://127.0.0.1/cb"});
     ivc.call("StartCloudRecord", Some(rec)).await.unwrap();
     wait_until("a Keepalive with the recording", async || {
-        cloud_state.keepalives.lock().unwrap().last().is_some_and(|k| k["channels"][1]["state"] == 2)
+        // The channel is live (state 2) since RTMPPublish: the Keepalive
+        // wanted is the first that names the recording's session.
+        cloud_state.keepalives.lock().unwrap().last().is_some_and(|k| k["channels"][1]["record_session"].is_string())
     })
     .await;
     let last = cloud_state.keepalives.lock().unwrap().last().cloned().unwrap();
